@@ -1,0 +1,145 @@
+//! Bodies of the HTTP JSON API, shared by the daemon (which serves them) and
+//! the CLI (which reads them).
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/v1/info` | → [`Info`] |
+//! | GET | `/v1/nodes` | → `[NodeInfo]` |
+//! | GET | `/v1/nodes/{id-or-hostname}` | → [`NodeInfo`] |
+//! | GET | `/v1/join-tokens` | → [`JoinTokens`] |
+//! | GET | `/v1/services` | → `[ServiceInfo]` |
+//! | POST | `/v1/services` | [`ServiceSpec`] → [`ServiceInfo`] |
+//! | GET | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |
+//! | POST | `/v1/services/{id-or-name}/update` | [`ServiceUpdate`] → [`ServiceInfo`] |
+//! | DELETE | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |
+//! | GET | `/v1/services/{id-or-name}/tasks` | → `[TaskInfo]` |
+//! | GET | `/v1/services/{id-or-name}/logs?follow&tail=N` | → NDJSON of [`LogEntry`] |
+//! | GET | `/metrics` | → Prometheus text |
+//!
+//! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::constraint::Constraint;
+use crate::ids::{NodeId, ServiceId, TaskId};
+use crate::node::{Node, NodeStatus};
+use crate::spec::{update_env, ServiceMode, ServiceSpec, SpecError};
+use crate::task::Task;
+use crate::time::Millis;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub node_id: NodeId,
+    pub hostname: String,
+    pub is_manager: bool,
+    pub is_leader: bool,
+    pub cluster_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    #[serde(flatten)]
+    pub node: Node,
+    pub status: NodeStatus,
+    /// "Leader", "Reachable", "Unreachable" for managers; empty for workers.
+    pub manager_status: String,
+    /// The node answering this request.
+    pub is_self: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokens {
+    pub worker: String,
+    pub manager: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub id: ServiceId,
+    pub version: u64,
+    pub spec: ServiceSpec,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Tasks running now.
+    pub running: u64,
+    /// Tasks the spec asks for.
+    pub desired: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    #[serde(flatten)]
+    pub task: Task,
+    pub node_hostname: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub task_id: TaskId,
+    pub service_name: String,
+    pub slot: u64,
+    pub node: String,
+    pub timestamp: String,
+    pub line: String,
+}
+
+/// `service update` flags; absent fields leave the spec as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceUpdate {
+    #[serde(default)]
+    pub replicas: Option<u64>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub env_add: Vec<String>,
+    #[serde(default)]
+    pub env_rm: Vec<String>,
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+    #[serde(default)]
+    pub constraint_add: Vec<Constraint>,
+    #[serde(default)]
+    pub constraint_rm: Vec<Constraint>,
+}
+
+impl ServiceUpdate {
+    /// The spec after this update, checked.
+    pub fn apply(&self, spec: &ServiceSpec) -> Result<ServiceSpec, SpecError> {
+        let mut s = spec.clone();
+        if let Some(r) = self.replicas {
+            s.mode = ServiceMode::Replicated { replicas: r };
+        }
+        if let Some(img) = &self.image {
+            s.task.image = img.clone();
+        }
+        if let Some(args) = &self.args {
+            s.task.args = args.clone();
+        }
+        update_env(&mut s.task.env, &self.env_add, &self.env_rm);
+        for k in &self.label_rm {
+            s.labels.remove(k);
+        }
+        for (k, v) in &self.label_add {
+            s.labels.insert(k.clone(), v.clone());
+        }
+        s.task.constraints.retain(|c| !self.constraint_rm.contains(c));
+        for c in &self.constraint_add {
+            if !s.task.constraints.contains(c) {
+                s.task.constraints.push(c.clone());
+            }
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}

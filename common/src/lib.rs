@@ -1,0 +1,22 @@
+//! `common` is data: the types every part of shoal agrees on and nothing that
+//! does I/O. No actix, bollard or sockets live here.
+//!
+//! - [`ids`]: typed identifiers (`NodeId`, `ServiceId`, `TaskId`).
+//! - [`spec`]: what a user asks for (`ServiceSpec` and its parts) and its validation.
+//! - [`task`]: tasks and their forward-only state machine.
+//! - [`node`]: nodes, roles and availability.
+//! - [`constraint`]: placement constraints, parsed and matched.
+//! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
+//! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
+//! - [`time`]: wall-clock milliseconds and duration parsing.
+
+pub mod api;
+pub mod constraint;
+pub mod ids;
+pub mod node;
+pub mod spec;
+pub mod task;
+pub mod time;
+pub mod wire;
+
+pub use ids::{NodeId, ServiceId, TaskId};

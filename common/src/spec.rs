@@ -1,0 +1,305 @@
+//! What a user asks for: a service spec, and the checks that turn bad input
+//! into a clear error before anything is committed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::constraint::{Constraint, ConstraintError};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub mode: ServiceMode,
+    pub task: TaskTemplate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    Replicated { replicas: u64 },
+}
+
+impl ServiceMode {
+    pub fn replicas(&self) -> u64 {
+        match self {
+            ServiceMode::Replicated { replicas } => *replicas,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTemplate {
+    pub image: String,
+    /// Command and arguments; empty means the image's default.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries, in order.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Grace period between SIGTERM and SIGKILL when a task is stopped.
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+}
+
+fn default_stop_grace_ms() -> u64 {
+    10_000
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    #[default]
+    Any,
+}
+
+impl FromStr for RestartCondition {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "none" => Ok(RestartCondition::None),
+            "on-failure" => Ok(RestartCondition::OnFailure),
+            "any" => Ok(RestartCondition::Any),
+            _ => Err(SpecError::RestartCondition(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for RestartCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartCondition::None => "none",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::Any => "any",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    pub delay_ms: u64,
+    /// `None`: unlimited.
+    pub max_attempts: Option<u64>,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid name {0:?}: names must be 1-63 characters of [a-zA-Z0-9-_.] starting with a letter or digit")]
+    Name(String),
+    #[error("invalid image: the image name must not be empty")]
+    EmptyImage,
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
+    #[error("invalid mount {0:?}: {1}")]
+    Mount(String, String),
+    #[error("invalid environment variable {0:?}: expected KEY=VALUE")]
+    Env(String),
+    #[error("invalid label {0:?}: expected KEY=VALUE")]
+    Label(String),
+    #[error("invalid restart condition {0:?}: expected none, on-failure or any")]
+    RestartCondition(String),
+    #[error("invalid replicas {0:?}: expected a number of replicas, 0 or more")]
+    Replicas(String),
+}
+
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name(name.to_string()))
+    }
+}
+
+pub fn parse_replicas(s: &str) -> Result<u64, SpecError> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| SpecError::Replicas(s.to_string()))
+}
+
+/// `KEY=VALUE` (env entries and labels). An env entry without `=` is refused
+/// rather than guessed at.
+pub fn parse_key_value(s: &str) -> Option<(String, String)> {
+    let (k, v) = s.split_once('=')?;
+    if k.is_empty() {
+        return None;
+    }
+    Some((k.to_string(), v.to_string()))
+}
+
+pub fn validate_env(entry: &str) -> Result<(), SpecError> {
+    parse_key_value(entry)
+        .map(|_| ())
+        .ok_or_else(|| SpecError::Env(entry.to_string()))
+}
+
+pub fn parse_label(s: &str) -> Result<(String, String), SpecError> {
+    // docker allows `-l key` meaning an empty value.
+    if !s.contains('=') && !s.is_empty() {
+        return Ok((s.to_string(), String::new()));
+    }
+    parse_key_value(s).ok_or_else(|| SpecError::Label(s.to_string()))
+}
+
+/// `type=bind,source=/a,target=/b[,readonly]` (also `src`, `dst`,
+/// `destination`, `ro`, `readonly=true|false`).
+impl FromStr for Mount {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let err = |why: &str| SpecError::Mount(s.to_string(), why.to_string());
+        let mut kind = None;
+        let mut source = None;
+        let mut target = None;
+        let mut readonly = false;
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (k, v) = match part.split_once('=') {
+                Some((k, v)) => (k.trim(), Some(v.trim())),
+                None => (part, None),
+            };
+            match (k, v) {
+                ("type", Some(v)) => kind = Some(v.to_string()),
+                ("source" | "src", Some(v)) => source = Some(v.to_string()),
+                ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
+                ("readonly" | "ro", None) => readonly = true,
+                ("readonly" | "ro", Some("true" | "1")) => readonly = true,
+                ("readonly" | "ro", Some("false" | "0")) => readonly = false,
+                ("readonly" | "ro", Some(_)) => return Err(err("readonly must be true or false")),
+                (k, _) => return Err(err(&format!("unknown field {k:?}"))),
+            }
+        }
+        match kind.as_deref() {
+            Some("bind") => {}
+            Some(other) => return Err(err(&format!("type {other:?} is not supported (only bind)"))),
+            None => return Err(err("missing type=bind")),
+        }
+        let source = source.ok_or_else(|| err("missing source"))?;
+        let target = target.ok_or_else(|| err("missing target"))?;
+        if !source.starts_with('/') {
+            return Err(err("source must be an absolute path"));
+        }
+        if !target.starts_with('/') {
+            return Err(err("target must be an absolute path"));
+        }
+        Ok(Mount { source, target, readonly })
+    }
+}
+
+impl ServiceSpec {
+    /// Checks everything that can be checked without the cluster.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name)?;
+        if self.task.image.trim().is_empty() {
+            return Err(SpecError::EmptyImage);
+        }
+        for e in &self.task.env {
+            validate_env(e)?;
+        }
+        for m in &self.task.mounts {
+            if !m.source.starts_with('/') || !m.target.starts_with('/') {
+                return Err(SpecError::Mount(
+                    format!("{}:{}", m.source, m.target),
+                    "source and target must be absolute paths".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `--env-add` / `--env-rm`: an added `KEY=V` replaces any `KEY=…`.
+pub fn update_env(env: &mut Vec<String>, add: &[String], rm: &[String]) {
+    let key = |e: &str| e.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_else(|| e.to_string());
+    env.retain(|e| !rm.iter().any(|r| key(r) == key(e)));
+    for a in add {
+        let k = key(a);
+        env.retain(|e| key(e) != k);
+        env.push(a.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_parse_and_refuse() {
+        let m: Mount = "type=bind,source=/tmp,target=/data,readonly".parse().unwrap();
+        assert_eq!(m, Mount { source: "/tmp".into(), target: "/data".into(), readonly: true });
+        let m: Mount = "type=bind,src=/a,dst=/b".parse().unwrap();
+        assert!(!m.readonly);
+        for bad in [
+            "source=/a,target=/b",
+            "type=volume,source=v,target=/b",
+            "type=bind,target=/b",
+            "type=bind,source=/a",
+            "type=bind,source=rel,target=/b",
+            "type=bind,source=/a,target=/b,colour=red",
+            "garbage",
+        ] {
+            let e = bad.parse::<Mount>().unwrap_err();
+            assert!(e.to_string().starts_with("invalid mount"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn names_and_replicas() {
+        assert!(validate_name("pingpong").is_ok());
+        assert!(validate_name("web-1.a_b").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a b").is_err());
+        assert_eq!(parse_replicas("6").unwrap(), 6);
+        assert!(parse_replicas("-1").is_err());
+        assert!(parse_replicas("many").is_err());
+    }
+
+    #[test]
+    fn env_updates_replace_by_key() {
+        let mut env = vec!["A=1".to_string(), "B=2".to_string()];
+        update_env(&mut env, &["A=3".into(), "C=4".into()], &["B".into()]);
+        assert_eq!(env, vec!["A=3", "C=4"]);
+        assert!(validate_env("NOEQUALS").is_err());
+        assert!(validate_env("=x").is_err());
+        assert_eq!(parse_label("k").unwrap(), ("k".into(), "".into()));
+    }
+}
