@@ -136,6 +136,10 @@ pub struct Task {
     pub desired_state: TaskState,
     pub status: TaskStatus,
     pub created_at: Millis,
+    /// How many tasks of this slot failed or ended before this one since the
+    /// slot was (re)filled; counts restart attempts.
+    #[serde(default)]
+    pub attempt: u64,
 }
 
 impl Task {

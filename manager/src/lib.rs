@@ -1,1 +1,155 @@
-//! manager
+//! `manager` is the control plane that runs on manager nodes:
+//!
+//! - [`raft`]: RaftLog, the replicated log on disk and the store it builds
+//!   ([`store`]); raft messages travel over the cluster port.
+//! - [`orchestrator`], [`scheduler`]: the leader's control loops, thin actors
+//!   ([`control`]) over pure cores.
+//! - [`dispatcher`]: sessions with every node: assignments out, status in.
+//! - [`join`]: admitting nodes by token.
+//! - [`api`]: the HTTP JSON API for the CLI, with `/metrics`.
+//!
+//! [`Manager::start`] wires them together; `cli`'s daemon calls it.
+
+pub mod api;
+pub mod control;
+pub mod dispatcher;
+pub mod join;
+pub mod orchestrator;
+pub mod raft;
+pub mod scheduler;
+pub mod store;
+
+use std::path::Path;
+
+use actix::Addr;
+use common::wire::{Frame, Hello, PeerInfo};
+use common::NodeId;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use worker::net::{self, Inbound};
+
+use control::{ControlLoop, LiveNodes};
+use dispatcher::{Dispatcher, Register, Reports, Unregister};
+use raft::{RaftHandles, RaftLog, RaftOptions, RaftStatus, SharedStore};
+
+pub struct ManagerConfig<'a> {
+    pub node_id: NodeId,
+    pub raft_id: u64,
+    pub data_dir: &'a Path,
+    pub bootstrap: bool,
+    pub peers: Vec<PeerInfo>,
+    pub live: LiveNodes,
+    pub compact_every: u64,
+}
+
+#[derive(Clone)]
+pub struct Manager {
+    pub raft: Addr<RaftLog>,
+    pub store: SharedStore,
+    pub status: watch::Receiver<RaftStatus>,
+    pub applied: watch::Receiver<u64>,
+    pub dispatcher: Addr<Dispatcher>,
+}
+
+impl Manager {
+    /// Starts the raft log and the leader's loops; returns the sender that
+    /// the cluster-port router hands manager connections to.
+    pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::UnboundedSender<Inbound>), String> {
+        let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers);
+        let RaftHandles { addr, store, status, applied } = RaftLog::start(
+            &cfg.data_dir.join("raft"),
+            RaftOptions { raft_id: cfg.raft_id, bootstrap: cfg.bootstrap, compact_every: cfg.compact_every },
+            transport,
+        )?;
+        ControlLoop::start(
+            orchestrator::Orchestrator::default(),
+            addr.clone(),
+            store.clone(),
+            status.clone(),
+            applied.clone(),
+            cfg.live.clone(),
+        );
+        ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
+        let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
+        let manager = Manager { raft: addr, store, status, applied, dispatcher };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
+        let m = manager.clone();
+        actix::spawn(async move {
+            while let Some(inbound) = rx.recv().await {
+                let m = m.clone();
+                actix::spawn(async move {
+                    let peer = inbound.peer;
+                    if let Err(e) = m.accept(inbound).await {
+                        tracing::debug!(%peer, error = %e, "manager connection ended");
+                    }
+                });
+            }
+        });
+        Ok((manager, tx))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.status.borrow().is_leader
+    }
+
+    /// The leader's cluster address, if known.
+    pub fn leader_addr(&self) -> Option<std::net::SocketAddr> {
+        let leader = self.status.borrow().leader_id;
+        self.store.read().nodes.values().find(|n| n.raft_id == leader).map(|n| n.addr)
+    }
+
+    async fn accept(&self, inbound: Inbound) -> Result<(), net::NetError> {
+        let Inbound { hello, conn, peer } = inbound;
+        match hello {
+            Hello::Join { token, hostname, advertise_addr, protocol } => {
+                join::handle_join(conn, peer, token, hostname, advertise_addr, protocol, self.store.clone(), self.raft.clone())
+                    .await
+            }
+            Hello::Raft { .. } => raft::transport::serve_peer(conn, self.raft.clone()).await,
+            Hello::Session { node_id } => self.session(conn, node_id).await,
+            Hello::Logs(_) => Err(net::NetError::Unexpected("logs hello at the manager".into())),
+        }
+    }
+
+    async fn session(&self, mut conn: net::Conn, node: NodeId) -> Result<(), net::NetError> {
+        if !self.is_leader() {
+            return net::send(&mut conn, Frame::Redirect { leader: self.leader_addr() }).await;
+        }
+        if !self.store.read().nodes.contains_key(&node) {
+            let reason = format!("node {node} is not part of this cluster (was it removed?)");
+            return net::send(&mut conn, Frame::Refused { reason }).await;
+        }
+        net::send(&mut conn, Frame::Welcome).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let session = self
+            .dispatcher
+            .send(Register { node: node.clone(), tx })
+            .await
+            .map_err(|_| net::NetError::Closed)?;
+        let (mut sink, mut stream) = conn.split();
+        let writer = async {
+            while let Some(f) = rx.recv().await {
+                sink.send(f).await?;
+            }
+            Ok::<(), net::NetError>(())
+        };
+        let reader = async {
+            while let Some(frame) = stream.next().await {
+                match frame? {
+                    Frame::Status(updates) => self.dispatcher.do_send(Reports { node: node.clone(), updates }),
+                    Frame::Heartbeat => {}
+                    other => {
+                        return Err(net::NetError::Unexpected(format!("{other:?}").chars().take(60).collect()));
+                    }
+                }
+            }
+            Ok(())
+        };
+        let result = tokio::select! {
+            r = writer => r,
+            r = reader => r,
+        };
+        self.dispatcher.do_send(Unregister { node, session });
+        result
+    }
+}

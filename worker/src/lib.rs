@@ -1,1 +1,13 @@
-//! worker
+//! `worker` is what every node runs, managers included:
+//!
+//! - [`net`]: the cluster port (framed TCP, the hello handshake, routing).
+//! - [`membership`]: gossip over chitchat; who is alive.
+//! - [`supervisor`]: the TaskSupervisor reconciling assigned tasks with local
+//!   containers, over a [`runtime`] (Docker through bollard).
+//! - [`agent`]: the node's session with the leader's dispatcher.
+//! - [`metrics`]: per-actor figures for `/metrics`.
+
+pub mod agent;
+pub mod membership;
+pub mod metrics;
+pub mod net;

@@ -1,0 +1,86 @@
+//! The HTTP client the CLI uses to talk to a manager's API.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use common::api::ApiError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub struct Client {
+    host: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(host: &str) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        Client { host: host.to_string(), agent }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.host, path)
+    }
+
+    fn handle(&self, r: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response> {
+        match r {
+            Ok(resp) => Ok(resp),
+            Err(ureq::Error::Status(_, resp)) => {
+                let body = resp.into_string().unwrap_or_default();
+                match serde_json::from_str::<ApiError>(&body) {
+                    Ok(e) => Err(anyhow!("{}", e.message)),
+                    Err(_) => Err(anyhow!("{}", body.trim())),
+                }
+            }
+            Err(ureq::Error::Transport(t)) => Err(anyhow!(
+                "cannot reach the shoal API at {}: {} (is `shoal daemon` running there? choose the manager with -H or SHOAL_HOST)",
+                self.host,
+                t.message().map(str::to_string).unwrap_or_else(|| t.kind().to_string())
+            )),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.handle(self.agent.get(&self.url(path)).call())?;
+        Ok(resp.into_json()?)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self.handle(self.agent.post(&self.url(path)).send_json(body))?;
+        Ok(resp.into_json()?)
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.handle(self.agent.delete(&self.url(path)).call())?;
+        Ok(resp.into_json()?)
+    }
+
+    /// Calls `each` for every line of an NDJSON stream until it ends.
+    pub fn stream_lines<T: DeserializeOwned>(&self, path: &str, mut each: impl FnMut(T) -> Result<()>) -> Result<()> {
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
+        let resp = self.handle(agent.get(&self.url(path)).call())?;
+        let reader = std::io::BufReader::new(resp.into_reader());
+        for line in reader.lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            each(serde_json::from_str(&line)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Path segments from user input are escaped.
+pub fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

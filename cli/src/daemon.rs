@@ -1,0 +1,455 @@
+//! `shoal daemon`: bootstrap (`--init`), join (`--join`), or resume a node
+//! from its data directory, then run it until SIGINT/SIGTERM.
+//!
+//! A node's identity lives in `DATA_DIR/node.json`; managers keep the raft
+//! log under `DATA_DIR/raft`. Containers keep running when the daemon
+//! stops; a restarted node adopts them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use common::node::{Node, Role};
+use common::task::{Task, TaskStatusUpdate};
+use common::time::now_ms;
+use common::wire::{Frame, Hello, LogLine, LogRequest, PeerInfo, PROTOCOL_VERSION};
+use common::{NodeId, TaskId};
+use futures::stream::{BoxStream, StreamExt};
+use manager::api::{self, ApiState};
+use manager::raft::Propose;
+use manager::store::{ClusterInfo, Command};
+use manager::{Manager, ManagerConfig};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use worker::agent::{Agent, AgentSink};
+use worker::membership::{self, fact, MembershipConfig};
+use worker::net::{self, Router};
+use worker::runtime::docker::DockerRuntime;
+use worker::runtime::Runtime;
+use worker::supervisor::{Assign, TaskSupervisor};
+
+pub const DEFAULT_PORT: u16 = 4242;
+pub const DEFAULT_API: &str = "127.0.0.1:4243";
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Bootstrap a new cluster with this node as its first manager.
+    #[arg(long, conflicts_with = "join")]
+    init: bool,
+    /// Join the cluster of the manager at MANAGER_IP:PORT.
+    #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
+    join: Option<String>,
+    /// Join token (its kind decides whether this node is a worker or a manager).
+    #[arg(long)]
+    token: Option<String>,
+    /// The address other nodes reach this one at.
+    #[arg(long, value_name = "IP")]
+    advertise_addr: Option<IpAddr>,
+    /// Cluster port: TCP for node-to-node frames, UDP for gossip.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Where the HTTP API listens (default 127.0.0.1:4243).
+    #[arg(long, value_name = "IP:PORT")]
+    api_addr: Option<SocketAddr>,
+    /// The node's state: identity, raft log.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    data_dir: PathBuf,
+    /// Hostname shown for this node (default: the machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Raft entries between snapshots (log compaction).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    snapshot_interval: u64,
+}
+
+/// What a node remembers about itself between restarts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeState {
+    pub node_id: NodeId,
+    pub raft_id: u64,
+    pub role: Role,
+    pub cluster_id: String,
+    pub advertise_addr: IpAddr,
+    pub port: u16,
+    pub api_addr: SocketAddr,
+    pub hostname: String,
+    /// Managers' cluster addresses, refreshed from the leader.
+    #[serde(default)]
+    pub managers: Vec<SocketAddr>,
+}
+
+impl NodeState {
+    fn cluster_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise_addr, self.port)
+    }
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("node.json")
+}
+
+fn load_state(dir: &Path) -> Result<Option<NodeState>> {
+    let p = state_path(dir);
+    match std::fs::read(&p) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// Written to a temporary file, synced, then renamed: never half a file.
+fn save_state(dir: &Path, s: &NodeState) -> Result<()> {
+    use std::io::Write;
+    let p = state_path(dir);
+    let tmp = dir.join("node.json.tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(s)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &p)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn machine_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn secret(n: usize) -> String {
+    let id = format!("{}{}", common::ServiceId::random(), common::ServiceId::random());
+    id[..n].to_string()
+}
+
+pub fn run(args: DaemonArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let existing = load_state(&args.data_dir)?;
+    let (state, fresh_init) = match (existing, args.init, &args.join) {
+        (Some(s), false, None) => (resume(s, &args)?, false),
+        (Some(s), _, _) => bail!(
+            "{} already holds node {} ({}) of cluster {}: start without --init/--join to resume it, or use another --data-dir",
+            args.data_dir.display(),
+            s.node_id,
+            s.hostname,
+            s.cluster_id
+        ),
+        (None, true, _) => (init_state(&args)?, true),
+        (None, false, Some(join)) => {
+            let s = join_cluster(&args, join)?;
+            save_state(&args.data_dir, &s)?;
+            (s, false)
+        }
+        (None, false, None) => bail!(
+            "no node in {}: start with --init to create a cluster or with --join MANAGER_IP:PORT --token TOKEN to join one",
+            args.data_dir.display()
+        ),
+    };
+    let data_dir = args.data_dir.clone();
+    let snapshot_interval = args.snapshot_interval;
+    actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, snapshot_interval))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume(mut s: NodeState, args: &DaemonArgs) -> Result<NodeState> {
+    if let Some(a) = args.advertise_addr {
+        if a != s.advertise_addr {
+            bail!("this node was registered with advertise address {}; it cannot change to {a}", s.advertise_addr);
+        }
+    }
+    if let Some(p) = args.port {
+        if p != s.port {
+            bail!("this node was registered with cluster port {}; it cannot change to {p}", s.port);
+        }
+    }
+    let mut changed = false;
+    if let Some(a) = args.api_addr {
+        changed |= s.api_addr != a;
+        s.api_addr = a;
+    }
+    if changed {
+        save_state(&args.data_dir, &s)?;
+    }
+    Ok(s)
+}
+
+fn init_state(args: &DaemonArgs) -> Result<NodeState> {
+    let advertise = args.advertise_addr.ok_or_else(|| anyhow!("--init needs --advertise-addr IP"))?;
+    Ok(NodeState {
+        node_id: NodeId::random(),
+        raft_id: manager::join::new_raft_id(),
+        role: Role::Manager,
+        cluster_id: secret(25),
+        advertise_addr: advertise,
+        port: args.port.unwrap_or(DEFAULT_PORT),
+        api_addr: args.api_addr.unwrap_or_else(|| DEFAULT_API.parse().expect("default API address")),
+        hostname: args.hostname.clone().unwrap_or_else(machine_hostname),
+        managers: vec![],
+    })
+}
+
+fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
+    let advertise = args.advertise_addr.ok_or_else(|| anyhow!("--join needs --advertise-addr IP"))?;
+    let token = args.token.clone().ok_or_else(|| anyhow!("--join needs --token TOKEN"))?;
+    let target: SocketAddr = match target.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            let ip: IpAddr = target
+                .parse()
+                .map_err(|_| anyhow!("invalid --join address {target:?}: expected MANAGER_IP:PORT"))?;
+            SocketAddr::new(ip, DEFAULT_PORT)
+        }
+    };
+    let port = args.port.unwrap_or(DEFAULT_PORT);
+    let hostname = args.hostname.clone().unwrap_or_else(machine_hostname);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let hello = Hello::Join {
+        token,
+        hostname: hostname.clone(),
+        advertise_addr: SocketAddr::new(advertise, port),
+        protocol: PROTOCOL_VERSION,
+    };
+    let answer = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let (_conn, answer) = net::dial(target, hello).await?;
+            Ok::<_, net::NetError>(answer)
+        })
+        .await
+    });
+    let accepted = match answer {
+        Ok(Ok(Frame::JoinAccepted(a))) => a,
+        Ok(Ok(other)) => bail!("unexpected answer from {target}: {other:?}"),
+        Ok(Err(net::NetError::Refused(reason))) => bail!("join refused by {target}: {reason}"),
+        Ok(Err(e)) => bail!("cannot join through {target}: {e}"),
+        Err(_) => bail!("cannot join through {target}: no answer within 30 s"),
+    };
+    Ok(NodeState {
+        node_id: accepted.node_id,
+        raft_id: accepted.raft_id,
+        role: accepted.role,
+        cluster_id: accepted.cluster_id,
+        advertise_addr: advertise,
+        port,
+        api_addr: args.api_addr.unwrap_or_else(|| DEFAULT_API.parse().expect("default API address")),
+        hostname,
+        managers: accepted.managers.iter().map(|m| m.addr).collect(),
+    })
+}
+
+/// Forwards the agent's assignments to the supervisor and keeps the list
+/// of managers fresh (on disk and as gossip seeds).
+struct Sink {
+    supervisor: actix::Addr<TaskSupervisor>,
+    managers: Arc<RwLock<Vec<SocketAddr>>>,
+    data_dir: PathBuf,
+    state: Arc<RwLock<NodeState>>,
+    membership: actix::Addr<membership::Membership>,
+}
+
+impl AgentSink for Sink {
+    fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
+        self.supervisor.do_send(Assign { full, tasks, removed });
+    }
+    fn managers(&self, managers: Vec<PeerInfo>) {
+        let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
+        let mut s = self.state.write();
+        if s.managers != addrs {
+            s.managers = addrs.clone();
+            if let Err(e) = save_state(&self.data_dir, &s) {
+                tracing::warn!(error = %e, "cannot save the managers list");
+            }
+            let me = s.cluster_addr();
+            self.membership.do_send(membership::SetSeeds(addrs.into_iter().filter(|a| *a != me).collect()));
+        }
+        *self.managers.write() = s.managers.clone();
+    }
+}
+
+fn log_source(runtime: Arc<dyn Runtime>, node: NodeId) -> net::LogSource {
+    Arc::new(move |req: LogRequest| -> BoxStream<'static, Result<LogLine, String>> {
+        let runtime = runtime.clone();
+        let node = node.clone();
+        futures::stream::once(async move {
+            let containers = runtime.list(&node).await.map_err(|e| e.to_string())?;
+            let streams: Vec<_> = req
+                .tasks
+                .iter()
+                .filter_map(|t| containers.iter().find(|c| &c.task_id == t).map(|c| (t.clone(), c.container_id.clone())))
+                .map(|(t, c)| runtime.logs(&t, &c, req.follow, req.tail))
+                .collect();
+            Ok::<_, String>(futures::stream::select_all(streams).map(|r| r.map_err(|e| e.to_string())))
+        })
+        .map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = term.recv() => tracing::info!("terminated, stopping"),
+    }
+}
+
+async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapshot_interval: u64) -> Result<()> {
+    let cluster_addr = state.cluster_addr();
+    let listener = tokio::net::TcpListener::bind(cluster_addr)
+        .await
+        .with_context(|| format!("cannot listen on the cluster port {cluster_addr}"))?;
+    let runtime: Arc<dyn Runtime> = Arc::new(
+        DockerRuntime::connect()
+            .await
+            .map_err(|e| anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)"))?,
+    );
+
+    // Gossip: who is alive.
+    let facts: BTreeMap<String, String> = [
+        (fact::ROLE.to_string(), state.role.to_string()),
+        (fact::HOSTNAME.to_string(), state.hostname.clone()),
+        (fact::CLUSTER_ADDR.to_string(), cluster_addr.to_string()),
+    ]
+    .into();
+    let (membership, live_set) = membership::start(MembershipConfig {
+        node_id: state.node_id.clone(),
+        cluster_id: state.cluster_id.clone(),
+        gossip_addr: cluster_addr,
+        seeds: state.managers.iter().copied().filter(|a| *a != cluster_addr).collect(),
+        generation: now_ms(),
+        facts,
+    })
+    .await
+    .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
+    let (live_tx, live) = watch::channel(live_set.borrow().nodes.keys().cloned().collect());
+    {
+        let mut live_set = live_set.clone();
+        actix::spawn(async move {
+            while live_set.changed().await.is_ok() {
+                let ids = live_set.borrow().nodes.keys().cloned().collect();
+                live_tx.send_replace(ids);
+            }
+            tracing::error!("membership stopped; exiting");
+            std::process::exit(70);
+        });
+    }
+
+    // Tasks on this node.
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
+    let supervisor = TaskSupervisor::start(state.node_id.clone(), runtime.clone(), reports_tx);
+
+    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()));
+    let mut mgr: Option<Manager> = None;
+    if state.role == Role::Manager {
+        let peers: Vec<PeerInfo> = vec![];
+        let (m, inbound) = Manager::start(ManagerConfig {
+            node_id: state.node_id.clone(),
+            raft_id: state.raft_id,
+            data_dir: &data_dir,
+            bootstrap: fresh_init,
+            peers,
+            live: live.clone(),
+            compact_every: snapshot_interval,
+        })
+        .map_err(|e| anyhow!(e))?;
+        router.set_manager(inbound);
+        mgr = Some(m);
+    }
+    actix::spawn(router.serve(listener));
+
+    if fresh_init {
+        let m = mgr.as_ref().expect("init makes a manager");
+        bootstrap_cluster(m, &state).await?;
+        save_state(&data_dir, &state)?;
+        print_join_commands(m, &state);
+    }
+
+    // The session with the leader.
+    let managers = Arc::new(RwLock::new(if state.managers.is_empty() { vec![cluster_addr] } else { state.managers.clone() }));
+    let shared_state = Arc::new(RwLock::new(state.clone()));
+    let sink = Arc::new(Sink {
+        supervisor,
+        managers: managers.clone(),
+        data_dir: data_dir.clone(),
+        state: shared_state,
+        membership,
+    });
+    let agent = Agent { node_id: state.node_id.clone(), managers };
+    actix::spawn(agent.run(sink, reports_rx));
+
+    let server = api::serve(
+        state.api_addr,
+        ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live },
+    )
+    .with_context(|| format!("cannot listen for the API on {}", state.api_addr))?;
+    let handle = server.handle();
+    actix::spawn(server);
+    tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");
+
+    wait_for_signal().await;
+    handle.stop(true).await;
+    Ok(())
+}
+
+/// The first manager commits the cluster's identity and itself.
+async fn bootstrap_cluster(m: &Manager, state: &NodeState) -> Result<()> {
+    let mut status = m.status.clone();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
+        .await
+        .map_err(|_| anyhow!("this node did not become the raft leader of its new cluster within 10 s"))?
+        .map_err(|_| anyhow!("the raft log stopped"))?;
+    let now = now_ms();
+    let secret = secret(25);
+    let info = ClusterInfo {
+        id: state.cluster_id.clone(),
+        worker_token: manager::join::new_token(&secret),
+        manager_token: manager::join::new_token(&secret),
+        created_at: now,
+    };
+    let node = Node {
+        id: state.node_id.clone(),
+        raft_id: state.raft_id,
+        hostname: state.hostname.clone(),
+        role: Role::Manager,
+        availability: Default::default(),
+        labels: Default::default(),
+        addr: state.cluster_addr(),
+        created_at: now,
+        updated_at: now,
+    };
+    match m.raft.send(Propose(Command::Batch(vec![Command::InitCluster(info), Command::AddNode(node)]))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("cannot initialise the cluster: {e}")),
+        Err(e) => Err(anyhow!("cannot initialise the cluster: {e}")),
+    }
+}
+
+fn print_join_commands(m: &Manager, state: &NodeState) {
+    let c = m.store.read().cluster.clone();
+    let addr = state.cluster_addr();
+    println!("Cluster initialized: current node ({}) is now a manager.\n", state.node_id);
+    println!("To add a worker to this cluster, run the following command:\n");
+    println!("    shoal daemon --join {addr} --token {} --advertise-addr <IP>\n", c.worker_token);
+    println!("To add a manager to this cluster, run the following command:\n");
+    println!("    shoal daemon --join {addr} --token {} --advertise-addr <IP>\n", c.manager_token);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,109 @@
+//! `shoal node …` and `shoal join-token`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use common::api::{Info, JoinTokens, NodeInfo};
+
+use crate::client::{seg, Client};
+use crate::output;
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        /// `json` for machine-readable output.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show details of one or more nodes.
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        #[arg(long)]
+        pretty: bool,
+    },
+}
+
+pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
+    match cmd {
+        NodeCmd::Ls { quiet, format } => {
+            let nodes: Vec<NodeInfo> = c.get("/v1/nodes")?;
+            match (format.as_deref(), quiet) {
+                (Some("json"), _) => println!("{}", serde_json::to_string_pretty(&nodes)?),
+                (Some(f), _) => bail!("unknown format {f:?}: only json is supported"),
+                (None, true) => print!("{}", output::node_ls_quiet(&nodes)),
+                (None, false) => print!("{}", output::node_ls(&nodes)),
+            }
+        }
+        NodeCmd::Inspect { nodes, pretty } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for n in &nodes {
+                match c.get::<NodeInfo>(&format!("/v1/nodes/{}", seg(n))) {
+                    Ok(info) => found.push(info),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            if pretty {
+                for n in &found {
+                    print!("{}", pretty_node(n));
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pretty_node(n: &NodeInfo) -> String {
+    let mut s = format!(
+        "ID:\t\t\t{}\nHostname:\t\t{}\nJoined at:\t\t{}\nStatus:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}\n",
+        n.node.id,
+        n.node.hostname,
+        n.node.created_at,
+        n.status,
+        n.node.availability,
+        n.node.addr.ip()
+    );
+    if !n.manager_status.is_empty() {
+        s.push_str(&format!("Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n", n.node.addr, n.manager_status));
+    }
+    s.push_str(&format!("Role:\t\t\t{}\n", n.node.role));
+    if !n.node.labels.is_empty() {
+        s.push_str("Labels:\n");
+        for (k, v) in &n.node.labels {
+            s.push_str(&format!(" - {k}={v}\n"));
+        }
+    }
+    s
+}
+
+pub fn join_token(c: &Client, role: &str, quiet: bool) -> Result<ExitCode> {
+    if role != "worker" && role != "manager" {
+        bail!("unknown role {role:?}: expected worker or manager");
+    }
+    let tokens: JoinTokens = c.get("/v1/join-tokens")?;
+    let token = if role == "worker" { tokens.worker } else { tokens.manager };
+    if quiet {
+        println!("{token}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let info: Info = c.get("/v1/info")?;
+    let nodes: Vec<NodeInfo> = c.get("/v1/nodes")?;
+    let addr = nodes.iter().find(|n| n.node.id == info.node_id).map(|n| n.node.addr.to_string()).unwrap_or_default();
+    println!("To add a {role} to this cluster, run the following command:\n");
+    println!("    shoal daemon --join {addr} --token {token} --advertise-addr <IP>\n");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,123 @@
+//! Following a service until it converges (`--detach=false`), drawing
+//! docker's progress display. Ctrl-C only stops the watching; the cluster
+//! goes on with the work.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use common::api::{ServiceInfo, TaskInfo};
+use common::task::TaskState;
+use common::time::Millis;
+
+use crate::client::Client;
+use crate::output;
+
+const POLL: Duration = Duration::from_millis(200);
+/// How long every task must stay running before the service counts as
+/// converged (docker waits its update monitor period, 5 s by default; we
+/// report failures as they come, so a shorter check is enough).
+const VERIFY: Duration = Duration::from_secs(1);
+/// A slot whose tasks failed this many times since the command began makes
+/// the command give up (the cluster keeps trying).
+const FAILURES_PER_SLOT: usize = 3;
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Converging,
+    Converged,
+    Failing(Vec<String>),
+}
+
+/// Pure: where the service stands, given its tasks.
+pub fn assess(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict {
+    let current = |t: &TaskInfo| t.task.spec == info.spec.task;
+    let active: Vec<&TaskInfo> = tasks.iter().filter(|t| t.task.is_active()).collect();
+    let running = active.iter().filter(|t| t.task.status.state == TaskState::Running && current(t)).count() as u64;
+    if running == info.desired && active.len() as u64 == info.desired {
+        return Verdict::Converged;
+    }
+    let mut failures: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for t in tasks {
+        let s = &t.task.status;
+        if matches!(s.state, TaskState::Failed | TaskState::Rejected) && t.task.created_at >= since {
+            let why = s.err.clone().unwrap_or_else(|| s.state.as_str().to_string());
+            failures.entry(t.task.slot).or_default().push(format!("{}: {}", t.task.name(), why));
+        }
+    }
+    if let Some(errors) = failures.values().find(|v| v.len() >= FAILURES_PER_SLOT) {
+        return Verdict::Failing(errors.clone());
+    }
+    Verdict::Converging
+}
+
+struct Screen {
+    tty: bool,
+    drawn: usize,
+}
+
+impl Screen {
+    fn draw(&mut self, lines: &[String]) {
+        if !self.tty {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if self.drawn > 0 {
+            let _ = write!(out, "\x1b[{}A", self.drawn);
+        }
+        for l in lines {
+            let _ = writeln!(out, "\x1b[2K{l}");
+        }
+        let _ = out.flush();
+        self.drawn = lines.len();
+    }
+
+    fn finish(&mut self, lines: &[String]) {
+        if self.tty {
+            self.draw(lines);
+        } else {
+            let mut out = std::io::stdout().lock();
+            for l in lines {
+                let _ = writeln!(out, "{}", l.trim_end());
+            }
+        }
+    }
+}
+
+pub fn watch(c: &Client, service: &str, since: Millis) -> Result<ExitCode> {
+    let mut screen = Screen { tty: std::io::stdout().is_terminal(), drawn: 0 };
+    let mut converged_at: Option<Instant> = None;
+    loop {
+        let info: ServiceInfo = c.get(&format!("/v1/services/{service}"))?;
+        let tasks: Vec<TaskInfo> = c.get(&format!("/v1/services/{service}/tasks"))?;
+        let current: Vec<TaskInfo> = tasks.iter().filter(|t| t.task.spec == info.spec.task).cloned().collect();
+        match assess(&info, &tasks, since) {
+            Verdict::Converged => {
+                let at = *converged_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= VERIFY {
+                    screen.finish(&output::progress_lines(info.desired, &current, true));
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut lines = output::progress_lines(info.desired, &current, false);
+                lines.push(output::progress_waiting_line(VERIFY.saturating_sub(at.elapsed())));
+                screen.draw(&lines);
+            }
+            Verdict::Failing(errors) => {
+                screen.finish(&output::progress_lines(info.desired, &current, false));
+                eprintln!("Error: tasks of service {} keep failing:", info.spec.name);
+                for e in errors {
+                    eprintln!("  {e}");
+                }
+                eprintln!("(the cluster keeps retrying; see `shoal service ps {}`)", info.spec.name);
+                return Ok(ExitCode::FAILURE);
+            }
+            Verdict::Converging => {
+                converged_at = None;
+                screen.draw(&output::progress_lines(info.desired, &current, false));
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}

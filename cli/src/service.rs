@@ -1,0 +1,414 @@
+//! `shoal service …`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand};
+use common::api::{LogEntry, ServiceInfo, ServiceUpdate, TaskInfo};
+use common::constraint::Constraint;
+use common::spec::{
+    parse_label, parse_replicas, validate_env, Mount, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
+    TaskTemplate,
+};
+use common::task::TaskState;
+use common::time::{now_ms, parse_duration};
+
+use crate::client::{seg, Client};
+use crate::{output, progress};
+
+#[derive(Args)]
+pub struct Detach {
+    /// Exit once the change is committed instead of waiting for the service to converge.
+    #[arg(short = 'd', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    detach: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCmd {
+    /// Create a new service.
+    Create(CreateArgs),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// List the tasks of one or more services.
+    Ps {
+        #[arg(required = true)]
+        services: Vec<String>,
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(short, long)]
+        quiet: bool,
+        /// desired-state=running|shutdown|accepted
+        #[arg(short, long)]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Fetch the logs of a service's tasks, from every node.
+    Logs {
+        service: String,
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines to show from the end of each task's log.
+        #[arg(short = 'n', long, allow_hyphen_values = true)]
+        tail: Option<String>,
+        #[arg(short, long)]
+        timestamps: bool,
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Scale one or more services: NAME=REPLICAS…
+    Scale {
+        #[arg(required = true)]
+        targets: Vec<String>,
+        #[command(flatten)]
+        detach: Detach,
+    },
+    /// Update a service.
+    Update(UpdateArgs),
+    /// Show details of one or more services.
+    Inspect {
+        #[arg(required = true)]
+        services: Vec<String>,
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Remove one or more services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, allow_hyphen_values = true, default_value = "1")]
+    replicas: String,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(short, long = "label")]
+    label: Vec<String>,
+    #[arg(long)]
+    constraint: Vec<String>,
+    #[arg(long)]
+    mount: Vec<String>,
+    /// none, on-failure or any
+    #[arg(long, default_value = "any")]
+    restart_condition: String,
+    #[arg(long, default_value = "5s")]
+    restart_delay: String,
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    /// Time to wait for a task to stop before killing it.
+    #[arg(long, default_value = "10s")]
+    stop_grace_period: String,
+    #[command(flatten)]
+    detach: Detach,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[arg(long, allow_hyphen_values = true)]
+    replicas: Option<String>,
+    #[arg(long)]
+    image: Option<String>,
+    /// Replace the command and arguments (one --args string, split on spaces).
+    #[arg(long)]
+    args: Option<String>,
+    #[arg(long)]
+    env_add: Vec<String>,
+    #[arg(long)]
+    env_rm: Vec<String>,
+    #[arg(long)]
+    label_add: Vec<String>,
+    #[arg(long)]
+    label_rm: Vec<String>,
+    #[arg(long)]
+    constraint_add: Vec<String>,
+    #[arg(long)]
+    constraint_rm: Vec<String>,
+    #[command(flatten)]
+    detach: Detach,
+    service: String,
+}
+
+fn parse_constraints(list: &[String]) -> Result<Vec<Constraint>> {
+    list.iter().map(|c| Constraint::parse(c).map_err(|e| anyhow!("{e}"))).collect()
+}
+
+fn parse_labels(list: &[String]) -> Result<BTreeMap<String, String>> {
+    list.iter().map(|l| parse_label(l).map_err(|e| anyhow!("{e}"))).collect()
+}
+
+fn ms(s: &str, what: &str) -> Result<u64> {
+    parse_duration(s).map(|d| d.as_millis() as u64).map_err(|e| anyhow!("invalid {what}: {e}"))
+}
+
+fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
+    let replicas = parse_replicas(&a.replicas)?;
+    for e in &a.env {
+        validate_env(e)?;
+    }
+    let mounts = a.mount.iter().map(|m| m.parse::<Mount>()).collect::<Result<Vec<_>, _>>()?;
+    let condition: RestartCondition = a.restart_condition.parse()?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => {
+            // docker picks a random name; so do we, from the image.
+            let base: String = a.image.rsplit('/').next().unwrap_or("svc").split(':').next().unwrap_or("svc").into();
+            format!("{base}-{}", &common::ServiceId::random().as_str()[..6])
+        }
+    };
+    let spec = ServiceSpec {
+        name,
+        labels: parse_labels(&a.label)?,
+        mode: ServiceMode::Replicated { replicas },
+        task: TaskTemplate {
+            image: a.image.clone(),
+            args: a.command.clone(),
+            env: a.env.clone(),
+            mounts,
+            constraints: parse_constraints(&a.constraint)?,
+            restart: RestartPolicy {
+                condition,
+                delay_ms: ms(&a.restart_delay, "--restart-delay")?,
+                max_attempts: a.restart_max_attempts,
+            },
+            stop_grace_ms: ms(&a.stop_grace_period, "--stop-grace-period")?,
+        },
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
+    match cmd {
+        ServiceCmd::Create(a) => {
+            let spec = create_spec(&a)?;
+            let info: ServiceInfo = c.post("/v1/services", &spec)?;
+            println!("{}", info.id);
+            if !a.detach.detach {
+                return progress::watch(c, &info.id.to_string(), now_ms());
+            }
+        }
+        ServiceCmd::Ls { quiet, format } => {
+            let list: Vec<ServiceInfo> = c.get("/v1/services")?;
+            match (format.as_deref(), quiet) {
+                (Some("json"), _) => println!("{}", serde_json::to_string_pretty(&list)?),
+                (Some(f), _) => bail!("unknown format {f:?}: only json is supported"),
+                (None, true) => print!("{}", output::service_ls_quiet(&list)),
+                (None, false) => print!("{}", output::service_ls(&list)),
+            }
+        }
+        ServiceCmd::Ps { services, no_trunc, quiet, filter, format } => {
+            let mut desired: Option<TaskState> = None;
+            for f in &filter {
+                match f.split_once('=') {
+                    Some(("desired-state", v)) => {
+                        desired = Some(match v {
+                            "running" => TaskState::Running,
+                            "shutdown" => TaskState::Shutdown,
+                            "accepted" => TaskState::Accepted,
+                            _ => bail!("invalid filter {f:?}: desired-state must be running, shutdown or accepted"),
+                        })
+                    }
+                    _ => bail!("invalid filter {f:?}: supported is desired-state=running|shutdown|accepted"),
+                }
+            }
+            let mut tasks: Vec<TaskInfo> = Vec::new();
+            let mut failed = false;
+            for s in &services {
+                match c.get::<Vec<TaskInfo>>(&format!("/v1/services/{}/tasks", seg(s))) {
+                    Ok(t) => tasks.extend(t),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            if let Some(d) = desired {
+                tasks.retain(|t| t.task.desired_state == d);
+            }
+            match (format.as_deref(), quiet) {
+                (Some("json"), _) => println!("{}", serde_json::to_string_pretty(&tasks)?),
+                (Some(f), _) => bail!("unknown format {f:?}: only json is supported"),
+                (None, true) => print!("{}", output::service_ps_quiet(&tasks)),
+                (None, false) => {
+                    if !tasks.is_empty() || !failed {
+                        print!("{}", output::service_ps(&tasks, now_ms(), no_trunc))
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ServiceCmd::Logs { service, follow, tail, timestamps, no_trunc } => {
+            let tail = match tail.as_deref() {
+                None | Some("all") => None,
+                Some(n) => Some(n.parse::<u64>().map_err(|_| anyhow!("invalid --tail {n:?}: expected a number of lines or \"all\""))?),
+            };
+            let info: ServiceInfo = c.get(&format!("/v1/services/{}", seg(&service)))?;
+            let mut path = format!("/v1/services/{}/logs?follow={follow}", info.id);
+            if let Some(n) = tail {
+                path.push_str(&format!("&tail={n}"));
+            }
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            c.stream_lines::<LogEntry>(&path, |e| {
+                let mut out = stdout.lock();
+                writeln!(out, "{}", output::format_log_line(&e, timestamps, no_trunc, info.desired))?;
+                out.flush()?;
+                Ok(())
+            })?;
+        }
+        ServiceCmd::Scale { targets, detach } => {
+            let mut parsed = Vec::new();
+            for t in &targets {
+                let (name, n) = t
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("invalid scale specifier {t:?}: expected SERVICE=REPLICAS"))?;
+                parsed.push((name.to_string(), parse_replicas(n)?));
+            }
+            let mut code = ExitCode::SUCCESS;
+            let started = now_ms();
+            let mut scaled = Vec::new();
+            for (name, n) in parsed {
+                let update = ServiceUpdate { replicas: Some(n), ..Default::default() };
+                match c.post::<_, ServiceInfo>(&format!("/v1/services/{}/update", seg(&name)), &update) {
+                    Ok(info) => {
+                        println!("{name} scaled to {n}");
+                        scaled.push(info.id.to_string());
+                    }
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            if !detach.detach {
+                for id in scaled {
+                    if progress::watch(c, &id, started)? != ExitCode::SUCCESS {
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            return Ok(code);
+        }
+        ServiceCmd::Update(a) => {
+            let update = ServiceUpdate {
+                replicas: a.replicas.as_deref().map(parse_replicas).transpose()?,
+                image: a.image.clone(),
+                args: a.args.as_ref().map(|s| s.split_whitespace().map(str::to_string).collect()),
+                env_add: {
+                    for e in &a.env_add {
+                        validate_env(e)?;
+                    }
+                    a.env_add.clone()
+                },
+                env_rm: a.env_rm.clone(),
+                label_add: parse_labels(&a.label_add)?,
+                label_rm: a.label_rm.clone(),
+                constraint_add: parse_constraints(&a.constraint_add)?,
+                constraint_rm: parse_constraints(&a.constraint_rm)?,
+            };
+            let started = now_ms();
+            let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;
+            println!("{}", a.service);
+            if !a.detach.detach {
+                return progress::watch(c, &info.id.to_string(), started);
+            }
+        }
+        ServiceCmd::Inspect { services, pretty } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for s in &services {
+                match c.get::<ServiceInfo>(&format!("/v1/services/{}", seg(s))) {
+                    Ok(i) => found.push(i),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            if pretty {
+                for s in &found {
+                    print!("{}", pretty_service(s));
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ServiceCmd::Rm { services } => {
+            let mut code = ExitCode::SUCCESS;
+            for s in &services {
+                match c.delete::<ServiceInfo>(&format!("/v1/services/{}", seg(s))) {
+                    Ok(_) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pretty_service(s: &ServiceInfo) -> String {
+    let t = &s.spec.task;
+    let mut out = format!("\nID:\t\t{}\nName:\t\t{}\n", s.id, s.spec.name);
+    if !s.spec.labels.is_empty() {
+        out.push_str("Labels:\n");
+        for (k, v) in &s.spec.labels {
+            out.push_str(&format!(" {k}={v}\n"));
+        }
+    }
+    out.push_str(&format!("Service Mode:\tReplicated\n Replicas:\t{}\n", s.desired));
+    if !t.constraints.is_empty() {
+        out.push_str("Placement:\n Constraints:\t[");
+        out.push_str(&t.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "));
+        out.push_str("]\n");
+    }
+    out.push_str(&format!(
+        "RestartPolicy:\n Condition:\t{}\n Delay:\t\t{}\n MaxAttempts:\t{}\n",
+        t.restart.condition,
+        humantime::format_duration(std::time::Duration::from_millis(t.restart.delay_ms)),
+        t.restart.max_attempts.unwrap_or(0)
+    ));
+    out.push_str(&format!("ContainerSpec:\n Image:\t\t{}\n", t.image));
+    if !t.args.is_empty() {
+        out.push_str(&format!(" Args:\t\t{}\n", t.args.join(" ")));
+    }
+    if !t.env.is_empty() {
+        out.push_str(&format!(" Env:\t\t{}\n", t.env.join(" ")));
+    }
+    if !t.mounts.is_empty() {
+        out.push_str("Mounts:\n");
+        for m in &t.mounts {
+            out.push_str(&format!(
+                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\tbind\n",
+                m.target, m.source, m.readonly
+            ));
+        }
+    }
+    out.push_str(&format!("Running:\t{}/{}\n", s.running, s.desired));
+    out
+}
+

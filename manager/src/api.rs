@@ -1,0 +1,404 @@
+//! The HTTP JSON API (see `common::api` for the routes and bodies), served
+//! by every node: a manager answers everything; a worker answers `/v1/info`
+//! and `/metrics` and says clearly that it is not a manager otherwise.
+//! Reads come from this manager's applied store; writes are proposed to the
+//! raft log (a follower's proposal is forwarded to the leader by raft).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use common::api::{ApiError, Info, JoinTokens, LogEntry, NodeInfo, ServiceInfo, ServiceUpdate, TaskInfo};
+use common::node::{NodeStatus, Role};
+use common::spec::ServiceSpec;
+use common::task::{Task, TaskState};
+use common::time::now_ms;
+use common::wire::{Frame, Hello, LogRequest};
+use common::{NodeId, ServiceId, TaskId};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use worker::metrics::metrics;
+use worker::net;
+
+use crate::control::LiveNodes;
+use crate::raft::{Propose, ProposeError};
+use crate::store::{Command, Service, Store, StoreError};
+use crate::Manager;
+
+pub struct ApiState {
+    pub node_id: NodeId,
+    pub hostname: String,
+    pub manager: Option<Manager>,
+    pub live: LiveNodes,
+}
+
+#[derive(Debug)]
+pub struct Error {
+    status: StatusCode,
+    message: String,
+}
+
+impl Error {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Error { status, message: message.into() }
+    }
+    fn not_found(what: &str, key: &str) -> Self {
+        Error::new(StatusCode::NOT_FOUND, format!("{what} {key} not found"))
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(ApiError { message: self.message.clone() })
+    }
+}
+
+impl From<ProposeError> for Error {
+    fn from(e: ProposeError) -> Self {
+        let status = match &e {
+            ProposeError::Rejected(StoreError::NameInUse(..)) | ProposeError::Rejected(StoreError::Conflict(..)) => {
+                StatusCode::CONFLICT
+            }
+            ProposeError::Rejected(StoreError::NoSuchService(_)) | ProposeError::Rejected(StoreError::NoSuchNode(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
+            ProposeError::NoLeader | ProposeError::Timeout | ProposeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            ProposeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Error::new(status, e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn manager(state: &ApiState) -> Result<&Manager> {
+    state.manager.as_ref().ok_or_else(|| {
+        Error::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node {} ({}) is a worker, not a manager: point -H or SHOAL_HOST at a manager's API",
+                state.hostname, state.node_id
+            ),
+        )
+    })
+}
+
+async fn propose(m: &Manager, cmd: Command) -> Result<()> {
+    match m.raft.send(Propose(cmd)).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(e) => Err(Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("raft log unreachable: {e}"))),
+    }
+}
+
+pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
+    let running = store
+        .tasks_of(&svc.id)
+        .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+        .count() as u64;
+    ServiceInfo {
+        id: svc.id.clone(),
+        version: svc.version,
+        spec: svc.spec.clone(),
+        created_at: svc.created_at,
+        updated_at: svc.updated_at,
+        running,
+        desired: svc.spec.mode.replicas(),
+    }
+}
+
+fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
+    let store = m.store.read();
+    let live = state.live.borrow();
+    let status = m.status.borrow().clone();
+    store
+        .nodes
+        .values()
+        .map(|n| {
+            let ready = live.contains(&n.id);
+            let manager_status = match n.role {
+                Role::Worker => String::new(),
+                Role::Manager if n.raft_id == status.leader_id => "Leader".into(),
+                Role::Manager if ready => "Reachable".into(),
+                Role::Manager => "Unreachable".into(),
+            };
+            NodeInfo {
+                node: n.clone(),
+                status: if ready { NodeStatus::Ready } else { NodeStatus::Down },
+                manager_status,
+                is_self: n.id == state.node_id,
+            }
+        })
+        .collect()
+}
+
+async fn info(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let (is_leader, cluster_id) = match &state.manager {
+        Some(m) => (m.is_leader(), m.store.read().cluster.id.clone()),
+        None => (false, String::new()),
+    };
+    Ok(HttpResponse::Ok().json(Info {
+        node_id: state.node_id.clone(),
+        hostname: state.hostname.clone(),
+        is_manager: state.manager.is_some(),
+        is_leader,
+        cluster_id,
+    }))
+}
+
+async fn list_nodes(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    Ok(HttpResponse::Ok().json(node_infos(&state, m)))
+}
+
+async fn get_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == id).ok_or_else(|| Error::not_found("node", &key))?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn join_tokens(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let c = m.store.read().cluster.clone();
+    Ok(HttpResponse::Ok().json(JoinTokens { worker: c.worker_token, manager: c.manager_token }))
+}
+
+async fn list_services(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let store = m.store.read();
+    let list: Vec<ServiceInfo> = store.services.values().map(|s| service_info(&store, s)).collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+fn find_service(m: &Manager, key: &str) -> Result<Service> {
+    m.store.read().find_service(key).cloned().ok_or_else(|| Error::not_found("service", key))
+}
+
+async fn get_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let info = service_info(&m.store.read(), &svc);
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let spec = spec.into_inner();
+    spec.validate().map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let now = now_ms();
+    let svc = Service { id: ServiceId::random(), spec, version: 1, created_at: now, updated_at: now };
+    propose(m, Command::CreateService(svc.clone())).await?;
+    let info = service_info(&m.store.read(), &svc);
+    Ok(HttpResponse::Created().json(info))
+}
+
+async fn update_service(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    update: web::Json<ServiceUpdate>,
+) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let spec = update.apply(&svc.spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if spec != svc.spec {
+        propose(m, Command::UpdateService { id: svc.id.clone(), spec, at: now_ms() }).await?;
+    }
+    let store = m.store.read();
+    let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
+    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+}
+
+async fn remove_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let info = service_info(&m.store.read(), &svc);
+    propose(m, Command::RemoveService(svc.id.clone())).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+fn task_infos(store: &Store, tasks: impl Iterator<Item = Task>) -> Vec<TaskInfo> {
+    tasks
+        .map(|t| TaskInfo {
+            node_hostname: t.node_id.as_ref().and_then(|n| store.nodes.get(n)).map(|n| n.hostname.clone()),
+            task: t,
+        })
+        .collect()
+}
+
+async fn service_tasks(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let store = m.store.read();
+    let list = task_infos(&store, store.tasks_of(&svc.id).cloned());
+    Ok(HttpResponse::Ok().json(list))
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u64>,
+}
+
+struct LogTarget {
+    addr: SocketAddr,
+    node: String,
+    tasks: Vec<TaskId>,
+}
+
+/// Merges the logs of a service's tasks from every node holding them, as
+/// NDJSON of `LogEntry`. Without `follow`, lines are sorted by time.
+async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web::Query<LogsQuery>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let (targets, slots) = {
+        let store = m.store.read();
+        let mut by_node: BTreeMap<NodeId, Vec<TaskId>> = BTreeMap::new();
+        let mut slots: BTreeMap<TaskId, u64> = BTreeMap::new();
+        for t in store.tasks_of(&svc.id) {
+            slots.insert(t.id.clone(), t.slot);
+            if let (Some(n), true) = (&t.node_id, t.status.state > TaskState::Assigned) {
+                by_node.entry(n.clone()).or_default().push(t.id.clone());
+            }
+        }
+        let targets: Vec<LogTarget> = by_node
+            .into_iter()
+            .filter_map(|(n, tasks)| {
+                store.nodes.get(&n).map(|node| LogTarget { addr: node.addr, node: node.hostname.clone(), tasks })
+            })
+            .collect();
+        (targets, slots)
+    };
+    let (tx, mut rx) = mpsc::channel::<LogEntry>(1024);
+    let name = svc.spec.name.clone();
+    for target in targets {
+        let tx = tx.clone();
+        let name = name.clone();
+        let slots = slots.clone();
+        let req = LogRequest { tasks: target.tasks.clone(), follow: q.follow, tail: q.tail };
+        tokio::spawn(async move {
+            let (mut conn, _) = match net::dial(target.addr, Hello::Logs(req)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(node = %target.node, error = %e, "cannot fetch logs from node");
+                    return;
+                }
+            };
+            while let Ok(frame) = net::recv(&mut conn).await {
+                match frame {
+                    Frame::LogLine(l) => {
+                        let entry = LogEntry {
+                            slot: slots.get(&l.task_id).copied().unwrap_or(0),
+                            task_id: l.task_id,
+                            service_name: name.clone(),
+                            node: target.node.clone(),
+                            timestamp: l.timestamp,
+                            line: l.line,
+                        };
+                        if tx.send(entry).await.is_err() {
+                            return;
+                        }
+                    }
+                    Frame::LogEnd { error } => {
+                        if let Some(e) = error {
+                            tracing::warn!(node = %target.node, error = %e, "log stream ended with an error");
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    drop(tx);
+    let line = |e: &LogEntry| {
+        let mut s = serde_json::to_vec(e).unwrap_or_default();
+        s.push(b'\n');
+        web::Bytes::from(s)
+    };
+    if q.follow {
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(move |e| Ok::<_, actix_web::Error>(line(&e)));
+        return Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(stream));
+    }
+    let mut all = Vec::new();
+    while let Some(e) = rx.recv().await {
+        all.push(e);
+    }
+    all.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+    let body: Vec<u8> = all.iter().flat_map(|e| line(e).to_vec()).collect();
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(body))
+}
+
+async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
+    let m = metrics();
+    m.gauge("shoal_gossip_live_members", "nodes seen alive through gossip").set(state.live.borrow().len() as i64);
+    if let Some(mgr) = &state.manager {
+        let store = mgr.store.read();
+        let mut counts: BTreeMap<TaskState, i64> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
+        for t in store.tasks.values() {
+            *counts.entry(t.status.state).or_default() += 1;
+        }
+        let fam = m.gauge_family("shoal_tasks", "tasks in the store by current state", "state");
+        for (s, n) in counts {
+            fam.set(s.as_str(), n);
+        }
+        m.gauge("shoal_services", "services in the store").set(store.services.len() as i64);
+        m.gauge("shoal_nodes", "nodes in the store").set(store.nodes.len() as i64);
+    }
+    HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(m.render())
+}
+
+fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+    Error::new(StatusCode::BAD_REQUEST, format!("malformed request body: {err}")).into()
+}
+
+fn query_error(err: actix_web::error::QueryPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+    Error::new(StatusCode::BAD_REQUEST, format!("malformed query: {err}")).into()
+}
+
+async fn not_found() -> Result<HttpResponse> {
+    Err(Error::new(StatusCode::NOT_FOUND, "no such endpoint"))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().limit(4 * 1024 * 1024).error_handler(json_error))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .route("/metrics", web::get().to(metrics_text))
+        .route("/v1/info", web::get().to(info))
+        .route("/v1/nodes", web::get().to(list_nodes))
+        .route("/v1/nodes/{key}", web::get().to(get_node))
+        .route("/v1/join-tokens", web::get().to(join_tokens))
+        .route("/v1/services", web::get().to(list_services))
+        .route("/v1/services", web::post().to(create_service))
+        .route("/v1/services/{key}", web::get().to(get_service))
+        .route("/v1/services/{key}", web::delete().to(remove_service))
+        .route("/v1/services/{key}/update", web::post().to(update_service))
+        .route("/v1/services/{key}/tasks", web::get().to(service_tasks))
+        .route("/v1/services/{key}/logs", web::get().to(service_logs))
+        .default_service(web::to(not_found));
+}
+
+/// Binds the API; fails at once (a clear error) if the address is taken.
+pub fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<actix_web::dev::Server> {
+    let state = web::Data::new(state);
+    let server = actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(configure))
+        .workers(1)
+        .shutdown_timeout(1)
+        .bind(addr)?
+        .run();
+    Ok(server)
+}
+

@@ -1,0 +1,227 @@
+//! Dispatcher: the leader's side of every node's session. Each node first
+//! gets its full assignment set, then only what changed; its status reports
+//! are gathered for a few milliseconds and proposed as one entry.
+
+pub mod diff;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use common::task::{Task, TaskStatusUpdate};
+use common::wire::{Frame, PeerInfo};
+use common::{NodeId, TaskId};
+use tokio::sync::{mpsc, watch};
+use worker::metrics::{metrics, ActorMetrics};
+
+use crate::raft::{Propose, RaftLog, RaftStatus, SharedStore};
+use crate::store::{Command, Store};
+
+/// How long status reports wait to be batched.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// A batch this large is proposed at once.
+pub const BATCH_MAX: usize = 2_000;
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+struct Session {
+    id: u64,
+    tx: mpsc::UnboundedSender<Frame>,
+    /// What this node was last sent; `None` until the full set went out.
+    sent: Option<BTreeMap<TaskId, Task>>,
+}
+
+pub struct Dispatcher {
+    raft: Addr<RaftLog>,
+    store: SharedStore,
+    status: watch::Receiver<RaftStatus>,
+    sessions: HashMap<NodeId, Session>,
+    next_session: u64,
+    reports: Vec<TaskStatusUpdate>,
+    flush_queued: bool,
+    metrics: ActorMetrics,
+}
+
+impl Dispatcher {
+    pub fn start(raft: Addr<RaftLog>, store: SharedStore, status: watch::Receiver<RaftStatus>, applied: watch::Receiver<u64>) -> Addr<Self> {
+        let addr = Dispatcher {
+            raft,
+            store,
+            status,
+            sessions: HashMap::new(),
+            next_session: 1,
+            reports: Vec::new(),
+            flush_queued: false,
+            metrics: metrics().actor("dispatcher"),
+        }
+        .start();
+        let a = addr.clone();
+        let mut applied = applied;
+        actix::spawn(async move {
+            while applied.changed().await.is_ok() {
+                if a.try_send(StoreChanged).is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    fn managers(store: &Store) -> Vec<PeerInfo> {
+        store
+            .nodes
+            .values()
+            .filter(|n| n.role == common::node::Role::Manager)
+            .map(|n| PeerInfo { node_id: n.id.clone(), raft_id: n.raft_id, addr: n.addr })
+            .collect()
+    }
+
+    fn push_all(&mut self) {
+        let store = self.store.read();
+        let mut by_node: BTreeMap<&NodeId, BTreeMap<TaskId, Task>> = BTreeMap::new();
+        for t in store.tasks.values() {
+            if let Some(n) = &t.node_id {
+                by_node.entry(n).or_default().insert(t.id.clone(), t.clone());
+            }
+        }
+        let managers = Self::managers(&store);
+        let empty = BTreeMap::new();
+        for (node, session) in self.sessions.iter_mut() {
+            let now = by_node.get(node).unwrap_or(&empty);
+            let frame = match &session.sent {
+                None => Some(Frame::Assignments {
+                    full: true,
+                    tasks: now.values().cloned().collect(),
+                    removed: vec![],
+                    managers: managers.clone(),
+                }),
+                Some(sent) => {
+                    let d = diff::diff(sent, now);
+                    (!d.is_empty()).then(|| Frame::Assignments {
+                        full: false,
+                        tasks: d.upserts,
+                        removed: d.removed,
+                        managers: managers.clone(),
+                    })
+                }
+            };
+            if let Some(f) = frame {
+                let _ = session.tx.send(f);
+                session.sent = Some(now.clone());
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_queued = false;
+        if self.reports.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.reports);
+        let n = batch.len();
+        let raft = self.raft.clone();
+        actix::spawn(async move {
+            match raft.send(Propose(Command::UpdateTaskStatus(batch))).await {
+                Ok(Ok(())) => tracing::trace!(reports = n, "status batch applied"),
+                Ok(Err(e)) => tracing::warn!(reports = n, error = %e, "status batch not applied"),
+                Err(e) => tracing::error!(error = %e, "raft log unreachable"),
+            }
+        });
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(HEARTBEAT, |this, _| {
+            if !this.status.borrow().is_leader {
+                // Sessions belong to the leader: drop them so nodes reconnect.
+                this.sessions.clear();
+                return;
+            }
+            this.sessions.retain(|_, s| s.tx.send(Frame::Heartbeat).is_ok());
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StoreChanged;
+
+impl Handler<StoreChanged> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, _: StoreChanged, _: &mut Context<Self>) {
+        let started = Instant::now();
+        if !self.sessions.is_empty() {
+            self.push_all();
+        }
+        self.metrics.handled(started, true);
+    }
+}
+
+/// A node opened its session; frames for it go to `tx`. Returns the session id.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Register {
+    pub node: NodeId,
+    pub tx: mpsc::UnboundedSender<Frame>,
+}
+
+impl Handler<Register> for Dispatcher {
+    type Result = u64;
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> u64 {
+        let started = Instant::now();
+        let id = self.next_session;
+        self.next_session += 1;
+        tracing::info!(node = %msg.node, session = id, "node session opened");
+        self.sessions.insert(msg.node, Session { id, tx: msg.tx, sent: None });
+        self.push_all();
+        self.metrics.handled(started, true);
+        id
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub node: NodeId,
+    pub session: u64,
+}
+
+impl Handler<Unregister> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        if self.sessions.get(&msg.node).is_some_and(|s| s.id == msg.session) {
+            tracing::info!(node = %msg.node, session = msg.session, "node session closed");
+            self.sessions.remove(&msg.node);
+        }
+    }
+}
+
+/// Status reports from a node's session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reports {
+    pub node: NodeId,
+    pub updates: Vec<TaskStatusUpdate>,
+}
+
+impl Handler<Reports> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: Reports, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        {
+            // A node reports only on its own tasks.
+            let store = self.store.read();
+            self.reports.extend(msg.updates.into_iter().filter(|u| {
+                store.tasks.get(&u.task_id).is_some_and(|t| t.node_id.as_ref() == Some(&msg.node))
+            }));
+        }
+        if self.reports.len() >= BATCH_MAX {
+            self.flush();
+        } else if !self.flush_queued && !self.reports.is_empty() {
+            self.flush_queued = true;
+            ctx.run_later(BATCH_WINDOW, |this, _| this.flush());
+        }
+        self.metrics.handled(started, true);
+    }
+}

@@ -1,0 +1,141 @@
+//! Admitting a node: the token decides its role; the node is committed to
+//! the store (and, for a manager, added as a raft voter) before it is told
+//! its identity.
+
+use std::net::SocketAddr;
+
+use actix::Addr;
+use common::node::{Node, Role};
+use common::time::now_ms;
+use common::wire::{Frame, JoinAccepted, PeerInfo, PROTOCOL_VERSION};
+use common::NodeId;
+use rand::Rng;
+use worker::net::{self, Conn};
+
+use crate::raft::{AddVoter, Propose, RaftLog, SharedStore};
+use crate::store::{Command, Store};
+
+/// Which role a token grants, if any.
+pub fn role_for_token(store: &Store, token: &str) -> Option<Role> {
+    let c = &store.cluster;
+    if c.id.is_empty() {
+        return None;
+    }
+    if constant_time_eq(token.as_bytes(), c.worker_token.as_bytes()) {
+        Some(Role::Worker)
+    } else if constant_time_eq(token.as_bytes(), c.manager_token.as_bytes()) {
+        Some(Role::Manager)
+    } else {
+        None
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A token like Swarm's: `SHTKN-1-<cluster secret>-<role secret>`.
+pub fn new_token(cluster_secret: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    let secret: String = (0..25).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
+    format!("SHTKN-1-{cluster_secret}-{secret}")
+}
+
+pub fn new_raft_id() -> u64 {
+    rand::thread_rng().gen_range(1..u64::MAX)
+}
+
+pub fn managers(store: &Store) -> Vec<PeerInfo> {
+    store
+        .nodes
+        .values()
+        .filter(|n| n.role == Role::Manager)
+        .map(|n| PeerInfo { node_id: n.id.clone(), raft_id: n.raft_id, addr: n.addr })
+        .collect()
+}
+
+pub async fn handle_join(
+    mut conn: Conn,
+    peer: SocketAddr,
+    token: String,
+    hostname: String,
+    advertise_addr: SocketAddr,
+    protocol: u32,
+    store: SharedStore,
+    raft: Addr<RaftLog>,
+) -> Result<(), net::NetError> {
+    let refuse = |reason: String| Frame::Refused { reason };
+    if protocol != PROTOCOL_VERSION {
+        let why = format!("protocol version {protocol} is not supported (this manager speaks {PROTOCOL_VERSION})");
+        tracing::warn!(%peer, %hostname, "join refused: {why}");
+        return net::send(&mut conn, refuse(why)).await;
+    }
+    let (role, cluster_id) = {
+        let s = store.read();
+        (role_for_token(&s, &token), s.cluster.id.clone())
+    };
+    let Some(role) = role else {
+        tracing::warn!(%peer, %hostname, "join refused: invalid join token");
+        return net::send(&mut conn, refuse("invalid join token".into())).await;
+    };
+    let now = now_ms();
+    let node = Node {
+        id: NodeId::random(),
+        raft_id: new_raft_id(),
+        hostname: hostname.clone(),
+        role,
+        availability: Default::default(),
+        labels: Default::default(),
+        addr: advertise_addr,
+        created_at: now,
+        updated_at: now,
+    };
+    let proposed = raft.send(Propose(Command::AddNode(node.clone()))).await;
+    if let Err(e) = flatten(proposed) {
+        tracing::warn!(%peer, %hostname, error = %e, "join failed");
+        return net::send(&mut conn, refuse(format!("cannot admit the node: {e}"))).await;
+    }
+    if role == Role::Manager {
+        if let Err(e) = flatten(raft.send(AddVoter(node.raft_id)).await) {
+            tracing::warn!(%peer, %hostname, error = %e, "adding a manager failed");
+            return net::send(&mut conn, refuse(format!("cannot add the manager: {e}"))).await;
+        }
+    }
+    tracing::info!(node = %node.id, %hostname, %role, addr = %advertise_addr, "node joined");
+    let accepted = JoinAccepted {
+        node_id: node.id,
+        raft_id: node.raft_id,
+        role,
+        cluster_id,
+        managers: managers(&store.read()),
+    };
+    net::send(&mut conn, Frame::JoinAccepted(accepted)).await
+}
+
+pub fn flatten<E: std::fmt::Display>(r: Result<Result<(), crate::raft::ProposeError>, E>) -> Result<(), String> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("raft log unreachable: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_decide_roles() {
+        let mut s = Store::default();
+        assert_eq!(role_for_token(&s, ""), None, "uninitialised cluster admits nobody");
+        s.cluster.id = "c".into();
+        s.cluster.worker_token = new_token("abc");
+        s.cluster.manager_token = new_token("abc");
+        assert_ne!(s.cluster.worker_token, s.cluster.manager_token);
+        assert!(s.cluster.worker_token.starts_with("SHTKN-1-abc-"));
+        assert_eq!(role_for_token(&s, &s.cluster.worker_token.clone()), Some(Role::Worker));
+        assert_eq!(role_for_token(&s, &s.cluster.manager_token.clone()), Some(Role::Manager));
+        assert_eq!(role_for_token(&s, "SHTKN-1-abc-wrong"), None);
+    }
+}

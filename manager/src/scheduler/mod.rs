@@ -1,0 +1,42 @@
+//! Scheduler: places unassigned tasks on nodes. The placement is the pure
+//! [`plan::plan`]; this is the thin loop around it.
+
+pub mod plan;
+
+use std::collections::BTreeSet;
+
+use common::time::Millis;
+use common::NodeId;
+
+use crate::control::Decide;
+use crate::store::{Assignment, Command, Store, Unplaceable};
+use plan::NodeView;
+
+#[derive(Default)]
+pub struct Scheduler;
+
+impl Decide for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+    fn decide(&mut self, store: &Store, live: &BTreeSet<NodeId>, now: Millis) -> (Vec<Command>, Option<Millis>) {
+        let views: Vec<NodeView> = store
+            .nodes
+            .values()
+            .map(|n| NodeView { node: n, ready: live.contains(&n.id) })
+            .collect();
+        let p = plan::plan(&views, &store.tasks);
+        let mut cmds = Vec::new();
+        if !p.assign.is_empty() {
+            cmds.push(Command::AssignTasks(
+                p.assign.into_iter().map(|(task, node)| Assignment { task, node, at: now }).collect(),
+            ));
+        }
+        if !p.unplaceable.is_empty() {
+            cmds.push(Command::MarkUnplaceable(
+                p.unplaceable.into_iter().map(|(task, reason)| Unplaceable { task, reason, at: now }).collect(),
+            ));
+        }
+        (cmds, None)
+    }
+}

@@ -1,0 +1,302 @@
+//! Pure placement: which node each unassigned task goes to.
+//!
+//! A pipeline of filters decides which nodes can take a task; each filter
+//! can say why it refused, which is how a user learns
+//! `no suitable node (scheduling constraints not satisfied on 3 nodes)`.
+//! Among the nodes left, spread: fewest tasks of this service, then fewest
+//! tasks overall, then node ID (so the plan is deterministic).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::constraint::all_match;
+use common::node::{Availability, Node};
+use common::task::{Task, TaskState};
+use common::{NodeId, ServiceId, TaskId};
+
+/// What the scheduler sees of one node.
+#[derive(Clone, Debug)]
+pub struct NodeView<'a> {
+    pub node: &'a Node,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub assign: Vec<(TaskId, NodeId)>,
+    /// Tasks that fit nowhere, with the explanation shown in their error.
+    pub unplaceable: Vec<(TaskId, String)>,
+}
+
+/// One step of the filter pipeline.
+trait Filter {
+    /// Words for "this filter refused N nodes", e.g. "scheduling constraints
+    /// not satisfied on".
+    fn explain(&self) -> &'static str;
+    fn admits(&self, view: &NodeView, task: &Task) -> bool;
+}
+
+struct ReadyFilter;
+impl Filter for ReadyFilter {
+    fn explain(&self) -> &'static str {
+        "node not ready on"
+    }
+    fn admits(&self, view: &NodeView, _: &Task) -> bool {
+        view.ready
+    }
+}
+
+struct AvailabilityFilter;
+impl Filter for AvailabilityFilter {
+    fn explain(&self) -> &'static str {
+        "node not available for new tasks on"
+    }
+    fn admits(&self, view: &NodeView, _: &Task) -> bool {
+        view.node.availability == Availability::Active
+    }
+}
+
+struct ConstraintFilter;
+impl Filter for ConstraintFilter {
+    fn explain(&self) -> &'static str {
+        "scheduling constraints not satisfied on"
+    }
+    fn admits(&self, view: &NodeView, task: &Task) -> bool {
+        all_match(&task.spec.constraints, view.node)
+    }
+}
+
+const PIPELINE: &[&dyn Filter] = &[&ReadyFilter, &AvailabilityFilter, &ConstraintFilter];
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        "node"
+    } else {
+        "nodes"
+    }
+}
+
+/// Runs the pipeline over every node; returns the admitted nodes or the
+/// explanation of why none was.
+fn eligible<'a>(nodes: &[NodeView<'a>], task: &Task) -> Result<Vec<&'a Node>, String> {
+    let mut refused = vec![0usize; PIPELINE.len()];
+    let mut ok = Vec::new();
+    'nodes: for v in nodes {
+        for (i, f) in PIPELINE.iter().enumerate() {
+            if !f.admits(v, task) {
+                refused[i] += 1;
+                continue 'nodes;
+            }
+        }
+        ok.push(v.node);
+    }
+    if !ok.is_empty() {
+        return Ok(ok);
+    }
+    if nodes.is_empty() {
+        return Err("no suitable node (no nodes in the cluster)".into());
+    }
+    let reasons: Vec<String> = PIPELINE
+        .iter()
+        .zip(&refused)
+        .filter(|(_, n)| **n > 0)
+        .map(|(f, n)| format!("{} {} {}", f.explain(), n, plural(*n)))
+        .collect();
+    Err(format!("no suitable node ({})", reasons.join("; ")))
+}
+
+fn needs_placement(t: &Task) -> bool {
+    t.node_id.is_none()
+        && t.desired_state == TaskState::Running
+        && matches!(t.status.state, TaskState::New | TaskState::Pending)
+}
+
+pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
+    // Load so far: active tasks per node, and per (service, node).
+    let mut total: BTreeMap<&NodeId, usize> = BTreeMap::new();
+    let mut per_service: BTreeMap<(&ServiceId, &NodeId), usize> = BTreeMap::new();
+    for t in tasks.values() {
+        if let (Some(n), true) = (&t.node_id, t.is_active()) {
+            *total.entry(n).or_default() += 1;
+            *per_service.entry((&t.service_id, n)).or_default() += 1;
+        }
+    }
+    let mut pending: Vec<&Task> = tasks.values().filter(|t| needs_placement(t)).collect();
+    pending.sort_by(|a, b| (&a.service_id, a.slot, a.created_at).cmp(&(&b.service_id, b.slot, b.created_at)));
+
+    let mut out = Plan::default();
+    let mut explained: BTreeSet<&TaskId> = BTreeSet::new();
+    for t in pending {
+        match eligible(nodes, t) {
+            Ok(candidates) => {
+                let best = candidates
+                    .into_iter()
+                    .min_by_key(|n| {
+                        (
+                            per_service.get(&(&t.service_id, &n.id)).copied().unwrap_or(0),
+                            total.get(&n.id).copied().unwrap_or(0),
+                            &n.id,
+                        )
+                    })
+                    .expect("eligible returns at least one node");
+                *total.entry(&best.id).or_default() += 1;
+                *per_service.entry((&t.service_id, &best.id)).or_default() += 1;
+                out.assign.push((t.id.clone(), best.id.clone()));
+            }
+            Err(reason) => {
+                // Propose only what changes: a task already pending for the
+                // same reason needs no new entry in the log.
+                let unchanged = t.status.state == TaskState::Pending
+                    && t.status.err.as_deref() == Some(reason.as_str());
+                if !unchanged && explained.insert(&t.id) {
+                    out.unplaceable.push((t.id.clone(), reason));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::constraint::Constraint;
+    use common::node::Role;
+    use common::spec::{ServiceMode, ServiceSpec, TaskTemplate};
+    use common::task::TaskStatus;
+
+    fn node(name: &str, role: Role) -> Node {
+        Node {
+            id: format!("id-{name}").as_str().into(),
+            raft_id: 1,
+            hostname: name.into(),
+            role,
+            availability: Availability::Active,
+            labels: Default::default(),
+            addr: "127.0.0.1:4242".parse().unwrap(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn task(svc: &str, slot: u64, node: Option<&str>, constraints: &[&str]) -> Task {
+        let spec = ServiceSpec {
+            name: svc.into(),
+            labels: Default::default(),
+            mode: ServiceMode::Replicated { replicas: 1 },
+            task: TaskTemplate {
+                image: "img".into(),
+                args: vec![],
+                env: vec![],
+                mounts: vec![],
+                constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(),
+                restart: Default::default(),
+                stop_grace_ms: 1000,
+            },
+        };
+        Task {
+            id: format!("{svc}-{slot}").as_str().into(),
+            service_id: svc.into(),
+            service_name: svc.into(),
+            slot,
+            node_id: node.map(|n| format!("id-{n}").as_str().into()),
+            spec: spec.task,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(if node.is_some() { TaskState::Running } else { TaskState::New }, 0, ""),
+            created_at: slot,
+            attempt: 0,
+        }
+    }
+
+    fn tasks(list: Vec<Task>) -> BTreeMap<TaskId, Task> {
+        list.into_iter().map(|t| (t.id.clone(), t)).collect()
+    }
+
+    fn hosts(plan: &Plan) -> Vec<String> {
+        plan.assign.iter().map(|(_, n)| n.as_str().trim_start_matches("id-").to_string()).collect()
+    }
+
+    #[test]
+    fn six_tasks_spread_two_per_node() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let ts = tasks((1..=6).map(|s| task("web", s, None, &[])).collect());
+        let p = plan(&views, &ts);
+        assert_eq!(hosts(&p), ["n1", "n2", "n3", "n1", "n2", "n3"]);
+        assert!(p.unplaceable.is_empty());
+    }
+
+    #[test]
+    fn spread_prefers_fewest_of_the_service_then_fewest_overall() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        // n1 and n2 run one "web" each; n3 runs two of "db".
+        let ts = tasks(vec![
+            task("web", 1, Some("n1"), &[]),
+            task("web", 2, Some("n2"), &[]),
+            task("db", 1, Some("n3"), &[]),
+            task("db", 2, Some("n3"), &[]),
+            task("web", 3, None, &[]),
+            task("web", 4, None, &[]),
+        ]);
+        let p = plan(&views, &ts);
+        // Slot 3 goes to n3 (no web there); slot 4 to n1 (1 web, 1 total) not n3.
+        assert_eq!(hosts(&p), ["n3", "n1"]);
+    }
+
+    #[test]
+    fn constraints_filter_and_explain() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let ts = tasks(vec![
+            task("a", 1, None, &["node.role==manager"]),
+            task("a", 2, None, &["node.role==manager"]),
+            task("b", 1, None, &["node.labels.zone==mars"]),
+        ]);
+        let p = plan(&views, &ts);
+        assert_eq!(hosts(&p), ["n1", "n1"]);
+        assert_eq!(
+            p.unplaceable,
+            vec![("b-1".into(), "no suitable node (scheduling constraints not satisfied on 3 nodes)".to_string())]
+        );
+    }
+
+    #[test]
+    fn down_and_paused_nodes_are_skipped_and_explained() {
+        let mut paused = node("n2", Role::Worker);
+        paused.availability = Availability::Pause;
+        let ns = [node("n1", Role::Manager), paused, node("n3", Role::Worker)];
+        let views = vec![
+            NodeView { node: &ns[0], ready: false },
+            NodeView { node: &ns[1], ready: true },
+            NodeView { node: &ns[2], ready: true },
+        ];
+        let ts = tasks(vec![task("a", 1, None, &[]), task("b", 1, None, &["node.hostname==n1"])]);
+        let p = plan(&views, &ts);
+        assert_eq!(hosts(&p), ["n3"]);
+        assert_eq!(
+            p.unplaceable[0].1,
+            "no suitable node (node not ready on 1 node; node not available for new tasks on 1 node; scheduling constraints not satisfied on 1 node)"
+        );
+    }
+
+    #[test]
+    fn a_pending_task_with_the_same_reason_is_not_proposed_again_and_is_placed_when_a_node_fits() {
+        let ns = [node("n1", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let mut t = task("a", 1, None, &["node.role==manager"]);
+        t.status.state = TaskState::Pending;
+        t.status.err = Some("no suitable node (scheduling constraints not satisfied on 1 node)".into());
+        let ts = tasks(vec![t]);
+        assert_eq!(plan(&views, &ts), Plan::default());
+        let m = [node("n1", Role::Manager)];
+        let views: Vec<_> = m.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        assert_eq!(hosts(&plan(&views, &ts)), ["n1"]);
+    }
+
+    #[test]
+    fn no_nodes_at_all() {
+        let ts = tasks(vec![task("a", 1, None, &[])]);
+        let p = plan(&[], &ts);
+        assert_eq!(p.unplaceable[0].1, "no suitable node (no nodes in the cluster)");
+    }
+}

@@ -1,0 +1,359 @@
+//! The replicated store: the state machine every manager builds by applying
+//! the committed raft log, and the commands that change it.
+//!
+//! Commands are a MessagePack-tagged enum whose variant list only ever grows;
+//! a node that meets a variant it does not know skips that entry with a
+//! warning (see [`decode_command`]). Apply is deterministic: a command that
+//! cannot apply (a name already taken) fails the same way on every manager,
+//! and the proposer gets that error back.
+
+use std::collections::BTreeMap;
+
+use common::node::{Availability, Node};
+use common::spec::ServiceSpec;
+use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
+use common::time::Millis;
+use common::{NodeId, ServiceId, TaskId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub worker_token: String,
+    pub manager_token: String,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: ServiceId,
+    pub spec: ServiceSpec,
+    pub version: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: TaskId,
+    pub node: NodeId,
+    pub at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unplaceable {
+    pub task: TaskId,
+    pub reason: String,
+    pub at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    InitCluster(ClusterInfo),
+    AddNode(Node),
+    SetNodeAvailability { id: NodeId, availability: Availability, at: Millis },
+    RemoveNode(NodeId),
+    CreateService(Service),
+    UpdateService { id: ServiceId, spec: ServiceSpec, at: Millis },
+    RemoveService(ServiceId),
+    CreateTasks(Vec<Task>),
+    AssignTasks(Vec<Assignment>),
+    MarkUnplaceable(Vec<Unplaceable>),
+    SetDesiredState { tasks: Vec<TaskId>, state: TaskState },
+    UpdateTaskStatus(Vec<TaskStatusUpdate>),
+    DeleteTasks(Vec<TaskId>),
+    /// Several commands in one entry, applied in order; stops at the first error.
+    Batch(Vec<Command>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StoreError {
+    #[error("service name {0:?} is already in use by service {1}")]
+    NameInUse(String, ServiceId),
+    #[error("service {0} not found")]
+    NoSuchService(String),
+    #[error("node {0} not found")]
+    NoSuchNode(String),
+    #[error("the cluster is already initialised")]
+    AlreadyInitialised,
+    #[error("service {0} was changed by someone else (version {1}, expected {2})")]
+    Conflict(ServiceId, u64, u64),
+}
+
+pub fn encode_command(cmd: &Command) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail.
+    rmp_serde::to_vec_named(cmd).expect("commands always encode")
+}
+
+pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Store {
+    pub cluster: ClusterInfo,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub services: BTreeMap<ServiceId, Service>,
+    pub tasks: BTreeMap<TaskId, Task>,
+}
+
+impl Store {
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("the store always encodes")
+    }
+
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Store, String> {
+        if bytes.is_empty() {
+            return Ok(Store::default());
+        }
+        rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    pub fn apply(&mut self, cmd: Command) -> Result<(), StoreError> {
+        match cmd {
+            Command::InitCluster(info) => {
+                if !self.cluster.id.is_empty() {
+                    return Err(StoreError::AlreadyInitialised);
+                }
+                self.cluster = info;
+            }
+            Command::AddNode(node) => {
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Command::SetNodeAvailability { id, availability, at } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+                node.availability = availability;
+                node.updated_at = at;
+            }
+            Command::RemoveNode(id) => {
+                self.nodes.remove(&id);
+            }
+            Command::CreateService(svc) => {
+                if let Some(other) = self.service_by_name(&svc.spec.name) {
+                    return Err(StoreError::NameInUse(svc.spec.name.clone(), other.id.clone()));
+                }
+                self.services.insert(svc.id.clone(), svc);
+            }
+            Command::UpdateService { id, spec, at } => {
+                if let Some(other) = self.service_by_name(&spec.name) {
+                    if other.id != id {
+                        return Err(StoreError::NameInUse(spec.name.clone(), other.id.clone()));
+                    }
+                }
+                let svc = self
+                    .services
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                svc.spec = spec;
+                svc.version += 1;
+                svc.updated_at = at;
+            }
+            Command::RemoveService(id) => {
+                if self.services.remove(&id).is_none() {
+                    return Err(StoreError::NoSuchService(id.to_string()));
+                }
+                // The tasks go with it; workers stop and remove the containers
+                // that drop out of their assignment sets.
+                self.tasks.retain(|_, t| t.service_id != id);
+            }
+            Command::CreateTasks(tasks) => {
+                for t in tasks {
+                    // A task for a service removed meanwhile is dropped.
+                    if self.services.contains_key(&t.service_id) {
+                        self.tasks.insert(t.id.clone(), t);
+                    }
+                }
+            }
+            Command::AssignTasks(assignments) => {
+                for a in assignments {
+                    let Some(t) = self.tasks.get_mut(&a.task) else { continue };
+                    if t.node_id.is_some()
+                        || t.desired_state != TaskState::Running
+                        || !t.status.state.can_advance_to(TaskState::Assigned)
+                        || !self.nodes.contains_key(&a.node)
+                    {
+                        continue;
+                    }
+                    t.node_id = Some(a.node);
+                    t.status = TaskStatus::new(TaskState::Assigned, a.at, "assigned");
+                }
+            }
+            Command::MarkUnplaceable(list) => {
+                for u in list {
+                    let Some(t) = self.tasks.get_mut(&u.task) else { continue };
+                    if t.node_id.is_some() || t.status.state > TaskState::Pending {
+                        continue;
+                    }
+                    let mut st = TaskStatus::new(TaskState::Pending, u.at, "pending task scheduling");
+                    st.err = Some(u.reason);
+                    t.status = st;
+                }
+            }
+            Command::SetDesiredState { tasks, state } => {
+                for id in tasks {
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        // Desired state only moves forward too.
+                        if state > t.desired_state {
+                            t.desired_state = state;
+                        }
+                    }
+                }
+            }
+            Command::UpdateTaskStatus(updates) => {
+                for u in updates {
+                    let Some(t) = self.tasks.get_mut(&u.task_id) else { continue };
+                    if t.status.state.can_advance_to(u.status.state) {
+                        t.status = u.status;
+                    }
+                }
+            }
+            Command::DeleteTasks(ids) => {
+                for id in ids {
+                    self.tasks.remove(&id);
+                }
+            }
+            Command::Batch(cmds) => {
+                for c in cmds {
+                    self.apply(c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.spec.name == name)
+    }
+
+    /// Finds a service by full ID, name, or unique ID prefix — as docker does.
+    pub fn find_service(&self, key: &str) -> Option<&Service> {
+        if let Some(s) = self.services.get(&ServiceId::from(key)) {
+            return Some(s);
+        }
+        if let Some(s) = self.service_by_name(key) {
+            return Some(s);
+        }
+        let mut matches = self.services.values().filter(|s| s.id.as_str().starts_with(key));
+        match (matches.next(), matches.next()) {
+            (Some(s), None) if !key.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Finds a node by full ID, hostname, or unique ID prefix.
+    pub fn find_node(&self, key: &str) -> Option<&Node> {
+        if let Some(n) = self.nodes.get(&NodeId::from(key)) {
+            return Some(n);
+        }
+        let by_host: Vec<_> = self.nodes.values().filter(|n| n.hostname == key).collect();
+        if by_host.len() == 1 {
+            return Some(by_host[0]);
+        }
+        let mut matches = self.nodes.values().filter(|n| n.id.as_str().starts_with(key));
+        match (matches.next(), matches.next()) {
+            (Some(n), None) if !key.is_empty() => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn tasks_of<'a>(&'a self, service: &'a ServiceId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| &t.service_id == service)
+    }
+
+    pub fn tasks_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.node_id.as_ref() == Some(node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::spec::{ServiceMode, TaskTemplate};
+
+    pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            labels: Default::default(),
+            mode: ServiceMode::Replicated { replicas },
+            task: TaskTemplate {
+                image: "img".into(),
+                args: vec![],
+                env: vec![],
+                mounts: vec![],
+                constraints: vec![],
+                restart: Default::default(),
+                stop_grace_ms: 10_000,
+            },
+        }
+    }
+
+    fn service(name: &str) -> Service {
+        Service { id: ServiceId::random(), spec: spec(name, 1), version: 1, created_at: 0, updated_at: 0 }
+    }
+
+    #[test]
+    fn names_are_unique_and_errors_are_deterministic() {
+        let mut s = Store::default();
+        s.apply(Command::CreateService(service("web"))).unwrap();
+        let err = s.apply(Command::CreateService(service("web"))).unwrap_err();
+        assert!(matches!(err, StoreError::NameInUse(ref n, _) if n == "web"));
+        assert_eq!(s.services.len(), 1);
+    }
+
+    #[test]
+    fn task_status_only_moves_forward() {
+        let mut s = Store::default();
+        let svc = service("web");
+        let sid = svc.id.clone();
+        s.apply(Command::CreateService(svc)).unwrap();
+        let t = Task {
+            id: TaskId::random(),
+            service_id: sid,
+            service_name: "web".into(),
+            slot: 1,
+            node_id: None,
+            spec: spec("web", 1).task,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::New, 0, "created"),
+            created_at: 0,
+            attempt: 0,
+        };
+        let id = t.id.clone();
+        s.apply(Command::CreateTasks(vec![t])).unwrap();
+        let up = |state| Command::UpdateTaskStatus(vec![TaskStatusUpdate {
+            task_id: id.clone(),
+            status: TaskStatus::new(state, 1, ""),
+        }]);
+        s.apply(up(TaskState::Running)).unwrap();
+        s.apply(up(TaskState::Starting)).unwrap();
+        assert_eq!(s.tasks[&id].status.state, TaskState::Running);
+        s.apply(up(TaskState::Failed)).unwrap();
+        s.apply(up(TaskState::Running)).unwrap();
+        assert_eq!(s.tasks[&id].status.state, TaskState::Failed);
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_unknown_commands() {
+        let mut s = Store::default();
+        s.apply(Command::CreateService(service("a"))).unwrap();
+        let back = Store::from_snapshot(&s.to_snapshot()).unwrap();
+        assert_eq!(back, s);
+        assert!(decode_command(b"\x81\xa9NotAThing\xc0").is_err());
+        let c = Command::RemoveNode("n".into());
+        assert_eq!(decode_command(&encode_command(&c)).unwrap(), c);
+    }
+
+    #[test]
+    fn removing_a_service_removes_its_tasks() {
+        let mut s = Store::default();
+        let svc = service("a");
+        let sid = svc.id.clone();
+        s.apply(Command::CreateService(svc)).unwrap();
+        s.apply(Command::RemoveService(sid.clone())).unwrap();
+        assert!(s.tasks_of(&sid).next().is_none());
+        assert!(matches!(s.apply(Command::RemoveService(sid)), Err(StoreError::NoSuchService(_))));
+    }
+}

@@ -1,0 +1,118 @@
+//! The node's session with the leader's dispatcher: find the leader among
+//! the known managers (following redirects), receive assignments, send
+//! status reports, reconnect when the leader goes quiet or changes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::task::{Task, TaskStatusUpdate};
+use common::wire::{Frame, Hello, PeerInfo};
+use common::{NodeId, TaskId};
+use futures::{SinkExt, StreamExt};
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+
+use crate::net::{self, NetError};
+
+/// No frame from the leader for this long (it sends heartbeats every
+/// second): the session is dead.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// What the agent does with what arrives.
+pub trait AgentSink: Send + Sync + 'static {
+    fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>);
+    fn managers(&self, managers: Vec<PeerInfo>);
+}
+
+pub struct Agent {
+    pub node_id: NodeId,
+    /// Known managers' cluster addresses, freshest first.
+    pub managers: Arc<RwLock<Vec<SocketAddr>>>,
+}
+
+impl Agent {
+    /// Runs forever: sessions, one after the other.
+    pub async fn run(self, sink: Arc<dyn AgentSink>, mut reports: mpsc::UnboundedReceiver<TaskStatusUpdate>) {
+        let mut next: Option<SocketAddr> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let candidates: Vec<SocketAddr> = match next.take() {
+                Some(a) => vec![a],
+                None => self.managers.read().clone(),
+            };
+            let mut progressed = false;
+            for addr in candidates {
+                match net::dial(addr, Hello::Session { node_id: self.node_id.clone() }).await {
+                    Ok((conn, Frame::Welcome)) => {
+                        tracing::info!(manager = %addr, "session with the leader opened");
+                        backoff = Duration::from_millis(100);
+                        let r = self.session(conn, &sink, &mut reports).await;
+                        tracing::warn!(manager = %addr, result = ?r.err(), "session with the leader ended");
+                        progressed = true;
+                        break;
+                    }
+                    Ok((_, Frame::Redirect { leader: Some(leader) })) if leader != addr => {
+                        next = Some(leader);
+                        progressed = true;
+                        break;
+                    }
+                    Ok((_, other)) => {
+                        tracing::debug!(manager = %addr, answer = ?other, "manager cannot take the session now");
+                    }
+                    Err(NetError::Refused(reason)) => {
+                        tracing::error!(manager = %addr, %reason, "session refused");
+                    }
+                    Err(e) => tracing::debug!(manager = %addr, error = %e, "manager unreachable"),
+                }
+            }
+            if !progressed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        conn: net::Conn,
+        sink: &Arc<dyn AgentSink>,
+        reports: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    ) -> Result<(), NetError> {
+        let (mut tx, mut rx) = conn.split();
+        loop {
+            tokio::select! {
+                frame = tokio::time::timeout(SESSION_TIMEOUT, rx.next()) => {
+                    let frame = frame.map_err(|_| NetError::Timeout)?.ok_or(NetError::Closed)??;
+                    match frame {
+                        Frame::Assignments { full, tasks, removed, managers } => {
+                            if !managers.is_empty() {
+                                let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
+                                *self.managers.write() = addrs;
+                                sink.managers(managers);
+                            }
+                            sink.assign(full, tasks, removed);
+                        }
+                        Frame::Heartbeat => tx.send(Frame::Heartbeat).await?,
+                        other => tracing::debug!(frame = ?other, "unexpected frame in session"),
+                    }
+                }
+                report = reports.recv() => {
+                    let Some(first) = report else { return Ok(()) };
+                    let mut batch = vec![first];
+                    while let Ok(more) = reports.try_recv() {
+                        batch.push(more);
+                        if batch.len() >= 1000 {
+                            break;
+                        }
+                    }
+                    if let Err(e) = tx.send(Frame::Status(batch.clone())).await {
+                        // Not sent: the supervisor re-reports from the next
+                        // full assignment set, which shows the stale state.
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
