@@ -354,7 +354,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
 
     // Tasks on this node.
     let (reports_tx, reports_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
-    let supervisor = TaskSupervisor::start(state.node_id.clone(), runtime.clone(), reports_tx);
+    let supervisor = actix::Actor::start(TaskSupervisor::new(state.node_id.clone(), runtime.clone(), reports_tx));
 
     let router = Router::new(log_source(runtime.clone(), state.node_id.clone()));
     let mut mgr: Option<Manager> = None;

@@ -47,10 +47,25 @@ enum Command {
     Service(service::ServiceCmd),
 }
 
+/// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn,chitchat=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Daemon(args) => daemon::run(args),
+        Command::Daemon(args) => {
+            init_logging();
+            daemon::run(args)
+        }
         Command::JoinToken { role, quiet } => node::join_token(&client::Client::new(&cli.host), &role, quiet),
         Command::Node(cmd) => node::run(&client::Client::new(&cli.host), cmd),
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),

@@ -11,3 +11,5 @@ pub mod agent;
 pub mod membership;
 pub mod metrics;
 pub mod net;
+pub mod runtime;
+pub mod supervisor;
