@@ -72,7 +72,7 @@ fn pretty_node(n: &NodeInfo) -> String {
         "ID:\t\t\t{}\nHostname:\t\t{}\nJoined at:\t\t{}\nStatus:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}\n",
         n.node.id,
         n.node.hostname,
-        n.node.created_at,
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(n.node.created_at)),
         n.status,
         n.node.availability,
         n.node.addr.ip()

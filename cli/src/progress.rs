@@ -114,8 +114,11 @@ pub fn watch(c: &Client, service: &str, since: Millis) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             Verdict::Converging => {
-                converged_at = None;
-                screen.draw(&output::progress_lines(info.desired, &current, false));
+                let mut lines = output::progress_lines(info.desired, &current, false);
+                if converged_at.take().is_some() {
+                    lines.push(output::progress_failure_line());
+                }
+                screen.draw(&lines);
             }
         }
         std::thread::sleep(POLL);

@@ -348,8 +348,14 @@ fn a_worker_api_says_it_is_not_a_manager() {
     let out = c.shoal_on(2, &["service", "ls"]);
     assert!(!out.success());
     assert!(out.stderr.contains("is a worker, not a manager"), "{out}");
-    let metrics = http(&c.api_addr(2), "GET /metrics HTTP/1.0\r\n\r\n");
-    assert!(metrics.contains("shoal_gossip_live_members 2"), "{metrics}");
+    wait_for(Duration::from_secs(10), "the worker sees both nodes through gossip", || {
+        let metrics = http(&c.api_addr(2), "GET /metrics HTTP/1.0\r\n\r\n");
+        if metrics.contains("shoal_gossip_live_members 2") {
+            Ok(())
+        } else {
+            Err(metrics)
+        }
+    });
     let metrics = http(&c.api_addr(1), "GET /metrics HTTP/1.0\r\n\r\n");
     for m in ["shoal_raft_term", "shoal_raft_applied_index", "shoal_raft_leader 1", "shoal_actor_messages_total{actor=\"raft\"}", "shoal_tasks{state=\"running\"}"] {
         assert!(metrics.contains(m), "{m} missing: {metrics}");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use common::spec::RestartCondition;
 use common::task::{Task, TaskState, TaskStatus};
 use common::time::Millis;
-use common::{NodeId, TaskId};
+use common::{NodeId, ServiceId, TaskId};
 
 use crate::store::{Command, Service, Store};
 
@@ -48,8 +48,14 @@ pub fn new_task(svc: &Service, slot: u64, attempt: u64, now: Millis, id: TaskId)
 /// The commands that move every replicated service toward its spec.
 pub fn reconcile(store: &Store, now: Millis, params: &Params, new_id: &mut dyn FnMut() -> TaskId) -> Decision {
     let mut d = Decision::default();
+    // One pass over the tasks, not one per service.
+    let mut by_service: BTreeMap<&ServiceId, Vec<&Task>> = BTreeMap::new();
+    for t in store.tasks.values() {
+        by_service.entry(&t.service_id).or_default().push(t);
+    }
     for svc in store.services.values() {
-        reconcile_service(store, svc, now, params, new_id, &mut d);
+        let tasks = by_service.remove(&svc.id).unwrap_or_default();
+        reconcile_service(svc, &tasks, now, params, new_id, &mut d);
     }
     d
 }
@@ -59,8 +65,8 @@ fn wake(d: &mut Decision, at: Millis) {
 }
 
 fn reconcile_service(
-    store: &Store,
     svc: &Service,
+    tasks: &[&Task],
     now: Millis,
     params: &Params,
     new_id: &mut dyn FnMut() -> TaskId,
@@ -68,7 +74,7 @@ fn reconcile_service(
 ) {
     let replicas = svc.spec.mode.replicas() as usize;
     let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
-    for t in store.tasks_of(&svc.id) {
+    for t in tasks {
         slots.entry(t.slot).or_default().push(t);
     }
     for list in slots.values_mut() {
@@ -83,7 +89,7 @@ fn reconcile_service(
     // from the nodes running most tasks of this service.
     if slots.len() > replicas {
         let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for t in store.tasks_of(&svc.id).filter(|t| t.is_active()) {
+        for t in tasks.iter().filter(|t| t.is_active()) {
             if let Some(n) = &t.node_id {
                 *load.entry(n.clone()).or_default() += 1;
             }

@@ -29,6 +29,9 @@ use worker::metrics::{metrics, ActorMetrics};
 /// How long a proposer waits for its entry to be applied.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TICK: Duration = Duration::from_millis(100);
+/// A write that arrives while there is no leader (an election) waits this
+/// long for one before it is refused.
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
@@ -65,6 +68,11 @@ pub type SharedStore = Arc<RwLock<Store>>;
 
 type Waiter = oneshot::Sender<Result<(), ProposeError>>;
 
+enum Parked {
+    Command(Vec<u8>),
+    AddVoter(u64),
+}
+
 pub struct RaftLog {
     node: RawNode<DiskStorage>,
     raft_id: u64,
@@ -73,6 +81,8 @@ pub struct RaftLog {
     status_tx: watch::Sender<RaftStatus>,
     applied_tx: watch::Sender<u64>,
     pending: HashMap<u64, Waiter>,
+    /// Proposals parked until a leader is known: (deadline, id, entry).
+    parked: Vec<(Instant, u64, Parked)>,
     next_proposal: u64,
     ready_queued: bool,
     applied: u64,
@@ -154,7 +164,10 @@ impl RaftLog {
         let (tx, rx) = std::sync::mpsc::channel();
         let started = arbiter.spawn(async move {
             let result = RawNode::new(&config, storage, &logger()).map(|mut node| {
-                if opts.bootstrap && node.raft.term == 0 {
+                // A lone voter (a new cluster, or a one-manager cluster
+                // restarting) need not wait an election timeout.
+                let voters: Vec<u64> = node.raft.prs().conf().voters().ids().iter().collect();
+                if voters == [raft_id] {
                     let _ = node.campaign();
                 }
                 RaftLog {
@@ -165,6 +178,7 @@ impl RaftLog {
                     status_tx,
                     applied_tx,
                     pending: HashMap::new(),
+                    parked: Vec::new(),
                     next_proposal: 1,
                     ready_queued: false,
                     applied: snapshot_index,
@@ -319,6 +333,7 @@ impl RaftLog {
         self.apply_entries(light.take_committed_entries())?;
         self.node.advance_apply();
         self.maybe_compact();
+        self.unpark();
         self.publish();
         Ok(())
     }
@@ -335,12 +350,6 @@ impl RaftLog {
             is_leader,
             voters: r.prs().conf().voters().ids().iter().collect(),
         };
-        if !is_leader && r.leader_id == 0 && !self.pending.is_empty() {
-            // No leader to forward to: fail fast rather than time out.
-            for (_, w) in self.pending.drain() {
-                let _ = w.send(Err(ProposeError::NoLeader));
-            }
-        }
         let m = metrics();
         m.gauge("shoal_raft_term", "current raft term").set(status.term as i64);
         m.gauge("shoal_raft_commit_index", "raft commit index").set(status.commit as i64);
@@ -386,6 +395,7 @@ impl Actor for RaftLog {
             if this.node.tick() {
                 this.queue_ready(ctx);
             }
+            this.unpark();
             // Keep the figures fresh even when nothing changes.
             this.publish();
             this.queue_ready(ctx);
@@ -415,24 +425,7 @@ pub struct Propose(pub Command);
 impl Handler<Propose> for RaftLog {
     type Result = ResponseFuture<Result<(), ProposeError>>;
     fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) -> Self::Result {
-        let started = Instant::now();
-        let n = self.next_proposal;
-        self.next_proposal += 1;
-        let result = self.node.propose(proposal_context(self.raft_id, n), encode_command(&msg.0));
-        self.metrics.handled(started, result.is_ok());
-        if result.is_err() {
-            return Box::pin(async { Err(ProposeError::NoLeader) });
-        }
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(n, tx);
-        self.queue_ready(ctx);
-        Box::pin(async move {
-            match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(ProposeError::Stopped),
-                Err(_) => Err(ProposeError::Timeout),
-            }
-        })
+        self.submit(Parked::Command(encode_command(&msg.0)), ctx)
     }
 }
 
@@ -444,16 +437,25 @@ pub struct AddVoter(pub u64);
 impl Handler<AddVoter> for RaftLog {
     type Result = ResponseFuture<Result<(), ProposeError>>;
     fn handle(&mut self, msg: AddVoter, ctx: &mut Context<Self>) -> Self::Result {
+        self.submit(Parked::AddVoter(msg.0), ctx)
+    }
+}
+
+impl RaftLog {
+    /// Proposes now if a leader is known, else parks the proposal until one
+    /// is (or [`LEADER_WAIT`] passes). The future resolves on apply.
+    fn submit(&mut self, what: Parked, ctx: &mut Context<Self>) -> ResponseFuture<Result<(), ProposeError>> {
+        let started = Instant::now();
         let n = self.next_proposal;
         self.next_proposal += 1;
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
-        cc.node_id = msg.0;
-        if self.node.propose_conf_change(proposal_context(self.raft_id, n), cc).is_err() {
-            return Box::pin(async { Err(ProposeError::NoLeader) });
-        }
         let (tx, rx) = oneshot::channel();
         self.pending.insert(n, tx);
+        if self.node.raft.leader_id == 0 {
+            self.parked.push((started + LEADER_WAIT, n, what));
+        } else {
+            self.propose_now(n, what);
+        }
+        self.metrics.handled(started, true);
         self.queue_ready(ctx);
         Box::pin(async move {
             match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
@@ -462,6 +464,44 @@ impl Handler<AddVoter> for RaftLog {
                 Err(_) => Err(ProposeError::Timeout),
             }
         })
+    }
+
+    fn propose_now(&mut self, n: u64, what: Parked) {
+        let ctx = proposal_context(self.raft_id, n);
+        let result = match what {
+            Parked::Command(data) => self.node.propose(ctx, data),
+            Parked::AddVoter(id) => {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = id;
+                self.node.propose_conf_change(ctx, cc)
+            }
+        };
+        if result.is_err() {
+            if let Some(w) = self.pending.remove(&n) {
+                let _ = w.send(Err(ProposeError::NoLeader));
+            }
+        }
+    }
+
+    /// Proposes what was parked once a leader is known; refuses what waited too long.
+    fn unpark(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let leader = self.node.raft.leader_id != 0;
+        for (deadline, n, what) in std::mem::take(&mut self.parked) {
+            if leader {
+                self.propose_now(n, what);
+            } else if now >= deadline {
+                if let Some(w) = self.pending.remove(&n) {
+                    let _ = w.send(Err(ProposeError::NoLeader));
+                }
+            } else {
+                self.parked.push((deadline, n, what));
+            }
+        }
     }
 }
 

@@ -116,7 +116,7 @@ pub type EventStream = BoxStream<'static, Result<(), RuntimeError>>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
     /// The image is missing and could not be pulled; `message` is Docker's.
-    #[error("{message}")]
+    #[error("No such image: {image}: {message}")]
     Image { image: String, message: String },
     #[error("not found: {0}")]
     NotFound(String),
@@ -149,9 +149,9 @@ impl RuntimeError {
     /// Docker's own words, without our prefix: what a task's `err` shows.
     pub fn message(&self) -> String {
         match self {
-            RuntimeError::Image { message, .. } | RuntimeError::Docker { message, .. } => {
-                message.clone()
-            }
+            // Docker's pull error alone does not say which image.
+            RuntimeError::Image { image, message } => format!("No such image: {image}: {message}"),
+            RuntimeError::Docker { message, .. } => message.clone(),
             RuntimeError::NotFound(m)
             | RuntimeError::Conflict(m)
             | RuntimeError::Unavailable(m)
@@ -333,7 +333,7 @@ mod tests {
                 message: "b".into()
             }
             .to_string(),
-            "b"
+            "No such image: a: b"
         );
     }
 }

@@ -462,7 +462,7 @@ mod tests {
             .expect("rejected");
         assert_eq!(
             rejected.err.as_deref(),
-            Some("pull access denied for shoal/nope:latest, repository does not exist")
+            Some("No such image: shoal/nope:latest: pull access denied for shoal/nope:latest, repository does not exist")
         );
     }
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian machine (as root) to a running local
+# cluster: installs what is missing (docker.io, busybox-static, …), starts
+# Docker, builds shoal and the offline test image, brings up a 3-node
+# cluster on 127.0.0.11-13 and creates a demo service.
+#
+# usage: ./quickstart.sh [NODES]        (default 3)
+# Afterwards: export SHOAL_HOST=127.0.0.11:4243; target/release/shoal service ps demo
+# Tear down:  deploy/cluster.sh down
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+NODES=${1:-3}
+
+bash deploy/install-deps.sh
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+bash deploy/build-image.sh
+cargo build --release -p cli
+bash deploy/cluster.sh up "$NODES"
+
+BIN=target/release/shoal
+export SHOAL_HOST=127.0.0.11:4243
+"$BIN" node ls
+if ! "$BIN" service inspect demo >/dev/null 2>&1; then
+  "$BIN" service create --name demo --replicas 6 shoal/busybox:latest ping 127.0.0.1
+fi
+"$BIN" service ps demo
+cat <<MSG
+
+The cluster is up: node1 (manager) at 127.0.0.11, workers at 127.0.0.12-$((10 + NODES)).
+Try:
+  export SHOAL_HOST=127.0.0.11:4243
+  $BIN service logs demo --tail 2
+  $BIN service scale demo=9
+  $BIN service rm demo
+  deploy/cluster.sh down        # stop the nodes and remove their containers
+MSG
