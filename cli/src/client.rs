@@ -84,3 +84,38 @@ pub fn seg(s: &str) -> String {
         })
         .collect()
 }
+
+impl Client {
+    /// GETs one resource per key, as `inspect` and `ps` take several: a key
+    /// that fails is reported on stderr and the others still come back. The
+    /// flag says whether any failed.
+    pub fn get_each<T: DeserializeOwned>(&self, keys: &[String], path: impl Fn(&str) -> String) -> (Vec<T>, bool) {
+        let mut found = Vec::new();
+        let mut failed = false;
+        for k in keys {
+            match self.get::<T>(&path(&seg(k))) {
+                Ok(v) => found.push(v),
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    failed = true;
+                }
+            }
+        }
+        (found, failed)
+    }
+
+    /// `inspect`: JSON by default, or each through `pretty`; non-zero if any key failed.
+    pub fn inspect<T: DeserializeOwned + Serialize>(
+        &self,
+        keys: &[String],
+        path: impl Fn(&str) -> String,
+        pretty: Option<fn(&T) -> String>,
+    ) -> Result<std::process::ExitCode> {
+        let (found, failed) = self.get_each::<T>(keys, path);
+        match pretty {
+            Some(f) => found.iter().for_each(|x| print!("{}", f(x))),
+            None => println!("{}", serde_json::to_string_pretty(&found)?),
+        }
+        Ok(if failed { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
+    }
+}

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use common::api::{Info, JoinTokens, NodeInfo};
 
-use crate::client::{seg, Client};
+use crate::client::Client;
 use crate::output;
 
 #[derive(Subcommand)]
@@ -41,27 +41,7 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
             }
         }
         NodeCmd::Inspect { nodes, pretty } => {
-            let mut found = Vec::new();
-            let mut failed = false;
-            for n in &nodes {
-                match c.get::<NodeInfo>(&format!("/v1/nodes/{}", seg(n))) {
-                    Ok(info) => found.push(info),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            if pretty {
-                for n in &found {
-                    print!("{}", pretty_node(n));
-                }
-            } else {
-                println!("{}", serde_json::to_string_pretty(&found)?);
-            }
-            if failed {
-                return Ok(ExitCode::FAILURE);
-            }
+            return c.inspect::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}"), pretty.then_some(pretty_node as fn(&NodeInfo) -> String));
         }
     }
     Ok(ExitCode::SUCCESS)

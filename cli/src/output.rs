@@ -575,15 +575,7 @@ mod tests {
     }
 
     fn template(image: &str) -> TaskTemplate {
-        TaskTemplate {
-            image: image.into(),
-            args: vec![],
-            env: vec![],
-            mounts: vec![],
-            constraints: vec![],
-            restart: Default::default(),
-            stop_grace_ms: 10_000,
-        }
+        TaskTemplate::new(image)
     }
 
     fn service(id: &str, name: &str, image: &str, running: u64, desired: u64) -> ServiceInfo {

@@ -227,17 +227,8 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                     _ => bail!("invalid filter {f:?}: supported is desired-state=running|shutdown|accepted"),
                 }
             }
-            let mut tasks: Vec<TaskInfo> = Vec::new();
-            let mut failed = false;
-            for s in &services {
-                match c.get::<Vec<TaskInfo>>(&format!("/v1/services/{}/tasks", seg(s))) {
-                    Ok(t) => tasks.extend(t),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
+            let (lists, failed) = c.get_each::<Vec<TaskInfo>>(&services, |s| format!("/v1/services/{s}/tasks"));
+            let mut tasks: Vec<TaskInfo> = lists.into_iter().flatten().collect();
             if let Some(d) = desired {
                 tasks.retain(|t| t.task.desired_state == d);
             }
@@ -332,27 +323,11 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             }
         }
         ServiceCmd::Inspect { services, pretty } => {
-            let mut found = Vec::new();
-            let mut failed = false;
-            for s in &services {
-                match c.get::<ServiceInfo>(&format!("/v1/services/{}", seg(s))) {
-                    Ok(i) => found.push(i),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            if pretty {
-                for s in &found {
-                    print!("{}", pretty_service(s));
-                }
-            } else {
-                println!("{}", serde_json::to_string_pretty(&found)?);
-            }
-            if failed {
-                return Ok(ExitCode::FAILURE);
-            }
+            return c.inspect::<ServiceInfo>(
+                &services,
+                |s| format!("/v1/services/{s}"),
+                pretty.then_some(pretty_service as fn(&ServiceInfo) -> String),
+            );
         }
         ServiceCmd::Rm { services } => {
             let mut code = ExitCode::SUCCESS;

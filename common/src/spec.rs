@@ -56,6 +56,22 @@ fn default_stop_grace_ms() -> u64 {
     10_000
 }
 
+impl TaskTemplate {
+    /// The image's default command, no env, mounts or constraints, the
+    /// default restart policy and stop grace period.
+    pub fn new(image: &str) -> Self {
+        TaskTemplate {
+            image: image.to_string(),
+            args: vec![],
+            env: vec![],
+            mounts: vec![],
+            constraints: vec![],
+            restart: RestartPolicy::default(),
+            stop_grace_ms: default_stop_grace_ms(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
     pub source: String,

@@ -278,15 +278,7 @@ mod tests {
             name: name.into(),
             labels: Default::default(),
             mode: ServiceMode::Replicated { replicas },
-            task: TaskTemplate {
-                image: "img".into(),
-                args: vec![],
-                env: vec![],
-                mounts: vec![],
-                constraints: vec![],
-                restart: Default::default(),
-                stop_grace_ms: 10_000,
-            },
+            task: TaskTemplate::new("img"),
         }
     }
 

@@ -198,15 +198,7 @@ mod tests {
             name: "web".into(),
             labels: Default::default(),
             mode: ServiceMode::Replicated { replicas },
-            task: TaskTemplate {
-                image: "img".into(),
-                args: vec![],
-                env: vec![],
-                mounts: vec![],
-                constraints: vec![],
-                restart: RestartPolicy::default(),
-                stop_grace_ms: 1000,
-            },
+            task: TaskTemplate::new("img"),
         }
     }
 

@@ -183,15 +183,7 @@ mod tests {
             name: svc.into(),
             labels: Default::default(),
             mode: ServiceMode::Replicated { replicas: 1 },
-            task: TaskTemplate {
-                image: "img".into(),
-                args: vec![],
-                env: vec![],
-                mounts: vec![],
-                constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(),
-                restart: Default::default(),
-                stop_grace_ms: 1000,
-            },
+            task: TaskTemplate { constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(), ..TaskTemplate::new("img") },
         };
         Task {
             id: format!("{svc}-{slot}").as_str().into(),
