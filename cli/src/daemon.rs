@@ -79,9 +79,9 @@ pub struct NodeState {
     pub port: u16,
     pub api_addr: SocketAddr,
     pub hostname: String,
-    /// Managers' cluster addresses, refreshed from the leader.
+    /// The managers (raft ids and cluster addresses), refreshed from the leader.
     #[serde(default)]
-    pub managers: Vec<SocketAddr>,
+    pub managers: Vec<PeerInfo>,
 }
 
 impl NodeState {
@@ -243,7 +243,7 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
         port,
         api_addr: args.api_addr.unwrap_or_else(|| DEFAULT_API.parse().expect("default API address")),
         hostname,
-        managers: accepted.managers.iter().map(|m| m.addr).collect(),
+        managers: accepted.managers,
     })
 }
 
@@ -251,7 +251,6 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
 /// of managers fresh (on disk and as gossip seeds).
 struct Sink {
     supervisor: actix::Addr<TaskSupervisor>,
-    managers: Arc<RwLock<Vec<SocketAddr>>>,
     data_dir: PathBuf,
     state: Arc<RwLock<NodeState>>,
     membership: actix::Addr<membership::Membership>,
@@ -262,17 +261,16 @@ impl AgentSink for Sink {
         self.supervisor.do_send(Assign { full, tasks, removed });
     }
     fn managers(&self, managers: Vec<PeerInfo>) {
-        let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
         let mut s = self.state.write();
-        if s.managers != addrs {
-            s.managers = addrs.clone();
+        if s.managers != managers {
+            let me = s.cluster_addr();
+            let seeds = managers.iter().map(|m| m.addr).filter(|a| *a != me).collect();
+            s.managers = managers;
             if let Err(e) = save_state(&self.data_dir, &s) {
                 tracing::warn!(error = %e, "cannot save the managers list");
             }
-            let me = s.cluster_addr();
-            self.membership.do_send(membership::SetSeeds(addrs.into_iter().filter(|a| *a != me).collect()));
+            self.membership.do_send(membership::SetSeeds(seeds));
         }
-        *self.managers.write() = s.managers.clone();
     }
 }
 
@@ -333,7 +331,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
         node_id: state.node_id.clone(),
         cluster_id: state.cluster_id.clone(),
         gossip_addr: cluster_addr,
-        seeds: state.managers.iter().copied().filter(|a| *a != cluster_addr).collect(),
+        seeds: state.managers.iter().map(|m| m.addr).filter(|a| *a != cluster_addr).collect(),
         generation: now_ms(),
         facts,
     })
@@ -359,7 +357,9 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
     let router = Router::new(log_source(runtime.clone(), state.node_id.clone()));
     let mut mgr: Option<Manager> = None;
     if state.role == Role::Manager {
-        let peers: Vec<PeerInfo> = vec![];
+        // Raft needs the other managers' addresses before its store has
+        // caught up with them.
+        let peers: Vec<PeerInfo> = state.managers.iter().filter(|p| p.node_id != state.node_id).cloned().collect();
         let (m, inbound) = Manager::start(ManagerConfig {
             node_id: state.node_id.clone(),
             raft_id: state.raft_id,
@@ -383,11 +383,14 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
     }
 
     // The session with the leader.
-    let managers = Arc::new(RwLock::new(if state.managers.is_empty() { vec![cluster_addr] } else { state.managers.clone() }));
+    let managers = Arc::new(RwLock::new(if state.managers.is_empty() {
+        vec![cluster_addr]
+    } else {
+        state.managers.iter().map(|m| m.addr).collect()
+    }));
     let shared_state = Arc::new(RwLock::new(state.clone()));
     let sink = Arc::new(Sink {
         supervisor,
-        managers: managers.clone(),
         data_dir: data_dir.clone(),
         state: shared_state,
         membership,

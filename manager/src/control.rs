@@ -45,7 +45,8 @@ impl<D: Decide> ControlLoop<D> {
         applied: watch::Receiver<u64>,
         live: LiveNodes,
     ) -> Addr<Self> {
-        let metrics = metrics().actor(core.name());
+        let core_name = core.name();
+        let metrics = metrics().actor(core_name);
         let addr = ControlLoop {
             core,
             raft,
@@ -60,6 +61,7 @@ impl<D: Decide> ControlLoop<D> {
         .start();
         // Wake on every change of the store, the live set or leadership.
         let a = addr.clone();
+        let depth = metrics().actor(core_name);
         let (mut applied, mut live, mut status) = (applied, live, status);
         actix::spawn(async move {
             loop {
@@ -68,6 +70,7 @@ impl<D: Decide> ControlLoop<D> {
                     r = live.changed() => if r.is_err() { return },
                     r = status.changed() => if r.is_err() { return },
                 }
+                depth.enqueued();
                 if a.try_send(Kick).is_err() {
                     return;
                 }
@@ -91,14 +94,16 @@ pub struct Kick;
 impl<D: Decide> Handler<Kick> for ControlLoop<D> {
     type Result = ();
     fn handle(&mut self, _: Kick, ctx: &mut Context<Self>) {
+        let started = Instant::now();
         if !self.status.borrow().is_leader {
+            self.metrics.handled(started, true);
             return;
         }
         if self.in_flight {
             self.dirty = true;
+            self.metrics.handled(started, true);
             return;
         }
-        let started = Instant::now();
         let now = now_ms();
         let (commands, wake) = {
             let store = self.store.read();

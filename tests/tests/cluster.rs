@@ -50,7 +50,11 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
     if !require_docker() {
         return;
     }
-    let mut c = Cluster::new(3);
+    // Snapshots every 20 entries, so that the manager restart below resumes
+    // from a snapshot plus the log after it.
+    let mut spec = tests::ClusterSpec::new(1, 2);
+    spec.daemon_args = vec!["--snapshot-interval".into(), "20".into()];
+    let mut c = Cluster::start(spec);
 
     // 1. Three Ready nodes with the right roles and hostnames.
     let nodes = c.shoal_json(&["node", "ls", "--format", "json"]);
@@ -197,6 +201,9 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
     c.wait_running("pingpong", 3, CONVERGE);
     let after: Vec<BTreeSet<String>> = (1..=3).map(|i| running_container_ids(&c, i)).collect();
     assert_eq!(before, after, "a manager restart touches no container");
+    let log = std::fs::read_to_string(c.log_path(1)).unwrap();
+    let reopened = log.lines().filter(|l| l.contains("raft storage opened")).last().unwrap();
+    assert!(!reopened.contains("snapshot_index=0 "), "the restart resumed from a snapshot: {reopened}");
     // Restart a worker: it adopts its running containers (same IDs).
     c.stop_node(2);
     c.restart_node(2);
@@ -360,4 +367,36 @@ fn a_worker_api_says_it_is_not_a_manager() {
     for m in ["shoal_raft_term", "shoal_raft_applied_index", "shoal_raft_leader 1", "shoal_actor_messages_total{actor=\"raft\"}", "shoal_tasks{state=\"running\"}"] {
         assert!(metrics.contains(m), "{m} missing: {metrics}");
     }
+}
+
+#[test]
+fn three_managers_replicate_over_the_cluster_port_and_followers_take_writes() {
+    if !require_docker() {
+        return;
+    }
+    let mut c = Cluster::start(tests::ClusterSpec::new(3, 0));
+    let statuses = wait_for(CONVERGE, "one leader and two reachable managers", || {
+        let nodes = c.shoal_json(&["node", "ls", "--format", "json"]);
+        let mut s: Vec<String> =
+            nodes.as_array().unwrap().iter().map(|n| n["manager_status"].as_str().unwrap().to_string()).collect();
+        s.sort();
+        if s == ["Leader", "Reachable", "Reachable"] {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    });
+    assert_eq!(statuses.len(), 3);
+    // A write through a follower is forwarded to the leader; every manager reads it.
+    let leader = c.shoal_json(&["node", "ls", "--format", "json"]);
+    let leader_host =
+        leader.as_array().unwrap().iter().find(|n| n["manager_status"] == "Leader").unwrap()["hostname"].clone();
+    let follower = (1..=3).find(|i| Value::String(c.hostname(*i)) != leader_host).unwrap();
+    c.set_api_node(follower);
+    c.shoal_ok(&["service", "create", "-d", "--name", "web", "--replicas", "3", busybox_image(), "sleep", "100000"]);
+    for i in 1..=3 {
+        c.set_api_node(i);
+        c.wait_running("web", 3, CONVERGE);
+    }
+    wait_spread(&c, "web", 1);
 }

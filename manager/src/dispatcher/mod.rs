@@ -56,8 +56,10 @@ impl Dispatcher {
         .start();
         let a = addr.clone();
         let mut applied = applied;
+        let depth = metrics().actor("dispatcher");
         actix::spawn(async move {
             while applied.changed().await.is_ok() {
+                depth.enqueued();
                 if a.try_send(StoreChanged).is_err() {
                     return;
                 }
