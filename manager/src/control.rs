@@ -56,12 +56,12 @@ impl<D: Decide> ControlLoop<D> {
             in_flight: false,
             dirty: false,
             timer: None,
-            metrics,
+            metrics: metrics.clone(),
         }
         .start();
         // Wake on every change of the store, the live set or leadership.
         let a = addr.clone();
-        let depth = metrics().actor(core_name);
+        let depth = metrics;
         let (mut applied, mut live, mut status) = (applied, live, status);
         actix::spawn(async move {
             loop {
