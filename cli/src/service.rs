@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use common::api::{LogEntry, ServiceInfo, ServiceUpdate, TaskInfo};
 use common::constraint::Constraint;
+use common::mesh::PortConfig;
 use common::spec::{
     parse_label, parse_replicas, validate_env, Mount, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
     TaskTemplate,
@@ -101,6 +102,9 @@ pub struct CreateArgs {
     constraint: Vec<String>,
     #[arg(long)]
     mount: Vec<String>,
+    /// Publish a port: PUBLISHED:TARGET[/udp], TARGET, or published=…,target=…,protocol=…,mode=ingress|host
+    #[arg(short, long)]
+    publish: Vec<String>,
     /// none, on-failure or any
     #[arg(long, default_value = "any")]
     restart_condition: String,
@@ -187,6 +191,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
                 max_attempts: a.restart_max_attempts,
             },
             stop_grace_ms: ms(&a.stop_grace_period, "--stop-grace-period")?,
+            ports: a.publish.iter().map(|p| p.parse::<PortConfig>()).collect::<Result<_, _>>()?,
         },
     };
     spec.validate()?;

@@ -5,6 +5,7 @@
 //! - [`spec`]: what a user asks for (`ServiceSpec` and its parts) and its validation.
 //! - [`task`]: tasks and their forward-only state machine.
 //! - [`node`]: nodes, roles and availability.
+//! - [`mesh`]: published ports and the routing-mesh table.
 //! - [`constraint`]: placement constraints, parsed and matched.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod constraint;
 pub mod ids;
+pub mod mesh;
 pub mod node;
 pub mod spec;
 pub mod task;

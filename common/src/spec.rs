@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
+use crate::mesh::PortConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -50,6 +51,9 @@ pub struct TaskTemplate {
     /// Grace period between SIGTERM and SIGKILL when a task is stopped.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
+    /// Published ports; each task exposes the targets on its node.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -68,6 +72,7 @@ impl TaskTemplate {
             constraints: vec![],
             restart: RestartPolicy::default(),
             stop_grace_ms: default_stop_grace_ms(),
+            ports: vec![],
         }
     }
 }

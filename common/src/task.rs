@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, ServiceId, TaskId};
+use crate::mesh::HostPort;
 use crate::spec::TaskTemplate;
 use crate::time::Millis;
 
@@ -106,6 +107,9 @@ pub struct TaskStatus {
     pub exit_code: Option<i64>,
     #[serde(default)]
     pub container_id: Option<String>,
+    /// Where the task's target ports are reachable on its node.
+    #[serde(default)]
+    pub ports: Vec<HostPort>,
 }
 
 impl TaskStatus {
@@ -117,6 +121,7 @@ impl TaskStatus {
             err: None,
             exit_code: None,
             container_id: None,
+            ports: vec![],
         }
     }
 }

@@ -16,6 +16,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId};
+use crate::mesh::MeshTable;
 use crate::node::Role;
 use crate::task::{Task, TaskStatusUpdate};
 
@@ -101,6 +102,10 @@ pub enum Frame {
     LogLine(LogLine),
     LogEnd { error: Option<String> },
     Heartbeat,
+    /// Dispatcher → node: the whole routing mesh, sent whenever it changes
+    /// (before the assignments that stop tasks, so a task leaves the
+    /// rotation before it is stopped).
+    Mesh(MeshTable),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -549,7 +549,7 @@ fn with_container(mut st: TaskStatus, cid: Option<String>) -> TaskStatus {
 mod tests {
     use super::*;
     use common::ids::ServiceId;
-    use common::spec::{RestartPolicy, TaskTemplate};
+    use common::spec::TaskTemplate;
     use ContainerState::{Created, Exited, Running as Live};
     use TaskState::*;
 
@@ -560,15 +560,7 @@ mod tests {
             service_name: "web".into(),
             slot: 1,
             node_id: None,
-            spec: TaskTemplate {
-                image: "shoal/busybox:latest".into(),
-                args: vec![],
-                env: vec![],
-                mounts: vec![],
-                constraints: vec![],
-                restart: RestartPolicy::default(),
-                stop_grace_ms: 2_000,
-            },
+            spec: TaskTemplate { stop_grace_ms: 2_000, ..TaskTemplate::new("shoal/busybox:latest") },
             desired_state: desired,
             status: TaskStatus::new(state, 0, ""),
             created_at: 0,
