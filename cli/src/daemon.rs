@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use common::mesh::MeshTable;
 use common::node::{Node, Role};
 use common::task::{Task, TaskStatusUpdate};
 use common::time::now_ms;
@@ -254,9 +255,18 @@ struct Sink {
     data_dir: PathBuf,
     state: Arc<RwLock<NodeState>>,
     membership: actix::Addr<membership::Membership>,
+    /// The latest routing mesh, for the MeshProgrammer.
+    mesh: watch::Sender<MeshTable>,
 }
 
 impl AgentSink for Sink {
+    fn mesh(&self, table: MeshTable) {
+        self.mesh.send_if_modified(|t| {
+            let changed = *t != table;
+            *t = table;
+            changed
+        });
+    }
     fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
         self.supervisor.do_send(Assign { full, tasks, removed });
     }
@@ -382,6 +392,8 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
         print_join_commands(m, &state);
     }
 
+    let (mesh_tx, _mesh_rx) = watch::channel(MeshTable::default());
+
     // The session with the leader.
     let managers = Arc::new(RwLock::new(if state.managers.is_empty() {
         vec![cluster_addr]
@@ -394,6 +406,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
         data_dir: data_dir.clone(),
         state: shared_state,
         membership,
+        mesh: mesh_tx,
     });
     let agent = Agent { node_id: state.node_id.clone(), managers };
     actix::spawn(agent.run(sink, reports_rx));

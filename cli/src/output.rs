@@ -200,8 +200,7 @@ fn sorted_nodes(nodes: &[NodeInfo]) -> Vec<&NodeInfo> {
     nodes
 }
 
-/// `docker service ls`: short IDs, sorted by name. PORTS stays empty: shoal
-/// publishes no ports.
+/// `docker service ls`: short IDs, sorted by name; PORTS as `*:8080->80/tcp`.
 pub fn service_ls(services: &[ServiceInfo]) -> String {
     let rows: Vec<Vec<String>> = sorted_services(services)
         .into_iter()
@@ -215,7 +214,7 @@ pub fn service_ls(services: &[ServiceInfo]) -> String {
                 mode.to_string(),
                 format!("{}/{}", s.running, s.desired),
                 display_image(&s.spec.task.image),
-                String::new(),
+                s.spec.task.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
             ]
         })
         .collect();

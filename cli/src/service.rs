@@ -143,6 +143,12 @@ pub struct UpdateArgs {
     constraint_add: Vec<String>,
     #[arg(long)]
     constraint_rm: Vec<String>,
+    /// Add a published port (same forms as create's --publish).
+    #[arg(long)]
+    publish_add: Vec<String>,
+    /// Remove a published port by its target (TARGET[/udp]) or PUBLISHED:TARGET.
+    #[arg(long)]
+    publish_rm: Vec<String>,
     #[command(flatten)]
     detach: Detach,
     service: String,
@@ -150,6 +156,10 @@ pub struct UpdateArgs {
 
 fn parse_constraints(list: &[String]) -> Result<Vec<Constraint>> {
     list.iter().map(|c| Constraint::parse(c).map_err(|e| anyhow!("{e}"))).collect()
+}
+
+fn parse_ports(list: &[String]) -> Result<Vec<PortConfig>> {
+    list.iter().map(|p| p.parse::<PortConfig>().map_err(|e| anyhow!("{e}"))).collect()
 }
 
 fn parse_labels(list: &[String]) -> Result<BTreeMap<String, String>> {
@@ -191,7 +201,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
                 max_attempts: a.restart_max_attempts,
             },
             stop_grace_ms: ms(&a.stop_grace_period, "--stop-grace-period")?,
-            ports: a.publish.iter().map(|p| p.parse::<PortConfig>()).collect::<Result<_, _>>()?,
+            ports: parse_ports(&a.publish)?,
         },
     };
     spec.validate()?;
@@ -319,6 +329,8 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 label_rm: a.label_rm.clone(),
                 constraint_add: parse_constraints(&a.constraint_add)?,
                 constraint_rm: parse_constraints(&a.constraint_rm)?,
+                publish_add: parse_ports(&a.publish_add)?,
+                publish_rm: parse_ports(&a.publish_rm)?,
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
+use crate::mesh::PortConfig;
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::node::{Node, NodeStatus};
 use crate::spec::{update_env, ServiceMode, ServiceSpec, SpecError};
@@ -111,6 +112,11 @@ pub struct ServiceUpdate {
     pub constraint_add: Vec<Constraint>,
     #[serde(default)]
     pub constraint_rm: Vec<Constraint>,
+    #[serde(default)]
+    pub publish_add: Vec<PortConfig>,
+    /// Removes publishes with this target (and protocol, and published port if given).
+    #[serde(default)]
+    pub publish_rm: Vec<PortConfig>,
 }
 
 impl ServiceUpdate {
@@ -138,6 +144,17 @@ impl ServiceUpdate {
             if !s.task.constraints.contains(c) {
                 s.task.constraints.push(c.clone());
             }
+        }
+        let ports = &mut s.task.ports;
+        ports.retain(|p| {
+            !self.publish_rm.iter().any(|r| {
+                r.target == p.target && r.protocol == p.protocol && (r.published.is_none() || r.published == p.published)
+            })
+        });
+        for add in &self.publish_add {
+            // A publish of the same target and protocol is replaced.
+            ports.retain(|p| !(p.target == add.target && p.protocol == add.protocol && p.mode == add.mode));
+            ports.push(*add);
         }
         s.validate()?;
         Ok(s)

@@ -67,9 +67,13 @@ impl ResponseError for Error {
 impl From<ProposeError> for Error {
     fn from(e: ProposeError) -> Self {
         let status = match &e {
-            ProposeError::Rejected(StoreError::NameInUse(..)) | ProposeError::Rejected(StoreError::Conflict(..)) => {
-                StatusCode::CONFLICT
-            }
+            ProposeError::Rejected(
+                StoreError::NameInUse(..)
+                | StoreError::Conflict(..)
+                | StoreError::PortInUse { .. }
+                | StoreError::PortTwice { .. }
+                | StoreError::NoFreePort,
+            ) => StatusCode::CONFLICT,
             ProposeError::Rejected(StoreError::NoSuchService(_)) | ProposeError::Rejected(StoreError::NoSuchNode(_)) => {
                 StatusCode::NOT_FOUND
             }
@@ -193,13 +197,38 @@ async fn get_service(state: web::Data<ApiState>, key: web::Path<String>) -> Resu
     Ok(HttpResponse::Ok().json(info))
 }
 
+/// Numbers the unnumbered publishes and proposes; a port taken meanwhile by
+/// a concurrent write is numbered again (a few times).
+async fn propose_with_ports(m: &Manager, id: &ServiceId, spec: ServiceSpec, make: impl Fn(ServiceSpec) -> Command) -> Result<ServiceSpec> {
+    let dynamic = spec.task.ports.iter().any(|p| p.published.is_none());
+    let mut attempt = 0;
+    loop {
+        let mut numbered = spec.clone();
+        m.store
+            .read()
+            .allocate_ports(id, &mut numbered.task.ports)
+            .map_err(|e| Error::from(ProposeError::Rejected(e)))?;
+        match propose(m, make(numbered.clone())).await {
+            Err(e) if dynamic && attempt < 3 && e.status == StatusCode::CONFLICT && e.message.starts_with("port ") => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(numbered),
+        }
+    }
+}
+
 async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let spec = spec.into_inner();
     spec.validate().map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let now = now_ms();
-    let svc = Service { id: ServiceId::random(), spec, version: 1, created_at: now, updated_at: now };
-    propose(m, Command::CreateService(svc.clone())).await?;
+    let id = ServiceId::random();
+    let spec = propose_with_ports(m, &id, spec, |spec| {
+        Command::CreateService(Service { id: id.clone(), spec, version: 1, created_at: now, updated_at: now })
+    })
+    .await?;
+    let svc = Service { id, spec, version: 1, created_at: now, updated_at: now };
     let info = service_info(&m.store.read(), &svc);
     Ok(HttpResponse::Created().json(info))
 }
@@ -213,7 +242,8 @@ async fn update_service(
     let svc = find_service(m, &key)?;
     let spec = update.apply(&svc.spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     if spec != svc.spec {
-        propose(m, Command::UpdateService { id: svc.id.clone(), spec, at: now_ms() }).await?;
+        let id = svc.id.clone();
+        propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() }).await?;
     }
     let store = m.store.read();
     let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;

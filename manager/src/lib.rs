@@ -14,6 +14,7 @@ pub mod api;
 pub mod control;
 pub mod dispatcher;
 pub mod join;
+pub mod mesh;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node};
 use common::spec::ServiceSpec;
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
@@ -78,6 +79,12 @@ pub enum StoreError {
     AlreadyInitialised,
     #[error("service {0} was changed by someone else (version {1}, expected {2})")]
     Conflict(ServiceId, u64, u64),
+    #[error("port {port}/{protocol} is already published by service {service}")]
+    PortInUse { port: u16, protocol: Protocol, service: String },
+    #[error("port {port}/{protocol} is published twice")]
+    PortTwice { port: u16, protocol: Protocol },
+    #[error("no free port left in {}-{} to publish", DYNAMIC_PORTS.start(), DYNAMIC_PORTS.end())]
+    NoFreePort,
 }
 
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
@@ -135,6 +142,7 @@ impl Store {
                 if let Some(other) = self.service_by_name(&svc.spec.name) {
                     return Err(StoreError::NameInUse(svc.spec.name.clone(), other.id.clone()));
                 }
+                self.check_ports(&svc.id, &svc.spec.task.ports)?;
                 self.services.insert(svc.id.clone(), svc);
             }
             Command::UpdateService { id, spec, at } => {
@@ -143,6 +151,10 @@ impl Store {
                         return Err(StoreError::NameInUse(spec.name.clone(), other.id.clone()));
                     }
                 }
+                if !self.services.contains_key(&id) {
+                    return Err(StoreError::NoSuchService(id.to_string()));
+                }
+                self.check_ports(&id, &spec.task.ports)?;
                 let svc = self
                     .services
                     .get_mut(&id)
@@ -220,6 +232,49 @@ impl Store {
                     self.apply(c)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Published ports are unique per protocol across services, except that
+    /// several host-mode publishes may share a port (the scheduler keeps
+    /// them on different nodes). Ports not yet numbered are not checked.
+    pub fn check_ports(&self, id: &ServiceId, ports: &[PortConfig]) -> Result<(), StoreError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in ports {
+            let Some(port) = p.published else { continue };
+            if !seen.insert((port, p.protocol)) {
+                return Err(StoreError::PortTwice { port, protocol: p.protocol });
+            }
+            for other in self.services.values().filter(|s| &s.id != id) {
+                let clash = other.spec.task.ports.iter().any(|q| {
+                    q.published == Some(port)
+                        && q.protocol == p.protocol
+                        && !(q.mode == PublishMode::Host && p.mode == PublishMode::Host)
+                });
+                if clash {
+                    return Err(StoreError::PortInUse { port, protocol: p.protocol, service: other.spec.name.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every publish without a number the lowest free port of
+    /// [`DYNAMIC_PORTS`] (free: published by no service, this one included).
+    pub fn allocate_ports(&self, id: &ServiceId, ports: &mut [PortConfig]) -> Result<(), StoreError> {
+        let mut used: std::collections::BTreeSet<(u16, Protocol)> = self
+            .services
+            .values()
+            .filter(|s| &s.id != id)
+            .flat_map(|s| s.spec.task.ports.iter())
+            .chain(ports.iter())
+            .filter_map(|p| p.published.map(|n| (n, p.protocol)))
+            .collect();
+        for p in ports.iter_mut().filter(|p| p.published.is_none()) {
+            let free = DYNAMIC_PORTS.clone().find(|n| !used.contains(&(*n, p.protocol))).ok_or(StoreError::NoFreePort)?;
+            used.insert((free, p.protocol));
+            p.published = Some(free);
         }
         Ok(())
     }
@@ -336,6 +391,35 @@ mod tests {
         assert!(decode_command(b"\x81\xa9NotAThing\xc0").is_err());
         let c = Command::RemoveNode("n".into());
         assert_eq!(decode_command(&encode_command(&c)).unwrap(), c);
+    }
+
+    #[test]
+    fn published_ports_are_allocated_and_checked() {
+        let mut s = Store::default();
+        let mut a = service("a");
+        a.spec.task.ports = vec!["8080:80".parse().unwrap(), "80".parse().unwrap(), "80/udp".parse().unwrap()];
+        s.allocate_ports(&a.id, &mut a.spec.task.ports).unwrap();
+        let published: Vec<Option<u16>> = a.spec.task.ports.iter().map(|p| p.published).collect();
+        assert_eq!(published, [Some(8080), Some(30000), Some(30000)]);
+        s.apply(Command::CreateService(a)).unwrap();
+
+        let mut b = service("b");
+        b.spec.task.ports = vec!["8080:81".parse().unwrap()];
+        let err = s.apply(Command::CreateService(b.clone())).unwrap_err();
+        assert_eq!(err.to_string(), "port 8080/tcp is already published by service a");
+        b.spec.task.ports = vec!["81".parse().unwrap()];
+        s.allocate_ports(&b.id, &mut b.spec.task.ports).unwrap();
+        assert_eq!(b.spec.task.ports[0].published, Some(30001));
+        b.spec.task.ports.push("30001:90".parse().unwrap());
+        assert!(matches!(s.apply(Command::CreateService(b.clone())), Err(StoreError::PortTwice { port: 30001, .. })));
+
+        // Host-mode publishes may share a port.
+        let mut h1 = service("h1");
+        h1.spec.task.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
+        let mut h2 = service("h2");
+        h2.spec.task.ports = h1.spec.task.ports.clone();
+        s.apply(Command::CreateService(h1)).unwrap();
+        s.apply(Command::CreateService(h2)).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mesh::MeshTable;
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, Hello, PeerInfo};
 use common::{NodeId, TaskId};
@@ -23,6 +24,8 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 pub trait AgentSink: Send + Sync + 'static {
     fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>);
     fn managers(&self, managers: Vec<PeerInfo>);
+    /// The routing mesh as the leader computed it.
+    fn mesh(&self, table: MeshTable);
 }
 
 pub struct Agent {
@@ -93,6 +96,7 @@ impl Agent {
                             }
                             sink.assign(full, tasks, removed);
                         }
+                        Frame::Mesh(table) => sink.mesh(table),
                         Frame::Heartbeat => tx.send(Frame::Heartbeat).await?,
                         other => tracing::debug!(frame = ?other, "unexpected frame in session"),
                     }

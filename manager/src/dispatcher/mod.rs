@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use common::mesh::MeshTable;
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, PeerInfo};
 use common::{NodeId, TaskId};
@@ -28,6 +29,8 @@ struct Session {
     tx: mpsc::UnboundedSender<Frame>,
     /// What this node was last sent; `None` until the full set went out.
     sent: Option<BTreeMap<TaskId, Task>>,
+    /// The mesh table went out (it is resent to all when it changes).
+    mesh_sent: bool,
 }
 
 pub struct Dispatcher {
@@ -38,6 +41,7 @@ pub struct Dispatcher {
     next_session: u64,
     reports: Vec<TaskStatusUpdate>,
     flush_queued: bool,
+    mesh: MeshTable,
     metrics: ActorMetrics,
 }
 
@@ -51,6 +55,7 @@ impl Dispatcher {
             next_session: 1,
             reports: Vec::new(),
             flush_queued: false,
+            mesh: MeshTable::default(),
             metrics: metrics().actor("dispatcher"),
         }
         .start();
@@ -86,6 +91,17 @@ impl Dispatcher {
             }
         }
         let managers = Self::managers(&store);
+        // The mesh goes first: a task leaves the rotation before the
+        // assignment that stops it is sent.
+        let mesh = crate::mesh::table(&store);
+        let mesh_changed = mesh != self.mesh;
+        self.mesh = mesh;
+        for session in self.sessions.values_mut() {
+            if mesh_changed || !session.mesh_sent {
+                let _ = session.tx.send(Frame::Mesh(self.mesh.clone()));
+                session.mesh_sent = true;
+            }
+        }
         let empty = BTreeMap::new();
         for (node, session) in self.sessions.iter_mut() {
             let now = by_node.get(node).unwrap_or(&empty);
@@ -175,7 +191,7 @@ impl Handler<Register> for Dispatcher {
         let id = self.next_session;
         self.next_session += 1;
         tracing::info!(node = %msg.node, session = id, "node session opened");
-        self.sessions.insert(msg.node, Session { id, tx: msg.tx, sent: None });
+        self.sessions.insert(msg.node, Session { id, tx: msg.tx, sent: None, mesh_sent: false });
         self.push_all();
         self.metrics.handled(started, true);
         id

@@ -23,7 +23,7 @@ impl Decide for Scheduler {
         let views: Vec<NodeView> = store
             .nodes
             .values()
-            .map(|n| NodeView { node: n, ready: live.contains(&n.id) })
+            .map(|n| NodeView::new(n, live.contains(&n.id)))
             .collect();
         let p = plan::plan(&views, &store.tasks);
         let mut cmds = Vec::new();

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::constraint::all_match;
+use common::mesh::{Protocol, PublishMode};
 use common::node::{Availability, Node};
 use common::task::{Task, TaskState};
 use common::{NodeId, ServiceId, TaskId};
@@ -18,6 +19,14 @@ use common::{NodeId, ServiceId, TaskId};
 pub struct NodeView<'a> {
     pub node: &'a Node,
     pub ready: bool,
+    /// Host-mode ports taken by active tasks on the node.
+    pub host_ports: BTreeSet<(u16, Protocol)>,
+}
+
+impl<'a> NodeView<'a> {
+    pub fn new(node: &'a Node, ready: bool) -> Self {
+        NodeView { node, ready, host_ports: BTreeSet::new() }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,7 +74,27 @@ impl Filter for ConstraintFilter {
     }
 }
 
-const PIPELINE: &[&dyn Filter] = &[&ReadyFilter, &AvailabilityFilter, &ConstraintFilter];
+/// Host-mode publishes bind the node's port: one task per port per node.
+struct HostPortFilter;
+impl Filter for HostPortFilter {
+    fn explain(&self) -> &'static str {
+        "host-mode port already in use on"
+    }
+    fn admits(&self, view: &NodeView, task: &Task) -> bool {
+        host_ports(task).all(|p| !view.host_ports.contains(&p))
+    }
+}
+
+/// The (port, protocol) pairs a task binds on its node.
+pub fn host_ports(task: &Task) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+    task.spec
+        .ports
+        .iter()
+        .filter(|p| p.mode == PublishMode::Host)
+        .filter_map(|p| p.published.map(|n| (n, p.protocol)))
+}
+
+const PIPELINE: &[&dyn Filter] = &[&ReadyFilter, &AvailabilityFilter, &ConstraintFilter, &HostPortFilter];
 
 fn plural(n: usize) -> &'static str {
     if n == 1 {
@@ -111,6 +140,12 @@ fn needs_placement(t: &Task) -> bool {
 }
 
 pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
+    let mut nodes: Vec<NodeView> = nodes.to_vec();
+    for t in tasks.values().filter(|t| t.is_active()) {
+        if let Some(v) = nodes.iter_mut().find(|v| Some(&v.node.id) == t.node_id.as_ref()) {
+            v.host_ports.extend(host_ports(t));
+        }
+    }
     // Load so far: active tasks per node, and per (service, node).
     let mut total: BTreeMap<&NodeId, usize> = BTreeMap::new();
     let mut per_service: BTreeMap<(&ServiceId, &NodeId), usize> = BTreeMap::new();
@@ -124,9 +159,9 @@ pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
     pending.sort_by(|a, b| (&a.service_id, a.slot, a.created_at).cmp(&(&b.service_id, b.slot, b.created_at)));
 
     let mut out = Plan::default();
-    let mut explained: BTreeSet<&TaskId> = BTreeSet::new();
+    let mut explained: BTreeSet<TaskId> = BTreeSet::new();
     for t in pending {
-        match eligible(nodes, t) {
+        match eligible(&nodes, t) {
             Ok(candidates) => {
                 let best = candidates
                     .into_iter()
@@ -140,6 +175,9 @@ pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
                     .expect("eligible returns at least one node");
                 *total.entry(&best.id).or_default() += 1;
                 *per_service.entry((&t.service_id, &best.id)).or_default() += 1;
+                if let Some(v) = nodes.iter_mut().find(|v| v.node.id == best.id) {
+                    v.host_ports.extend(host_ports(t));
+                }
                 out.assign.push((t.id.clone(), best.id.clone()));
             }
             Err(reason) => {
@@ -147,7 +185,7 @@ pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
                 // same reason needs no new entry in the log.
                 let unchanged = t.status.state == TaskState::Pending
                     && t.status.err.as_deref() == Some(reason.as_str());
-                if !unchanged && explained.insert(&t.id) {
+                if !unchanged && explained.insert(t.id.clone()) {
                     out.unplaceable.push((t.id.clone(), reason));
                 }
             }
@@ -210,7 +248,7 @@ mod tests {
     #[test]
     fn six_tasks_spread_two_per_node() {
         let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
-        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
         let ts = tasks((1..=6).map(|s| task("web", s, None, &[])).collect());
         let p = plan(&views, &ts);
         assert_eq!(hosts(&p), ["n1", "n2", "n3", "n1", "n2", "n3"]);
@@ -220,7 +258,7 @@ mod tests {
     #[test]
     fn spread_prefers_fewest_of_the_service_then_fewest_overall() {
         let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
-        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
         // n1 and n2 run one "web" each; n3 runs two of "db".
         let ts = tasks(vec![
             task("web", 1, Some("n1"), &[]),
@@ -238,7 +276,7 @@ mod tests {
     #[test]
     fn constraints_filter_and_explain() {
         let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
-        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
         let ts = tasks(vec![
             task("a", 1, None, &["node.role==manager"]),
             task("a", 2, None, &["node.role==manager"]),
@@ -258,9 +296,9 @@ mod tests {
         paused.availability = Availability::Pause;
         let ns = [node("n1", Role::Manager), paused, node("n3", Role::Worker)];
         let views = vec![
-            NodeView { node: &ns[0], ready: false },
-            NodeView { node: &ns[1], ready: true },
-            NodeView { node: &ns[2], ready: true },
+            NodeView::new(&ns[0], false),
+            NodeView::new(&ns[1], true),
+            NodeView::new(&ns[2], true),
         ];
         let ts = tasks(vec![task("a", 1, None, &[]), task("b", 1, None, &["node.hostname==n1"])]);
         let p = plan(&views, &ts);
@@ -274,15 +312,31 @@ mod tests {
     #[test]
     fn a_pending_task_with_the_same_reason_is_not_proposed_again_and_is_placed_when_a_node_fits() {
         let ns = [node("n1", Role::Worker)];
-        let views: Vec<_> = ns.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
         let mut t = task("a", 1, None, &["node.role==manager"]);
         t.status.state = TaskState::Pending;
         t.status.err = Some("no suitable node (scheduling constraints not satisfied on 1 node)".into());
         let ts = tasks(vec![t]);
         assert_eq!(plan(&views, &ts), Plan::default());
         let m = [node("n1", Role::Manager)];
-        let views: Vec<_> = m.iter().map(|n| NodeView { node: n, ready: true }).collect();
+        let views: Vec<_> = m.iter().map(|n| NodeView::new(n, true)).collect();
         assert_eq!(hosts(&plan(&views, &ts)), ["n1"]);
+    }
+
+    #[test]
+    fn host_mode_ports_keep_tasks_on_different_nodes() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut list: Vec<Task> = (1..=3).map(|s| task("h", s, None, &[])).collect();
+        for t in &mut list {
+            t.spec.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
+        }
+        let p = plan(&views, &tasks(list));
+        assert_eq!(hosts(&p), ["n1", "n2"]);
+        assert_eq!(
+            p.unplaceable[0].1,
+            "no suitable node (host-mode port already in use on 2 nodes)"
+        );
     }
 
     #[test]

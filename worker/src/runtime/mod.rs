@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use common::ids::{NodeId, TaskId};
+use common::mesh::HostPort;
 use common::task::Task;
 use common::time::Millis;
 use common::wire::LogLine;
@@ -106,6 +107,9 @@ pub struct ContainerInfo {
     pub finished_at: Option<Millis>,
     /// From [`LABEL_STOP_GRACE`].
     pub stop_grace_ms: Option<u64>,
+    /// Where the container's published target ports are reachable on this
+    /// node, as the engine reports them (empty until it runs).
+    pub ports: Vec<HostPort>,
 }
 
 pub type LogStream = BoxStream<'static, Result<LogLine, RuntimeError>>;
@@ -122,6 +126,9 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A host port the task asked for is taken on this node.
+    #[error("{0}")]
+    PortInUse(String),
     /// Docker refused or failed the request.
     #[error("docker: {message} (status {status})")]
     Docker { status: u16, message: String },
@@ -140,9 +147,10 @@ impl RuntimeError {
         match self {
             RuntimeError::Unavailable(_) | RuntimeError::Conflict(_) => true,
             RuntimeError::Docker { status, .. } => *status >= 500,
-            RuntimeError::Image { .. } | RuntimeError::NotFound(_) | RuntimeError::Other(_) => {
-                false
-            }
+            RuntimeError::Image { .. }
+            | RuntimeError::NotFound(_)
+            | RuntimeError::PortInUse(_)
+            | RuntimeError::Other(_) => false,
         }
     }
 
@@ -154,6 +162,7 @@ impl RuntimeError {
             RuntimeError::Docker { message, .. } => message.clone(),
             RuntimeError::NotFound(m)
             | RuntimeError::Conflict(m)
+            | RuntimeError::PortInUse(m)
             | RuntimeError::Unavailable(m)
             | RuntimeError::Other(m) => m.clone(),
         }
@@ -170,6 +179,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Creates the task's container (named by [`container_name`], labelled by
     /// [`task_labels`]) and starts it. Returns the container id.
+    ///
+    /// Every `task.spec.ports` target is published on the node's advertise
+    /// address: an ingress port at an ephemeral host port (the mesh forwards
+    /// there), a host-mode port at its published number. A host port that is
+    /// taken is [`RuntimeError::PortInUse`]. The real host ports show in
+    /// [`ContainerInfo::ports`] once the container runs.
     async fn create_and_start(&self, node: &NodeId, task: &Task) -> Result<String, RuntimeError>;
 
     /// Every container labelled with `node`, in any state.
