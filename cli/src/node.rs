@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
-use common::api::{Info, JoinTokens, NodeInfo};
+use common::api::{Info, JoinTokens, NodeInfo, NodeUpdate};
+use common::node::Availability;
+use common::spec::parse_label;
 
-use crate::client::Client;
+use crate::client::{seg, Client};
 use crate::output;
 
 #[derive(Subcommand)]
@@ -19,6 +21,26 @@ pub enum NodeCmd {
         /// `json` for machine-readable output.
         #[arg(long)]
         format: Option<String>,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        /// active, pause or drain
+        #[arg(long)]
+        availability: Option<String>,
+        #[arg(long)]
+        label_add: Vec<String>,
+        #[arg(long)]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Remove nodes that are down from the cluster.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node even if it is not down.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
     /// Show details of one or more nodes.
     Inspect {
@@ -39,6 +61,31 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
                 (None, true) => print!("{}", output::node_ls_quiet(&nodes)),
                 (None, false) => print!("{}", output::node_ls(&nodes)),
             }
+        }
+        NodeCmd::Update { availability, label_add, label_rm, node } => {
+            let update = NodeUpdate {
+                availability: availability.as_deref().map(str::parse::<Availability>).transpose().map_err(|e| anyhow!(e))?,
+                label_add: label_add
+                    .iter()
+                    .map(|l| parse_label(l).map_err(|e| anyhow!("{e}")))
+                    .collect::<Result<_>>()?,
+                label_rm,
+            };
+            c.post::<_, NodeInfo>(&format!("/v1/nodes/{}/update", seg(&node)), &update)?;
+            println!("{node}");
+        }
+        NodeCmd::Rm { force, nodes } => {
+            let mut code = ExitCode::SUCCESS;
+            for n in &nodes {
+                match c.delete::<NodeInfo>(&format!("/v1/nodes/{}?force={force}", seg(n))) {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            return Ok(code);
         }
         NodeCmd::Inspect { nodes, pretty } => {
             return c.inspect::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}"), pretty.then_some(pretty_node as fn(&NodeInfo) -> String));

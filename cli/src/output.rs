@@ -207,6 +207,7 @@ pub fn service_ls(services: &[ServiceInfo]) -> String {
         .map(|s| {
             let mode = match s.spec.mode {
                 ServiceMode::Replicated { .. } => "replicated",
+                ServiceMode::Global => "global",
             };
             vec![
                 s.id.short().to_string(),
@@ -336,6 +337,10 @@ pub fn log_prefix(entry: &LogEntry, no_trunc: bool, replicas: u64) -> String {
     } else {
         entry.task_id.short()
     };
+    if entry.slot == 0 && !entry.task_name.is_empty() {
+        // A global task: `name.node-id.taskid@node`.
+        return format!("{}.{}@{}    | ", entry.task_name, id, entry.node);
+    }
     let pad = digits(replicas).saturating_sub(digits(entry.slot));
     format!(
         "{}.{}.{}@{}{}    | ",
@@ -528,7 +533,7 @@ mod tests {
 
     use common::api::{LogEntry, NodeInfo, ServiceInfo, TaskInfo};
     use common::node::{Availability, Node, NodeStatus, Role};
-    use common::spec::{ServiceMode, ServiceSpec, TaskTemplate};
+    use common::spec::{ServiceSpec, TaskTemplate};
     use common::task::{Task, TaskState, TaskStatus};
     use common::time::Millis;
 
@@ -581,16 +586,13 @@ mod tests {
         ServiceInfo {
             id: id.into(),
             version: 1,
-            spec: ServiceSpec {
-                name: name.into(),
-                labels: BTreeMap::new(),
-                mode: ServiceMode::Replicated { replicas: desired },
-                task: template(image),
-            },
+            spec: ServiceSpec::new(name, desired, template(image)),
             created_at: NOW,
             updated_at: NOW,
             running,
             desired,
+            update_status: None,
+            previous_spec: None,
         }
     }
 
@@ -908,6 +910,7 @@ mod tests {
             task_id: task_id.into(),
             service_name: "web".into(),
             slot,
+            task_name: format!("web.{slot}"),
             node: node.into(),
             timestamp: "2023-11-14T22:13:20.000000000Z".into(),
             line: line.into(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::api::{ServiceInfo, TaskInfo};
+use common::spec::UpdateState;
 use common::task::TaskState;
 use common::time::Millis;
 
@@ -29,6 +30,10 @@ pub enum Verdict {
     Converging,
     Converged,
     Failing(Vec<String>),
+    /// The rollout paused (its reason).
+    Paused(String),
+    /// The rollout was rolled back and the rollback is done (its reason).
+    RolledBack(String),
 }
 
 /// Pure: where the service stands, given its tasks.
@@ -36,7 +41,17 @@ pub fn assess(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict 
     let current = |t: &TaskInfo| t.task.spec == info.spec.task;
     let active: Vec<&TaskInfo> = tasks.iter().filter(|t| t.task.is_active()).collect();
     let running = active.iter().filter(|t| t.task.status.state == TaskState::Running && current(t)).count() as u64;
-    if running == info.desired && active.len() as u64 == info.desired {
+    let rollout = info.update_status.as_ref().filter(|u| u.started_at >= since.saturating_sub(1_000));
+    if let Some(u) = rollout {
+        if u.state.is_paused() {
+            return Verdict::Paused(u.message.clone());
+        }
+    }
+    let rolling = rollout.is_some_and(|u| u.state.is_active());
+    if running == info.desired && active.len() as u64 == info.desired && !rolling {
+        if let Some(u) = rollout.filter(|u| u.state == UpdateState::RollbackCompleted && !u.message.starts_with("manually")) {
+            return Verdict::RolledBack(u.message.clone());
+        }
         return Verdict::Converged;
     }
     let mut failures: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -104,6 +119,16 @@ pub fn watch(c: &Client, service: &str, since: Millis) -> Result<ExitCode> {
                 lines.push(output::progress_waiting_line(VERIFY.saturating_sub(at.elapsed())));
                 screen.draw(&lines);
             }
+            Verdict::Paused(why) => {
+                screen.finish(&output::progress_lines(info.desired, &current, false));
+                eprintln!("Error: service update paused: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Verdict::RolledBack(why) => {
+                screen.finish(&output::progress_lines(info.desired, &current, true));
+                eprintln!("Error: service rolled back: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
             Verdict::Failing(errors) => {
                 screen.finish(&output::progress_lines(info.desired, &current, false));
                 eprintln!("Error: tasks of service {} keep failing:", info.spec.name);
@@ -115,6 +140,9 @@ pub fn watch(c: &Client, service: &str, since: Millis) -> Result<ExitCode> {
             }
             Verdict::Converging => {
                 let mut lines = output::progress_lines(info.desired, &current, false);
+                if let Some(u) = info.update_status.as_ref().filter(|u| u.state == UpdateState::RollbackStarted) {
+                    lines.insert(0, format!("rolling back update: {}", u.message));
+                }
                 if converged_at.take().is_some() {
                     lines.push(output::progress_failure_line());
                 }

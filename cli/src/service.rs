@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use common::api::{LogEntry, ServiceInfo, ServiceUpdate, TaskInfo};
+use common::api::{LogEntry, RestartPatch, ServiceInfo, ServiceUpdate, TaskInfo, UpdateConfigPatch};
 use common::constraint::Constraint;
 use common::mesh::PortConfig;
 use common::spec::{
-    parse_label, parse_replicas, validate_env, Mount, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
-    TaskTemplate,
+    parse_label, parse_replicas, validate_env, FailureAction, Mount, RestartPolicy, ServiceMode, ServiceSpec,
+    TaskTemplate, UpdateConfig,
 };
 use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
@@ -73,6 +73,12 @@ pub enum ServiceCmd {
     },
     /// Update a service.
     Update(UpdateArgs),
+    /// Restore the service's previous spec.
+    Rollback {
+        service: String,
+        #[command(flatten)]
+        detach: Detach,
+    },
     /// Show details of one or more services.
     Inspect {
         #[arg(required = true)]
@@ -105,13 +111,15 @@ pub struct CreateArgs {
     /// Publish a port: PUBLISHED:TARGET[/udp], TARGET, or published=…,target=…,protocol=…,mode=ingress|host
     #[arg(short, long)]
     publish: Vec<String>,
-    /// none, on-failure or any
-    #[arg(long, default_value = "any")]
-    restart_condition: String,
-    #[arg(long, default_value = "5s")]
-    restart_delay: String,
-    #[arg(long)]
-    restart_max_attempts: Option<u64>,
+    /// replicated or global
+    #[arg(long, default_value = "replicated")]
+    mode: String,
+    #[command(flatten)]
+    restart: RestartFlags,
+    #[command(flatten)]
+    update: UpdateFlags,
+    #[command(flatten)]
+    rollback: RollbackFlags,
     /// Time to wait for a task to stop before killing it.
     #[arg(long, default_value = "10s")]
     stop_grace_period: String,
@@ -150,8 +158,147 @@ pub struct UpdateArgs {
     #[arg(long)]
     publish_rm: Vec<String>,
     #[command(flatten)]
+    restart: RestartFlags,
+    #[command(flatten)]
+    update: UpdateFlags,
+    #[command(flatten)]
+    rollback: RollbackFlags,
+    /// Roll every task, even if nothing changed (rebalances after a drain).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
     detach: Detach,
     service: String,
+}
+
+#[derive(Args)]
+pub struct RestartFlags {
+    /// none, on-failure or any (default any)
+    #[arg(long)]
+    restart_condition: Option<String>,
+    /// Delay between restart attempts (default 5s)
+    #[arg(long)]
+    restart_delay: Option<String>,
+    /// Maximum restarts before giving up (default unlimited)
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    /// Window in which restarts count toward --restart-max-attempts
+    #[arg(long)]
+    restart_window: Option<String>,
+}
+
+impl RestartFlags {
+    fn patch(&self) -> Result<RestartPatch> {
+        Ok(RestartPatch {
+            condition: self.restart_condition.as_deref().map(str::parse).transpose()?,
+            delay_ms: self.restart_delay.as_deref().map(|d| ms(d, "--restart-delay")).transpose()?,
+            max_attempts: self.restart_max_attempts,
+            window_ms: self.restart_window.as_deref().map(|d| ms(d, "--restart-window")).transpose()?,
+        })
+    }
+}
+
+/// The six knobs of a rolling update, for `--update-*` and `--rollback-*`.
+struct Knobs<'a> {
+    prefix: &'static str,
+    parallelism: Option<u64>,
+    delay: Option<&'a str>,
+    order: Option<&'a str>,
+    failure_action: Option<&'a str>,
+    monitor: Option<&'a str>,
+    max_failure_ratio: Option<&'a str>,
+}
+
+impl Knobs<'_> {
+    fn patch(&self) -> Result<UpdateConfigPatch> {
+        let p = self.prefix;
+        Ok(UpdateConfigPatch {
+            parallelism: self.parallelism,
+            delay_ms: self.delay.map(|d| ms(d, &format!("--{p}-delay"))).transpose()?,
+            order: self.order.map(str::parse).transpose()?,
+            failure_action: self.failure_action.map(str::parse).transpose()?,
+            monitor_ms: self.monitor.map(|d| ms(d, &format!("--{p}-monitor"))).transpose()?,
+            max_failure_ratio: self.max_failure_ratio.map(str::parse).transpose()?,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct UpdateFlags {
+    /// Tasks updated at once (0: all; default 1)
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    /// Delay between updates of batches (default 0s)
+    #[arg(long)]
+    update_delay: Option<String>,
+    /// stop-first (default) or start-first
+    #[arg(long)]
+    update_order: Option<String>,
+    /// pause (default), continue or rollback
+    #[arg(long)]
+    update_failure_action: Option<String>,
+    /// How long a new task must run to count as updated (default 5s)
+    #[arg(long)]
+    update_monitor: Option<String>,
+    /// Fraction of failed tasks tolerated (default 0)
+    #[arg(long)]
+    update_max_failure_ratio: Option<String>,
+}
+
+impl UpdateFlags {
+    fn patch(&self) -> Result<UpdateConfigPatch> {
+        Knobs {
+            prefix: "update",
+            parallelism: self.update_parallelism,
+            delay: self.update_delay.as_deref(),
+            order: self.update_order.as_deref(),
+            failure_action: self.update_failure_action.as_deref(),
+            monitor: self.update_monitor.as_deref(),
+            max_failure_ratio: self.update_max_failure_ratio.as_deref(),
+        }
+        .patch()
+    }
+}
+
+#[derive(Args)]
+pub struct RollbackFlags {
+    /// Tasks rolled back at once (0: all; default 1)
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    /// Delay between rollbacks of batches (default 0s)
+    #[arg(long)]
+    rollback_delay: Option<String>,
+    /// stop-first (default) or start-first
+    #[arg(long)]
+    rollback_order: Option<String>,
+    /// pause (default) or continue
+    #[arg(long)]
+    rollback_failure_action: Option<String>,
+    /// How long a task must run to count as rolled back (default 5s)
+    #[arg(long)]
+    rollback_monitor: Option<String>,
+    /// Fraction of failed tasks tolerated (default 0)
+    #[arg(long)]
+    rollback_max_failure_ratio: Option<String>,
+}
+
+impl RollbackFlags {
+    fn patch(&self) -> Result<UpdateConfigPatch> {
+        let patch = Knobs {
+            prefix: "rollback",
+            parallelism: self.rollback_parallelism,
+            delay: self.rollback_delay.as_deref(),
+            order: self.rollback_order.as_deref(),
+            failure_action: self.rollback_failure_action.as_deref(),
+            monitor: self.rollback_monitor.as_deref(),
+            max_failure_ratio: self.rollback_max_failure_ratio.as_deref(),
+        }
+        .patch()?;
+        if patch.failure_action == Some(FailureAction::Rollback) {
+            bail!("invalid --rollback-failure-action \"rollback\": expected pause or continue");
+        }
+        Ok(patch)
+    }
 }
 
 fn parse_constraints(list: &[String]) -> Result<Vec<Constraint>> {
@@ -176,7 +323,18 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         validate_env(e)?;
     }
     let mounts = a.mount.iter().map(|m| m.parse::<Mount>()).collect::<Result<Vec<_>, _>>()?;
-    let condition: RestartCondition = a.restart_condition.parse()?;
+    let mut mode: ServiceMode = a.mode.parse()?;
+    if let ServiceMode::Replicated { replicas: r } = &mut mode {
+        *r = replicas;
+    } else if a.replicas != "1" {
+        bail!("--replicas can only be used with replicated mode");
+    }
+    let mut restart = RestartPolicy::default();
+    a.restart.patch()?.apply(&mut restart);
+    let mut update = UpdateConfig::default();
+    a.update.patch()?.apply(&mut update);
+    let mut rollback = UpdateConfig::default();
+    a.rollback.patch()?.apply(&mut rollback);
     let name = match &a.name {
         Some(n) => n.clone(),
         None => {
@@ -188,20 +346,19 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
     let spec = ServiceSpec {
         name,
         labels: parse_labels(&a.label)?,
-        mode: ServiceMode::Replicated { replicas },
+        mode,
+        update,
+        rollback,
         task: TaskTemplate {
             image: a.image.clone(),
             args: a.command.clone(),
             env: a.env.clone(),
             mounts,
             constraints: parse_constraints(&a.constraint)?,
-            restart: RestartPolicy {
-                condition,
-                delay_ms: ms(&a.restart_delay, "--restart-delay")?,
-                max_attempts: a.restart_max_attempts,
-            },
+            restart,
             stop_grace_ms: ms(&a.stop_grace_period, "--stop-grace-period")?,
             ports: parse_ports(&a.publish)?,
+            force_update: 0,
         },
     };
     spec.validate()?;
@@ -331,11 +488,23 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 constraint_rm: parse_constraints(&a.constraint_rm)?,
                 publish_add: parse_ports(&a.publish_add)?,
                 publish_rm: parse_ports(&a.publish_rm)?,
+                update_config: a.update.patch()?,
+                rollback_config: a.rollback.patch()?,
+                restart: a.restart.patch()?,
+                force: a.force,
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;
             println!("{}", a.service);
             if !a.detach.detach {
+                return progress::watch(c, &info.id.to_string(), started);
+            }
+        }
+        ServiceCmd::Rollback { service, detach } => {
+            let started = now_ms();
+            let info: ServiceInfo = c.post(&format!("/v1/services/{}/rollback", seg(&service)), &())?;
+            println!("{service}");
+            if !detach.detach {
                 return progress::watch(c, &info.id.to_string(), started);
             }
         }
@@ -363,6 +532,11 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn ago(at: common::time::Millis) -> String {
+    let d = std::time::Duration::from_millis(now_ms().saturating_sub(at));
+    format!("{} ago", common::time::human_duration(d))
+}
+
 fn pretty_service(s: &ServiceInfo) -> String {
     let t = &s.spec.task;
     let mut out = format!("\nID:\t\t{}\nName:\t\t{}\n", s.id, s.spec.name);
@@ -372,7 +546,18 @@ fn pretty_service(s: &ServiceInfo) -> String {
             out.push_str(&format!(" {k}={v}\n"));
         }
     }
-    out.push_str(&format!("Service Mode:\tReplicated\n Replicas:\t{}\n", s.desired));
+    match s.spec.mode {
+        ServiceMode::Replicated { replicas } => out.push_str(&format!("Service Mode:\tReplicated\n Replicas:\t{replicas}\n")),
+        ServiceMode::Global => out.push_str("Service Mode:\tGlobal\n"),
+    }
+    if let Some(u) = &s.update_status {
+        out.push_str(&format!("UpdateStatus:\n State:\t\t{}\n", u.state.as_str()));
+        out.push_str(&format!(" Started:\t{}\n", ago(u.started_at)));
+        if let Some(done) = u.completed_at {
+            out.push_str(&format!(" Completed:\t{}\n", ago(done)));
+        }
+        out.push_str(&format!(" Message:\t{}\n", u.message));
+    }
     if !t.constraints.is_empty() {
         out.push_str("Placement:\n Constraints:\t[");
         out.push_str(&t.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "));
@@ -384,6 +569,17 @@ fn pretty_service(s: &ServiceInfo) -> String {
         humantime::format_duration(std::time::Duration::from_millis(t.restart.delay_ms)),
         t.restart.max_attempts.unwrap_or(0)
     ));
+    for (title, u) in [("UpdateConfig", &s.spec.update), ("RollbackConfig", &s.spec.rollback)] {
+        out.push_str(&format!(
+            "{title}:\n Parallelism:\t{}\n Delay:\t\t{}\n On failure:\t{:?}\n Monitoring Period: {}\n Max failure ratio: {}\n Update order:\t{:?}\n",
+            u.parallelism,
+            humantime::format_duration(std::time::Duration::from_millis(u.delay_ms)),
+            u.failure_action,
+            humantime::format_duration(std::time::Duration::from_millis(u.monitor_ms)),
+            u.max_failure_ratio.0,
+            u.order,
+        ));
+    }
     out.push_str(&format!("ContainerSpec:\n Image:\t\t{}\n", t.image));
     if !t.args.is_empty() {
         out.push_str(&format!(" Args:\t\t{}\n", t.args.join(" ")));
@@ -397,6 +593,18 @@ fn pretty_service(s: &ServiceInfo) -> String {
             out.push_str(&format!(
                 " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\tbind\n",
                 m.target, m.source, m.readonly
+            ));
+        }
+    }
+    if !t.ports.is_empty() {
+        out.push_str("Ports:\n");
+        for p in &t.ports {
+            out.push_str(&format!(
+                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}\n",
+                p.published.map(|n| n.to_string()).unwrap_or_default(),
+                p.protocol,
+                p.target,
+                p.mode
             ));
         }
     }

@@ -6,11 +6,14 @@
 //! | GET | `/v1/info` | → [`Info`] |
 //! | GET | `/v1/nodes` | → `[NodeInfo]` |
 //! | GET | `/v1/nodes/{id-or-hostname}` | → [`NodeInfo`] |
+//! | POST | `/v1/nodes/{id-or-hostname}/update` | [`NodeUpdate`] → [`NodeInfo`] |
+//! | DELETE | `/v1/nodes/{id-or-hostname}?force=true` | → [`NodeInfo`] |
 //! | GET | `/v1/join-tokens` | → [`JoinTokens`] |
 //! | GET | `/v1/services` | → `[ServiceInfo]` |
 //! | POST | `/v1/services` | [`ServiceSpec`] → [`ServiceInfo`] |
 //! | GET | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |
 //! | POST | `/v1/services/{id-or-name}/update` | [`ServiceUpdate`] → [`ServiceInfo`] |
+//! | POST | `/v1/services/{id-or-name}/rollback` | → [`ServiceInfo`] |
 //! | DELETE | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |
 //! | GET | `/v1/services/{id-or-name}/tasks` | → `[TaskInfo]` |
 //! | GET | `/v1/services/{id-or-name}/logs?follow&tail=N` | → NDJSON of [`LogEntry`] |
@@ -25,8 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::constraint::Constraint;
 use crate::mesh::PortConfig;
 use crate::ids::{NodeId, ServiceId, TaskId};
-use crate::node::{Node, NodeStatus};
-use crate::spec::{update_env, ServiceMode, ServiceSpec, SpecError};
+use crate::node::{Availability, Node, NodeStatus};
+use crate::spec::{
+    update_env, FailureAction, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, SpecError, UpdateConfig,
+    UpdateOrder, UpdateStatus,
+};
 use crate::task::Task;
 use crate::time::Millis;
 
@@ -55,6 +61,17 @@ pub struct NodeInfo {
     pub is_self: bool,
 }
 
+/// `node update` flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    #[serde(default)]
+    pub availability: Option<Availability>,
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokens {
     pub worker: String,
@@ -70,8 +87,13 @@ pub struct ServiceInfo {
     pub updated_at: Millis,
     /// Tasks running now.
     pub running: u64,
-    /// Tasks the spec asks for.
+    /// Tasks the spec asks for (for a global service: eligible nodes).
     pub desired: u64,
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
+    /// The spec before the last update (what `service rollback` restores).
+    #[serde(default)]
+    pub previous_spec: Option<ServiceSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +108,9 @@ pub struct LogEntry {
     pub task_id: TaskId,
     pub service_name: String,
     pub slot: u64,
+    /// `name.slot` (`name.node-id` for a global task).
+    #[serde(default)]
+    pub task_name: String,
     pub node: String,
     pub timestamp: String,
     pub line: String,
@@ -117,6 +142,75 @@ pub struct ServiceUpdate {
     /// Removes publishes with this target (and protocol, and published port if given).
     #[serde(default)]
     pub publish_rm: Vec<PortConfig>,
+    #[serde(default)]
+    pub update_config: UpdateConfigPatch,
+    #[serde(default)]
+    pub rollback_config: UpdateConfigPatch,
+    #[serde(default)]
+    pub restart: RestartPatch,
+    /// Roll every task even if nothing else changed.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Fields of an [`UpdateConfig`] to change; absent ones stay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfigPatch {
+    pub parallelism: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub order: Option<UpdateOrder>,
+    pub failure_action: Option<FailureAction>,
+    pub monitor_ms: Option<u64>,
+    pub max_failure_ratio: Option<Ratio>,
+}
+
+impl UpdateConfigPatch {
+    pub fn apply(&self, c: &mut UpdateConfig) {
+        if let Some(v) = self.parallelism {
+            c.parallelism = v;
+        }
+        if let Some(v) = self.delay_ms {
+            c.delay_ms = v;
+        }
+        if let Some(v) = self.order {
+            c.order = v;
+        }
+        if let Some(v) = self.failure_action {
+            c.failure_action = v;
+        }
+        if let Some(v) = self.monitor_ms {
+            c.monitor_ms = v;
+        }
+        if let Some(v) = self.max_failure_ratio {
+            c.max_failure_ratio = v;
+        }
+    }
+}
+
+/// Fields of a [`RestartPolicy`] to change; absent ones stay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPatch {
+    pub condition: Option<RestartCondition>,
+    pub delay_ms: Option<u64>,
+    pub max_attempts: Option<u64>,
+    pub window_ms: Option<u64>,
+}
+
+impl RestartPatch {
+    pub fn apply(&self, r: &mut RestartPolicy) {
+        if let Some(v) = self.condition {
+            r.condition = v;
+        }
+        if let Some(v) = self.delay_ms {
+            r.delay_ms = v;
+        }
+        if let Some(v) = self.max_attempts {
+            r.max_attempts = Some(v);
+        }
+        if let Some(v) = self.window_ms {
+            r.window_ms = Some(v);
+        }
+    }
 }
 
 impl ServiceUpdate {
@@ -124,7 +218,16 @@ impl ServiceUpdate {
     pub fn apply(&self, spec: &ServiceSpec) -> Result<ServiceSpec, SpecError> {
         let mut s = spec.clone();
         if let Some(r) = self.replicas {
+            if s.mode.is_global() {
+                return Err(SpecError::Invalid("replicas can only be set on a replicated service".into()));
+            }
             s.mode = ServiceMode::Replicated { replicas: r };
+        }
+        self.update_config.apply(&mut s.update);
+        self.rollback_config.apply(&mut s.rollback);
+        self.restart.apply(&mut s.task.restart);
+        if self.force {
+            s.task.force_update += 1;
         }
         if let Some(img) = &self.image {
             s.task.image = img.clone();

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
 use crate::mesh::PortConfig;
+use crate::time::Millis;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -17,18 +18,137 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
     pub mode: ServiceMode,
     pub task: TaskTemplate,
+    /// How a change of the task template rolls over the tasks.
+    #[serde(default)]
+    pub update: UpdateConfig,
+    /// How a rollback rolls over the tasks.
+    #[serde(default)]
+    pub rollback: UpdateConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+impl FromStr for UpdateOrder {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "stop-first" => Ok(UpdateOrder::StopFirst),
+            "start-first" => Ok(UpdateOrder::StartFirst),
+            _ => Err(SpecError::Invalid(format!("invalid update order {s:?}: expected stop-first or start-first"))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl FromStr for FailureAction {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "pause" => Ok(FailureAction::Pause),
+            "continue" => Ok(FailureAction::Continue),
+            "rollback" => Ok(FailureAction::Rollback),
+            _ => Err(SpecError::Invalid(format!(
+                "invalid failure action {s:?}: expected pause, continue or rollback"
+            ))),
+        }
+    }
+}
+
+/// A fraction 0..=1 (failures tolerated during an update), compared by bits
+/// so that specs stay `Eq`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ratio(pub f64);
+
+impl PartialEq for Ratio {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for Ratio {}
+
+impl FromStr for Ratio {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(Ratio(r)),
+            _ => Err(SpecError::Invalid(format!("invalid failure ratio {s:?}: expected a number from 0 to 1"))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks updated at once; 0 means all.
+    pub parallelism: u64,
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub order: UpdateOrder,
+    #[serde(default)]
+    pub failure_action: FailureAction,
+    /// How long a new task must run to count as a success.
+    pub monitor_ms: u64,
+    #[serde(default)]
+    pub max_failure_ratio: Ratio,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ratio: Ratio(0.0),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceMode {
     Replicated { replicas: u64 },
+    /// One task per eligible node.
+    Global,
 }
 
 impl ServiceMode {
+    /// Replicas asked for; a global service has no fixed number (0).
     pub fn replicas(&self) -> u64 {
         match self {
             ServiceMode::Replicated { replicas } => *replicas,
+            ServiceMode::Global => 0,
+        }
+    }
+
+    pub fn is_global(&self) -> bool {
+        matches!(self, ServiceMode::Global)
+    }
+}
+
+impl FromStr for ServiceMode {
+    type Err = SpecError;
+    /// `replicated` (1 replica until `--replicas` says) or `global`.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "replicated" => Ok(ServiceMode::Replicated { replicas: 1 }),
+            "global" => Ok(ServiceMode::Global),
+            _ => Err(SpecError::Invalid(format!("invalid mode {s:?}: expected replicated or global"))),
         }
     }
 }
@@ -54,6 +174,10 @@ pub struct TaskTemplate {
     /// Published ports; each task exposes the targets on its node.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// Bumped by `service update --force`: a new template, so every task
+    /// rolls although nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -73,6 +197,7 @@ impl TaskTemplate {
             restart: RestartPolicy::default(),
             stop_grace_ms: default_stop_grace_ms(),
             ports: vec![],
+            force_update: 0,
         }
     }
 }
@@ -122,6 +247,9 @@ pub struct RestartPolicy {
     pub delay_ms: u64,
     /// `None`: unlimited.
     pub max_attempts: Option<u64>,
+    /// With `max_attempts`: only restarts within this window count.
+    #[serde(default)]
+    pub window_ms: Option<u64>,
 }
 
 impl Default for RestartPolicy {
@@ -130,6 +258,7 @@ impl Default for RestartPolicy {
             condition: RestartCondition::Any,
             delay_ms: 5_000,
             max_attempts: None,
+            window_ms: None,
         }
     }
 }
@@ -152,6 +281,8 @@ pub enum SpecError {
     RestartCondition(String),
     #[error("invalid replicas {0:?}: expected a number of replicas, 0 or more")]
     Replicas(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
@@ -246,6 +377,18 @@ impl FromStr for Mount {
 }
 
 impl ServiceSpec {
+    /// A replicated service with default update and rollback settings.
+    pub fn new(name: &str, replicas: u64, task: TaskTemplate) -> Self {
+        ServiceSpec {
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            mode: ServiceMode::Replicated { replicas },
+            task,
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        }
+    }
+
     /// Checks everything that can be checked without the cluster.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
@@ -276,6 +419,50 @@ pub fn update_env(env: &mut Vec<String>, add: &[String], rm: &[String]) {
         env.retain(|e| key(e) != k);
         env.push(a.clone());
     }
+}
+
+/// Where a rolling update (or rollback) of a service stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn is_rollback(self) -> bool {
+        matches!(self, UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+    }
+    pub fn is_active(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+    pub fn is_paused(self) -> bool {
+        matches!(self, UpdateState::Paused | UpdateState::RollbackPaused)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_at: Millis,
+    #[serde(default)]
+    pub completed_at: Option<Millis>,
+    #[serde(default)]
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -148,9 +148,13 @@ pub struct Task {
 }
 
 impl Task {
-    /// `name.slot` as in `service ps`.
+    /// `name.slot` as in `service ps`; `name.node-id` for a global
+    /// service's task (slot 0).
     pub fn name(&self) -> String {
-        format!("{}.{}", self.service_name, self.slot)
+        match (&self.node_id, self.slot) {
+            (Some(node), 0) => format!("{}.{}", self.service_name, node),
+            _ => format!("{}.{}", self.service_name, self.slot),
+        }
     }
 
     /// Counts toward the service's replicas: meant to run and not finished.

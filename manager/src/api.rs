@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
-use common::api::{ApiError, Info, JoinTokens, LogEntry, NodeInfo, ServiceInfo, ServiceUpdate, TaskInfo};
+use common::api::{ApiError, Info, JoinTokens, LogEntry, NodeInfo, NodeUpdate, ServiceInfo, ServiceUpdate, TaskInfo};
 use common::node::{NodeStatus, Role};
-use common::spec::ServiceSpec;
+use common::spec::{ServiceMode, ServiceSpec};
 use common::task::{Task, TaskState};
 use common::time::now_ms;
 use common::wire::{Frame, Hello, LogRequest};
@@ -111,6 +111,10 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         .tasks_of(&svc.id)
         .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
         .count() as u64;
+    let desired = match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => store.tasks_of(&svc.id).filter(|t| t.is_active()).count() as u64,
+    };
     ServiceInfo {
         id: svc.id.clone(),
         version: svc.version,
@@ -118,7 +122,9 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         created_at: svc.created_at,
         updated_at: svc.updated_at,
         running,
-        desired: svc.spec.mode.replicas(),
+        desired,
+        update_status: svc.update_status.clone(),
+        previous_spec: svc.previous_spec.clone(),
     }
 }
 
@@ -225,10 +231,10 @@ async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>
     let now = now_ms();
     let id = ServiceId::random();
     let spec = propose_with_ports(m, &id, spec, |spec| {
-        Command::CreateService(Service { id: id.clone(), spec, version: 1, created_at: now, updated_at: now })
+        Command::CreateService(Service::new(id.clone(), spec, now))
     })
     .await?;
-    let svc = Service { id, spec, version: 1, created_at: now, updated_at: now };
+    let svc = Service::new(id, spec, now);
     let info = service_info(&m.store.read(), &svc);
     Ok(HttpResponse::Created().json(info))
 }
@@ -248,6 +254,65 @@ async fn update_service(
     let store = m.store.read();
     let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
     Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+}
+
+async fn rollback_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    propose(m, Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason: "manually requested rollback".into() })
+        .await?;
+    let store = m.store.read();
+    let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
+    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+}
+
+async fn update_node(state: web::Data<ApiState>, key: web::Path<String>, u: web::Json<NodeUpdate>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+    let at = now_ms();
+    let mut cmds = Vec::new();
+    if let Some(a) = u.availability {
+        cmds.push(Command::SetNodeAvailability { id: id.clone(), availability: a, at });
+    }
+    if !u.label_add.is_empty() || !u.label_rm.is_empty() {
+        cmds.push(Command::UpdateNodeLabels { id: id.clone(), add: u.label_add.clone(), rm: u.label_rm.clone(), at });
+    }
+    if !cmds.is_empty() {
+        propose(m, Command::Batch(cmds)).await?;
+    }
+    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == id).ok_or_else(|| Error::not_found("node", &key))?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveNodeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove_node(state: web::Data<ApiState>, key: web::Path<String>, q: web::Query<RemoveNodeQuery>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let info = {
+        let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+        node_infos(&state, m).into_iter().find(|n| n.node.id == id).ok_or_else(|| Error::not_found("node", &key))?
+    };
+    if info.node.id == state.node_id {
+        return Err(Error::new(StatusCode::BAD_REQUEST, "a node cannot remove itself"));
+    }
+    if info.node.role == Role::Manager {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            format!("node {} is a manager: demote it before removing it", info.node.hostname),
+        ));
+    }
+    if info.status == NodeStatus::Ready && !q.force {
+        return Err(Error::new(
+            StatusCode::CONFLICT,
+            format!("node {} is not down and can't be removed (use --force to remove it anyway)", info.node.hostname),
+        ));
+    }
+    propose(m, Command::RemoveNode(info.node.id.clone())).await?;
+    Ok(HttpResponse::Ok().json(info))
 }
 
 async fn remove_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
@@ -296,9 +361,9 @@ async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web
     let (targets, slots) = {
         let store = m.store.read();
         let mut by_node: BTreeMap<NodeId, Vec<TaskId>> = BTreeMap::new();
-        let mut slots: BTreeMap<TaskId, u64> = BTreeMap::new();
+        let mut slots: BTreeMap<TaskId, (u64, String)> = BTreeMap::new();
         for t in store.tasks_of(&svc.id) {
-            slots.insert(t.id.clone(), t.slot);
+            slots.insert(t.id.clone(), (t.slot, t.name()));
             if let (Some(n), true) = (&t.node_id, t.status.state > TaskState::Assigned) {
                 by_node.entry(n.clone()).or_default().push(t.id.clone());
             }
@@ -329,8 +394,10 @@ async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web
             while let Ok(frame) = net::recv(&mut conn).await {
                 match frame {
                     Frame::LogLine(l) => {
+                        let (slot, task_name) = slots.get(&l.task_id).cloned().unwrap_or_default();
                         let entry = LogEntry {
-                            slot: slots.get(&l.task_id).copied().unwrap_or(0),
+                            slot,
+                            task_name,
                             task_id: l.task_id,
                             service_name: name.clone(),
                             node: target.node.clone(),
@@ -410,12 +477,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/info", web::get().to(info))
         .route("/v1/nodes", web::get().to(list_nodes))
         .route("/v1/nodes/{key}", web::get().to(get_node))
+        .route("/v1/nodes/{key}", web::delete().to(remove_node))
+        .route("/v1/nodes/{key}/update", web::post().to(update_node))
         .route("/v1/join-tokens", web::get().to(join_tokens))
         .route("/v1/services", web::get().to(list_services))
         .route("/v1/services", web::post().to(create_service))
         .route("/v1/services/{key}", web::get().to(get_service))
         .route("/v1/services/{key}", web::delete().to(remove_service))
         .route("/v1/services/{key}/update", web::post().to(update_service))
+        .route("/v1/services/{key}/rollback", web::post().to(rollback_service))
         .route("/v1/services/{key}/tasks", web::get().to(service_tasks))
         .route("/v1/services/{key}/logs", web::get().to(service_logs))
         .default_service(web::to(not_found));

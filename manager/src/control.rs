@@ -18,10 +18,19 @@ use worker::metrics::{metrics, ActorMetrics};
 
 pub type LiveNodes = watch::Receiver<BTreeSet<NodeId>>;
 
+/// What a control loop knows besides the store.
+pub struct LoopCtx<'a> {
+    /// Nodes alive through gossip, as this manager sees them.
+    pub live: &'a BTreeSet<NodeId>,
+    /// When this manager became the leader (gossip needs a moment after
+    /// that before "not alive" means "down").
+    pub leader_since: Millis,
+}
+
 /// A pure decision: commands to propose, and when to look again.
 pub trait Decide: Unpin + 'static {
     fn name(&self) -> &'static str;
-    fn decide(&mut self, store: &Store, live: &BTreeSet<NodeId>, now: Millis) -> (Vec<Command>, Option<Millis>);
+    fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>);
 }
 
 pub struct ControlLoop<D: Decide> {
@@ -33,6 +42,8 @@ pub struct ControlLoop<D: Decide> {
     in_flight: bool,
     dirty: bool,
     timer: Option<SpawnHandle>,
+    /// Since when this manager has been the leader, as this loop saw it.
+    leader_since: Option<Millis>,
     metrics: ActorMetrics,
 }
 
@@ -56,6 +67,7 @@ impl<D: Decide> ControlLoop<D> {
             in_flight: false,
             dirty: false,
             timer: None,
+            leader_since: None,
             metrics: metrics.clone(),
         }
         .start();
@@ -96,9 +108,11 @@ impl<D: Decide> Handler<Kick> for ControlLoop<D> {
     fn handle(&mut self, _: Kick, ctx: &mut Context<Self>) {
         let started = Instant::now();
         if !self.status.borrow().is_leader {
+            self.leader_since = None;
             self.metrics.handled(started, true);
             return;
         }
+        let leader_since = *self.leader_since.get_or_insert_with(now_ms);
         if self.in_flight {
             self.dirty = true;
             self.metrics.handled(started, true);
@@ -108,7 +122,7 @@ impl<D: Decide> Handler<Kick> for ControlLoop<D> {
         let (commands, wake) = {
             let store = self.store.read();
             let live = self.live.borrow();
-            self.core.decide(&store, &live, now)
+            self.core.decide(&store, &LoopCtx { live: &live, leader_since }, now)
         };
         if let Some(at) = wake {
             if let Some(h) = self.timer.take() {

@@ -86,8 +86,15 @@ mod tests {
         s.apply(Command::AddNode(node("n2", "127.0.0.12"))).unwrap();
         let mut t = TaskTemplate::new("img");
         t.ports = vec!["8080:80".parse().unwrap(), "published=9000,target=80,mode=host".parse().unwrap()];
-        let spec = ServiceSpec { name: "web".into(), labels: Default::default(), mode: ServiceMode::Replicated { replicas: 3 }, task: t };
-        s.apply(Command::CreateService(Service { id: "web".into(), spec, version: 1, created_at: 0, updated_at: 0 })).unwrap();
+        let spec = ServiceSpec {
+            name: "web".into(),
+            labels: Default::default(),
+            mode: ServiceMode::Replicated { replicas: 3 },
+            task: t,
+            update: Default::default(),
+            rollback: Default::default(),
+        };
+        s.apply(Command::CreateService(Service::new("web".into(), spec, 0))).unwrap();
         s.apply(Command::CreateTasks(vec![
             task("a", "n2", TaskState::Running, TaskState::Running, 32001),
             task("b", "n1", TaskState::Running, TaskState::Running, 32000),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node};
-use common::spec::ServiceSpec;
+use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
 use common::{NodeId, ServiceId, TaskId};
@@ -32,6 +32,25 @@ pub struct Service {
     pub version: u64,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The spec before the last update; `service rollback` restores it.
+    #[serde(default)]
+    pub previous_spec: Option<ServiceSpec>,
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
+}
+
+impl Service {
+    pub fn new(id: ServiceId, spec: ServiceSpec, at: Millis) -> Self {
+        Service { id, spec, version: 1, created_at: at, updated_at: at, previous_spec: None, update_status: None }
+    }
+
+    /// The rollout settings in force: the rollback's during a rollback.
+    pub fn rollout_config(&self) -> &common::spec::UpdateConfig {
+        match &self.update_status {
+            Some(u) if u.state.is_rollback() => &self.spec.rollback,
+            _ => &self.spec.update,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +76,10 @@ pub enum Command {
     CreateService(Service),
     UpdateService { id: ServiceId, spec: ServiceSpec, at: Millis },
     RemoveService(ServiceId),
+    /// Restore the previous spec; `reason` is shown in the update status.
+    RollbackService { id: ServiceId, at: Millis, reason: String },
+    SetUpdateStatus { id: ServiceId, status: UpdateStatus },
+    UpdateNodeLabels { id: NodeId, add: BTreeMap<String, String>, rm: Vec<String>, at: Millis },
     CreateTasks(Vec<Task>),
     AssignTasks(Vec<Assignment>),
     MarkUnplaceable(Vec<Unplaceable>),
@@ -83,6 +106,8 @@ pub enum StoreError {
     PortInUse { port: u16, protocol: Protocol, service: String },
     #[error("port {port}/{protocol} is published twice")]
     PortTwice { port: u16, protocol: Protocol },
+    #[error("service {0} has no previous spec to roll back to")]
+    NoPreviousSpec(String),
     #[error("no free port left in {}-{} to publish", DYNAMIC_PORTS.start(), DYNAMIC_PORTS.end())]
     NoFreePort,
 }
@@ -159,9 +184,43 @@ impl Store {
                     .services
                     .get_mut(&id)
                     .ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
-                svc.spec = spec;
+                // A new task template rolls over the tasks; other changes
+                // (replicas, labels) do not.
+                if spec.task != svc.spec.task {
+                    svc.update_status =
+                        Some(UpdateStatus { state: UpdateState::Updating, started_at: at, completed_at: None, message: "update in progress".into() });
+                }
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
                 svc.version += 1;
                 svc.updated_at = at;
+            }
+            Command::RollbackService { id, at, reason } => {
+                let svc = self
+                    .services
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                let previous = svc.previous_spec.take().ok_or_else(|| StoreError::NoPreviousSpec(svc.spec.name.clone()))?;
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
+                svc.update_status =
+                    Some(UpdateStatus { state: UpdateState::RollbackStarted, started_at: at, completed_at: None, message: reason });
+                svc.version += 1;
+                svc.updated_at = at;
+            }
+            Command::SetUpdateStatus { id, status } => {
+                if let Some(svc) = self.services.get_mut(&id) {
+                    svc.update_status = Some(status);
+                }
+            }
+            Command::UpdateNodeLabels { id, add, rm, at } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+                for k in rm {
+                    node.labels.remove(&k);
+                }
+                node.labels.extend(add);
+                node.updated_at = at;
             }
             Command::RemoveService(id) => {
                 if self.services.remove(&id).is_none() {
@@ -326,19 +385,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::spec::{ServiceMode, TaskTemplate};
+    use common::spec::TaskTemplate;
 
     pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            labels: Default::default(),
-            mode: ServiceMode::Replicated { replicas },
-            task: TaskTemplate::new("img"),
-        }
+        ServiceSpec::new(name, replicas, TaskTemplate::new("img"))
     }
 
     fn service(name: &str) -> Service {
-        Service { id: ServiceId::random(), spec: spec(name, 1), version: 1, created_at: 0, updated_at: 0 }
+        Service::new(ServiceId::random(), spec(name, 1), 0)
     }
 
     #[test]

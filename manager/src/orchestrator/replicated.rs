@@ -1,21 +1,26 @@
 //! Pure reconciliation of replicated services: desired replicas → tasks per
-//! slot. A finished task is never restarted: the slot gets a new task after
-//! the restart delay, as the restart policy allows. History per slot is
+//! slot. A finished task is never restarted: the slot gets a new task as the
+//! restart policy allows ([`super::restart`]). A task on a drained, removed
+//! or down node is replaced at once, without the restart delay. A changed
+//! template rolls over the slots ([`super::update`]). History per slot is
 //! bounded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use common::spec::RestartCondition;
-use common::task::{Task, TaskState, TaskStatus};
+use common::node::Availability;
+use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
 use common::{NodeId, ServiceId, TaskId};
 
+use super::restart::{self, Restart};
+use super::update::{self, StatusChange, Unit};
 use crate::store::{Command, Service, Store};
+use common::spec::UpdateOrder;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Decision {
     pub commands: Vec<Command>,
-    /// When to look again for a delayed restart that is not due yet.
+    /// When to look again (a restart delay, an update delay or monitor).
     pub wake_at: Option<Millis>,
 }
 
@@ -28,6 +33,13 @@ impl Default for Params {
     fn default() -> Self {
         Params { history_limit: 5 }
     }
+}
+
+/// What the orchestrator knows about nodes beyond the store.
+#[derive(Debug, Default, Clone)]
+pub struct NodeHealth {
+    /// Nodes considered down (gossip lost them, past the grace period).
+    pub down: BTreeSet<NodeId>,
 }
 
 pub fn new_task(svc: &Service, slot: u64, attempt: u64, now: Millis, id: TaskId) -> Task {
@@ -45,9 +57,95 @@ pub fn new_task(svc: &Service, slot: u64, attempt: u64, now: Millis, id: TaskId)
     }
 }
 
+/// Collects the commands of one reconcile pass.
+#[derive(Default)]
+pub struct Batch {
+    pub create: Vec<Task>,
+    pub delete: Vec<TaskId>,
+    pub shutdown: Vec<TaskId>,
+    pub orphaned: Vec<TaskStatusUpdate>,
+    pub other: Vec<Command>,
+    pub wake_at: Option<Millis>,
+}
+
+impl Batch {
+    pub fn wake(&mut self, at: Millis) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    pub fn into_decision(self) -> Decision {
+        let mut commands = self.other;
+        if !self.delete.is_empty() {
+            commands.push(Command::DeleteTasks(self.delete));
+        }
+        if !self.orphaned.is_empty() {
+            commands.push(Command::UpdateTaskStatus(self.orphaned));
+        }
+        if !self.shutdown.is_empty() {
+            commands.push(Command::SetDesiredState { tasks: self.shutdown, state: TaskState::Shutdown });
+        }
+        if !self.create.is_empty() {
+            commands.push(Command::CreateTasks(self.create));
+        }
+        Decision { commands, wake_at: self.wake_at }
+    }
+
+    pub fn status_change(&mut self, svc: &Service, change: StatusChange, now: Millis) {
+        self.other.push(match change {
+            StatusChange::Set(status) => Command::SetUpdateStatus { id: svc.id.clone(), status },
+            StatusChange::Rollback { reason } => Command::RollbackService { id: svc.id.clone(), at: now, reason },
+        });
+    }
+}
+
+/// Why an active task can no longer stay where it is, if it cannot.
+pub fn lost(store: &Store, health: &NodeHealth, t: &Task) -> Option<Lost> {
+    let node = t.node_id.as_ref()?;
+    match store.nodes.get(node) {
+        None => Some(Lost::Down("node removed")),
+        Some(_) if health.down.contains(node) => Some(Lost::Down("node down")),
+        Some(n) if n.availability == Availability::Drain => Some(Lost::Drained),
+        Some(_) => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The node is gone: the task is ORPHANED; its node stops it if it returns.
+    Down(&'static str),
+    /// The node is drained: its worker stops the task.
+    Drained,
+}
+
+/// Takes an active task off its lost node.
+pub fn evict(b: &mut Batch, t: &Task, why: Lost, now: Millis) {
+    b.shutdown.push(t.id.clone());
+    if let Lost::Down(reason) = why {
+        let mut st = TaskStatus::new(TaskState::Orphaned, now, reason);
+        st.err = Some(reason.to_string());
+        b.orphaned.push(TaskStatusUpdate { task_id: t.id.clone(), status: st });
+    }
+}
+
+/// Drops the oldest finished tasks beyond the history limit.
+pub fn prune(b: &mut Batch, list: &[&Task], limit: usize) {
+    let finished: Vec<&&Task> = list
+        .iter()
+        .filter(|t| t.desired_state > TaskState::Running && t.status.state.is_terminal())
+        .collect();
+    let excess = list.len().saturating_sub(limit);
+    b.delete.extend(finished.iter().take(excess).map(|t| t.id.clone()));
+}
+
 /// The commands that move every replicated service toward its spec.
-pub fn reconcile(store: &Store, now: Millis, params: &Params, new_id: &mut dyn FnMut() -> TaskId) -> Decision {
-    let mut d = Decision::default();
+pub fn reconcile(
+    store: &Store,
+    health: &NodeHealth,
+    now: Millis,
+    params: &Params,
+    new_id: &mut dyn FnMut() -> TaskId,
+) -> Decision {
+    let mut b = Batch::default();
     // One pass over the tasks, not one per service.
     let mut by_service: BTreeMap<&ServiceId, Vec<&Task>> = BTreeMap::new();
     for t in store.tasks.values() {
@@ -55,22 +153,25 @@ pub fn reconcile(store: &Store, now: Millis, params: &Params, new_id: &mut dyn F
     }
     for svc in store.services.values() {
         let tasks = by_service.remove(&svc.id).unwrap_or_default();
-        reconcile_service(svc, &tasks, now, params, new_id, &mut d);
+        if svc.spec.mode.is_global() {
+            super::global::reconcile_service(store, health, svc, &tasks, now, params, new_id, &mut b);
+        } else {
+            reconcile_service(store, health, svc, &tasks, now, params, new_id, &mut b);
+        }
     }
-    d
+    b.into_decision()
 }
 
-fn wake(d: &mut Decision, at: Millis) {
-    d.wake_at = Some(d.wake_at.map_or(at, |w| w.min(at)));
-}
-
+#[allow(clippy::too_many_arguments)]
 fn reconcile_service(
+    store: &Store,
+    health: &NodeHealth,
     svc: &Service,
     tasks: &[&Task],
     now: Millis,
     params: &Params,
     new_id: &mut dyn FnMut() -> TaskId,
-    d: &mut Decision,
+    b: &mut Batch,
 ) {
     let replicas = svc.spec.mode.replicas() as usize;
     let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
@@ -80,10 +181,6 @@ fn reconcile_service(
     for list in slots.values_mut() {
         list.sort_by_key(|t| (t.created_at, t.id.clone()));
     }
-
-    let mut create = Vec::new();
-    let mut delete = Vec::new();
-    let mut shutdown = Vec::new();
 
     // Scale down: remove whole slots, first those with nothing running, then
     // from the nodes running most tasks of this service.
@@ -112,85 +209,86 @@ fn reconcile_service(
                     *c = c.saturating_sub(1);
                 }
             }
-            delete.extend(list.iter().map(|t| t.id.clone()));
+            b.delete.extend(list.iter().map(|t| t.id.clone()));
         }
     }
 
     // Scale up: fill the lowest free slot numbers.
     let mut slot = 1u64;
-    while slots.len() + create.len() < replicas {
+    let mut added = 0;
+    while slots.len() + added < replicas {
         if !slots.contains_key(&slot) {
-            create.push(new_task(svc, slot, 0, now, new_id()));
+            b.create.push(new_task(svc, slot, 0, now, new_id()));
+            added += 1;
         }
         slot += 1;
     }
 
-    // A slot with an outdated task is rolled one slot at a time; a slot
-    // whose new task is not running yet counts as in progress.
-    let mut updating = slots.values().any(|list| {
-        list.iter()
-            .rev()
-            .find(|t| t.is_active())
-            .is_some_and(|t| t.spec == svc.spec.task && t.status.state < TaskState::Running && list.len() > 1)
-    });
-
+    let order = svc.rollout_config().order;
+    let mut units: Vec<(u64, Unit)> = Vec::new();
     for (slot, list) in &slots {
-        let active: Vec<&&Task> = list.iter().filter(|t| t.is_active()).collect();
-        if active.len() > 1 {
-            // Never two meant-to-run tasks in a slot: keep the newest.
-            shutdown.extend(active[..active.len() - 1].iter().map(|t| t.id.clone()));
-        }
-        let latest = list.last().expect("a slot has at least one task");
-        if let Some(current) = active.last() {
-            if current.spec != svc.spec.task && !updating {
-                updating = true;
-                shutdown.push(current.id.clone());
-                create.push(new_task(svc, *slot, 0, now, new_id()));
-            }
-        } else if latest.desired_state == TaskState::Running && latest.status.state.is_terminal() {
-            let policy = svc.spec.task.restart;
-            let wanted = match policy.condition {
-                RestartCondition::None => false,
-                RestartCondition::OnFailure => latest.status.state != TaskState::Complete,
-                RestartCondition::Any => true,
-            };
-            let allowed = policy.max_attempts.is_none_or(|max| latest.attempt < max);
-            if wanted && allowed {
-                let due = latest.status.timestamp.saturating_add(policy.delay_ms);
-                if now >= due {
-                    shutdown.push(latest.id.clone());
-                    create.push(new_task(svc, *slot, latest.attempt + 1, now, new_id()));
-                } else {
-                    wake(d, due);
+        let mut active: Vec<&Task> = Vec::new();
+        let mut evicted = false;
+        for t in list.iter().filter(|t| t.is_active()) {
+            match lost(store, health, t) {
+                Some(why) => {
+                    evict(b, t, why, now);
+                    evicted = true;
                 }
-            } else {
-                shutdown.push(latest.id.clone());
+                None => active.push(t),
             }
         }
-        // Bounded history: drop the oldest finished tasks of the slot.
-        let finished: Vec<&&Task> = list
-            .iter()
-            .filter(|t| t.desired_state > TaskState::Running && t.status.state.is_terminal())
-            .collect();
-        let excess = list.len().saturating_sub(params.history_limit);
-        delete.extend(finished.iter().take(excess).map(|t| t.id.clone()));
+        if active.len() > 1 {
+            // Never two meant-to-run tasks in a slot for long: the newest
+            // stays; older ones go once it runs (start-first) or at once.
+            let newest = active[active.len() - 1];
+            if newest.status.state == TaskState::Running || order == UpdateOrder::StopFirst {
+                b.shutdown.extend(active[..active.len() - 1].iter().map(|t| t.id.clone()));
+                active = vec![newest];
+            }
+        }
+        if active.is_empty() {
+            let latest = list.last().expect("a slot has at least one task");
+            if evicted {
+                // Lost with its node: replaced now, no restart delay.
+                b.create.push(new_task(svc, *slot, latest.attempt, now, new_id()));
+            } else if latest.desired_state == TaskState::Running && latest.status.state.is_terminal() {
+                match restart::decide(&svc.spec.task.restart, latest, list, now) {
+                    Restart::Now => {
+                        b.shutdown.push(latest.id.clone());
+                        b.create.push(new_task(svc, *slot, latest.attempt + 1, now, new_id()));
+                    }
+                    Restart::At(at) => b.wake(at),
+                    Restart::Never => b.shutdown.push(latest.id.clone()),
+                }
+            }
+        }
+        prune(b, list, params.history_limit);
+        units.push((*slot, Unit { active, all: list.clone() }));
     }
 
-    if !delete.is_empty() {
-        d.commands.push(Command::DeleteTasks(delete));
+    let unit_list: Vec<Unit> = units.iter().map(|(_, u)| Unit { active: u.active.clone(), all: u.all.clone() }).collect();
+    let rollout = update::plan(svc, &unit_list, now);
+    if let Some(at) = rollout.wake_at {
+        b.wake(at);
     }
-    if !shutdown.is_empty() {
-        d.commands.push(Command::SetDesiredState { tasks: shutdown, state: TaskState::Shutdown });
+    for i in rollout.start {
+        let (slot, unit) = &units[i];
+        let old = unit.active.last().expect("an outdated unit has an active task");
+        if order == UpdateOrder::StopFirst {
+            b.shutdown.push(old.id.clone());
+        }
+        b.create.push(new_task(svc, *slot, 0, now, new_id()));
     }
-    if !create.is_empty() {
-        d.commands.push(Command::CreateTasks(create));
+    if let Some(change) = rollout.status {
+        b.status_change(svc, change, now);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::spec::{RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate};
+    use common::spec::{RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate};
     use common::ServiceId;
 
     fn spec(replicas: u64) -> ServiceSpec {
@@ -199,20 +297,40 @@ mod tests {
             labels: Default::default(),
             mode: ServiceMode::Replicated { replicas },
             task: TaskTemplate::new("img"),
+            update: Default::default(),
+            rollback: Default::default(),
+        }
+    }
+
+    fn node(id: &str) -> common::node::Node {
+        common::node::Node {
+            id: id.into(),
+            raft_id: 1,
+            hostname: id.into(),
+            role: common::node::Role::Worker,
+            availability: Availability::Active,
+            labels: Default::default(),
+            addr: "127.0.0.1:4242".parse().unwrap(),
+            created_at: 0,
+            updated_at: 0,
         }
     }
 
     struct Harness {
         store: Store,
+        health: NodeHealth,
         next: u64,
     }
 
     impl Harness {
         fn new(replicas: u64) -> Self {
             let mut store = Store::default();
-            let svc = Service { id: ServiceId::from("svc"), spec: spec(replicas), version: 1, created_at: 0, updated_at: 0 };
+            let svc = Service::new(ServiceId::from("svc"), spec(replicas), 0);
             store.apply(Command::CreateService(svc)).unwrap();
-            Harness { store, next: 0 }
+            for n in ["n1", "n2", "n3"] {
+                store.apply(Command::AddNode(node(n))).unwrap();
+            }
+            Harness { store, health: NodeHealth::default(), next: 0 }
         }
         fn svc(&mut self) -> &mut Service {
             self.store.services.get_mut(&ServiceId::from("svc")).unwrap()
@@ -220,7 +338,7 @@ mod tests {
         /// Reconciles and applies, as the orchestrator actor does.
         fn step(&mut self, now: Millis) -> Decision {
             let mut next = self.next;
-            let d = reconcile(&self.store, now, &Params::default(), &mut || {
+            let d = reconcile(&self.store, &self.health, now, &Params::default(), &mut || {
                 next += 1;
                 TaskId::from(format!("t{next:03}"))
             });
@@ -322,7 +440,7 @@ mod tests {
             (RestartCondition::Any, TaskState::Complete, true),
         ] {
             let mut h = Harness::new(1);
-            h.svc().spec.task.restart = RestartPolicy { condition: cond, delay_ms: 0, max_attempts: None };
+            h.svc().spec.task.restart = RestartPolicy { condition: cond, delay_ms: 0, max_attempts: None, window_ms: None };
             h.step(0);
             h.run_all_on(&["n1"]);
             h.fail(1, state, 10);
@@ -331,7 +449,7 @@ mod tests {
             assert_eq!(h.step(11), Decision::default(), "{cond} {state}: settles");
         }
         let mut h = Harness::new(1);
-        h.svc().spec.task.restart = RestartPolicy { condition: RestartCondition::Any, delay_ms: 0, max_attempts: Some(2) };
+        h.svc().spec.task.restart = RestartPolicy { condition: RestartCondition::Any, delay_ms: 0, max_attempts: Some(2), window_ms: None };
         h.step(0);
         for i in 0..3 {
             h.run_all_on(&["n1"]);
@@ -357,24 +475,206 @@ mod tests {
         assert_eq!(h.active_slots(), [1]);
     }
 
+    impl Harness {
+        /// `service update`, as the API commits it.
+        fn update(&mut self, at: Millis, f: impl FnOnce(&mut ServiceSpec)) {
+            let mut spec = self.svc().spec.clone();
+            f(&mut spec);
+            self.store.apply(Command::UpdateService { id: "svc".into(), spec, at }).unwrap();
+        }
+        fn status(&mut self) -> Option<common::spec::UpdateState> {
+            self.svc().update_status.as_ref().map(|s| s.state)
+        }
+        fn active_on(&self, node: &str) -> usize {
+            self.store.tasks.values().filter(|t| t.is_active() && t.node_id == Some(node.into())).count()
+        }
+        fn place_new_on(&mut self, node: &str) {
+            for t in self.store.tasks.values_mut().filter(|t| t.node_id.is_none() && t.is_active()) {
+                t.node_id = Some(node.into());
+                t.status = TaskStatus::new(TaskState::Assigned, 0, "");
+            }
+        }
+        /// Every assigned, meant-to-run task reports RUNNING at `at`.
+        fn all_run(&mut self, at: Millis) {
+            for t in self.store.tasks.values_mut().filter(|t| t.is_active() && t.node_id.is_some()) {
+                if t.status.state < TaskState::Running {
+                    t.status = TaskStatus::new(TaskState::Running, at, "");
+                }
+            }
+        }
+        /// Stopped tasks report SHUTDOWN.
+        fn stopped(&mut self, at: Millis) {
+            for t in self.store.tasks.values_mut() {
+                if t.desired_state == TaskState::Shutdown && !t.status.state.is_terminal() {
+                    t.status = TaskStatus::new(TaskState::Shutdown, at, "");
+                }
+            }
+        }
+        fn images(&self) -> Vec<String> {
+            let mut v: Vec<String> = self.store.tasks.values().filter(|t| t.is_active()).map(|t| t.spec.image.clone()).collect();
+            v.sort();
+            v
+        }
+    }
+
     #[test]
-    fn an_image_change_rolls_one_slot_at_a_time() {
-        let mut h = Harness::new(3);
+    fn an_image_change_rolls_in_batches_with_the_delay_and_completes_after_monitor() {
+        let mut h = Harness::new(6);
+        h.step(0);
+        h.run_all_on(&["n1", "n2", "n3"]);
+        h.update(1_000, |s| {
+            s.task.image = "img:2".into();
+            s.update.parallelism = 2;
+            s.update.delay_ms = 1_000;
+            s.update.monitor_ms = 500;
+        });
+        let mut starts = Vec::new();
+        let mut now = 1_000;
+        for _ in 0..100 {
+            let before = h.images().iter().filter(|i| *i == "img:2").count();
+            let d = h.step(now);
+            let after = h.images().iter().filter(|i| *i == "img:2").count();
+            if after > before {
+                starts.push((now, after - before));
+                // Never more than two slots down at once (stop-first).
+                assert!(h.active_slots().len() >= 4);
+            }
+            h.stopped(now);
+            h.place_new_on("n1");
+            h.all_run(now + 100);
+            now = d.wake_at.unwrap_or(now + 100).max(now + 100);
+            if h.status() == Some(common::spec::UpdateState::Completed) {
+                break;
+            }
+        }
+        assert_eq!(starts.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2, 2]);
+        for w in starts.windows(2) {
+            assert!(w[1].0 >= w[0].0 + 1_000, "batches at least the delay apart: {starts:?}");
+        }
+        assert_eq!(h.images(), vec!["img:2"; 6]);
+        assert_eq!(h.status(), Some(common::spec::UpdateState::Completed));
+        assert_eq!(h.active_slots(), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn start_first_keeps_the_old_task_until_the_new_one_runs() {
+        let mut h = Harness::new(2);
         h.step(0);
         h.run_all_on(&["n1"]);
-        h.svc().spec.task.image = "img:2".into();
-        h.step(1);
-        let new: Vec<&Task> = h.store.tasks.values().filter(|t| t.is_active() && t.spec.image == "img:2").collect();
-        assert_eq!(new.len(), 1);
-        // Not running yet: nothing more moves.
-        assert_eq!(h.step(2), Decision::default());
-        for _ in 0..2 {
+        h.update(1_000, |s| {
+            s.task.image = "img:2".into();
+            s.update.order = common::spec::UpdateOrder::StartFirst;
+        });
+        h.step(1_000);
+        assert_eq!(h.store.tasks.values().filter(|t| t.is_active()).count(), 3, "old and new side by side");
+        h.step(1_050);
+        assert_eq!(h.store.tasks.values().filter(|t| t.is_active()).count(), 3, "old kept while the new one starts");
+        h.place_new_on("n2");
+        h.all_run(1_100);
+        h.step(1_200);
+        let running_old = h.store.tasks.values().filter(|t| t.is_active() && t.spec.image == "img").count();
+        assert_eq!(running_old, 1, "the replaced old task is shut down once the new one runs");
+    }
+
+    #[test]
+    fn a_failing_update_pauses_or_rolls_back() {
+        use common::spec::{FailureAction, UpdateState};
+        for (action, want) in [(FailureAction::Pause, UpdateState::Paused), (FailureAction::Rollback, UpdateState::RollbackCompleted)] {
+            let mut h = Harness::new(3);
+            h.step(0);
             h.run_all_on(&["n1"]);
-            h.step(3);
+            h.update(1_000, |s| {
+                s.task.image = "broken".into();
+                s.update.failure_action = action;
+                s.update.monitor_ms = 0;
+                s.rollback.monitor_ms = 0;
+                s.rollback.parallelism = 0;
+            });
+            h.step(1_000);
+            // The new task exits at once.
+            let new = h.store.tasks.values_mut().find(|t| t.is_active() && t.spec.image == "broken").unwrap();
+            new.node_id = Some("n1".into());
+            new.status = TaskStatus::new(TaskState::Failed, 1_100, "");
+            let mut now = 1_200;
+            for _ in 0..20 {
+                let d = h.step(now);
+                h.stopped(now);
+                h.place_new_on("n1");
+                h.all_run(now + 10);
+                now = d.wake_at.unwrap_or(now + 100).max(now + 100);
+            }
+            assert_eq!(h.status(), Some(want), "{action:?}");
+            if action == FailureAction::Rollback {
+                assert_eq!(h.images(), vec!["img"; 3], "every task back on the old spec");
+                assert_eq!(h.svc().spec.task.image, "img");
+            } else {
+                // The update stopped after its first slot (which keeps being
+                // restarted by its restart policy, as in Swarm).
+                assert_eq!(h.images().iter().filter(|i| *i == "img").count(), 2);
+                assert!(h.svc().update_status.as_ref().unwrap().message.starts_with("update paused due to failure"));
+            }
         }
-        h.run_all_on(&["n1"]);
-        assert_eq!(h.step(4), Decision::default());
-        assert!(h.store.tasks.values().filter(|t| t.is_active()).all(|t| t.spec.image == "img:2"));
-        assert_eq!(h.active_slots(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn drained_and_down_nodes_lose_their_tasks_to_others_at_once() {
+        let mut h = Harness::new(6);
+        h.step(0);
+        h.run_all_on(&["n1", "n2", "n3"]);
+        h.store
+            .apply(Command::SetNodeAvailability { id: "n3".into(), availability: Availability::Drain, at: 10 })
+            .unwrap();
+        h.step(10);
+        assert_eq!(h.active_on("n3"), 0);
+        assert_eq!(h.active_slots(), [1, 2, 3, 4, 5, 6], "replacements at once, same slots");
+        let drained: Vec<&Task> = h.store.tasks.values().filter(|t| t.node_id == Some("n3".into())).collect();
+        assert_eq!(drained.len(), 2, "the drained tasks stay in history with their node");
+        assert!(drained.iter().all(|t| t.desired_state == TaskState::Shutdown));
+
+        // n2 dies: its tasks are orphaned and replaced with no restart delay.
+        h.place_new_on("n1");
+        h.all_run(20);
+        h.health.down.insert("n2".into());
+        h.step(30);
+        assert_eq!(h.active_on("n2"), 0);
+        assert_eq!(h.active_slots(), [1, 2, 3, 4, 5, 6]);
+        let orphaned = h.store.tasks.values().filter(|t| t.status.state == TaskState::Orphaned).count();
+        assert_eq!(orphaned, 2);
+        assert_eq!(h.step(31).commands, vec![], "settled");
+    }
+
+    #[test]
+    fn global_services_follow_nodes() {
+        let mut h = Harness::new(1);
+        h.svc().spec.mode = ServiceMode::Global;
+        h.step(0);
+        let mut on: Vec<String> = h.store.tasks.values().map(|t| t.node_id.clone().unwrap().to_string()).collect();
+        on.sort();
+        assert_eq!(on, ["n1", "n2", "n3"]);
+        assert!(h.store.tasks.values().all(|t| t.slot == 0 && t.status.state == TaskState::Assigned));
+        h.all_run(5);
+        // A node joins: it gets a task.
+        h.store.apply(Command::AddNode(node("n4"))).unwrap();
+        h.step(10);
+        assert_eq!(h.active_on("n4"), 1);
+        // Drain: the task goes and is not replaced elsewhere.
+        h.store.apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Drain, at: 20 }).unwrap();
+        h.step(20);
+        assert_eq!(h.active_on("n4"), 0);
+        assert_eq!(h.store.tasks.values().filter(|t| t.is_active()).count(), 3);
+        // Pause after active: no new task until active again.
+        h.stopped(25);
+        h.store.apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Pause, at: 30 }).unwrap();
+        h.step(30);
+        assert_eq!(h.active_on("n4"), 0);
+        h.store.apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Active, at: 40 }).unwrap();
+        h.step(40);
+        assert_eq!(h.active_on("n4"), 1);
+        // A node goes down: its task is orphaned, nothing moves.
+        h.health.down.insert("n1".into());
+        h.step(50);
+        assert_eq!(h.active_on("n1"), 0);
+        assert_eq!(h.store.tasks.values().filter(|t| t.is_active()).count(), 3);
+        assert_eq!(h.step(51).commands, vec![]);
     }
 }

@@ -3,12 +3,9 @@
 
 pub mod plan;
 
-use std::collections::BTreeSet;
-
 use common::time::Millis;
-use common::NodeId;
 
-use crate::control::Decide;
+use crate::control::{Decide, LoopCtx};
 use crate::store::{Assignment, Command, Store, Unplaceable};
 use plan::NodeView;
 
@@ -19,11 +16,11 @@ impl Decide for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
     }
-    fn decide(&mut self, store: &Store, live: &BTreeSet<NodeId>, now: Millis) -> (Vec<Command>, Option<Millis>) {
+    fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>) {
         let views: Vec<NodeView> = store
             .nodes
             .values()
-            .map(|n| NodeView::new(n, live.contains(&n.id)))
+            .map(|n| NodeView::new(n, ctx.live.contains(&n.id)))
             .collect();
         let p = plan::plan(&views, &store.tasks);
         let mut cmds = Vec::new();

@@ -199,7 +199,7 @@ mod tests {
     use super::*;
     use common::constraint::Constraint;
     use common::node::Role;
-    use common::spec::{ServiceMode, ServiceSpec, TaskTemplate};
+    use common::spec::{ServiceSpec, TaskTemplate};
     use common::task::TaskStatus;
 
     fn node(name: &str, role: Role) -> Node {
@@ -217,12 +217,14 @@ mod tests {
     }
 
     fn task(svc: &str, slot: u64, node: Option<&str>, constraints: &[&str]) -> Task {
-        let spec = ServiceSpec {
-            name: svc.into(),
-            labels: Default::default(),
-            mode: ServiceMode::Replicated { replicas: 1 },
-            task: TaskTemplate { constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(), ..TaskTemplate::new("img") },
-        };
+        let spec = ServiceSpec::new(
+            svc,
+            1,
+            TaskTemplate {
+                constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(),
+                ..TaskTemplate::new("img")
+            },
+        );
         Task {
             id: format!("{svc}-{slot}").as_str().into(),
             service_id: svc.into(),

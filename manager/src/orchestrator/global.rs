@@ -1,0 +1,136 @@
+//! Pure reconciliation of global services: one task per eligible node
+//! (ready as far as the orchestrator knows, not drained, constraints met).
+//! A paused node keeps its task but gets no new one; a drained, down or
+//! removed node loses its task, which is not replaced elsewhere.
+
+use std::collections::BTreeMap;
+
+use common::constraint::all_match;
+use common::node::Availability;
+use common::task::{Task, TaskState, TaskStatus};
+use common::time::Millis;
+use common::{NodeId, TaskId};
+
+use super::replicated::{evict, lost, prune, Batch, NodeHealth, Params};
+use super::restart::{self, Restart};
+use super::update::{self, Unit};
+use crate::store::{Service, Store};
+use common::spec::UpdateOrder;
+
+/// Global tasks have no slot; their name is `service.node-id`.
+pub const GLOBAL_SLOT: u64 = 0;
+
+fn new_task(svc: &Service, node: &NodeId, attempt: u64, now: Millis, id: TaskId) -> Task {
+    Task {
+        id,
+        service_id: svc.id.clone(),
+        service_name: svc.spec.name.clone(),
+        slot: GLOBAL_SLOT,
+        node_id: Some(node.clone()),
+        spec: svc.spec.task.clone(),
+        desired_state: TaskState::Running,
+        // Placed by construction: no scheduling needed.
+        status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
+        created_at: now,
+        attempt,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn reconcile_service(
+    store: &Store,
+    health: &NodeHealth,
+    svc: &Service,
+    tasks: &[&Task],
+    now: Millis,
+    params: &Params,
+    new_id: &mut dyn FnMut() -> TaskId,
+    b: &mut Batch,
+) {
+    let mut by_node: BTreeMap<&NodeId, Vec<&Task>> = BTreeMap::new();
+    for t in tasks {
+        if let Some(n) = &t.node_id {
+            by_node.entry(n).or_default().push(t);
+        }
+    }
+    for list in by_node.values_mut() {
+        list.sort_by_key(|t| (t.created_at, t.id.clone()));
+    }
+    let order = svc.rollout_config().order;
+    let mut units: Vec<(NodeId, Unit)> = Vec::new();
+
+    for node in store.nodes.values() {
+        let list = by_node.remove(&node.id).unwrap_or_default();
+        let eligible = !health.down.contains(&node.id)
+            && node.availability != Availability::Drain
+            && all_match(&svc.spec.task.constraints, node);
+        let mut active: Vec<&Task> = Vec::new();
+        for t in list.iter().filter(|t| t.is_active()) {
+            match lost(store, health, t) {
+                Some(why) => evict(b, t, why, now),
+                None if !eligible => b.shutdown.push(t.id.clone()),
+                None => active.push(t),
+            }
+        }
+        if active.len() > 1 {
+            let newest = active[active.len() - 1];
+            if newest.status.state == TaskState::Running || order == UpdateOrder::StopFirst {
+                b.shutdown.extend(active[..active.len() - 1].iter().map(|t| t.id.clone()));
+                active = vec![newest];
+            }
+        }
+        if eligible && active.is_empty() {
+            match list.last() {
+                // It ended by itself while meant to run: the restart policy decides.
+                Some(latest) if latest.desired_state == TaskState::Running && latest.status.state.is_terminal() => {
+                    match restart::decide(&svc.spec.task.restart, latest, &list, now) {
+                        Restart::Now => {
+                            b.shutdown.push(latest.id.clone());
+                            b.create.push(new_task(svc, &node.id, latest.attempt + 1, now, new_id()));
+                        }
+                        Restart::At(at) => b.wake(at),
+                        Restart::Never => b.shutdown.push(latest.id.clone()),
+                    }
+                }
+                // The policy gave up on this node.
+                Some(latest)
+                    if latest.desired_state > TaskState::Running
+                        && matches!(latest.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected) => {}
+                // Nothing here yet, or only tasks we stopped (drain, node loss).
+                _ if node.availability == Availability::Active => {
+                    b.create.push(new_task(svc, &node.id, 0, now, new_id()));
+                }
+                _ => {}
+            }
+        }
+        prune(b, &list, params.history_limit);
+        if eligible {
+            units.push((node.id.clone(), Unit { active, all: list }));
+        }
+    }
+    // Tasks on nodes no longer in the store.
+    for list in by_node.values() {
+        for t in list.iter().filter(|t| t.is_active()) {
+            if let Some(why) = lost(store, health, t) {
+                evict(b, t, why, now);
+            }
+        }
+    }
+
+    let unit_list: Vec<Unit> = units.iter().map(|(_, u)| Unit { active: u.active.clone(), all: u.all.clone() }).collect();
+    let rollout = update::plan(svc, &unit_list, now);
+    if let Some(at) = rollout.wake_at {
+        b.wake(at);
+    }
+    for i in rollout.start {
+        let (node, unit) = &units[i];
+        let old = unit.active.last().expect("an outdated unit has an active task");
+        if order == UpdateOrder::StopFirst {
+            b.shutdown.push(old.id.clone());
+        }
+        b.create.push(new_task(svc, node, 0, now, new_id()));
+    }
+    if let Some(change) = rollout.status {
+        b.status_change(svc, change, now);
+    }
+}
