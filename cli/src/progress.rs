@@ -25,6 +25,9 @@ const VERIFY: Duration = Duration::from_secs(1);
 /// the command give up (the cluster keeps trying).
 const FAILURES_PER_SLOT: usize = 3;
 
+/// The reason the API gives a rollback the user asked for.
+pub const MANUAL_ROLLBACK: &str = "manually requested rollback";
+
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
     Converging,
@@ -49,8 +52,9 @@ pub fn assess(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict 
     }
     let rolling = rollout.is_some_and(|u| u.state.is_active());
     if running == info.desired && active.len() as u64 == info.desired && !rolling {
-        if let Some(u) = rollout.filter(|u| u.state == UpdateState::RollbackCompleted && !u.message.starts_with("manually")) {
-            return Verdict::RolledBack(u.message.clone());
+        if let Some(u) = rollout.filter(|u| u.state == UpdateState::RollbackCompleted && !u.message.contains(MANUAL_ROLLBACK)) {
+            let reason = u.message.strip_prefix("rollback completed: ").unwrap_or(&u.message);
+            return Verdict::RolledBack(reason.to_string());
         }
         return Verdict::Converged;
     }

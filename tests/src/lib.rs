@@ -657,6 +657,28 @@ impl Cluster {
         c
     }
 
+    /// Starts one more node that joins as a worker; returns its number once
+    /// every node is Ready.
+    pub fn add_worker(&mut self) -> usize {
+        let i = self.len() + 1;
+        let dir = self.dir().to_path_buf();
+        self.nodes.push(Node {
+            role: Role::Worker,
+            addr: node_ip(self.subnet, i),
+            data_dir: dir.join(format!("node{i}")),
+            log: dir.join(format!("node{i}.log")),
+            child: None,
+            id: None,
+        });
+        let token = self.shoal_ok(&["join-token", "worker", "-q"]).trim().to_string();
+        let join = SocketAddrV4::new(self.addr(1), CLUSTER_PORT).to_string();
+        self.spawn_node(i, &["--join", &join, "--token", &token]);
+        let all: Vec<usize> = (1..=i).collect();
+        self.wait_nodes_ready(&all, READY_DEADLINE);
+        self.refresh_ids();
+        i
+    }
+
     fn boot(&mut self) {
         let n = self.len();
         self.spawn_node(1, &["--init"]);

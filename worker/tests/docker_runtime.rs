@@ -62,11 +62,15 @@ fn task(args: &[&str]) -> Task {
 }
 
 async fn runtime() -> Arc<DockerRuntime> {
+    Arc::new(docker().await)
+}
+
+async fn docker() -> DockerRuntime {
     let rt = DockerRuntime::connect().await.expect("docker");
     rt.client().inspect_image(IMAGE).await.unwrap_or_else(|e| {
         panic!("{IMAGE} is missing ({e}); build it with deploy/'s offline image script")
     });
-    Arc::new(rt)
+    rt
 }
 
 /// Docker events drive the supervisor; the poll is only a slow safety net,
@@ -399,4 +403,86 @@ async fn logs_env_and_readonly_bind_mounts() {
     );
     addr.do_send(Stop);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix::test]
+async fn published_ports_bind_on_the_advertise_address_and_are_reported() {
+    use common::mesh::{HostPort, Protocol};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An address of its own, as a test node would advertise.
+    let ip: std::net::IpAddr = format!("127.0.{}.{}", 100 + rand_u8() % 100, 2 + rand_u8() % 250)
+        .parse()
+        .expect("ip");
+    let rt = Arc::new(docker().await.publish_on(ip));
+    let node = NodeId::random();
+    let _cleanup = Cleanup(node.clone());
+    let (addr, mut rx) = start(&node, &rt);
+    let host_port = {
+        let l = std::net::TcpListener::bind((ip, 0)).expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut t = task(&["sh", "-c", "mkdir -p /www && echo hi > /www/index.html && httpd -f -p 80 -h /www"]);
+    t.spec.ports = vec![
+        "8080:80".parse().expect("port"),
+        format!("published={host_port},target=80,protocol=tcp,mode=host").parse().expect("port"),
+    ];
+    // Two publishes of one target would be one Docker key; use another.
+    t.spec.ports[1].target = 81;
+    addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
+    let running = wait_state(&mut rx, &t.id, TaskState::Running).await.pop().expect("running");
+    assert_eq!(running.ports.len(), 2, "{:?}", running.ports);
+    let ingress = running.ports.iter().find(|p| p.target == 80).expect("80/tcp");
+    assert_eq!(ingress.protocol, Protocol::Tcp);
+    assert!(ingress.host_port >= 32768, "ephemeral: {ingress:?}");
+    assert_eq!(
+        running.ports.iter().find(|p| p.target == 81),
+        Some(&HostPort { protocol: Protocol::Tcp, target: 81, host_port })
+    );
+
+    // Reachable on the advertise address at the reported port.
+    let deadline = Instant::now() + DEADLINE;
+    let body = loop {
+        let got = async {
+            let mut s = tokio::net::TcpStream::connect((ip, ingress.host_port)).await?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await?;
+            Ok::<_, std::io::Error>(out)
+        }
+        .await;
+        match got {
+            Ok(b) if b.contains("hi") => break b,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("no answer at {ip}:{}: {other:?}", ingress.host_port),
+        }
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+
+    // The same host-mode port again on this node: failed, clearly, once.
+    let mut clash = task(&["sleep", "1000"]);
+    clash.spec.ports = vec![format!("published={host_port},target=80,mode=host").parse().expect("port")];
+    addr.do_send(Assign { full: false, tasks: vec![clash.clone()], removed: vec![] });
+    let failed = wait_state(&mut rx, &clash.id, TaskState::Failed).await.pop().expect("failed");
+    assert_eq!(
+        failed.err.as_deref(),
+        Some(format!("host port {ip}:{host_port}/tcp is already in use on this node").as_str())
+    );
+
+    // A fresh supervisor adopting the container reports the same ports.
+    addr.send(Stop).await.expect("stop");
+    let mut adopted = t.clone();
+    adopted.status.state = TaskState::Starting;
+    let (second, mut rx) = start(&node, &rt);
+    second.do_send(Assign { full: true, tasks: vec![adopted.clone()], removed: vec![] });
+    let again = wait_state(&mut rx, &t.id, TaskState::Running).await.pop().expect("running");
+    assert_eq!(again.ports, running.ports);
+    second.do_send(Stop);
+}
+
+fn rand_u8() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish() as u8
 }

@@ -132,16 +132,12 @@ pub fn plan(svc: &Service, units: &[Unit], now: Millis) -> Rollout {
         out.wake_at = Some(settled);
         return out;
     }
+    // A finished rollback keeps its reason.
     let (state, message) = if rollback {
-        (UpdateState::RollbackCompleted, "rollback completed")
+        (UpdateState::RollbackCompleted, format!("rollback completed: {}", status.message))
     } else {
-        (UpdateState::Completed, "update completed")
+        (UpdateState::Completed, "update completed".to_string())
     };
-    out.status = Some(StatusChange::Set(UpdateStatus {
-        state,
-        started_at: since,
-        completed_at: Some(now),
-        message: message.into(),
-    }));
+    out.status = Some(StatusChange::Set(UpdateStatus { state, started_at: since, completed_at: Some(now), message }));
     out
 }

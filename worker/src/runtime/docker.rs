@@ -1,12 +1,15 @@
 //! [`Runtime`] on the local Docker engine, through bollard 0.21.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount as DockerMount, MountType};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, PortBinding, PortMap,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -16,6 +19,7 @@ use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
 use common::ids::{NodeId, TaskId};
+use common::mesh::{HostPort, Protocol, PublishMode};
 use common::task::Task;
 use common::wire::LogLine;
 
@@ -29,6 +33,10 @@ const INSPECT_CONCURRENCY: usize = 8;
 
 pub struct DockerRuntime {
     docker: Docker,
+    /// The node's advertise address: task ports are published there only.
+    /// `None`: on every address (Docker's default), which several nodes
+    /// sharing one machine cannot do for host-mode ports.
+    host_ip: Option<IpAddr>,
     /// Inspect results by (container id, state as listed): a container is
     /// inspected once per state it is seen in, not on every list.
     inspected: Mutex<HashMap<(String, ContainerState), ContainerInfo>>,
@@ -46,8 +54,16 @@ impl DockerRuntime {
         let docker = docker.negotiate_version().await.map_err(map_err)?;
         Ok(DockerRuntime {
             docker,
+            host_ip: None,
             inspected: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Publishes task ports on `ip` (the node's advertise address) instead
+    /// of on every address.
+    pub fn publish_on(mut self, ip: IpAddr) -> Self {
+        self.host_ip = Some(ip);
+        self
     }
 
     /// The bollard client, for callers that need more than the trait offers
@@ -105,6 +121,11 @@ impl DockerRuntime {
                 None
             },
             stop_grace_ms: grace,
+            ports: info
+                .network_settings
+                .and_then(|n| n.ports)
+                .map(|p| host_ports(&p))
+                .unwrap_or_default(),
         };
         self.cache().insert(key, out.clone());
         Ok(Some(out))
@@ -147,7 +168,97 @@ fn map_err(e: BollardError) -> RuntimeError {
     }
 }
 
-fn container_body(node: &NodeId, task: &Task) -> ContainerCreateBody {
+/// `80/tcp`, as Docker keys exposed ports and port maps.
+fn port_key(protocol: Protocol, target: u16) -> String {
+    format!("{target}/{protocol}")
+}
+
+/// The bindings of every published target: ingress ports at an ephemeral
+/// host port, host-mode ports at their published number (ephemeral if none
+/// was given), on `host_ip` if set.
+fn port_bindings(task: &Task, host_ip: Option<IpAddr>) -> PortMap {
+    let mut map = PortMap::new();
+    for pc in &task.spec.ports {
+        let host_port = match pc.mode {
+            PublishMode::Ingress => None,
+            PublishMode::Host => pc.published.map(|p| p.to_string()),
+        };
+        let binding = PortBinding {
+            host_ip: host_ip.map(|ip| ip.to_string()),
+            host_port,
+        };
+        map.entry(port_key(pc.protocol, pc.target))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(binding);
+    }
+    map
+}
+
+/// The host ports of an inspected container's port map, one per
+/// (protocol, target): Docker lists an IPv4 and an IPv6 binding for a port
+/// published on every address, and they share the number.
+fn host_ports(map: &PortMap) -> Vec<HostPort> {
+    let mut out: Vec<HostPort> = map
+        .iter()
+        .filter_map(|(key, bindings)| {
+            let (target, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+            let protocol: Protocol = proto.parse().ok()?;
+            let target: u16 = target.parse().ok()?;
+            let host_port = bindings
+                .iter()
+                .flatten()
+                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
+            Some(HostPort {
+                protocol,
+                target,
+                host_port,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Host-mode ports must be free on this node. Docker's own check misses a
+/// port held by a process outside Docker when its userland proxy is off, and
+/// its message names neither the task nor the mode: try to bind first.
+fn check_host_ports(task: &Task, host_ip: Option<IpAddr>) -> Result<(), RuntimeError> {
+    let ip = host_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    for pc in &task.spec.ports {
+        let (PublishMode::Host, Some(port)) = (pc.mode, pc.published) else {
+            continue;
+        };
+        let addr = SocketAddr::new(ip, port);
+        let bound = match pc.protocol {
+            Protocol::Tcp => std::net::TcpListener::bind(addr).map(drop),
+            Protocol::Udp => std::net::UdpSocket::bind(addr).map(drop),
+        };
+        if let Err(e) = bound {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(port_in_use(pc.protocol, addr));
+            }
+            // Not ours to bind (another host's address in a test, say):
+            // let Docker judge.
+            tracing::debug!(%addr, error = %e, "host port pre-check skipped");
+        }
+    }
+    Ok(())
+}
+
+fn port_in_use(protocol: Protocol, addr: SocketAddr) -> RuntimeError {
+    RuntimeError::PortInUse(format!(
+        "host port {addr}/{protocol} is already in use on this node"
+    ))
+}
+
+/// Docker's words for a host port it could not bind ("port is already
+/// allocated", "bind: address already in use").
+fn is_port_conflict(message: &str) -> bool {
+    message.contains("port is already allocated") || message.contains("address already in use")
+}
+
+fn container_body(node: &NodeId, task: &Task, host_ip: Option<IpAddr>) -> ContainerCreateBody {
     let spec = &task.spec;
     let mounts: Vec<DockerMount> = spec
         .mounts
@@ -165,10 +276,18 @@ fn container_body(node: &NodeId, task: &Task) -> ContainerCreateBody {
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(spec.env.clone()),
         labels: Some(task_labels(node, task)),
+        exposed_ports: (!task.spec.ports.is_empty()).then(|| {
+            task.spec
+                .ports
+                .iter()
+                .map(|pc| port_key(pc.protocol, pc.target))
+                .collect()
+        }),
         // So that a hand-run `docker stop` honours the service's grace too.
         stop_timeout: Some(grace_secs(spec.stop_grace_ms) as i64),
         host_config: Some(HostConfig {
             mounts: Some(mounts),
+            port_bindings: (!task.spec.ports.is_empty()).then(|| port_bindings(task, host_ip)),
             ..Default::default()
         }),
         ..Default::default()
@@ -213,20 +332,32 @@ impl Runtime for DockerRuntime {
 
     async fn create_and_start(&self, node: &NodeId, task: &Task) -> Result<String, RuntimeError> {
         let name = container_name(task);
+        check_host_ports(task, self.host_ip)?;
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = self
             .docker
-            .create_container(Some(opts), container_body(node, task))
+            .create_container(Some(opts), container_body(node, task, self.host_ip))
             .await
             .map_err(map_err)?;
         for w in created.warnings.iter().filter(|w| !w.is_empty()) {
             tracing::warn!(container = %name, warning = %w, "docker warning on create");
         }
-        self.docker
+        match self
+            .docker
             .start_container(&created.id, None::<StartContainerOptions>)
             .await
-            .map_err(map_err)?;
-        Ok(created.id)
+            .map_err(map_err)
+        {
+            Ok(()) => Ok(created.id),
+            // Lost a race for a host port to someone else: say which port
+            // and why, and do not retry (the port stays taken).
+            Err(RuntimeError::Docker { message, .. }) if is_port_conflict(&message) => {
+                Err(RuntimeError::PortInUse(format!(
+                    "a host port of this task is already in use on this node: {message}"
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn list(&self, node: &NodeId) -> Result<Vec<ContainerInfo>, RuntimeError> {
@@ -361,6 +492,84 @@ mod tests {
         assert!(!has_tag_or_digest("localhost:5000/busybox"));
         assert!(has_tag_or_digest("localhost:5000/busybox:1"));
         assert!(has_tag_or_digest("busybox@sha256:abc"));
+    }
+
+    fn task_with_ports(ports: &[&str]) -> Task {
+        let mut t: Task = serde_json::from_value(serde_json::json!({
+            "id": "t1", "service_id": "s1", "service_name": "web", "slot": 1, "node_id": null,
+            "spec": {"image": "i", "restart": {"condition": "any", "delay_ms": 0, "max_attempts": null}},
+            "desired_state": "running",
+            "status": {"state": "new", "timestamp": 0},
+            "created_at": 0
+        }))
+        .expect("a minimal task");
+        t.spec.ports = ports.iter().map(|p| p.parse().expect("port")).collect();
+        t
+    }
+
+    #[test]
+    fn ingress_ports_bind_ephemeral_host_ports_and_host_ports_their_number() {
+        let t = task_with_ports(&["8080:80", "53:5353/udp", "published=9000,target=90,mode=host"]);
+        let ip: IpAddr = "127.0.0.11".parse().unwrap();
+        let map = port_bindings(&t, Some(ip));
+        let b = |host_port: Option<&str>| {
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.11".into()),
+                host_port: host_port.map(String::from),
+            }])
+        };
+        assert_eq!(map.len(), 3);
+        assert_eq!(map["80/tcp"], b(None));
+        assert_eq!(map["5353/udp"], b(None));
+        assert_eq!(map["90/tcp"], b(Some("9000")));
+        let body = container_body(&NodeId::from("n1"), &t, Some(ip));
+        let mut exposed = body.exposed_ports.expect("exposed");
+        exposed.sort();
+        assert_eq!(exposed, vec!["5353/udp", "80/tcp", "90/tcp"]);
+        // No ports, no port fields at all.
+        let body = container_body(&NodeId::from("n1"), &task_with_ports(&[]), Some(ip));
+        assert!(body.exposed_ports.is_none());
+        assert!(body.host_config.and_then(|h| h.port_bindings).is_none());
+    }
+
+    #[test]
+    fn host_ports_are_read_from_the_inspected_port_map() {
+        let bind = |ip: &str, port: &str| PortBinding {
+            host_ip: Some(ip.into()),
+            host_port: Some(port.into()),
+        };
+        let map = PortMap::from([
+            ("80/tcp".to_string(), Some(vec![bind("0.0.0.0", "32768"), bind("::", "32768")])),
+            ("53/udp".to_string(), Some(vec![bind("127.0.0.11", "32769")])),
+            // Exposed by the image but not published.
+            ("443/tcp".to_string(), None),
+            ("7/sctp".to_string(), Some(vec![bind("0.0.0.0", "32770")])),
+        ]);
+        assert_eq!(
+            host_ports(&map),
+            vec![
+                HostPort { protocol: Protocol::Tcp, target: 80, host_port: 32768 },
+                HostPort { protocol: Protocol::Udp, target: 53, host_port: 32769 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_taken_host_port_is_refused_before_docker_is_asked() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let t = task_with_ports(&[&format!("published={port},target=80,mode=host")]);
+        let err = check_host_ports(&t, Some("127.0.0.1".parse().unwrap())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("host port 127.0.0.1:{port}/tcp is already in use on this node")
+        );
+        assert!(!err.is_retryable());
+        // Ingress ports are ephemeral: nothing to check.
+        let t = task_with_ports(&[&format!("{port}:80")]);
+        assert!(check_host_ports(&t, Some("127.0.0.1".parse().unwrap())).is_ok());
+        assert!(is_port_conflict("driver failed programming external connectivity on endpoint x: Bind for 127.0.0.11:8080 failed: port is already allocated"));
+        assert!(is_port_conflict("Error starting userland proxy: listen tcp4 127.0.0.11:8080: bind: address already in use"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
 use common::ids::{NodeId, TaskId};
+use common::mesh::{HostPort, Protocol, PublishMode};
 use common::task::Task;
 use common::time::now_ms;
 use common::wire::LogLine;
@@ -41,6 +42,8 @@ pub struct FakeContainer {
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
     pub logs: Vec<LogLine>,
+    /// Host ports, as the engine would report them once running.
+    pub ports: Vec<HostPort>,
 }
 
 #[derive(Default)]
@@ -55,6 +58,10 @@ struct State {
     fail_create: Option<RuntimeError>,
     fail_start: Option<RuntimeError>,
     fail_list: Option<RuntimeError>,
+    /// Host ports held outside the fake engine (`occupy_port`).
+    occupied: BTreeSet<(Protocol, u16)>,
+    /// The next ephemeral host port.
+    next_port: u16,
 }
 
 pub struct FakeRuntime {
@@ -112,6 +119,12 @@ impl FakeRuntime {
         self.lock().fail_list = err;
     }
 
+    /// A process outside the engine holds this host port: a host-mode task
+    /// publishing it fails to start.
+    pub fn occupy_port(&self, protocol: Protocol, port: u16) {
+        self.lock().occupied.insert((protocol, port));
+    }
+
     pub fn hold_pulls(&self, hold: bool) {
         self.pulls_open.send_replace(!hold);
     }
@@ -137,6 +150,10 @@ impl FakeRuntime {
         let mut st = self.lock();
         st.next_id += 1;
         let id = format!("fake{:060}", st.next_id);
+        let ports = match st.bind_ports(task) {
+            Ok(p) => p,
+            Err(e) => panic!("insert_running: {e}"),
+        };
         let c = FakeContainer {
             id: id.clone(),
             name: container_name(task),
@@ -147,6 +164,7 @@ impl FakeRuntime {
             started_at: Some(now_ms()),
             finished_at: None,
             logs: Vec::new(),
+            ports,
         };
         st.containers.insert(id.clone(), c.clone());
         drop(st);
@@ -189,6 +207,46 @@ impl FakeRuntime {
     }
 }
 
+impl State {
+    /// Host ports for a new container, as Docker would give them: ephemeral
+    /// from 32768 for ingress ports, the published number for host mode
+    /// (taken by a live container or `occupy_port`: `PortInUse`).
+    fn bind_ports(&mut self, task: &Task) -> Result<Vec<HostPort>, RuntimeError> {
+        let mut out = Vec::new();
+        for pc in &task.spec.ports {
+            let host_port = match (pc.mode, pc.published) {
+                (PublishMode::Host, Some(p)) => {
+                    let in_use = self.occupied.contains(&(pc.protocol, p))
+                        || self.containers.values().any(|c| {
+                            c.state.is_live()
+                                && c.ports
+                                    .iter()
+                                    .any(|h| h.protocol == pc.protocol && h.host_port == p)
+                        });
+                    if in_use {
+                        return Err(RuntimeError::PortInUse(format!(
+                            "host port {p}/{} is already in use on this node",
+                            pc.protocol
+                        )));
+                    }
+                    p
+                }
+                _ => {
+                    self.next_port = self.next_port.max(32767) + 1;
+                    self.next_port
+                }
+            };
+            out.push(HostPort {
+                protocol: pc.protocol,
+                target: pc.target,
+                host_port,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl Runtime for FakeRuntime {
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
@@ -227,6 +285,7 @@ impl Runtime for FakeRuntime {
                 task.spec.image
             )));
         }
+        let ports = st.bind_ports(task)?;
         st.next_id += 1;
         let id = format!("fake{:060}", st.next_id);
         let failed_start = st.fail_start.clone();
@@ -244,6 +303,7 @@ impl Runtime for FakeRuntime {
             started_at: failed_start.is_none().then(now_ms),
             finished_at: None,
             logs: Vec::new(),
+            ports: if failed_start.is_some() { Vec::new() } else { ports },
         };
         st.containers.insert(id.clone(), c.clone());
         drop(st);
@@ -273,6 +333,7 @@ impl Runtime for FakeRuntime {
                     started_at: c.started_at,
                     finished_at: c.finished_at,
                     stop_grace_ms: c.labels.get(LABEL_STOP_GRACE).and_then(|g| g.parse().ok()),
+                    ports: if c.state.is_live() { c.ports.clone() } else { Vec::new() },
                 })
             })
             .collect())

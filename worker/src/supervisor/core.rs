@@ -6,9 +6,10 @@
 //!
 //! Rules, per task, against the last trusted container list:
 //! - desired RUNNING, no container: ACCEPTED, PREPARING → ensure the image →
-//!   STARTING → create and start → RUNNING once listed running. An image that
-//!   cannot be had is REJECTED with Docker's message; a create/start error is
-//!   FAILED.
+//!   STARTING → create and start → RUNNING once listed running, with the host
+//!   ports the container was given. An image that cannot be had is REJECTED
+//!   with Docker's message; a create/start error (a host port in use, say)
+//!   is FAILED.
 //! - a container that exited: COMPLETE (0) or FAILED `task: non-zero exit (N)`.
 //!   Never restarted: the orchestrator makes a new task.
 //! - desired SHUTDOWN (any terminal state): stop a live container (grace, then
@@ -450,11 +451,10 @@ impl SupervisorCore {
         match container {
             Some(c) if c.state.is_live() => {
                 let ts = c.started_at.unwrap_or(now);
-                let st = with_container(
-                    TaskStatus::new(TaskState::Running, ts, "started"),
-                    Some(c.container_id),
-                );
-                self.report(id, st, out);
+                let mut st = TaskStatus::new(TaskState::Running, ts, "started");
+                // Where the mesh (or a host-mode client) reaches the task.
+                st.ports = c.ports;
+                self.report(id, with_container(st, Some(c.container_id)), out);
             }
             Some(c) if c.state.has_exited() => {
                 let ts = c.finished_at.unwrap_or(now);
@@ -549,6 +549,7 @@ fn with_container(mut st: TaskStatus, cid: Option<String>) -> TaskStatus {
 mod tests {
     use super::*;
     use common::ids::ServiceId;
+    use common::mesh::{HostPort, Protocol};
     use common::spec::TaskTemplate;
     use ContainerState::{Created, Exited, Running as Live};
     use TaskState::*;
@@ -590,6 +591,7 @@ mod tests {
             started_at: Some(50),
             finished_at: exit.map(|_| 60),
             stop_grace_ms: Some(3_000),
+            ports: vec![],
         }
     }
 
@@ -634,6 +636,9 @@ mod tests {
                 }
                 if let Some(e) = &u.status.err {
                     s += &format!(" err={e}");
+                }
+                for p in &u.status.ports {
+                    s += &format!(" {}/{}->{}", p.target, p.protocol, p.host_port);
                 }
                 s
             }
@@ -708,6 +713,41 @@ mod tests {
                     "report t1 starting",
                     "start t1",
                     "report t1 running cid=c1",
+                ],
+            ),
+            (
+                "the running report carries the container's host ports",
+                vec![
+                    Full(vec![task("t1", Running, Starting)]),
+                    Observe(vec![ContainerInfo {
+                        ports: vec![
+                            HostPort { protocol: Protocol::Tcp, target: 80, host_port: 32768 },
+                            HostPort { protocol: Protocol::Udp, target: 53, host_port: 32769 },
+                        ],
+                        ..ctr("t1", "c1", Live, None)
+                    }]),
+                ],
+                vec!["report t1 running cid=c1 80/tcp->32768 53/udp->32769"],
+            ),
+            (
+                "a host port in use fails the task with the runtime's words",
+                vec![
+                    Full(vec![task("t1", Running, Preparing)]),
+                    Observe(vec![]),
+                    Done("t1", Outcome::Prepared),
+                    Done(
+                        "t1",
+                        Outcome::StartFailed {
+                            err: "host port 127.0.0.11:8080/tcp is already in use on this node".into(),
+                            retryable: false,
+                        },
+                    ),
+                ],
+                vec![
+                    "prepare t1",
+                    "report t1 starting",
+                    "start t1",
+                    "report t1 failed err=host port 127.0.0.11:8080/tcp is already in use on this node",
                 ],
             ),
             (

@@ -445,6 +445,58 @@ mod tests {
     }
 
     #[actix::test]
+    async fn running_reports_host_ports_and_a_taken_host_port_fails_the_task() {
+        use common::mesh::{HostPort, Protocol};
+        let node = NodeId::random();
+        let rt = Arc::new(FakeRuntime::new().with_image(IMAGE));
+        let (addr, mut rx) = start(&node, &rt);
+        let mut web = task(TaskState::Running);
+        web.spec.ports = vec![
+            "8080:80".parse().expect("port"),
+            "published=9000,target=90,mode=host".parse().expect("port"),
+        ];
+        let mut clash = task(TaskState::Running);
+        clash.spec.ports = vec!["published=9000,target=90,mode=host".parse().expect("port")];
+        addr.do_send(Assign {
+            full: true,
+            tasks: vec![web.clone()],
+            removed: vec![],
+        });
+        let running = wait_state(&mut rx, &web.id, TaskState::Running)
+            .await
+            .pop()
+            .expect("running");
+        assert_eq!(
+            running.ports,
+            vec![
+                HostPort { protocol: Protocol::Tcp, target: 80, host_port: 32768 },
+                HostPort { protocol: Protocol::Tcp, target: 90, host_port: 9000 },
+            ]
+        );
+
+        addr.do_send(Assign {
+            full: false,
+            tasks: vec![clash.clone()],
+            removed: vec![],
+        });
+        let failed = wait_state(&mut rx, &clash.id, TaskState::Failed)
+            .await
+            .pop()
+            .expect("failed");
+        assert_eq!(
+            failed.err.as_deref(),
+            Some("host port 9000/tcp is already in use on this node")
+        );
+        // Not retried: the port stays taken.
+        let creates = rt
+            .calls()
+            .iter()
+            .filter(|c| **c == Call::CreateAndStart(clash.id.clone()))
+            .count();
+        assert_eq!(creates, 1);
+    }
+
+    #[actix::test]
     async fn a_missing_image_rejects_with_the_runtime_message() {
         let node = NodeId::random();
         let rt = Arc::new(FakeRuntime::new());

@@ -1,0 +1,473 @@
+//! The in-kernel data path: nftables DNAT with round robin, the way
+//! kube-proxy's nftables mode works (this kernel has no IPVS).
+//!
+//! Each node owns one table, `shoal_<first 12 of its node id>`, so several
+//! nodes can share a machine. In it:
+//!
+//! - per published port a chain `p_<proto>_<port>` holding one rule,
+//!   `dnat to numgen inc mod N map { 0 : backend0, … }`: the kernel picks the
+//!   next backend for each new connection (or UDP flow); conntrack keeps
+//!   the rest of the flow on it;
+//! - a verdict map `ports` (protocol . port → `goto` that chain), looked up
+//!   for packets to the node's advertise address, from the `output` hook
+//!   (connections made on this machine, `curl` to the node's own address)
+//!   and the `prerouting` hook (from elsewhere);
+//! - a set `refused` of ports with no running task, rejected from the
+//!   `input` hook at once (TCP reset, ICMP port unreachable);
+//! - a `postrouting` SNAT to the node's address for DNATed flows (marked
+//!   with [`SNAT_MARK`]), so a backend on another machine answers through
+//!   this node, and a backend sees every mesh connection come from the node
+//!   that forwarded it (as the userspace proxy's do).
+//!
+//! Nodes in tests advertise 127.0.S.x. A connection made on the machine to
+//! such an address is DNATed in the output hook to another loopback address
+//! and never leaves `lo`; conntrack undoes the DNAT on the answers, so
+//! `route_localnet` is not needed (it would only matter for a packet coming
+//! in on a real interface, a container's veth say, for a loopback address,
+//! which the kernel drops as a martian). The SNAT matters there all the
+//! same: without it, the client picks its port for the node's address while
+//! the backend's TIME_WAIT sockets are keyed by the DNATed tuple, so under
+//! connection churn new SYNs land on old TIME_WAITs, fail PAWS, and wait a
+//! second for their retransmit (seen as TcpExtPAWSTimewait in `nstat`).
+//!
+//! Every change is one `nft -f -` transaction, so packets see the old rules
+//! or the new, never a mix. A changed port's chain is flushed and refilled;
+//! the whole table is only rebuilt at start (deleting a stale one a killed
+//! node left behind) and if an incremental change fails.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+
+use common::ids::NodeId;
+
+use super::plan::{Change, DesiredMesh, Forward, PortKey};
+use super::MeshError;
+
+/// The packet mark bit that asks for the SNAT in `postrouting` (kube-proxy
+/// uses 0x4000 for its masquerade; ours differs so both can run).
+pub const SNAT_MARK: u32 = 0x0002_0000;
+
+/// Before Docker's and any `iptables-nft` nat chains (dstnat, -100), so the
+/// mesh decides first for its own address and ports.
+const DNAT_PRIORITY: i32 = -110;
+/// Before the filter table's input chain (0).
+const REFUSE_PRIORITY: i32 = -10;
+/// Right before srcnat (100).
+const SNAT_PRIORITY: i32 = 90;
+
+/// One node's nftables table: its name, family and the address it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftTable {
+    name: String,
+    family: &'static str,
+    addr: IpAddr,
+}
+
+impl NftTable {
+    pub fn for_node(node: &NodeId, addr: IpAddr) -> Self {
+        // Node ids are lowercase base 36: already a valid nft identifier.
+        let short: String = node
+            .short()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        NftTable {
+            name: format!("shoal_{short}"),
+            family: if addr.is_ipv4() { "ip" } else { "ip6" },
+            addr,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip` or `ip6`.
+    pub fn family(&self) -> &str {
+        self.family
+    }
+
+    /// `ip shoal_abc`, as nft commands name the table.
+    pub fn qualified(&self) -> String {
+        format!("{} {}", self.family, self.name)
+    }
+
+    fn daddr(&self) -> &'static str {
+        if self.addr.is_ipv4() {
+            "ip daddr"
+        } else {
+            "ip6 daddr"
+        }
+    }
+
+    /// Deletes the table if it exists (`add` then `delete` is the idiom for
+    /// that in nft 1.0.6, which has no `destroy`).
+    pub fn teardown(&self) -> String {
+        let t = self.qualified();
+        format!("add table {t}\ndelete table {t}\n")
+    }
+
+    /// The whole table for `mesh`, replacing whatever is there, in one
+    /// transaction.
+    pub fn rebuild(&self, mesh: &DesiredMesh) -> String {
+        let mut s = self.teardown();
+        let _ = writeln!(s, "table {} {{", self.qualified());
+        let _ = writeln!(s, "\tset refused {{\n\t\ttype inet_proto . inet_service");
+        let refused: Vec<String> = mesh
+            .ports
+            .iter()
+            .filter(|(_, f)| f.refuses())
+            .map(|(k, _)| element(*k))
+            .collect();
+        if !refused.is_empty() {
+            let _ = writeln!(s, "\t\telements = {{ {} }}", refused.join(", "));
+        }
+        s.push_str("\t}\n");
+        let mut verdicts = Vec::new();
+        for (k, f) in &mesh.ports {
+            if f.refuses() {
+                continue;
+            }
+            let _ = writeln!(s, "\tchain {} {{\n\t\t{}\n\t}}", chain(*k), self.dnat_rule(*k, f));
+            verdicts.push(format!("{} : goto {}", element(*k), chain(*k)));
+        }
+        s.push_str("\tmap ports {\n\t\ttype inet_proto . inet_service : verdict\n");
+        if !verdicts.is_empty() {
+            let _ = writeln!(s, "\t\telements = {{ {} }}", verdicts.join(", "));
+        }
+        s.push_str("\t}\n");
+        let (daddr, addr) = (self.daddr(), self.addr);
+        for hook in ["output", "prerouting"] {
+            let _ = writeln!(
+                s,
+                "\tchain {hook} {{\n\t\ttype nat hook {hook} priority {DNAT_PRIORITY}; policy accept;\n\t\t{daddr} {addr} meta l4proto . th dport vmap @ports\n\t}}"
+            );
+        }
+        let unreachable = if self.addr.is_ipv4() {
+            "reject with icmp type port-unreachable"
+        } else {
+            "reject with icmpv6 type port-unreachable"
+        };
+        let _ = writeln!(
+            s,
+            "\tchain refuse {{\n\t\ttype filter hook input priority {REFUSE_PRIORITY}; policy accept;\n\t\t{daddr} {addr} meta l4proto tcp meta l4proto . th dport @refused reject with tcp reset\n\t\t{daddr} {addr} meta l4proto udp meta l4proto . th dport @refused {unreachable}\n\t}}"
+        );
+        let _ = writeln!(
+            s,
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority {SNAT_PRIORITY}; policy accept;\n\t\tmeta mark & {SNAT_MARK:#x} == {SNAT_MARK:#x} meta mark set meta mark & {:#x} snat to {addr}\n\t}}",
+            !SNAT_MARK
+        );
+        s.push_str("}\n");
+        s
+    }
+
+    /// The changes as one transaction against the table as `current`
+    /// describes it. A port that keeps forwarding has its chain flushed and
+    /// refilled; otherwise its map element goes before the chain it names.
+    pub fn update(&self, current: &DesiredMesh, changes: &[Change]) -> String {
+        let t = self.qualified();
+        let mut s = String::new();
+        for c in changes {
+            let k = c.port();
+            let el = element(k);
+            let p = chain(k);
+            let now = current.ports.get(&k);
+            let next = match c {
+                Change::Close { .. } => None,
+                Change::Open { to, .. } | Change::Retarget { to, .. } => Some(to),
+            };
+            match (now.map(Forward::refuses), next) {
+                // Forwarding before and after: only the chain's rule changes.
+                (Some(false), Some(to)) if !to.refuses() => {
+                    let _ = writeln!(s, "flush chain {t} {p}");
+                    let _ = writeln!(s, "add rule {t} {p} {}", self.dnat_rule(k, to));
+                }
+                (Some(true), Some(to)) if to.refuses() => {}
+                (before, after) => {
+                    match before {
+                        Some(true) => {
+                            let _ = writeln!(s, "delete element {t} refused {{ {el} }}");
+                        }
+                        Some(false) => {
+                            let _ = writeln!(s, "delete element {t} ports {{ {el} }}");
+                            let _ = writeln!(s, "delete chain {t} {p}");
+                        }
+                        None => {}
+                    }
+                    match after {
+                        Some(to) if to.refuses() => {
+                            let _ = writeln!(s, "add element {t} refused {{ {el} }}");
+                        }
+                        Some(to) => {
+                            let _ = writeln!(s, "add chain {t} {p}");
+                            let _ = writeln!(s, "add rule {t} {p} {}", self.dnat_rule(k, to));
+                            let _ = writeln!(s, "add element {t} ports {{ {el} : goto {p} }}");
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    fn dnat_rule(&self, k: PortKey, f: &Forward) -> String {
+        let targets: Vec<String> = f
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{i} : {}", target(b)))
+            .collect();
+        format!(
+            "meta mark set meta mark | {SNAT_MARK:#x} meta l4proto {} dnat to numgen inc mod {} map {{ {} }}",
+            k.protocol,
+            f.backends.len(),
+            targets.join(", ")
+        )
+    }
+}
+
+/// `tcp . 8080`.
+fn element(k: PortKey) -> String {
+    format!("{} . {}", k.protocol, k.port)
+}
+
+/// `p_tcp_8080`.
+fn chain(k: PortKey) -> String {
+    format!("p_{}_{}", k.protocol, k.port)
+}
+
+/// `127.0.0.12 . 32768`, `[::1] . 32768` is written `::1 . 32768`.
+fn target(b: &SocketAddr) -> String {
+    format!("{} . {}", b.ip(), b.port())
+}
+
+/// Runs `nft -f -` with `script` on stdin: one atomic transaction.
+pub async fn run(script: &str) -> Result<(), MeshError> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| MeshError::Nft(format!("cannot write to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| MeshError::Nft(format!("nft did not finish: {e}")))?;
+    check(out.status.success(), &out.stderr)
+}
+
+/// [`run`] for places that cannot await (a stopping actor, a `Drop`).
+pub fn run_blocking(script: &str) -> Result<(), MeshError> {
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| MeshError::Nft(format!("cannot write to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| MeshError::Nft(format!("nft did not finish: {e}")))?;
+    check(out.status.success(), &out.stderr)
+}
+
+/// Can this process program nftables? Creates and deletes a scratch table,
+/// which needs CAP_NET_ADMIN and a kernel with nf_tables.
+pub async fn probe(table: &NftTable) -> Result<(), MeshError> {
+    let scratch = format!("{}_probe", table.name);
+    let t = format!("{} {scratch}", table.family);
+    run(&format!("add table {t}\ndelete table {t}\n")).await
+}
+
+/// Is the table there? (`nft list table` fails for a missing one.)
+pub async fn exists(table: &NftTable) -> Result<bool, MeshError> {
+    let out = tokio::process::Command::new("nft")
+        .args(["list", "table", table.family, &table.name])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(spawn_error)?;
+    Ok(out.status.success())
+}
+
+fn spawn_error(e: std::io::Error) -> MeshError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        MeshError::NftMissing
+    } else {
+        MeshError::Nft(format!("cannot run nft: {e}"))
+    }
+}
+
+fn check(ok: bool, stderr: &[u8]) -> Result<(), MeshError> {
+    if ok {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(stderr);
+    // nft prints the failing line and a caret line under it; the first line
+    // says what went wrong.
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("failed");
+    if text.contains("Operation not permitted") {
+        return Err(MeshError::Nft(format!(
+            "nft: {first} (the kernel mesh needs root or CAP_NET_ADMIN; --mesh userspace does not)"
+        )));
+    }
+    Err(MeshError::Nft(format!("nft: {first}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::plan::{desired, diff};
+    use common::ids::ServiceId;
+    use common::mesh::{MeshEntry, MeshTable, Protocol};
+
+    fn table(entries: &[(Protocol, u16, &[&str])]) -> MeshTable {
+        MeshTable {
+            entries: entries
+                .iter()
+                .map(|(protocol, published, backends)| MeshEntry {
+                    service_id: ServiceId::from("s"),
+                    service_name: "web".into(),
+                    protocol: *protocol,
+                    published: *published,
+                    backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn nft() -> NftTable {
+        NftTable::for_node(&NodeId::from("abcdefghijkl0123456789xyz"), "127.0.0.11".parse().unwrap())
+    }
+
+    #[test]
+    fn the_table_is_named_after_the_node() {
+        let t = nft();
+        assert_eq!(t.name(), "shoal_abcdefghijkl");
+        assert_eq!(t.qualified(), "ip shoal_abcdefghijkl");
+        let v6 = NftTable::for_node(&NodeId::from("n1"), "::1".parse().unwrap());
+        assert_eq!(v6.qualified(), "ip6 shoal_n1");
+    }
+
+    #[test]
+    fn a_rebuild_defines_the_whole_table() {
+        let mesh = desired(
+            &table(&[
+                (Protocol::Tcp, 8080, &["127.0.0.12:32768", "127.0.0.13:32769"]),
+                (Protocol::Udp, 53, &["127.0.0.12:32770"]),
+                (Protocol::Tcp, 9000, &[]),
+            ]),
+            "127.0.0.11".parse().unwrap(),
+        );
+        let want = "\
+add table ip shoal_abcdefghijkl
+delete table ip shoal_abcdefghijkl
+table ip shoal_abcdefghijkl {
+\tset refused {
+\t\ttype inet_proto . inet_service
+\t\telements = { tcp . 9000 }
+\t}
+\tchain p_tcp_8080 {
+\t\tmeta mark set meta mark | 0x20000 meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 127.0.0.12 . 32768, 1 : 127.0.0.13 . 32769 }
+\t}
+\tchain p_udp_53 {
+\t\tmeta mark set meta mark | 0x20000 meta l4proto udp dnat to numgen inc mod 1 map { 0 : 127.0.0.12 . 32770 }
+\t}
+\tmap ports {
+\t\ttype inet_proto . inet_service : verdict
+\t\telements = { tcp . 8080 : goto p_tcp_8080, udp . 53 : goto p_udp_53 }
+\t}
+\tchain output {
+\t\ttype nat hook output priority -110; policy accept;
+\t\tip daddr 127.0.0.11 meta l4proto . th dport vmap @ports
+\t}
+\tchain prerouting {
+\t\ttype nat hook prerouting priority -110; policy accept;
+\t\tip daddr 127.0.0.11 meta l4proto . th dport vmap @ports
+\t}
+\tchain refuse {
+\t\ttype filter hook input priority -10; policy accept;
+\t\tip daddr 127.0.0.11 meta l4proto tcp meta l4proto . th dport @refused reject with tcp reset
+\t\tip daddr 127.0.0.11 meta l4proto udp meta l4proto . th dport @refused reject with icmp type port-unreachable
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority 90; policy accept;
+\t\tmeta mark & 0x20000 == 0x20000 meta mark set meta mark & 0xfffdffff snat to 127.0.0.11
+\t}
+}
+";
+        assert_eq!(nft().rebuild(&mesh), want);
+        // An empty mesh still has its hooks, and no empty element lists
+        // (nft rejects `elements = { }`).
+        let empty = nft().rebuild(&DesiredMesh::empty("127.0.0.11".parse().unwrap()));
+        assert!(!empty.contains("elements"), "{empty}");
+        assert!(empty.contains("chain output"), "{empty}");
+    }
+
+    #[test]
+    fn updates_touch_only_the_changed_ports() {
+        let node: IpAddr = "127.0.0.11".parse().unwrap();
+        let cur = desired(
+            &table(&[
+                (Protocol::Tcp, 8080, &["127.0.0.12:1"]),
+                (Protocol::Tcp, 8081, &["127.0.0.12:2"]),
+                (Protocol::Tcp, 9000, &[]),
+                (Protocol::Udp, 53, &["127.0.0.12:3"]),
+            ]),
+            node,
+        );
+        let des = desired(
+            &table(&[
+                (Protocol::Tcp, 8080, &["127.0.0.12:1", "127.0.0.13:1"]),
+                (Protocol::Tcp, 8081, &["127.0.0.12:2"]),
+                (Protocol::Tcp, 9000, &["127.0.0.12:4"]),
+                (Protocol::Udp, 53, &[]),
+                (Protocol::Udp, 5353, &["127.0.0.12:5"]),
+            ]),
+            node,
+        );
+        let got = nft().update(&cur, &diff(&cur, &des));
+        let t = "ip shoal_abcdefghijkl";
+        let m = "meta mark set meta mark | 0x20000";
+        let want = format!(
+            "\
+flush chain {t} p_tcp_8080
+add rule {t} p_tcp_8080 {m} meta l4proto tcp dnat to numgen inc mod 2 map {{ 0 : 127.0.0.12 . 1, 1 : 127.0.0.13 . 1 }}
+delete element {t} refused {{ tcp . 9000 }}
+add chain {t} p_tcp_9000
+add rule {t} p_tcp_9000 {m} meta l4proto tcp dnat to numgen inc mod 1 map {{ 0 : 127.0.0.12 . 4 }}
+add element {t} ports {{ tcp . 9000 : goto p_tcp_9000 }}
+delete element {t} ports {{ udp . 53 }}
+delete chain {t} p_udp_53
+add element {t} refused {{ udp . 53 }}
+add chain {t} p_udp_5353
+add rule {t} p_udp_5353 {m} meta l4proto udp dnat to numgen inc mod 1 map {{ 0 : 127.0.0.12 . 5 }}
+add element {t} ports {{ udp . 5353 : goto p_udp_5353 }}
+"
+        );
+        assert_eq!(got, want);
+        // Closing a port removes its element and chain, nothing else.
+        let none = desired(&MeshTable::default(), node);
+        let got = nft().update(&des, &diff(&des, &none));
+        assert_eq!(got.lines().count(), 1 + 2 * 4, "{got}");
+        assert!(got.starts_with(&format!("delete element {t} ports {{ tcp . 8080 }}\n")), "{got}");
+        assert!(got.contains(&format!("delete element {t} refused {{ udp . 53 }}\n")), "{got}");
+    }
+}

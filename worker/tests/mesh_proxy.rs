@@ -1,0 +1,241 @@
+//! The userspace mesh data path with real sockets: TCP and UDP backends on
+//! loopback addresses, the proxy on a node address of its own.
+
+mod mesh_common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
+
+use common::ids::{NodeId, ServiceId};
+use common::mesh::{MeshEntry, MeshTable, Protocol};
+use mesh_common::*;
+use worker::mesh::plan::PortKey;
+use worker::mesh::proxy::{Proxy, ProxyConfig};
+use worker::mesh::{
+    DataPath, GetStatus, MeshConfig, MeshError, MeshProgrammer, SetTable, Shutdown,
+};
+
+const PORT: u16 = 18080;
+
+#[tokio::test]
+async fn tcp_round_robin_retarget_and_refusal() {
+    let node = ip(0, 1);
+    let a = tcp_backend("a", ip(0, 2)).await;
+    let b = tcp_backend("b", ip(0, 3)).await;
+    let c = tcp_backend("c", ip(0, 4)).await;
+    let mut proxy = Proxy::new(node, ProxyConfig::default());
+    let port = PortKey::tcp(PORT);
+    proxy.open(port, vec![a.addr, b.addr, c.addr]).expect("open");
+    let at = SocketAddr::new(node, PORT);
+    assert_eq!(proxy.local_addr(port), Some(at));
+
+    // Round robin across the three, in order.
+    let got = names(at, 6).await;
+    assert_eq!(got, vec!["a", "b", "c", "a", "b", "c"]);
+
+    // Data goes both ways.
+    {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let s = TcpStream::connect(at).await.expect("connect");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("hello");
+        let payload = vec![b'x'; 256 * 1024];
+        r.get_mut().write_all(&payload).await.expect("write");
+        let mut back = vec![0u8; payload.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut r, &mut back).await.expect("echo");
+        assert_eq!(back, payload);
+    }
+
+    // A new backend set takes effect for the next connection.
+    proxy.retarget(port, vec![c.addr]);
+    assert_eq!(names(at, 3).await, vec!["c", "c", "c"]);
+
+    // A backend that refuses is skipped for the next.
+    let dead = {
+        let l = std::net::TcpListener::bind((ip(0, 5), 0)).expect("bind");
+        l.local_addr().expect("addr")
+    };
+    proxy.retarget(port, vec![dead, b.addr]);
+    assert_eq!(names(at, 4).await, vec!["b", "b", "b", "b"]);
+
+    // No backend: reset at once, not left hanging.
+    proxy.retarget(port, vec![]);
+    let started = Instant::now();
+    let err = which(at).await.expect_err("refused");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    let stats = proxy.stats();
+    assert_eq!(stats.tcp_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Closing frees the port.
+    proxy.close(port);
+    eventually("the port to be free", || async {
+        std::net::TcpListener::bind(at).ok().map(drop)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_error() {
+    let node = ip(1, 1);
+    let held = std::net::TcpListener::bind((node, PORT)).expect("bind");
+    let mut proxy = Proxy::new(node, ProxyConfig::default());
+    let err = proxy.open(PortKey::tcp(PORT), vec![]).expect_err("in use");
+    assert_eq!(
+        err.to_string(),
+        format!("published port {PORT}/tcp cannot be served on this node: {node}:{PORT} is already in use")
+    );
+    assert!(matches!(err, MeshError::PortInUse { .. }));
+    drop(held);
+    let udp = std::net::UdpSocket::bind((node, PORT)).expect("bind");
+    let err = proxy.open(PortKey::udp(PORT), vec![]).expect_err("in use");
+    assert!(err.to_string().contains(&format!("{PORT}/udp")), "{err}");
+    drop(udp);
+    // Another node on the same machine serves the same port on its address.
+    let mut other = Proxy::new(ip(1, 2), ProxyConfig::default());
+    proxy.open(PortKey::tcp(PORT), vec![]).expect("free now");
+    other.open(PortKey::tcp(PORT), vec![]).expect("other address");
+}
+
+#[tokio::test]
+async fn udp_flows_spread_and_stick() {
+    let node = ip(2, 1);
+    let a = udp_backend("a", ip(2, 2)).await;
+    let b = udp_backend("b", ip(2, 3)).await;
+    let c = udp_backend("c", ip(2, 4)).await;
+    let mut proxy = Proxy::new(node, ProxyConfig::default());
+    let port = PortKey::udp(PORT);
+    proxy.open(port, vec![a.addr, b.addr, c.addr]).expect("open");
+    let at = SocketAddr::new(node, PORT);
+
+    // Each new client is a new flow: round robin.
+    let mut clients = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let s = UdpSocket::bind((ip(2, 9), 0)).await.expect("client");
+        got.push(udp_which(&s, at).await.expect("answer"));
+        clients.push(s);
+    }
+    assert_eq!(got, vec!["a", "b", "c", "a", "b", "c"]);
+    // A flow stays on its backend.
+    for (s, want) in clients.iter().zip(&got) {
+        assert_eq!(&udp_which(s, at).await.expect("answer"), want);
+    }
+
+    // Retarget: flows to a backend that left start over on the new list.
+    proxy.retarget(port, vec![c.addr]);
+    for s in &clients {
+        assert_eq!(udp_which(s, at).await.expect("answer"), "c");
+    }
+
+    // No backend: dropped (no answer), counted.
+    proxy.retarget(port, vec![]);
+    let s = UdpSocket::bind((ip(2, 9), 0)).await.expect("client");
+    assert!(udp_which(&s, at).await.is_err());
+    assert!(proxy.stats().udp_dropped.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn udp_flows_idle_out() {
+    let node = ip(3, 1);
+    let a = udp_backend("a", ip(3, 2)).await;
+    let b = udp_backend("b", ip(3, 3)).await;
+    let config = ProxyConfig {
+        udp_idle: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let mut proxy = Proxy::new(node, config);
+    proxy.open(PortKey::udp(PORT), vec![a.addr, b.addr]).expect("open");
+    let at = SocketAddr::new(node, PORT);
+    let s = UdpSocket::bind((ip(3, 9), 0)).await.expect("client");
+    assert_eq!(udp_which(&s, at).await.expect("answer"), "a");
+    let stats = proxy.stats();
+    assert_eq!(stats.udp_flows.load(std::sync::atomic::Ordering::Relaxed), 1);
+    eventually("the flow to idle out", || async {
+        (stats.udp_flows.load(std::sync::atomic::Ordering::Relaxed) == 0).then_some(())
+    })
+    .await;
+    // The same client now starts a new flow: the next backend.
+    assert_eq!(udp_which(&s, at).await.expect("answer"), "b");
+}
+
+fn entry(protocol: Protocol, published: u16, backends: &[SocketAddr]) -> MeshEntry {
+    MeshEntry {
+        service_id: ServiceId::from("svc"),
+        service_name: "web".into(),
+        protocol,
+        published,
+        backends: backends.to_vec(),
+    }
+}
+
+#[actix::test]
+async fn the_programmer_serves_the_table_and_reports_taken_ports() {
+    let node = ip(4, 1);
+    let a = tcp_backend("a", ip(4, 2)).await;
+    let b = tcp_backend("b", ip(4, 3)).await;
+    let taken = std::net::TcpListener::bind((node, PORT + 1)).expect("bind");
+    let mut config = MeshConfig::new(NodeId::random(), node, DataPath::Userspace);
+    config.retry_every = Duration::from_millis(100);
+    let (programmer, mut status) = MeshProgrammer::new(config);
+    let addr = programmer.start();
+    addr.send(SetTable(MeshTable {
+        entries: vec![
+            entry(Protocol::Tcp, PORT, &[a.addr, b.addr]),
+            entry(Protocol::Tcp, PORT + 1, &[a.addr]),
+        ],
+    }))
+    .await
+    .expect("mailbox");
+    let at = SocketAddr::new(node, PORT);
+    assert_round_robin(&names(at, 4).await, &["a", "b"]);
+
+    let st = addr.send(GetStatus).await.expect("status");
+    assert_eq!(st.programmed, 1);
+    assert_eq!(st.failures.len(), 1);
+    assert_eq!(
+        st.failures[0].error.to_string(),
+        format!("published port {}/tcp cannot be served on this node: {node}:{} is already in use", PORT + 1, PORT + 1)
+    );
+    assert_eq!(st.failures[0].service, "web");
+
+    // The port frees up: the retry takes it.
+    drop(taken);
+    let fixed = tokio::time::timeout(DEADLINE, status.wait_for(|s| s.failures.is_empty()))
+        .await
+        .expect("retry in time")
+        .expect("status")
+        .clone();
+    assert_eq!(fixed.programmed, 2);
+    assert_eq!(which(SocketAddr::new(node, PORT + 1)).await.expect("served"), "a");
+
+    // Unpublished: closed.
+    addr.send(SetTable(MeshTable {
+        entries: vec![entry(Protocol::Tcp, PORT + 1, &[b.addr])],
+    }))
+    .await
+    .expect("mailbox");
+    eventually("8080 to close", || async {
+        TcpStream::connect(at).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(which(SocketAddr::new(node, PORT + 1)).await.expect("served"), "b");
+
+    addr.send(Shutdown).await.expect("mailbox").expect("shutdown");
+    eventually("every port to close", || async {
+        TcpStream::connect(SocketAddr::new(node, PORT + 1)).await.is_err().then_some(())
+    })
+    .await;
+    eventually("the actor to stop", || async { (!addr.connected()).then_some(()) }).await;
+}
