@@ -137,10 +137,15 @@ for path in direct userspace kernel; do
   timeout 30 wrk -t1 -c4 -d1s "${url[$path]}" >/dev/null 2>&1 || true
   paths+=("$path")
 done
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for round in $(seq "$ROUNDS"); do
-  echo "round $round of $ROUNDS: ${paths[*]}, keep-alive and close, $DURATION each" >&2
+  # Each round starts with another path, so none is always measured first.
+  n=${#paths[@]}
+  order=()
+  for i in $(seq 0 $((n - 1))); do order+=("${paths[$(((round + i) % n))]}"); done
+  echo "round $round of $ROUNDS: ${order[*]}, keep-alive and close, $DURATION each" >&2
   for mode in "${modes[@]}"; do
-    for path in "${paths[@]}"; do
+    for path in "${order[@]}"; do
       if [ "$mode" = close ]; then
         run_wrk "$path/$mode" "${url[$path]}" -H 'Connection: close'
       else
@@ -149,7 +154,10 @@ for round in $(seq "$ROUNDS"); do
     done
   done
 done
+load_after=$(cut -d' ' -f1 /proc/loadavg)
+declare -A spread
 for key in "${!rps[@]}"; do
+  spread[$key]=$(echo "${rps[$key]}" | tr ' ' '\n' | grep . | sort -n | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%d-%d", lo, hi}')
   rps[$key]=$(echo "${rps[$key]}" | median)
   p50[$key]=$(echo "${p50[$key]}" | median)
   p99[$key]=$(echo "${p99[$key]}" | median)
@@ -157,7 +165,8 @@ done
 
 echo
 echo "backend: busybox httpd in $IMAGE at $backend; wrk -t$THREADS -c$CONNS -d$DURATION, median of $ROUNDS rounds"
-printf '%-10s %-10s %10s %9s %9s %9s %11s\n' PATH MODE REQ/S P50_US P99_US VS_DIRECT ADDED_P50_US
+echo "load average $load_before before, $load_after after, on $(nproc) cpus (other work on the machine skews every figure)"
+printf '%-10s %-10s %10s %13s %9s %9s %9s %11s\n' PATH MODE REQ/S RANGE P50_US P99_US VS_DIRECT ADDED_P50_US
 for mode in "${modes[@]}"; do
   for path in direct userspace kernel; do
     key=$path/$mode
@@ -168,7 +177,7 @@ for mode in "${modes[@]}"; do
     d=${rps[direct/$mode]:-0}
     ratio=$(awk -v a="${rps[$key]}" -v b="$d" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }')
     added=$(awk -v a="${p50[$key]}" -v b="${p50[direct/$mode]:-0}" 'BEGIN { printf "%+d", a - b }')
-    printf '%-10s %-10s %10s %9s %9s %9s %11s\n' "$path" "$mode" "${rps[$key]}" "${p50[$key]}" "${p99[$key]}" "$ratio" "$added"
+    printf '%-10s %-10s %10s %13s %9s %9s %9s %11s\n' "$path" "$mode" "${rps[$key]}" "${spread[$key]}" "${p50[$key]}" "${p99[$key]}" "$ratio" "$added"
   done
 done
 

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use worker::agent::{Agent, AgentSink};
 use worker::membership::{self, fact, MembershipConfig};
+use worker::mesh::{self, DataPath, MeshConfig, MeshProgrammer, SetTable};
 use worker::net::{self, Router};
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::Runtime;
@@ -67,6 +68,10 @@ pub struct DaemonArgs {
     /// Raft entries between snapshots (log compaction).
     #[arg(long, default_value_t = 10_000, hide = true)]
     snapshot_interval: u64,
+    /// Routing-mesh data path: `kernel` (nftables DNAT; needs root and nft)
+    /// or `userspace` (a proxy in this process; no privileges).
+    #[arg(long, default_value = "kernel")]
+    mesh: DataPath,
 }
 
 /// What a node remembers about itself between restarts.
@@ -158,8 +163,8 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         ),
     };
     let data_dir = args.data_dir.clone();
-    let snapshot_interval = args.snapshot_interval;
-    actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, snapshot_interval))?;
+    let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh };
+    actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, opts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,7 +324,13 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapshot_interval: u64) -> Result<()> {
+struct RunOptions {
+    snapshot_interval: u64,
+    mesh: DataPath,
+}
+
+async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: RunOptions) -> Result<()> {
+    let snapshot_interval = opts.snapshot_interval;
     let cluster_addr = state.cluster_addr();
     let listener = tokio::net::TcpListener::bind(cluster_addr)
         .await
@@ -327,8 +338,14 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
     let runtime: Arc<dyn Runtime> = Arc::new(
         DockerRuntime::connect()
             .await
-            .map_err(|e| anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)"))?,
+            .map_err(|e| anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)"))?
+            .publish_on(state.advertise_addr),
     );
+    mesh::preflight(opts.mesh, &state.node_id, state.advertise_addr)
+        .await
+        .map_err(|e| anyhow!("cannot use the {} routing mesh: {e}", opts.mesh))?;
+    let (programmer, _mesh_status) = MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, opts.mesh));
+    let mesh_addr = actix::Actor::start(programmer);
 
     // Gossip: who is alive.
     let facts: BTreeMap<String, String> = [
@@ -392,7 +409,16 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
         print_join_commands(m, &state);
     }
 
-    let (mesh_tx, _mesh_rx) = watch::channel(MeshTable::default());
+    let (mesh_tx, mut mesh_rx) = watch::channel(MeshTable::default());
+    {
+        let mesh_addr = mesh_addr.clone();
+        actix::spawn(async move {
+            while mesh_rx.changed().await.is_ok() {
+                let table = mesh_rx.borrow_and_update().clone();
+                mesh_addr.do_send(SetTable(table));
+            }
+        });
+    }
 
     // The session with the leader.
     let managers = Arc::new(RwLock::new(if state.managers.is_empty() {
@@ -421,6 +447,12 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, snapsho
     tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");
 
     wait_for_signal().await;
+    // The mesh goes first: no nftables table outlives the node.
+    match mesh_addr.send(mesh::Shutdown).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "routing mesh not fully removed"),
+        Err(e) => tracing::warn!(error = %e, "routing mesh unreachable at shutdown"),
+    }
     handle.stop(true).await;
     Ok(())
 }

@@ -50,7 +50,9 @@ fn require_nft() -> bool {
             panic!("the kernel mesh test must run under CI, but nft is unusable: {why}")
         }
         Err(why) => {
-            eprintln!("skipping: nft is unusable here ({why}); run as root with nftables installed");
+            eprintln!(
+                "skipping: nft is unusable here ({why}); run as root with nftables installed"
+            );
             false
         }
     }
@@ -121,7 +123,9 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
         },
         node_ip,
     );
-    nft::run(&stale.rebuild(&stale_mesh)).await.expect("stale table");
+    nft::run(&stale.rebuild(&stale_mesh))
+        .await
+        .expect("stale table");
     assert!(table_exists(&stale));
 
     let mut config = MeshConfig::new(node_id.clone(), node_ip, DataPath::Kernel);
@@ -142,7 +146,11 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     assert_eq!(st.error, None);
     assert_eq!(st.programmed, 4);
     assert!(table_exists(&table), "table {} missing", table.qualified());
-    assert!(!table_exists(&stale), "stale table {} still there", stale.qualified());
+    assert!(
+        !table_exists(&stale),
+        "stale table {} still there",
+        stale.qualified()
+    );
 
     // Connections from this machine to the node's address: round robin.
     let at = SocketAddr::new(node_ip, PORT);
@@ -165,7 +173,9 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     assert!(started.elapsed() < Duration::from_millis(500));
     // UDP too: an ICMP port unreachable, which a connected socket reports.
     let s = UdpSocket::bind((ip(10, 9), 0)).await.expect("client");
-    s.connect(SocketAddr::new(node_ip, PORT + 1)).await.expect("connect");
+    s.connect(SocketAddr::new(node_ip, PORT + 1))
+        .await
+        .expect("connect");
     s.send(b"ping").await.expect("send");
     let mut buf = [0u8; 16];
     let err = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf))
@@ -186,7 +196,10 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     .await;
     assert_eq!(status(&addr).await.error, None);
     assert_eq!(names(at, 3).await, vec!["c", "c", "c"]);
-    assert_eq!(names(SocketAddr::new(node_ip, PORT + 1), 2).await, vec!["a", "a"]);
+    assert_eq!(
+        names(SocketAddr::new(node_ip, PORT + 1), 2).await,
+        vec!["a", "a"]
+    );
 
     // The last task goes: refused again.
     set(&addr, vec![entry(Protocol::Tcp, PORT, &[])]).await;
@@ -197,8 +210,15 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     port_released(SocketAddr::new(node_ip, PORT + 1)).await;
 
     // Shutdown leaves no table and frees the port.
-    addr.send(Shutdown).await.expect("mailbox").expect("teardown");
-    assert!(!table_exists(&table), "table {} left behind", table.qualified());
+    addr.send(Shutdown)
+        .await
+        .expect("mailbox")
+        .expect("teardown");
+    assert!(
+        !table_exists(&table),
+        "table {} left behind",
+        table.qualified()
+    );
     port_released(at).await;
 }
 
@@ -220,7 +240,11 @@ async fn port_released(at: SocketAddr) {
 
 /// `ss` lines naming `ip`, for a failure message.
 fn sockets_on(ip: IpAddr) -> String {
-    let out = Command::new("ss").args(["-tanpe"]).output().map(|o| o.stdout).unwrap_or_default();
+    let out = Command::new("ss")
+        .args(["-tanpe"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
     String::from_utf8_lossy(&out)
         .lines()
         .filter(|l| l.contains(&format!("{ip}:")))
@@ -257,14 +281,23 @@ async fn kernel_reports_a_taken_port_and_takes_it_once_free() {
     );
     // Its traffic still reaches whoever holds the port: not hijacked.
     drop(taken);
-    tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.programmed == 1 && s.failures.is_empty()))
-        .await
-        .expect("retried in time")
-        .expect("status");
-    assert_eq!(which(SocketAddr::new(node_ip, PORT)).await.expect("served"), "a");
+    tokio::time::timeout(
+        DEADLINE,
+        watch.wait_for(|s| s.programmed == 1 && s.failures.is_empty()),
+    )
+    .await
+    .expect("retried in time")
+    .expect("status");
+    assert_eq!(
+        which(SocketAddr::new(node_ip, PORT)).await.expect("served"),
+        "a"
+    );
 
     // Shutdown removes the table.
-    addr.send(Shutdown).await.expect("mailbox").expect("teardown");
+    addr.send(Shutdown)
+        .await
+        .expect("mailbox")
+        .expect("teardown");
     assert!(!table_exists(&table));
 }
 
@@ -305,7 +338,11 @@ async fn the_generated_ruleset_loads_and_updates_in_the_kernel() {
         // The incremental result equals a rebuild of the same mesh.
         let listed = list(&table);
         nft::run(&table.rebuild(&des)).await.expect("rebuild");
-        assert_eq!(normalise(&listed), normalise(&list(&table)), "after\n{script}");
+        assert_eq!(
+            normalise(&listed),
+            normalise(&list(&table)),
+            "after\n{script}"
+        );
         cur = des;
     }
     nft::run(&table.teardown()).await.expect("teardown");
@@ -324,7 +361,11 @@ fn list(t: &NftTable) -> String {
 
 /// Sorted lines: the order nft lists chains in follows creation.
 fn normalise(s: &str) -> Vec<String> {
-    let mut v: Vec<String> = s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    let mut v: Vec<String> = s
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
     v.sort();
     v
 }

@@ -15,7 +15,7 @@
 //!
 //! A published port this node cannot take (someone else listens on it) is
 //! not programmed: it is logged, counted in `shoal_mesh_ports{state="failed"}`,
-//! listed in [`MeshStatus::errors`] for the manager to show, and tried again
+//! listed in [`MeshStatus::failures`] for the manager to show, and tried again
 //! every [`MeshConfig::retry_every`] until it is free or unpublished. In the
 //! kernel path the node holds a bound (never listening) socket on each
 //! published port, as kube-proxy did for node ports, so both paths detect a
@@ -103,6 +103,26 @@ pub async fn preflight(path: DataPath, node_id: &NodeId, addr: IpAddr) -> Result
     match path {
         DataPath::Userspace => Ok(()),
         DataPath::Kernel => nft::probe(&NftTable::for_node(node_id, addr)).await,
+    }
+}
+
+/// The data path a node should use: `requested`, if it works here (else
+/// the reason it does not); with none requested, the kernel path where it
+/// works (root and nft) and the userspace proxy elsewhere, with a warning.
+pub async fn choose(
+    requested: Option<DataPath>,
+    node_id: &NodeId,
+    addr: IpAddr,
+) -> Result<DataPath, MeshError> {
+    match requested {
+        Some(path) => preflight(path, node_id, addr).await.map(|()| path),
+        None => match preflight(DataPath::Kernel, node_id, addr).await {
+            Ok(()) => Ok(DataPath::Kernel),
+            Err(e) => {
+                tracing::warn!(error = %e, "mesh: the kernel data path does not work here; using the userspace proxy");
+                Ok(DataPath::Userspace)
+            }
+        },
     }
 }
 
@@ -337,7 +357,14 @@ impl MeshProgrammer {
                     if self.failures.get(&port).map(|f| &f.error) != Some(&error) {
                         tracing::error!(port = %port, service = %service, error = %error, "mesh: cannot serve a published port");
                     }
-                    self.failures.insert(port, PortFailure { port, service, error });
+                    self.failures.insert(
+                        port,
+                        PortFailure {
+                            port,
+                            service,
+                            error,
+                        },
+                    );
                 }
             }
         }
@@ -463,44 +490,6 @@ impl MeshProgrammer {
     }
 }
 
-/// Tables of this family named `shoal_*`, other than `ours`, whose DNAT
-/// matches `addr`: left by a node that was killed on this address (two live
-/// nodes never share an advertise address). Returns their names.
-pub async fn remove_stale_tables(ours: &NftTable, addr: IpAddr) -> Result<Vec<String>, MeshError> {
-    let out = tokio::process::Command::new("nft")
-        .args(["list", "tables", ours.family()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => MeshError::NftMissing,
-            _ => MeshError::Nft(format!("cannot run nft: {e}")),
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let daddr = if addr.is_ipv4() { "ip daddr" } else { "ip6 daddr" };
-    let needle = format!("{daddr} {addr} meta l4proto");
-    let mut removed = Vec::new();
-    for name in text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("table "))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|n| n.starts_with("shoal_") && *n != ours.name())
-    {
-        let chain = tokio::process::Command::new("nft")
-            .args(["list", "chain", ours.family(), name, "output"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| MeshError::Nft(format!("cannot run nft: {e}")))?;
-        if String::from_utf8_lossy(&chain.stdout).contains(&needle) {
-            let t = format!("{} {name}", ours.family());
-            nft::run(&format!("add table {t}\ndelete table {t}\n")).await?;
-            removed.push(name.to_string());
-        }
-    }
-    Ok(removed)
-}
-
 impl Actor for MeshProgrammer {
     type Context = Context<Self>;
 
@@ -516,7 +505,7 @@ impl Actor for MeshProgrammer {
             ctx.wait(
                 async move {
                     nft::probe(&table).await?;
-                    remove_stale_tables(&table, addr).await
+                    nft::remove_stale_tables(&table, addr).await
                 }
                 .into_actor(self)
                 .map(|res, act, ctx| {

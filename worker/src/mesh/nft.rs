@@ -130,7 +130,12 @@ impl NftTable {
             if f.refuses() {
                 continue;
             }
-            let _ = writeln!(s, "\tchain {} {{\n\t\t{}\n\t}}", chain(*k), self.dnat_rule(*k, f));
+            let _ = writeln!(
+                s,
+                "\tchain {} {{\n\t\t{}\n\t}}",
+                chain(*k),
+                self.dnat_rule(*k, f)
+            );
             verdicts.push(format!("{} : goto {}", element(*k), chain(*k)));
         }
         s.push_str("\tmap ports {\n\t\ttype inet_proto . inet_service : verdict\n");
@@ -307,6 +312,45 @@ pub async fn exists(table: &NftTable) -> Result<bool, MeshError> {
     Ok(out.status.success())
 }
 
+/// Tables of this family named `shoal_*`, other than `ours`, whose DNAT
+/// matches `addr`: left by a node that was killed on this address (two live
+/// nodes never share an advertise address). Returns their names.
+pub async fn remove_stale_tables(ours: &NftTable, addr: IpAddr) -> Result<Vec<String>, MeshError> {
+    let out = tokio::process::Command::new("nft")
+        .args(["list", "tables", ours.family])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(spawn_error)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let daddr = if addr.is_ipv4() {
+        "ip daddr"
+    } else {
+        "ip6 daddr"
+    };
+    let needle = format!("{daddr} {addr} meta l4proto");
+    let mut removed = Vec::new();
+    for name in text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|n| n.starts_with("shoal_") && *n != ours.name)
+    {
+        let chain = tokio::process::Command::new("nft")
+            .args(["list", "chain", ours.family, name, "output"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(spawn_error)?;
+        if String::from_utf8_lossy(&chain.stdout).contains(&needle) {
+            let t = format!("{} {name}", ours.family);
+            run(&format!("add table {t}\ndelete table {t}\n")).await?;
+            removed.push(name.to_string());
+        }
+    }
+    Ok(removed)
+}
+
 fn spawn_error(e: std::io::Error) -> MeshError {
     if e.kind() == std::io::ErrorKind::NotFound {
         MeshError::NftMissing
@@ -322,7 +366,10 @@ fn check(ok: bool, stderr: &[u8]) -> Result<(), MeshError> {
     let text = String::from_utf8_lossy(stderr);
     // nft prints the failing line and a caret line under it; the first line
     // says what went wrong.
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("failed");
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("failed");
     if text.contains("Operation not permitted") {
         return Err(MeshError::Nft(format!(
             "nft: {first} (the kernel mesh needs root or CAP_NET_ADMIN; --mesh userspace does not)"
@@ -354,7 +401,10 @@ mod tests {
     }
 
     fn nft() -> NftTable {
-        NftTable::for_node(&NodeId::from("abcdefghijkl0123456789xyz"), "127.0.0.11".parse().unwrap())
+        NftTable::for_node(
+            &NodeId::from("abcdefghijkl0123456789xyz"),
+            "127.0.0.11".parse().unwrap(),
+        )
     }
 
     #[test]
@@ -370,7 +420,11 @@ mod tests {
     fn a_rebuild_defines_the_whole_table() {
         let mesh = desired(
             &table(&[
-                (Protocol::Tcp, 8080, &["127.0.0.12:32768", "127.0.0.13:32769"]),
+                (
+                    Protocol::Tcp,
+                    8080,
+                    &["127.0.0.12:32768", "127.0.0.13:32769"],
+                ),
                 (Protocol::Udp, 53, &["127.0.0.12:32770"]),
                 (Protocol::Tcp, 9000, &[]),
             ]),
@@ -467,7 +521,13 @@ add element {t} ports {{ udp . 5353 : goto p_udp_5353 }}
         let none = desired(&MeshTable::default(), node);
         let got = nft().update(&des, &diff(&des, &none));
         assert_eq!(got.lines().count(), 1 + 2 * 4, "{got}");
-        assert!(got.starts_with(&format!("delete element {t} ports {{ tcp . 8080 }}\n")), "{got}");
-        assert!(got.contains(&format!("delete element {t} refused {{ udp . 53 }}\n")), "{got}");
+        assert!(
+            got.starts_with(&format!("delete element {t} ports {{ tcp . 8080 }}\n")),
+            "{got}"
+        );
+        assert!(
+            got.contains(&format!("delete element {t} refused {{ udp . 53 }}\n")),
+            "{got}"
+        );
     }
 }

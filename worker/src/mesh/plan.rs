@@ -19,11 +19,17 @@ pub struct PortKey {
 
 impl PortKey {
     pub fn tcp(port: u16) -> Self {
-        PortKey { protocol: Protocol::Tcp, port }
+        PortKey {
+            protocol: Protocol::Tcp,
+            port,
+        }
     }
 
     pub fn udp(port: u16) -> Self {
-        PortKey { protocol: Protocol::Udp, port }
+        PortKey {
+            protocol: Protocol::Udp,
+            port,
+        }
     }
 }
 
@@ -212,7 +218,12 @@ mod tests {
     fn desired_takes_every_published_port_in_order() {
         let d = desired(
             &table(vec![
-                entry("web", Protocol::Tcp, 8080, &["127.0.0.12:32768", "127.0.0.13:32770"]),
+                entry(
+                    "web",
+                    Protocol::Tcp,
+                    8080,
+                    &["127.0.0.12:32768", "127.0.0.13:32770"],
+                ),
                 entry("dns", Protocol::Udp, 53, &["127.0.0.12:32771"]),
                 entry("idle", Protocol::Tcp, 9000, &[]),
                 // Same number, other protocol: another port.
@@ -220,7 +231,12 @@ mod tests {
                 // A duplicate cannot win over the first.
                 entry("dup", Protocol::Tcp, 8080, &["127.0.0.99:1"]),
                 // IPv6 backends cannot be reached from an IPv4 node address.
-                entry("v6", Protocol::Tcp, 7000, &["[::1]:32768", "127.0.0.12:32773"]),
+                entry(
+                    "v6",
+                    Protocol::Tcp,
+                    7000,
+                    &["[::1]:32768", "127.0.0.12:32773"],
+                ),
             ]),
             NODE.parse().unwrap(),
         );
@@ -247,7 +263,14 @@ mod tests {
         let a = "127.0.0.12:32768";
         let b = "127.0.0.13:32768";
         let c = "127.0.0.14:32768";
-        let cases: Vec<(&str, Vec<MeshEntry>, Vec<MeshEntry>, Vec<&str>)> = vec![
+        /// Name, table before, table after, the changes.
+        type Case = (
+            &'static str,
+            Vec<MeshEntry>,
+            Vec<MeshEntry>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             ("nothing to nothing", vec![], vec![], vec![]),
             (
                 "a port is added",
@@ -271,7 +294,9 @@ mod tests {
                 "a backend joins",
                 vec![entry("web", Protocol::Tcp, 8080, &[a, b])],
                 vec![entry("web", Protocol::Tcp, 8080, &[a, b, c])],
-                vec!["retarget 8080/tcp web [127.0.0.12:32768, 127.0.0.13:32768, 127.0.0.14:32768]"],
+                vec![
+                    "retarget 8080/tcp web [127.0.0.12:32768, 127.0.0.13:32768, 127.0.0.14:32768]",
+                ],
             ),
             (
                 "a backend leaves",

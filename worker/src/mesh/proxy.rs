@@ -8,7 +8,8 @@
 //! swapped whole when the mesh changes, and connections already made keep
 //! their backend. A backend that refuses is skipped for the next, a bounded
 //! number of times. With no backend a TCP connection is reset at once
-//! (SO_LINGER 0) and a datagram dropped.
+//! (SO_LINGER 0) and a datagram dropped. The proxy runs on a runtime of
+//! its own ([`ProxyConfig::threads`]), apart from the node's actors.
 //!
 //! Copying uses `tokio::io::copy_bidirectional_with_sizes`: two bounded
 //! buffers per connection, and no zero-copy. `splice(2)` through a pipe would
@@ -28,6 +29,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -54,6 +56,9 @@ pub struct ProxyConfig {
     /// UDP flows per port; datagrams of further new flows are dropped.
     pub max_udp_flows: usize,
     pub listen_backlog: u32,
+    /// Threads of the proxy's own runtime, so that traffic neither waits for
+    /// the node's actors nor holds them up; 0: the caller's runtime.
+    pub threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +74,7 @@ impl Default for ProxyConfig {
             max_connections: 16_384,
             max_udp_flows: 4_096,
             listen_backlog: 1_024,
+            threads: 1,
         }
     }
 }
@@ -135,16 +141,42 @@ pub struct Proxy {
     config: Arc<ProxyConfig>,
     stats: Arc<ProxyStats>,
     ports: HashMap<PortKey, Served>,
+    /// Where listeners and connections run.
+    handle: Handle,
+    /// Ours, if `config.threads` asked for one; shut down with the proxy.
+    runtime: Option<Runtime>,
 }
 
 impl Proxy {
     /// Serves nothing yet; ports are bound on `addr` as they are opened.
     pub fn new(addr: IpAddr, config: ProxyConfig) -> Self {
+        let own = |threads: usize| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .thread_name("shoal-mesh-proxy")
+                .enable_all()
+                .build()
+        };
+        let (handle, runtime) = match (config.threads, Handle::try_current()) {
+            (0, Ok(h)) => (h, None),
+            (n, current) => match own(n) {
+                Ok(rt) => (rt.handle().clone(), Some(rt)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mesh proxy: cannot start its own runtime; sharing the caller's");
+                    match current {
+                        Ok(h) => (h, None),
+                        Err(_) => panic!("mesh proxy: no runtime to run on: {e}"),
+                    }
+                }
+            },
+        };
         Proxy {
             addr,
             config: Arc::new(config),
             stats: Arc::new(ProxyStats::default()),
             ports: HashMap::new(),
+            handle,
+            runtime,
         }
     }
 
@@ -157,8 +189,8 @@ impl Proxy {
         self.ports.get(&port).map(|s| s.local)
     }
 
-    /// Binds `port` on the node's address and starts serving it. Must run
-    /// inside a tokio runtime. A port held by anyone else is
+    /// Binds `port` on the node's address and starts serving it. A port
+    /// held by anyone else is
     /// [`MeshError::PortInUse`]. Opening a served port retargets it.
     pub fn open(&mut self, port: PortKey, backends: Vec<SocketAddr>) -> Result<(), MeshError> {
         if self.ports.contains_key(&port) {
@@ -174,11 +206,13 @@ impl Proxy {
             }
         };
         let shared = Arc::new(Backends::new(backends));
+        // Sockets register with the reactor of the runtime they are made in.
+        let _rt = self.handle.enter();
         let served = match port.protocol {
             Protocol::Tcp => {
                 let listener = listen_tcp(at, self.config.listen_backlog).map_err(in_use)?;
                 let local = listener.local_addr().map_err(in_use)?;
-                let task = tokio::spawn(serve_tcp(
+                let task = self.handle.spawn(serve_tcp(
                     listener,
                     shared.clone(),
                     self.config.clone(),
@@ -197,7 +231,7 @@ impl Proxy {
                 let sock = UdpSocket::from_std(sock).map_err(in_use)?;
                 let local = sock.local_addr().map_err(in_use)?;
                 let flows = Arc::new(Flows::default());
-                let task = tokio::spawn(serve_udp(
+                let task = self.handle.spawn(serve_udp(
                     Arc::new(sock),
                     shared.clone(),
                     flows.clone(),
@@ -250,6 +284,11 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.close_all();
+        // Connections still open end here; never block (this may run on
+        // an async thread).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -413,9 +452,8 @@ impl Clock {
     /// Resolves once nothing touched the clock for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
-            let due = self.start
-                + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-                + idle;
+            let due =
+                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
             if Instant::now() >= due {
                 return;
             }
@@ -529,14 +567,15 @@ async fn serve_udp(
             .map(|f| (f.upstream.clone(), f.clock.clone()));
         let (upstream, clock) = match existing {
             Some(x) => x,
-            None => match new_flow(&sock, client, local_ip, &backends, &flows, &config, &stats).await
-            {
-                Some(x) => x,
-                None => {
-                    stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
+            None => {
+                match new_flow(&sock, client, local_ip, &backends, &flows, &config, &stats).await {
+                    Some(x) => x,
+                    None => {
+                        stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                 }
-            },
+            }
         };
         clock.touch();
         if let Err(e) = upstream.send(&buf[..n]).await {

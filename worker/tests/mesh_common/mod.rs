@@ -41,7 +41,9 @@ pub async fn tcp_backend(name: &str, ip: IpAddr) -> TcpBackend {
     let hello = format!("{name}\n");
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let hello = hello.clone();
             tokio::spawn(async move {
                 if s.write_all(hello.as_bytes()).await.is_err() {
@@ -79,7 +81,9 @@ pub async fn udp_backend(name: &str, ip: IpAddr) -> UdpBackend {
     let task = tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
-            let Ok((_, from)) = sock.recv_from(&mut buf).await else { return };
+            let Ok((_, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
             let _ = sock.send_to(n.as_bytes(), from).await;
         }
     });
@@ -136,7 +140,11 @@ where
 pub async fn names(at: SocketAddr, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(which(at).await.unwrap_or_else(|e| panic!("connect {at}: {e}")));
+        out.push(
+            which(at)
+                .await
+                .unwrap_or_else(|e| panic!("connect {at}: {e}")),
+        );
     }
     out
 }
