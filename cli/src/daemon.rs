@@ -228,7 +228,7 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
     };
     let answer = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
-            let (_conn, answer) = net::dial(target, hello).await?;
+            let (_conn, answer) = net::dial_within(target, hello, Duration::from_secs(30)).await?;
             Ok::<_, net::NetError>(answer)
         })
         .await
@@ -260,17 +260,15 @@ struct Sink {
     data_dir: PathBuf,
     state: Arc<RwLock<NodeState>>,
     membership: actix::Addr<membership::Membership>,
-    /// The latest routing mesh, for the MeshProgrammer.
-    mesh: watch::Sender<MeshTable>,
+    /// The MeshProgrammer; tables go to it in the order they arrive, before
+    /// the assignments that follow them (a task leaves the rotation before
+    /// its stop reaches the supervisor).
+    mesh: actix::Addr<MeshProgrammer>,
 }
 
 impl AgentSink for Sink {
     fn mesh(&self, table: MeshTable) {
-        self.mesh.send_if_modified(|t| {
-            let changed = *t != table;
-            *t = table;
-            changed
-        });
+        self.mesh.do_send(SetTable(table));
     }
     fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
         self.supervisor.do_send(Assign { full, tasks, removed });
@@ -409,16 +407,6 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
         print_join_commands(m, &state);
     }
 
-    let (mesh_tx, mut mesh_rx) = watch::channel(MeshTable::default());
-    {
-        let mesh_addr = mesh_addr.clone();
-        actix::spawn(async move {
-            while mesh_rx.changed().await.is_ok() {
-                let table = mesh_rx.borrow_and_update().clone();
-                mesh_addr.do_send(SetTable(table));
-            }
-        });
-    }
 
     // The session with the leader.
     let managers = Arc::new(RwLock::new(if state.managers.is_empty() {
@@ -432,7 +420,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
         data_dir: data_dir.clone(),
         state: shared_state,
         membership,
-        mesh: mesh_tx,
+        mesh: mesh_addr.clone(),
     });
     let agent = Agent { node_id: state.node_id.clone(), managers };
     actix::spawn(agent.run(sink, reports_rx));

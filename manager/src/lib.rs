@@ -50,6 +50,8 @@ pub struct Manager {
     pub status: watch::Receiver<RaftStatus>,
     pub applied: watch::Receiver<u64>,
     pub dispatcher: Addr<Dispatcher>,
+    /// Held while a raft membership change is in flight.
+    pub conf_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Manager {
@@ -72,7 +74,7 @@ impl Manager {
         );
         ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
-        let manager = Manager { raft: addr, store, status, applied, dispatcher };
+        let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default() };
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let m = manager.clone();
         actix::spawn(async move {
@@ -103,8 +105,19 @@ impl Manager {
         let Inbound { hello, conn, peer } = inbound;
         match hello {
             Hello::Join { token, hostname, advertise_addr, protocol } => {
-                join::handle_join(conn, peer, token, hostname, advertise_addr, protocol, self.store.clone(), self.raft.clone())
-                    .await
+                join::handle_join(
+                    conn,
+                    peer,
+                    token,
+                    hostname,
+                    advertise_addr,
+                    protocol,
+                    self.store.clone(),
+                    self.raft.clone(),
+                    self.status.clone(),
+                    self.conf_lock.clone(),
+                )
+                .await
             }
             Hello::Raft { .. } => raft::transport::serve_peer(conn, self.raft.clone()).await,
             Hello::Session { node_id } => self.session(conn, node_id).await,

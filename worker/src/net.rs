@@ -82,6 +82,11 @@ pub async fn send(conn: &mut Conn, frame: Frame) -> Result<(), NetError> {
 /// answer (Welcome, JoinAccepted or Redirect). A `Refused` answer becomes
 /// `NetError::Refused`.
 pub async fn dial(addr: SocketAddr, hello: Hello) -> Result<(Conn, Frame), NetError> {
+    dial_within(addr, hello, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`dial`] with a longer wait for the answer (a join waits for raft).
+pub async fn dial_within(addr: SocketAddr, hello: Hello, limit: Duration) -> Result<(Conn, Frame), NetError> {
     let fut = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -92,9 +97,7 @@ pub async fn dial(addr: SocketAddr, hello: Hello) -> Result<(Conn, Frame), NetEr
             answer => Ok((conn, answer)),
         }
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
-        .await
-        .map_err(|_| NetError::Timeout)?
+    tokio::time::timeout(limit, fut).await.map_err(|_| NetError::Timeout)?
 }
 
 /// A connection whose hello was read, handed to whoever owns that kind.

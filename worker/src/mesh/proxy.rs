@@ -144,27 +144,54 @@ pub struct Proxy {
     /// Where listeners and connections run.
     handle: Handle,
     /// Ours, if `config.threads` asked for one; shut down with the proxy.
-    runtime: Option<Runtime>,
+    runtime: Exec,
+}
+
+/// The runtime a proxy runs on.
+enum Exec {
+    Caller,
+    /// One thread: a current-thread runtime on a thread of its own (no
+    /// work-stealing to pay for), stopped through the sender.
+    Thread(Option<tokio::sync::oneshot::Sender<()>>),
+    Pool(Runtime),
+}
+
+impl Exec {
+    fn start(threads: usize) -> io::Result<(Handle, Exec)> {
+        if threads <= 1 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name("shoal-mesh-proxy".into())
+                .spawn(move || {
+                    let _ = rt.block_on(stopped);
+                    // Dropping the runtime here ends what still runs on it.
+                })?;
+            return Ok((handle, Exec::Thread(Some(stop))));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("shoal-mesh-proxy")
+            .enable_all()
+            .build()?;
+        Ok((rt.handle().clone(), Exec::Pool(rt)))
+    }
 }
 
 impl Proxy {
     /// Serves nothing yet; ports are bound on `addr` as they are opened.
     pub fn new(addr: IpAddr, config: ProxyConfig) -> Self {
-        let own = |threads: usize| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
-                .thread_name("shoal-mesh-proxy")
-                .enable_all()
-                .build()
-        };
         let (handle, runtime) = match (config.threads, Handle::try_current()) {
-            (0, Ok(h)) => (h, None),
-            (n, current) => match own(n) {
-                Ok(rt) => (rt.handle().clone(), Some(rt)),
+            (0, Ok(h)) => (h, Exec::Caller),
+            (n, current) => match Exec::start(n) {
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "mesh proxy: cannot start its own runtime; sharing the caller's");
                     match current {
-                        Ok(h) => (h, None),
+                        Ok(h) => (h, Exec::Caller),
                         Err(_) => panic!("mesh proxy: no runtime to run on: {e}"),
                     }
                 }
@@ -286,8 +313,14 @@ impl Drop for Proxy {
         self.close_all();
         // Connections still open end here; never block (this may run on
         // an async thread).
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+        match std::mem::replace(&mut self.runtime, Exec::Caller) {
+            Exec::Caller => {}
+            Exec::Thread(stop) => {
+                if let Some(stop) = stop {
+                    let _ = stop.send(());
+                }
+            }
+            Exec::Pool(rt) => rt.shutdown_background(),
         }
     }
 }
