@@ -104,6 +104,22 @@ impl Client {
         (found, failed)
     }
 
+    /// DELETEs one resource per key (`rm`), printing each key removed; a
+    /// failure is reported and the others still go. Non-zero if any failed.
+    pub fn delete_each<T: DeserializeOwned>(&self, keys: &[String], path: impl Fn(&str) -> String) -> std::process::ExitCode {
+        let mut code = std::process::ExitCode::SUCCESS;
+        for k in keys {
+            match self.delete::<T>(&path(&seg(k))) {
+                Ok(_) => println!("{k}"),
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    code = std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        code
+    }
+
     /// `inspect`: JSON by default, or each through `pretty`; non-zero if any key failed.
     pub fn inspect<T: DeserializeOwned + Serialize>(
         &self,

@@ -75,17 +75,7 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
             println!("{node}");
         }
         NodeCmd::Rm { force, nodes } => {
-            let mut code = ExitCode::SUCCESS;
-            for n in &nodes {
-                match c.delete::<NodeInfo>(&format!("/v1/nodes/{}?force={force}", seg(n))) {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        code = ExitCode::FAILURE;
-                    }
-                }
-            }
-            return Ok(code);
+            return Ok(c.delete_each::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}?force={force}")));
         }
         NodeCmd::Inspect { nodes, pretty } => {
             return c.inspect::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}"), pretty.then_some(pretty_node as fn(&NodeInfo) -> String));

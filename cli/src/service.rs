@@ -516,17 +516,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             );
         }
         ServiceCmd::Rm { services } => {
-            let mut code = ExitCode::SUCCESS;
-            for s in &services {
-                match c.delete::<ServiceInfo>(&format!("/v1/services/{}", seg(s))) {
-                    Ok(_) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        code = ExitCode::FAILURE;
-                    }
-                }
-            }
-            return Ok(code);
+            return Ok(c.delete_each::<ServiceInfo>(&services, |s| format!("/v1/services/{s}")));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,11 +11,9 @@ use common::task::{Task, TaskState, TaskStatus};
 use common::time::Millis;
 use common::{NodeId, TaskId};
 
-use super::replicated::{evict, lost, prune, Batch, NodeHealth, Params};
-use super::restart::{self, Restart};
-use super::update::{self, Unit};
+use super::replicated::{evict, keep_newest, lost, prune, restart_after, roll, Batch, NodeHealth, Params};
+use super::update::Unit;
 use crate::store::{Service, Store};
-use common::spec::UpdateOrder;
 
 /// Global tasks have no slot; their name is `service.node-id`.
 pub const GLOBAL_SLOT: u64 = 0;
@@ -57,7 +55,8 @@ pub fn reconcile_service(
         list.sort_by_key(|t| (t.created_at, t.id.clone()));
     }
     let order = svc.rollout_config().order;
-    let mut units: Vec<(NodeId, Unit)> = Vec::new();
+    let mut keys: Vec<NodeId> = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
 
     for node in store.nodes.values() {
         let list = by_node.remove(&node.id).unwrap_or_default();
@@ -72,25 +71,12 @@ pub fn reconcile_service(
                 None => active.push(t),
             }
         }
-        if active.len() > 1 {
-            let newest = active[active.len() - 1];
-            if newest.status.state == TaskState::Running || order == UpdateOrder::StopFirst {
-                b.shutdown.extend(active[..active.len() - 1].iter().map(|t| t.id.clone()));
-                active = vec![newest];
-            }
-        }
+        let active = keep_newest(b, active, order);
         if eligible && active.is_empty() {
             match list.last() {
                 // It ended by itself while meant to run: the restart policy decides.
                 Some(latest) if latest.desired_state == TaskState::Running && latest.status.state.is_terminal() => {
-                    match restart::decide(&svc.spec.task.restart, latest, &list, now) {
-                        Restart::Now => {
-                            b.shutdown.push(latest.id.clone());
-                            b.create.push(new_task(svc, &node.id, latest.attempt + 1, now, new_id()));
-                        }
-                        Restart::At(at) => b.wake(at),
-                        Restart::Never => b.shutdown.push(latest.id.clone()),
-                    }
+                    restart_after(b, svc, latest, &list, now, |attempt| new_task(svc, &node.id, attempt, now, new_id()));
                 }
                 // The policy gave up on this node.
                 Some(latest)
@@ -105,7 +91,8 @@ pub fn reconcile_service(
         }
         prune(b, &list, params.history_limit);
         if eligible {
-            units.push((node.id.clone(), Unit { active, all: list }));
+            keys.push(node.id.clone());
+            units.push(Unit { active, all: list });
         }
     }
     // Tasks on nodes no longer in the store.
@@ -117,20 +104,5 @@ pub fn reconcile_service(
         }
     }
 
-    let unit_list: Vec<Unit> = units.iter().map(|(_, u)| Unit { active: u.active.clone(), all: u.all.clone() }).collect();
-    let rollout = update::plan(svc, &unit_list, now);
-    if let Some(at) = rollout.wake_at {
-        b.wake(at);
-    }
-    for i in rollout.start {
-        let (node, unit) = &units[i];
-        let old = unit.active.last().expect("an outdated unit has an active task");
-        if order == UpdateOrder::StopFirst {
-            b.shutdown.push(old.id.clone());
-        }
-        b.create.push(new_task(svc, node, 0, now, new_id()));
-    }
-    if let Some(change) = rollout.status {
-        b.status_change(svc, change, now);
-    }
+    roll(b, svc, &keys, &units, now, |node| new_task(svc, node, 0, now, new_id()));
 }

@@ -137,6 +137,61 @@ pub fn prune(b: &mut Batch, list: &[&Task], limit: usize) {
     b.delete.extend(finished.iter().take(excess).map(|t| t.id.clone()));
 }
 
+/// Several meant-to-run tasks in one unit (slot or node): the newest stays;
+/// the older ones go once it runs (start-first) or at once (stop-first).
+pub fn keep_newest<'a>(b: &mut Batch, active: Vec<&'a Task>, order: UpdateOrder) -> Vec<&'a Task> {
+    match active.split_last() {
+        Some((newest, older)) if !older.is_empty() => {
+            if newest.status.state == TaskState::Running || order == UpdateOrder::StopFirst {
+                b.shutdown.extend(older.iter().map(|t| t.id.clone()));
+                vec![*newest]
+            } else {
+                active
+            }
+        }
+        _ => active,
+    }
+}
+
+/// A unit's newest task ended while meant to run: the restart policy says
+/// when `successor(attempt)` replaces it.
+pub fn restart_after(
+    b: &mut Batch,
+    svc: &Service,
+    latest: &Task,
+    history: &[&Task],
+    now: Millis,
+    successor: impl FnOnce(u64) -> Task,
+) {
+    match restart::decide(&svc.spec.task.restart, latest, history, now) {
+        Restart::Now => {
+            b.shutdown.push(latest.id.clone());
+            b.create.push(successor(latest.attempt + 1));
+        }
+        Restart::At(at) => b.wake(at),
+        Restart::Never => b.shutdown.push(latest.id.clone()),
+    }
+}
+
+/// Runs the rolling-update planner over the units and carries out its step;
+/// `fresh(key)` makes a unit's task on the current template.
+pub fn roll<K>(b: &mut Batch, svc: &Service, keys: &[K], units: &[Unit], now: Millis, mut fresh: impl FnMut(&K) -> Task) {
+    let rollout = update::plan(svc, units, now);
+    if let Some(at) = rollout.wake_at {
+        b.wake(at);
+    }
+    for i in rollout.start {
+        let old = units[i].active.last().expect("an outdated unit has an active task");
+        if svc.rollout_config().order == UpdateOrder::StopFirst {
+            b.shutdown.push(old.id.clone());
+        }
+        b.create.push(fresh(&keys[i]));
+    }
+    if let Some(change) = rollout.status {
+        b.status_change(svc, change, now);
+    }
+}
+
 /// The commands that move every replicated service toward its spec.
 pub fn reconcile(
     store: &Store,
@@ -225,7 +280,8 @@ fn reconcile_service(
     }
 
     let order = svc.rollout_config().order;
-    let mut units: Vec<(u64, Unit)> = Vec::new();
+    let mut keys: Vec<u64> = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
     for (slot, list) in &slots {
         let mut active: Vec<&Task> = Vec::new();
         let mut evicted = false;
@@ -238,51 +294,21 @@ fn reconcile_service(
                 None => active.push(t),
             }
         }
-        if active.len() > 1 {
-            // Never two meant-to-run tasks in a slot for long: the newest
-            // stays; older ones go once it runs (start-first) or at once.
-            let newest = active[active.len() - 1];
-            if newest.status.state == TaskState::Running || order == UpdateOrder::StopFirst {
-                b.shutdown.extend(active[..active.len() - 1].iter().map(|t| t.id.clone()));
-                active = vec![newest];
-            }
-        }
+        let active = keep_newest(b, active, order);
         if active.is_empty() {
             let latest = list.last().expect("a slot has at least one task");
             if evicted {
                 // Lost with its node: replaced now, no restart delay.
                 b.create.push(new_task(svc, *slot, latest.attempt, now, new_id()));
             } else if latest.desired_state == TaskState::Running && latest.status.state.is_terminal() {
-                match restart::decide(&svc.spec.task.restart, latest, list, now) {
-                    Restart::Now => {
-                        b.shutdown.push(latest.id.clone());
-                        b.create.push(new_task(svc, *slot, latest.attempt + 1, now, new_id()));
-                    }
-                    Restart::At(at) => b.wake(at),
-                    Restart::Never => b.shutdown.push(latest.id.clone()),
-                }
+                restart_after(b, svc, latest, list, now, |attempt| new_task(svc, *slot, attempt, now, new_id()));
             }
         }
         prune(b, list, params.history_limit);
-        units.push((*slot, Unit { active, all: list.clone() }));
+        keys.push(*slot);
+        units.push(Unit { active, all: list.clone() });
     }
-
-    let unit_list: Vec<Unit> = units.iter().map(|(_, u)| Unit { active: u.active.clone(), all: u.all.clone() }).collect();
-    let rollout = update::plan(svc, &unit_list, now);
-    if let Some(at) = rollout.wake_at {
-        b.wake(at);
-    }
-    for i in rollout.start {
-        let (slot, unit) = &units[i];
-        let old = unit.active.last().expect("an outdated unit has an active task");
-        if order == UpdateOrder::StopFirst {
-            b.shutdown.push(old.id.clone());
-        }
-        b.create.push(new_task(svc, *slot, 0, now, new_id()));
-    }
-    if let Some(change) = rollout.status {
-        b.status_change(svc, change, now);
-    }
+    roll(b, svc, &keys, &units, now, |slot| new_task(svc, *slot, 0, now, new_id()));
 }
 
 #[cfg(test)]
