@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use common::mesh::MeshTable;
+use common::mesh::{MeshFailure, MeshTable};
 use common::node::{Node, Role};
 use common::task::{Task, TaskStatusUpdate};
 use common::time::now_ms;
@@ -68,10 +68,19 @@ pub struct DaemonArgs {
     /// Raft entries between snapshots (log compaction).
     #[arg(long, default_value_t = 10_000, hide = true)]
     snapshot_interval: u64,
-    /// Routing-mesh data path: `kernel` (nftables DNAT; needs root and nft)
-    /// or `userspace` (a proxy in this process; no privileges).
-    #[arg(long, default_value = "kernel")]
-    mesh: DataPath,
+    /// Routing-mesh data path: `kernel` (nftables DNAT; needs root and nft),
+    /// `userspace` (a proxy in this process; no privileges), or `auto`
+    /// (kernel where it works, else userspace, with a warning).
+    #[arg(long, default_value = "auto", value_parser = parse_mesh)]
+    mesh: Option<DataPath>,
+}
+
+/// `auto` is `None`: decided at start by what works here.
+fn parse_mesh(s: &str) -> Result<Option<DataPath>, String> {
+    match s {
+        "auto" => Ok(None),
+        other => other.parse().map(Some).map_err(|e: String| format!("{e} (or auto)")),
+    }
 }
 
 /// What a node remembers about itself between restarts.
@@ -324,7 +333,7 @@ async fn wait_for_signal() {
 
 struct RunOptions {
     snapshot_interval: u64,
-    mesh: DataPath,
+    mesh: Option<DataPath>,
 }
 
 async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: RunOptions) -> Result<()> {
@@ -339,10 +348,11 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
             .map_err(|e| anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)"))?
             .publish_on(state.advertise_addr),
     );
-    mesh::preflight(opts.mesh, &state.node_id, state.advertise_addr)
-        .await
-        .map_err(|e| anyhow!("cannot use the {} routing mesh: {e}", opts.mesh))?;
-    let (programmer, _mesh_status) = MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, opts.mesh));
+    let data_path = mesh::choose(opts.mesh, &state.node_id, state.advertise_addr).await.map_err(|e| {
+        let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
+        anyhow!("cannot use the {which} routing mesh: {e}")
+    })?;
+    let (programmer, mut mesh_status) = MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, data_path));
     let mesh_addr = actix::Actor::start(programmer);
 
     // Gossip: who is alive.
@@ -422,8 +432,30 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
         membership,
         mesh: mesh_addr.clone(),
     });
+    // What the mesh cannot serve, for the managers to show.
+    let (failures_tx, failures_rx) = watch::channel(Vec::new());
+    actix::spawn(async move {
+        while mesh_status.changed().await.is_ok() {
+            let list: Vec<MeshFailure> = mesh_status
+                .borrow_and_update()
+                .failures
+                .iter()
+                .map(|f| MeshFailure {
+                    service_name: f.service.clone(),
+                    protocol: f.port.protocol,
+                    published: f.port.port,
+                    error: f.error.to_string(),
+                })
+                .collect();
+            failures_tx.send_if_modified(|old| {
+                let changed = *old != list;
+                *old = list;
+                changed
+            });
+        }
+    });
     let agent = Agent { node_id: state.node_id.clone(), managers };
-    actix::spawn(agent.run(sink, reports_rx));
+    actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
     let server = api::serve(
         state.api_addr,

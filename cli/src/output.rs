@@ -593,6 +593,7 @@ mod tests {
             desired,
             update_status: None,
             previous_spec: None,
+            mesh_errors: vec![],
         }
     }
 

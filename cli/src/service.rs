@@ -598,6 +598,9 @@ fn pretty_service(s: &ServiceInfo) -> String {
             ));
         }
     }
+    for e in &s.mesh_errors {
+        out.push_str(&format!("Mesh error:\t{e}\n"));
+    }
     out.push_str(&format!("Running:\t{}/{}\n", s.running, s.desired));
     out
 }

@@ -94,6 +94,10 @@ pub struct ServiceInfo {
     /// The spec before the last update (what `service rollback` restores).
     #[serde(default)]
     pub previous_spec: Option<ServiceSpec>,
+    /// Published ports some node cannot serve: `node2: published port …`.
+    /// Known to the leader only; empty elsewhere.
+    #[serde(default)]
+    pub mesh_errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

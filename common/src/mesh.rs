@@ -175,6 +175,16 @@ pub struct MeshEntry {
     pub backends: Vec<SocketAddr>,
 }
 
+/// A published port a node cannot serve (another process holds it), as the
+/// node reports it to the managers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshFailure {
+    pub service_name: String,
+    pub protocol: Protocol,
+    pub published: u16,
+    pub error: String,
+}
+
 /// The whole routing mesh, as every node should program it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshTable {

@@ -16,7 +16,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId};
-use crate::mesh::MeshTable;
+use crate::mesh::{MeshFailure, MeshTable};
 use crate::node::Role;
 use crate::task::{Task, TaskStatusUpdate};
 
@@ -106,6 +106,9 @@ pub enum Frame {
     /// (before the assignments that stop tasks, so a task leaves the
     /// rotation before it is stopped).
     Mesh(MeshTable),
+    /// Node → dispatcher: the published ports this node cannot serve (the
+    /// whole list, sent when it changes).
+    MeshStatus(Vec<MeshFailure>),
 }
 
 #[derive(Debug, thiserror::Error)]

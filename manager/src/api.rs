@@ -23,6 +23,7 @@ use worker::metrics::metrics;
 use worker::net;
 
 use crate::control::LiveNodes;
+use crate::dispatcher::GetMeshFailures;
 use crate::raft::{Propose, ProposeError};
 use crate::store::{Command, Service, Store, StoreError};
 use crate::Manager;
@@ -125,6 +126,7 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         desired,
         update_status: svc.update_status.clone(),
         previous_spec: svc.previous_spec.clone(),
+        mesh_errors: vec![],
     }
 }
 
@@ -199,7 +201,17 @@ fn find_service(m: &Manager, key: &str) -> Result<Service> {
 async fn get_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
-    let info = service_info(&m.store.read(), &svc);
+    let mut info = service_info(&m.store.read(), &svc);
+    // The leader hears from every node what it cannot serve.
+    if let Ok(failures) = m.dispatcher.send(GetMeshFailures).await {
+        let store = m.store.read();
+        for (node, list) in failures {
+            let host = store.nodes.get(&node).map(|n| n.hostname.clone()).unwrap_or_else(|| node.to_string());
+            for f in list.iter().filter(|f| f.service_name == svc.spec.name) {
+                info.mesh_errors.push(format!("{host}: {}", f.error));
+            }
+        }
+    }
     Ok(HttpResponse::Ok().json(info))
 }
 

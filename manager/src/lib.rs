@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use worker::net::{self, Inbound};
 
 use control::{ControlLoop, LiveNodes};
-use dispatcher::{Dispatcher, Register, Reports, Unregister};
+use dispatcher::{Dispatcher, MeshReport, Register, Reports, Unregister};
 use raft::{RaftHandles, RaftLog, RaftOptions, RaftStatus, SharedStore};
 
 pub struct ManagerConfig<'a> {
@@ -151,6 +151,7 @@ impl Manager {
             while let Some(frame) = stream.next().await {
                 match frame? {
                     Frame::Status(updates) => self.dispatcher.do_send(Reports { node: node.clone(), updates }),
+                    Frame::MeshStatus(failures) => self.dispatcher.do_send(MeshReport { node: node.clone(), failures }),
                     Frame::Heartbeat => {}
                     other => {
                         return Err(net::NetError::Unexpected(format!("{other:?}").chars().take(60).collect()));

@@ -230,15 +230,27 @@ fn bad_publishes_are_refused_clearly() {
     c.shoal_ok(&["service", "create", "--name", "clash", "--publish", "8095:80", busybox_image(), "sh", "-c", HOSTNAME_HTTPD]);
     let served = SocketAddr::new(c.addr(1).into(), 8095);
     wait_round_robin(&c, "clash", served, 2);
-    wait_for(CONVERGE, "node2 reports the port it cannot serve", || {
-        let log = std::fs::read_to_string(c.log_path(2)).unwrap_or_default();
-        if log.contains("8095") && log.contains("already in use") {
+    let mesh_errors = || c.shoal_json(&["service", "inspect", "clash"])[0]["mesh_errors"].clone();
+    wait_for(CONVERGE, "service inspect shows the port node2 cannot serve", || {
+        let errors = mesh_errors();
+        let text = errors.to_string();
+        if text.contains("node2: published port 8095/tcp cannot be served on this node") && text.contains("already in use") {
             Ok(())
         } else {
-            Err("not yet".to_string())
+            Err(text)
         }
     });
+    let pretty = c.shoal_ok(&["service", "inspect", "--pretty", "clash"]);
+    assert!(pretty.contains("Mesh error:\tnode2: published port 8095/tcp"), "{pretty}");
     drop(taken);
-    // Once free, node2 serves it too.
+    // Once free, node2 serves it too, and the error is gone.
     wait_round_robin(&c, "clash", SocketAddr::new(c.addr(2).into(), 8095), 2);
+    wait_for(CONVERGE, "the mesh error cleared", || {
+        let errors = mesh_errors();
+        if errors.as_array().is_some_and(|a| a.is_empty()) {
+            Ok(())
+        } else {
+            Err(errors.to_string())
+        }
+    });
 }

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mesh::MeshTable;
+use common::mesh::{MeshFailure, MeshTable};
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, Hello, PeerInfo};
 use common::{NodeId, TaskId};
 use futures::{SinkExt, StreamExt};
 use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::net::{self, NetError};
 
@@ -36,7 +36,12 @@ pub struct Agent {
 
 impl Agent {
     /// Runs forever: sessions, one after the other.
-    pub async fn run(self, sink: Arc<dyn AgentSink>, mut reports: mpsc::UnboundedReceiver<TaskStatusUpdate>) {
+    pub async fn run(
+        self,
+        sink: Arc<dyn AgentSink>,
+        mut reports: mpsc::UnboundedReceiver<TaskStatusUpdate>,
+        mut mesh_status: watch::Receiver<Vec<MeshFailure>>,
+    ) {
         let mut next: Option<SocketAddr> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -50,7 +55,7 @@ impl Agent {
                     Ok((conn, Frame::Welcome)) => {
                         tracing::info!(manager = %addr, "session with the leader opened");
                         backoff = Duration::from_millis(100);
-                        let r = self.session(conn, &sink, &mut reports).await;
+                        let r = self.session(conn, &sink, &mut reports, &mut mesh_status).await;
                         tracing::warn!(manager = %addr, result = ?r.err(), "session with the leader ended");
                         progressed = true;
                         break;
@@ -81,8 +86,14 @@ impl Agent {
         conn: net::Conn,
         sink: &Arc<dyn AgentSink>,
         reports: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
+        mesh_status: &mut watch::Receiver<Vec<MeshFailure>>,
     ) -> Result<(), NetError> {
         let (mut tx, mut rx) = conn.split();
+        // Each new leader hears what this node cannot serve.
+        let now = mesh_status.borrow_and_update().clone();
+        if !now.is_empty() {
+            tx.send(Frame::MeshStatus(now)).await?;
+        }
         loop {
             tokio::select! {
                 frame = tokio::time::timeout(SESSION_TIMEOUT, rx.next()) => {
@@ -99,6 +110,15 @@ impl Agent {
                         Frame::Mesh(table) => sink.mesh(table),
                         Frame::Heartbeat => tx.send(Frame::Heartbeat).await?,
                         other => tracing::debug!(frame = ?other, "unexpected frame in session"),
+                    }
+                }
+                changed = mesh_status.changed() => {
+                    if changed.is_ok() {
+                        let now = mesh_status.borrow_and_update().clone();
+                        tx.send(Frame::MeshStatus(now)).await?;
+                    } else {
+                        // The mesh programmer is gone; nothing more to report.
+                        std::future::pending::<()>().await;
                     }
                 }
                 report = reports.recv() => {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use common::mesh::MeshTable;
+use common::mesh::{MeshFailure, MeshTable};
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, PeerInfo};
 use common::{NodeId, TaskId};
@@ -42,6 +42,8 @@ pub struct Dispatcher {
     reports: Vec<TaskStatusUpdate>,
     flush_queued: bool,
     mesh: MeshTable,
+    /// Published ports each node reports it cannot serve.
+    mesh_failures: BTreeMap<NodeId, Vec<MeshFailure>>,
     metrics: ActorMetrics,
 }
 
@@ -56,6 +58,7 @@ impl Dispatcher {
             reports: Vec::new(),
             flush_queued: false,
             mesh: MeshTable::default(),
+            mesh_failures: BTreeMap::new(),
             metrics: metrics().actor("dispatcher"),
         }
         .start();
@@ -241,5 +244,39 @@ impl Handler<Reports> for Dispatcher {
             ctx.run_later(BATCH_WINDOW, |this, _| this.flush());
         }
         self.metrics.handled(started, true);
+    }
+}
+
+/// A node's list of published ports it cannot serve.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MeshReport {
+    pub node: NodeId,
+    pub failures: Vec<MeshFailure>,
+}
+
+impl Handler<MeshReport> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: MeshReport, _: &mut Context<Self>) {
+        for f in &msg.failures {
+            tracing::warn!(node = %msg.node, service = %f.service_name, port = f.published, error = %f.error, "node cannot serve a published port");
+        }
+        if msg.failures.is_empty() {
+            self.mesh_failures.remove(&msg.node);
+        } else {
+            self.mesh_failures.insert(msg.node, msg.failures);
+        }
+    }
+}
+
+/// What every node reported it cannot serve.
+#[derive(Message)]
+#[rtype(result = "BTreeMap<NodeId, Vec<MeshFailure>>")]
+pub struct GetMeshFailures;
+
+impl Handler<GetMeshFailures> for Dispatcher {
+    type Result = MessageResult<GetMeshFailures>;
+    fn handle(&mut self, _: GetMeshFailures, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.mesh_failures.clone())
     }
 }
