@@ -71,15 +71,21 @@ pub struct DaemonArgs {
     /// Routing-mesh data path: `kernel` (nftables DNAT; needs root and nft),
     /// `userspace` (a proxy in this process; no privileges), or `auto`
     /// (kernel where it works, else userspace, with a warning).
-    #[arg(long, default_value = "auto", value_parser = parse_mesh)]
-    mesh: Option<DataPath>,
+    #[arg(long, default_value = "auto")]
+    mesh: MeshChoice,
 }
 
-/// `auto` is `None`: decided at start by what works here.
-fn parse_mesh(s: &str) -> Result<Option<DataPath>, String> {
-    match s {
-        "auto" => Ok(None),
-        other => other.parse().map(Some).map_err(|e: String| format!("{e} (or auto)")),
+/// `--mesh`: a data path, or `auto` (decided at start by what works here).
+#[derive(Clone, Copy, Debug)]
+pub struct MeshChoice(Option<DataPath>);
+
+impl std::str::FromStr for MeshChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(MeshChoice(None)),
+            other => other.parse().map(|p| MeshChoice(Some(p))).map_err(|e: String| format!("{e} (or auto)")),
+        }
     }
 }
 
@@ -172,7 +178,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         ),
     };
     let data_dir = args.data_dir.clone();
-    let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh };
+    let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0 };
     actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, opts))?;
     Ok(ExitCode::SUCCESS)
 }
