@@ -78,3 +78,33 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag is read back, defaults included: a type mismatch between a
+    /// flag's parser and its field only shows when the value is taken.
+    #[test]
+    fn daemon_and_service_flags_parse_with_their_defaults() {
+        for args in [
+            vec!["shoal", "daemon", "--init", "--advertise-addr", "127.0.0.11"],
+            vec!["shoal", "daemon", "--data-dir", "/x", "--mesh", "userspace"],
+            vec!["shoal", "service", "create", "--name", "a", "-p", "80", "img", "ping", "-c", "1", "127.0.0.1"],
+            vec!["shoal", "service", "update", "--update-parallelism", "2", "--rollback-delay", "1s", "--force", "a"],
+            vec!["shoal", "service", "create", "--detach=false", "--replicas", "-1", "img"],
+            vec!["shoal", "node", "update", "--availability", "drain", "n1"],
+            vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
+        ] {
+            Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        assert!(Cli::try_parse_from(["shoal", "daemon", "--mesh", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "daemon", "--init", "--join", "1.2.3.4:4242", "--token", "t"]).is_err());
+    }
+}

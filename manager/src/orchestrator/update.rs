@@ -141,3 +141,106 @@ pub fn plan(svc: &Service, units: &[Unit], now: Millis) -> Rollout {
     out.status = Some(StatusChange::Set(UpdateStatus { state, started_at: since, completed_at: Some(now), message }));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::spec::{Ratio, ServiceSpec, TaskTemplate};
+    use common::task::TaskStatus;
+
+    fn task(id: &str, image: &str, state: TaskState, created_at: Millis, at: Millis) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s".into(),
+            service_name: "s".into(),
+            slot: 1,
+            node_id: Some("n".into()),
+            spec: TaskTemplate::new(image),
+            desired_state: if state.is_terminal() { TaskState::Shutdown } else { TaskState::Running },
+            status: TaskStatus::new(state, at, ""),
+            created_at,
+            attempt: 0,
+        }
+    }
+
+    fn service(parallelism: u64, ratio: f64, action: FailureAction) -> Service {
+        let mut spec = ServiceSpec::new("s", 4, TaskTemplate::new("new"));
+        spec.update.parallelism = parallelism;
+        spec.update.max_failure_ratio = Ratio(ratio);
+        spec.update.failure_action = action;
+        spec.update.delay_ms = 1_000;
+        spec.update.monitor_ms = 500;
+        let mut svc = Service::new("s".into(), spec, 0);
+        svc.update_status =
+            Some(UpdateStatus { state: UpdateState::Updating, started_at: 100, completed_at: None, message: String::new() });
+        svc
+    }
+
+    /// Four slots: `new_running` of them already updated (running since 200),
+    /// `failed` of them whose new task failed, the rest on the old image.
+    fn plan_for(svc: &Service, new_running: usize, failed: usize, now: Millis) -> Rollout {
+        let mut owned: Vec<Vec<Task>> = Vec::new();
+        for i in 0..4 {
+            let t = if i < new_running {
+                vec![task(&format!("n{i}"), "new", TaskState::Running, 150, 200)]
+            } else if i < new_running + failed {
+                vec![task(&format!("f{i}"), "new", TaskState::Failed, 150, 180)]
+            } else {
+                vec![task(&format!("o{i}"), "old", TaskState::Running, 0, 10)]
+            };
+            owned.push(t);
+        }
+        let units: Vec<Unit> = owned
+            .iter()
+            .map(|ts| Unit { active: ts.iter().filter(|t| t.is_active()).collect(), all: ts.iter().collect() })
+            .collect();
+        plan(svc, &units, now)
+    }
+
+    #[test]
+    fn which_units_go_next() {
+        let svc = service(2, 0.0, FailureAction::Pause);
+        // Nothing updated yet: the first two old slots start now.
+        assert_eq!(plan_for(&svc, 0, 0, 150).start, vec![0, 1]);
+        // One batch up since 200: the next waits for the delay.
+        let r = plan_for(&svc, 2, 0, 500);
+        assert_eq!((r.start.clone(), r.wake_at), (vec![], Some(1_200)));
+        assert_eq!(plan_for(&svc, 2, 0, 1_200).start, vec![2, 3]);
+        // All updated: done once the monitor has passed.
+        assert_eq!(plan_for(&svc, 4, 0, 600).wake_at, Some(700));
+        let done = plan_for(&svc, 4, 0, 700).status;
+        assert!(matches!(done, Some(StatusChange::Set(UpdateStatus { state: UpdateState::Completed, .. }))));
+        // Parallelism 0: everything at once.
+        assert_eq!(plan_for(&service(0, 0.0, FailureAction::Pause), 0, 0, 150).start, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn failures_against_the_ratio_and_the_action() {
+        for (ratio, action, failed, want) in [
+            (0.0, FailureAction::Pause, 1, Some("paused")),
+            (0.0, FailureAction::Rollback, 1, Some("rollback")),
+            (0.0, FailureAction::Continue, 1, None),
+            // 25 % of 4 slots tolerates one failure, not two.
+            (0.25, FailureAction::Pause, 1, None),
+            (0.25, FailureAction::Pause, 2, Some("paused")),
+        ] {
+            let r = plan_for(&service(1, ratio, action), 0, failed, 1_500);
+            let got = match &r.status {
+                Some(StatusChange::Set(s)) if s.state == UpdateState::Paused => {
+                    assert!(s.message.starts_with("update paused due to failure or early termination of task f"), "{}", s.message);
+                    Some("paused")
+                }
+                Some(StatusChange::Rollback { reason }) => {
+                    assert!(reason.starts_with("update rolled back due to failure"), "{reason}");
+                    Some("rollback")
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => None,
+            };
+            assert_eq!(got, want, "ratio {ratio}, {action:?}, {failed} failed");
+            if want.is_none() {
+                assert!(!r.start.is_empty(), "the update goes on");
+            }
+        }
+    }
+}
