@@ -18,13 +18,21 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
 fi
 bash deploy/build-image.sh
 cargo build --release -p cli
-bash deploy/cluster.sh up "$NODES"
+# Already up (a second run): keep it.
+if ! target/release/shoal -H 127.0.0.11:4243 node ls >/dev/null 2>&1; then
+  bash deploy/cluster.sh up "$NODES"
+fi
 
 BIN=target/release/shoal
 export SHOAL_HOST=127.0.0.11:4243
 "$BIN" node ls
 if ! "$BIN" service inspect demo >/dev/null 2>&1; then
   "$BIN" service create --name demo --replicas 6 shoal/busybox:latest ping 127.0.0.1
+fi
+# A published service: port 8080 answers on every node, round robin over its tasks.
+if ! "$BIN" service inspect web >/dev/null 2>&1; then
+  "$BIN" service create --name web --replicas 3 --publish 8080:80 shoal/busybox:latest \
+    sh -c 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www'
 fi
 "$BIN" service ps demo
 cat <<MSG
@@ -33,7 +41,8 @@ The cluster is up: node1 (manager) at 127.0.0.11, workers at 127.0.0.12-$((10 + 
 Try:
   export SHOAL_HOST=127.0.0.11:4243
   $BIN service logs demo --tail 2
+  for i in 1 2 3; do curl -s 127.0.0.13:8080; done     # the routing mesh: three task hostnames
   $BIN service scale demo=9
-  $BIN service rm demo
+  $BIN service rm demo web
   deploy/cluster.sh down        # stop the nodes and remove their containers
 MSG

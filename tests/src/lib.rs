@@ -1172,6 +1172,15 @@ impl Drop for Cluster {
             ]);
             let ids: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
             docker_rm_force(&ids);
+            // A node killed with SIGKILL could not remove its routing-mesh
+            // table (`ip shoal_<first 12 of its id>`); nothing else may.
+            if id.len() >= 12 {
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "ip", &format!("shoal_{}", &id[..12])])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
         if failing {
             self.print_logs();
