@@ -261,10 +261,18 @@ fn a_dead_worker_loses_its_tasks_to_the_others_and_cleans_up_when_back() {
     let orphaned = tasks(&c, "web").into_iter().filter(|t| task_state(t) == "orphaned").count();
     assert_eq!(orphaned, 2);
 
-    // Back: its stale containers stop; exactly one running task per slot.
+    // Back: its stale containers are stopped and removed; exactly one
+    // running task per slot.
     c.restart_node(3);
     c.wait_nodes_ready(&[1, 2, 3], CONVERGE);
-    wait_counts(&c, "web", &[(3, 0)]);
+    wait_for(CONVERGE, "node3's stale containers gone from Docker", || {
+        let left = c.node_containers(3).len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} containers"))
+        }
+    });
     let running = running_tasks(&c.service_tasks("web"));
     let slots: BTreeSet<u64> = running.iter().map(|t| t["slot"].as_u64().unwrap()).collect();
     assert_eq!(slots, (1..=6).collect::<BTreeSet<u64>>());

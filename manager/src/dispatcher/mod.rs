@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use common::mesh::{MeshFailure, MeshTable};
-use common::task::{Task, TaskStatusUpdate};
+use common::task::{Task, TaskState, TaskStatusUpdate};
 use common::wire::{Frame, PeerInfo};
 use common::{NodeId, TaskId};
 use tokio::sync::{mpsc, watch};
@@ -89,6 +89,12 @@ impl Dispatcher {
         let store = self.store.read();
         let mut by_node: BTreeMap<&NodeId, BTreeMap<TaskId, Task>> = BTreeMap::new();
         for t in store.tasks.values() {
+            // An ORPHANED task was given up with its node: the node no
+            // longer holds it, so on its return it stops and removes the
+            // container. The task stays in the store's history.
+            if t.status.state == TaskState::Orphaned {
+                continue;
+            }
             if let Some(n) = &t.node_id {
                 by_node.entry(n).or_default().insert(t.id.clone(), t.clone());
             }
