@@ -8,6 +8,7 @@
 
 mod client;
 mod daemon;
+mod events;
 mod node;
 mod output;
 mod progress;
@@ -39,6 +40,18 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Stream cluster events (services, tasks, nodes) as they happen.
+    Events {
+        /// Replay kept events since this time: a duration ago (`10m`), RFC 3339, or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// type=service|task|node (repeatable)
+        #[arg(short, long)]
+        filter: Vec<String>,
+        /// `json` for one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Manage nodes.
     #[command(subcommand)]
     Node(node::NodeCmd),
@@ -68,6 +81,7 @@ fn main() -> ExitCode {
         }
         Command::JoinToken { role, quiet } => node::join_token(&client::Client::new(&cli.host), &role, quiet),
         Command::Node(cmd) => node::run(&client::Client::new(&cli.host), cmd),
+        Command::Events { since, filter, format } => events::run(&client::Client::new(&cli.host), since, filter, format),
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
     };
     match result {
@@ -100,6 +114,7 @@ mod tests {
             vec!["shoal", "service", "update", "--update-parallelism", "2", "--rollback-delay", "1s", "--force", "a"],
             vec!["shoal", "service", "create", "--detach=false", "--replicas", "-1", "img"],
             vec!["shoal", "node", "update", "--availability", "drain", "n1"],
+            vec!["shoal", "events", "--since", "10m", "--filter", "type=task", "--format", "json"],
             vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -17,6 +17,7 @@
 //! | DELETE | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |
 //! | GET | `/v1/services/{id-or-name}/tasks` | → `[TaskInfo]` |
 //! | GET | `/v1/services/{id-or-name}/logs?follow&tail=N` | → NDJSON of [`LogEntry`] |
+//! | GET | `/v1/events?since=MS&type=service,task,node` | → NDJSON of [`Event`], kept then live |
 //! | GET | `/metrics` | → Prometheus text |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
@@ -118,6 +119,29 @@ pub struct LogEntry {
     pub node: String,
     pub timestamp: String,
     pub line: String,
+}
+
+/// One cluster event, as `shoal events` and the web view receive them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increases by one per event on the manager that serves the stream.
+    pub seq: u64,
+    pub time: Millis,
+    /// `service`, `task` or `node`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// service: create/update/rollback/remove; node: create/update/remove/up/down;
+    /// task: its new state (`running`, `failed`, …) or `remove`.
+    pub action: String,
+    pub id: String,
+    /// Service name, task name (`web.1`), node hostname.
+    pub name: String,
+    /// For a task: the hostname of its node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Extra words: a task's error, a node's availability, an update's state.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// `service update` flags; absent fields leave the spec as it is.

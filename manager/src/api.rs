@@ -451,6 +451,63 @@ async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web
     Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(body))
 }
 
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Milliseconds since the epoch: replay kept events from then on.
+    since: Option<u64>,
+    /// `service`, `task` or `node` (comma-separated for several).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// NDJSON of `Event`: the kept ones from `since`, then live ones as they happen.
+async fn events(state: web::Data<ApiState>, q: web::Query<EventsQuery>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let kinds: Option<Vec<String>> = q.kind.as_ref().map(|k| k.split(',').map(|s| s.trim().to_string()).collect());
+    if let Some(bad) = kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node")) {
+        return Err(Error::new(StatusCode::BAD_REQUEST, format!("invalid event type {bad:?}: expected service, task or node")));
+    }
+    let wanted = move |e: &common::api::Event| kinds.as_ref().is_none_or(|k| k.contains(&e.kind));
+    let (past, mut rx) = m.events.since(q.since);
+    let line = |e: &common::api::Event| {
+        let mut v = serde_json::to_vec(e).unwrap_or_default();
+        v.push(b'\n');
+        web::Bytes::from(v)
+    };
+    let last_seq = past.last().map(|e| e.seq).unwrap_or(0);
+    let past: Vec<web::Bytes> = past.iter().filter(|e| wanted(e)).map(line).collect();
+    let live = async_stream(move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.seq > last_seq && wanted(&e) => {
+                    if tx.send(line(&e)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "an events reader fell behind");
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let stream = futures::stream::iter(past).chain(live).map(Ok::<_, actix_web::Error>);
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(stream))
+}
+
+/// A stream fed by a task writing into a channel (ends when the task does
+/// or the reader goes away).
+fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = web::Bytes>
+where
+    F: FnOnce(mpsc::Sender<web::Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(256);
+    actix_web::rt::spawn(f(tx));
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
     let m = metrics();
     m.gauge("shoal_gossip_live_members", "nodes seen alive through gossip").set(state.live.borrow().len() as i64);
@@ -492,6 +549,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/nodes/{key}", web::delete().to(remove_node))
         .route("/v1/nodes/{key}/update", web::post().to(update_node))
         .route("/v1/join-tokens", web::get().to(join_tokens))
+        .route("/v1/events", web::get().to(events))
         .route("/v1/services", web::get().to(list_services))
         .route("/v1/services", web::post().to(create_service))
         .route("/v1/services/{key}", web::get().to(get_service))

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod control;
 pub mod dispatcher;
+pub mod events;
 pub mod join;
 pub mod mesh;
 pub mod orchestrator;
@@ -52,6 +53,7 @@ pub struct Manager {
     pub dispatcher: Addr<Dispatcher>,
     /// Held while a raft membership change is in flight.
     pub conf_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    pub events: std::sync::Arc<events::EventHub>,
 }
 
 impl Manager {
@@ -59,11 +61,30 @@ impl Manager {
     /// the cluster-port router hands manager connections to.
     pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::UnboundedSender<Inbound>), String> {
         let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers);
+        let hub = events::EventHub::new();
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
             &cfg.data_dir.join("raft"),
-            RaftOptions { raft_id: cfg.raft_id, bootstrap: cfg.bootstrap, compact_every: cfg.compact_every },
+            RaftOptions {
+                raft_id: cfg.raft_id,
+                bootstrap: cfg.bootstrap,
+                compact_every: cfg.compact_every,
+                events: hub.clone(),
+            },
             transport,
         )?;
+        // Nodes coming and going, as this manager's gossip sees them.
+        {
+            let (hub, store, mut live) = (hub.clone(), store.clone(), cfg.live.clone());
+            actix::spawn(async move {
+                let mut before = live.borrow_and_update().clone();
+                while live.changed().await.is_ok() {
+                    let after = live.borrow_and_update().clone();
+                    let evs = events::liveness_events(&before, &after, &store.read(), common::time::now_ms());
+                    hub.publish(evs);
+                    before = after;
+                }
+            });
+        }
         ControlLoop::start(
             orchestrator::Orchestrator::default(),
             addr.clone(),
@@ -74,7 +95,7 @@ impl Manager {
         );
         ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
-        let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default() };
+        let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub };
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let m = manager.clone();
         actix::spawn(async move {

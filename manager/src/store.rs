@@ -121,6 +121,18 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
 }
 
+/// What one applied command changed, for the events stream. Removals carry
+/// the names, which the store no longer has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Service { id: ServiceId, action: &'static str },
+    ServiceRemoved { id: ServiceId, name: String },
+    Task { id: TaskId },
+    TaskRemoved { id: TaskId, name: String, node: Option<NodeId> },
+    Node { id: NodeId, action: &'static str },
+    NodeRemoved { id: NodeId, hostname: String },
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Store {
     pub cluster: ClusterInfo,
@@ -142,6 +154,12 @@ impl Store {
     }
 
     pub fn apply(&mut self, cmd: Command) -> Result<(), StoreError> {
+        self.apply_recording(cmd, &mut Vec::new())
+    }
+
+    /// [`Store::apply`], noting in `changes` what changed (for the events
+    /// stream): the same on every manager, since apply is deterministic.
+    pub fn apply_recording(&mut self, cmd: Command, changes: &mut Vec<Change>) -> Result<(), StoreError> {
         match cmd {
             Command::InitCluster(info) => {
                 if !self.cluster.id.is_empty() {
@@ -150,6 +168,7 @@ impl Store {
                 self.cluster = info;
             }
             Command::AddNode(node) => {
+                changes.push(Change::Node { id: node.id.clone(), action: "create" });
                 self.nodes.insert(node.id.clone(), node);
             }
             Command::SetNodeAvailability { id, availability, at } => {
@@ -159,15 +178,19 @@ impl Store {
                     .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
                 node.availability = availability;
                 node.updated_at = at;
+                changes.push(Change::Node { id, action: "update" });
             }
             Command::RemoveNode(id) => {
-                self.nodes.remove(&id);
+                if let Some(n) = self.nodes.remove(&id) {
+                    changes.push(Change::NodeRemoved { id, hostname: n.hostname });
+                }
             }
             Command::CreateService(svc) => {
                 if let Some(other) = self.service_by_name(&svc.spec.name) {
                     return Err(StoreError::NameInUse(svc.spec.name.clone(), other.id.clone()));
                 }
                 self.check_ports(&svc.id, &svc.spec.task.ports)?;
+                changes.push(Change::Service { id: svc.id.clone(), action: "create" });
                 self.services.insert(svc.id.clone(), svc);
             }
             Command::UpdateService { id, spec, at } => {
@@ -193,6 +216,7 @@ impl Store {
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
                 svc.version += 1;
                 svc.updated_at = at;
+                changes.push(Change::Service { id, action: "update" });
             }
             Command::RollbackService { id, at, reason } => {
                 let svc = self
@@ -205,10 +229,12 @@ impl Store {
                     Some(UpdateStatus { state: UpdateState::RollbackStarted, started_at: at, completed_at: None, message: reason });
                 svc.version += 1;
                 svc.updated_at = at;
+                changes.push(Change::Service { id, action: "rollback" });
             }
             Command::SetUpdateStatus { id, status } => {
                 if let Some(svc) = self.services.get_mut(&id) {
                     svc.update_status = Some(status);
+                    changes.push(Change::Service { id, action: "update" });
                 }
             }
             Command::UpdateNodeLabels { id, add, rm, at } => {
@@ -221,19 +247,28 @@ impl Store {
                 }
                 node.labels.extend(add);
                 node.updated_at = at;
+                changes.push(Change::Node { id, action: "update" });
             }
             Command::RemoveService(id) => {
-                if self.services.remove(&id).is_none() {
+                let Some(svc) = self.services.remove(&id) else {
                     return Err(StoreError::NoSuchService(id.to_string()));
-                }
+                };
                 // The tasks go with it; workers stop and remove the containers
                 // that drop out of their assignment sets.
-                self.tasks.retain(|_, t| t.service_id != id);
+                self.tasks.retain(|_, t| {
+                    let keep = t.service_id != id;
+                    if !keep {
+                        changes.push(Change::TaskRemoved { id: t.id.clone(), name: t.name(), node: t.node_id.clone() });
+                    }
+                    keep
+                });
+                changes.push(Change::ServiceRemoved { id, name: svc.spec.name });
             }
             Command::CreateTasks(tasks) => {
                 for t in tasks {
                     // A task for a service removed meanwhile is dropped.
                     if self.services.contains_key(&t.service_id) {
+                        changes.push(Change::Task { id: t.id.clone() });
                         self.tasks.insert(t.id.clone(), t);
                     }
                 }
@@ -250,6 +285,7 @@ impl Store {
                     }
                     t.node_id = Some(a.node);
                     t.status = TaskStatus::new(TaskState::Assigned, a.at, "assigned");
+                    changes.push(Change::Task { id: a.task });
                 }
             }
             Command::MarkUnplaceable(list) => {
@@ -261,6 +297,7 @@ impl Store {
                     let mut st = TaskStatus::new(TaskState::Pending, u.at, "pending task scheduling");
                     st.err = Some(u.reason);
                     t.status = st;
+                    changes.push(Change::Task { id: u.task });
                 }
             }
             Command::SetDesiredState { tasks, state } => {
@@ -278,17 +315,20 @@ impl Store {
                     let Some(t) = self.tasks.get_mut(&u.task_id) else { continue };
                     if t.status.state.can_advance_to(u.status.state) {
                         t.status = u.status;
+                        changes.push(Change::Task { id: u.task_id });
                     }
                 }
             }
             Command::DeleteTasks(ids) => {
                 for id in ids {
-                    self.tasks.remove(&id);
+                    if let Some(t) = self.tasks.remove(&id) {
+                        changes.push(Change::TaskRemoved { id, name: t.name(), node: t.node_id });
+                    }
                 }
             }
             Command::Batch(cmds) => {
                 for c in cmds {
-                    self.apply(c)?;
+                    self.apply_recording(c, changes)?;
                 }
             }
         }

@@ -88,6 +88,7 @@ pub struct RaftLog {
     applied: u64,
     snapshot_index: u64,
     compact_every: u64,
+    events: Arc<crate::events::EventHub>,
     metrics: ActorMetrics,
 }
 
@@ -105,6 +106,8 @@ pub struct RaftOptions {
     pub bootstrap: bool,
     /// Entries between snapshots.
     pub compact_every: u64,
+    /// Where applied changes are announced.
+    pub events: Arc<crate::events::EventHub>,
 }
 
 fn logger() -> slog::Logger {
@@ -160,6 +163,7 @@ impl RaftLog {
         let shared = store.clone();
         let compact_every = opts.compact_every.max(10);
         let raft_id = opts.raft_id;
+        let events = opts.events.clone();
         let arbiter = Arbiter::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let started = arbiter.spawn(async move {
@@ -184,6 +188,7 @@ impl RaftLog {
                     applied: snapshot_index,
                     snapshot_index,
                     compact_every,
+                    events,
                     metrics: metrics().actor("raft"),
                 }
                 .start()
@@ -226,7 +231,16 @@ impl RaftLog {
                 // An empty normal entry is the new leader's no-op.
                 EntryType::EntryNormal if e.data.is_empty() => Ok(()),
                 EntryType::EntryNormal => match decode_command(&e.data) {
-                    Ok(cmd) => self.store.write().apply(cmd).map_err(ProposeError::from),
+                    Ok(cmd) => {
+                        let mut changes = Vec::new();
+                        let r = self.store.write().apply_recording(cmd, &mut changes).map_err(ProposeError::from);
+                        if !changes.is_empty() {
+                            let store = self.store.read();
+                            let now = common::time::now_ms();
+                            self.events.publish(changes.iter().filter_map(|c| crate::events::event_of(c, &store, now)));
+                        }
+                        r
+                    }
                     Err(err) => {
                         // A command from a newer version: skip it, loudly.
                         tracing::warn!(index = e.index, error = %err, "skipping a log entry this version cannot read");
