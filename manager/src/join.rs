@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use actix::Addr;
 use common::node::{Node, Role};
 use common::time::now_ms;
-use common::wire::{Frame, JoinAccepted, PeerInfo, PROTOCOL_VERSION};
+use common::wire::{Frame, JoinAccepted, PROTOCOL_VERSION};
 use common::NodeId;
 use rand::Rng;
 use worker::net::{self, Conn};
@@ -49,15 +49,6 @@ pub fn new_token(cluster_secret: &str) -> String {
 
 pub fn new_raft_id() -> u64 {
     rand::thread_rng().gen_range(1..u64::MAX)
-}
-
-pub fn managers(store: &Store) -> Vec<PeerInfo> {
-    store
-        .nodes
-        .values()
-        .filter(|n| n.role == Role::Manager)
-        .map(|n| PeerInfo { node_id: n.id.clone(), raft_id: n.raft_id, addr: n.addr })
-        .collect()
 }
 
 pub async fn handle_join(
@@ -118,7 +109,7 @@ pub async fn handle_join(
         raft_id: node.raft_id,
         role,
         cluster_id,
-        managers: managers(&store.read()),
+        managers: store.read().manager_peers(),
     };
     net::send(&mut conn, Frame::JoinAccepted(accepted)).await
 }

@@ -119,7 +119,7 @@ impl Manager {
     /// The leader's cluster address, if known.
     pub fn leader_addr(&self) -> Option<std::net::SocketAddr> {
         let leader = self.status.borrow().leader_id;
-        self.store.read().nodes.values().find(|n| n.raft_id == leader).map(|n| n.addr)
+        self.store.read().addr_of_raft_id(leader)
     }
 
     async fn accept(&self, inbound: Inbound) -> Result<(), net::NetError> {

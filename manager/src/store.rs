@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
-use common::node::{Availability, Node};
+use common::node::{Availability, Node, Role};
+use common::wire::PeerInfo;
 use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
@@ -376,6 +377,20 @@ impl Store {
             p.published = Some(free);
         }
         Ok(())
+    }
+
+    /// The managers' raft ids and cluster addresses.
+    pub fn manager_peers(&self) -> Vec<PeerInfo> {
+        self.nodes
+            .values()
+            .filter(|n| n.role == Role::Manager)
+            .map(|n| PeerInfo { node_id: n.id.clone(), raft_id: n.raft_id, addr: n.addr })
+            .collect()
+    }
+
+    /// A node's cluster address by its raft id.
+    pub fn addr_of_raft_id(&self, raft_id: u64) -> Option<std::net::SocketAddr> {
+        self.nodes.values().find(|n| n.raft_id == raft_id).map(|n| n.addr)
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {

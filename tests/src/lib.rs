@@ -889,6 +889,14 @@ impl Cluster {
         self.shoal(args).ok().stdout
     }
 
+    /// Runs a CLI command that must fail with `needle` in its stderr.
+    #[track_caller]
+    pub fn shoal_fails(&self, args: &[&str], needle: &str) {
+        let out = self.shoal(args);
+        assert!(!out.success(), "should fail: {out}");
+        assert!(out.stderr.contains(needle), "expected {needle:?}: {out}");
+    }
+
     /// Runs the CLI (add `--format json` yourself) and parses its stdout.
     #[track_caller]
     pub fn shoal_json(&self, args: &[&str]) -> Value {

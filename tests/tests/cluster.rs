@@ -247,11 +247,7 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
         return;
     }
     let c = Cluster::new(2);
-    let fails = |args: &[&str], needle: &str| {
-        let out = c.shoal(args);
-        assert!(!out.success(), "should fail: {out}");
-        assert!(out.stderr.contains(needle), "expected {needle:?}: {out}");
-    };
+    let fails = |args: &[&str], needle: &str| c.shoal_fails(args, needle);
     fails(&["service", "ps", "nope"], "service nope not found");
     fails(&["service", "rm", "nope"], "service nope not found");
     fails(&["service", "scale", "nope=2"], "service nope not found");

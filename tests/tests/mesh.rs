@@ -204,11 +204,7 @@ fn bad_publishes_are_refused_clearly() {
         return;
     }
     let c = Cluster::new(2);
-    let fails = |args: &[&str], needle: &str| {
-        let out = c.shoal(args);
-        assert!(!out.success(), "should fail: {out}");
-        assert!(out.stderr.contains(needle), "expected {needle:?}: {out}");
-    };
+    let fails = |args: &[&str], needle: &str| c.shoal_fails(args, needle);
     fails(&["service", "create", "--name", "x", "--publish", "70000:80", busybox_image()], "ports are 1-65535");
     fails(&["service", "create", "--name", "x", "--publish", "8080:80/sctp", busybox_image()], "expected tcp or udp");
     fails(&["service", "create", "--name", "x", "--publish", "published=1,target=2,mode=fast", busybox_image()], "expected ingress or host");

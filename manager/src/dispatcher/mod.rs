@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use common::mesh::{MeshFailure, MeshTable};
 use common::task::{Task, TaskState, TaskStatusUpdate};
-use common::wire::{Frame, PeerInfo};
+use common::wire::Frame;
 use common::{NodeId, TaskId};
 use tokio::sync::{mpsc, watch};
 use worker::metrics::{metrics, ActorMetrics};
 
 use crate::raft::{Propose, RaftLog, RaftStatus, SharedStore};
-use crate::store::{Command, Store};
+use crate::store::Command;
 
 /// How long status reports wait to be batched.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
@@ -76,15 +76,6 @@ impl Dispatcher {
         addr
     }
 
-    fn managers(store: &Store) -> Vec<PeerInfo> {
-        store
-            .nodes
-            .values()
-            .filter(|n| n.role == common::node::Role::Manager)
-            .map(|n| PeerInfo { node_id: n.id.clone(), raft_id: n.raft_id, addr: n.addr })
-            .collect()
-    }
-
     fn push_all(&mut self) {
         let store = self.store.read();
         let mut by_node: BTreeMap<&NodeId, BTreeMap<TaskId, Task>> = BTreeMap::new();
@@ -99,7 +90,7 @@ impl Dispatcher {
                 by_node.entry(n).or_default().insert(t.id.clone(), t.clone());
             }
         }
-        let managers = Self::managers(&store);
+        let managers = store.manager_peers();
         // The mesh goes first: a task leaves the rotation before the
         // assignment that stops it is sent.
         let mesh = crate::mesh::table(&store);

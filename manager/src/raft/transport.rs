@@ -37,7 +37,7 @@ impl Transport {
             let store = store.clone();
             let seeds = self.seeds.clone();
             let lookup = move || {
-                let from_store = store.read().nodes.values().find(|n| n.raft_id == to).map(|n| n.addr);
+                let from_store = store.read().addr_of_raft_id(to);
                 from_store.or_else(|| seeds.read().get(&to).copied())
             };
             net::spawn_sender(lookup, Hello::Raft { from: self.node_id.clone(), raft_id: self.raft_id }, rx);
