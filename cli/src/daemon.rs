@@ -73,6 +73,11 @@ pub struct DaemonArgs {
     /// (kernel where it works, else userspace, with a warning).
     #[arg(long, default_value = "auto")]
     mesh: MeshChoice,
+    /// Disaster recovery: restart this manager as the only manager of a
+    /// cluster that keeps all its services, when a majority of managers is
+    /// lost for good. The other managers become workers.
+    #[arg(long, conflicts_with_all = ["init", "join"])]
+    force_new_cluster: bool,
 }
 
 /// `--mesh`: a data path, or `auto` (decided at start by what works here).
@@ -109,6 +114,10 @@ impl NodeState {
     fn cluster_addr(&self) -> SocketAddr {
         SocketAddr::new(self.advertise_addr, self.port)
     }
+}
+
+fn raft_dir(dir: &Path) -> PathBuf {
+    dir.join("raft")
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -177,6 +186,34 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             args.data_dir.display()
         ),
     };
+    if args.force_new_cluster {
+        if state.role != Role::Manager {
+            bail!("--force-new-cluster needs a manager's data directory; {} holds worker {}", args.data_dir.display(), state.hostname);
+        }
+        let r = manager::raft::recover::force_new_cluster(&raft_dir(&args.data_dir), state.raft_id, &state.node_id)
+            .map_err(|e| anyhow!("--force-new-cluster: {e}"))?;
+        tracing::warn!(
+            index = r.index,
+            services = r.services,
+            demoted = ?r.demoted,
+            "forced a new cluster with this manager as its only manager"
+        );
+        eprintln!(
+            "Forced a new cluster from log index {} with {} service(s); former managers now workers: {}.",
+            r.index,
+            r.services,
+            if r.demoted.is_empty() { "none".to_string() } else { r.demoted.join(", ") }
+        );
+    }
+    if state.role == Role::Worker {
+        // A demoted manager's raft log is stale: were it promoted again, it
+        // must start from what the leader sends, not from old votes.
+        let dir = raft_dir(&args.data_dir);
+        if dir.exists() {
+            tracing::info!(dir = %dir.display(), "removing the raft log of a former manager");
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
     let data_dir = args.data_dir.clone();
     let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0 };
     actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, opts))?;
@@ -279,6 +316,8 @@ struct Sink {
     /// the assignments that follow them (a task leaves the rotation before
     /// its stop reaches the supervisor).
     mesh: actix::Addr<MeshProgrammer>,
+    /// Told when the node's role changed: the process restarts in its new role.
+    role_changed: mpsc::UnboundedSender<Role>,
 }
 
 impl AgentSink for Sink {
@@ -290,6 +329,20 @@ impl AgentSink for Sink {
     }
     fn managers(&self, managers: Vec<PeerInfo>) {
         let mut s = self.state.write();
+        // The leader's list is the store's roles: promoted or demoted?
+        let listed = managers.iter().any(|m| m.node_id == s.node_id);
+        let role = if listed { Role::Manager } else { Role::Worker };
+        if !managers.is_empty() && role != s.role {
+            tracing::warn!(from = %s.role, to = %role, "this node's role changed; restarting in the new role");
+            s.role = role;
+            s.managers = managers;
+            if let Err(e) = save_state(&self.data_dir, &s) {
+                tracing::error!(error = %e, "cannot save the new role; staying as we are");
+                return;
+            }
+            let _ = self.role_changed.send(role);
+            return;
+        }
         if s.managers != managers {
             let me = s.cluster_addr();
             let seeds = managers.iter().map(|m| m.addr).filter(|a| *a != me).collect();
@@ -431,7 +484,9 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
         state.managers.iter().map(|m| m.addr).collect()
     }));
     let shared_state = Arc::new(RwLock::new(state.clone()));
+    let (role_tx, mut role_rx) = mpsc::unbounded_channel();
     let sink = Arc::new(Sink {
+        role_changed: role_tx,
         supervisor,
         data_dir: data_dir.clone(),
         state: shared_state,
@@ -472,7 +527,16 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     actix::spawn(server);
     tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");
 
-    wait_for_signal().await;
+    let new_role = tokio::select! {
+        _ = wait_for_signal() => None,
+        role = role_rx.recv() => role,
+    };
+    if let Some(role) = new_role {
+        // Containers and the mesh table stay; the new process adopts them.
+        handle.stop(true).await;
+        tracing::info!(%role, "restarting in the new role");
+        return Err(reexec());
+    }
     // The mesh goes first: no nftables table outlives the node.
     match mesh_addr.send(mesh::Shutdown).await {
         Ok(Ok(())) => {}
@@ -481,6 +545,40 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     }
     handle.stop(true).await;
     Ok(())
+}
+
+/// Replaces this process with `shoal daemon` on the same data directory and
+/// options, without the one-off flags (`--init`, `--join`, `--token`,
+/// `--force-new-cluster`). Returns only if exec failed.
+fn reexec() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow!("cannot restart in the new role: {e}"),
+    };
+    let args = restart_args(std::env::args_os().skip(1).collect());
+    tracing::info!(?args, "restarting");
+    let err = std::process::Command::new(exe).args(args).exec();
+    anyhow!("cannot restart in the new role: {err}")
+}
+
+fn restart_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        let s = a.to_string_lossy();
+        match s.as_ref() {
+            "--init" | "--force-new-cluster" => {}
+            "--join" | "--token" => skip_value = true,
+            _ if s.starts_with("--join=") || s.starts_with("--token=") => {}
+            _ => out.push(a),
+        }
+    }
+    out
 }
 
 /// The first manager commits the cluster's identity and itself.
@@ -526,4 +624,19 @@ fn print_join_commands(m: &Manager, state: &NodeState) {
     println!("    shoal daemon --join {addr} --token {} --advertise-addr <IP>\n", c.manager_token);
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_keeps_the_options_and_drops_the_one_off_flags() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let got = restart_args(args(&[
+            "daemon", "--join", "127.0.0.1:4000", "--token", "SHTKN-1-a-b", "--data-dir", "/d", "--mesh=userspace",
+            "--init", "--token=x", "--force-new-cluster", "--api-addr", "127.0.0.1:1",
+        ]));
+        assert_eq!(got, args(&["daemon", "--data-dir", "/d", "--mesh=userspace", "--api-addr", "127.0.0.1:1"]));
+    }
 }

@@ -33,6 +33,16 @@ pub enum NodeCmd {
         label_rm: Vec<String>,
         node: String,
     },
+    /// Make workers managers (raft voters).
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers; refused for the last manager or when it would lose quorum.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove nodes that are down from the cluster.
     #[command(alias = "remove")]
     Rm {
@@ -74,6 +84,8 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
             c.post::<_, NodeInfo>(&format!("/v1/nodes/{}/update", seg(&node)), &update)?;
             println!("{node}");
         }
+        NodeCmd::Promote { nodes } => return Ok(change_roles(c, &nodes, "promote")),
+        NodeCmd::Demote { nodes } => return Ok(change_roles(c, &nodes, "demote")),
         NodeCmd::Rm { force, nodes } => {
             return Ok(c.delete_each::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}?force={force}")));
         }
@@ -82,6 +94,23 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One request per node, in order, as `docker node promote/demote` does;
+/// non-zero if any failed.
+fn change_roles(c: &Client, nodes: &[String], verb: &str) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    for n in nodes {
+        match c.post::<_, NodeInfo>(&format!("/v1/nodes/{}/{verb}", seg(n)), &serde_json::json!({})) {
+            Ok(info) if verb == "promote" => println!("Node {} promoted to a manager in the cluster.", info.node.hostname),
+            Ok(info) => println!("Manager {} demoted in the cluster.", info.node.hostname),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    code
 }
 
 fn pretty_node(n: &NodeInfo) -> String {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 
 use actix_web::http::StatusCode;
@@ -25,6 +26,7 @@ use worker::net;
 use crate::control::LiveNodes;
 use crate::dispatcher::GetMeshFailures;
 use crate::raft::{Propose, ProposeError};
+use crate::roles::{self, RoleError};
 use crate::store::{Command, Service, Store, StoreError};
 use crate::Manager;
 
@@ -296,6 +298,56 @@ async fn update_node(state: web::Data<ApiState>, key: web::Path<String>, u: web:
     Ok(HttpResponse::Ok().json(info))
 }
 
+impl From<RoleError> for Error {
+    fn from(e: RoleError) -> Self {
+        let status = match e {
+            RoleError::NoSuchNode(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Error::new(status, e.to_string())
+    }
+}
+
+/// How long `node promote`/`demote` wait for raft's membership to follow.
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(10);
+
+async fn promote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let node = roles::check_promote(&m.store.read(), &state.live.borrow(), &key)?;
+    propose(m, Command::SetNodeRole { id: node.id.clone(), role: Role::Manager, at: now_ms() }).await?;
+    let mut status = m.status.clone();
+    let joined = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| s.voters.contains(&node.raft_id))).await;
+    if !matches!(joined, Ok(Ok(_))) {
+        return Err(Error::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable", node.hostname),
+        ));
+    }
+    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == node.id).ok_or_else(|| Error::not_found("node", &key))?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn demote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let voters = m.status.borrow().voters.clone();
+    let node = roles::check_demote(&m.store.read(), &voters, &state.live.borrow(), &key)?;
+    propose(m, Command::SetNodeRole { id: node.id.clone(), role: Role::Worker, at: now_ms() }).await?;
+    // A manager demoting itself may never see its own removal applied (the
+    // leader stops talking to it): the committed role is enough then.
+    if node.id != state.node_id {
+        let mut status = m.status.clone();
+        let left = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| !s.voters.contains(&node.raft_id))).await;
+        if !matches!(left, Ok(Ok(_))) {
+            return Err(Error::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{} is a worker now, but raft has not removed it yet; `shoal node ls` shows when it is done", node.hostname),
+            ));
+        }
+    }
+    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == node.id).ok_or_else(|| Error::not_found("node", &key))?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
 #[derive(serde::Deserialize)]
 struct RemoveNodeQuery {
     #[serde(default)]
@@ -548,6 +600,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/nodes/{key}", web::get().to(get_node))
         .route("/v1/nodes/{key}", web::delete().to(remove_node))
         .route("/v1/nodes/{key}/update", web::post().to(update_node))
+        .route("/v1/nodes/{key}/promote", web::post().to(promote_node))
+        .route("/v1/nodes/{key}/demote", web::post().to(demote_node))
         .route("/v1/join-tokens", web::get().to(join_tokens))
         .route("/v1/events", web::get().to(events))
         .route("/v1/services", web::get().to(list_services))

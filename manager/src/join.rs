@@ -12,12 +12,9 @@ use common::NodeId;
 use rand::Rng;
 use worker::net::{self, Conn};
 
-use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::watch;
 
-use crate::raft::{AddVoter, Propose, RaftLog, RaftStatus, SharedStore};
+use crate::raft::{Propose, RaftLog, SharedStore};
 use crate::store::{Command, Store};
 
 /// Which role a token grants, if any.
@@ -60,8 +57,6 @@ pub async fn handle_join(
     protocol: u32,
     store: SharedStore,
     raft: Addr<RaftLog>,
-    status: watch::Receiver<RaftStatus>,
-    conf_lock: Arc<tokio::sync::Mutex<()>>,
 ) -> Result<(), net::NetError> {
     let refuse = |reason: String| Frame::Refused { reason };
     if protocol != PROTOCOL_VERSION {
@@ -94,15 +89,9 @@ pub async fn handle_join(
         tracing::warn!(%peer, %hostname, error = %e, "join failed");
         return net::send(&mut conn, refuse(format!("cannot admit the node: {e}"))).await;
     }
-    if role == Role::Manager {
-        // One membership change at a time: raft-rs turns a second one,
-        // proposed before the first is applied, into a no-op.
-        let _one_at_a_time = conf_lock.lock().await;
-        if let Err(e) = add_voter_confirmed(&raft, status, node.raft_id).await {
-            tracing::warn!(%peer, %hostname, error = %e, "adding a manager failed");
-            return net::send(&mut conn, refuse(format!("cannot add the manager: {e}"))).await;
-        }
-    }
+    // A manager's raft membership follows from its role in the store: the
+    // leader's RoleManager adds it as a learner, then a voter once it has
+    // caught up (so that a joining manager never stalls commits).
     tracing::info!(node = %node.id, %hostname, %role, addr = %advertise_addr, "node joined");
     let accepted = JoinAccepted {
         node_id: node.id,
@@ -112,22 +101,6 @@ pub async fn handle_join(
         managers: store.read().manager_peers(),
     };
     net::send(&mut conn, Frame::JoinAccepted(accepted)).await
-}
-
-/// Proposes the voter until the applied configuration has it: a proposal
-/// raft-rs dropped is tried again.
-async fn add_voter_confirmed(raft: &Addr<RaftLog>, mut status: watch::Receiver<RaftStatus>, id: u64) -> Result<(), String> {
-    let mut last = String::new();
-    for _ in 0..5 {
-        if let Err(e) = flatten(raft.send(AddVoter(id)).await) {
-            last = e;
-        }
-        let confirmed = tokio::time::timeout(Duration::from_secs(3), status.wait_for(|s| s.voters.contains(&id))).await;
-        if matches!(confirmed, Ok(Ok(_))) {
-            return Ok(());
-        }
-    }
-    Err(if last.is_empty() { "the membership change was not applied".into() } else { last })
 }
 
 pub fn flatten<E: std::fmt::Display>(r: Result<Result<(), crate::raft::ProposeError>, E>) -> Result<(), String> {

@@ -18,6 +18,7 @@ pub mod join;
 pub mod mesh;
 pub mod orchestrator;
 pub mod raft;
+pub mod roles;
 pub mod scheduler;
 pub mod store;
 
@@ -96,6 +97,7 @@ impl Manager {
         ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
         let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub };
+        roles::RoleManager::start(manager.clone(), cfg.live.clone());
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let m = manager.clone();
         actix::spawn(async move {
@@ -135,8 +137,6 @@ impl Manager {
                     protocol,
                     self.store.clone(),
                     self.raft.clone(),
-                    self.status.clone(),
-                    self.conf_lock.clone(),
                 )
                 .await
             }

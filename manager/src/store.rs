@@ -7,7 +7,7 @@
 //! cannot apply (a name already taken) fails the same way on every manager,
 //! and the proposer gets that error back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node, Role};
@@ -81,6 +81,8 @@ pub enum Command {
     RollbackService { id: ServiceId, at: Millis, reason: String },
     SetUpdateStatus { id: ServiceId, status: UpdateStatus },
     UpdateNodeLabels { id: NodeId, add: BTreeMap<String, String>, rm: Vec<String>, at: Millis },
+    /// Promote or demote; the raft membership change is a separate entry.
+    SetNodeRole { id: NodeId, role: Role, at: Millis },
     CreateTasks(Vec<Task>),
     AssignTasks(Vec<Assignment>),
     MarkUnplaceable(Vec<Unplaceable>),
@@ -140,9 +142,72 @@ pub struct Store {
     pub nodes: BTreeMap<NodeId, Node>,
     pub services: BTreeMap<ServiceId, Service>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// Which proposals were applied lately (see [`Store::apply_once`]).
+    #[serde(default)]
+    pub applied_proposals: RecentProposals,
+}
+
+/// Who proposed an entry: (raft id, process start nonce, counter). A
+/// proposal re-sent after a leader change carries the same id.
+pub type ProposalId = (u64, u64, u64);
+
+/// The last [`RecentProposals::KEEP`] proposal ids applied, oldest first.
+/// Part of the store (and its snapshots) so that every manager, including
+/// one restored from a snapshot, skips the same duplicates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RecentProposals {
+    order: VecDeque<ProposalId>,
+    #[serde(skip)]
+    index: HashSet<ProposalId>,
+}
+
+impl PartialEq for RecentProposals {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+
+impl RecentProposals {
+    /// Far more than can be in flight: proposals time out after seconds.
+    pub const KEEP: usize = 16_384;
+
+    /// Records `id`; false when it was already there.
+    fn insert(&mut self, id: ProposalId) -> bool {
+        if self.index.len() != self.order.len() {
+            // Freshly decoded from a snapshot: the index is not serialised.
+            self.index = self.order.iter().copied().collect();
+        }
+        if !self.index.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.index.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl Store {
+    /// Applies a proposed command unless a copy with the same id already
+    /// was (a proposal re-sent after a leader change can commit twice).
+    /// `None` means skipped as a duplicate.
+    pub fn apply_once(
+        &mut self,
+        id: Option<ProposalId>,
+        cmd: Command,
+        changes: &mut Vec<Change>,
+    ) -> Option<Result<(), StoreError>> {
+        if let Some(id) = id {
+            if !self.applied_proposals.insert(id) {
+                return None;
+            }
+        }
+        Some(self.apply_recording(cmd, changes))
+    }
+
     pub fn to_snapshot(&self) -> Vec<u8> {
         rmp_serde::to_vec_named(self).expect("the store always encodes")
     }
@@ -249,6 +314,17 @@ impl Store {
                 node.labels.extend(add);
                 node.updated_at = at;
                 changes.push(Change::Node { id, action: "update" });
+            }
+            Command::SetNodeRole { id, role, at } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+                if node.role != role {
+                    node.role = role;
+                    node.updated_at = at;
+                    changes.push(Change::Node { id, action: "update" });
+                }
             }
             Command::RemoveService(id) => {
                 let Some(svc) = self.services.remove(&id) else {
@@ -381,9 +457,15 @@ impl Store {
 
     /// The managers' raft ids and cluster addresses.
     pub fn manager_peers(&self) -> Vec<PeerInfo> {
+        self.members_and_managers(&[])
+    }
+
+    /// The managers, plus the nodes whose raft ids are in `members` (a
+    /// demoted manager stays one until raft has removed it).
+    pub fn members_and_managers(&self, members: &[u64]) -> Vec<PeerInfo> {
         self.nodes
             .values()
-            .filter(|n| n.role == Role::Manager)
+            .filter(|n| n.role == Role::Manager || members.contains(&n.raft_id))
             .map(|n| PeerInfo { node_id: n.id.clone(), raft_id: n.raft_id, addr: n.addr })
             .collect()
     }

@@ -1053,6 +1053,27 @@ impl Cluster {
         self.spawn_node(i, &[]);
     }
 
+    /// [`Cluster::restart_node`] with extra flags for this start only
+    /// (e.g. `--force-new-cluster`).
+    pub fn restart_node_with(&mut self, i: usize, extra: &[&str]) {
+        if self.node(i).child.is_some() {
+            self.stop_node(i);
+        }
+        self.spawn_node(i, extra);
+    }
+
+    /// The node whose manager status is `Leader`, as node `via` sees it.
+    pub fn leader_seen_from(&self, via: usize) -> Result<usize, String> {
+        let out = self.shoal_timeout(via, Duration::from_secs(10), &["node", "ls", "--format", "json"]);
+        let v: Value = serde_json::from_str(&out.stdout).map_err(|_| format!("node{via}: {}", out.stderr.trim()))?;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["manager_status"] == "Leader")
+            .and_then(|n| n["hostname"].as_str()?.strip_prefix("node")?.parse().ok())
+            .ok_or_else(|| "no leader yet".to_string())
+    }
+
     /// Reads every node's id from `node ls`; keeps what it already knew when
     /// the API does not answer.
     pub fn refresh_ids(&mut self) {

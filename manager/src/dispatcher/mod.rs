@@ -42,6 +42,7 @@ pub struct Dispatcher {
     reports: Vec<TaskStatusUpdate>,
     flush_queued: bool,
     mesh: MeshTable,
+    managers: Vec<common::wire::PeerInfo>,
     /// Published ports each node reports it cannot serve.
     mesh_failures: BTreeMap<NodeId, Vec<MeshFailure>>,
     metrics: ActorMetrics,
@@ -58,6 +59,7 @@ impl Dispatcher {
             reports: Vec::new(),
             flush_queued: false,
             mesh: MeshTable::default(),
+            managers: Vec::new(),
             mesh_failures: BTreeMap::new(),
             metrics: metrics().actor("dispatcher"),
         }
@@ -90,7 +92,15 @@ impl Dispatcher {
                 by_node.entry(n).or_default().insert(t.id.clone(), t.clone());
             }
         }
-        let managers = store.manager_peers();
+        let managers = {
+            let st = self.status.borrow();
+            let members: Vec<u64> = st.voters.iter().chain(&st.learners).copied().collect();
+            store.members_and_managers(&members)
+        };
+        // A promotion or demotion reaches every node (the node itself
+        // restarts in its new role) even when no task changes.
+        let managers_changed = managers != self.managers;
+        self.managers = managers.clone();
         // The mesh goes first: a task leaves the rotation before the
         // assignment that stops it is sent.
         let mesh = crate::mesh::table(&store);
@@ -114,7 +124,7 @@ impl Dispatcher {
                 }),
                 Some(sent) => {
                     let d = diff::diff(sent, now);
-                    (!d.is_empty()).then(|| Frame::Assignments {
+                    (!d.is_empty() || managers_changed).then(|| Frame::Assignments {
                         full: false,
                         tasks: d.upserts,
                         removed: d.removed,

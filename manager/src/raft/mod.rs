@@ -6,6 +6,7 @@
 //! context of (raft id, counter) so the node that proposed learns the apply
 //! result; followers' proposals are forwarded to the leader by raft-rs.
 
+pub mod recover;
 pub mod storage;
 pub mod transport;
 
@@ -17,27 +18,41 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use parking_lot::RwLock;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message as RaftMessage};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
 use raft::{Config, RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
-use crate::store::{decode_command, encode_command, Command, Store, StoreError};
+use crate::store::{decode_command, encode_command, Command, ProposalId, Store, StoreError};
 use storage::DiskStorage;
 use transport::Transport;
 use worker::metrics::{metrics, ActorMetrics};
 
 /// How long a proposer waits for its entry to be applied.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const TICK: Duration = Duration::from_millis(100);
+/// Raft's clock. Heartbeats go every [`HEARTBEAT_TICKS`], a follower that
+/// hears nothing for [`ELECTION_TICKS`] (randomised up to twice that)
+/// starts an election: 0.6–1.2 s, so a new leader is in place well within
+/// 2 s of the old one dying.
+pub const TICK: Duration = Duration::from_millis(50);
+pub const HEARTBEAT_TICKS: usize = 2;
+pub const ELECTION_TICKS: usize = 12;
 /// A write that arrives while there is no leader (an election) waits this
-/// long for one before it is refused.
+/// long for one before it is refused; once a manager has been without a
+/// leader that long, writes are refused at once.
 pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// A proposal not applied after this long is sent again (the leader it went
+/// to may have dropped it); the store applies each proposal id once.
+pub const REPROPOSE_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
     #[error("{0}")]
     Rejected(#[from] StoreError),
-    #[error("no leader: the managers have no quorum right now, try again")]
+    #[error(
+        "no quorum: this manager cannot reach a majority of the managers, so the cluster \
+         cannot commit changes; running tasks are unaffected. Bring managers back \
+         (or see `shoal daemon --force-new-cluster` to recover from a lost majority)"
+    )]
     NoLeader,
     #[error("timed out waiting for the change to commit: it may or may not have been applied")]
     Timeout,
@@ -62,15 +77,36 @@ pub struct RaftStatus {
     pub applied: u64,
     pub is_leader: bool,
     pub voters: Vec<u64>,
+    /// Non-voting members: managers still catching up before they vote.
+    pub learners: Vec<u64>,
+    /// On the leader: learners whose log is close enough to the leader's
+    /// to be made voters without stalling commits.
+    pub caught_up: Vec<u64>,
 }
+
+/// A learner this close to the commit index may become a voter.
+pub const CAUGHT_UP_WITHIN: u64 = 100;
 
 pub type SharedStore = Arc<RwLock<Store>>;
 
 type Waiter = oneshot::Sender<Result<(), ProposeError>>;
 
-enum Parked {
+#[derive(Clone)]
+enum Proposal {
     Command(Vec<u8>),
     AddVoter(u64),
+    AddLearner(u64),
+    RemoveVoter(u64),
+}
+
+/// A proposal of this node that has not been applied yet.
+struct Pending {
+    waiter: Waiter,
+    what: Proposal,
+    /// When it was last handed to raft; `None` while waiting for a leader.
+    proposed: Option<Instant>,
+    /// Refused with [`ProposeError::NoLeader`] if still unproposed then.
+    leader_deadline: Instant,
 }
 
 pub struct RaftLog {
@@ -80,10 +116,13 @@ pub struct RaftLog {
     transport: Transport,
     status_tx: watch::Sender<RaftStatus>,
     applied_tx: watch::Sender<u64>,
-    pending: HashMap<u64, Waiter>,
-    /// Proposals parked until a leader is known: (deadline, id, entry).
-    parked: Vec<(Instant, u64, Parked)>,
+    pending: HashMap<u64, Pending>,
+    /// Makes this process's proposal ids unique across restarts.
+    boot: u64,
     next_proposal: u64,
+    /// The leader last seen, and since when there has been none.
+    last_leader: u64,
+    leaderless_since: Option<Instant>,
     ready_queued: bool,
     applied: u64,
     snapshot_index: u64,
@@ -115,19 +154,20 @@ fn logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
-fn proposal_context(raft_id: u64, n: u64) -> Vec<u8> {
-    let mut v = raft_id.to_be_bytes().to_vec();
-    v.extend_from_slice(&n.to_be_bytes());
+fn proposal_context(id: ProposalId) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    for part in [id.0, id.1, id.2] {
+        v.extend_from_slice(&part.to_be_bytes());
+    }
     v
 }
 
-fn parse_context(ctx: &[u8]) -> Option<(u64, u64)> {
-    if ctx.len() != 16 {
+fn parse_context(ctx: &[u8]) -> Option<ProposalId> {
+    if ctx.len() != 24 {
         return None;
     }
-    let a = u64::from_be_bytes(ctx[..8].try_into().ok()?);
-    let b = u64::from_be_bytes(ctx[8..].try_into().ok()?);
-    Some((a, b))
+    let part = |i: usize| ctx[i * 8..(i + 1) * 8].try_into().ok().map(u64::from_be_bytes);
+    Some((part(0)?, part(1)?, part(2)?))
 }
 
 impl RaftLog {
@@ -135,9 +175,16 @@ impl RaftLog {
     pub fn start(dir: &Path, opts: RaftOptions, transport: Transport) -> Result<RaftHandles, String> {
         let mut storage = DiskStorage::open(dir).map_err(|e| format!("cannot open raft log in {}: {e}", dir.display()))?;
         if opts.bootstrap && storage.initial_state_is_empty() {
-            let mut cs = ConfState::default();
-            cs.voters = vec![opts.raft_id];
-            storage.set_conf_state(cs).map_err(|e| e.to_string())?;
+            // A new cluster starts from a snapshot at index 1 that names
+            // this node the only voter (as raft-rs's examples do): a manager
+            // that joins later gets the membership from that snapshot, since
+            // no log entry holds it.
+            let mut snap = raft::eraftpb::Snapshot { data: Store::default().to_snapshot().into(), ..Default::default() };
+            let meta = snap.mut_metadata();
+            meta.index = 1;
+            meta.term = 1;
+            meta.mut_conf_state().voters = vec![opts.raft_id];
+            storage.apply_snapshot(snap).map_err(|e| e.to_string())?;
         }
         // The state machine restarts from the last snapshot; raft hands over
         // the committed entries after it again.
@@ -147,8 +194,8 @@ impl RaftLog {
         };
         let config = Config {
             id: opts.raft_id,
-            election_tick: 10,
-            heartbeat_tick: 2,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
             applied: snapshot_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
@@ -182,8 +229,10 @@ impl RaftLog {
                     status_tx,
                     applied_tx,
                     pending: HashMap::new(),
-                    parked: Vec::new(),
+                    boot: rand::random(),
                     next_proposal: 1,
+                    last_leader: 0,
+                    leaderless_since: Some(Instant::now()),
                     ready_queued: false,
                     applied: snapshot_index,
                     snapshot_index,
@@ -227,13 +276,20 @@ impl RaftLog {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ProposeError> {
         for e in entries {
+            let id = parse_context(&e.context);
             let result = match e.get_entry_type() {
                 // An empty normal entry is the new leader's no-op.
                 EntryType::EntryNormal if e.data.is_empty() => Ok(()),
                 EntryType::EntryNormal => match decode_command(&e.data) {
                     Ok(cmd) => {
                         let mut changes = Vec::new();
-                        let r = self.store.write().apply_recording(cmd, &mut changes).map_err(ProposeError::from);
+                        let applied = self.store.write().apply_once(id, cmd, &mut changes);
+                        let Some(r) = applied else {
+                            // A re-sent copy of a proposal that already applied.
+                            self.applied = e.index;
+                            continue;
+                        };
+                        let r = r.map_err(ProposeError::from);
                         if !changes.is_empty() {
                             let store = self.store.read();
                             let now = common::time::now_ms();
@@ -269,10 +325,10 @@ impl RaftLog {
                 }
             };
             self.applied = e.index;
-            if let Some((origin, n)) = parse_context(&e.context) {
-                if origin == self.raft_id {
-                    if let Some(w) = self.pending.remove(&n) {
-                        let _ = w.send(result.clone());
+            if let Some((origin, boot, n)) = id {
+                if origin == self.raft_id && boot == self.boot {
+                    if let Some(p) = self.pending.remove(&n) {
+                        let _ = p.waiter.send(result.clone());
                     }
                 }
             }
@@ -298,7 +354,10 @@ impl RaftLog {
     }
 
     fn maybe_compact(&mut self) {
-        if self.applied < self.snapshot_index + self.compact_every {
+        // A peer needs a snapshot newer than the stored one (e.g. a manager
+        // added since): take one now.
+        let wanted = self.node.store().take_snapshot_wanted() && self.applied > self.snapshot_index;
+        if !wanted && self.applied < self.snapshot_index + self.compact_every {
             return;
         }
         let data = self.store.read().to_snapshot();
@@ -347,7 +406,7 @@ impl RaftLog {
         self.apply_entries(light.take_committed_entries())?;
         self.node.advance_apply();
         self.maybe_compact();
-        self.unpark();
+        self.retry_pending();
         self.publish();
         Ok(())
     }
@@ -355,6 +414,7 @@ impl RaftLog {
     fn publish(&mut self) {
         let r = &self.node.raft;
         let is_leader = r.state == StateRole::Leader;
+        let learners = r.prs().conf().to_conf_state().learners;
         let status = RaftStatus {
             raft_id: self.raft_id,
             leader_id: r.leader_id,
@@ -363,6 +423,20 @@ impl RaftLog {
             applied: self.applied,
             is_leader,
             voters: r.prs().conf().voters().ids().iter().collect(),
+            learners: learners.clone(),
+            caught_up: if is_leader {
+                let committed = r.raft_log.committed;
+                r.prs()
+                    .iter()
+                    .filter(|(id, p)| {
+                        // matched > 0: it has answered (a fresh learner's is 0).
+                        learners.contains(id) && p.matched > 0 && p.matched + CAUGHT_UP_WITHIN >= committed
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         let m = metrics();
         m.gauge("shoal_raft_term", "current raft term").set(status.term as i64);
@@ -409,7 +483,7 @@ impl Actor for RaftLog {
             if this.node.tick() {
                 this.queue_ready(ctx);
             }
-            this.unpark();
+            this.retry_pending();
             // Keep the figures fresh even when nothing changes.
             this.publish();
             this.queue_ready(ctx);
@@ -439,7 +513,7 @@ pub struct Propose(pub Command);
 impl Handler<Propose> for RaftLog {
     type Result = ResponseFuture<Result<(), ProposeError>>;
     fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) -> Self::Result {
-        self.submit(Parked::Command(encode_command(&msg.0)), ctx)
+        self.submit(Proposal::Command(encode_command(&msg.0)), ctx)
     }
 }
 
@@ -451,23 +525,53 @@ pub struct AddVoter(pub u64);
 impl Handler<AddVoter> for RaftLog {
     type Result = ResponseFuture<Result<(), ProposeError>>;
     fn handle(&mut self, msg: AddVoter, ctx: &mut Context<Self>) -> Self::Result {
-        self.submit(Parked::AddVoter(msg.0), ctx)
+        self.submit(Proposal::AddVoter(msg.0), ctx)
+    }
+}
+
+/// Add a manager as a learner (it receives the log but does not vote yet);
+/// resolves once the change is applied here.
+#[derive(Message)]
+#[rtype(result = "Result<(), ProposeError>")]
+pub struct AddLearner(pub u64);
+
+impl Handler<AddLearner> for RaftLog {
+    type Result = ResponseFuture<Result<(), ProposeError>>;
+    fn handle(&mut self, msg: AddLearner, ctx: &mut Context<Self>) -> Self::Result {
+        self.submit(Proposal::AddLearner(msg.0), ctx)
+    }
+}
+
+/// Remove a manager from the voters; resolves once the change is applied here.
+#[derive(Message)]
+#[rtype(result = "Result<(), ProposeError>")]
+pub struct RemoveVoter(pub u64);
+
+impl Handler<RemoveVoter> for RaftLog {
+    type Result = ResponseFuture<Result<(), ProposeError>>;
+    fn handle(&mut self, msg: RemoveVoter, ctx: &mut Context<Self>) -> Self::Result {
+        self.submit(Proposal::RemoveVoter(msg.0), ctx)
     }
 }
 
 impl RaftLog {
     /// Proposes now if a leader is known, else parks the proposal until one
     /// is (or [`LEADER_WAIT`] passes). The future resolves on apply.
-    fn submit(&mut self, what: Parked, ctx: &mut Context<Self>) -> ResponseFuture<Result<(), ProposeError>> {
+    fn submit(&mut self, what: Proposal, ctx: &mut Context<Self>) -> ResponseFuture<Result<(), ProposeError>> {
         let started = Instant::now();
-        let n = self.next_proposal;
-        self.next_proposal += 1;
         let (tx, rx) = oneshot::channel();
-        self.pending.insert(n, tx);
-        if self.node.raft.leader_id == 0 {
-            self.parked.push((started + LEADER_WAIT, n, what));
+        let leaderless_too_long = self.leaderless_since.is_some_and(|t| started.duration_since(t) >= LEADER_WAIT);
+        if leaderless_too_long {
+            // Refuse at once rather than make every write wait to fail.
+            let _ = tx.send(Err(ProposeError::NoLeader));
         } else {
-            self.propose_now(n, what);
+            let n = self.next_proposal;
+            self.next_proposal += 1;
+            let pending = Pending { waiter: tx, what, proposed: None, leader_deadline: started + LEADER_WAIT };
+            self.pending.insert(n, pending);
+            if self.node.raft.leader_id != 0 {
+                self.propose_now(n);
+            }
         }
         self.metrics.handled(started, true);
         self.queue_ready(ctx);
@@ -480,42 +584,87 @@ impl RaftLog {
         })
     }
 
-    fn propose_now(&mut self, n: u64, what: Parked) {
-        let ctx = proposal_context(self.raft_id, n);
-        let result = match what {
-            Parked::Command(data) => self.node.propose(ctx, data),
-            Parked::AddVoter(id) => {
-                let mut cc = ConfChange::default();
-                cc.set_change_type(ConfChangeType::AddNode);
-                cc.node_id = id;
-                self.node.propose_conf_change(ctx, cc)
+    /// Hands pending proposal `n` to raft (again).
+    fn propose_now(&mut self, n: u64) {
+        let id = (self.raft_id, self.boot, n);
+        let Some(p) = self.pending.get_mut(&n) else { return };
+        p.proposed = Some(Instant::now());
+        let ctx = proposal_context(id);
+        let conf_change = |kind: ConfChangeType, node_id: u64| {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(kind);
+            cc.node_id = node_id;
+            cc
+        };
+        let result = match p.what.clone() {
+            Proposal::Command(data) => self.node.propose(ctx, data),
+            Proposal::AddVoter(id) => self.node.propose_conf_change(ctx, conf_change(ConfChangeType::AddNode, id)),
+            Proposal::AddLearner(id) => {
+                self.node.propose_conf_change(ctx, conf_change(ConfChangeType::AddLearnerNode, id))
+            }
+            Proposal::RemoveVoter(id) => {
+                self.node.propose_conf_change(ctx, conf_change(ConfChangeType::RemoveNode, id))
             }
         };
-        if result.is_err() {
-            if let Some(w) = self.pending.remove(&n) {
-                let _ = w.send(Err(ProposeError::NoLeader));
-            }
+        if let Err(e) = result {
+            // Dropped (no leader after all, or a conf change already in
+            // flight): the retry in `retry_pending` sends it again.
+            tracing::debug!(proposal = n, error = %e, "proposal not accepted by raft; will retry");
         }
     }
 
-    /// Proposes what was parked once a leader is known; refuses what waited too long.
-    fn unpark(&mut self) {
-        if self.parked.is_empty() {
+    /// Runs on every tick and after each ready: proposes what waited for a
+    /// leader, re-sends what a lost leader may have dropped, refuses what
+    /// waited too long for a leader.
+    fn retry_pending(&mut self) {
+        let now = Instant::now();
+        let leader = self.node.raft.leader_id;
+        if leader == 0 {
+            self.leaderless_since.get_or_insert(now);
+        } else {
+            self.leaderless_since = None;
+        }
+        let leader_changed = leader != self.last_leader;
+        self.last_leader = leader;
+        if self.pending.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let leader = self.node.raft.leader_id != 0;
-        for (deadline, n, what) in std::mem::take(&mut self.parked) {
-            if leader {
-                self.propose_now(n, what);
-            } else if now >= deadline {
-                if let Some(w) = self.pending.remove(&n) {
-                    let _ = w.send(Err(ProposeError::NoLeader));
+        let mut refuse = Vec::new();
+        let mut again = Vec::new();
+        for (n, p) in &self.pending {
+            match p.proposed {
+                _ if leader == 0 => {
+                    if now >= p.leader_deadline {
+                        refuse.push(*n);
+                    }
                 }
-            } else {
-                self.parked.push((deadline, n, what));
+                None => again.push(*n),
+                Some(at) if leader_changed || now.duration_since(at) >= REPROPOSE_AFTER => again.push(*n),
+                Some(_) => {}
             }
         }
+        for n in refuse {
+            if let Some(p) = self.pending.remove(&n) {
+                let _ = p.waiter.send(Err(ProposeError::NoLeader));
+            }
+        }
+        again.sort_unstable();
+        for n in again {
+            self.propose_now(n);
+        }
+    }
+}
+
+/// Hand leadership to another voter (forwarded to the leader by a follower).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TransferLeader(pub u64);
+
+impl Handler<TransferLeader> for RaftLog {
+    type Result = ();
+    fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
+        self.node.transfer_leader(msg.0);
+        self.queue_ready(ctx);
     }
 }
 
@@ -547,7 +696,7 @@ mod tests {
 
     #[test]
     fn contexts_round_trip() {
-        assert_eq!(parse_context(&proposal_context(7, 9)), Some((7, 9)));
+        assert_eq!(parse_context(&proposal_context((7, 8, 9))), Some((7, 8, 9)));
         assert_eq!(parse_context(b"short"), None);
     }
 }

@@ -156,6 +156,9 @@ pub struct DiskStorage {
     /// `entries[i].index == snapshot index + 1 + i`.
     entries: Vec<Entry>,
     poisoned: bool,
+    /// Set when raft asked for a snapshot the stored one cannot serve (it
+    /// predates the peer's membership); the owner compacts then.
+    snapshot_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl DiskStorage {
@@ -288,6 +291,7 @@ impl DiskStorage {
             snapshot,
             entries,
             poisoned: false,
+            snapshot_wanted: Default::default(),
         };
         tracing::info!(
             dir = %dir.display(),
@@ -462,6 +466,11 @@ impl DiskStorage {
         Ok(())
     }
 
+    /// Whether raft asked for a newer snapshot since the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `(index, term, data)` of the stored snapshot, to restore the state
     /// machine on restart. `None` before the first snapshot.
     pub fn snapshot_data(&self) -> Option<(u64, u64, Vec<u8>)> {
@@ -603,9 +612,17 @@ impl raft::Storage for DiskStorage {
     /// the commit index) this is real state-machine data, so when it is older
     /// than `request_index`, or there is none yet, raft is told to try later;
     /// it then skips sending until the application compacts again.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let index = self.snapshot.get_metadata().index;
-        if index == 0 || index < request_index {
+    /// The stored snapshot, unless it is older than `request_index` or its
+    /// membership does not include `to` (a manager added after it was
+    /// taken would refuse it): then raft retries later, and
+    /// [`DiskStorage::take_snapshot_wanted`] tells the owner to compact.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let index = meta.index;
+        let cs = meta.get_conf_state();
+        let has_peer = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if index == 0 || index < request_index || !has_peer {
+            self.snapshot_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));

@@ -1,0 +1,86 @@
+//! `shoal daemon --force-new-cluster`: disaster recovery when a majority of
+//! managers is lost for good.
+//!
+//! Like etcd's (and so Swarm's) force-new-cluster, every entry in this
+//! manager's log is kept, including any whose commit it never heard of (a
+//! write acknowledged by a majority that included this manager must not be
+//! lost). The result is stored as a snapshot whose configuration has this
+//! manager as the only voter; the other managers become workers in the
+//! store, so that nothing adds them back.
+
+use std::path::Path;
+
+use common::node::Role;
+use common::NodeId;
+use raft::eraftpb::{ConfState, EntryType, Snapshot};
+use raft::{GetEntriesContext, Storage};
+
+use super::storage::DiskStorage;
+use super::parse_context;
+use crate::store::{decode_command, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The log index the new cluster starts from.
+    pub index: u64,
+    pub services: usize,
+    /// Hostnames of the managers that were made workers.
+    pub demoted: Vec<String>,
+}
+
+pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recovered, String> {
+    let mut storage = DiskStorage::open(dir).map_err(|e| format!("cannot open raft log in {}: {e}", dir.display()))?;
+    let mut store = match storage.snapshot_data() {
+        Some((_, _, data)) => Store::from_snapshot(&data).map_err(|e| format!("corrupt snapshot: {e}"))?,
+        None => Store::default(),
+    };
+    let first = storage.first_index().map_err(|e| e.to_string())?;
+    let last = storage.last_index().map_err(|e| e.to_string())?;
+    let snap_index = storage.snapshot_data().map(|(i, _, _)| i).unwrap_or(0);
+    let mut index = snap_index;
+    if last >= first {
+        let entries = storage
+            .entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .map_err(|e| format!("cannot read the raft log: {e}"))?;
+        for e in entries {
+            index = e.index;
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                continue;
+            }
+            match decode_command(&e.data) {
+                // A command the store refuses leaves it unchanged, as it
+                // did on every manager.
+                Ok(cmd) => drop(store.apply_once(parse_context(&e.context), cmd, &mut Vec::new())),
+                Err(err) => tracing::warn!(index = e.index, error = %err, "skipping a log entry this version cannot read"),
+            }
+        }
+    }
+    if store.cluster.id.is_empty() {
+        return Err(format!("{} holds no cluster state to recover", dir.display()));
+    }
+    if !store.nodes.get(me).is_some_and(|n| n.role == Role::Manager) {
+        return Err("this node is not a manager of the cluster in its own log".into());
+    }
+    let mut demoted = Vec::new();
+    for n in store.nodes.values_mut() {
+        if n.role == Role::Manager && &n.id != me {
+            n.role = Role::Worker;
+            demoted.push(n.hostname.clone());
+        }
+    }
+    let term = if index == snap_index {
+        storage.snapshot_data().map(|(_, t, _)| t).unwrap_or(0).max(1)
+    } else {
+        storage.term(index).map_err(|e| e.to_string())?
+    };
+    let mut snap = Snapshot { data: store.to_snapshot().into(), ..Default::default() };
+    let meta = snap.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.set_conf_state(ConfState { voters: vec![raft_id], ..Default::default() });
+    let services = store.services.len();
+    storage
+        .apply_snapshot(snap)
+        .map_err(|e| format!("cannot write the new cluster's snapshot: {e}"))?;
+    Ok(Recovered { index, services, demoted })
+}
