@@ -1,8 +1,9 @@
 //! `shoal daemon`: bootstrap (`--init`), join (`--join`), or resume a node
 //! from its data directory, then run it until SIGINT/SIGTERM.
 //!
-//! A node's identity lives in `DATA_DIR/node.json`; managers keep the raft
-//! log under `DATA_DIR/raft`. Containers keep running when the daemon
+//! A node's identity lives in `DATA_DIR/node.json`, its TLS key and
+//! certificates under `DATA_DIR/tls` (see `worker::tls`); managers keep the
+//! raft log under `DATA_DIR/raft`. Containers keep running when the daemon
 //! stops; a restarted node adopts them.
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use worker::net::{self, Router};
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::Runtime;
 use worker::supervisor::{Assign, TaskSupervisor};
+use worker::tls::{CertificateRequest, ClusterCa, JoinToken, NodeIdentity, Tls};
 
 pub const DEFAULT_PORT: u16 = 4242;
 pub const DEFAULT_API: &str = "127.0.0.1:4243";
@@ -141,6 +143,30 @@ fn save_state(dir: &Path, s: &NodeState) -> Result<()> {
     Ok(())
 }
 
+fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("tls")
+}
+
+/// The first manager makes the cluster CA and certifies itself with it.
+fn init_identity(dir: &Path, state: &NodeState) -> Result<ClusterCa> {
+    let ca = ClusterCa::generate(&state.cluster_id)?;
+    NodeIdentity::issue(&ca, &state.node_id, state.role)?.save(&tls_dir(dir))?;
+    Ok(ca)
+}
+
+/// This node's TLS side, from what init or join saved.
+fn load_tls(dir: &Path, state: &NodeState) -> Result<Tls> {
+    let tls = tls_dir(dir);
+    let identity = NodeIdentity::load(&tls)?.ok_or_else(|| {
+        anyhow!("{} holds no certificate for node {}: the node cannot talk to its cluster", tls.display(), state.node_id)
+    })?;
+    let me = identity.peer()?;
+    if me.node_id != state.node_id {
+        bail!("{} holds the certificate of node {}, not of this node ({})", tls.display(), me.node_id, state.node_id);
+    }
+    Ok(Tls::new(&identity)?)
+}
+
 fn machine_hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -177,9 +203,13 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             args.data_dir.display()
         ),
     };
+    // The CA exists outside the store only until the first manager has
+    // committed it there.
+    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
     let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0 };
-    actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, opts))?;
+    actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -223,6 +253,9 @@ fn init_state(args: &DaemonArgs) -> Result<NodeState> {
 fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
     let advertise = args.advertise_addr.ok_or_else(|| anyhow!("--join needs --advertise-addr IP"))?;
     let token = args.token.clone().ok_or_else(|| anyhow!("--join needs --token TOKEN"))?;
+    // A malformed token is refused here: its CA fingerprint is what lets
+    // this node check the manager before sending the token.
+    let pinned: JoinToken = token.parse()?;
     let target: SocketAddr = match target.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -235,15 +268,17 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
     let port = args.port.unwrap_or(DEFAULT_PORT);
     let hostname = args.hostname.clone().unwrap_or_else(machine_hostname);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let request = CertificateRequest::new()?;
     let hello = Hello::Join {
         token,
         hostname: hostname.clone(),
         advertise_addr: SocketAddr::new(advertise, port),
         protocol: PROTOCOL_VERSION,
+        csr: request.csr_der().to_vec(),
     };
     let answer = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
-            let (_conn, answer) = net::dial_within(target, hello, Duration::from_secs(30)).await?;
+            let (_conn, answer) = net::dial_join(target, pinned.ca, hello, Duration::from_secs(30)).await?;
             Ok::<_, net::NetError>(answer)
         })
         .await
@@ -255,6 +290,10 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
         Ok(Err(e)) => bail!("cannot join through {target}: {e}"),
         Err(_) => bail!("cannot join through {target}: no answer within 30 s"),
     };
+    let identity = request
+        .complete(accepted.certificate.clone(), accepted.ca_certificate.clone(), Some(pinned.ca))
+        .with_context(|| format!("join through {target}: the certificate it issued is unusable"))?;
+    identity.save(&tls_dir(&args.data_dir))?;
     Ok(NodeState {
         node_id: accepted.node_id,
         raft_id: accepted.raft_id,
@@ -342,7 +381,10 @@ struct RunOptions {
     mesh: Option<DataPath>,
 }
 
-async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: RunOptions) -> Result<()> {
+/// Runs the node; `ca` is there on the first start of a cluster's first
+/// manager (`--init`), which commits it to the store.
+async fn run_node(state: NodeState, data_dir: PathBuf, ca: Option<ClusterCa>, tls: Tls, opts: RunOptions) -> Result<()> {
+    let fresh_init = ca.is_some();
     let snapshot_interval = opts.snapshot_interval;
     let cluster_addr = state.cluster_addr();
     let listener = tokio::net::TcpListener::bind(cluster_addr)
@@ -395,7 +437,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     let (reports_tx, reports_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
     let supervisor = actix::Actor::start(TaskSupervisor::new(state.node_id.clone(), runtime.clone(), reports_tx));
 
-    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()));
+    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()), &tls);
     let mut mgr: Option<Manager> = None;
     if state.role == Role::Manager {
         // Raft needs the other managers' addresses before its store has
@@ -409,6 +451,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
             peers,
             live: live.clone(),
             compact_every: snapshot_interval,
+            tls: tls.clone(),
         })
         .map_err(|e| anyhow!(e))?;
         router.set_manager(inbound);
@@ -416,9 +459,9 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     }
     actix::spawn(router.serve(listener));
 
-    if fresh_init {
+    if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
-        bootstrap_cluster(m, &state).await?;
+        bootstrap_cluster(m, &state, ca).await?;
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
@@ -460,7 +503,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
             });
         }
     });
-    let agent = Agent { node_id: state.node_id.clone(), managers };
+    let agent = Agent { node_id: state.node_id.clone(), managers, tls };
     actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
     let server = api::serve(
@@ -484,19 +527,20 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
 }
 
 /// The first manager commits the cluster's identity and itself.
-async fn bootstrap_cluster(m: &Manager, state: &NodeState) -> Result<()> {
+async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Result<()> {
     let mut status = m.status.clone();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
         .await
         .map_err(|_| anyhow!("this node did not become the raft leader of its new cluster within 10 s"))?
         .map_err(|_| anyhow!("the raft log stopped"))?;
     let now = now_ms();
-    let secret = secret(25);
+    let fingerprint = ca.fingerprint()?;
     let info = ClusterInfo {
         id: state.cluster_id.clone(),
-        worker_token: manager::join::new_token(&secret),
-        manager_token: manager::join::new_token(&secret),
+        worker_token: manager::join::new_token(fingerprint),
+        manager_token: manager::join::new_token(fingerprint),
         created_at: now,
+        ca,
     };
     let node = Node {
         id: state.node_id.clone(),

@@ -29,6 +29,7 @@ use common::NodeId;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use worker::net::{self, Inbound};
+use worker::tls::Tls;
 
 use control::{ControlLoop, LiveNodes};
 use dispatcher::{Dispatcher, MeshReport, Register, Reports, Unregister};
@@ -42,6 +43,8 @@ pub struct ManagerConfig<'a> {
     pub peers: Vec<PeerInfo>,
     pub live: LiveNodes,
     pub compact_every: u64,
+    /// This node's TLS identity, for the connections the manager dials.
+    pub tls: Tls,
 }
 
 #[derive(Clone)]
@@ -54,13 +57,14 @@ pub struct Manager {
     /// Held while a raft membership change is in flight.
     pub conf_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub events: std::sync::Arc<events::EventHub>,
+    pub tls: Tls,
 }
 
 impl Manager {
     /// Starts the raft log and the leader's loops; returns the sender that
     /// the cluster-port router hands manager connections to.
     pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::UnboundedSender<Inbound>), String> {
-        let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers);
+        let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
             &cfg.data_dir.join("raft"),
@@ -95,7 +99,7 @@ impl Manager {
         );
         ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
-        let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub };
+        let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub, tls: cfg.tls };
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let m = manager.clone();
         actix::spawn(async move {
@@ -125,7 +129,7 @@ impl Manager {
     async fn accept(&self, inbound: Inbound) -> Result<(), net::NetError> {
         let Inbound { hello, conn, peer } = inbound;
         match hello {
-            Hello::Join { token, hostname, advertise_addr, protocol } => {
+            Hello::Join { token, hostname, advertise_addr, protocol, csr } => {
                 join::handle_join(
                     conn,
                     peer,
@@ -133,6 +137,7 @@ impl Manager {
                     hostname,
                     advertise_addr,
                     protocol,
+                    csr,
                     self.store.clone(),
                     self.raft.clone(),
                     self.status.clone(),
