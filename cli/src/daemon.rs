@@ -158,7 +158,12 @@ fn init_identity(dir: &Path, state: &NodeState) -> Result<ClusterCa> {
 fn load_tls(dir: &Path, state: &NodeState) -> Result<Tls> {
     let tls = tls_dir(dir);
     let identity = NodeIdentity::load(&tls)?.ok_or_else(|| {
-        anyhow!("{} holds no certificate for node {}: the node cannot talk to its cluster", tls.display(), state.node_id)
+        anyhow!(
+            "{} holds no certificate for node {}: a node made before the cluster port used TLS cannot rejoin; \
+             start it afresh (another --data-dir) with --init or --join",
+            tls.display(),
+            state.node_id
+        )
     })?;
     let me = identity.peer()?;
     if me.node_id != state.node_id {
