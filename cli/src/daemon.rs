@@ -1,8 +1,9 @@
 //! `shoal daemon`: bootstrap (`--init`), join (`--join`), or resume a node
 //! from its data directory, then run it until SIGINT/SIGTERM.
 //!
-//! A node's identity lives in `DATA_DIR/node.json`; managers keep the raft
-//! log under `DATA_DIR/raft`. Containers keep running when the daemon
+//! A node's identity lives in `DATA_DIR/node.json`, its TLS key and
+//! certificates under `DATA_DIR/tls` (see `worker::tls`); managers keep the
+//! raft log under `DATA_DIR/raft`. Containers keep running when the daemon
 //! stops; a restarted node adopts them.
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use worker::net::{self, Router};
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::Runtime;
 use worker::supervisor::{Assign, TaskSupervisor};
+use worker::tls::{CertificateRequest, ClusterCa, JoinToken, NodeIdentity, Tls};
 
 pub const DEFAULT_PORT: u16 = 4242;
 pub const DEFAULT_API: &str = "127.0.0.1:4243";
@@ -150,6 +152,35 @@ fn save_state(dir: &Path, s: &NodeState) -> Result<()> {
     Ok(())
 }
 
+fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("tls")
+}
+
+/// The first manager makes the cluster CA and certifies itself with it.
+fn init_identity(dir: &Path, state: &NodeState) -> Result<ClusterCa> {
+    let ca = ClusterCa::generate(&state.cluster_id)?;
+    NodeIdentity::issue(&ca, &state.node_id, state.role)?.save(&tls_dir(dir))?;
+    Ok(ca)
+}
+
+/// This node's TLS side, from what init or join saved.
+fn load_tls(dir: &Path, state: &NodeState) -> Result<Tls> {
+    let tls = tls_dir(dir);
+    let identity = NodeIdentity::load(&tls)?.ok_or_else(|| {
+        anyhow!(
+            "{} holds no certificate for node {}: a node made before the cluster port used TLS cannot rejoin; \
+             start it afresh (another --data-dir) with --init or --join",
+            tls.display(),
+            state.node_id
+        )
+    })?;
+    let me = identity.peer()?;
+    if me.node_id != state.node_id {
+        bail!("{} holds the certificate of node {}, not of this node ({})", tls.display(), me.node_id, state.node_id);
+    }
+    Ok(Tls::new(&identity)?)
+}
+
 fn machine_hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -214,9 +245,13 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         }
     }
+    // The CA exists outside the store only until the first manager has
+    // committed it there.
+    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
     let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0 };
-    actix_web::rt::System::new().block_on(run_node(state, data_dir, fresh_init, opts))?;
+    actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -260,6 +295,9 @@ fn init_state(args: &DaemonArgs) -> Result<NodeState> {
 fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
     let advertise = args.advertise_addr.ok_or_else(|| anyhow!("--join needs --advertise-addr IP"))?;
     let token = args.token.clone().ok_or_else(|| anyhow!("--join needs --token TOKEN"))?;
+    // A malformed token is refused here: its CA fingerprint is what lets
+    // this node check the manager before sending the token.
+    let pinned: JoinToken = token.parse()?;
     let target: SocketAddr = match target.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -272,15 +310,17 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
     let port = args.port.unwrap_or(DEFAULT_PORT);
     let hostname = args.hostname.clone().unwrap_or_else(machine_hostname);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let request = CertificateRequest::new()?;
     let hello = Hello::Join {
         token,
         hostname: hostname.clone(),
         advertise_addr: SocketAddr::new(advertise, port),
         protocol: PROTOCOL_VERSION,
+        csr: request.csr_der().to_vec(),
     };
     let answer = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
-            let (_conn, answer) = net::dial_within(target, hello, Duration::from_secs(30)).await?;
+            let (_conn, answer) = net::dial_join(target, pinned.ca, hello, Duration::from_secs(30)).await?;
             Ok::<_, net::NetError>(answer)
         })
         .await
@@ -292,6 +332,10 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
         Ok(Err(e)) => bail!("cannot join through {target}: {e}"),
         Err(_) => bail!("cannot join through {target}: no answer within 30 s"),
     };
+    let identity = request
+        .complete(accepted.certificate.clone(), accepted.ca_certificate.clone(), Some(pinned.ca))
+        .with_context(|| format!("join through {target}: the certificate it issued is unusable"))?;
+    identity.save(&tls_dir(&args.data_dir))?;
     Ok(NodeState {
         node_id: accepted.node_id,
         raft_id: accepted.raft_id,
@@ -316,8 +360,9 @@ struct Sink {
     /// the assignments that follow them (a task leaves the rotation before
     /// its stop reaches the supervisor).
     mesh: actix::Addr<MeshProgrammer>,
-    /// Told when the node's role changed: the process restarts in its new role.
-    role_changed: mpsc::UnboundedSender<Role>,
+    /// Told when the node's role changed (and which managers can certify
+    /// it): the process restarts in its new role.
+    role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
 }
 
 impl AgentSink for Sink {
@@ -333,14 +378,9 @@ impl AgentSink for Sink {
         let listed = managers.iter().any(|m| m.node_id == s.node_id);
         let role = if listed { Role::Manager } else { Role::Worker };
         if !managers.is_empty() && role != s.role {
-            tracing::warn!(from = %s.role, to = %role, "this node's role changed; restarting in the new role");
-            s.role = role;
-            s.managers = managers;
-            if let Err(e) = save_state(&self.data_dir, &s) {
-                tracing::error!(error = %e, "cannot save the new role; staying as we are");
-                return;
-            }
-            let _ = self.role_changed.send(role);
+            // The node saves its new role once it holds a certificate for it.
+            tracing::warn!(from = %s.role, to = %role, "this node's role changed");
+            let _ = self.role_changed.send((role, managers));
             return;
         }
         if s.managers != managers {
@@ -395,7 +435,10 @@ struct RunOptions {
     mesh: Option<DataPath>,
 }
 
-async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: RunOptions) -> Result<()> {
+/// Runs the node; `ca` is there on the first start of a cluster's first
+/// manager (`--init`), which commits it to the store.
+async fn run_node(state: NodeState, data_dir: PathBuf, ca: Option<ClusterCa>, tls: Tls, opts: RunOptions) -> Result<()> {
+    let fresh_init = ca.is_some();
     let snapshot_interval = opts.snapshot_interval;
     let cluster_addr = state.cluster_addr();
     let listener = tokio::net::TcpListener::bind(cluster_addr)
@@ -448,7 +491,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     let (reports_tx, reports_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
     let supervisor = actix::Actor::start(TaskSupervisor::new(state.node_id.clone(), runtime.clone(), reports_tx));
 
-    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()));
+    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()), &tls);
     let mut mgr: Option<Manager> = None;
     if state.role == Role::Manager {
         // Raft needs the other managers' addresses before its store has
@@ -462,6 +505,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
             peers,
             live: live.clone(),
             compact_every: snapshot_interval,
+            tls: tls.clone(),
         })
         .map_err(|e| anyhow!(e))?;
         router.set_manager(inbound);
@@ -469,9 +513,9 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     }
     actix::spawn(router.serve(listener));
 
-    if fresh_init {
+    if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
-        bootstrap_cluster(m, &state).await?;
+        bootstrap_cluster(m, &state, ca).await?;
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
@@ -485,6 +529,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     }));
     let shared_state = Arc::new(RwLock::new(state.clone()));
     let (role_tx, mut role_rx) = mpsc::unbounded_channel();
+    let role_retry = role_tx.clone();
     let sink = Arc::new(Sink {
         role_changed: role_tx,
         supervisor,
@@ -515,7 +560,7 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
             });
         }
     });
-    let agent = Agent { node_id: state.node_id.clone(), managers };
+    let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone() };
     actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
     let server = api::serve(
@@ -527,11 +572,31 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     actix::spawn(server);
     tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");
 
+    let change_role = async {
+        while let Some((role, managers)) = role_rx.recv().await {
+            let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
+            match renew_certificate(&tls, &data_dir, &state.node_id, role, &addrs).await {
+                Ok(()) => return (role, managers),
+                Err(e) => {
+                    tracing::warn!(%role, error = %e, "cannot get a certificate for the new role yet; will retry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Ask again on the next managers list, or now.
+                    while role_rx.try_recv().is_ok() {}
+                    let _ = role_retry.send((role, managers));
+                }
+            }
+        }
+        std::future::pending().await
+    };
     let new_role = tokio::select! {
         _ = wait_for_signal() => None,
-        role = role_rx.recv() => role,
+        role = change_role => Some(role),
     };
-    if let Some(role) = new_role {
+    if let Some((role, managers)) = new_role {
+        let mut s = state.clone();
+        s.role = role;
+        s.managers = managers;
+        save_state(&data_dir, &s)?;
         // Containers and the mesh table stay; the new process adopts them.
         handle.stop(true).await;
         tracing::info!(%role, "restarting in the new role");
@@ -545,6 +610,40 @@ async fn run_node(state: NodeState, data_dir: PathBuf, fresh_init: bool, opts: R
     }
     handle.stop(true).await;
     Ok(())
+}
+
+/// Asks a manager for a certificate for `role` (signed from a fresh key's
+/// CSR with the role the store gives this node) and saves it.
+async fn renew_certificate(tls: &Tls, data_dir: &Path, node: &NodeId, role: Role, managers: &[SocketAddr]) -> Result<()> {
+    let dir = tls_dir(data_dir);
+    let pinned = NodeIdentity::load(&dir)?.ok_or_else(|| anyhow!("{} holds no certificate", dir.display()))?.ca_fingerprint()?;
+    let mut last = anyhow!("no manager to ask");
+    for addr in managers {
+        let request = CertificateRequest::new()?;
+        let hello = Hello::Renew { node_id: node.clone(), csr: request.csr_der().to_vec() };
+        let (certificate, ca_certificate) = match net::dial(tls, *addr, hello).await {
+            Ok((_conn, Frame::Certificate { certificate, ca_certificate })) => (certificate, ca_certificate),
+            Ok((_conn, other)) => {
+                last = anyhow!("{addr} answered {other:?}");
+                continue;
+            }
+            Err(e) => {
+                last = anyhow!("{addr}: {e}");
+                continue;
+            }
+        };
+        let identity = request.complete(certificate, ca_certificate, Some(pinned))?;
+        let got = identity.peer()?.role;
+        if got != role {
+            // That manager has not applied the change yet.
+            last = anyhow!("{addr} still certifies this node as a {got}");
+            continue;
+        }
+        identity.save(&dir)?;
+        tracing::info!(%role, manager = %addr, "certificate renewed for the new role");
+        return Ok(());
+    }
+    Err(last)
 }
 
 /// Replaces this process with `shoal daemon` on the same data directory and
@@ -582,19 +681,20 @@ fn restart_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 }
 
 /// The first manager commits the cluster's identity and itself.
-async fn bootstrap_cluster(m: &Manager, state: &NodeState) -> Result<()> {
+async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Result<()> {
     let mut status = m.status.clone();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
         .await
         .map_err(|_| anyhow!("this node did not become the raft leader of its new cluster within 10 s"))?
         .map_err(|_| anyhow!("the raft log stopped"))?;
     let now = now_ms();
-    let secret = secret(25);
+    let fingerprint = ca.fingerprint()?;
     let info = ClusterInfo {
         id: state.cluster_id.clone(),
-        worker_token: manager::join::new_token(&secret),
-        manager_token: manager::join::new_token(&secret),
+        worker_token: manager::join::new_token(fingerprint),
+        manager_token: manager::join::new_token(fingerprint),
         created_at: now,
+        ca,
     };
     let node = Node {
         id: state.node_id.clone(),

@@ -39,6 +39,10 @@ enum Command {
         /// Only print the token.
         #[arg(short, long)]
         quiet: bool,
+        /// Replace the token: the old one admits no new node (nodes already
+        /// joined keep working).
+        #[arg(long)]
+        rotate: bool,
     },
     /// Stream cluster events (services, tasks, nodes) as they happen.
     Events {
@@ -79,7 +83,7 @@ fn main() -> ExitCode {
             init_logging();
             daemon::run(args)
         }
-        Command::JoinToken { role, quiet } => node::join_token(&client::Client::new(&cli.host), &role, quiet),
+        Command::JoinToken { role, quiet, rotate } => node::join_token(&client::Client::new(&cli.host), &role, quiet, rotate),
         Command::Node(cmd) => node::run(&client::Client::new(&cli.host), cmd),
         Command::Events { since, filter, format } => events::run(&client::Client::new(&cli.host), since, filter, format),
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
@@ -115,6 +119,7 @@ mod tests {
             vec!["shoal", "service", "create", "--detach=false", "--replicas", "-1", "img"],
             vec!["shoal", "node", "update", "--availability", "drain", "n1"],
             vec!["shoal", "events", "--since", "10m", "--filter", "type=task", "--format", "json"],
+            vec!["shoal", "join-token", "--rotate", "-q", "worker"],
             vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -136,11 +136,16 @@ fn pretty_node(n: &NodeInfo) -> String {
     s
 }
 
-pub fn join_token(c: &Client, role: &str, quiet: bool) -> Result<ExitCode> {
+/// `shoal join-token [--rotate] [-q] worker|manager`.
+pub fn join_token(c: &Client, role: &str, quiet: bool, rotate: bool) -> Result<ExitCode> {
     if role != "worker" && role != "manager" {
         bail!("unknown role {role:?}: expected worker or manager");
     }
-    let tokens: JoinTokens = c.get("/v1/join-tokens")?;
+    let tokens: JoinTokens = if rotate {
+        c.post(&format!("/v1/join-tokens/rotate?role={role}"), &())?
+    } else {
+        c.get("/v1/join-tokens")?
+    };
     let token = if role == "worker" { tokens.worker } else { tokens.manager };
     if quiet {
         println!("{token}");
@@ -149,7 +154,32 @@ pub fn join_token(c: &Client, role: &str, quiet: bool) -> Result<ExitCode> {
     let info: Info = c.get("/v1/info")?;
     let nodes: Vec<NodeInfo> = c.get("/v1/nodes")?;
     let addr = nodes.iter().find(|n| n.node.id == info.node_id).map(|n| n.node.addr.to_string()).unwrap_or_default();
-    println!("To add a {role} to this cluster, run the following command:\n");
-    println!("    shoal daemon --join {addr} --token {token} --advertise-addr <IP>\n");
+    print!("{}", join_token_text(role, &addr, &token, rotate));
     Ok(ExitCode::SUCCESS)
+}
+
+fn join_token_text(role: &str, addr: &str, token: &str, rotated: bool) -> String {
+    let mut s = String::new();
+    if rotated {
+        s.push_str(&format!("Successfully rotated {role} join token.\n\n"));
+    }
+    s.push_str(&format!("To add a {role} to this cluster, run the following command:\n\n"));
+    s.push_str(&format!("    shoal daemon --join {addr} --token {token} --advertise-addr <IP>\n\n"));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_token_output() {
+        assert_eq!(
+            join_token_text("worker", "10.0.0.1:4242", "SHTKN-1-a-b", true),
+            "Successfully rotated worker join token.\n\n\
+             To add a worker to this cluster, run the following command:\n\n\
+             \x20   shoal daemon --join 10.0.0.1:4242 --token SHTKN-1-a-b --advertise-addr <IP>\n\n"
+        );
+        assert!(join_token_text("manager", "a", "t", false).starts_with("To add a manager"));
+    }
 }

@@ -9,6 +9,7 @@
 //! | POST | `/v1/nodes/{id-or-hostname}/update` | [`NodeUpdate`] → [`NodeInfo`] |
 //! | DELETE | `/v1/nodes/{id-or-hostname}?force=true` | → [`NodeInfo`] |
 //! | GET | `/v1/join-tokens` | → [`JoinTokens`] |
+//! | POST | `/v1/join-tokens/rotate?role=worker\|manager` | → [`JoinTokens`] (that role's token replaced) |
 //! | GET | `/v1/services` | → `[ServiceInfo]` |
 //! | POST | `/v1/services` | [`ServiceSpec`] → [`ServiceInfo`] |
 //! | GET | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |

@@ -7,8 +7,9 @@
 //!
 //! Every connection begins with a [`Hello`] from the side that dialled; the
 //! other side answers [`Frame::Welcome`], [`Frame::JoinAccepted`],
-//! [`Frame::Redirect`] or [`Frame::Refused`]. That exchange is the one place a
-//! later TLS layer wraps.
+//! [`Frame::Redirect`] or [`Frame::Refused`]. The frames travel inside
+//! mutual TLS (`worker::tls`); a joining node, which has no certificate yet,
+//! sends a CSR in its hello and gets its certificate in [`JoinAccepted`].
 
 use std::net::SocketAddr;
 
@@ -23,8 +24,9 @@ use crate::task::{Task, TaskStatusUpdate};
 /// Hard limit on one frame (raft snapshots of the store travel in one frame).
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 
-/// Bumped when a change makes old and new nodes unable to talk.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped when a change makes old and new nodes unable to talk
+/// (2: the cluster port is TLS; joins carry a CSR).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Hello {
@@ -34,6 +36,10 @@ pub enum Hello {
         hostname: String,
         advertise_addr: SocketAddr,
         protocol: u32,
+        /// PKCS#10 request (DER) for the node's certificate; its key stays
+        /// on the node.
+        #[serde(default, with = "serde_bytes")]
+        csr: Vec<u8>,
     },
     /// A manager opens its stream of raft messages to another manager.
     Raft { from: NodeId, raft_id: u64 },
@@ -41,6 +47,9 @@ pub enum Hello {
     Session { node_id: NodeId },
     /// A manager asks a node for the logs of some of its tasks.
     Logs(LogRequest),
+    /// A node whose role changed asks for a certificate for its new role
+    /// (signed from this CSR, with the role the store gives it).
+    Renew { node_id: NodeId, #[serde(with = "serde_bytes")] csr: Vec<u8> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +68,11 @@ pub struct JoinAccepted {
     /// Managers known at join time; the node keeps this list fresh from
     /// later sessions.
     pub managers: Vec<PeerInfo>,
+    /// The node's certificate, signed from its CSR, and the cluster CA's (PEM).
+    #[serde(default)]
+    pub certificate: String,
+    #[serde(default)]
+    pub ca_certificate: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +123,8 @@ pub enum Frame {
     /// Node → dispatcher: the published ports this node cannot serve (the
     /// whole list, sent when it changes).
     MeshStatus(Vec<MeshFailure>),
+    /// Manager → node: the certificate a `Renew` asked for, and the CA's (PEM).
+    Certificate { certificate: String, ca_certificate: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +180,7 @@ mod tests {
                 hostname: "node1".into(),
                 advertise_addr: "127.0.0.11:4242".parse().unwrap(),
                 protocol: PROTOCOL_VERSION,
+                csr: vec![0x30, 0x82],
             }),
             Frame::Raft(vec![1, 2, 3, 255]),
             Frame::Refused { reason: "invalid join token".into() },

@@ -189,6 +189,24 @@ async fn join_tokens(state: web::Data<ApiState>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(JoinTokens { worker: c.worker_token, manager: c.manager_token }))
 }
 
+#[derive(serde::Deserialize)]
+struct RotateQuery {
+    role: String,
+}
+
+/// A new secret for one role's token; the CA fingerprint stays.
+async fn rotate_join_token(state: web::Data<ApiState>, q: web::Query<RotateQuery>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let role = match q.role.as_str() {
+        "worker" => Role::Worker,
+        "manager" => Role::Manager,
+        other => return Err(Error::new(StatusCode::BAD_REQUEST, format!("invalid role {other:?}: expected worker or manager"))),
+    };
+    let ca = m.store.read().cluster.ca.fingerprint().map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    propose(m, Command::RotateJoinToken { role, token: crate::join::new_token(ca) }).await?;
+    join_tokens(state).await
+}
+
 async fn list_services(state: web::Data<ApiState>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let store = m.store.read();
@@ -447,8 +465,9 @@ async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web
         let name = name.clone();
         let slots = slots.clone();
         let req = LogRequest { tasks: target.tasks.clone(), follow: q.follow, tail: q.tail };
+        let tls = m.tls.clone();
         tokio::spawn(async move {
-            let (mut conn, _) = match net::dial(target.addr, Hello::Logs(req)).await {
+            let (mut conn, _) = match net::dial(&tls, target.addr, Hello::Logs(req)).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(node = %target.node, error = %e, "cannot fetch logs from node");
@@ -603,6 +622,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/nodes/{key}/promote", web::post().to(promote_node))
         .route("/v1/nodes/{key}/demote", web::post().to(demote_node))
         .route("/v1/join-tokens", web::get().to(join_tokens))
+        .route("/v1/join-tokens/rotate", web::post().to(rotate_join_token))
         .route("/v1/events", web::get().to(events))
         .route("/v1/services", web::get().to(list_services))
         .route("/v1/services", web::post().to(create_service))

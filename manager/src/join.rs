@@ -1,6 +1,6 @@
-//! Admitting a node: the token decides its role; the node is committed to
-//! the store (and, for a manager, added as a raft voter) before it is told
-//! its identity.
+//! Admitting a node: the token decides its role; the cluster CA signs the
+//! node's certificate from its CSR; the node is committed to the store (and,
+//! for a manager, added as a raft voter) before it is told its identity.
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,7 @@ use common::wire::{Frame, JoinAccepted, PROTOCOL_VERSION};
 use common::NodeId;
 use rand::Rng;
 use worker::net::{self, Conn};
+use worker::tls::{Fingerprint, JoinToken};
 
 
 
@@ -36,12 +37,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A token like Swarm's: `SHTKN-1-<cluster secret>-<role secret>`.
-pub fn new_token(cluster_secret: &str) -> String {
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::thread_rng();
-    let secret: String = (0..25).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
-    format!("SHTKN-1-{cluster_secret}-{secret}")
+/// A token like Swarm's: `SHTKN-1-<CA fingerprint>-<role secret>`.
+pub fn new_token(ca: Fingerprint) -> String {
+    JoinToken::generate(ca).to_string()
 }
 
 pub fn new_raft_id() -> u64 {
@@ -55,6 +53,7 @@ pub async fn handle_join(
     hostname: String,
     advertise_addr: SocketAddr,
     protocol: u32,
+    csr: Vec<u8>,
     store: SharedStore,
     raft: Addr<RaftLog>,
 ) -> Result<(), net::NetError> {
@@ -64,17 +63,25 @@ pub async fn handle_join(
         tracing::warn!(%peer, %hostname, "join refused: {why}");
         return net::send(&mut conn, refuse(why)).await;
     }
-    let (role, cluster_id) = {
+    let (role, cluster_id, ca) = {
         let s = store.read();
-        (role_for_token(&s, &token), s.cluster.id.clone())
+        (role_for_token(&s, &token), s.cluster.id.clone(), s.cluster.ca.clone())
     };
     let Some(role) = role else {
         tracing::warn!(%peer, %hostname, "join refused: invalid join token");
         return net::send(&mut conn, refuse("invalid join token".into())).await;
     };
+    let id = NodeId::random();
+    let certificate = match ca.sign(&csr, &id, role) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, %hostname, error = %e, "join refused: cannot issue a certificate");
+            return net::send(&mut conn, refuse(format!("cannot issue a certificate: {e}"))).await;
+        }
+    };
     let now = now_ms();
     let node = Node {
-        id: NodeId::random(),
+        id,
         raft_id: new_raft_id(),
         hostname: hostname.clone(),
         role,
@@ -99,6 +106,8 @@ pub async fn handle_join(
         role,
         cluster_id,
         managers: store.read().manager_peers(),
+        certificate,
+        ca_certificate: ca.cert_pem,
     };
     net::send(&mut conn, Frame::JoinAccepted(accepted)).await
 }
@@ -119,13 +128,31 @@ mod tests {
     fn tokens_decide_roles() {
         let mut s = Store::default();
         assert_eq!(role_for_token(&s, ""), None, "uninitialised cluster admits nobody");
+        let ca = worker::tls::ClusterCa::generate("c").unwrap();
+        let fp = ca.fingerprint().unwrap();
         s.cluster.id = "c".into();
-        s.cluster.worker_token = new_token("abc");
-        s.cluster.manager_token = new_token("abc");
+        s.cluster.worker_token = new_token(fp);
+        s.cluster.manager_token = new_token(fp);
         assert_ne!(s.cluster.worker_token, s.cluster.manager_token);
-        assert!(s.cluster.worker_token.starts_with("SHTKN-1-abc-"));
+        assert!(s.cluster.worker_token.starts_with(&format!("SHTKN-1-{fp}-")));
+        assert_eq!(s.cluster.worker_token.parse::<JoinToken>().unwrap().ca, fp);
         assert_eq!(role_for_token(&s, &s.cluster.worker_token.clone()), Some(Role::Worker));
         assert_eq!(role_for_token(&s, &s.cluster.manager_token.clone()), Some(Role::Manager));
-        assert_eq!(role_for_token(&s, "SHTKN-1-abc-wrong"), None);
+        assert_eq!(role_for_token(&s, &format!("SHTKN-1-{fp}-wrong")), None);
+    }
+
+    #[test]
+    fn a_rotated_token_admits_no_one() {
+        let mut s = Store::default();
+        let fp = worker::tls::ClusterCa::generate("c").unwrap().fingerprint().unwrap();
+        s.cluster.id = "c".into();
+        s.cluster.worker_token = new_token(fp);
+        s.cluster.manager_token = new_token(fp);
+        let (old, manager) = (s.cluster.worker_token.clone(), s.cluster.manager_token.clone());
+        let new = new_token(fp);
+        s.apply(Command::RotateJoinToken { role: Role::Worker, token: new.clone() }).unwrap();
+        assert_eq!(role_for_token(&s, &old), None);
+        assert_eq!(role_for_token(&s, &new), Some(Role::Worker));
+        assert_eq!(role_for_token(&s, &manager), Some(Role::Manager), "the other role's token still works");
     }
 }

@@ -30,6 +30,7 @@ use common::NodeId;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use worker::net::{self, Inbound};
+use worker::tls::Tls;
 
 use control::{ControlLoop, LiveNodes};
 use dispatcher::{Dispatcher, MeshReport, Register, Reports, Unregister};
@@ -43,6 +44,8 @@ pub struct ManagerConfig<'a> {
     pub peers: Vec<PeerInfo>,
     pub live: LiveNodes,
     pub compact_every: u64,
+    /// This node's TLS identity, for the connections the manager dials.
+    pub tls: Tls,
 }
 
 #[derive(Clone)]
@@ -55,13 +58,14 @@ pub struct Manager {
     /// Held while a raft membership change is in flight.
     pub conf_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub events: std::sync::Arc<events::EventHub>,
+    pub tls: Tls,
 }
 
 impl Manager {
     /// Starts the raft log and the leader's loops; returns the sender that
     /// the cluster-port router hands manager connections to.
     pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::UnboundedSender<Inbound>), String> {
-        let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers);
+        let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
             &cfg.data_dir.join("raft"),
@@ -96,7 +100,8 @@ impl Manager {
         );
         ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
-        let manager = Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub };
+        let manager =
+            Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub, tls: cfg.tls };
         roles::RoleManager::start(manager.clone(), cfg.live.clone());
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let m = manager.clone();
@@ -127,7 +132,7 @@ impl Manager {
     async fn accept(&self, inbound: Inbound) -> Result<(), net::NetError> {
         let Inbound { hello, conn, peer } = inbound;
         match hello {
-            Hello::Join { token, hostname, advertise_addr, protocol } => {
+            Hello::Join { token, hostname, advertise_addr, protocol, csr } => {
                 join::handle_join(
                     conn,
                     peer,
@@ -135,6 +140,7 @@ impl Manager {
                     hostname,
                     advertise_addr,
                     protocol,
+                    csr,
                     self.store.clone(),
                     self.raft.clone(),
                 )
@@ -143,7 +149,29 @@ impl Manager {
             Hello::Raft { .. } => raft::transport::serve_peer(conn, self.raft.clone()).await,
             Hello::Session { node_id } => self.session(conn, node_id).await,
             Hello::Logs(_) => Err(net::NetError::Unexpected("logs hello at the manager".into())),
+            Hello::Renew { node_id, csr } => self.renew(conn, node_id, csr).await,
         }
+    }
+
+    /// Signs a certificate for `node` with the role the store gives it now
+    /// (the caller's identity was checked against its current certificate).
+    async fn renew(&self, mut conn: net::Conn, node: NodeId, csr: Vec<u8>) -> Result<(), net::NetError> {
+        let (role, ca) = {
+            let s = self.store.read();
+            (s.nodes.get(&node).map(|n| n.role), s.cluster.ca.clone())
+        };
+        let Some(role) = role else {
+            let reason = format!("node {node} is not part of this cluster (was it removed?)");
+            return net::send(&mut conn, Frame::Refused { reason }).await;
+        };
+        let answer = match ca.sign(&csr, &node, role) {
+            Ok(certificate) => {
+                tracing::info!(%node, %role, "issued a certificate for a changed role");
+                Frame::Certificate { certificate, ca_certificate: ca.cert_pem.clone() }
+            }
+            Err(e) => Frame::Refused { reason: format!("cannot issue a certificate: {e}") },
+        };
+        net::send(&mut conn, answer).await
     }
 
     async fn session(&self, mut conn: net::Conn, node: NodeId) -> Result<(), net::NetError> {

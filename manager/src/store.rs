@@ -24,6 +24,9 @@ pub struct ClusterInfo {
     pub worker_token: String,
     pub manager_token: String,
     pub created_at: Millis,
+    /// The cluster CA: every manager signs joining nodes' certificates.
+    #[serde(default)]
+    pub ca: worker::tls::ClusterCa,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +94,8 @@ pub enum Command {
     DeleteTasks(Vec<TaskId>),
     /// Several commands in one entry, applied in order; stops at the first error.
     Batch(Vec<Command>),
+    /// Replaces one role's join token; nodes already joined are unaffected.
+    RotateJoinToken { role: Role, token: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -408,6 +413,10 @@ impl Store {
                     self.apply_recording(c, changes)?;
                 }
             }
+            Command::RotateJoinToken { role, token } => match role {
+                Role::Worker => self.cluster.worker_token = token,
+                Role::Manager => self.cluster.manager_token = token,
+            },
         }
         Ok(())
     }
@@ -611,6 +620,35 @@ mod tests {
         h2.spec.task.ports = h1.spec.task.ports.clone();
         s.apply(Command::CreateService(h1)).unwrap();
         s.apply(Command::CreateService(h2)).unwrap();
+    }
+
+    #[test]
+    fn rotating_a_join_token_replaces_that_role_only() {
+        let mut s = Store::default();
+        let info = ClusterInfo { id: "c".into(), worker_token: "w1".into(), manager_token: "m1".into(), ..Default::default() };
+        s.apply(Command::InitCluster(info)).unwrap();
+        s.apply(Command::RotateJoinToken { role: Role::Worker, token: "w2".into() }).unwrap();
+        assert_eq!((s.cluster.worker_token.as_str(), s.cluster.manager_token.as_str()), ("w2", "m1"));
+        s.apply(Command::RotateJoinToken { role: Role::Manager, token: "m2".into() }).unwrap();
+        assert_eq!((s.cluster.worker_token.as_str(), s.cluster.manager_token.as_str()), ("w2", "m2"));
+        let c = Command::RotateJoinToken { role: Role::Worker, token: "w3".into() };
+        assert_eq!(decode_command(&encode_command(&c)).unwrap(), c);
+        assert_eq!(Store::from_snapshot(&s.to_snapshot()).unwrap(), s);
+    }
+
+    #[test]
+    fn cluster_info_from_before_the_ca_still_decodes() {
+        #[derive(Serialize)]
+        struct Before {
+            id: String,
+            worker_token: String,
+            manager_token: String,
+            created_at: Millis,
+        }
+        let old = Before { id: "c".into(), worker_token: "w".into(), manager_token: "m".into(), created_at: 1 };
+        let info: ClusterInfo = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        assert_eq!(info.id, "c");
+        assert!(info.ca.is_empty());
     }
 
     #[test]

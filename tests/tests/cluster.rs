@@ -293,7 +293,11 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
     let err = rejected["status"]["err"].as_str().unwrap();
     assert!(err.contains("shoal/does-not-exist"), "Docker's message names the image: {err}");
 
-    // A wrong join token is refused on both sides.
+    // A wrong join token (the cluster's CA, a wrong secret) is refused on
+    // both sides. (tests/tests/security.rs has the other refusals.)
+    let token = c.shoal_ok(&["join-token", "worker", "-q"]);
+    let (ca, _) = token.trim().strip_prefix("SHTKN-1-").unwrap().split_once('-').unwrap();
+    let wrong = format!("SHTKN-1-{ca}-{}", "w".repeat(25));
     let dir = tempfile::tempdir().unwrap();
     let joiner = tests::run_with_timeout(
         std::process::Command::new(tests::shoal_bin()).args([
@@ -301,7 +305,7 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
             "--join",
             &format!("{}:4242", c.addr(1)),
             "--token",
-            "SHTKN-1-wrong-wrong",
+            &wrong,
             "--advertise-addr",
             &format!("127.0.{}.30", c.subnet()),
             "--data-dir",
@@ -316,7 +320,8 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
     let log = std::fs::read_to_string(c.log_path(1)).unwrap();
     assert!(log.contains("invalid join token"), "the manager logs the refusal");
 
-    // Random bytes and an oversized frame on the cluster port close only that connection.
+    // Random bytes and an oversized frame on the cluster port (not TLS)
+    // close only that connection, unanswered.
     let cluster = format!("{}:4242", c.addr(1));
     for junk in [b"\x00\x00\x00\x08\xc1\xc1\xc1\xc1\xc1\xc1\xc1\xc1".to_vec(), vec![0xff; 64], b"GET / HTTP/1.0\r\n\r\n".to_vec()] {
         let mut s = TcpStream::connect(&cluster).unwrap();
@@ -324,6 +329,7 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
         let _ = s.write_all(&junk);
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "no answer to junk: {buf:?}");
     }
 
     // Malformed JSON to the API: 400 with a message.

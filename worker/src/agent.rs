@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 
 use crate::net::{self, NetError};
+use crate::tls::Tls;
 
 /// No frame from the leader for this long (it sends heartbeats every
 /// second): the session is dead.
@@ -32,6 +33,7 @@ pub struct Agent {
     pub node_id: NodeId,
     /// Known managers' cluster addresses, freshest first.
     pub managers: Arc<RwLock<Vec<SocketAddr>>>,
+    pub tls: Tls,
 }
 
 impl Agent {
@@ -51,7 +53,7 @@ impl Agent {
             };
             let mut progressed = false;
             for addr in candidates {
-                match net::dial(addr, Hello::Session { node_id: self.node_id.clone() }).await {
+                match net::dial(&self.tls, addr, Hello::Session { node_id: self.node_id.clone() }).await {
                     Ok((conn, Frame::Welcome)) => {
                         tracing::info!(manager = %addr, "session with the leader opened");
                         backoff = Duration::from_millis(100);

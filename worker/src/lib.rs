@@ -1,6 +1,7 @@
 //! `worker` is what every node runs, managers included:
 //!
-//! - [`net`]: the cluster port (framed TCP, the hello handshake, routing).
+//! - [`net`]: the cluster port (framed TLS over TCP, the hello handshake, routing).
+//! - [`tls`]: the cluster CA, node certificates, join tokens, rustls configs.
 //! - [`membership`]: gossip over chitchat; who is alive.
 //! - [`supervisor`]: the TaskSupervisor reconciling assigned tasks with local
 //!   containers, over a [`runtime`] (Docker through bollard).
@@ -16,3 +17,4 @@ pub mod metrics;
 pub mod net;
 pub mod runtime;
 pub mod supervisor;
+pub mod tls;

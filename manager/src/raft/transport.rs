@@ -10,6 +10,7 @@ use common::NodeId;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 use worker::net;
+use worker::tls::Tls;
 
 use crate::store::Store;
 
@@ -22,12 +23,13 @@ pub struct Transport {
     /// Peers learned outside the store (at join, before catching up).
     seeds: Arc<RwLock<HashMap<u64, SocketAddr>>>,
     peers: HashMap<u64, mpsc::Sender<Frame>>,
+    tls: Tls,
 }
 
 impl Transport {
-    pub fn new(node_id: NodeId, raft_id: u64, seeds: &[PeerInfo]) -> Self {
+    pub fn new(node_id: NodeId, raft_id: u64, seeds: &[PeerInfo], tls: Tls) -> Self {
         let seeds = seeds.iter().map(|p| (p.raft_id, p.addr)).collect();
-        Transport { node_id, raft_id, seeds: Arc::new(RwLock::new(seeds)), peers: HashMap::new() }
+        Transport { node_id, raft_id, seeds: Arc::new(RwLock::new(seeds)), peers: HashMap::new(), tls }
     }
 
     /// Queues a message for `to`; false when it had to be dropped.
@@ -40,7 +42,7 @@ impl Transport {
                 let from_store = store.read().addr_of_raft_id(to);
                 from_store.or_else(|| seeds.read().get(&to).copied())
             };
-            net::spawn_sender(lookup, Hello::Raft { from: self.node_id.clone(), raft_id: self.raft_id }, rx);
+            net::spawn_sender(self.tls.clone(), lookup, Hello::Raft { from: self.node_id.clone(), raft_id: self.raft_id }, rx);
             tx
         });
         tx.try_send(Frame::Raft(bytes)).is_ok()

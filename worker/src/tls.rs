@@ -1,0 +1,817 @@
+//! Security of the cluster port: the cluster CA, node certificates, join
+//! tokens that pin the CA, and the rustls configurations built from them.
+//!
+//! The model is Swarm's:
+//!
+//! - `shoal daemon --init` makes a self-signed cluster CA ([`ClusterCa`]);
+//!   its certificate and key live in the replicated store, so every manager
+//!   can admit nodes.
+//! - Every node holds a [`NodeIdentity`]: its own key (made on the node, it
+//!   never leaves it), a certificate the CA signed from the node's CSR, and
+//!   the CA certificate. The certificate says who the node is: CN = node id,
+//!   OU = `manager` or `worker`, and the DNS name [`CLUSTER_SERVER_NAME`],
+//!   which is what a dialler checks (nodes are dialled by IP).
+//! - A join token ([`JoinToken`]) carries the SHA-256 [`Fingerprint`] of the
+//!   CA certificate, so a joining node, which has no certificate yet, checks
+//!   the manager before it sends its token ([`join_client_config`]).
+//! - All node-to-node traffic is mutual TLS 1.3 ([`Tls`]); a listener lets a
+//!   client without a certificate finish the handshake only so that it can
+//!   send a join hello (see `net::authorize`).
+//!
+//! Crypto is rustls with the `ring` provider, passed explicitly everywhere
+//! (no process-wide default provider).
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+
+use common::node::Role;
+use common::NodeId;
+use rand::Rng;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+/// The DNS name in every node certificate; diallers verify the server
+/// against it since they know peers by IP address only.
+pub const CLUSTER_SERVER_NAME: &str = "shoal-cluster";
+
+/// How long the cluster CA is valid. Node certificates end with it: there is
+/// no renewal yet.
+const CA_VALIDITY: Duration = Duration::days(20 * 365);
+
+/// Files of a node's identity under `DATA_DIR/tls/`.
+const CA_FILE: &str = "ca.crt";
+const CERT_FILE: &str = "node.crt";
+const KEY_FILE: &str = "node.key";
+
+const BASE36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot make a certificate: {0}")]
+    Generate(String),
+    #[error("invalid certificate: {0}")]
+    BadCertificate(String),
+    #[error("invalid certificate request: {0}")]
+    BadRequest(String),
+    #[error("invalid private key: {0}")]
+    BadKey(String),
+    #[error("cannot set up TLS: {0}")]
+    Config(String),
+    #[error("the manager's CA does not match the join token")]
+    CaMismatch,
+    #[error("the certificate the manager issued is not for this node's key")]
+    KeyMismatch,
+    #[error("{0}")]
+    Io(String),
+}
+
+fn gen_err(e: impl fmt::Display) -> TlsError {
+    TlsError::Generate(e.to_string())
+}
+
+/// The one crypto provider, handed explicitly to every config.
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    PROVIDER.clone()
+}
+
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from(CLUSTER_SERVER_NAME).expect("a valid DNS name")
+}
+
+// ---------------------------------------------------------------------------
+// Fingerprints and join tokens
+
+/// SHA-256 of a CA certificate's DER, shown as 50 base-36 digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// Digits in the text form: 36^50 > 2^256.
+    pub const LEN: usize = 50;
+
+    pub fn of(cert_der: &[u8]) -> Fingerprint {
+        let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Fingerprint(out)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Repeated division of the big-endian number by 36.
+        let mut n = self.0;
+        let mut digits = [0u8; Fingerprint::LEN];
+        for d in digits.iter_mut().rev() {
+            let mut rem = 0u32;
+            for b in n.iter_mut() {
+                let cur = (rem << 8) | u32::from(*b);
+                *b = (cur / 36) as u8;
+                rem = cur % 36;
+            }
+            *d = BASE36[rem as usize];
+        }
+        f.write_str(std::str::from_utf8(&digits).expect("ascii"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != Fingerprint::LEN {
+            return Err(());
+        }
+        let mut n = [0u8; 32];
+        for c in s.bytes() {
+            let mut carry = BASE36.iter().position(|&x| x == c).ok_or(())? as u32;
+            for b in n.iter_mut().rev() {
+                let cur = u32::from(*b) * 36 + carry;
+                *b = cur as u8;
+                carry = cur >> 8;
+            }
+            if carry != 0 {
+                return Err(());
+            }
+        }
+        Ok(Fingerprint(n))
+    }
+}
+
+/// `SHTKN-1-<CA fingerprint>-<secret>`, like Swarm's `SWMTKN-1-…`. The
+/// secret decides the role; the fingerprint lets the joiner check the
+/// manager.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca: Fingerprint,
+    pub secret: String,
+}
+
+const TOKEN_PREFIX: &str = "SHTKN-1-";
+const SECRET_LEN: usize = 25;
+
+impl JoinToken {
+    /// A new token with a random secret.
+    pub fn generate(ca: Fingerprint) -> JoinToken {
+        let mut rng = rand::thread_rng();
+        let secret = (0..SECRET_LEN).map(|_| BASE36[rng.gen_range(0..BASE36.len())] as char).collect();
+        JoinToken { ca, secret }
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TOKEN_PREFIX}{}-{}", self.ca, self.secret)
+    }
+}
+
+// The secret stays out of logs.
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinToken({TOKEN_PREFIX}{}-…)", self.ca)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid join token: expected SHTKN-1-<{} base-36 characters of CA digest>-<{SECRET_LEN} characters of secret>, as `shoal join-token` prints it", Fingerprint::LEN)]
+pub struct MalformedToken;
+
+impl FromStr for JoinToken {
+    type Err = MalformedToken;
+    fn from_str(s: &str) -> Result<Self, MalformedToken> {
+        let rest = s.trim().strip_prefix(TOKEN_PREFIX).ok_or(MalformedToken)?;
+        let (ca, secret) = rest.split_once('-').ok_or(MalformedToken)?;
+        let ca = ca.parse().map_err(|_| MalformedToken)?;
+        if secret.len() != SECRET_LEN || !secret.bytes().all(|c| BASE36.contains(&c)) {
+            return Err(MalformedToken);
+        }
+        Ok(JoinToken { ca, secret: secret.to_string() })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cluster CA
+
+/// The cluster CA as the replicated store keeps it (PEM).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+// The key stays out of logs and panics.
+impl fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+    }
+}
+
+impl ClusterCa {
+    /// A new self-signed CA named after the cluster (two clusters' CAs
+    /// differ by name, so a stranger's certificate is an unknown issuer).
+    pub fn generate(cluster_id: &str) -> Result<ClusterCa, TlsError> {
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "shoal cluster CA");
+        params.distinguished_name.push(DnType::OrganizationName, cluster_id);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + CA_VALIDITY;
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        Ok(ClusterCa { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cert_pem.is_empty()
+    }
+
+    pub fn cert_der(&self) -> Result<CertificateDer<'static>, TlsError> {
+        cert_from_pem(&self.cert_pem)
+    }
+
+    pub fn fingerprint(&self) -> Result<Fingerprint, TlsError> {
+        Ok(Fingerprint::of(&self.cert_der()?))
+    }
+
+    /// Signs a node's CSR. Only the CSR's public key is used: the name,
+    /// role and usages are the CA's to decide.
+    pub fn sign(&self, csr_der: &[u8], node: &NodeId, role: Role) -> Result<String, TlsError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.into())
+            .map_err(|e| TlsError::BadRequest(e.to_string()))?;
+        let ca_der = self.cert_der()?;
+        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| TlsError::BadKey(e.to_string()))?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let ca_expires = ca.validity().not_after.to_datetime();
+        let issuer = Issuer::from_ca_cert_der(&ca_der, key).map_err(gen_err)?;
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, node.as_str());
+        params.distinguished_name.push(DnType::OrganizationalUnitName, role.to_string());
+        params.subject_alt_names = vec![SanType::DnsName(CLUSTER_SERVER_NAME.try_into().map_err(gen_err)?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+        params.not_after = ca_expires;
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&csr.public_key, &issuer).map_err(gen_err)?;
+        Ok(cert.pem())
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::thread_rng().gen();
+    bytes[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&bytes)
+}
+
+fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::BadCertificate(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// A node's identity
+
+/// A key made on this node and the CSR that asks the CA to certify it.
+pub struct CertificateRequest {
+    key: KeyPair,
+    csr_der: Vec<u8>,
+}
+
+impl CertificateRequest {
+    pub fn new() -> Result<CertificateRequest, TlsError> {
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params.serialize_request(&key).map_err(gen_err)?;
+        Ok(CertificateRequest { key, csr_der: csr.der().to_vec() })
+    }
+
+    pub fn csr_der(&self) -> &[u8] {
+        &self.csr_der
+    }
+
+    /// The identity once the CA answered; checks that the CA is the one
+    /// `expected` pins and that the certificate is for this key.
+    pub fn complete(self, cert_pem: String, ca_pem: String, expected: Option<Fingerprint>) -> Result<NodeIdentity, TlsError> {
+        let ca_der = cert_from_pem(&ca_pem)?;
+        if expected.is_some_and(|fp| fp != Fingerprint::of(&ca_der)) {
+            return Err(TlsError::CaMismatch);
+        }
+        let cert_der = cert_from_pem(&cert_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        if cert.public_key().subject_public_key.data.as_ref() != self.key.public_key_raw() {
+            return Err(TlsError::KeyMismatch);
+        }
+        let id = NodeIdentity { key_pem: self.key.serialize_pem(), cert_pem, ca_pem };
+        id.peer()?;
+        Ok(id)
+    }
+}
+
+/// What a node holds: its key, its certificate and the cluster CA's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity").field("peer", &self.peer().ok()).finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// An identity made where the CA is (the first manager): the key is
+    /// still made apart and certified through a CSR.
+    pub fn issue(ca: &ClusterCa, node: &NodeId, role: Role) -> Result<NodeIdentity, TlsError> {
+        let req = CertificateRequest::new()?;
+        let cert = ca.sign(req.csr_der(), node, role)?;
+        req.complete(cert, ca.cert_pem.clone(), None)
+    }
+
+    /// Who the certificate says this node is.
+    pub fn peer(&self) -> Result<PeerIdentity, TlsError> {
+        peer_identity(&cert_from_pem(&self.cert_pem)?)
+    }
+
+    pub fn ca_fingerprint(&self) -> Result<Fingerprint, TlsError> {
+        Ok(Fingerprint::of(&cert_from_pem(&self.ca_pem)?))
+    }
+
+    /// Writes `dir/{ca.crt,node.crt,node.key}`; the key and the directory
+    /// are readable by the owner only.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        let io = |what: &str, e: std::io::Error| TlsError::Io(format!("cannot write {}: {e}", dir.join(what).display()));
+        fs::create_dir_all(dir).map_err(|e| io("", e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("", e))?;
+        for (name, text, mode) in [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)] {
+            let tmp = dir.join(format!("{name}.tmp"));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(|e| io(name, e))?;
+            f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| io(name, e))?;
+            fs::rename(&tmp, dir.join(name)).map_err(|e| io(name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`NodeIdentity::save`] wrote; `None` if nothing is there.
+    pub fn load(dir: &Path) -> Result<Option<NodeIdentity>, TlsError> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            fs::read_to_string(&p).map_err(|e| (e.kind(), TlsError::Io(format!("cannot read {}: {e}", p.display()))))
+        };
+        let key_pem = match read(KEY_FILE) {
+            Ok(k) => k,
+            Err((std::io::ErrorKind::NotFound, _)) => return Ok(None),
+            Err((_, e)) => return Err(e),
+        };
+        let id = NodeIdentity { key_pem, cert_pem: read(CERT_FILE).map_err(|e| e.1)?, ca_pem: read(CA_FILE).map_err(|e| e.1)? };
+        id.peer()?;
+        Ok(Some(id))
+    }
+}
+
+/// Who a verified certificate says its holder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub node_id: NodeId,
+    pub role: Role,
+}
+
+/// Reads CN (node id) and OU (role) of a node certificate. Call it on a
+/// certificate the TLS layer has verified against the cluster CA.
+pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, TlsError> {
+    let bad = |why: &str| TlsError::BadCertificate(why.to_string());
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let subject = cert.subject();
+    let cn = subject.iter_common_name().next().and_then(|a| a.as_str().ok()).ok_or_else(|| bad("no node id (CN)"))?;
+    let role = match subject.iter_organizational_unit().next().and_then(|a| a.as_str().ok()) {
+        Some("manager") => Role::Manager,
+        Some("worker") => Role::Worker,
+        _ => return Err(bad("no role (OU manager or worker)")),
+    };
+    Ok(PeerIdentity { node_id: NodeId::from(cn), role })
+}
+
+// ---------------------------------------------------------------------------
+// rustls configurations
+
+/// A node's TLS side, made once from its identity and shared by the
+/// listener and every dialler.
+#[derive(Clone)]
+pub struct Tls {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    me: PeerIdentity,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+fn config_err(e: impl fmt::Display) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+impl Tls {
+    pub fn new(id: &NodeIdentity) -> Result<Tls, TlsError> {
+        let me = id.peer()?;
+        let leaf = cert_from_pem(&id.cert_pem)?;
+        let ca = cert_from_pem(&id.ca_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(|e| TlsError::BadKey(e.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone()).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let roots = Arc::new(roots);
+        let chain = vec![leaf, ca];
+
+        // Clients without a certificate get through the handshake so that a
+        // joining node can talk; the router accepts nothing but a join hello
+        // from them.
+        let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(config_err)?;
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config_err)?;
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(config_err)?;
+        Ok(Tls { server: Arc::new(server), client: Arc::new(client), me })
+    }
+
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client.clone()
+    }
+
+    /// This node, as its certificate says.
+    pub fn me(&self) -> &PeerIdentity {
+        &self.me
+    }
+}
+
+/// For a joining node: no client certificate, and the server is accepted
+/// only if the chain it presents holds the CA the token pins and its
+/// certificate verifies against that CA.
+pub fn join_client_config(ca: Fingerprint) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa { ca, provider: provider() }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    ca: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+#[derive(Debug)]
+struct CaMismatch;
+
+impl fmt::Display for CaMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&TlsError::CaMismatch, f)
+    }
+}
+
+impl std::error::Error for CaMismatch {}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mismatch = || {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(CaMismatch))))
+        };
+        let ca = intermediates.iter().find(|c| Fingerprint::of(c) == self.ca).ok_or_else(mismatch)?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned()).map_err(|_| mismatch())?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A readable message for a failed handshake: the error rustls gave, with
+/// a custom verifier's own message unwrapped.
+pub fn describe_handshake_error(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other.0.to_string(),
+        Some(tls) => tls.to_string(),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    fn node(ca: &ClusterCa, role: Role) -> (NodeId, NodeIdentity) {
+        let id = NodeId::random();
+        let ident = NodeIdentity::issue(ca, &id, role).unwrap();
+        (id, ident)
+    }
+
+    #[test]
+    fn fingerprints_round_trip_as_50_base36_digits() {
+        for bytes in [[0u8; 32], [0xff; 32], *b"0123456789abcdef0123456789abcdef"] {
+            let fp = Fingerprint(bytes);
+            let text = fp.to_string();
+            assert_eq!(text.len(), Fingerprint::LEN);
+            assert!(text.bytes().all(|c| BASE36.contains(&c)), "{text}");
+            assert_eq!(text.parse::<Fingerprint>(), Ok(fp));
+        }
+        assert_eq!(Fingerprint([0; 32]).to_string(), "0".repeat(50));
+        // 36^50 is more than 2^256: the largest digits overflow.
+        assert!("z".repeat(50).parse::<Fingerprint>().is_err());
+        assert!("abc".parse::<Fingerprint>().is_err());
+        assert!("A".repeat(50).parse::<Fingerprint>().is_err(), "lowercase only");
+    }
+
+    #[test]
+    fn tokens_parse_or_say_what_is_expected() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let t = JoinToken::generate(ca.fingerprint().unwrap());
+        let text = t.to_string();
+        assert!(text.starts_with("SHTKN-1-"), "{text}");
+        assert_eq!(text.len(), 8 + 50 + 1 + 25);
+        assert_eq!(text.parse::<JoinToken>(), Ok(t.clone()));
+        assert_ne!(JoinToken::generate(t.ca).secret, t.secret);
+        assert!(!format!("{t:?}").contains(&t.secret), "Debug hides the secret");
+        for bad in ["", "SHTKN-1-wrong-wrong", "SWMTKN-1-x-y", &text[..text.len() - 1], &text.replace("SHTKN-1", "SHTKN-2")] {
+            let err = bad.parse::<JoinToken>().unwrap_err();
+            assert!(err.to_string().starts_with("invalid join token: expected SHTKN-1-<50 base-36"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_ca_signs_node_certificates_with_id_and_role() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        assert!(!format!("{ca:?}").contains("PRIVATE KEY"), "Debug hides the key");
+        let (id, ident) = node(&ca, Role::Worker);
+        assert_eq!(ident.peer().unwrap(), PeerIdentity { node_id: id.clone(), role: Role::Worker });
+        assert_eq!(ident.ca_fingerprint().unwrap(), ca.fingerprint().unwrap());
+
+        // The CSR's own subject is ignored: the CA names the node.
+        let req = CertificateRequest::new().unwrap();
+        let m = NodeId::random();
+        let cert = ca.sign(req.csr_der(), &m, Role::Manager).unwrap();
+        let done = req.complete(cert.clone(), ca.cert_pem.clone(), Some(ca.fingerprint().unwrap())).unwrap();
+        assert_eq!(done.peer().unwrap().role, Role::Manager);
+
+        // A certificate for another key, or a CA other than the pinned one.
+        let other = CertificateRequest::new().unwrap();
+        assert_eq!(other.complete(cert.clone(), ca.cert_pem.clone(), None).unwrap_err(), TlsError::KeyMismatch);
+        let req = CertificateRequest::new().unwrap();
+        let cert = ca.sign(req.csr_der(), &m, Role::Manager).unwrap();
+        let elsewhere = ClusterCa::generate(&NodeId::random().to_string()).unwrap().fingerprint().unwrap();
+        assert_eq!(req.complete(cert, ca.cert_pem.clone(), Some(elsewhere)).unwrap_err(), TlsError::CaMismatch);
+
+        assert!(matches!(ca.sign(b"not a csr", &m, Role::Worker), Err(TlsError::BadRequest(_))));
+    }
+
+    #[test]
+    fn identities_are_saved_with_a_private_key_file() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let (_, ident) = node(&ca, Role::Manager);
+        let dir = std::env::temp_dir().join(format!("shoal-tls-test-{}", NodeId::random()));
+        assert_eq!(NodeIdentity::load(&dir).unwrap(), None);
+        ident.save(&dir).unwrap();
+        assert_eq!(NodeIdentity::load(&dir).unwrap(), Some(ident));
+        let mode = fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A server on loopback that reports, per connection, the handshake
+    /// result and the client's identity.
+    async fn server(tls: Tls) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<Option<PeerIdentity>, String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let acceptor = TlsAcceptor::from(tls.server_config());
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let r = match acceptor.accept(s).await {
+                    Ok(mut s) => {
+                        let peer = s.get_ref().1.peer_certificates().map(|c| peer_identity(&c[0]).unwrap());
+                        let _ = s.write_all(b"hi").await;
+                        let _ = s.flush().await;
+                        Ok(peer)
+                    }
+                    Err(e) => Err(describe_handshake_error(&e)),
+                };
+                let _ = tx.send(r);
+            }
+        });
+        (addr, rx)
+    }
+
+    async fn connect(config: Arc<ClientConfig>, addr: std::net::SocketAddr) -> Result<Vec<u8>, String> {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut s = TlsConnector::from(config).connect(server_name(), s).await.map_err(|e| describe_handshake_error(&e))?;
+        let mut buf = vec![0u8; 2];
+        s.read_exact(&mut buf).await.map_err(|e| describe_handshake_error(&e))?;
+        Ok(buf)
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_between_nodes_of_one_cluster() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let (_, m) = node(&ca, Role::Manager);
+        let (w_id, w) = node(&ca, Role::Worker);
+        let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
+        assert_eq!(connect(Tls::new(&w).unwrap().client_config(), addr).await.unwrap(), b"hi");
+        let peer = seen.recv().await.unwrap().unwrap();
+        assert_eq!(peer, Some(PeerIdentity { node_id: w_id, role: Role::Worker }));
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_of_another_ca_is_refused() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let other = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let (_, m) = node(&ca, Role::Manager);
+        let (_, stranger) = node(&other, Role::Manager);
+        let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
+        // The stranger does not trust the server either; give it a client
+        // config that trusts the server's CA but presents its own cert.
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der().unwrap()).unwrap();
+        let chain = vec![cert_from_pem(&stranger.cert_pem).unwrap(), other.cert_der().unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(stranger.key_pem.as_bytes()).unwrap();
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        assert!(connect(Arc::new(config), addr).await.is_err());
+        let err = seen.recv().await.unwrap().unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+
+        // And with its own config it does not trust the server.
+        let err = connect(Tls::new(&stranger).unwrap().client_config(), addr).await.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        assert!(seen.recv().await.unwrap().unwrap_err().contains("UnknownCA"), "the server sees the alert");
+
+        // A CA that copies our CA's name does not help: its signature fails.
+        let twin = ClusterCa::generate(&ca_name(&ca)).unwrap();
+        let (_, impostor) = node(&twin, Role::Manager);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der().unwrap()).unwrap();
+        let chain = vec![cert_from_pem(&impostor.cert_pem).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(impostor.key_pem.as_bytes()).unwrap();
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        assert!(connect(Arc::new(config), addr).await.is_err());
+        let err = seen.recv().await.unwrap().unwrap_err();
+        assert!(err.contains("BadSignature"), "{err}");
+    }
+
+    /// The cluster id a CA was named after.
+    fn ca_name(ca: &ClusterCa) -> String {
+        let der = ca.cert_der().unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let name = cert.subject().iter_organization().next().unwrap().as_str().unwrap().to_string();
+        name
+    }
+
+    #[tokio::test]
+    async fn a_joiner_checks_the_ca_against_the_token() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let (_, m) = node(&ca, Role::Manager);
+        let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
+
+        // The right fingerprint: through, without a client certificate.
+        let ok = join_client_config(ca.fingerprint().unwrap()).unwrap();
+        assert_eq!(connect(ok, addr).await.unwrap(), b"hi");
+        assert_eq!(seen.recv().await.unwrap(), Ok(None));
+
+        // Another CA's fingerprint: the joiner refuses the manager.
+        let wrong = join_client_config(ClusterCa::generate(&NodeId::random().to_string()).unwrap().fingerprint().unwrap()).unwrap();
+        let err = connect(wrong, addr).await.unwrap_err();
+        assert_eq!(err, "the manager's CA does not match the join token");
+        assert!(seen.recv().await.unwrap().is_err(), "the server sees the handshake fail");
+
+        // A server of another cluster whose chain includes our CA cert
+        // cannot pass either: its certificate does not verify against it.
+        let other = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let (_, impostor) = node(&other, Role::Manager);
+        let mut chain_with_ours = Tls::new(&impostor).unwrap();
+        let leaf = cert_from_pem(&impostor.cert_pem).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(impostor.key_pem.as_bytes()).unwrap();
+        chain_with_ours.server = Arc::new(
+            ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![leaf, ca.cert_der().unwrap()], key)
+                .unwrap(),
+        );
+        let (addr, _seen) = server(chain_with_ours).await;
+        let err = connect(join_client_config(ca.fingerprint().unwrap()).unwrap(), addr).await.unwrap_err();
+        assert!(err.contains("invalid peer certificate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn plaintext_bytes_fail_the_handshake() {
+        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let (_, m) = node(&ca, Role::Manager);
+        let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1").await.unwrap();
+        let err = seen.recv().await.unwrap().unwrap_err();
+        assert!(err.contains("corrupt message"), "{err}");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        assert!(!buf.windows(2).any(|w| w == b"hi"), "nothing readable comes back");
+    }
+}
