@@ -66,6 +66,11 @@ fn a_killed_leader_is_replaced_and_an_inflight_scale_completes_exactly() {
     c.set_api_node(follower);
     c.shoal_ok(&["service", "create", "-d", "--name", "ha-scale", "--replicas", "3", busybox_image(), "sleep", "100000"]);
     wait_exactly(&c, follower, "ha-scale", 3);
+    let survivors: Vec<usize> = (1..=4).filter(|i| *i != leader).collect();
+    let running_on = |c: &Cluster, nodes: &[usize]| -> BTreeSet<String> {
+        nodes.iter().flat_map(|i| c.node_containers(*i)).filter(|k| k.state == "running").map(|k| k.id).collect()
+    };
+    let before = running_on(&c, &survivors);
 
     // The scale goes through a follower while the leader dies under it.
     let scale = {
@@ -82,6 +87,9 @@ fn a_killed_leader_is_replaced_and_an_inflight_scale_completes_exactly() {
     assert_ne!(new_leader, leader);
     eprintln!("new leader node{new_leader} after {:?}", killed_at.elapsed());
     wait_exactly(&c, follower, "ha-scale", 12);
+    // No container on the surviving nodes was stopped because the leader changed.
+    let after = running_on(&c, &survivors);
+    assert!(before.is_subset(&after), "containers stopped by the failover: {:?}", before.difference(&after).collect::<Vec<_>>());
 
     // The old leader comes back as a follower; its orphaned containers go.
     c.restart_node(leader);
