@@ -45,13 +45,21 @@ known_nodes() {
 
 # The PID in nodeI/pid if that process is alive and is a shoal daemon.
 live_pid() {
-  local f="$STATE/node$1/pid" pid
+  local f="$STATE/node$1/pid" pid try
   [ -f "$f" ] || return 1
   pid=$(cat "$f")
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  # Guard against a recycled PID: it must still be `shoal daemon`.
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q ' daemon ' || return 1
-  echo "$pid"
+  [ -n "$pid" ] || return 1
+  # Guard against a recycled PID: it must still be `shoal daemon`. Right
+  # after the start, setsid and nohup are still exec'ing: look twice.
+  for try in 1 2 3; do
+    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q ' daemon '; then
+      echo "$pid"
+      return 0
+    fi
+    [ -e "/proc/$pid" ] || return 1
+    sleep 0.2
+  done
+  return 1
 }
 
 # `node ls --format json` as lines "hostname id status". Node objects are flat
