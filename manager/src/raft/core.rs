@@ -14,8 +14,8 @@ use std::time::Instant;
 use common::api::Event;
 use parking_lot::RwLock;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
-use raft::{Config, RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use super::storage::{DiskStorage, StorageError};
 use super::{
@@ -277,11 +277,17 @@ impl RaftCore {
 
     fn on_ready(&mut self, now: Instant, send: &mut dyn FnMut(Message) -> bool) -> Result<(), ProposeError> {
         let mut unreachable = Vec::new();
+        let mut snapshots = Vec::new();
         let mut send_all = |msgs: Vec<Message>| {
             for m in msgs {
                 let to = m.to;
-                if !send(m) {
+                let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+                let sent = send(m);
+                if !sent {
                     unreachable.push(to);
+                }
+                if is_snapshot {
+                    snapshots.push((to, sent));
                 }
             }
         };
@@ -317,6 +323,15 @@ impl RaftCore {
         // Only now: nothing may touch the node between ready() and advance().
         for to in unreachable {
             self.node.report_unreachable(to);
+        }
+        // raft-rs stops replicating to a peer it sent a snapshot to until
+        // told how the sending went; without this, one lost snapshot stalls
+        // that peer until the leader changes. "Finished" once handed to the
+        // transport: the leader then probes after it, and if the snapshot
+        // was lost after all, the peer's rejection leads to a new one.
+        for (to, sent) in snapshots {
+            let status = if sent { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+            self.node.report_snapshot(to, status);
         }
         self.maybe_compact();
         self.retry_pending(now);

@@ -544,3 +544,20 @@ fn a_dropped_proposal_is_sent_again_after_a_while() {
     assert_eq!(sim.copies_in_log(leader, follower, n), 1);
 }
 
+
+#[test]
+fn a_lost_snapshot_is_sent_again() {
+    let mut sim = Sim::bootstrap(10);
+    sim.settle();
+    for i in 0..25 {
+        sim.propose_cmd(1, service(&format!("s{i}")));
+        sim.settle();
+    }
+    sim.add_empty(2);
+    sim.drop_snapshots = 1;
+    assert_eq!(sim.commit(1, Proposal::AddLearner(2)), Ok(()));
+    sim.tick_until(2 * ELECTION_MAX, "the learner caught up", Sim::converged);
+    assert_eq!(sim.drop_snapshots, 0, "a snapshot was lost");
+    assert_eq!(sim.snapshots_to, [2], "and a second one arrived");
+    assert_eq!(sim.store(2).services.len(), 25);
+}
