@@ -81,7 +81,9 @@ impl From<ProposeError> for Error {
                 StatusCode::NOT_FOUND
             }
             ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
-            ProposeError::NoLeader | ProposeError::Timeout | ProposeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProposeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Error::new(status, e.to_string())

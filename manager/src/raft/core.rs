@@ -479,7 +479,7 @@ impl RaftCore {
             match p.proposed {
                 _ if leader == 0 => {
                     if now >= p.leader_deadline {
-                        refuse.push(*n);
+                        refuse.push((*n, p.proposed.is_some()));
                     }
                 }
                 None => again.push(*n),
@@ -488,9 +488,11 @@ impl RaftCore {
             }
         }
         refuse.sort_unstable();
-        for n in refuse {
+        for (n, sent) in refuse {
             if self.pending.remove(&n).is_some() {
-                self.resolved.push((n, Err(ProposeError::NoLeader)));
+                // Once handed to raft it may have committed elsewhere.
+                let e = if sent { ProposeError::Unconfirmed } else { ProposeError::NoLeader };
+                self.resolved.push((n, Err(e)));
             }
         }
         again.sort_unstable();

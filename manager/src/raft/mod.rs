@@ -60,6 +60,11 @@ pub enum ProposeError {
          (or see `shoal daemon --force-new-cluster` to recover from a lost majority)"
     )]
     NoLeader,
+    #[error(
+        "no quorum: this manager lost the majority of the managers before the change was confirmed; \
+         it may still be applied once they reconnect, so check before retrying"
+    )]
+    Unconfirmed,
     #[error("timed out waiting for the change to commit: it may or may not have been applied")]
     Timeout,
     #[error("the raft log is shutting down")]
@@ -70,7 +75,7 @@ pub enum ProposeError {
 
 impl ProposeError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProposeError::NoLeader | ProposeError::Timeout)
+        matches!(self, ProposeError::NoLeader | ProposeError::Timeout | ProposeError::Unconfirmed)
     }
 }
 

@@ -355,7 +355,8 @@ fn a_partitioned_leader_steps_down_and_the_majority_goes_on() {
         assert!(sim.leaders_among(&[old]).is_empty(), "the minority elected itself at tick {}", sim.ticks);
         assert_ne!(sim.result(old, lost), Some(Ok(())));
     }
-    assert_eq!(sim.result(old, lost), Some(Err(ProposeError::NoLeader)));
+    // It was handed to raft, so the proposer is told it may or may not apply.
+    assert_eq!(sim.result(old, lost), Some(Err(ProposeError::Unconfirmed)));
     assert_eq!(names(&sim.store(old)), ["before"]);
     assert!(sim.copies_in_log(old, old, lost) == 1, "the old leader still holds the uncommitted entry");
     // Leaderless that long, it refuses new writes at once.
@@ -368,7 +369,7 @@ fn a_partitioned_leader_steps_down_and_the_majority_goes_on() {
         assert_eq!(names(&sim.store(id)), ["before", "kept"], "store of {id}");
         assert_eq!(sim.copies_in_log(id, old, lost), 0, "the minority's entry is gone from {id}");
     }
-    assert_eq!(sim.result(old, lost), Some(Err(ProposeError::NoLeader)));
+    assert_eq!(sim.result(old, lost), Some(Err(ProposeError::Unconfirmed)));
 }
 
 #[test]
@@ -450,7 +451,7 @@ fn five_nodes_commit_with_two_down_but_not_three() {
     let commit_before: Vec<u64> = two.iter().map(|&id| sim.status(id).commit).collect();
     let n = sim.propose_cmd(two[0], service("two"));
     sim.ticks(LEADER_WAIT_TICKS + 1);
-    assert_eq!(sim.result(two[0], n), Some(Err(ProposeError::NoLeader)));
+    assert_eq!(sim.result(two[0], n), Some(Err(ProposeError::Unconfirmed)));
     assert!(sim.leaders_among(&two).is_empty());
     assert_eq!(two.iter().map(|&id| sim.status(id).commit).collect::<Vec<_>>(), commit_before);
     assert!(two.iter().all(|&id| names(&sim.store(id)) == ["three"]));
