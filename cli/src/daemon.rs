@@ -707,7 +707,7 @@ async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Res
         created_at: now,
         updated_at: now,
     };
-    match m.raft.send(Propose(Command::Batch(vec![Command::InitCluster(info), Command::AddNode(node)]))).await {
+    match m.raft.send(Propose(Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node)]))).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(anyhow!("cannot initialise the cluster: {e}")),
         Err(e) => Err(anyhow!("cannot initialise the cluster: {e}")),

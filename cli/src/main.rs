@@ -29,6 +29,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run a node: bootstrap a cluster (--init), join one (--join), or resume (--data-dir).
     Daemon(daemon::DaemonArgs),

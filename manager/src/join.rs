@@ -46,6 +46,7 @@ pub fn new_raft_id() -> u64 {
     rand::thread_rng().gen_range(1..u64::MAX)
 }
 
+#[allow(clippy::too_many_arguments)] // the fields of Hello::Join and the manager's handles
 pub async fn handle_join(
     mut conn: Conn,
     peer: SocketAddr,

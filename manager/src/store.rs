@@ -72,8 +72,10 @@ pub struct Unplaceable {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // a command lives only from its proposal to its apply
 pub enum Command {
-    InitCluster(ClusterInfo),
+    /// Boxed: it carries the cluster CA, far larger than the other commands.
+    InitCluster(Box<ClusterInfo>),
     AddNode(Node),
     SetNodeAvailability { id: NodeId, availability: Availability, at: Millis },
     RemoveNode(NodeId),
@@ -233,6 +235,7 @@ impl Store {
     pub fn apply_recording(&mut self, cmd: Command, changes: &mut Vec<Change>) -> Result<(), StoreError> {
         match cmd {
             Command::InitCluster(info) => {
+                let info = *info;
                 if !self.cluster.id.is_empty() {
                     return Err(StoreError::AlreadyInitialised);
                 }
@@ -626,7 +629,7 @@ mod tests {
     fn rotating_a_join_token_replaces_that_role_only() {
         let mut s = Store::default();
         let info = ClusterInfo { id: "c".into(), worker_token: "w1".into(), manager_token: "m1".into(), ..Default::default() };
-        s.apply(Command::InitCluster(info)).unwrap();
+        s.apply(Command::InitCluster(Box::new(info))).unwrap();
         s.apply(Command::RotateJoinToken { role: Role::Worker, token: "w2".into() }).unwrap();
         assert_eq!((s.cluster.worker_token.as_str(), s.cluster.manager_token.as_str()), ("w2", "m1"));
         s.apply(Command::RotateJoinToken { role: Role::Manager, token: "m2".into() }).unwrap();

@@ -173,7 +173,7 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
     let tasks = wait_for(CONVERGE, "a replacement in the killed task's slot", || {
         let tasks = c.service_tasks("pingpong");
         let in_slot: Vec<Value> =
-            tasks.as_array().unwrap().iter().filter(|t| t["slot"].to_string() == slot).cloned().collect();
+            tasks.as_array().unwrap().iter().filter(|t| t["slot"].as_u64() == slot.parse::<u64>().ok()).cloned().collect();
         let replaced = in_slot.iter().any(|t| {
             t["id"] != Value::String(dead_task.clone()) && tests::task_state(t) == "running"
         });
@@ -202,7 +202,7 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
     let after: Vec<BTreeSet<String>> = (1..=3).map(|i| running_container_ids(&c, i)).collect();
     assert_eq!(before, after, "a manager restart touches no container");
     let log = std::fs::read_to_string(c.log_path(1)).unwrap();
-    let reopened = log.lines().filter(|l| l.contains("raft storage opened")).last().unwrap();
+    let reopened = log.lines().rfind(|l| l.contains("raft storage opened")).unwrap();
     assert!(!reopened.contains("snapshot_index=0 "), "the restart resumed from a snapshot: {reopened}");
     // Restart a worker: it adopts its running containers (same IDs).
     c.stop_node(2);

@@ -132,11 +132,9 @@ impl Agent {
                             break;
                         }
                     }
-                    if let Err(e) = tx.send(Frame::Status(batch.clone())).await {
-                        // Not sent: the supervisor re-reports from the next
-                        // full assignment set, which shows the stale state.
-                        return Err(e);
-                    }
+                    // Not sent: the supervisor re-reports from the next
+                    // full assignment set, which shows the stale state.
+                    tx.send(Frame::Status(batch.clone())).await?;
                 }
             }
         }
