@@ -29,7 +29,11 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # docker.io: the engine; busybox-static: the offline test image; iproute2: `ip`
 # (netns partition tests); nftables: the in-kernel routing mesh; curl and
 # ca-certificates: rustup and the bench; jq: convenient for humans.
-want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq)
+# chromium and fonts-dejavu-core: the web view's browser test (driven by
+# playwright-core from npm, never a downloaded browser); node/npm for it.
+want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq chromium fonts-dejavu-core)
+command -v node >/dev/null 2>&1 || want+=(nodejs)
+command -v npm >/dev/null 2>&1 || want+=(npm)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || want+=(pkg-config)
 

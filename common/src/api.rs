@@ -19,6 +19,9 @@
 //! | GET | `/v1/services/{id-or-name}/tasks` | → `[TaskInfo]` |
 //! | GET | `/v1/services/{id-or-name}/logs?follow&tail=N` | → NDJSON of [`LogEntry`] |
 //! | GET | `/v1/events?since=MS&type=service,task,node` | → NDJSON of [`Event`], kept then live |
+//! | GET | `/v1/ui/state` | → [`UiState`] |
+//! | GET | `/v1/ui/stream` | → server-sent events: `snapshot` ([`UiState`]), then `patch` ([`UiPatch`]) |
+//! | GET | `/ui` (`/` redirects there) | → the web view (page, `/ui/app.js`, `/ui/style.css`) |
 //! | GET | `/metrics` | → Prometheus text |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
@@ -35,7 +38,7 @@ use crate::spec::{
     update_env, FailureAction, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, SpecError, UpdateConfig,
     UpdateOrder, UpdateStatus,
 };
-use crate::task::Task;
+use crate::task::{Task, TaskState};
 use crate::time::Millis;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,4 +294,47 @@ impl ServiceUpdate {
         s.validate()?;
         Ok(s)
     }
+}
+
+/// What the web view draws: every node, and the live tasks (not finished, or
+/// the newest of a slot that is still meant to run) in a compact form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiState {
+    /// The manager's clock, so that the page can show ages without trusting
+    /// the browser's.
+    pub now: Millis,
+    /// Managers first, then by hostname: the page's column order.
+    pub nodes: Vec<NodeInfo>,
+    pub tasks: Vec<UiTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiTask {
+    pub id: TaskId,
+    pub service: String,
+    pub service_id: ServiceId,
+    pub slot: u64,
+    /// `web.3` (`web.<node-id>` for a global service).
+    pub name: String,
+    pub node_id: Option<NodeId>,
+    pub image: String,
+    pub state: TaskState,
+    pub desired: TaskState,
+    /// When the task entered `state`.
+    pub since: Millis,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// The change from one [`UiState`] to the next: tasks new or changed,
+/// tasks gone, and the whole node list when any node changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiPatch {
+    pub now: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeInfo>>,
+    #[serde(default)]
+    pub upsert: Vec<UiTask>,
+    #[serde(default)]
+    pub remove: Vec<TaskId>,
 }

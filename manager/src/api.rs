@@ -4,10 +4,9 @@
 //! Reads come from this manager's applied store; writes are proposed to the
 //! raft log (a follower's proposal is forwarded to the leader by raft).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::Duration;
-
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
@@ -28,7 +27,7 @@ use crate::dispatcher::GetMeshFailures;
 use crate::raft::{Propose, ProposeError};
 use crate::roles::{self, RoleError};
 use crate::store::{Command, Service, Store, StoreError};
-use crate::Manager;
+use crate::{ui, Manager};
 
 pub struct ApiState {
     pub node_id: NodeId,
@@ -134,10 +133,9 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
     }
 }
 
-fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
-    let store = m.store.read();
-    let live = state.live.borrow();
-    let status = m.status.borrow().clone();
+/// Every node as the API reports it: `live` is what gossip sees, `leader_id`
+/// the raft id of the leader, `self_id` the node answering.
+pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id: &NodeId) -> Vec<NodeInfo> {
     store
         .nodes
         .values()
@@ -145,7 +143,7 @@ fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
             let ready = live.contains(&n.id);
             let manager_status = match n.role {
                 Role::Worker => String::new(),
-                Role::Manager if n.raft_id == status.leader_id => "Leader".into(),
+                Role::Manager if n.raft_id == leader_id => "Leader".into(),
                 Role::Manager if ready => "Reachable".into(),
                 Role::Manager => "Unreachable".into(),
             };
@@ -153,10 +151,15 @@ fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
                 node: n.clone(),
                 status: if ready { NodeStatus::Ready } else { NodeStatus::Down },
                 manager_status,
-                is_self: n.id == state.node_id,
+                is_self: &n.id == self_id,
             }
         })
         .collect()
+}
+
+fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
+    let leader = m.status.borrow().leader_id;
+    node_list(&m.store.read(), &state.live.borrow(), leader, &state.node_id)
 }
 
 async fn info(state: web::Data<ApiState>) -> Result<HttpResponse> {
@@ -581,6 +584,89 @@ where
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+// ---------------------------------------------------------------------------
+// The web view (see `crate::ui`)
+
+fn ui_state(state: &ApiState, m: &Manager) -> common::api::UiState {
+    let nodes = node_infos(state, m);
+    ui::snapshot(&m.store.read(), nodes, now_ms())
+}
+
+async fn ui_snapshot(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(ui_state(&state, m)))
+}
+
+/// Server-sent events: `snapshot` first, then a `patch` whenever what the
+/// page shows changed (store events wake it; see `crate::ui` for the pacing).
+async fn ui_stream(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?.clone();
+    // Subscribed before the first look, so no change falls between them.
+    let (_, mut rx) = m.events.since(None);
+    let body = async_stream(move |tx| async move {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut last = ui_state(&state, &m);
+        let mut first = format!("retry: {}\n", ui::RETRY_MS).into_bytes();
+        first.extend(ui::sse("snapshot", &last));
+        if tx.send(first.into()).await.is_err() {
+            return;
+        }
+        let mut sent_at = Instant::now();
+        loop {
+            tokio::select! {
+                r = rx.recv() => {
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(ui::REFRESH) => {}
+            }
+            if let Some(wait) = ui::MIN_GAP.checked_sub(sent_at.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            // Whatever else arrived meanwhile is in the look we take now.
+            while !matches!(rx.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}
+            let next = ui_state(&state, &m);
+            let chunk = match ui::diff(&last, &next) {
+                Some(patch) => ui::sse("patch", &patch),
+                None if sent_at.elapsed() >= ui::KEEPALIVE => b": keepalive\n\n".to_vec(),
+                None => continue,
+            };
+            last = next;
+            if tx.send(chunk.into()).await.is_err() {
+                return;
+            }
+            sent_at = Instant::now();
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body.map(Ok::<_, actix_web::Error>)))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    // no-cache: a browser revalidates, so a new binary's page shows at once.
+    HttpResponse::Ok().content_type(content_type).insert_header(("Cache-Control", "no-cache")).body(body)
+}
+
+async fn ui_page() -> HttpResponse {
+    asset("text/html; charset=utf-8", ui::INDEX_HTML)
+}
+
+async fn ui_js() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", ui::APP_JS)
+}
+
+async fn ui_css() -> HttpResponse {
+    asset("text/css; charset=utf-8", ui::STYLE_CSS)
+}
+
+async fn to_ui() -> HttpResponse {
+    HttpResponse::Found().insert_header(("Location", "/ui")).finish()
+}
+
 async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
     let m = metrics();
     m.gauge("shoal_gossip_live_members", "nodes seen alive through gossip").set(state.live.borrow().len() as i64);
@@ -634,6 +720,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/services/{key}/rollback", web::post().to(rollback_service))
         .route("/v1/services/{key}/tasks", web::get().to(service_tasks))
         .route("/v1/services/{key}/logs", web::get().to(service_logs))
+        .route("/v1/ui/state", web::get().to(ui_snapshot))
+        .route("/v1/ui/stream", web::get().to(ui_stream))
+        .route("/", web::get().to(to_ui))
+        .route("/ui", web::get().to(ui_page))
+        .route("/ui/", web::get().to(ui_page))
+        .route("/ui/app.js", web::get().to(ui_js))
+        .route("/ui/style.css", web::get().to(ui_css))
         .default_service(web::to(not_found));
 }
 

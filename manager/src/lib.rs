@@ -7,6 +7,8 @@
 //! - [`dispatcher`]: sessions with every node: assignments out, status in.
 //! - [`join`]: admitting nodes by token.
 //! - [`api`]: the HTTP JSON API for the CLI, with `/metrics`.
+//! - [`ui`]: the web view at `/ui` (a page built into the binary, live over
+//!   server-sent events).
 //!
 //! [`Manager::start`] wires them together; `cli`'s daemon calls it.
 
@@ -21,6 +23,7 @@ pub mod raft;
 pub mod roles;
 pub mod scheduler;
 pub mod store;
+pub mod ui;
 
 use std::path::Path;
 
