@@ -371,6 +371,49 @@ fn a_worker_api_says_it_is_not_a_manager() {
     }
 }
 
+/// The value of `name{actor="actor"}` in an OpenMetrics text, if present.
+fn actor_metric(text: &str, name: &str, actor: &str) -> Option<f64> {
+    let key = format!("{name}{{actor=\"{actor}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn per_actor_metrics_move_when_work_happens() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let scrape = |i: usize| http(&c.api_addr(i), "GET /metrics HTTP/1.0\r\n\r\n");
+    let manager_actors = ["raft", "orchestrator", "scheduler", "dispatcher"];
+    let before = scrape(1);
+    let worker_before = scrape(2);
+    c.shoal_ok(&["service", "create", "--name", "metered", "--replicas", "4", busybox_image(), "sleep", "100000"]);
+    c.wait_running("metered", 4, CONVERGE);
+    wait_for(CONVERGE, "every actor's counters to move", || {
+        let (after, worker_after) = (scrape(1), scrape(2));
+        let mut still = Vec::new();
+        let mut check = |b: &str, a: &str, actor: &str| {
+            for name in ["shoal_actor_messages_total", "shoal_actor_handle_seconds_count"] {
+                let (x, y) = (actor_metric(b, name, actor).unwrap_or(0.0), actor_metric(a, name, actor));
+                if !y.is_some_and(|y| y > x) {
+                    still.push(format!("{name}{{actor={actor}}}: {x} → {y:?}"));
+                }
+            }
+        };
+        for actor in manager_actors {
+            check(&before, &after, actor);
+        }
+        // The worker's own supervisor ran its two tasks.
+        check(&worker_before, &worker_after, "supervisor");
+        if still.is_empty() { Ok(()) } else { Err(still.join("; ")) }
+    });
+    // The error counters exist per actor (zero here: nothing failed).
+    let after = scrape(1);
+    for actor in manager_actors {
+        assert!(actor_metric(&after, "shoal_actor_errors_total", actor).is_some(), "no error counter for {actor}");
+    }
+}
+
 #[test]
 fn three_managers_replicate_over_the_cluster_port_and_followers_take_writes() {
     if !require_docker() {

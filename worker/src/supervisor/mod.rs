@@ -81,6 +81,7 @@ pub struct TaskSupervisor {
     relist: bool,
     /// The list due once a burst of Docker events has gone quiet.
     settle: Option<SpawnHandle>,
+    metrics: crate::metrics::ActorMetrics,
 }
 
 impl TaskSupervisor {
@@ -107,14 +108,29 @@ impl TaskSupervisor {
             listing: false,
             relist: false,
             settle: None,
+            metrics: crate::metrics::metrics().actor("supervisor"),
         }
     }
 
+    /// One event into the core, and its actions out: one handled message
+    /// in the actor metrics (an error when it reports a failed operation).
     fn step(&mut self, event: Event, ctx: &mut Context<Self>) {
+        let started = std::time::Instant::now();
+        let failed = matches!(
+            &event,
+            Event::Done {
+                outcome: Outcome::PrepareFailed { .. }
+                    | Outcome::StartFailed { .. }
+                    | Outcome::StopFailed { .. }
+                    | Outcome::RemoveFailed { .. },
+                ..
+            }
+        );
         let actions = self.core.step(event, now_ms());
         for action in actions {
             self.execute(action, ctx);
         }
+        self.metrics.handled(started, !failed);
     }
 
     fn execute(&mut self, action: Action, ctx: &mut Context<Self>) {
