@@ -43,6 +43,8 @@ Try:
   $BIN service logs demo --tail 2
   for i in 1 2 3; do curl -s 127.0.0.13:8080; done     # the routing mesh: three task hostnames
   $BIN service scale demo=9
+  open http://127.0.0.11:4243/ui in a browser           # the live web view of tasks on nodes
+  $BIN events                   # the cluster's events as they happen (Ctrl-C to stop)
   $BIN service rm demo web
   deploy/cluster.sh down        # stop the nodes and remove their containers
 MSG
