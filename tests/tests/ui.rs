@@ -77,6 +77,7 @@ fn web_view_follows_the_cluster_live() {
             .current_dir(&ui)
             .env("SHOAL_UI_URL", format!("http://{api}/ui"))
             .env("SHOAL_HOST", &api)
+            .env("SHOAL_UI_WORKER_URL", format!("http://{}/ui", c.api_addr(2)))
             .env("SHOAL_BIN", shoal_bin())
             .env("SHOAL_UI_DRAIN", c.hostname(3))
             .env("SHOAL_UI_IMAGE", busybox_image())

@@ -15,6 +15,7 @@
 // CLI), SHOAL_BIN (the shoal binary), SHOAL_UI_DRAIN (hostname to drain,
 // default node3), SHOAL_UI_IMAGE (default shoal/busybox:latest),
 // SHOAL_UI_ARTIFACTS (where screenshots go, default target/ui-artifacts),
+// SHOAL_UI_WORKER_URL (optional: a worker's page, which must say it is one),
 // CHROMIUM (default /usr/bin/chromium).
 
 import { execFile } from 'node:child_process';
@@ -241,6 +242,17 @@ try {
   console.log(
     `ui synthetic 50 nodes × 500 tasks: first render ${bench.firstRenderMs.toFixed(1)} ms, one patch (5 cards) ${bench.patchMs.toFixed(2)} ms, age tick ${bench.ageTickMs.toFixed(1)} ms; screenshot ${bigShot}`,
   );
+
+  // 5. A worker's API serves the page too, and it says where to look.
+  const workerUrl = process.env.SHOAL_UI_WORKER_URL;
+  if (workerUrl) {
+    const w = await browser.newPage();
+    await w.goto(workerUrl);
+    await w
+      .waitForFunction(() => /is a worker, not a manager/.test(document.getElementById('notice').textContent), null, { timeout: 20_000, polling: 100 })
+      .catch(async () => fail(`a worker's page should say it is a worker; notice: ${await w.textContent('#notice')}`));
+    await w.close();
+  }
 
   if (foreign.length) fail(`the page loaded from elsewhere: ${foreign.join(', ')}`);
   if (pageErrors.length) fail(`errors in the page: ${pageErrors.join('; ')}`);

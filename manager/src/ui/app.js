@@ -132,10 +132,10 @@
     for (const c of col.list.children) {
       if (!c.dataset.taskId) continue;
       total++;
-      if (c.dataset.state === 'running') running++;
+      if (c.dataset.state === 'running' && c.dataset.desired === 'running') running++;
     }
     col.countEl.textContent = total ? running + '/' + total : '';
-    col.countEl.title = running + ' running of ' + total + ' tasks';
+    col.countEl.title = running + ' running (and meant to) of ' + total + ' tasks here';
     const empty = col.list.querySelector(':scope > .empty');
     if (total === 0 && !empty && col !== unassigned) col.list.append(el('div', 'empty', 'no tasks'));
   }
@@ -214,7 +214,7 @@
     c.el.title = t.name + ' ' + t.id + '\n' + t.image + '\n' + t.state + ' (desired ' + t.desired + ')' + (t.error ? '\n' + t.error : '');
     drawAge(c, Date.now() + clockOffset);
     place(c, (t.node_id && columns.get(t.node_id)) || ensureUnassigned());
-    if (old && old.state !== t.state) dirty.add(c.col);
+    if (old && (old.state !== t.state || old.desired !== t.desired)) dirty.add(c.col);
   }
 
   function remove(id) {
@@ -253,16 +253,25 @@
   }
 
   function drawSummary() {
+    // Counts are of tasks meant to run; those shutting down are said apart.
     const services = new Map();
     let running = 0;
+    let stopping = 0;
     for (const c of cards.values()) {
+      if (c.t.desired !== 'running') {
+        stopping++;
+        continue;
+      }
       services.set(c.t.service, (services.get(c.t.service) || 0) + 1);
       if (c.t.state === 'running') running++;
     }
     let down = 0;
     for (const col of columns.values()) if (col.info.status !== 'ready') down++;
     const count = (n, what) => n + ' ' + what + (n === 1 ? '' : 's');
-    summary.textContent = count(columns.size, 'node') + (down ? ' (' + down + ' down)' : '') + ' · ' + count(cards.size, 'task') + ', ' + running + ' running · ' + count(services.size, 'service');
+    summary.textContent =
+      count(columns.size, 'node') + (down ? ' (' + down + ' down)' : '') + ' · ' +
+      count(cards.size - stopping, 'task') + ', ' + running + ' running' + (stopping ? ', ' + stopping + ' shutting down' : '') + ' · ' +
+      count(services.size, 'service');
     const names = Array.from(services.keys()).sort();
     const have = Array.from(legend.children).map((s) => s.dataset.service + ':' + s.textContent);
     const want = names.map((n) => n + ':' + n + ' ' + services.get(n));
