@@ -162,6 +162,11 @@ fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
     node_list(&m.store.read(), &state.live.borrow(), leader, &state.node_id)
 }
 
+/// One node as `node_infos` shows it; `key` (what the caller asked for) names it in the error.
+fn node_info(state: &ApiState, m: &Manager, id: &NodeId, key: &str) -> Result<NodeInfo> {
+    node_infos(state, m).into_iter().find(|n| &n.node.id == id).ok_or_else(|| Error::not_found("node", key))
+}
+
 async fn info(state: web::Data<ApiState>) -> Result<HttpResponse> {
     let (is_leader, cluster_id) = match &state.manager {
         Some(m) => (m.is_leader(), m.store.read().cluster.id.clone()),
@@ -184,7 +189,7 @@ async fn list_nodes(state: web::Data<ApiState>) -> Result<HttpResponse> {
 async fn get_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
-    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == id).ok_or_else(|| Error::not_found("node", &key))?;
+    let info = node_info(&state, m, &id, &key)?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -317,7 +322,7 @@ async fn update_node(state: web::Data<ApiState>, key: web::Path<String>, u: web:
     if !cmds.is_empty() {
         propose(m, Command::Batch(cmds)).await?;
     }
-    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == id).ok_or_else(|| Error::not_found("node", &key))?;
+    let info = node_info(&state, m, &id, &key)?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -346,7 +351,7 @@ async fn promote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Res
             format!("{} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable", node.hostname),
         ));
     }
-    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == node.id).ok_or_else(|| Error::not_found("node", &key))?;
+    let info = node_info(&state, m, &node.id, &key)?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -367,7 +372,7 @@ async fn demote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Resu
             ));
         }
     }
-    let info = node_infos(&state, m).into_iter().find(|n| n.node.id == node.id).ok_or_else(|| Error::not_found("node", &key))?;
+    let info = node_info(&state, m, &node.id, &key)?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -381,7 +386,7 @@ async fn remove_node(state: web::Data<ApiState>, key: web::Path<String>, q: web:
     let m = manager(&state)?;
     let info = {
         let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
-        node_infos(&state, m).into_iter().find(|n| n.node.id == id).ok_or_else(|| Error::not_found("node", &key))?
+        node_info(&state, m, &id, &key)?
     };
     if info.node.id == state.node_id {
         return Err(Error::new(StatusCode::BAD_REQUEST, "a node cannot remove itself"));

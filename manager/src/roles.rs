@@ -50,6 +50,11 @@ fn reachable(store: &Store, voters: &[u64], live: &BTreeSet<NodeId>) -> BTreeSet
         .collect()
 }
 
+/// Raft ids of the nodes the store calls managers.
+fn manager_raft_ids(store: &Store) -> BTreeSet<u64> {
+    store.nodes.values().filter(|n| n.role == Role::Manager).map(|n| n.raft_id).collect()
+}
+
 pub fn check_promote(store: &Store, live: &BTreeSet<NodeId>, key: &str) -> Result<Node, RoleError> {
     let node = store.find_node(key).ok_or_else(|| RoleError::NoSuchNode(key.to_string()))?;
     if node.role == Role::Manager {
@@ -68,13 +73,8 @@ pub fn check_demote(store: &Store, voters: &[u64], live: &BTreeSet<NodeId>, key:
     if node.role == Role::Worker {
         return Err(RoleError::AlreadyWorker(node.hostname.clone()));
     }
-    let managers: BTreeSet<u64> = store
-        .nodes
-        .values()
-        .filter(|n| n.role == Role::Manager)
-        .map(|n| n.raft_id)
-        .chain(voters.iter().copied())
-        .collect();
+    let mut managers = manager_raft_ids(store);
+    managers.extend(voters);
     let remaining: BTreeSet<u64> = managers.iter().copied().filter(|id| *id != node.raft_id).collect();
     if remaining.is_empty() {
         return Err(RoleError::LastManager(node.hostname.clone()));
@@ -122,7 +122,7 @@ impl MembershipStep {
 /// when it has caught up and is alive; the leader never removes itself, it
 /// hands over leadership instead.
 pub fn plan_membership(store: &Store, st: &RaftStatus, live: &BTreeSet<NodeId>) -> Option<MembershipStep> {
-    let managers: BTreeSet<u64> = store.nodes.values().filter(|n| n.role == Role::Manager).map(|n| n.raft_id).collect();
+    let managers = manager_raft_ids(store);
     let member = |id: &u64| st.voters.contains(id) || st.learners.contains(id);
     if let Some(add) = managers.iter().find(|id| !member(id)) {
         return Some(MembershipStep::AddLearner(*add));

@@ -719,17 +719,8 @@ mod tests {
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
         // The stranger does not trust the server either; give it a client
         // config that trusts the server's CA but presents its own cert.
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.cert_der().unwrap()).unwrap();
         let chain = vec![cert_from_pem(&stranger.cert_pem).unwrap(), other.cert_der().unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(stranger.key_pem.as_bytes()).unwrap();
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        assert!(connect(Arc::new(config), addr).await.is_err());
+        assert!(connect(trusting_presenting(&ca, chain, &stranger), addr).await.is_err());
         let err = seen.recv().await.unwrap().unwrap_err();
         assert!(err.contains("UnknownIssuer"), "{err}");
 
@@ -741,19 +732,24 @@ mod tests {
         // A CA that copies our CA's name does not help: its signature fails.
         let twin = ClusterCa::generate(&ca_name(&ca)).unwrap();
         let (_, impostor) = node(&twin, Role::Manager);
+        let chain = vec![cert_from_pem(&impostor.cert_pem).unwrap()];
+        assert!(connect(trusting_presenting(&ca, chain, &impostor), addr).await.is_err());
+        let err = seen.recv().await.unwrap().unwrap_err();
+        assert!(err.contains("BadSignature"), "{err}");
+    }
+
+    /// A client that trusts `ca` and presents `chain` with `who`'s key.
+    fn trusting_presenting(ca: &ClusterCa, chain: Vec<CertificateDer<'static>>, who: &NodeIdentity) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der().unwrap()).unwrap();
-        let chain = vec![cert_from_pem(&impostor.cert_pem).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(impostor.key_pem.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(who.key_pem.as_bytes()).unwrap();
         let config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .unwrap();
-        assert!(connect(Arc::new(config), addr).await.is_err());
-        let err = seen.recv().await.unwrap().unwrap_err();
-        assert!(err.contains("BadSignature"), "{err}");
+        Arc::new(config)
     }
 
     /// The cluster id a CA was named after.
