@@ -106,7 +106,11 @@ impl Client {
 
     /// DELETEs one resource per key (`rm`), printing each key removed; a
     /// failure is reported and the others still go. Non-zero if any failed.
-    pub fn delete_each<T: DeserializeOwned>(&self, keys: &[String], path: impl Fn(&str) -> String) -> std::process::ExitCode {
+    pub fn delete_each<T: DeserializeOwned>(
+        &self,
+        keys: &[String],
+        path: impl Fn(&str) -> String,
+    ) -> std::process::ExitCode {
         let mut code = std::process::ExitCode::SUCCESS;
         for k in keys {
             match self.delete::<T>(&path(&seg(k))) {

@@ -129,9 +129,7 @@ fn state_path(dir: &Path) -> PathBuf {
 fn load_state(dir: &Path) -> Result<Option<NodeState>> {
     let p = state_path(dir);
     match std::fs::read(&p) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", p.display()))?,
-        )),
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", p.display()))?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
     }
@@ -182,10 +180,7 @@ fn load_tls(dir: &Path, state: &NodeState) -> Result<Tls> {
 }
 
 fn machine_hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
 fn secret(n: usize) -> String {
@@ -219,7 +214,11 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     };
     if args.force_new_cluster {
         if state.role != Role::Manager {
-            bail!("--force-new-cluster needs a manager's data directory; {} holds worker {}", args.data_dir.display(), state.hostname);
+            bail!(
+                "--force-new-cluster needs a manager's data directory; {} holds worker {}",
+                args.data_dir.display(),
+                state.hostname
+            );
         }
         let r = manager::raft::recover::force_new_cluster(&raft_dir(&args.data_dir), state.raft_id, &state.node_id)
             .map_err(|e| anyhow!("--force-new-cluster: {e}"))?;
@@ -301,9 +300,8 @@ fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState> {
     let target: SocketAddr = match target.parse() {
         Ok(a) => a,
         Err(_) => {
-            let ip: IpAddr = target
-                .parse()
-                .map_err(|_| anyhow!("invalid --join address {target:?}: expected MANAGER_IP:PORT"))?;
+            let ip: IpAddr =
+                target.parse().map_err(|_| anyhow!("invalid --join address {target:?}: expected MANAGER_IP:PORT"))?;
             SocketAddr::new(ip, DEFAULT_PORT)
         }
     };
@@ -404,7 +402,9 @@ fn log_source(runtime: Arc<dyn Runtime>, node: NodeId) -> net::LogSource {
             let streams: Vec<_> = req
                 .tasks
                 .iter()
-                .filter_map(|t| containers.iter().find(|c| &c.task_id == t).map(|c| (t.clone(), c.container_id.clone())))
+                .filter_map(|t| {
+                    containers.iter().find(|c| &c.task_id == t).map(|c| (t.clone(), c.container_id.clone()))
+                })
                 .map(|(t, c)| runtime.logs(&t, &c, req.follow, req.tail))
                 .collect();
             Ok::<_, String>(futures::stream::select_all(streams).map(|r| r.map_err(|e| e.to_string())))
@@ -437,7 +437,13 @@ struct RunOptions {
 
 /// Runs the node; `ca` is there on the first start of a cluster's first
 /// manager (`--init`), which commits it to the store.
-async fn run_node(state: NodeState, data_dir: PathBuf, ca: Option<ClusterCa>, tls: Tls, opts: RunOptions) -> Result<()> {
+async fn run_node(
+    state: NodeState,
+    data_dir: PathBuf,
+    ca: Option<ClusterCa>,
+    tls: Tls,
+    opts: RunOptions,
+) -> Result<()> {
     let fresh_init = ca.is_some();
     let snapshot_interval = opts.snapshot_interval;
     let cluster_addr = state.cluster_addr();
@@ -454,7 +460,8 @@ async fn run_node(state: NodeState, data_dir: PathBuf, ca: Option<ClusterCa>, tl
         let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
         anyhow!("cannot use the {which} routing mesh: {e}")
     })?;
-    let (programmer, mut mesh_status) = MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, data_path));
+    let (programmer, mut mesh_status) =
+        MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, data_path));
     let mesh_addr = actix::Actor::start(programmer);
 
     // Gossip: who is alive.
@@ -519,7 +526,6 @@ async fn run_node(state: NodeState, data_dir: PathBuf, ca: Option<ClusterCa>, tl
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
-
 
     // The session with the leader.
     let managers = Arc::new(RwLock::new(if state.managers.is_empty() {
@@ -614,9 +620,16 @@ async fn run_node(state: NodeState, data_dir: PathBuf, ca: Option<ClusterCa>, tl
 
 /// Asks a manager for a certificate for `role` (signed from a fresh key's
 /// CSR with the role the store gives this node) and saves it.
-async fn renew_certificate(tls: &Tls, data_dir: &Path, node: &NodeId, role: Role, managers: &[SocketAddr]) -> Result<()> {
+async fn renew_certificate(
+    tls: &Tls,
+    data_dir: &Path,
+    node: &NodeId,
+    role: Role,
+    managers: &[SocketAddr],
+) -> Result<()> {
     let dir = tls_dir(data_dir);
-    let pinned = NodeIdentity::load(&dir)?.ok_or_else(|| anyhow!("{} holds no certificate", dir.display()))?.ca_fingerprint()?;
+    let pinned =
+        NodeIdentity::load(&dir)?.ok_or_else(|| anyhow!("{} holds no certificate", dir.display()))?.ca_fingerprint()?;
     let mut last = anyhow!("no manager to ask");
     for addr in managers {
         let request = CertificateRequest::new()?;
@@ -707,7 +720,8 @@ async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Res
         created_at: now,
         updated_at: now,
     };
-    match m.raft.send(Propose(Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node)]))).await {
+    match m.raft.send(Propose(Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node)]))).await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(anyhow!("cannot initialise the cluster: {e}")),
         Err(e) => Err(anyhow!("cannot initialise the cluster: {e}")),
@@ -734,8 +748,19 @@ mod tests {
     fn a_restart_keeps_the_options_and_drops_the_one_off_flags() {
         let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
         let got = restart_args(args(&[
-            "daemon", "--join", "127.0.0.1:4000", "--token", "SHTKN-1-a-b", "--data-dir", "/d", "--mesh=userspace",
-            "--init", "--token=x", "--force-new-cluster", "--api-addr", "127.0.0.1:1",
+            "daemon",
+            "--join",
+            "127.0.0.1:4000",
+            "--token",
+            "SHTKN-1-a-b",
+            "--data-dir",
+            "/d",
+            "--mesh=userspace",
+            "--init",
+            "--token=x",
+            "--force-new-cluster",
+            "--api-addr",
+            "127.0.0.1:1",
         ]));
         assert_eq!(got, args(&["daemon", "--data-dir", "/d", "--mesh=userspace", "--api-addr", "127.0.0.1:1"]));
     }

@@ -18,7 +18,8 @@ pub fn parse_since(s: &str, now: Millis) -> Result<Millis> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
     }
-    let ago = parse_duration(s).map_err(|_| anyhow!("invalid --since {s:?}: expected a duration (10m), RFC 3339 time or Unix seconds"))?;
+    let ago = parse_duration(s)
+        .map_err(|_| anyhow!("invalid --since {s:?}: expected a duration (10m), RFC 3339 time or Unix seconds"))?;
     Ok(now.saturating_sub(ago.as_millis() as u64))
 }
 

@@ -84,9 +84,13 @@ fn main() -> ExitCode {
             init_logging();
             daemon::run(args)
         }
-        Command::JoinToken { role, quiet, rotate } => node::join_token(&client::Client::new(&cli.host), &role, quiet, rotate),
+        Command::JoinToken { role, quiet, rotate } => {
+            node::join_token(&client::Client::new(&cli.host), &role, quiet, rotate)
+        }
         Command::Node(cmd) => node::run(&client::Client::new(&cli.host), cmd),
-        Command::Events { since, filter, format } => events::run(&client::Client::new(&cli.host), since, filter, format),
+        Command::Events { since, filter, format } => {
+            events::run(&client::Client::new(&cli.host), since, filter, format)
+        }
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
     };
     match result {

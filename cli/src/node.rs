@@ -74,7 +74,11 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
         }
         NodeCmd::Update { availability, label_add, label_rm, node } => {
             let update = NodeUpdate {
-                availability: availability.as_deref().map(str::parse::<Availability>).transpose().map_err(|e| anyhow!(e))?,
+                availability: availability
+                    .as_deref()
+                    .map(str::parse::<Availability>)
+                    .transpose()
+                    .map_err(|e| anyhow!(e))?,
                 label_add: label_add
                     .iter()
                     .map(|l| parse_label(l).map_err(|e| anyhow!("{e}")))
@@ -90,7 +94,11 @@ pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
             return Ok(c.delete_each::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}?force={force}")));
         }
         NodeCmd::Inspect { nodes, pretty } => {
-            return c.inspect::<NodeInfo>(&nodes, |n| format!("/v1/nodes/{n}"), pretty.then_some(pretty_node as fn(&NodeInfo) -> String));
+            return c.inspect::<NodeInfo>(
+                &nodes,
+                |n| format!("/v1/nodes/{n}"),
+                pretty.then_some(pretty_node as fn(&NodeInfo) -> String),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -102,7 +110,9 @@ fn change_roles(c: &Client, nodes: &[String], verb: &str) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for n in nodes {
         match c.post::<_, NodeInfo>(&format!("/v1/nodes/{}/{verb}", seg(n)), &serde_json::json!({})) {
-            Ok(info) if verb == "promote" => println!("Node {} promoted to a manager in the cluster.", info.node.hostname),
+            Ok(info) if verb == "promote" => {
+                println!("Node {} promoted to a manager in the cluster.", info.node.hostname)
+            }
             Ok(info) => println!("Manager {} demoted in the cluster.", info.node.hostname),
             Err(e) => {
                 eprintln!("Error: {e:#}");
@@ -141,11 +151,8 @@ pub fn join_token(c: &Client, role: &str, quiet: bool, rotate: bool) -> Result<E
     if role != "worker" && role != "manager" {
         bail!("unknown role {role:?}: expected worker or manager");
     }
-    let tokens: JoinTokens = if rotate {
-        c.post(&format!("/v1/join-tokens/rotate?role={role}"), &())?
-    } else {
-        c.get("/v1/join-tokens")?
-    };
+    let tokens: JoinTokens =
+        if rotate { c.post(&format!("/v1/join-tokens/rotate?role={role}"), &())? } else { c.get("/v1/join-tokens")? };
     let token = if role == "worker" { tokens.worker } else { tokens.manager };
     if quiet {
         println!("{token}");

@@ -37,12 +37,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let width = |s: &str| s.chars().count();
     let mut widths = vec![MIN_WIDTH; columns];
     for (j, w) in widths.iter_mut().enumerate() {
-        let widest = rows
-            .iter()
-            .map(|r| width(&r[j]))
-            .chain([width(header[j])])
-            .max()
-            .unwrap_or(0);
+        let widest = rows.iter().map(|r| width(&r[j])).chain([width(header[j])]).max().unwrap_or(0);
         *w = (*w).max(widest + PADDING);
     }
     let mut out = String::new();
@@ -175,16 +170,7 @@ pub fn node_ls(nodes: &[NodeInfo]) -> String {
             ]
         })
         .collect();
-    table(
-        &[
-            "ID  ",
-            "HOSTNAME",
-            "STATUS",
-            "AVAILABILITY",
-            "MANAGER STATUS",
-        ],
-        &rows,
-    )
+    table(&["ID  ", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"], &rows)
 }
 
 /// `docker node ls -q`: full node IDs, in the order of `node_ls`.
@@ -194,9 +180,7 @@ pub fn node_ls_quiet(nodes: &[NodeInfo]) -> String {
 
 fn sorted_nodes(nodes: &[NodeInfo]) -> Vec<&NodeInfo> {
     let mut nodes: Vec<&NodeInfo> = nodes.iter().collect();
-    nodes.sort_by(|a, b| {
-        natural_cmp(&a.node.hostname, &b.node.hostname).then_with(|| a.node.id.cmp(&b.node.id))
-    });
+    nodes.sort_by(|a, b| natural_cmp(&a.node.hostname, &b.node.hostname).then_with(|| a.node.id.cmp(&b.node.id)));
     nodes
 }
 
@@ -243,59 +227,23 @@ pub fn service_ps(tasks: &[TaskInfo], now: Millis, no_trunc: bool) -> String {
     for t in sorted_tasks(tasks) {
         let task = &t.task;
         let name = task.name();
-        let shown_name = if name == previous {
-            format!(" \\_ {name}")
-        } else {
-            name.clone()
-        };
+        let shown_name = if name == previous { format!(" \\_ {name}") } else { name.clone() };
         previous = name;
         let age = Duration::from_millis(now.saturating_sub(task.status.timestamp));
         let err = task.status.err.as_deref().unwrap_or("");
-        let err = if no_trunc {
-            err.to_string()
-        } else {
-            ellipsis(err, 30)
-        };
+        let err = if no_trunc { err.to_string() } else { ellipsis(err, 30) };
         rows.push(vec![
-            if no_trunc {
-                task.id.to_string()
-            } else {
-                task.id.short().to_string()
-            },
+            if no_trunc { task.id.to_string() } else { task.id.short().to_string() },
             shown_name,
-            if no_trunc {
-                task.spec.image.clone()
-            } else {
-                display_image(&task.spec.image)
-            },
+            if no_trunc { task.spec.image.clone() } else { display_image(&task.spec.image) },
             node_name(t),
             task.desired_state.title(),
-            format!(
-                "{} {} ago",
-                task.status.state.title(),
-                human_duration(age).to_lowercase()
-            ),
-            if err.is_empty() {
-                err
-            } else {
-                format!("\"{err}\"")
-            },
+            format!("{} {} ago", task.status.state.title(), human_duration(age).to_lowercase()),
+            if err.is_empty() { err } else { format!("\"{err}\"") },
             String::new(),
         ]);
     }
-    table(
-        &[
-            "ID",
-            "NAME",
-            "IMAGE",
-            "NODE",
-            "DESIRED STATE",
-            "CURRENT STATE",
-            "ERROR",
-            "PORTS",
-        ],
-        &rows,
-    )
+    table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows)
 }
 
 /// `docker service ps -q`: full task IDs (docker never truncates them with
@@ -307,8 +255,7 @@ pub fn service_ps_quiet(tasks: &[TaskInfo]) -> String {
 fn sorted_tasks(tasks: &[TaskInfo]) -> Vec<&TaskInfo> {
     let mut tasks: Vec<&TaskInfo> = tasks.iter().collect();
     tasks.sort_by(|a, b| {
-        natural_cmp(&a.task.name(), &b.task.name())
-            .then_with(|| b.task.created_at.cmp(&a.task.created_at))
+        natural_cmp(&a.task.name(), &b.task.name()).then_with(|| b.task.created_at.cmp(&a.task.created_at))
     });
     tasks
 }
@@ -332,34 +279,18 @@ fn node_name(t: &TaskInfo) -> String {
 /// service's replica count; pass 0 for a single task) so that the `|` lines
 /// up across slots, as docker does; node names are not padded.
 pub fn log_prefix(entry: &LogEntry, no_trunc: bool, replicas: u64) -> String {
-    let id = if no_trunc {
-        entry.task_id.as_str()
-    } else {
-        entry.task_id.short()
-    };
+    let id = if no_trunc { entry.task_id.as_str() } else { entry.task_id.short() };
     if entry.slot == 0 && !entry.task_name.is_empty() {
         // A global task: `name.node-id.taskid@node`.
         return format!("{}.{}@{}    | ", entry.task_name, id, entry.node);
     }
     let pad = digits(replicas).saturating_sub(digits(entry.slot));
-    format!(
-        "{}.{}.{}@{}{}    | ",
-        entry.service_name,
-        entry.slot,
-        id,
-        entry.node,
-        " ".repeat(pad)
-    )
+    format!("{}.{}.{}@{}{}    | ", entry.service_name, entry.slot, id, entry.node, " ".repeat(pad))
 }
 
 /// One line of `service logs`, without its newline. With `timestamps` (`-t`)
 /// the entry's timestamp comes first, before the context, as in docker.
-pub fn format_log_line(
-    entry: &LogEntry,
-    timestamps: bool,
-    no_trunc: bool,
-    replicas: u64,
-) -> String {
+pub fn format_log_line(entry: &LogEntry, timestamps: bool, no_trunc: bool, replicas: u64) -> String {
     let mut out = String::new();
     if timestamps {
         out.push_str(&entry.timestamp);
@@ -428,13 +359,9 @@ const MAX_ERROR_WIDTH: usize = 75;
 /// [`progress_waiting_line`] for the line shown while stability is checked.
 pub fn progress_lines(replicas: u64, tasks: &[TaskInfo], converged: bool) -> Vec<String> {
     let by_slot = tasks_by_slot(tasks);
-    let running = by_slot
-        .values()
-        .filter(|t| !t.desired_state.is_terminal() && t.status.state == TaskState::Running)
-        .count();
-    let mut out = vec![format!(
-        "overall progress: {running} out of {replicas} tasks "
-    )];
+    let running =
+        by_slot.values().filter(|t| !t.desired_state.is_terminal() && t.status.state == TaskState::Running).count();
+    let mut out = vec![format!("overall progress: {running} out of {replicas} tasks ")];
     if replicas <= MAX_PROGRESS_BARS {
         // Slots are numbered 1..=replicas on screen in slot order, whatever
         // their numbers in the store (docker maps them to a contiguous range).
@@ -456,10 +383,7 @@ pub fn progress_lines(replicas: u64, tasks: &[TaskInfo], converged: bool) -> Vec
 /// The `verify` line docker shows between convergence and the end of the
 /// monitor period; `left` is the time still to wait.
 pub fn progress_waiting_line(left: Duration) -> String {
-    format!(
-        "verify: Waiting {} seconds to verify that tasks are stable... ",
-        left.as_secs() + 1
-    )
+    format!("verify: Waiting {} seconds to verify that tasks are stable... ", left.as_secs() + 1)
 }
 
 /// The `verify` line docker shows when a task fails after convergence.
@@ -472,10 +396,7 @@ fn tasks_by_slot(tasks: &[TaskInfo]) -> BTreeMap<u64, &Task> {
     newest_first.sort_by_key(|t| Reverse(t.created_at));
     let mut by_slot: BTreeMap<u64, &Task> = BTreeMap::new();
     for task in newest_first {
-        let (Some(desired), Some(state)) = (
-            progress_step(task.desired_state),
-            progress_step(task.status.state),
-        ) else {
+        let (Some(desired), Some(state)) = (progress_step(task.desired_state), progress_step(task.status.state)) else {
             continue;
         };
         if let Some(kept) = by_slot.get(&task.slot) {
@@ -500,12 +421,7 @@ fn slot_line(id: &str, task: &Task) -> String {
         return format!("{id}:   ");
     }
     let step = progress_step(state).unwrap_or(0);
-    format!(
-        "{id}: {:<width$} {}",
-        state.as_str(),
-        bar(step, MAX_PROGRESS),
-        width = LONGEST_STATE
-    )
+    format!("{id}: {:<width$} {}", state.as_str(), bar(step, MAX_PROGRESS), width = LONGEST_STATE)
 }
 
 /// moby's `JSONProgress.String` with the counts hidden: 50 columns.
@@ -561,11 +477,7 @@ mod tests {
                 id: id.into(),
                 raft_id: 1,
                 hostname: hostname.into(),
-                role: if manager.is_empty() {
-                    Role::Worker
-                } else {
-                    Role::Manager
-                },
+                role: if manager.is_empty() { Role::Worker } else { Role::Manager },
                 availability,
                 labels: BTreeMap::new(),
                 addr: "10.0.0.1:7946".parse().unwrap(),
@@ -652,30 +564,9 @@ mod tests {
         use Availability::*;
         use NodeStatus::*;
         vec![
-            node(
-                "bcdefghijklmnopqrstuvwxyz",
-                "node-10",
-                Ready,
-                Drain,
-                "",
-                false,
-            ),
-            node(
-                "cdefghijklmnopqrstuvwxyz0",
-                "node-2",
-                Down,
-                Active,
-                "Reachable",
-                false,
-            ),
-            node(
-                "abcdefghijklmnopqrstuvwxy",
-                "node-1",
-                Ready,
-                Active,
-                "Leader",
-                true,
-            ),
+            node("bcdefghijklmnopqrstuvwxyz", "node-10", Ready, Drain, "", false),
+            node("cdefghijklmnopqrstuvwxyz0", "node-2", Down, Active, "Reachable", false),
+            node("abcdefghijklmnopqrstuvwxy", "node-1", Ready, Active, "Leader", true),
         ]
     }
 
@@ -692,24 +583,14 @@ mod tests {
         );
         assert_eq!(
             node_ls_quiet(&nodes()),
-            text(&[
-                "abcdefghijklmnopqrstuvwxy",
-                "cdefghijklmnopqrstuvwxyz0",
-                "bcdefghijklmnopqrstuvwxyz",
-            ])
+            text(&["abcdefghijklmnopqrstuvwxy", "cdefghijklmnopqrstuvwxyz0", "bcdefghijklmnopqrstuvwxyz",])
         );
     }
 
     #[test]
     fn empty_tables_print_their_header() {
-        assert_eq!(
-            node_ls(&[]),
-            text(&["ID        HOSTNAME   STATUS    AVAILABILITY   MANAGER STATUS"])
-        );
-        assert_eq!(
-            service_ls(&[]),
-            text(&["ID        NAME      MODE      REPLICAS   IMAGE     PORTS"])
-        );
+        assert_eq!(node_ls(&[]), text(&["ID        HOSTNAME   STATUS    AVAILABILITY   MANAGER STATUS"]));
+        assert_eq!(service_ls(&[]), text(&["ID        NAME      MODE      REPLICAS   IMAGE     PORTS"]));
         assert_eq!(
             service_ps(&[], NOW, false),
             text(&["ID        NAME      IMAGE     NODE      DESIRED STATE   CURRENT STATE   ERROR     PORTS"])
@@ -727,13 +608,7 @@ mod tests {
                 1,
                 1,
             ),
-            service(
-                "p1cz0xt0p2ja1wn5blgbhxkx0",
-                "cache",
-                "docker.io/library/redis:7",
-                0,
-                2,
-            ),
+            service("p1cz0xt0p2ja1wn5blgbhxkx0", "cache", "docker.io/library/redis:7", 0, 2),
         ]
     }
 
@@ -748,10 +623,7 @@ mod tests {
                 "w3b7d9e8f0g1   web       replicated   2/3        nginx:1.25                               ",
             ])
         );
-        assert_eq!(
-            service_ls_quiet(&services()),
-            text(&["kq4vmk5kvx1y", "p1cz0xt0p2ja", "w3b7d9e8f0g1"])
-        );
+        assert_eq!(service_ls_quiet(&services()), text(&["kq4vmk5kvx1y", "p1cz0xt0p2ja", "w3b7d9e8f0g1"]));
     }
 
     fn ps_tasks() -> Vec<TaskInfo> {
@@ -768,10 +640,7 @@ mod tests {
                 err: Some("task: non-zero exit (137)"),
                 ..T::default()
             }),
-            task(T {
-                id: "6n4rm0uwc0kqt1y2h3j4k5l6m",
-                ..T::default()
-            }),
+            task(T { id: "6n4rm0uwc0kqt1y2h3j4k5l6m", ..T::default() }),
             task(T {
                 id: "z1x2c3v4b5n6m7a8s9d0f1g2h",
                 desired: Shutdown,
@@ -790,13 +659,7 @@ mod tests {
                 err: Some("no suitable node (scheduling constraints not satisfied on 3 nodes)"),
                 ..T::default()
             }),
-            task(T {
-                id: "j3l5n7p9r1t3v5x7z9b1d3f5h",
-                slot: 2,
-                node: Some("node-10"),
-                changed: 0,
-                ..T::default()
-            }),
+            task(T { id: "j3l5n7p9r1t3v5x7z9b1d3f5h", slot: 2, node: Some("node-10"), changed: 0, ..T::default() }),
             task(T {
                 id: "h6j8l0n2p4r6t8v0x2z4b6d8f",
                 service: "api",
@@ -837,10 +700,8 @@ mod tests {
 
     #[test]
     fn service_ps_no_trunc_shows_full_ids_images_and_errors() {
-        let tasks: Vec<TaskInfo> = ps_tasks()
-            .into_iter()
-            .filter(|t| t.task.slot == 3 || t.task.service_name == "api")
-            .collect();
+        let tasks: Vec<TaskInfo> =
+            ps_tasks().into_iter().filter(|t| t.task.slot == 3 || t.task.service_name == "api").collect();
         assert_eq!(
             service_ps(&tasks, NOW, true),
             text(&[
@@ -852,20 +713,13 @@ mod tests {
         );
         assert_eq!(
             service_ps_quiet(&tasks),
-            text(&[
-                "e5g7i9k1m3o5q7s9u1w3y5a7c",
-                "h6j8l0n2p4r6t8v0x2z4b6d8f",
-                "m0o2q4s6u8w0y2a4c6e8g0i2k",
-            ])
+            text(&["e5g7i9k1m3o5q7s9u1w3y5a7c", "h6j8l0n2p4r6t8v0x2z4b6d8f", "m0o2q4s6u8w0y2a4c6e8g0i2k",])
         );
     }
 
     #[test]
     fn service_ps_shows_the_node_id_of_a_node_that_is_gone() {
-        let mut t = task(T {
-            id: "6n4rm0uwc0kqt1y2h3j4k5l6m",
-            ..T::default()
-        });
+        let mut t = task(T { id: "6n4rm0uwc0kqt1y2h3j4k5l6m", ..T::default() });
         t.node_hostname = None;
         assert_eq!(
             service_ps(&[t], NOW, false),
@@ -922,20 +776,11 @@ mod tests {
     fn log_prefixes_pad_slots_to_the_replica_count() {
         let a = log("6n4rm0uwc0kqt1y2h3j4k5l6m", 1, "node-1", "hello\n");
         let b = log("h6j8l0n2p4r6t8v0x2z4b6d8f", 10, "node-2", "world");
-        assert_eq!(
-            log_prefix(&a, false, 10),
-            "web.1.6n4rm0uwc0kq@node-1     | "
-        );
-        assert_eq!(
-            log_prefix(&b, false, 10),
-            "web.10.h6j8l0n2p4r6@node-2    | "
-        );
+        assert_eq!(log_prefix(&a, false, 10), "web.1.6n4rm0uwc0kq@node-1     | ");
+        assert_eq!(log_prefix(&b, false, 10), "web.10.h6j8l0n2p4r6@node-2    | ");
         assert_eq!(
             [&a, &b].map(|e| format_log_line(e, false, false, 10)),
-            [
-                "web.1.6n4rm0uwc0kq@node-1     | hello",
-                "web.10.h6j8l0n2p4r6@node-2    | world",
-            ]
+            ["web.1.6n4rm0uwc0kq@node-1     | hello", "web.10.h6j8l0n2p4r6@node-2    | world",]
         );
         assert_eq!(
             [&a, &b].map(|e| format_log_line(e, true, true, 10)),
@@ -945,30 +790,18 @@ mod tests {
             ]
         );
         // A single task (or a service of fewer than 10 replicas): no padding.
-        assert_eq!(
-            format_log_line(&a, false, false, 0),
-            "web.1.6n4rm0uwc0kq@node-1    | hello"
-        );
+        assert_eq!(format_log_line(&a, false, false, 0), "web.1.6n4rm0uwc0kq@node-1    | hello");
     }
 
     fn slot_task(slot: u64, state: TaskState) -> TaskInfo {
-        task(T {
-            slot,
-            state,
-            ..T::default()
-        })
+        task(T { slot, state, ..T::default() })
     }
 
     #[test]
     fn progress_before_any_task() {
         assert_eq!(
             progress_lines(3, &[], false),
-            [
-                "overall progress: 0 out of 3 tasks ",
-                "1/3:   ",
-                "2/3:   ",
-                "3/3:   "
-            ]
+            ["overall progress: 0 out of 3 tasks ", "1/3:   ", "2/3:   ", "3/3:   "]
         );
     }
 
@@ -1028,38 +861,25 @@ mod tests {
             "verify: Waiting 5 seconds to verify that tasks are stable... "
         );
         assert_eq!(progress_failure_line(), "verify: Detected task failure ");
-        assert_eq!(
-            progress_lines(3, &tasks, true).last().map(String::as_str),
-            Some("verify: Service converged ")
-        );
+        assert_eq!(progress_lines(3, &tasks, true).last().map(String::as_str), Some("verify: Service converged "));
     }
 
     #[test]
     fn progress_above_twenty_slots_shows_only_the_total() {
         let mut tasks: Vec<TaskInfo> = (1..=25).map(|s| slot_task(s, TaskState::Running)).collect();
         tasks[3].task.status.state = TaskState::Assigned;
-        assert_eq!(
-            progress_lines(25, &tasks, false),
-            ["overall progress: 24 out of 25 tasks "]
-        );
+        assert_eq!(progress_lines(25, &tasks, false), ["overall progress: 24 out of 25 tasks "]);
         tasks[3].task.status.state = TaskState::Running;
         assert_eq!(
             progress_lines(25, &tasks, true),
-            [
-                "overall progress: 25 out of 25 tasks ",
-                "verify: Service converged "
-            ]
+            ["overall progress: 25 out of 25 tasks ", "verify: Service converged "]
         );
     }
 
     #[test]
     fn progress_cuts_long_errors_to_one_line() {
         let err = "starting container failed: error while mounting volume '/var/lib/data':\nno such file or directory";
-        let t = task(T {
-            state: TaskState::Failed,
-            err: Some(err),
-            ..T::default()
-        });
+        let t = task(T { state: TaskState::Failed, err: Some(err), ..T::default() });
         assert_eq!(
             progress_lines(1, &[t], false),
             [
@@ -1073,25 +893,16 @@ mod tests {
     fn natural_order() {
         let mut names = vec!["web.10", "web.2", "api.1", "web.02", "web.1", "web"];
         names.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(
-            names,
-            ["api.1", "web", "web.1", "web.2", "web.02", "web.10"]
-        );
+        assert_eq!(names, ["api.1", "web", "web.1", "web.2", "web.02", "web.10"]);
     }
 
     #[test]
     fn images_lose_digest_and_default_registry_when_tagged() {
         assert_eq!(display_image("nginx:1.25@sha256:abc"), "nginx:1.25");
         assert_eq!(display_image("docker.io/library/redis:7"), "redis:7");
-        assert_eq!(
-            display_image("docker.io/bitnami/redis:7"),
-            "bitnami/redis:7"
-        );
+        assert_eq!(display_image("docker.io/bitnami/redis:7"), "bitnami/redis:7");
         assert_eq!(display_image("nginx@sha256:abc"), "nginx@sha256:abc");
         assert_eq!(display_image("localhost:5000/app"), "localhost:5000/app");
-        assert_eq!(
-            display_image("localhost:5000/app:v1@sha256:abc"),
-            "localhost:5000/app:v1"
-        );
+        assert_eq!(display_image("localhost:5000/app:v1@sha256:abc"), "localhost:5000/app:v1");
     }
 }

@@ -52,7 +52,9 @@ pub fn assess(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict 
     }
     let rolling = rollout.is_some_and(|u| u.state.is_active());
     if running == info.desired && active.len() as u64 == info.desired && !rolling {
-        if let Some(u) = rollout.filter(|u| u.state == UpdateState::RollbackCompleted && !u.message.contains(MANUAL_ROLLBACK)) {
+        if let Some(u) =
+            rollout.filter(|u| u.state == UpdateState::RollbackCompleted && !u.message.contains(MANUAL_ROLLBACK))
+        {
             let reason = u.message.strip_prefix("rollback completed: ").unwrap_or(&u.message);
             return Verdict::RolledBack(reason.to_string());
         }

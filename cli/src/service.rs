@@ -421,7 +421,10 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
         ServiceCmd::Logs { service, follow, tail, timestamps, no_trunc } => {
             let tail = match tail.as_deref() {
                 None | Some("all") => None,
-                Some(n) => Some(n.parse::<u64>().map_err(|_| anyhow!("invalid --tail {n:?}: expected a number of lines or \"all\""))?),
+                Some(n) => Some(
+                    n.parse::<u64>()
+                        .map_err(|_| anyhow!("invalid --tail {n:?}: expected a number of lines or \"all\""))?,
+                ),
             };
             let info: ServiceInfo = c.get(&format!("/v1/services/{}", seg(&service)))?;
             let mut path = format!("/v1/services/{}/logs?follow={follow}", info.id);
@@ -537,7 +540,9 @@ fn pretty_service(s: &ServiceInfo) -> String {
         }
     }
     match s.spec.mode {
-        ServiceMode::Replicated { replicas } => out.push_str(&format!("Service Mode:\tReplicated\n Replicas:\t{replicas}\n")),
+        ServiceMode::Replicated { replicas } => {
+            out.push_str(&format!("Service Mode:\tReplicated\n Replicas:\t{replicas}\n"))
+        }
         ServiceMode::Global => out.push_str("Service Mode:\tGlobal\n"),
     }
     if let Some(u) = &s.update_status {
@@ -604,4 +609,3 @@ fn pretty_service(s: &ServiceInfo) -> String {
     out.push_str(&format!("Running:\t{}/{}\n", s.running, s.desired));
     out
 }
-

@@ -31,12 +31,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
-use crate::mesh::PortConfig;
 use crate::ids::{NodeId, ServiceId, TaskId};
+use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
 use crate::spec::{
-    update_env, FailureAction, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, SpecError, UpdateConfig,
-    UpdateOrder, UpdateStatus,
+    update_env, FailureAction, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, SpecError,
+    UpdateConfig, UpdateOrder, UpdateStatus,
 };
 use crate::task::{Task, TaskState};
 use crate::time::Millis;
@@ -283,7 +283,9 @@ impl ServiceUpdate {
         let ports = &mut s.task.ports;
         ports.retain(|p| {
             !self.publish_rm.iter().any(|r| {
-                r.target == p.target && r.protocol == p.protocol && (r.published.is_none() || r.published == p.published)
+                r.target == p.target
+                    && r.protocol == p.protocol
+                    && (r.published.is_none() || r.published == p.published)
             })
         });
         for add in &self.publish_add {

@@ -32,7 +32,9 @@ pub struct Constraint {
 pub enum ConstraintError {
     #[error("invalid constraint {0:?}: expected KEY==VALUE or KEY!=VALUE")]
     Syntax(String),
-    #[error("invalid constraint {0:?}: unknown key {1:?} (expected node.id, node.hostname, node.role or node.labels.KEY)")]
+    #[error(
+        "invalid constraint {0:?}: unknown key {1:?} (expected node.id, node.hostname, node.role or node.labels.KEY)"
+    )]
     UnknownKey(String, String),
     #[error("invalid constraint {0:?}: empty value")]
     EmptyValue(String),
@@ -71,11 +73,7 @@ impl Constraint {
                 _ => return Err(ConstraintError::UnknownKey(s.to_string(), key.to_string())),
             },
         };
-        Ok(Constraint {
-            field,
-            op,
-            value: value.to_string(),
-        })
+        Ok(Constraint { field, op, value: value.to_string() })
     }
 
     pub fn matches(&self, node: &Node) -> bool {
@@ -127,10 +125,7 @@ mod tests {
             hostname: hostname.into(),
             role,
             availability: Availability::Active,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
             addr: "127.0.0.1:4242".parse().unwrap(),
             created_at: 0,
             updated_at: 0,
@@ -156,7 +151,10 @@ mod tests {
         assert!(matches!(Constraint::parse("node.colour==red"), Err(ConstraintError::UnknownKey(_, _))));
         assert!(matches!(Constraint::parse("node.labels.==x"), Err(ConstraintError::UnknownKey(_, _))));
         assert!(matches!(Constraint::parse("node.role==boss"), Err(ConstraintError::BadRole(_))));
-        assert!(matches!(Constraint::parse("a==b==c"), Err(ConstraintError::UnknownKey(_, _)) | Err(ConstraintError::Syntax(_))));
+        assert!(matches!(
+            Constraint::parse("a==b==c"),
+            Err(ConstraintError::UnknownKey(_, _)) | Err(ConstraintError::Syntax(_))
+        ));
         let msg = Constraint::parse("nonsense").unwrap_err().to_string();
         assert!(msg.contains("KEY==VALUE"), "{msg}");
     }

@@ -198,14 +198,20 @@ mod tests {
     #[test]
     fn short_and_long_forms() {
         let p: PortConfig = "8080:80".parse().unwrap();
-        assert_eq!(p, PortConfig { protocol: Protocol::Tcp, target: 80, published: Some(8080), mode: PublishMode::Ingress });
+        assert_eq!(
+            p,
+            PortConfig { protocol: Protocol::Tcp, target: 80, published: Some(8080), mode: PublishMode::Ingress }
+        );
         assert_eq!(p.to_string(), "*:8080->80/tcp");
         let p: PortConfig = "53:5353/udp".parse().unwrap();
         assert_eq!((p.protocol, p.published, p.target), (Protocol::Udp, Some(53), 5353));
         let p: PortConfig = "80".parse().unwrap();
         assert_eq!((p.published, p.target), (None, 80));
         let p: PortConfig = "published=9200,target=9200,protocol=udp,mode=host".parse().unwrap();
-        assert_eq!(p, PortConfig { protocol: Protocol::Udp, target: 9200, published: Some(9200), mode: PublishMode::Host });
+        assert_eq!(
+            p,
+            PortConfig { protocol: Protocol::Udp, target: 9200, published: Some(9200), mode: PublishMode::Host }
+        );
         let p: PortConfig = "target=80".parse().unwrap();
         assert_eq!((p.published, p.mode), (None, PublishMode::Ingress));
     }

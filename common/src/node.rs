@@ -52,9 +52,7 @@ impl FromStr for Availability {
             "active" => Ok(Availability::Active),
             "pause" => Ok(Availability::Pause),
             "drain" => Ok(Availability::Drain),
-            _ => Err(format!(
-                "invalid availability {s:?}: expected active, pause or drain"
-            )),
+            _ => Err(format!("invalid availability {s:?}: expected active, pause or drain")),
         }
     }
 }

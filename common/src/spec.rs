@@ -61,9 +61,7 @@ impl FromStr for FailureAction {
             "pause" => Ok(FailureAction::Pause),
             "continue" => Ok(FailureAction::Continue),
             "rollback" => Ok(FailureAction::Rollback),
-            _ => Err(SpecError::Invalid(format!(
-                "invalid failure action {s:?}: expected pause, continue or rollback"
-            ))),
+            _ => Err(SpecError::Invalid(format!("invalid failure action {s:?}: expected pause, continue or rollback"))),
         }
     }
 }
@@ -122,7 +120,9 @@ impl Default for UpdateConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceMode {
-    Replicated { replicas: u64 },
+    Replicated {
+        replicas: u64,
+    },
     /// One task per eligible node.
     Global,
 }
@@ -254,12 +254,7 @@ pub struct RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        RestartPolicy {
-            condition: RestartCondition::Any,
-            delay_ms: 5_000,
-            max_attempts: None,
-            window_ms: None,
-        }
+        RestartPolicy { condition: RestartCondition::Any, delay_ms: 5_000, max_attempts: None, window_ms: None }
     }
 }
 
@@ -289,9 +284,7 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -300,9 +293,7 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 }
 
 pub fn parse_replicas(s: &str) -> Result<u64, SpecError> {
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| SpecError::Replicas(s.to_string()))
+    s.trim().parse::<u64>().map_err(|_| SpecError::Replicas(s.to_string()))
 }
 
 /// `KEY=VALUE` (env entries and labels). An env entry without `=` is refused
@@ -316,9 +307,7 @@ pub fn parse_key_value(s: &str) -> Option<(String, String)> {
 }
 
 pub fn validate_env(entry: &str) -> Result<(), SpecError> {
-    parse_key_value(entry)
-        .map(|_| ())
-        .ok_or_else(|| SpecError::Env(entry.to_string()))
+    parse_key_value(entry).map(|_| ()).ok_or_else(|| SpecError::Env(entry.to_string()))
 }
 
 pub fn parse_label(s: &str) -> Result<(String, String), SpecError> {

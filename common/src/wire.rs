@@ -49,7 +49,11 @@ pub enum Hello {
     Logs(LogRequest),
     /// A node whose role changed asks for a certificate for its new role
     /// (signed from this CSR, with the role the store gives it).
-    Renew { node_id: NodeId, #[serde(with = "serde_bytes")] csr: Vec<u8> },
+    Renew {
+        node_id: NodeId,
+        #[serde(with = "serde_bytes")]
+        csr: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,9 +102,13 @@ pub enum Frame {
     Welcome,
     JoinAccepted(JoinAccepted),
     /// Not the leader: try this address.
-    Redirect { leader: Option<SocketAddr> },
+    Redirect {
+        leader: Option<SocketAddr>,
+    },
     /// The hello was refused; the connection closes after this frame.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// A raft-rs message (protobuf bytes).
     Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Dispatcher → node: `full` replaces the node's whole assignment set;
@@ -114,7 +122,9 @@ pub enum Frame {
     /// Node → dispatcher: task status changes.
     Status(Vec<TaskStatusUpdate>),
     LogLine(LogLine),
-    LogEnd { error: Option<String> },
+    LogEnd {
+        error: Option<String>,
+    },
     Heartbeat,
     /// Dispatcher → node: the whole routing mesh, sent whenever it changes
     /// (before the assignments that stop tasks, so a task leaves the
@@ -124,7 +134,10 @@ pub enum Frame {
     /// whole list, sent when it changes).
     MeshStatus(Vec<MeshFailure>),
     /// Manager → node: the certificate a `Renew` asked for, and the CA's (PEM).
-    Certificate { certificate: String, ca_certificate: String },
+    Certificate {
+        certificate: String,
+        ca_certificate: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,9 +177,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     }
     buf.advance(4);
     let body = buf.split_to(len);
-    rmp_serde::from_slice(&body)
-        .map(Some)
-        .map_err(|e| WireError::Malformed(e.to_string()))
+    rmp_serde::from_slice(&body).map(Some).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]

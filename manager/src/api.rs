@@ -76,9 +76,8 @@ impl From<ProposeError> for Error {
                 | StoreError::PortTwice { .. }
                 | StoreError::NoFreePort,
             ) => StatusCode::CONFLICT,
-            ProposeError::Rejected(StoreError::NoSuchService(_)) | ProposeError::Rejected(StoreError::NoSuchNode(_)) => {
-                StatusCode::NOT_FOUND
-            }
+            ProposeError::Rejected(StoreError::NoSuchService(_))
+            | ProposeError::Rejected(StoreError::NoSuchNode(_)) => StatusCode::NOT_FOUND,
             ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
             ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -210,9 +209,20 @@ async fn rotate_join_token(state: web::Data<ApiState>, q: web::Query<RotateQuery
     let role = match q.role.as_str() {
         "worker" => Role::Worker,
         "manager" => Role::Manager,
-        other => return Err(Error::new(StatusCode::BAD_REQUEST, format!("invalid role {other:?}: expected worker or manager"))),
+        other => {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid role {other:?}: expected worker or manager"),
+            ))
+        }
     };
-    let ca = m.store.read().cluster.ca.fingerprint().map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let ca = m
+        .store
+        .read()
+        .cluster
+        .ca
+        .fingerprint()
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     propose(m, Command::RotateJoinToken { role, token: crate::join::new_token(ca) }).await?;
     join_tokens(state).await
 }
@@ -247,7 +257,12 @@ async fn get_service(state: web::Data<ApiState>, key: web::Path<String>) -> Resu
 
 /// Numbers the unnumbered publishes and proposes; a port taken meanwhile by
 /// a concurrent write is numbered again (a few times).
-async fn propose_with_ports(m: &Manager, id: &ServiceId, spec: ServiceSpec, make: impl Fn(ServiceSpec) -> Command) -> Result<ServiceSpec> {
+async fn propose_with_ports(
+    m: &Manager,
+    id: &ServiceId,
+    spec: ServiceSpec,
+    make: impl Fn(ServiceSpec) -> Command,
+) -> Result<ServiceSpec> {
     let dynamic = spec.task.ports.iter().any(|p| p.published.is_none());
     let mut attempt = 0;
     loop {
@@ -272,10 +287,8 @@ async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>
     spec.validate().map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let now = now_ms();
     let id = ServiceId::random();
-    let spec = propose_with_ports(m, &id, spec, |spec| {
-        Command::CreateService(Service::new(id.clone(), spec, now))
-    })
-    .await?;
+    let spec =
+        propose_with_ports(m, &id, spec, |spec| Command::CreateService(Service::new(id.clone(), spec, now))).await?;
     let svc = Service::new(id, spec, now);
     let info = service_info(&m.store.read(), &svc);
     Ok(HttpResponse::Created().json(info))
@@ -291,7 +304,8 @@ async fn update_service(
     let spec = update.apply(&svc.spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     if spec != svc.spec {
         let id = svc.id.clone();
-        propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() }).await?;
+        propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() })
+            .await?;
     }
     let store = m.store.read();
     let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
@@ -301,14 +315,21 @@ async fn update_service(
 async fn rollback_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
-    propose(m, Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason: "manually requested rollback".into() })
-        .await?;
+    propose(
+        m,
+        Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason: "manually requested rollback".into() },
+    )
+    .await?;
     let store = m.store.read();
     let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
     Ok(HttpResponse::Ok().json(service_info(&store, svc)))
 }
 
-async fn update_node(state: web::Data<ApiState>, key: web::Path<String>, u: web::Json<NodeUpdate>) -> Result<HttpResponse> {
+async fn update_node(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    u: web::Json<NodeUpdate>,
+) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
     let at = now_ms();
@@ -348,7 +369,10 @@ async fn promote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Res
     if !matches!(joined, Ok(Ok(_))) {
         return Err(Error::new(
             StatusCode::GATEWAY_TIMEOUT,
-            format!("{} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable", node.hostname),
+            format!(
+                "{} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable",
+                node.hostname
+            ),
         ));
     }
     let info = node_info(&state, m, &node.id, &key)?;
@@ -368,7 +392,10 @@ async fn demote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Resu
         if !matches!(left, Ok(Ok(_))) {
             return Err(Error::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("{} is a worker now, but raft has not removed it yet; `shoal node ls` shows when it is done", node.hostname),
+                format!(
+                    "{} is a worker now, but raft has not removed it yet; `shoal node ls` shows when it is done",
+                    node.hostname
+                ),
             ));
         }
     }
@@ -382,7 +409,11 @@ struct RemoveNodeQuery {
     force: bool,
 }
 
-async fn remove_node(state: web::Data<ApiState>, key: web::Path<String>, q: web::Query<RemoveNodeQuery>) -> Result<HttpResponse> {
+async fn remove_node(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    q: web::Query<RemoveNodeQuery>,
+) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let info = {
         let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
@@ -447,7 +478,11 @@ struct LogTarget {
 
 /// Merges the logs of a service's tasks from every node holding them, as
 /// NDJSON of `LogEntry`. Without `follow`, lines are sorted by time.
-async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web::Query<LogsQuery>) -> Result<HttpResponse> {
+async fn service_logs(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    q: web::Query<LogsQuery>,
+) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
     let (targets, slots) = {
@@ -519,8 +554,8 @@ async fn service_logs(state: web::Data<ApiState>, key: web::Path<String>, q: web
         web::Bytes::from(s)
     };
     if q.follow {
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(move |e| Ok::<_, actix_web::Error>(line(&e)));
+        let stream =
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |e| Ok::<_, actix_web::Error>(line(&e)));
         return Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(stream));
     }
     let mut all = Vec::new();
@@ -546,7 +581,10 @@ async fn events(state: web::Data<ApiState>, q: web::Query<EventsQuery>) -> Resul
     let m = manager(&state)?;
     let kinds: Option<Vec<String>> = q.kind.as_ref().map(|k| k.split(',').map(|s| s.trim().to_string()).collect());
     if let Some(bad) = kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node")) {
-        return Err(Error::new(StatusCode::BAD_REQUEST, format!("invalid event type {bad:?}: expected service, task or node")));
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid event type {bad:?}: expected service, task or node"),
+        ));
     }
     let wanted = move |e: &common::api::Event| kinds.as_ref().is_none_or(|k| k.contains(&e.kind));
     let (past, mut rx) = m.events.since(q.since);
@@ -745,4 +783,3 @@ pub fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<actix_web::de
         .run();
     Ok(server)
 }
-

@@ -145,19 +145,21 @@ mod tests {
     fn events(store: &mut Store, cmd: Command) -> Vec<(String, String, String, Option<String>)> {
         let mut changes = Vec::new();
         store.apply_recording(cmd, &mut changes).unwrap();
-        changes
-            .iter()
-            .filter_map(|c| event_of(c, store, 7))
-            .map(|e| (e.kind, e.action, e.name, e.node))
-            .collect()
+        changes.iter().filter_map(|c| event_of(c, store, 7)).map(|e| (e.kind, e.action, e.name, e.node)).collect()
     }
 
     #[test]
     fn commands_become_events_in_order() {
         let mut s = Store::default();
-        assert_eq!(events(&mut s, Command::AddNode(node("n1"))), [("node".into(), "create".into(), "host-n1".into(), None)]);
+        assert_eq!(
+            events(&mut s, Command::AddNode(node("n1"))),
+            [("node".into(), "create".into(), "host-n1".into(), None)]
+        );
         let svc = Service::new("s1".into(), ServiceSpec::new("web", 1, TaskTemplate::new("img")), 0);
-        assert_eq!(events(&mut s, Command::CreateService(svc)), [("service".into(), "create".into(), "web".into(), None)]);
+        assert_eq!(
+            events(&mut s, Command::CreateService(svc)),
+            [("service".into(), "create".into(), "web".into(), None)]
+        );
         let mut t = Task {
             id: "t1".into(),
             service_id: "s1".into(),
@@ -173,7 +175,10 @@ mod tests {
         assert_eq!(events(&mut s, Command::CreateTasks(vec![t.clone()])).len(), 1);
         t.status = TaskStatus::new(TaskState::Running, 5, "");
         let up = Command::UpdateTaskStatus(vec![TaskStatusUpdate { task_id: "t1".into(), status: t.status.clone() }]);
-        assert_eq!(events(&mut s, up.clone()), [("task".into(), "running".into(), "web.1".into(), Some("host-n1".into()))]);
+        assert_eq!(
+            events(&mut s, up.clone()),
+            [("task".into(), "running".into(), "web.1".into(), Some("host-n1".into()))]
+        );
         assert!(events(&mut s, up).is_empty(), "a report that changes nothing is no event");
         let gone = events(&mut s, Command::RemoveService("s1".into()));
         assert_eq!(

@@ -13,8 +13,6 @@ use rand::Rng;
 use worker::net::{self, Conn};
 use worker::tls::{Fingerprint, JoinToken};
 
-
-
 use crate::raft::{Propose, RaftLog, SharedStore};
 use crate::store::{Command, Store};
 

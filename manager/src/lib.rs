@@ -101,10 +101,25 @@ impl Manager {
             applied.clone(),
             cfg.live.clone(),
         );
-        ControlLoop::start(scheduler::Scheduler, addr.clone(), store.clone(), status.clone(), applied.clone(), cfg.live.clone());
+        ControlLoop::start(
+            scheduler::Scheduler,
+            addr.clone(),
+            store.clone(),
+            status.clone(),
+            applied.clone(),
+            cfg.live.clone(),
+        );
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
-        let manager =
-            Manager { raft: addr, store, status, applied, dispatcher, conf_lock: Default::default(), events: hub, tls: cfg.tls };
+        let manager = Manager {
+            raft: addr,
+            store,
+            status,
+            applied,
+            dispatcher,
+            conf_lock: Default::default(),
+            events: hub,
+            tls: cfg.tls,
+        };
         roles::RoleManager::start(manager.clone(), cfg.live.clone());
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let m = manager.clone();
@@ -187,11 +202,8 @@ impl Manager {
         }
         net::send(&mut conn, Frame::Welcome).await?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let session = self
-            .dispatcher
-            .send(Register { node: node.clone(), tx })
-            .await
-            .map_err(|_| net::NetError::Closed)?;
+        let session =
+            self.dispatcher.send(Register { node: node.clone(), tx }).await.map_err(|_| net::NetError::Closed)?;
         let (mut sink, mut stream) = conn.split();
         let writer = async {
             while let Some(f) = rx.recv().await {

@@ -42,12 +42,7 @@ pub enum RoleError {
 
 /// Raft ids of the voters that gossip says are alive.
 fn reachable(store: &Store, voters: &[u64], live: &BTreeSet<NodeId>) -> BTreeSet<u64> {
-    store
-        .nodes
-        .values()
-        .filter(|n| voters.contains(&n.raft_id) && live.contains(&n.id))
-        .map(|n| n.raft_id)
-        .collect()
+    store.nodes.values().filter(|n| voters.contains(&n.raft_id) && live.contains(&n.id)).map(|n| n.raft_id).collect()
 }
 
 /// Raft ids of the nodes the store calls managers.
@@ -128,7 +123,9 @@ pub fn plan_membership(store: &Store, st: &RaftStatus, live: &BTreeSet<NodeId>) 
         return Some(MembershipStep::AddLearner(*add));
     }
     let up = reachable(store, &st.learners, live);
-    if let Some(p) = st.learners.iter().filter(|id| managers.contains(id) && st.caught_up.contains(id) && up.contains(id)).min() {
+    if let Some(p) =
+        st.learners.iter().filter(|id| managers.contains(id) && st.caught_up.contains(id) && up.contains(id)).min()
+    {
         return Some(MembershipStep::Promote(*p));
     }
     // A member the store does not call a manager: demoted, or removed.

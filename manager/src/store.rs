@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node, Role};
-use common::wire::PeerInfo;
 use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
+use common::wire::PeerInfo;
 use common::{NodeId, ServiceId, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -77,27 +77,57 @@ pub enum Command {
     /// Boxed: it carries the cluster CA, far larger than the other commands.
     InitCluster(Box<ClusterInfo>),
     AddNode(Node),
-    SetNodeAvailability { id: NodeId, availability: Availability, at: Millis },
+    SetNodeAvailability {
+        id: NodeId,
+        availability: Availability,
+        at: Millis,
+    },
     RemoveNode(NodeId),
     CreateService(Service),
-    UpdateService { id: ServiceId, spec: ServiceSpec, at: Millis },
+    UpdateService {
+        id: ServiceId,
+        spec: ServiceSpec,
+        at: Millis,
+    },
     RemoveService(ServiceId),
     /// Restore the previous spec; `reason` is shown in the update status.
-    RollbackService { id: ServiceId, at: Millis, reason: String },
-    SetUpdateStatus { id: ServiceId, status: UpdateStatus },
-    UpdateNodeLabels { id: NodeId, add: BTreeMap<String, String>, rm: Vec<String>, at: Millis },
+    RollbackService {
+        id: ServiceId,
+        at: Millis,
+        reason: String,
+    },
+    SetUpdateStatus {
+        id: ServiceId,
+        status: UpdateStatus,
+    },
+    UpdateNodeLabels {
+        id: NodeId,
+        add: BTreeMap<String, String>,
+        rm: Vec<String>,
+        at: Millis,
+    },
     /// Promote or demote; the raft membership change is a separate entry.
-    SetNodeRole { id: NodeId, role: Role, at: Millis },
+    SetNodeRole {
+        id: NodeId,
+        role: Role,
+        at: Millis,
+    },
     CreateTasks(Vec<Task>),
     AssignTasks(Vec<Assignment>),
     MarkUnplaceable(Vec<Unplaceable>),
-    SetDesiredState { tasks: Vec<TaskId>, state: TaskState },
+    SetDesiredState {
+        tasks: Vec<TaskId>,
+        state: TaskState,
+    },
     UpdateTaskStatus(Vec<TaskStatusUpdate>),
     DeleteTasks(Vec<TaskId>),
     /// Several commands in one entry, applied in order; stops at the first error.
     Batch(Vec<Command>),
     /// Replaces one role's join token; nodes already joined are unaffected.
-    RotateJoinToken { role: Role, token: String },
+    RotateJoinToken {
+        role: Role,
+        token: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -246,10 +276,7 @@ impl Store {
                 self.nodes.insert(node.id.clone(), node);
             }
             Command::SetNodeAvailability { id, availability, at } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+                let node = self.nodes.get_mut(&id).ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
                 node.availability = availability;
                 node.updated_at = at;
                 changes.push(Change::Node { id, action: "update" });
@@ -277,15 +304,16 @@ impl Store {
                     return Err(StoreError::NoSuchService(id.to_string()));
                 }
                 self.check_ports(&id, &spec.task.ports)?;
-                let svc = self
-                    .services
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
                 // A new task template rolls over the tasks; other changes
                 // (replicas, labels) do not.
                 if spec.task != svc.spec.task {
-                    svc.update_status =
-                        Some(UpdateStatus { state: UpdateState::Updating, started_at: at, completed_at: None, message: "update in progress".into() });
+                    svc.update_status = Some(UpdateStatus {
+                        state: UpdateState::Updating,
+                        started_at: at,
+                        completed_at: None,
+                        message: "update in progress".into(),
+                    });
                 }
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
                 svc.version += 1;
@@ -293,14 +321,16 @@ impl Store {
                 changes.push(Change::Service { id, action: "update" });
             }
             Command::RollbackService { id, at, reason } => {
-                let svc = self
-                    .services
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
-                let previous = svc.previous_spec.take().ok_or_else(|| StoreError::NoPreviousSpec(svc.spec.name.clone()))?;
+                let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                let previous =
+                    svc.previous_spec.take().ok_or_else(|| StoreError::NoPreviousSpec(svc.spec.name.clone()))?;
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
-                svc.update_status =
-                    Some(UpdateStatus { state: UpdateState::RollbackStarted, started_at: at, completed_at: None, message: reason });
+                svc.update_status = Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    started_at: at,
+                    completed_at: None,
+                    message: reason,
+                });
                 svc.version += 1;
                 svc.updated_at = at;
                 changes.push(Change::Service { id, action: "rollback" });
@@ -312,10 +342,7 @@ impl Store {
                 }
             }
             Command::UpdateNodeLabels { id, add, rm, at } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+                let node = self.nodes.get_mut(&id).ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
                 for k in rm {
                     node.labels.remove(&k);
                 }
@@ -324,10 +351,7 @@ impl Store {
                 changes.push(Change::Node { id, action: "update" });
             }
             Command::SetNodeRole { id, role, at } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+                let node = self.nodes.get_mut(&id).ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
                 if node.role != role {
                     node.role = role;
                     node.updated_at = at;
@@ -460,7 +484,8 @@ impl Store {
             .filter_map(|p| p.published.map(|n| (n, p.protocol)))
             .collect();
         for p in ports.iter_mut().filter(|p| p.published.is_none()) {
-            let free = DYNAMIC_PORTS.clone().find(|n| !used.contains(&(*n, p.protocol))).ok_or(StoreError::NoFreePort)?;
+            let free =
+                DYNAMIC_PORTS.clone().find(|n| !used.contains(&(*n, p.protocol))).ok_or(StoreError::NoFreePort)?;
             used.insert((free, p.protocol));
             p.published = Some(free);
         }
@@ -573,10 +598,12 @@ mod tests {
         };
         let id = t.id.clone();
         s.apply(Command::CreateTasks(vec![t])).unwrap();
-        let up = |state| Command::UpdateTaskStatus(vec![TaskStatusUpdate {
-            task_id: id.clone(),
-            status: TaskStatus::new(state, 1, ""),
-        }]);
+        let up = |state| {
+            Command::UpdateTaskStatus(vec![TaskStatusUpdate {
+                task_id: id.clone(),
+                status: TaskStatus::new(state, 1, ""),
+            }])
+        };
         s.apply(up(TaskState::Running)).unwrap();
         s.apply(up(TaskState::Starting)).unwrap();
         assert_eq!(s.tasks[&id].status.state, TaskState::Running);
@@ -628,7 +655,8 @@ mod tests {
     #[test]
     fn rotating_a_join_token_replaces_that_role_only() {
         let mut s = Store::default();
-        let info = ClusterInfo { id: "c".into(), worker_token: "w1".into(), manager_token: "m1".into(), ..Default::default() };
+        let info =
+            ClusterInfo { id: "c".into(), worker_token: "w1".into(), manager_token: "m1".into(), ..Default::default() };
         s.apply(Command::InitCluster(Box::new(info))).unwrap();
         s.apply(Command::RotateJoinToken { role: Role::Worker, token: "w2".into() }).unwrap();
         assert_eq!((s.cluster.worker_token.as_str(), s.cluster.manager_token.as_str()), ("w2", "m1"));

@@ -81,7 +81,8 @@ fn wait_healthy(c: &Cluster) -> usize {
     wait_for(DEADLINE, "a leader and two reachable managers", || {
         let out = c.shoal_timeout(1, Duration::from_secs(10), &["node", "ls", "--format", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|_| out.stderr.clone())?;
-        let mut s: Vec<&str> = v.as_array().into_iter().flatten().filter_map(|n| n["manager_status"].as_str()).collect();
+        let mut s: Vec<&str> =
+            v.as_array().into_iter().flatten().filter_map(|n| n["manager_status"].as_str()).collect();
         s.sort();
         if s == ["Leader", "Reachable", "Reachable"] {
             c.leader_seen_from(1)

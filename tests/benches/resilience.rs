@@ -49,8 +49,19 @@ fn drain() -> Duration {
 fn rolling_update() -> Duration {
     let c = Cluster::new(3);
     c.shoal_ok(&[
-        "service", "create", "--name", "web", "--replicas", "12", "--update-parallelism", "3", "--update-delay", "1s",
-        busybox_image(), "sleep", "100000",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "12",
+        "--update-parallelism",
+        "3",
+        "--update-delay",
+        "1s",
+        busybox_image(),
+        "sleep",
+        "100000",
     ]);
     let t0 = Instant::now();
     c.shoal_ok(&["service", "update", "-d", "--image", "shoal/busybox:v2", "web"]);
@@ -82,7 +93,11 @@ fn main() {
     for (name, f, target) in [
         ("kill -9 worker → replacements running", kill_worker as fn() -> Duration, Some(Duration::from_secs(3))),
         ("drain → rescheduled tasks running", drain as fn() -> Duration, None),
-        ("rolling update 12 tasks, parallelism 3, delay 1s", rolling_update as fn() -> Duration, Some(Duration::from_secs(3))),
+        (
+            "rolling update 12 tasks, parallelism 3, delay 1s",
+            rolling_update as fn() -> Duration,
+            Some(Duration::from_secs(3)),
+        ),
     ] {
         let runs: Vec<Duration> = (0..rounds)
             .map(|i| {
@@ -96,7 +111,11 @@ fn main() {
     println!("\n{:<52} {:>8} {:>8}   {}", "", "median", "max", "reference");
     for (name, (median, max), target) in results {
         let reference = match (name.starts_with("rolling"), target) {
-            (true, Some(t)) => format!("theoretical minimum {:.1} s (ratio {:.2})", t.as_secs_f64(), median.as_secs_f64() / t.as_secs_f64()),
+            (true, Some(t)) => format!(
+                "theoretical minimum {:.1} s (ratio {:.2})",
+                t.as_secs_f64(),
+                median.as_secs_f64() / t.as_secs_f64()
+            ),
             (false, Some(t)) => format!("target ≤ {:.1} s", t.as_secs_f64()),
             _ => String::new(),
         };

@@ -153,10 +153,7 @@ fn ensure_image() {
     let out = run_with_timeout(&mut Command::new(&script), Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     if !out.success() {
-        panic!(
-            "{} could not build {BUSYBOX_IMAGE}:\n{out}",
-            script.display()
-        );
+        panic!("{} could not build {BUSYBOX_IMAGE}:\n{out}", script.display());
     }
     *built = true;
 }
@@ -238,18 +235,8 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
             String::from_utf8_lossy(&buf).into_owned()
         })
     };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let end = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -263,12 +250,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
             Err(e) => return Err(format!("waiting for `{line}`: {e}")),
         }
     };
-    Ok(Output {
-        cmd: line,
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
+    Ok(Output { cmd: line, status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
 }
 
 // ---------------------------------------------------------------------------
@@ -331,12 +313,7 @@ pub fn docker(args: &[&str]) -> Output {
     cmd.args(args);
     match run_with_timeout(&mut cmd, Duration::from_secs(60)) {
         Ok(out) => out,
-        Err(e) => Output {
-            cmd: describe(&cmd),
-            status: failed_status(),
-            stdout: String::new(),
-            stderr: e,
-        },
+        Err(e) => Output { cmd: describe(&cmd), status: failed_status(), stdout: String::new(), stderr: e },
     }
 }
 
@@ -386,12 +363,7 @@ pub fn parse_inspect(json: &str) -> Result<Vec<ContainerRow>, String> {
     }
     let v: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let arr = v.as_array().ok_or("not a JSON array")?;
-    let s = |c: &Value, ptr: &str| {
-        c.pointer(ptr)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |c: &Value, ptr: &str| c.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
     Ok(arr
         .iter()
         .map(|c| ContainerRow {
@@ -402,11 +374,7 @@ pub fn parse_inspect(json: &str) -> Result<Vec<ContainerRow>, String> {
             labels: c
                 .pointer("/Config/Labels")
                 .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                        .collect()
-                })
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
                 .unwrap_or_default(),
         })
         .collect())
@@ -444,9 +412,7 @@ pub fn node_statuses(nodes: &Value) -> BTreeMap<String, String> {
 
 /// The task's observed state (`status.state`), e.g. "running".
 pub fn task_state(task: &Value) -> &str {
-    task.pointer("/status/state")
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    task.pointer("/status/state").and_then(Value::as_str).unwrap_or("")
 }
 
 /// Tasks from `service ps --format json` that are running and meant to be.
@@ -499,9 +465,7 @@ fn spawn_daemon(mut cmd: Command) -> std::io::Result<Child> {
         .unwrap_or_else(|e| e.into_inner())
         .send((cmd, reply_tx))
         .map_err(|_| std::io::Error::other("spawner thread gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| std::io::Error::other("spawner thread gone"))?
+    reply_rx.recv().map_err(|_| std::io::Error::other("spawner thread gone"))?
 }
 
 /// Claims a subnet `127.0.S.0/24` for one cluster: a lock file held for the
@@ -518,17 +482,14 @@ fn claim_subnet(fixed: Option<u8>, nodes: usize) -> (u8, File) {
     };
     if let Some(s) = fixed {
         let f = open(s);
-        f.lock()
-            .unwrap_or_else(|e| panic!("lock subnet 127.0.{s}: {e}"));
+        f.lock().unwrap_or_else(|e| panic!("lock subnet 127.0.{s}: {e}"));
         if let Err(e) = ports_free(s, nodes) {
             panic!("subnet 127.0.{s} was asked for, but {e}");
         }
         return (s, f);
     }
     for _ in 0..199 {
-        let s = NEXT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-            Some(if s >= 199 { 1 } else { s + 1 })
-        });
+        let s = NEXT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some(if s >= 199 { 1 } else { s + 1 }));
         let s = s.unwrap_or(1);
         let f = open(s);
         if f.try_lock().is_ok() && ports_free(s, nodes).is_ok() {
@@ -582,13 +543,7 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     pub fn new(managers: usize, workers: usize) -> Self {
         assert!(managers >= 1, "a cluster needs a manager");
-        ClusterSpec {
-            managers,
-            workers,
-            subnet: None,
-            daemon_args: Vec::new(),
-            env: Vec::new(),
-        }
+        ClusterSpec { managers, workers, subnet: None, daemon_args: Vec::new(), env: Vec::new() }
     }
 }
 
@@ -630,11 +585,7 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("create a temp dir: {e}"));
         let nodes = (1..=n)
             .map(|i| Node {
-                role: if i <= spec.managers {
-                    Role::Manager
-                } else {
-                    Role::Worker
-                },
+                role: if i <= spec.managers { Role::Manager } else { Role::Worker },
                 addr: node_ip(subnet, i),
                 data_dir: dir.path().join(format!("node{i}")),
                 log: dir.path().join(format!("node{i}.log")),
@@ -644,15 +595,7 @@ impl Cluster {
             .collect();
         // Built before anything starts, so that a panic below still goes
         // through Drop: nodes stopped, logs printed.
-        let mut c = Cluster {
-            bin,
-            spec,
-            subnet,
-            nodes,
-            api_node: 1,
-            dir: Some(dir),
-            _subnet_lock: lock,
-        };
+        let mut c = Cluster { bin, spec, subnet, nodes, api_node: 1, dir: Some(dir), _subnet_lock: lock };
         c.boot();
         c
     }
@@ -682,18 +625,14 @@ impl Cluster {
     fn boot(&mut self) {
         let n = self.len();
         self.spawn_node(1, &["--init"]);
-        let worker_token = wait_for(
-            API_DEADLINE,
-            "node1's API to answer `join-token worker -q`",
-            || {
-                self.check_alive(1);
-                let out = self.shoal(&["join-token", "worker", "-q"]);
-                match out.stdout.trim() {
-                    t if out.success() && !t.is_empty() => Ok(t.to_string()),
-                    _ => Err(out),
-                }
-            },
-        );
+        let worker_token = wait_for(API_DEADLINE, "node1's API to answer `join-token worker -q`", || {
+            self.check_alive(1);
+            let out = self.shoal(&["join-token", "worker", "-q"]);
+            match out.stdout.trim() {
+                t if out.success() && !t.is_empty() => Ok(t.to_string()),
+                _ => Err(out),
+            }
+        });
         let manager_token = if self.spec.managers > 1 {
             let out = self.shoal(&["join-token", "manager", "-q"]).ok();
             out.stdout.trim().to_string()
@@ -719,20 +658,12 @@ impl Cluster {
     }
 
     fn node(&self, i: usize) -> &Node {
-        assert!(
-            i >= 1 && i <= self.nodes.len(),
-            "no node{i} in a {}-node cluster",
-            self.nodes.len()
-        );
+        assert!(i >= 1 && i <= self.nodes.len(), "no node{i} in a {}-node cluster", self.nodes.len());
         &self.nodes[i - 1]
     }
 
     fn node_mut(&mut self, i: usize) -> &mut Node {
-        assert!(
-            i >= 1 && i <= self.nodes.len(),
-            "no node{i} in a {}-node cluster",
-            self.nodes.len()
-        );
+        assert!(i >= 1 && i <= self.nodes.len(), "no node{i} in a {}-node cluster", self.nodes.len());
         &mut self.nodes[i - 1]
     }
 
@@ -740,8 +671,7 @@ impl Cluster {
     fn spawn_node(&mut self, i: usize, extra: &[&str]) {
         let node = self.node(i);
         assert!(node.child.is_none(), "node{i} is already running");
-        fs::create_dir_all(&node.data_dir)
-            .unwrap_or_else(|e| panic!("create {}: {e}", node.data_dir.display()));
+        fs::create_dir_all(&node.data_dir).unwrap_or_else(|e| panic!("create {}: {e}", node.data_dir.display()));
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -752,10 +682,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--advertise-addr", &node.addr.to_string()])
-            .args([
-                "--api-addr",
-                &SocketAddrV4::new(node.addr, API_PORT).to_string(),
-            ])
+            .args(["--api-addr", &SocketAddrV4::new(node.addr, API_PORT).to_string()])
             .args(["--hostname", &format!("node{i}")])
             .args(extra)
             .args(&self.spec.daemon_args)
@@ -766,8 +693,7 @@ impl Cluster {
         let _ = writeln!(log, "=== harness: starting node{i}: {}", describe(&cmd));
         let err = log.try_clone().unwrap_or_else(|e| panic!("dup log: {e}"));
         cmd.stdout(log).stderr(err);
-        let child = spawn_daemon(cmd)
-            .unwrap_or_else(|e| panic!("cannot start node{i} ({}): {e}", self.bin.display()));
+        let child = spawn_daemon(cmd).unwrap_or_else(|e| panic!("cannot start node{i} ({}): {e}", self.bin.display()));
         self.node_mut(i).child = Some(child);
     }
 
@@ -780,11 +706,7 @@ impl Cluster {
         if let Some(child) = &node.child {
             let pid = Pid::from_raw(child.id() as i32);
             let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                })
+                .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
                 .unwrap_or(true);
             if zombie || kill(pid, None).is_err() {
                 panic!("node{i} exited unexpectedly (log: {})", node.log.display());
@@ -827,10 +749,7 @@ impl Cluster {
 
     /// Node i's id as `node ls` reported it at start.
     pub fn node_id(&self, i: usize) -> String {
-        self.node(i)
-            .id
-            .clone()
-            .unwrap_or_else(|| panic!("node{i}'s id is not known"))
+        self.node(i).id.clone().unwrap_or_else(|| panic!("node{i}'s id is not known"))
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -917,10 +836,7 @@ impl Cluster {
 
     fn cli_command(&self, i: usize, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("-H")
-            .arg(self.api_addr(i))
-            .args(args)
-            .env_remove("SHOAL_HOST");
+        cmd.arg("-H").arg(self.api_addr(i)).args(args).env_remove("SHOAL_HOST");
         cmd
     }
 
@@ -946,10 +862,7 @@ impl Cluster {
                 self.check_alive(i);
             }
             let st = self.node_statuses().map_err(|o| o.to_string())?;
-            if nodes
-                .iter()
-                .all(|i| st.get(&format!("node{i}")).map(String::as_str) == Some("ready"))
-            {
+            if nodes.iter().all(|i| st.get(&format!("node{i}")).map(String::as_str) == Some("ready")) {
                 Ok(())
             } else {
                 Err(format!("{st:?}"))
@@ -992,20 +905,9 @@ impl Cluster {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|t| {
-                        format!(
-                            "{}:{}->{}",
-                            t["slot"],
-                            task_state(t),
-                            t["desired_state"].as_str().unwrap_or("")
-                        )
-                    })
+                    .map(|t| format!("{}:{}->{}", t["slot"], task_state(t), t["desired_state"].as_str().unwrap_or("")))
                     .collect();
-                Err(format!(
-                    "{} running; tasks {}",
-                    running.len(),
-                    states.join(" ")
-                ))
+                Err(format!("{} running; tasks {}", running.len(), states.join(" ")))
             }
         })
     }
@@ -1018,11 +920,7 @@ impl Cluster {
     /// Stops node i with SIGTERM; SIGKILL if it has not exited within
     /// [`STOP_DEADLINE`]. Returns its exit status.
     pub fn stop_node(&mut self, i: usize) -> ExitStatus {
-        let child = self
-            .node_mut(i)
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node{i} is not running"));
+        let child = self.node_mut(i).child.take().unwrap_or_else(|| panic!("node{i} is not running"));
         let (status, killed) = stop_child(child, STOP_DEADLINE);
         if killed {
             eprintln!("harness: node{i} ignored SIGTERM for {STOP_DEADLINE:?}; killed it");
@@ -1032,15 +930,9 @@ impl Cluster {
 
     /// Kills node i with SIGKILL (a crash).
     pub fn kill_node(&mut self, i: usize) -> ExitStatus {
-        let mut child = self
-            .node_mut(i)
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node{i} is not running"));
+        let mut child = self.node_mut(i).child.take().unwrap_or_else(|| panic!("node{i} is not running"));
         let _ = child.kill();
-        child
-            .wait()
-            .unwrap_or_else(|e| panic!("wait for node{i}: {e}"))
+        child.wait().unwrap_or_else(|e| panic!("wait for node{i}: {e}"))
     }
 
     /// Starts node i again from its data dir (stopping it first if it runs),
@@ -1077,11 +969,7 @@ impl Cluster {
     /// Reads every node's id from `node ls`; keeps what it already knew when
     /// the API does not answer.
     pub fn refresh_ids(&mut self) {
-        let out = self.shoal_timeout(
-            self.api_node,
-            Duration::from_secs(10),
-            &["node", "ls", "--format", "json"],
-        );
+        let out = self.shoal_timeout(self.api_node, Duration::from_secs(10), &["node", "ls", "--format", "json"]);
         let Ok(v) = serde_json::from_str::<Value>(&out.stdout) else {
             return;
         };
@@ -1099,18 +987,11 @@ impl Cluster {
 
     /// Prints the tail of every node's log to stderr (the test's output).
     pub fn print_logs(&self) {
-        let lines: usize = std::env::var("SHOAL_TEST_LOG_LINES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
+        let lines: usize = std::env::var("SHOAL_TEST_LOG_LINES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
         for (k, node) in self.nodes.iter().enumerate() {
             let text = fs::read_to_string(&node.log).unwrap_or_else(|e| format!("(no log: {e})\n"));
             let all: Vec<&str> = text.lines().collect();
-            let from = if lines == 0 {
-                0
-            } else {
-                all.len().saturating_sub(lines)
-            };
+            let from = if lines == 0 { 0 } else { all.len().saturating_sub(lines) };
             eprintln!(
                 "======== node{} log ({}, last {} of {} lines) ========",
                 k + 1,
@@ -1146,11 +1027,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Nothing here may panic: this often runs while a test is unwinding.
         let failing = thread::panicking();
-        if self
-            .nodes
-            .iter()
-            .any(|n| n.id.is_none() && n.child.is_some())
-        {
+        if self.nodes.iter().any(|n| n.id.is_none() && n.child.is_some()) {
             let mut cmd = self.cli_command(self.api_node, &["node", "ls", "--format", "json"]);
             if let Ok(out) = run_with_timeout(&mut cmd, Duration::from_secs(5)) {
                 if let Ok(v) = serde_json::from_str::<Value>(&out.stdout) {
@@ -1158,9 +1035,7 @@ impl Drop for Cluster {
                         let (Some(h), Some(id)) = (n["hostname"].as_str(), n["id"].as_str()) else {
                             continue;
                         };
-                        if let Some(i) =
-                            h.strip_prefix("node").and_then(|s| s.parse::<usize>().ok())
-                        {
+                        if let Some(i) = h.strip_prefix("node").and_then(|s| s.parse::<usize>().ok()) {
                             if i >= 1 && i <= self.nodes.len() && self.nodes[i - 1].id.is_none() {
                                 self.nodes[i - 1].id = Some(id.to_string());
                             }
@@ -1170,12 +1045,8 @@ impl Drop for Cluster {
             }
         }
         // Stop all nodes at once: SIGTERM to each, then wait on each.
-        let children: Vec<(usize, Child)> = self
-            .nodes
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(k, n)| n.child.take().map(|c| (k + 1, c)))
-            .collect();
+        let children: Vec<(usize, Child)> =
+            self.nodes.iter_mut().enumerate().filter_map(|(k, n)| n.child.take().map(|c| (k + 1, c))).collect();
         let end = Instant::now() + STOP_DEADLINE;
         for (_, c) in &children {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
@@ -1183,22 +1054,14 @@ impl Drop for Cluster {
         for (i, c) in children {
             let (_, killed) = stop_child(c, end.saturating_duration_since(Instant::now()));
             if killed {
-                eprintln!(
-                    "harness: node{i} did not stop within {STOP_DEADLINE:?} of SIGTERM; killed it"
-                );
+                eprintln!("harness: node{i} did not stop within {STOP_DEADLINE:?} of SIGTERM; killed it");
             }
         }
         // Remove the containers of this cluster's nodes only: other tests
         // share the Docker engine.
         for node in &self.nodes {
             let Some(id) = &node.id else { continue };
-            let out = docker(&[
-                "ps",
-                "-aq",
-                "--no-trunc",
-                "--filter",
-                &format!("label=shoal.node.id={id}"),
-            ]);
+            let out = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label=shoal.node.id={id}")]);
             let ids: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
             docker_rm_force(&ids);
             // A node killed with SIGKILL could not remove its routing-mesh
@@ -1249,14 +1112,10 @@ mod unit {
         let start = Instant::now();
         let mut n = 0;
         let err = catch_unwind(AssertUnwindSafe(|| {
-            wait_for(
-                Duration::from_millis(350),
-                "the moon",
-                || -> Result<(), String> {
-                    n += 1;
-                    Err(format!("saw {n}"))
-                },
-            )
+            wait_for(Duration::from_millis(350), "the moon", || -> Result<(), String> {
+                n += 1;
+                Err(format!("saw {n}"))
+            })
         }))
         .unwrap_err();
         let elapsed = start.elapsed();
@@ -1271,8 +1130,7 @@ mod unit {
 
     #[test]
     fn wait_for_with_option_says_it_saw_none() {
-        let err = catch_unwind(|| wait_for(Duration::from_millis(10), "nothing", || None::<()>))
-            .unwrap_err();
+        let err = catch_unwind(|| wait_for(Duration::from_millis(10), "nothing", || None::<()>)).unwrap_err();
         let msg = panic_text(err);
         assert!(msg.contains("waiting for nothing"), "{msg}");
         assert!(msg.contains("returned None"), "{msg}");
@@ -1329,8 +1187,7 @@ mod unit {
     #[test]
     fn a_slow_command_is_killed_at_its_limit() {
         let start = Instant::now();
-        let err = run_with_timeout(Command::new("sleep").arg("10"), Duration::from_millis(200))
-            .unwrap_err();
+        let err = run_with_timeout(Command::new("sleep").arg("10"), Duration::from_millis(200)).unwrap_err();
         assert!(err.contains("did not finish"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(5));
         let out = run_with_timeout(
@@ -1338,10 +1195,7 @@ mod unit {
             Duration::from_secs(10),
         )
         .unwrap();
-        assert_eq!(
-            (out.stdout.as_str(), out.stderr.as_str(), out.status.code()),
-            ("out\n", "err\n", Some(3))
-        );
+        assert_eq!((out.stdout.as_str(), out.stderr.as_str(), out.status.code()), ("out\n", "err\n", Some(3)));
     }
 
     #[test]

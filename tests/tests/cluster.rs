@@ -90,7 +90,17 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
     assert!(me.contains("Ready") && me.contains("Active") && me.contains("Leader"), "{table}");
 
     // 2. Six pings converge, two per node; the CLI follows until converged.
-    let out = c.shoal_ok(&["service", "create", "--name", "pingpong", "--replicas", "6", busybox_image(), "ping", "127.0.0.1"]);
+    let out = c.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "pingpong",
+        "--replicas",
+        "6",
+        busybox_image(),
+        "ping",
+        "127.0.0.1",
+    ]);
     assert!(out.contains("overall progress: 6 out of 6 tasks"), "{out}");
     assert!(out.contains("verify: Service converged"), "{out}");
     wait_spread(&c, "pingpong", 2);
@@ -172,11 +182,15 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
     docker_kill(&victim.id);
     let tasks = wait_for(CONVERGE, "a replacement in the killed task's slot", || {
         let tasks = c.service_tasks("pingpong");
-        let in_slot: Vec<Value> =
-            tasks.as_array().unwrap().iter().filter(|t| t["slot"].as_u64() == slot.parse::<u64>().ok()).cloned().collect();
-        let replaced = in_slot.iter().any(|t| {
-            t["id"] != Value::String(dead_task.clone()) && tests::task_state(t) == "running"
-        });
+        let in_slot: Vec<Value> = tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["slot"].as_u64() == slot.parse::<u64>().ok())
+            .cloned()
+            .collect();
+        let replaced =
+            in_slot.iter().any(|t| t["id"] != Value::String(dead_task.clone()) && tests::task_state(t) == "running");
         if replaced && running_tasks(&tasks).len() == 3 {
             Ok(tasks)
         } else {
@@ -252,13 +266,19 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
     fails(&["service", "rm", "nope"], "service nope not found");
     fails(&["service", "scale", "nope=2"], "service nope not found");
     fails(&["service", "create", "--name", "x", "--replicas", "-1", busybox_image()], "invalid replicas \"-1\"");
-    fails(&["service", "create", "--name", "x", "--constraint", "node.role=manager", busybox_image()], "invalid constraint");
+    fails(
+        &["service", "create", "--name", "x", "--constraint", "node.role=manager", busybox_image()],
+        "invalid constraint",
+    );
     fails(&["service", "create", "--name", "x", "--constraint", "node.colour==red", busybox_image()], "unknown key");
     fails(&["service", "create", "--name", "x", "--mount", "type=bind,target=/data", busybox_image()], "invalid mount");
     fails(&["service", "create", "--name", "x", "--mount", "source=/tmp,target=/d", busybox_image()], "invalid mount");
     fails(&["service", "create", "--name", "x", "-e", "NOVALUE", busybox_image()], "invalid environment variable");
     fails(&["service", "create", "--name", "bad name", busybox_image()], "invalid name");
-    fails(&["service", "create", "--name", "x", "--restart-condition", "sometimes", busybox_image()], "invalid restart condition");
+    fails(
+        &["service", "create", "--name", "x", "--restart-condition", "sometimes", busybox_image()],
+        "invalid restart condition",
+    );
     assert_eq!(c.shoal_ok(&["service", "ls", "-q"]).trim(), "", "nothing was created");
 
     // A name in use is refused, naming the service that has it.
@@ -266,7 +286,16 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
     fails(&["service", "create", "-d", "--name", "dup", busybox_image()], "service name \"dup\" is already in use");
 
     // A constraint nothing satisfies: PENDING with the explanation.
-    c.shoal_ok(&["service", "create", "-d", "--name", "mars", "--constraint", "node.labels.zone==mars", busybox_image()]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "mars",
+        "--constraint",
+        "node.labels.zone==mars",
+        busybox_image(),
+    ]);
     wait_for(CONVERGE, "the task pending with an explanation", || {
         let t = c.service_tasks("mars");
         let t = &t[0];
@@ -279,13 +308,18 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
         }
     });
     let ps = c.shoal_ok(&["service", "ps", "--no-trunc", "mars"]);
-    assert!(ps.contains("Pending") && ps.contains("no suitable node (scheduling constraints not satisfied on 2 nodes)"), "{ps}");
+    assert!(
+        ps.contains("Pending") && ps.contains("no suitable node (scheduling constraints not satisfied on 2 nodes)"),
+        "{ps}"
+    );
 
     // An image that does not exist: REJECTED with Docker's message; the
     // waiting CLI gives up with the errors and a non-zero exit.
-    let out = c.shoal_timeout(1, Duration::from_secs(90), &[
-        "service", "create", "--name", "ghost", "--restart-delay", "1s", "shoal/does-not-exist:latest",
-    ]);
+    let out = c.shoal_timeout(
+        1,
+        Duration::from_secs(90),
+        &["service", "create", "--name", "ghost", "--restart-delay", "1s", "shoal/does-not-exist:latest"],
+    );
     assert!(!out.success(), "{out}");
     assert!(out.stderr.contains("keep failing"), "{out}");
     let t = c.service_tasks("ghost");
@@ -323,7 +357,11 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
     // Random bytes and an oversized frame on the cluster port (not TLS)
     // close only that connection, unanswered.
     let cluster = format!("{}:4242", c.addr(1));
-    for junk in [b"\x00\x00\x00\x08\xc1\xc1\xc1\xc1\xc1\xc1\xc1\xc1".to_vec(), vec![0xff; 64], b"GET / HTTP/1.0\r\n\r\n".to_vec()] {
+    for junk in [
+        b"\x00\x00\x00\x08\xc1\xc1\xc1\xc1\xc1\xc1\xc1\xc1".to_vec(),
+        vec![0xff; 64],
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+    ] {
         let mut s = TcpStream::connect(&cluster).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = s.write_all(&junk);
@@ -366,7 +404,13 @@ fn a_worker_api_says_it_is_not_a_manager() {
         }
     });
     let metrics = http(&c.api_addr(1), "GET /metrics HTTP/1.0\r\n\r\n");
-    for m in ["shoal_raft_term", "shoal_raft_applied_index", "shoal_raft_leader 1", "shoal_actor_messages_total{actor=\"raft\"}", "shoal_tasks{state=\"running\"}"] {
+    for m in [
+        "shoal_raft_term",
+        "shoal_raft_applied_index",
+        "shoal_raft_leader 1",
+        "shoal_actor_messages_total{actor=\"raft\"}",
+        "shoal_tasks{state=\"running\"}",
+    ] {
         assert!(metrics.contains(m), "{m} missing: {metrics}");
     }
 }
@@ -405,7 +449,11 @@ fn per_actor_metrics_move_when_work_happens() {
         }
         // The worker's own supervisor ran its two tasks.
         check(&worker_before, &worker_after, "supervisor");
-        if still.is_empty() { Ok(()) } else { Err(still.join("; ")) }
+        if still.is_empty() {
+            Ok(())
+        } else {
+            Err(still.join("; "))
+        }
     });
     // The error counters exist per actor (zero here: nothing failed).
     let after = scrape(1);

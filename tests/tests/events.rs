@@ -36,12 +36,8 @@ fn until(rx: &Receiver<Value>, seen: &mut Vec<Value>, what: &str, want: impl Fn(
         if want(seen) {
             Ok(())
         } else {
-            let tail: Vec<String> = seen
-                .iter()
-                .rev()
-                .take(8)
-                .map(|e| format!("{} {} {}", e["type"], e["action"], e["name"]))
-                .collect();
+            let tail: Vec<String> =
+                seen.iter().rev().take(8).map(|e| format!("{} {} {}", e["type"], e["action"], e["name"])).collect();
             Err(format!("{} events, last: {tail:?}", seen.len()))
         }
     });
@@ -71,7 +67,12 @@ fn events_show_services_tasks_and_nodes_in_order() {
 
     c.shoal_ok(&["node", "update", "--availability", "drain", "node2"]);
     until(&rx, &mut seen, "node2's availability change", |s| {
-        s.iter().any(|e| e["type"] == "node" && e["action"] == "update" && e["name"] == "node2" && e["message"] == "availability=drain")
+        s.iter().any(|e| {
+            e["type"] == "node"
+                && e["action"] == "update"
+                && e["name"] == "node2"
+                && e["message"] == "availability=drain"
+        })
     });
     c.kill_node(2);
     until(&rx, &mut seen, "node2 down", |s| has(s, "node", "down", "node2").is_some());

@@ -20,7 +20,9 @@ fn managers_status(c: &Cluster, via: usize) -> Result<Vec<(String, String)>, Str
         .into_iter()
         .flatten()
         .filter(|n| n["role"] == "manager")
-        .map(|n| (n["hostname"].as_str().unwrap_or("").to_string(), n["manager_status"].as_str().unwrap_or("").to_string()))
+        .map(|n| {
+            (n["hostname"].as_str().unwrap_or("").to_string(), n["manager_status"].as_str().unwrap_or("").to_string())
+        })
         .collect();
     s.sort();
     Ok(s)
@@ -64,7 +66,18 @@ fn a_killed_leader_is_replaced_and_an_inflight_scale_completes_exactly() {
     let leader = wait_leader(&c, 1, &[1, 2, 3]);
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     c.set_api_node(follower);
-    c.shoal_ok(&["service", "create", "-d", "--name", "ha-scale", "--replicas", "3", busybox_image(), "sleep", "100000"]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ha-scale",
+        "--replicas",
+        "3",
+        busybox_image(),
+        "sleep",
+        "100000",
+    ]);
     wait_exactly(&c, follower, "ha-scale", 3);
     let survivors: Vec<usize> = (1..=4).filter(|i| *i != leader).collect();
     let running_on = |c: &Cluster, nodes: &[usize]| -> BTreeSet<String> {
@@ -89,7 +102,11 @@ fn a_killed_leader_is_replaced_and_an_inflight_scale_completes_exactly() {
     wait_exactly(&c, follower, "ha-scale", 12);
     // No container on the surviving nodes was stopped because the leader changed.
     let after = running_on(&c, &survivors);
-    assert!(before.is_subset(&after), "containers stopped by the failover: {:?}", before.difference(&after).collect::<Vec<_>>());
+    assert!(
+        before.is_subset(&after),
+        "containers stopped by the failover: {:?}",
+        before.difference(&after).collect::<Vec<_>>()
+    );
 
     // The old leader comes back as a follower; its orphaned containers go.
     c.restart_node(leader);
@@ -97,7 +114,11 @@ fn a_killed_leader_is_replaced_and_an_inflight_scale_completes_exactly() {
     wait_exactly(&c, leader, "ha-scale", 12);
     wait_for(CONVERGE, "12 running containers in all", || {
         let n = running_containers("ha-scale");
-        if n == 12 { Ok(()) } else { Err(format!("{n} running")) }
+        if n == 12 {
+            Ok(())
+        } else {
+            Err(format!("{n} running"))
+        }
     });
 }
 
@@ -108,7 +129,18 @@ fn without_quorum_writes_are_refused_quickly_and_containers_keep_running() {
     }
     let mut c = Cluster::start(ClusterSpec::new(3, 0));
     wait_leader(&c, 1, &[1, 2, 3]);
-    c.shoal_ok(&["service", "create", "-d", "--name", "ha-quorum", "--replicas", "3", busybox_image(), "sleep", "100000"]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ha-quorum",
+        "--replicas",
+        "3",
+        busybox_image(),
+        "sleep",
+        "100000",
+    ]);
     wait_exactly(&c, 1, "ha-quorum", 3);
     let before: BTreeSet<String> =
         c.node_containers(1).into_iter().filter(|k| k.state == "running").map(|k| k.id).collect();
@@ -138,7 +170,11 @@ fn without_quorum_writes_are_refused_quickly_and_containers_keep_running() {
     c.restart_node(2);
     wait_for(CONVERGE, "writes accepted again", || {
         let out = c.shoal_timeout(1, Duration::from_secs(20), &["service", "scale", "-d", "ha-quorum=4"]);
-        if out.success() { Ok(()) } else { Err(format!("{out}")) }
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!("{out}"))
+        }
     });
     wait_exactly(&c, 1, "ha-quorum", 4);
 }
@@ -163,7 +199,19 @@ fn acknowledged_creates_survive_restarting_every_manager() {
                 let name = format!("ack-{n}");
                 let host = &addrs[n % addrs.len()];
                 let mut cmd = std::process::Command::new(&bin);
-                cmd.args(["-H", host, "service", "create", "-d", "--name", &name, "--replicas", "0", busybox_image(), "true"]);
+                cmd.args([
+                    "-H",
+                    host,
+                    "service",
+                    "create",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--replicas",
+                    "0",
+                    busybox_image(),
+                    "true",
+                ]);
                 if let Ok(out) = tests::run_with_timeout(&mut cmd, Duration::from_secs(30)) {
                     if out.success() {
                         acked.lock().unwrap().push(name);
@@ -189,9 +237,14 @@ fn acknowledged_creates_survive_restarting_every_manager() {
         wait_for(CONVERGE, &format!("node{i} lists every acknowledged service"), || {
             let out = c.shoal_timeout(i, Duration::from_secs(10), &["service", "ls", "-q", "--format", "json"]);
             let v: Value = serde_json::from_str(&out.stdout).map_err(|_| out.stderr.clone())?;
-            let names: BTreeSet<&str> = v.as_array().into_iter().flatten().filter_map(|s| s["spec"]["name"].as_str()).collect();
+            let names: BTreeSet<&str> =
+                v.as_array().into_iter().flatten().filter_map(|s| s["spec"]["name"].as_str()).collect();
             let missing: Vec<&String> = acked.iter().filter(|a| !names.contains(a.as_str())).collect();
-            if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:?}")) }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
         });
     }
 }
@@ -210,7 +263,18 @@ fn five_managers_survive_two_down() {
     let via = alive[0];
     wait_leader(&c, via, &alive);
     c.set_api_node(via);
-    c.shoal_ok(&["service", "create", "-d", "--name", "ha-five", "--replicas", "3", busybox_image(), "sleep", "100000"]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ha-five",
+        "--replicas",
+        "3",
+        busybox_image(),
+        "sleep",
+        "100000",
+    ]);
     wait_exactly(&c, via, "ha-five", 3);
     let statuses = managers_status(&c, via).unwrap();
     let unreachable = statuses.iter().filter(|(_, s)| s == "Unreachable").count();
@@ -234,12 +298,20 @@ fn promote_and_demote_change_managers_and_refuse_to_lose_quorum() {
             ("node2".to_string(), "Reachable".to_string()),
             ("node3".to_string(), "Reachable".to_string()),
         ];
-        if s == want { Ok(()) } else { Err(format!("{s:?}")) }
+        if s == want {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     });
     // A promoted node serves the manager API (its process restarted as one).
     wait_for(CONVERGE, "node3's API takes writes", || {
         let out = c.shoal_timeout(3, Duration::from_secs(20), &["node", "update", "--label-add", "via=node3", "node4"]);
-        if out.success() { Ok(()) } else { Err(format!("{out}")) }
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!("{out}"))
+        }
     });
     // With node3 down, demoting node2 would leave {node1, node3}, one reachable.
     c.kill_node(3);
@@ -252,7 +324,11 @@ fn promote_and_demote_change_managers_and_refuse_to_lose_quorum() {
     c.wait_nodes_ready(&[1, 2, 3, 4], CONVERGE);
     wait_for(CONVERGE, "node3 back as a worker", || {
         let s = managers_status(&c, 1)?;
-        if s.len() == 2 && s.iter().all(|(h, _)| h != "node3") { Ok(()) } else { Err(format!("{s:?}")) }
+        if s.len() == 2 && s.iter().all(|(h, _)| h != "node3") {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     });
     // Demoting the leader hands leadership over first.
     let leader = wait_leader(&c, 2, &[1, 2]);
@@ -261,9 +337,24 @@ fn promote_and_demote_change_managers_and_refuse_to_lose_quorum() {
     c.shoal_ok(&["node", "demote", &format!("node{leader}")]);
     wait_for(CONVERGE, "one manager left, the other one", || {
         let s = managers_status(&c, other)?;
-        if s == vec![(format!("node{other}"), "Leader".to_string())] { Ok(()) } else { Err(format!("{s:?}")) }
+        if s == vec![(format!("node{other}"), "Leader".to_string())] {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     });
-    c.shoal_ok(&["service", "create", "-d", "--name", "ha-roles", "--replicas", "2", busybox_image(), "sleep", "100000"]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ha-roles",
+        "--replicas",
+        "2",
+        busybox_image(),
+        "sleep",
+        "100000",
+    ]);
     wait_exactly(&c, other, "ha-roles", 2);
 }
 
@@ -279,14 +370,22 @@ fn a_manager_behind_the_compacted_log_catches_up_by_snapshot() {
     c.stop_node(3);
     let via = (1..=2).find(|i| c.leader_seen_from(*i).is_ok()).unwrap_or(1);
     for n in 0..60 {
-        let out = c.shoal_timeout(via, Duration::from_secs(20), &["node", "update", "--label-add", &format!("n={n}"), "node1"]);
+        let out = c.shoal_timeout(
+            via,
+            Duration::from_secs(20),
+            &["node", "update", "--label-add", &format!("n={n}"), "node1"],
+        );
         assert!(out.success(), "{out}");
     }
     c.restart_node(3);
     c.wait_nodes_ready(&[1, 2, 3], CONVERGE);
     wait_for(CONVERGE, "node3 has the last write", || {
         let out = c.shoal_timeout(3, Duration::from_secs(10), &["node", "inspect", "node1"]);
-        if out.stdout.contains("\"n\": \"59\"") { Ok(()) } else { Err(out.stderr.clone()) }
+        if out.stdout.contains("\"n\": \"59\"") {
+            Ok(())
+        } else {
+            Err(out.stderr.clone())
+        }
     });
     let log = std::fs::read_to_string(c.log_path(3)).unwrap();
     assert!(log.contains("applied raft snapshot from leader"), "node3 did not catch up by snapshot");
@@ -308,7 +407,11 @@ fn force_new_cluster_recovers_a_lost_majority_with_all_services() {
     c.set_api_node(1);
     wait_for(CONVERGE, "node1 alone is the leader", || {
         let s = managers_status(&c, 1)?;
-        if s == vec![("node1".to_string(), "Leader".to_string())] { Ok(()) } else { Err(format!("{s:?}")) }
+        if s == vec![("node1".to_string(), "Leader".to_string())] {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     });
     let ls = c.shoal_ok(&["service", "ls"]);
     assert!(ls.contains("ha-dr"), "{ls}");

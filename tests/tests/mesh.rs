@@ -62,7 +62,20 @@ fn ingress_suite(mesh: &str) {
     let mut spec = ClusterSpec::new(1, 2);
     spec.daemon_args = vec!["--mesh".into(), mesh.into()];
     let c = Cluster::start(spec);
-    c.shoal_ok(&["service", "create", "--name", "search", "--publish", "9200:80", "--replicas", "5", busybox_image(), "sh", "-c", HOSTNAME_HTTPD]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "search",
+        "--publish",
+        "9200:80",
+        "--replicas",
+        "5",
+        busybox_image(),
+        "sh",
+        "-c",
+        HOSTNAME_HTTPD,
+    ]);
     let ls = c.shoal_ok(&["service", "ls"]);
     assert!(ls.contains("*:9200->80/tcp"), "{ls}");
     // Every node answers, whether or not it runs a task, round robin over all five.
@@ -80,7 +93,11 @@ fn ingress_suite(mesh: &str) {
     wait_round_robin(&c, "search", node2, 8);
 
     // A task killed: requests keep being answered; a short gap at most.
-    let victim = c.node_containers(1).into_iter().find(|r| r.state == "running" && r.label("shoal.service.name") == Some("search")).unwrap();
+    let victim = c
+        .node_containers(1)
+        .into_iter()
+        .find(|r| r.state == "running" && r.label("shoal.service.name") == Some("search"))
+        .unwrap();
     docker_kill(&victim.id);
     let started = Instant::now();
     let mut failing_since: Option<Instant> = None;
@@ -143,7 +160,20 @@ fn each_node_owns_one_nft_table_removed_on_stop_and_rebuilt_on_restart() {
         return;
     }
     let mut c = Cluster::new(2);
-    c.shoal_ok(&["service", "create", "--name", "web", "--publish", "8088:80", "--replicas", "2", busybox_image(), "sh", "-c", HOSTNAME_HTTPD]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--publish",
+        "8088:80",
+        "--replicas",
+        "2",
+        busybox_image(),
+        "sh",
+        "-c",
+        HOSTNAME_HTTPD,
+    ]);
     let table = |i: usize| format!("table ip shoal_{}", &c.node_id(i)[..12]);
     let (t1, t2) = (table(1), table(2));
     assert_eq!(nft_tables().iter().filter(|l| **l == t2).count(), 1);
@@ -164,8 +194,18 @@ fn host_mode_binds_on_task_nodes_only_one_per_node() {
     }
     let c = Cluster::new(3);
     c.shoal_ok(&[
-        "service", "create", "--name", "edge", "--publish", "published=9300,target=80,mode=host", "--replicas", "2",
-        busybox_image(), "sh", "-c", HOSTNAME_HTTPD,
+        "service",
+        "create",
+        "--name",
+        "edge",
+        "--publish",
+        "published=9300,target=80,mode=host",
+        "--replicas",
+        "2",
+        busybox_image(),
+        "sh",
+        "-c",
+        HOSTNAME_HTTPD,
     ]);
     let on: Vec<usize> = (1..=3).filter(|i| c.node_containers(*i).iter().any(|r| r.state == "running")).collect();
     assert_eq!(on.len(), 2, "two tasks on two different nodes");
@@ -207,9 +247,26 @@ fn bad_publishes_are_refused_clearly() {
     let fails = |args: &[&str], needle: &str| c.shoal_fails(args, needle);
     fails(&["service", "create", "--name", "x", "--publish", "70000:80", busybox_image()], "ports are 1-65535");
     fails(&["service", "create", "--name", "x", "--publish", "8080:80/sctp", busybox_image()], "expected tcp or udp");
-    fails(&["service", "create", "--name", "x", "--publish", "published=1,target=2,mode=fast", busybox_image()], "expected ingress or host");
-    c.shoal_ok(&["service", "create", "-d", "--name", "first", "--publish", "8090:80", busybox_image(), "sleep", "100000"]);
-    fails(&["service", "create", "--name", "second", "--publish", "8090:81", busybox_image()], "port 8090/tcp is already published by service first");
+    fails(
+        &["service", "create", "--name", "x", "--publish", "published=1,target=2,mode=fast", busybox_image()],
+        "expected ingress or host",
+    );
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "first",
+        "--publish",
+        "8090:80",
+        busybox_image(),
+        "sleep",
+        "100000",
+    ]);
+    fails(
+        &["service", "create", "--name", "second", "--publish", "8090:81", busybox_image()],
+        "port 8090/tcp is already published by service first",
+    );
     c.shoal_ok(&["service", "create", "-d", "--name", "second", busybox_image(), "sleep", "100000"]);
     fails(&["service", "update", "--publish-add", "8090:80", "second"], "already published by service first");
     // An unnumbered publish gets a port from 30000.
@@ -223,14 +280,27 @@ fn bad_publishes_are_refused_clearly() {
 
     // A port the machine already uses on node2: node2 says so; the other node serves it.
     let taken = TcpListener::bind(SocketAddr::new(c.addr(2).into(), 8095)).unwrap();
-    c.shoal_ok(&["service", "create", "--name", "clash", "--publish", "8095:80", busybox_image(), "sh", "-c", HOSTNAME_HTTPD]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "clash",
+        "--publish",
+        "8095:80",
+        busybox_image(),
+        "sh",
+        "-c",
+        HOSTNAME_HTTPD,
+    ]);
     let served = SocketAddr::new(c.addr(1).into(), 8095);
     wait_round_robin(&c, "clash", served, 2);
     let mesh_errors = || c.shoal_json(&["service", "inspect", "clash"])[0]["mesh_errors"].clone();
     wait_for(CONVERGE, "service inspect shows the port node2 cannot serve", || {
         let errors = mesh_errors();
         let text = errors.to_string();
-        if text.contains("node2: published port 8095/tcp cannot be served on this node") && text.contains("already in use") {
+        if text.contains("node2: published port 8095/tcp cannot be served on this node")
+            && text.contains("already in use")
+        {
             Ok(())
         } else {
             Err(text)

@@ -13,10 +13,7 @@ use tests::{busybox_image, docker, require_docker, running_tasks, task_state, wa
 const CONVERGE: Duration = Duration::from_secs(60);
 
 fn running_on(c: &Cluster, i: usize, svc: &str) -> usize {
-    c.node_containers(i)
-        .iter()
-        .filter(|r| r.label("shoal.service.name") == Some(svc) && r.state == "running")
-        .count()
+    c.node_containers(i).iter().filter(|r| r.label("shoal.service.name") == Some(svc) && r.state == "running").count()
 }
 
 fn wait_counts(c: &Cluster, svc: &str, want: &[(usize, usize)]) {
@@ -47,8 +44,7 @@ fn drain_pause_and_active_move_work_and_restart_policies_hold() {
     c.shoal_ok(&["node", "update", "--availability", "drain", "node3"]);
     wait_counts(&c, "web", &[(1, 3), (2, 3), (3, 0)]);
     c.wait_running("web", 6, CONVERGE);
-    let drained: Vec<Value> =
-        tasks(&c, "web").into_iter().filter(|t| t["node_hostname"] == "node3").collect();
+    let drained: Vec<Value> = tasks(&c, "web").into_iter().filter(|t| t["node_hostname"] == "node3").collect();
     assert_eq!(drained.len(), 2, "the drained tasks stay in history with their node");
     assert!(drained.iter().all(|t| t["desired_state"] == "shutdown"));
     let ls = c.shoal_ok(&["node", "ls"]);
@@ -70,7 +66,18 @@ fn drain_pause_and_active_move_work_and_restart_policies_hold() {
 
     // Labels: constraints follow them.
     c.shoal_ok(&["node", "update", "--label-add", "zone=east", "node1"]);
-    c.shoal_ok(&["service", "create", "-d", "--name", "east", "--constraint", "node.labels.zone==east", busybox_image(), "sleep", "100000"]);
+    c.shoal_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "east",
+        "--constraint",
+        "node.labels.zone==east",
+        busybox_image(),
+        "sleep",
+        "100000",
+    ]);
     c.wait_running("east", 1, CONVERGE);
     assert_eq!(running_on(&c, 1, "east"), 1);
     let n1 = c.shoal_json(&["node", "inspect", "node1"]);
@@ -81,8 +88,19 @@ fn drain_pause_and_active_move_work_and_restart_policies_hold() {
 
     // on-failure with one attempt: the slot fails twice, then stays down.
     c.shoal_ok(&[
-        "service", "create", "-d", "--name", "flaky", "--restart-condition", "on-failure", "--restart-max-attempts", "1",
-        "--restart-delay", "200ms", busybox_image(), "false",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart-condition",
+        "on-failure",
+        "--restart-max-attempts",
+        "1",
+        "--restart-delay",
+        "200ms",
+        busybox_image(),
+        "false",
     ]);
     wait_for(CONVERGE, "two failed tasks and no more", || {
         let t = tasks(&c, "flaky");
@@ -163,8 +181,25 @@ fn rolling_updates_keep_tasks_up_and_roll_back_on_failure() {
     let c = Cluster::new(3);
     let api = c.api_addr(1);
     c.shoal_ok(&[
-        "service", "create", "--name", "web", "--replicas", "6", "--update-parallelism", "2", "--update-delay", "1s",
-        "--update-monitor", "1s", "--rollback-parallelism", "0", "--rollback-monitor", "1s", busybox_image(), "sleep", "100000",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "1s",
+        "--update-monitor",
+        "1s",
+        "--rollback-parallelism",
+        "0",
+        "--rollback-monitor",
+        "1s",
+        busybox_image(),
+        "sleep",
+        "100000",
     ]);
     let started = c.service_tasks("web");
     let first_created = started.as_array().unwrap().iter().map(|t| t["created_at"].as_u64().unwrap()).max().unwrap();
@@ -209,9 +244,21 @@ fn rolling_updates_keep_tasks_up_and_roll_back_on_failure() {
 
     // A command that exits at once, with failure action rollback: back to
     // the old spec on every task, and the CLI says so.
-    let out = c.shoal_timeout(1, Duration::from_secs(120), &[
-        "service", "update", "--update-failure-action", "rollback", "--update-order", "stop-first", "--args", "false", "web",
-    ]);
+    let out = c.shoal_timeout(
+        1,
+        Duration::from_secs(120),
+        &[
+            "service",
+            "update",
+            "--update-failure-action",
+            "rollback",
+            "--update-order",
+            "stop-first",
+            "--args",
+            "false",
+            "web",
+        ],
+    );
     assert!(!out.success(), "{out}");
     assert!(out.stderr.contains("service rolled back: update rolled back due to failure"), "{out}");
     wait_for(CONVERGE, "every task back on the old spec", || {

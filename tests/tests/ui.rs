@@ -20,9 +20,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// Whether node, npm and Chromium are there; like `require_docker`, a
 /// missing one fails under CI and is a loud skip elsewhere.
 fn require_browser() -> bool {
-    let has = |cmd: &str, arg: &str| {
-        Command::new(cmd).arg(arg).output().map(|o| o.status.success()).unwrap_or(false)
-    };
+    let has = |cmd: &str, arg: &str| Command::new(cmd).arg(arg).output().map(|o| o.status.success()).unwrap_or(false);
     let mut missing = Vec::new();
     if !has("node", "--version") {
         missing.push("node");

@@ -14,14 +14,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use common::ids::{NodeId, ServiceId};
 use common::mesh::{MeshEntry, MeshTable, Protocol};
-use worker::mesh::{
-    preflight, DataPath, GetStatus, MeshConfig, MeshProgrammer, SetTable, Shutdown,
-};
+use worker::mesh::{preflight, DataPath, GetStatus, MeshConfig, MeshProgrammer, SetTable, Shutdown};
 
 fn usage() -> ExitCode {
-    eprintln!(
-        "usage: mesh_bench kernel|userspace NODE_IP PORT BACKEND_IP:PORT [BACKEND_IP:PORT...]"
-    );
+    eprintln!("usage: mesh_bench kernel|userspace NODE_IP PORT BACKEND_IP:PORT [BACKEND_IP:PORT...]");
     ExitCode::from(2)
 }
 
@@ -31,18 +27,12 @@ async fn main() -> ExitCode {
     if args.len() < 4 {
         return usage();
     }
-    let (Ok(path), Ok(node_ip), Ok(port)) = (
-        args[0].parse::<DataPath>(),
-        args[1].parse::<IpAddr>(),
-        args[2].parse::<u16>(),
-    ) else {
+    let (Ok(path), Ok(node_ip), Ok(port)) =
+        (args[0].parse::<DataPath>(), args[1].parse::<IpAddr>(), args[2].parse::<u16>())
+    else {
         return usage();
     };
-    let Ok(backends) = args[3..]
-        .iter()
-        .map(|b| b.parse::<SocketAddr>())
-        .collect::<Result<Vec<_>, _>>()
-    else {
+    let Ok(backends) = args[3..].iter().map(|b| b.parse::<SocketAddr>()).collect::<Result<Vec<_>, _>>() else {
         return usage();
     };
     let node_id = NodeId::random();
@@ -72,19 +62,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(e) = st
-        .error
-        .or_else(|| st.failures.first().map(|f| f.error.clone()))
-    {
+    if let Some(e) = st.error.or_else(|| st.failures.first().map(|f| f.error.clone())) {
         eprintln!("mesh_bench: {e}");
         return ExitCode::FAILURE;
     }
     println!("ready {path} {node_ip}:{port}");
 
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         eprintln!("mesh_bench: cannot handle signals");
         return ExitCode::FAILURE;
     };

@@ -34,8 +34,8 @@ use actix::fut::wrap_future;
 use actix::prelude::*;
 use chitchat::transport::UdpTransport;
 use chitchat::{
-    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
-    NodeState, ProtocolVersion,
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+    ProtocolVersion,
 };
 use common::NodeId;
 use prometheus_client::metrics::gauge::Gauge;
@@ -160,33 +160,17 @@ pub fn diff(old: &LiveSet, new: &LiveSet) -> Vec<MemberEvent> {
     let mut events = Vec::new();
     for (node_id, last) in &old.nodes {
         match new.nodes.get(node_id) {
-            None => events.push((
-                node_id,
-                MemberEvent::MemberDown {
-                    node_id: node_id.clone(),
-                    last: last.clone(),
-                },
-            )),
+            None => events.push((node_id, MemberEvent::MemberDown { node_id: node_id.clone(), last: last.clone() })),
             Some(now) if now != last => events.push((
                 node_id,
-                MemberEvent::MemberChanged {
-                    node_id: node_id.clone(),
-                    old: last.clone(),
-                    new: now.clone(),
-                },
+                MemberEvent::MemberChanged { node_id: node_id.clone(), old: last.clone(), new: now.clone() },
             )),
             Some(_) => {}
         }
     }
     for (node_id, member) in &new.nodes {
         if !old.nodes.contains_key(node_id) {
-            events.push((
-                node_id,
-                MemberEvent::MemberUp {
-                    node_id: node_id.clone(),
-                    member: member.clone(),
-                },
-            ));
+            events.push((node_id, MemberEvent::MemberUp { node_id: node_id.clone(), member: member.clone() }));
         }
     }
     events.sort_by(|a, b| a.0.cmp(b.0));
@@ -227,23 +211,12 @@ fn member_facts<'a>(
 
 fn live_set_from_chitchat(live: &BTreeMap<ChitchatId, NodeState>) -> LiveSet {
     live_set_from(live.iter().map(|(id, state)| {
-        (
-            NodeId::from(&*id.node_id),
-            member_facts(
-                state.key_values(),
-                id.gossip_advertise_addr,
-                id.generation_id,
-            ),
-        )
+        (NodeId::from(&*id.node_id), member_facts(state.key_values(), id.gossip_advertise_addr, id.generation_id))
     }))
 }
 
 /// Seeds worth a handshake: not ourselves, not already a live member.
-pub fn seeds_to_contact(
-    seeds: &[SocketAddr],
-    live: &LiveSet,
-    self_addr: SocketAddr,
-) -> Vec<SocketAddr> {
+pub fn seeds_to_contact(seeds: &[SocketAddr], live: &LiveSet, self_addr: SocketAddr) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = seeds
         .iter()
         .copied()
@@ -256,9 +229,7 @@ pub fn seeds_to_contact(
 }
 
 fn next_backoff(attempts: u32) -> Duration {
-    MIN_RESTART_BACKOFF
-        .saturating_mul(1u32 << attempts.min(8))
-        .min(MAX_RESTART_BACKOFF)
+    MIN_RESTART_BACKOFF.saturating_mul(1u32 << attempts.min(8)).min(MAX_RESTART_BACKOFF)
 }
 
 // ---------------------------------------------------------------------------
@@ -280,16 +251,8 @@ pub struct MembershipCore {
 
 impl MembershipCore {
     pub fn new(self_id: NodeId, self_member: MemberFacts) -> Self {
-        let live = LiveSet {
-            nodes: BTreeMap::from([(self_id.clone(), self_member.clone())]),
-        };
-        Self {
-            self_id,
-            self_member,
-            observed: LiveSet::default(),
-            live,
-            settle_until: None,
-        }
+        let live = LiveSet { nodes: BTreeMap::from([(self_id.clone(), self_member.clone())]) };
+        Self { self_id, self_member, observed: LiveSet::default(), live, settle_until: None }
     }
 
     pub fn live(&self) -> &LiveSet {
@@ -331,15 +294,11 @@ impl MembershipCore {
     fn recompute(&mut self, now: Instant) -> Vec<MemberEvent> {
         let mut next = self.observed.clone();
         // Chitchat's watcher starts empty; we are alive regardless.
-        next.nodes
-            .entry(self.self_id.clone())
-            .or_insert_with(|| self.self_member.clone());
+        next.nodes.entry(self.self_id.clone()).or_insert_with(|| self.self_member.clone());
         match self.settle_until {
             Some(until) if now < until => {
                 for (node_id, member) in &self.live.nodes {
-                    next.nodes
-                        .entry(node_id.clone())
-                        .or_insert_with(|| member.clone());
+                    next.nodes.entry(node_id.clone()).or_insert_with(|| member.clone());
                 }
             }
             Some(_) => self.settle_until = None,
@@ -436,16 +395,11 @@ pub struct Membership {
 /// Starts gossip on `config.gossip_addr` and the actor that owns it. The
 /// receiver holds this node alone until gossip reports others; it closes
 /// when the actor stops ([`Shutdown`], or a panic): treat that as fatal.
-pub async fn start(
-    config: MembershipConfig,
-) -> Result<(Addr<Membership>, watch::Receiver<LiveSet>), MembershipError> {
+pub async fn start(config: MembershipConfig) -> Result<(Addr<Membership>, watch::Receiver<LiveSet>), MembershipError> {
     check_facts(&config.facts)?;
     let handle = spawn_gossip(&config, &config.seeds, config.generation).await?;
-    let self_member = MemberFacts {
-        facts: config.facts.clone(),
-        gossip_addr: config.gossip_addr,
-        generation: config.generation,
-    };
+    let self_member =
+        MemberFacts { facts: config.facts.clone(), gossip_addr: config.gossip_addr, generation: config.generation };
     let core = MembershipCore::new(config.node_id.clone(), self_member);
     let (live_tx, live_rx) = watch::channel(core.live().clone());
     info!(
@@ -467,10 +421,8 @@ pub async fn start(
         core,
         live_tx,
         metrics: metrics().actor("membership"),
-        live_gauge: metrics().gauge(
-            "shoal_gossip_live_members",
-            "Nodes this node sees alive through gossip, itself included",
-        ),
+        live_gauge: metrics()
+            .gauge("shoal_gossip_live_members", "Nodes this node sees alive through gossip, itself included"),
     };
     Ok((membership.start(), live_rx))
 }
@@ -496,25 +448,17 @@ async fn spawn_gossip(
         },
         marked_for_deletion_grace_period: MARKED_FOR_DELETION_GRACE_PERIOD,
         catchup_callback: None,
-        extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
-            state.get(MEMBER_KEY).is_some()
-        })),
+        extra_liveness_predicate: Some(Box::new(|state: &NodeState| state.get(MEMBER_KEY).is_some())),
         // Every shoal node runs chitchat 0.13, which reads both versions; V1
         // compresses the digest.
         protocol_version: ProtocolVersion::V1,
     };
-    let mut key_values: Vec<(String, String)> = config
-        .facts
-        .iter()
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
+    let mut key_values: Vec<(String, String)> =
+        config.facts.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
     key_values.push((MEMBER_KEY.to_string(), MEMBER_SCHEMA.to_string()));
     spawn_chitchat(chitchat_config, key_values, &UdpTransport)
         .await
-        .map_err(|err| MembershipError::Start {
-            addr: config.gossip_addr,
-            reason: format!("{err:#}"),
-        })
+        .map_err(|err| MembershipError::Start { addr: config.gossip_addr, reason: format!("{err:#}") })
 }
 
 impl Membership {
@@ -553,21 +497,14 @@ impl Membership {
         }));
 
         let terminated = handle.termination_watcher();
-        ctx.spawn(
-            wrap_future::<_, Self>(terminated).map(move |result, act, ctx| {
-                // An anyhow error; only its text is kept.
-                let result = result.map_err(|err| format!("{err:#}"));
-                act.gossip_terminated(epoch, result, ctx);
-            }),
-        );
+        ctx.spawn(wrap_future::<_, Self>(terminated).map(move |result, act, ctx| {
+            // An anyhow error; only its text is kept.
+            let result = result.map_err(|err| format!("{err:#}"));
+            act.gossip_terminated(epoch, result, ctx);
+        }));
     }
 
-    fn gossip_terminated(
-        &mut self,
-        epoch: u64,
-        result: Result<(), String>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn gossip_terminated(&mut self, epoch: u64, result: Result<(), String>, ctx: &mut Context<Self>) {
         if self.stopping || epoch != self.epoch {
             return;
         }
@@ -844,22 +781,14 @@ mod tests {
 
     fn member(last: u8, generation: u64, facts: &[(&str, &str)]) -> MemberFacts {
         MemberFacts {
-            facts: facts
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            facts: facts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             gossip_addr: addr(last, 4242),
             generation,
         }
     }
 
     fn set(members: &[(&str, MemberFacts)]) -> LiveSet {
-        LiveSet {
-            nodes: members
-                .iter()
-                .map(|(id, m)| (NodeId::from(*id), m.clone()))
-                .collect(),
-        }
+        LiveSet { nodes: members.iter().map(|(id, m)| (NodeId::from(*id), m.clone())).collect() }
     }
 
     // ---- diff
@@ -891,14 +820,8 @@ mod tests {
                     old: member(2, 1, &[("role", "worker")]),
                     new: member(2, 1, &[("role", "worker"), ("ready", "true")]),
                 },
-                MemberEvent::MemberDown {
-                    node_id: "c".into(),
-                    last: member(3, 1, &[("role", "worker")]),
-                },
-                MemberEvent::MemberUp {
-                    node_id: "d".into(),
-                    member: member(4, 1, &[]),
-                },
+                MemberEvent::MemberDown { node_id: "c".into(), last: member(3, 1, &[("role", "worker")]) },
+                MemberEvent::MemberUp { node_id: "d".into(), member: member(4, 1, &[]) },
             ]
         );
     }
@@ -911,9 +834,7 @@ mod tests {
         assert!(up.iter().all(|e| matches!(e, MemberEvent::MemberUp { .. })));
         let down = diff(&s, &LiveSet::default());
         assert_eq!(down.len(), 2);
-        assert!(down
-            .iter()
-            .all(|e| matches!(e, MemberEvent::MemberDown { .. })));
+        assert!(down.iter().all(|e| matches!(e, MemberEvent::MemberDown { .. })));
     }
 
     #[test]
@@ -939,21 +860,13 @@ mod tests {
         let backward = live_set_from(entries.into_iter().rev());
         assert_eq!(forward, backward);
         assert_eq!(forward.len(), 2);
-        assert_eq!(
-            forward.get(&"a".into()).and_then(|m| m.get("v")),
-            Some("new")
-        );
+        assert_eq!(forward.get(&"a".into()).and_then(|m| m.get("v")), Some("new"));
     }
 
     #[test]
     fn reserved_keys_are_not_facts() {
         let m = member_facts(
-            [
-                ("role", "worker"),
-                (MEMBER_KEY, MEMBER_SCHEMA),
-                ("shoal.x", "y"),
-            ]
-            .into_iter(),
+            [("role", "worker"), (MEMBER_KEY, MEMBER_SCHEMA), ("shoal.x", "y")].into_iter(),
             addr(1, 1),
             5,
         );
@@ -973,17 +886,8 @@ mod tests {
     #[test]
     fn seeds_to_contact_skips_self_and_live_members() {
         let live = set(&[("a", member(1, 1, &[])), ("b", member(2, 1, &[]))]);
-        let seeds = [
-            addr(2, 4242),
-            addr(3, 4242),
-            addr(9, 4242),
-            addr(3, 4242),
-            addr(1, 4242),
-        ];
-        assert_eq!(
-            seeds_to_contact(&seeds, &live, addr(9, 4242)),
-            vec![addr(3, 4242)]
-        );
+        let seeds = [addr(2, 4242), addr(3, 4242), addr(9, 4242), addr(3, 4242), addr(1, 4242)];
+        assert_eq!(seeds_to_contact(&seeds, &live, addr(9, 4242)), vec![addr(3, 4242)]);
     }
 
     #[test]
@@ -998,10 +902,7 @@ mod tests {
     // ---- core
 
     fn core_for(self_last: u8) -> MembershipCore {
-        MembershipCore::new(
-            NodeId::from("self"),
-            member(self_last, 1, &[("role", "worker")]),
-        )
+        MembershipCore::new(NodeId::from("self"), member(self_last, 1, &[("role", "worker")]))
     }
 
     #[test]
@@ -1012,17 +913,9 @@ mod tests {
         // Chitchat's first watcher value is empty: nothing changes.
         assert!(core.observe(LiveSet::default(), now).is_empty());
         assert_eq!(core.live().len(), 1);
-        let events = core.observe(
-            set(&[
-                ("self", member(1, 1, &[("role", "worker")])),
-                ("b", member(2, 1, &[])),
-            ]),
-            now,
-        );
+        let events = core.observe(set(&[("self", member(1, 1, &[("role", "worker")])), ("b", member(2, 1, &[]))]), now);
         assert_eq!(events.len(), 1);
-        assert!(
-            matches!(&events[0], MemberEvent::MemberUp { node_id, .. } if node_id.as_str() == "b")
-        );
+        assert!(matches!(&events[0], MemberEvent::MemberUp { node_id, .. } if node_id.as_str() == "b"));
         assert_eq!(core.live().len(), 2);
     }
 
@@ -1032,19 +925,14 @@ mod tests {
         let mut core = core_for(1);
         core.observe(set(&[("b", member(2, 1, &[]))]), now);
         let events = core.observe(LiveSet::default(), now);
-        assert!(
-            matches!(&events[..], [MemberEvent::MemberDown { node_id, .. }] if node_id.as_str() == "b")
-        );
+        assert!(matches!(&events[..], [MemberEvent::MemberDown { node_id, .. }] if node_id.as_str() == "b"));
     }
 
     #[test]
     fn gossip_restart_keeps_members_for_the_settle_period() {
         let t0 = Instant::now();
         let mut core = core_for(1);
-        core.observe(
-            set(&[("b", member(2, 1, &[])), ("c", member(3, 1, &[]))]),
-            t0,
-        );
+        core.observe(set(&[("b", member(2, 1, &[])), ("c", member(3, 1, &[]))]), t0);
 
         // Gossip dies: nobody is reported down yet.
         assert!(core.gossip_stopped(t0).is_empty());
@@ -1059,24 +947,18 @@ mod tests {
         ));
         // The fresh chitchat has seen b again, not c yet: still no down.
         let t2 = t1 + Duration::from_secs(1);
-        assert!(core
-            .observe(set(&[("b", member(2, 1, &[]))]), t2)
-            .is_empty());
+        assert!(core.observe(set(&[("b", member(2, 1, &[]))]), t2).is_empty());
         assert_eq!(core.live().len(), 3);
 
         // Settle period over and c never came back: now it is down.
         let t3 = t1 + SETTLE_PERIOD;
         let events = core.tick(t3);
-        assert!(
-            matches!(&events[..], [MemberEvent::MemberDown { node_id, .. }] if node_id.as_str() == "c")
-        );
+        assert!(matches!(&events[..], [MemberEvent::MemberDown { node_id, .. }] if node_id.as_str() == "c"));
         assert_eq!(core.live().len(), 2);
         // And later downs are immediate again.
         assert!(core.tick(t3 + Duration::from_secs(10)).is_empty());
         let events = core.observe(LiveSet::default(), t3 + Duration::from_secs(11));
-        assert!(
-            matches!(&events[..], [MemberEvent::MemberDown { node_id, .. }] if node_id.as_str() == "b")
-        );
+        assert!(matches!(&events[..], [MemberEvent::MemberDown { node_id, .. }] if node_id.as_str() == "b"));
     }
 
     #[test]
@@ -1129,10 +1011,7 @@ mod tests {
         mut pred: impl FnMut(&LiveSet) -> bool,
     ) -> Duration {
         let t0 = Instant::now();
-        let outcome = tokio::time::timeout(within, async {
-            rx.wait_for(|live| pred(live)).await.map(|_| ())
-        })
-        .await;
+        let outcome = tokio::time::timeout(within, async { rx.wait_for(|live| pred(live)).await.map(|_| ()) }).await;
         match outcome {
             Ok(Ok(())) => t0.elapsed(),
             Ok(Err(_)) => panic!("{what}: live set channel closed"),
@@ -1149,12 +1028,8 @@ mod tests {
         let (a_addr, b_addr, c_addr) = (free_addr(21), free_addr(22), free_addr(23));
         let t0 = Instant::now();
         let (_a, mut a_rx) = start(config("a", a_addr, &[], 1, "manager")).await.unwrap();
-        let (_b, mut b_rx) = start(config("b", b_addr, &[a_addr], 1, "worker"))
-            .await
-            .unwrap();
-        let (c, mut c_rx) = start(config("c", c_addr, &[a_addr], 1, "worker"))
-            .await
-            .unwrap();
+        let (_b, mut b_rx) = start(config("b", b_addr, &[a_addr], 1, "worker")).await.unwrap();
+        let (c, mut c_rx) = start(config("c", c_addr, &[a_addr], 1, "worker")).await.unwrap();
 
         // Self is in the set from the start, before any gossip.
         assert_eq!(ids(&c_rx.borrow()), vec!["c"]);
@@ -1174,16 +1049,8 @@ mod tests {
             assert_eq!(c_seen.get(fact::HOSTNAME), Some("host-c"));
             assert_eq!(c_seen.gossip_addr, c_addr);
             assert_eq!(c_seen.generation, 1);
-            assert_eq!(
-                c_seen.facts.len(),
-                2,
-                "reserved keys leak: {:?}",
-                c_seen.facts
-            );
-            assert_eq!(
-                live.get(&"a".into()).unwrap().get(fact::ROLE),
-                Some("manager")
-            );
+            assert_eq!(c_seen.facts.len(), 2, "reserved keys leak: {:?}", c_seen.facts);
+            assert_eq!(live.get(&"a".into()).unwrap().get(fact::ROLE), Some("manager"));
         }
 
         // Stop c: the others see it gone; c's channel closes.
@@ -1193,31 +1060,18 @@ mod tests {
         let within = Duration::from_secs(4);
         wait_until("a sees c gone", &mut a_rx, within, gone).await;
         wait_until("b sees c gone", &mut b_rx, within, gone).await;
-        eprintln!(
-            "failure detected: c gone on a and b after {:?}",
-            t_stop.elapsed()
-        );
-        assert!(
-            c_rx.changed().await.is_err(),
-            "c's live set should close on shutdown"
-        );
+        eprintln!("failure detected: c gone on a and b after {:?}", t_stop.elapsed());
+        assert!(c_rx.changed().await.is_err(), "c's live set should close on shutdown");
 
         // c comes back on the same address with a higher generation.
         let t_restart = Instant::now();
-        let (_c, mut c_rx) = start(config("c", c_addr, &[a_addr], 2, "worker"))
-            .await
-            .unwrap();
-        let back = |live: &LiveSet| {
-            ids(live) == ["a", "b", "c"] && live.get(&"c".into()).unwrap().generation == 2
-        };
+        let (_c, mut c_rx) = start(config("c", c_addr, &[a_addr], 2, "worker")).await.unwrap();
+        let back = |live: &LiveSet| ids(live) == ["a", "b", "c"] && live.get(&"c".into()).unwrap().generation == 2;
         let within = Duration::from_secs(3);
         wait_until("a sees c back", &mut a_rx, within, back).await;
         wait_until("b sees c back", &mut b_rx, within, back).await;
         wait_until("c sees all", &mut c_rx, within, back).await;
-        eprintln!(
-            "rejoin: c (generation 2) seen by all after {:?}",
-            t_restart.elapsed()
-        );
+        eprintln!("rejoin: c (generation 2) seen by all after {:?}", t_restart.elapsed());
     }
 
     #[actix::test]
@@ -1269,9 +1123,7 @@ mod tests {
     async fn dead_gossip_task_is_restarted_with_a_new_generation() {
         let (a_addr, b_addr) = (free_addr(27), free_addr(28));
         let (_a, mut a_rx) = start(config("a", a_addr, &[], 1, "manager")).await.unwrap();
-        let (b, mut b_rx) = start(config("b", b_addr, &[a_addr], 1, "worker"))
-            .await
-            .unwrap();
+        let (b, mut b_rx) = start(config("b", b_addr, &[a_addr], 1, "worker")).await.unwrap();
         let both = |live: &LiveSet| ids(live) == ["a", "b"];
         let within = Duration::from_secs(3);
         wait_until("a sees b", &mut a_rx, within, both).await;
@@ -1280,16 +1132,12 @@ mod tests {
 
         let t0 = Instant::now();
         b.send(AbortGossip).await.unwrap();
-        let restarted = |live: &LiveSet| {
-            live.get(&"b".into()).is_some_and(|m| m.generation > 1) && live.contains(&"a".into())
-        };
+        let restarted =
+            |live: &LiveSet| live.get(&"b".into()).is_some_and(|m| m.generation > 1) && live.contains(&"a".into());
         let within = Duration::from_secs(4);
         wait_until("b restarted gossip", &mut b_rx, within, restarted).await;
         wait_until("a sees b's new generation", &mut a_rx, within, restarted).await;
-        eprintln!(
-            "gossip restart: b back with a new generation after {:?}",
-            t0.elapsed()
-        );
+        eprintln!("gossip restart: b back with a new generation after {:?}", t0.elapsed());
         assert!(restarts_of_membership() > restarts_before);
         // b never reported a down: a stayed in its set throughout the restart.
         assert!(b_rx.borrow().contains(&"a".into()));

@@ -28,8 +28,8 @@ type HistogramFamily = Family<ActorLabels, Histogram, fn() -> Histogram>;
 /// Latency buckets from 10 µs to 10 s in 1-2.5-5 steps, written out so the
 /// `le` labels read cleanly (`exponential_buckets` gives `0.0010000000000000005`).
 const HANDLE_SECONDS_BUCKETS: [f64; 19] = [
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 fn handle_seconds_histogram() -> Histogram {
@@ -78,16 +78,8 @@ impl Metrics {
 
         let mut registry = Registry::default();
         // Counters get their `_total` suffix from the encoder.
-        registry.register(
-            "shoal_actor_messages",
-            "Messages handled by an actor",
-            messages.clone(),
-        );
-        registry.register(
-            "shoal_actor_errors",
-            "Messages an actor failed to handle",
-            errors.clone(),
-        );
+        registry.register("shoal_actor_messages", "Messages handled by an actor", messages.clone());
+        registry.register("shoal_actor_errors", "Messages an actor failed to handle", errors.clone());
         registry.register(
             "shoal_actor_restarts",
             "Times an actor (or what it supervises) was restarted",
@@ -151,12 +143,7 @@ impl Metrics {
 
     /// A family of gauges with one label (e.g. `shoal_tasks{state="running"}`).
     /// Idempotent like [`Metrics::gauge`]; the first `help` and `label_name` win.
-    pub fn gauge_family(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        label_name: &'static str,
-    ) -> GaugeFamily {
+    pub fn gauge_family(&self, name: &'static str, help: &'static str, label_name: &'static str) -> GaugeFamily {
         let mut named = self.named.lock();
         match named.get(name) {
             Some(Named::Family(family)) => {
@@ -172,20 +159,12 @@ impl Metrics {
             }
             Some(Named::Gauge(_)) => {
                 tracing::error!(metric = name, "metric already registered as a plain gauge");
-                return GaugeFamily {
-                    label_name,
-                    family: Family::default(),
-                };
+                return GaugeFamily { label_name, family: Family::default() };
             }
             None => {}
         }
-        let family = GaugeFamily {
-            label_name,
-            family: Family::default(),
-        };
-        self.registry
-            .lock()
-            .register(name, help, family.family.clone());
+        let family = GaugeFamily { label_name, family: Family::default() };
+        self.registry.lock().register(name, help, family.family.clone());
         named.insert(name, Named::Family(family.clone()));
         family
     }
@@ -212,15 +191,11 @@ pub struct GaugeFamily {
 
 impl GaugeFamily {
     pub fn set(&self, label_value: &str, v: i64) {
-        self.family
-            .get_or_create(&[(self.label_name, label_value.to_string())])
-            .set(v);
+        self.family.get_or_create(&[(self.label_name, label_value.to_string())]).set(v);
     }
 
     pub fn get(&self, label_value: &str) -> i64 {
-        self.family
-            .get(&[(self.label_name, label_value.to_string())])
-            .map_or(0, |gauge| gauge.get())
+        self.family.get(&[(self.label_name, label_value.to_string())]).map_or(0, |gauge| gauge.get())
     }
 }
 
@@ -251,9 +226,7 @@ impl ActorMetrics {
         // Not every sender counts its sends (do_send from a callback, say), so
         // never let the depth go below zero.
         let depth: &AtomicI64 = self.mailbox_depth.inner();
-        let _ = depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-            Some((d - 1).max(0))
-        });
+        let _ = depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some((d - 1).max(0)));
     }
 
     pub fn restarted(&self) {
@@ -274,9 +247,7 @@ mod tests {
     /// The value of the sample line that starts with `prefix`, e.g.
     /// `shoal_actor_messages_total{actor="a"}`.
     fn sample(text: &str, prefix: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+        text.lines().find_map(|line| line.strip_prefix(prefix)?.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
     }
 
     #[test]
@@ -294,69 +265,33 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }
-        assert_eq!(
-            sample(&text, r#"shoal_actor_messages_total{actor="dispatcher"}"#),
-            Some(0.0)
-        );
+        assert_eq!(sample(&text, r#"shoal_actor_messages_total{actor="dispatcher"}"#), Some(0.0));
 
         a.enqueued();
         a.enqueued();
         a.enqueued();
         let text = m.render();
-        assert_eq!(
-            sample(&text, r#"shoal_actor_mailbox_depth{actor="dispatcher"}"#),
-            Some(3.0)
-        );
+        assert_eq!(sample(&text, r#"shoal_actor_mailbox_depth{actor="dispatcher"}"#), Some(3.0));
 
         let started = Instant::now() - Duration::from_millis(30);
         a.handled(started, true);
         a.handled(started, false);
         a.restarted();
         let text = m.render();
-        assert_eq!(
-            sample(&text, r#"shoal_actor_messages_total{actor="dispatcher"}"#),
-            Some(2.0)
-        );
-        assert_eq!(
-            sample(&text, r#"shoal_actor_errors_total{actor="dispatcher"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(&text, r#"shoal_actor_restarts_total{actor="dispatcher"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(&text, r#"shoal_actor_mailbox_depth{actor="dispatcher"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"shoal_actor_handle_seconds_count{actor="dispatcher"}"#
-            ),
-            Some(2.0)
-        );
+        assert_eq!(sample(&text, r#"shoal_actor_messages_total{actor="dispatcher"}"#), Some(2.0));
+        assert_eq!(sample(&text, r#"shoal_actor_errors_total{actor="dispatcher"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"shoal_actor_restarts_total{actor="dispatcher"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"shoal_actor_mailbox_depth{actor="dispatcher"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"shoal_actor_handle_seconds_count{actor="dispatcher"}"#), Some(2.0));
         // At least 30 ms: nothing in the buckets up to 25 ms (the upper side
         // depends on how fast this machine is, so it is not asserted).
         assert_eq!(
-            sample(
-                &text,
-                r#"shoal_actor_handle_seconds_bucket{le="0.025",actor="dispatcher"}"#
-            ),
+            sample(&text, r#"shoal_actor_handle_seconds_bucket{le="0.025",actor="dispatcher"}"#),
             Some(0.0),
             "{text}"
         );
-        assert_eq!(
-            sample(
-                &text,
-                r#"shoal_actor_handle_seconds_bucket{le="+Inf",actor="dispatcher"}"#
-            ),
-            Some(2.0)
-        );
-        let sum = sample(
-            &text,
-            r#"shoal_actor_handle_seconds_sum{actor="dispatcher"}"#,
-        );
+        assert_eq!(sample(&text, r#"shoal_actor_handle_seconds_bucket{le="+Inf",actor="dispatcher"}"#), Some(2.0));
+        let sum = sample(&text, r#"shoal_actor_handle_seconds_sum{actor="dispatcher"}"#);
         assert!(sum.is_some_and(|s| s >= 0.06), "{sum:?}");
         assert!(text.ends_with("# EOF\n"));
     }
@@ -407,8 +342,7 @@ mod tests {
         let tasks = m.gauge_family("shoal_tasks", "Tasks by state", "state");
         tasks.set("running", 6);
         tasks.set("failed", 1);
-        m.gauge_family("shoal_tasks", "Tasks by state", "state")
-            .set("running", 5);
+        m.gauge_family("shoal_tasks", "Tasks by state", "state").set("running", 5);
         assert_eq!(tasks.get("running"), 5);
 
         let text = m.render();
@@ -435,8 +369,6 @@ mod tests {
         let a = metrics().actor("metrics-test-global");
         a.restarted();
         assert!(std::ptr::eq(metrics(), metrics()));
-        assert!(metrics()
-            .render()
-            .contains(r#"shoal_actor_restarts_total{actor="metrics-test-global"} 1"#));
+        assert!(metrics().render().contains(r#"shoal_actor_restarts_total{actor="metrics-test-global"} 1"#));
     }
 }

@@ -109,25 +109,38 @@ pub async fn dial(tls: &Tls, addr: SocketAddr, hello: Hello) -> Result<(Conn, Fr
 }
 
 /// [`dial`] with a longer wait for the answer.
-pub async fn dial_within(tls: &Tls, addr: SocketAddr, hello: Hello, limit: Duration) -> Result<(Conn, Frame), NetError> {
+pub async fn dial_within(
+    tls: &Tls,
+    addr: SocketAddr,
+    hello: Hello,
+    limit: Duration,
+) -> Result<(Conn, Frame), NetError> {
     connect(tls.client_config(), addr, hello, limit).await
 }
 
 /// Dials a manager to join: no certificate yet, and the manager must
 /// present the CA that the token's fingerprint pins.
-pub async fn dial_join(addr: SocketAddr, ca: Fingerprint, hello: Hello, limit: Duration) -> Result<(Conn, Frame), NetError> {
+pub async fn dial_join(
+    addr: SocketAddr,
+    ca: Fingerprint,
+    hello: Hello,
+    limit: Duration,
+) -> Result<(Conn, Frame), NetError> {
     let config = tls::join_client_config(ca).map_err(|e| NetError::Tls(e.to_string()))?;
     connect(config, addr, hello, limit).await
 }
 
-async fn connect(config: Arc<ClientConfig>, addr: SocketAddr, hello: Hello, limit: Duration) -> Result<(Conn, Frame), NetError> {
+async fn connect(
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+    hello: Hello,
+    limit: Duration,
+) -> Result<(Conn, Frame), NetError> {
     let fut = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let stream = TlsConnector::from(config)
-            .connect(tls::server_name(), stream)
-            .await
-            .map_err(NetError::handshake)?;
+        let stream =
+            TlsConnector::from(config).connect(tls::server_name(), stream).await.map_err(NetError::handshake)?;
         let mut conn = Framed::new(TlsStream::Client(stream), FrameCodec);
         send(&mut conn, Frame::Hello(hello)).await?;
         match recv(&mut conn).await? {
@@ -170,8 +183,7 @@ pub struct Inbound {
     pub peer: SocketAddr,
 }
 
-pub type LogSource =
-    Arc<dyn Fn(LogRequest) -> BoxStream<'static, Result<LogLine, String>> + Send + Sync>;
+pub type LogSource = Arc<dyn Fn(LogRequest) -> BoxStream<'static, Result<LogLine, String>> + Send + Sync>;
 
 /// Routes accepted connections by their hello: log requests to this node's
 /// containers, everything else to the manager side if this node is one.
@@ -242,9 +254,7 @@ impl Router {
             None => None,
         };
         let mut conn = Framed::new(TlsStream::Server(stream), FrameCodec);
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(&mut conn))
-            .await
-            .map_err(|_| NetError::Timeout)??;
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(&mut conn)).await.map_err(|_| NetError::Timeout)??;
         let hello = match first {
             Frame::Hello(h) => h,
             other => {
@@ -278,10 +288,7 @@ impl Router {
     }
 }
 
-async fn serve_logs(
-    mut conn: Conn,
-    mut lines: BoxStream<'static, Result<LogLine, String>>,
-) -> Result<(), NetError> {
+async fn serve_logs(mut conn: Conn, mut lines: BoxStream<'static, Result<LogLine, String>>) -> Result<(), NetError> {
     send(&mut conn, Frame::Welcome).await?;
     let (mut tx, mut rx) = conn.split();
     loop {
@@ -441,7 +448,10 @@ mod tests {
         // Without a certificate (a joiner's config), only a join gets through.
         let fp = ca.fingerprint().unwrap();
         let err = dial_join(addr, fp, Hello::Session { node_id: w.id.clone() }, HANDSHAKE_TIMEOUT).await.unwrap_err();
-        assert!(matches!(err, NetError::Refused(ref r) if r.contains("certificate of this cluster is required")), "{err}");
+        assert!(
+            matches!(err, NetError::Refused(ref r) if r.contains("certificate of this cluster is required")),
+            "{err}"
+        );
         assert!(rx.try_recv().is_err(), "nothing reached the manager side");
         let join = Hello::Join {
             token: "t".into(),

@@ -240,7 +240,8 @@ impl ClusterCa {
         params.distinguished_name.push(DnType::CommonName, "shoal cluster CA");
         params.distinguished_name.push(DnType::OrganizationName, cluster_id);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = now - Duration::days(1);
         params.not_after = now + CA_VALIDITY;
         params.serial_number = Some(random_serial());
@@ -267,7 +268,8 @@ impl ClusterCa {
             .map_err(|e| TlsError::BadRequest(e.to_string()))?;
         let ca_der = self.cert_der()?;
         let key = KeyPair::from_pem(&self.key_pem).map_err(|e| TlsError::BadKey(e.to_string()))?;
-        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
         let ca_expires = ca.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_der(&ca_der, key).map_err(gen_err)?;
 
@@ -321,13 +323,19 @@ impl CertificateRequest {
 
     /// The identity once the CA answered; checks that the CA is the one
     /// `expected` pins and that the certificate is for this key.
-    pub fn complete(self, cert_pem: String, ca_pem: String, expected: Option<Fingerprint>) -> Result<NodeIdentity, TlsError> {
+    pub fn complete(
+        self,
+        cert_pem: String,
+        ca_pem: String,
+        expected: Option<Fingerprint>,
+    ) -> Result<NodeIdentity, TlsError> {
         let ca_der = cert_from_pem(&ca_pem)?;
         if expected.is_some_and(|fp| fp != Fingerprint::of(&ca_der)) {
             return Err(TlsError::CaMismatch);
         }
         let cert_der = cert_from_pem(&cert_pem)?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != self.key.public_key_raw() {
             return Err(TlsError::KeyMismatch);
         }
@@ -372,10 +380,13 @@ impl NodeIdentity {
     /// Writes `dir/{ca.crt,node.crt,node.key}`; the key and the directory
     /// are readable by the owner only.
     pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
-        let io = |what: &str, e: std::io::Error| TlsError::Io(format!("cannot write {}: {e}", dir.join(what).display()));
+        let io =
+            |what: &str, e: std::io::Error| TlsError::Io(format!("cannot write {}: {e}", dir.join(what).display()));
         fs::create_dir_all(dir).map_err(|e| io("", e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("", e))?;
-        for (name, text, mode) in [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)] {
+        for (name, text, mode) in
+            [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)]
+        {
             let tmp = dir.join(format!("{name}.tmp"));
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -401,7 +412,11 @@ impl NodeIdentity {
             Err((std::io::ErrorKind::NotFound, _)) => return Ok(None),
             Err((_, e)) => return Err(e),
         };
-        let id = NodeIdentity { key_pem, cert_pem: read(CERT_FILE).map_err(|e| e.1)?, ca_pem: read(CA_FILE).map_err(|e| e.1)? };
+        let id = NodeIdentity {
+            key_pem,
+            cert_pem: read(CERT_FILE).map_err(|e| e.1)?,
+            ca_pem: read(CA_FILE).map_err(|e| e.1)?,
+        };
         id.peer()?;
         Ok(Some(id))
     }
@@ -418,7 +433,8 @@ pub struct PeerIdentity {
 /// certificate the TLS layer has verified against the cluster CA.
 pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, TlsError> {
     let bad = |why: &str| TlsError::BadCertificate(why.to_string());
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
     let subject = cert.subject();
     let cn = subject.iter_common_name().next().and_then(|a| a.as_str().ok()).ok_or_else(|| bad("no node id (CN)"))?;
     let role = match subject.iter_organizational_unit().next().and_then(|a| a.as_str().ok()) {
@@ -621,7 +637,9 @@ mod tests {
         assert_eq!(text.parse::<JoinToken>(), Ok(t.clone()));
         assert_ne!(JoinToken::generate(t.ca).secret, t.secret);
         assert!(!format!("{t:?}").contains(&t.secret), "Debug hides the secret");
-        for bad in ["", "SHTKN-1-wrong-wrong", "SWMTKN-1-x-y", &text[..text.len() - 1], &text.replace("SHTKN-1", "SHTKN-2")] {
+        for bad in
+            ["", "SHTKN-1-wrong-wrong", "SWMTKN-1-x-y", &text[..text.len() - 1], &text.replace("SHTKN-1", "SHTKN-2")]
+        {
             let err = bad.parse::<JoinToken>().unwrap_err();
             assert!(err.to_string().starts_with("invalid join token: expected SHTKN-1-<50 base-36"), "{err}");
         }
@@ -668,7 +686,9 @@ mod tests {
 
     /// A server on loopback that reports, per connection, the handshake
     /// result and the client's identity.
-    async fn server(tls: Tls) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<Option<PeerIdentity>, String>>) {
+    async fn server(
+        tls: Tls,
+    ) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<Option<PeerIdentity>, String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -693,7 +713,8 @@ mod tests {
 
     async fn connect(config: Arc<ClientConfig>, addr: std::net::SocketAddr) -> Result<Vec<u8>, String> {
         let s = TcpStream::connect(addr).await.unwrap();
-        let mut s = TlsConnector::from(config).connect(server_name(), s).await.map_err(|e| describe_handshake_error(&e))?;
+        let mut s =
+            TlsConnector::from(config).connect(server_name(), s).await.map_err(|e| describe_handshake_error(&e))?;
         let mut buf = vec![0u8; 2];
         s.read_exact(&mut buf).await.map_err(|e| describe_handshake_error(&e))?;
         Ok(buf)
@@ -739,7 +760,11 @@ mod tests {
     }
 
     /// A client that trusts `ca` and presents `chain` with `who`'s key.
-    fn trusting_presenting(ca: &ClusterCa, chain: Vec<CertificateDer<'static>>, who: &NodeIdentity) -> Arc<ClientConfig> {
+    fn trusting_presenting(
+        ca: &ClusterCa,
+        chain: Vec<CertificateDer<'static>>,
+        who: &NodeIdentity,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der().unwrap()).unwrap();
         let key = PrivateKeyDer::from_pem_slice(who.key_pem.as_bytes()).unwrap();
@@ -772,7 +797,9 @@ mod tests {
         assert_eq!(seen.recv().await.unwrap(), Ok(None));
 
         // Another CA's fingerprint: the joiner refuses the manager.
-        let wrong = join_client_config(ClusterCa::generate(&NodeId::random().to_string()).unwrap().fingerprint().unwrap()).unwrap();
+        let wrong =
+            join_client_config(ClusterCa::generate(&NodeId::random().to_string()).unwrap().fingerprint().unwrap())
+                .unwrap();
         let err = connect(wrong, addr).await.unwrap_err();
         assert_eq!(err, "the manager's CA does not match the join token");
         assert!(seen.recv().await.unwrap().is_err(), "the server sees the handshake fail");

@@ -28,19 +28,11 @@ struct Cleanup(NodeId);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let filter = format!("label={LABEL_NODE}={}", self.0);
-        let ids = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output();
+        let ids = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output();
         if let Ok(out) = ids {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
             if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .output();
+                let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).output();
             }
         }
     }
@@ -67,35 +59,23 @@ async fn runtime() -> Arc<DockerRuntime> {
 
 async fn docker() -> DockerRuntime {
     let rt = DockerRuntime::connect().await.expect("docker");
-    rt.client().inspect_image(IMAGE).await.unwrap_or_else(|e| {
-        panic!("{IMAGE} is missing ({e}); build it with deploy/'s offline image script")
-    });
+    rt.client()
+        .inspect_image(IMAGE)
+        .await
+        .unwrap_or_else(|e| panic!("{IMAGE} is missing ({e}); build it with deploy/'s offline image script"));
     rt
 }
 
 /// Docker events drive the supervisor; the poll is only a slow safety net,
 /// so these tests are quick only while events work.
-fn start(
-    node: &NodeId,
-    rt: &Arc<DockerRuntime>,
-) -> (Addr<TaskSupervisor>, UnboundedReceiver<TaskStatusUpdate>) {
+fn start(node: &NodeId, rt: &Arc<DockerRuntime>) -> (Addr<TaskSupervisor>, UnboundedReceiver<TaskStatusUpdate>) {
     let (tx, rx) = unbounded_channel();
-    let config = SupervisorConfig {
-        poll_every: Duration::from_secs(5),
-        ..Default::default()
-    };
-    (
-        TaskSupervisor::with_config(node.clone(), rt.clone(), tx, config).start(),
-        rx,
-    )
+    let config = SupervisorConfig { poll_every: Duration::from_secs(5), ..Default::default() };
+    (TaskSupervisor::with_config(node.clone(), rt.clone(), tx, config).start(), rx)
 }
 
 /// Updates for `task` until one reaches `state`; panics at the deadline.
-async fn wait_state(
-    rx: &mut UnboundedReceiver<TaskStatusUpdate>,
-    task: &TaskId,
-    state: TaskState,
-) -> Vec<TaskStatus> {
+async fn wait_state(rx: &mut UnboundedReceiver<TaskStatusUpdate>, task: &TaskId, state: TaskState) -> Vec<TaskStatus> {
     let deadline = Instant::now() + DEADLINE;
     let mut seen = Vec::new();
     loop {
@@ -115,13 +95,8 @@ async fn wait_state(
 }
 
 async fn running_cid(rx: &mut UnboundedReceiver<TaskStatusUpdate>, task: &TaskId) -> String {
-    let running = wait_state(rx, task, TaskState::Running)
-        .await
-        .pop()
-        .expect("running");
-    running
-        .container_id
-        .expect("running reports its container id")
+    let running = wait_state(rx, task, TaskState::Running).await.pop().expect("running");
+    running.container_id.expect("running reports its container id")
 }
 
 #[actix::test]
@@ -131,57 +106,25 @@ async fn runs_a_task_and_reports_a_kill_as_failed_137() {
     let _cleanup = Cleanup(node.clone());
     let (addr, mut rx) = start(&node, &rt);
     let t = task(&["sleep", "1000"]);
-    addr.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
+    addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
 
     let seen = wait_state(&mut rx, &t.id, TaskState::Running).await;
     let states: Vec<_> = seen.iter().map(|s| s.state).collect();
     use TaskState::*;
     assert_eq!(states, vec![Accepted, Preparing, Starting, Running]);
-    let cid = seen
-        .last()
-        .and_then(|s| s.container_id.clone())
-        .expect("container id");
+    let cid = seen.last().and_then(|s| s.container_id.clone()).expect("container id");
 
-    let info = rt
-        .client()
-        .inspect_container(&cid, None)
-        .await
-        .expect("inspect");
-    assert_eq!(
-        info.name.as_deref(),
-        Some(format!("/itest.1.{}", t.id).as_str())
-    );
+    let info = rt.client().inspect_container(&cid, None).await.expect("inspect");
+    assert_eq!(info.name.as_deref(), Some(format!("/itest.1.{}", t.id).as_str()));
     let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
-    assert_eq!(
-        labels.get("shoal.node.id").map(String::as_str),
-        Some(node.as_str())
-    );
-    assert_eq!(
-        labels.get("shoal.task.id").map(String::as_str),
-        Some(t.id.as_str())
-    );
-    assert_eq!(
-        labels.get("shoal.service.id").map(String::as_str),
-        Some(t.service_id.as_str())
-    );
-    assert_eq!(
-        labels.get("shoal.service.name").map(String::as_str),
-        Some("itest")
-    );
+    assert_eq!(labels.get("shoal.node.id").map(String::as_str), Some(node.as_str()));
+    assert_eq!(labels.get("shoal.task.id").map(String::as_str), Some(t.id.as_str()));
+    assert_eq!(labels.get("shoal.service.id").map(String::as_str), Some(t.service_id.as_str()));
+    assert_eq!(labels.get("shoal.service.name").map(String::as_str), Some("itest"));
     assert_eq!(labels.get("shoal.task.slot").map(String::as_str), Some("1"));
 
-    rt.client()
-        .kill_container(&cid, None::<KillContainerOptions>)
-        .await
-        .expect("docker kill");
-    let failed = wait_state(&mut rx, &t.id, Failed)
-        .await
-        .pop()
-        .expect("failed");
+    rt.client().kill_container(&cid, None::<KillContainerOptions>).await.expect("docker kill");
+    let failed = wait_state(&mut rx, &t.id, Failed).await.pop().expect("failed");
     assert_eq!(failed.exit_code, Some(137));
     assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (137)"));
     assert_eq!(failed.container_id.as_deref(), Some(cid.as_str()));
@@ -202,15 +145,8 @@ async fn a_missing_image_is_rejected_with_dockers_message() {
     let (addr, mut rx) = start(&node, &rt);
     let mut t = task(&[]);
     t.spec.image = "shoal/nope:latest".into();
-    addr.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
-    let rejected = wait_state(&mut rx, &t.id, TaskState::Rejected)
-        .await
-        .pop()
-        .expect("rejected");
+    addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
+    let rejected = wait_state(&mut rx, &t.id, TaskState::Rejected).await.pop().expect("rejected");
     let err = rejected.err.expect("err");
     eprintln!("docker said: {err}");
     assert!(err.starts_with("No such image: shoal/nope:latest: "), "{err}");
@@ -225,30 +161,15 @@ async fn desired_shutdown_stops_the_container() {
     let _cleanup = Cleanup(node.clone());
     let (addr, mut rx) = start(&node, &rt);
     let mut t = task(&["sleep", "1000"]);
-    addr.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
+    addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     let cid = running_cid(&mut rx, &t.id).await;
 
     t.status.state = TaskState::Running;
     t.desired_state = TaskState::Shutdown;
-    addr.do_send(Assign {
-        full: false,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
-    let shut = wait_state(&mut rx, &t.id, TaskState::Shutdown)
-        .await
-        .pop()
-        .expect("shutdown");
+    addr.do_send(Assign { full: false, tasks: vec![t.clone()], removed: vec![] });
+    let shut = wait_state(&mut rx, &t.id, TaskState::Shutdown).await.pop().expect("shutdown");
     assert_eq!(shut.container_id.as_deref(), Some(cid.as_str()));
-    let info = rt
-        .client()
-        .inspect_container(&cid, None)
-        .await
-        .expect("inspect");
+    let info = rt.client().inspect_container(&cid, None).await.expect("inspect");
     assert_eq!(info.state.and_then(|s| s.running), Some(false));
     addr.do_send(Stop);
 }
@@ -260,24 +181,14 @@ async fn an_unassigned_container_is_removed_after_a_full_set() {
     let _cleanup = Cleanup(node.clone());
     let (addr, mut rx) = start(&node, &rt);
     let t = task(&["sleep", "1000"]);
-    addr.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
+    addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     let cid = running_cid(&mut rx, &t.id).await;
 
-    addr.do_send(Assign {
-        full: true,
-        tasks: vec![],
-        removed: vec![],
-    });
+    addr.do_send(Assign { full: true, tasks: vec![], removed: vec![] });
     let deadline = Instant::now() + DEADLINE;
     loop {
         match rt.client().inspect_container(&cid, None).await {
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => break,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => break,
             _ => {
                 assert!(Instant::now() < deadline, "container {cid} still there");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -294,11 +205,7 @@ async fn a_fresh_supervisor_adopts_a_running_container() {
     let _cleanup = Cleanup(node.clone());
     let (first, mut rx) = start(&node, &rt);
     let mut t = task(&["sleep", "1000"]);
-    first.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
+    first.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     let cid = running_cid(&mut rx, &t.id).await;
     first.send(Stop).await.expect("stop");
 
@@ -306,11 +213,7 @@ async fn a_fresh_supervisor_adopts_a_running_container() {
     // RUNNING, about the same container.
     t.status.state = TaskState::Starting;
     let (second, mut rx) = start(&node, &rt);
-    second.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
+    second.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     let adopted = running_cid(&mut rx, &t.id).await;
     assert_eq!(adopted, cid);
     let listed = rt.list(&node).await.expect("list");
@@ -328,37 +231,21 @@ async fn logs_env_and_readonly_bind_mounts() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("file"), "x").expect("write");
     let (addr, mut rx) = start(&node, &rt);
-    let mut t = task(&["sh", "-c", "echo out $FOO; echo err >&2; (echo x > /data/new) 2>/dev/null || echo readonly; sleep 1000"]);
+    let mut t = task(&[
+        "sh",
+        "-c",
+        "echo out $FOO; echo err >&2; (echo x > /data/new) 2>/dev/null || echo readonly; sleep 1000",
+    ]);
     t.spec.env = vec!["FOO=bar".into()];
-    t.spec.mounts = vec![Mount {
-        source: dir.display().to_string(),
-        target: "/data".into(),
-        readonly: true,
-    }];
-    addr.do_send(Assign {
-        full: true,
-        tasks: vec![t.clone()],
-        removed: vec![],
-    });
+    t.spec.mounts = vec![Mount { source: dir.display().to_string(), target: "/data".into(), readonly: true }];
+    addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     running_cid(&mut rx, &t.id).await;
 
     let deadline = Instant::now() + DEADLINE;
     let lines = loop {
-        let stream = addr
-            .send(Logs {
-                task_id: t.id.clone(),
-                follow: false,
-                tail: None,
-            })
-            .await
-            .expect("mailbox")
-            .expect("logs");
-        let lines: Vec<_> = stream
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .map(|l| l.expect("log line"))
-            .collect();
+        let stream =
+            addr.send(Logs { task_id: t.id.clone(), follow: false, tail: None }).await.expect("mailbox").expect("logs");
+        let lines: Vec<_> = stream.collect::<Vec<_>>().await.into_iter().map(|l| l.expect("log line")).collect();
         if lines.len() >= 3 || Instant::now() > deadline {
             break lines;
         }
@@ -372,35 +259,16 @@ async fn logs_env_and_readonly_bind_mounts() {
     assert_eq!(text[2], "readonly");
     for l in &lines {
         assert_eq!(l.task_id, t.id);
-        assert!(
-            l.timestamp.ends_with('Z') && l.timestamp.contains('T'),
-            "{l:?}"
-        );
+        assert!(l.timestamp.ends_with('Z') && l.timestamp.contains('T'), "{l:?}");
     }
     assert!(!dir.join("new").exists());
 
     // Tail and follow: the last line, then the stream stays open.
-    let mut follow = addr
-        .send(Logs {
-            task_id: t.id.clone(),
-            follow: true,
-            tail: Some(1),
-        })
-        .await
-        .expect("mailbox")
-        .expect("logs");
-    let first = tokio::time::timeout(DEADLINE, follow.next())
-        .await
-        .expect("a line")
-        .expect("item")
-        .expect("ok");
+    let mut follow =
+        addr.send(Logs { task_id: t.id.clone(), follow: true, tail: Some(1) }).await.expect("mailbox").expect("logs");
+    let first = tokio::time::timeout(DEADLINE, follow.next()).await.expect("a line").expect("item").expect("ok");
     assert!(text.contains(&first.line.as_str()));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), follow.next())
-            .await
-            .is_err(),
-        "follow ended early"
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(300), follow.next()).await.is_err(), "follow ended early");
     addr.do_send(Stop);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -411,9 +279,7 @@ async fn published_ports_bind_on_the_advertise_address_and_are_reported() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     // An address of its own, as a test node would advertise.
-    let ip: std::net::IpAddr = format!("127.0.{}.{}", 100 + rand_u8() % 100, 2 + rand_u8() % 250)
-        .parse()
-        .expect("ip");
+    let ip: std::net::IpAddr = format!("127.0.{}.{}", 100 + rand_u8() % 100, 2 + rand_u8() % 250).parse().expect("ip");
     let rt = Arc::new(docker().await.publish_on(ip));
     let node = NodeId::random();
     let _cleanup = Cleanup(node.clone());

@@ -21,23 +21,15 @@ use common::mesh::{MeshEntry, MeshTable, Protocol};
 use mesh_common::*;
 use worker::mesh::nft::{self, NftTable};
 use worker::mesh::plan::{self, PortKey};
-use worker::mesh::{
-    DataPath, GetStatus, MeshConfig, MeshError, MeshProgrammer, SetTable, Shutdown,
-};
+use worker::mesh::{DataPath, GetStatus, MeshConfig, MeshError, MeshProgrammer, SetTable, Shutdown};
 
 const PORT: u16 = 18090;
 
 /// `Ok` if nft can program tables here; otherwise why not.
 fn nft_usable() -> Result<(), String> {
-    let out = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
+    let out = Command::new("nft").args(["list", "tables"]).output().map_err(|e| format!("cannot run nft: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "nft list tables failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("nft list tables failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(())
 }
@@ -50,9 +42,7 @@ fn require_nft() -> bool {
             panic!("the kernel mesh test must run under CI, but nft is unusable: {why}")
         }
         Err(why) => {
-            eprintln!(
-                "skipping: nft is unusable here ({why}); run as root with nftables installed"
-            );
+            eprintln!("skipping: nft is unusable here ({why}); run as root with nftables installed");
             false
         }
     }
@@ -86,9 +76,7 @@ fn entry(protocol: Protocol, published: u16, backends: &[SocketAddr]) -> MeshEnt
 }
 
 async fn set(addr: &Addr<MeshProgrammer>, entries: Vec<MeshEntry>) {
-    addr.send(SetTable(MeshTable { entries }))
-        .await
-        .expect("mailbox");
+    addr.send(SetTable(MeshTable { entries })).await.expect("mailbox");
 }
 
 /// The programmer's view once its last change is applied (nft runs are
@@ -118,14 +106,10 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     let stale = NftTable::for_node(&NodeId::random(), node_ip);
     let _stale_cleanup = DropTable(stale.clone());
     let stale_mesh = plan::desired(
-        &MeshTable {
-            entries: vec![entry(Protocol::Tcp, PORT, &[SocketAddr::new(ip(10, 9), 1)])],
-        },
+        &MeshTable { entries: vec![entry(Protocol::Tcp, PORT, &[SocketAddr::new(ip(10, 9), 1)])] },
         node_ip,
     );
-    nft::run(&stale.rebuild(&stale_mesh))
-        .await
-        .expect("stale table");
+    nft::run(&stale.rebuild(&stale_mesh)).await.expect("stale table");
     assert!(table_exists(&stale));
 
     let mut config = MeshConfig::new(node_id.clone(), node_ip, DataPath::Kernel);
@@ -146,11 +130,7 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     assert_eq!(st.error, None);
     assert_eq!(st.programmed, 4);
     assert!(table_exists(&table), "table {} missing", table.qualified());
-    assert!(
-        !table_exists(&stale),
-        "stale table {} still there",
-        stale.qualified()
-    );
+    assert!(!table_exists(&stale), "stale table {} still there", stale.qualified());
 
     // Connections from this machine to the node's address: round robin.
     let at = SocketAddr::new(node_ip, PORT);
@@ -166,16 +146,12 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
 
     // No running task: refused at once.
     let started = Instant::now();
-    let err = TcpStream::connect(SocketAddr::new(node_ip, PORT + 1))
-        .await
-        .expect_err("refused");
+    let err = TcpStream::connect(SocketAddr::new(node_ip, PORT + 1)).await.expect_err("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     assert!(started.elapsed() < Duration::from_millis(500));
     // UDP too: an ICMP port unreachable, which a connected socket reports.
     let s = UdpSocket::bind((ip(10, 9), 0)).await.expect("client");
-    s.connect(SocketAddr::new(node_ip, PORT + 1))
-        .await
-        .expect("connect");
+    s.connect(SocketAddr::new(node_ip, PORT + 1)).await.expect("connect");
     s.send(b"ping").await.expect("send");
     let mut buf = [0u8; 16];
     let err = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf))
@@ -196,10 +172,7 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     .await;
     assert_eq!(status(&addr).await.error, None);
     assert_eq!(names(at, 3).await, vec!["c", "c", "c"]);
-    assert_eq!(
-        names(SocketAddr::new(node_ip, PORT + 1), 2).await,
-        vec!["a", "a"]
-    );
+    assert_eq!(names(SocketAddr::new(node_ip, PORT + 1), 2).await, vec!["a", "a"]);
 
     // The last task goes: refused again.
     set(&addr, vec![entry(Protocol::Tcp, PORT, &[])]).await;
@@ -210,15 +183,8 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     port_released(SocketAddr::new(node_ip, PORT + 1)).await;
 
     // Shutdown leaves no table and frees the port.
-    addr.send(Shutdown)
-        .await
-        .expect("mailbox")
-        .expect("teardown");
-    assert!(
-        !table_exists(&table),
-        "table {} left behind",
-        table.qualified()
-    );
+    addr.send(Shutdown).await.expect("mailbox").expect("teardown");
+    assert!(!table_exists(&table), "table {} left behind", table.qualified());
     port_released(at).await;
 }
 
@@ -240,16 +206,8 @@ async fn port_released(at: SocketAddr) {
 
 /// `ss` lines naming `ip`, for a failure message.
 fn sockets_on(ip: IpAddr) -> String {
-    let out = Command::new("ss")
-        .args(["-tanpe"])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    String::from_utf8_lossy(&out)
-        .lines()
-        .filter(|l| l.contains(&format!("{ip}:")))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let out = Command::new("ss").args(["-tanpe"]).output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out).lines().filter(|l| l.contains(&format!("{ip}:"))).collect::<Vec<_>>().join("\n")
 }
 
 #[actix::test]
@@ -274,30 +232,18 @@ async fn kernel_reports_a_taken_port_and_takes_it_once_free() {
     assert_eq!(st.failures.len(), 1);
     assert_eq!(
         st.failures[0].error,
-        MeshError::PortInUse {
-            port: PortKey::tcp(PORT),
-            addr: SocketAddr::new(node_ip, PORT)
-        }
+        MeshError::PortInUse { port: PortKey::tcp(PORT), addr: SocketAddr::new(node_ip, PORT) }
     );
     // Its traffic still reaches whoever holds the port: not hijacked.
     drop(taken);
-    tokio::time::timeout(
-        DEADLINE,
-        watch.wait_for(|s| s.programmed == 1 && s.failures.is_empty()),
-    )
-    .await
-    .expect("retried in time")
-    .expect("status");
-    assert_eq!(
-        which(SocketAddr::new(node_ip, PORT)).await.expect("served"),
-        "a"
-    );
+    tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.programmed == 1 && s.failures.is_empty()))
+        .await
+        .expect("retried in time")
+        .expect("status");
+    assert_eq!(which(SocketAddr::new(node_ip, PORT)).await.expect("served"), "a");
 
     // Shutdown removes the table.
-    addr.send(Shutdown)
-        .await
-        .expect("mailbox")
-        .expect("teardown");
+    addr.send(Shutdown).await.expect("mailbox").expect("teardown");
     assert!(!table_exists(&table));
 }
 
@@ -312,10 +258,7 @@ async fn the_generated_ruleset_loads_and_updates_in_the_kernel() {
     let b = |h: u8, p: u16| SocketAddr::new(ip(12, h), p);
     let meshes = [
         vec![],
-        vec![
-            entry(Protocol::Tcp, 1000, &[b(2, 1), b(3, 1)]),
-            entry(Protocol::Udp, 1000, &[]),
-        ],
+        vec![entry(Protocol::Tcp, 1000, &[b(2, 1), b(3, 1)]), entry(Protocol::Udp, 1000, &[])],
         vec![
             entry(Protocol::Tcp, 1000, &[b(2, 1)]),
             entry(Protocol::Udp, 1000, &[b(2, 2)]),
@@ -331,18 +274,12 @@ async fn the_generated_ruleset_loads_and_updates_in_the_kernel() {
         let changes = plan::diff(&cur, &des);
         let script = table.update(&cur, &changes);
         if !script.is_empty() {
-            nft::run(&script)
-                .await
-                .unwrap_or_else(|e| panic!("{e}\n{script}"));
+            nft::run(&script).await.unwrap_or_else(|e| panic!("{e}\n{script}"));
         }
         // The incremental result equals a rebuild of the same mesh.
         let listed = list(&table);
         nft::run(&table.rebuild(&des)).await.expect("rebuild");
-        assert_eq!(
-            normalise(&listed),
-            normalise(&list(&table)),
-            "after\n{script}"
-        );
+        assert_eq!(normalise(&listed), normalise(&list(&table)), "after\n{script}");
         cur = des;
     }
     nft::run(&table.teardown()).await.expect("teardown");
@@ -352,20 +289,13 @@ async fn the_generated_ruleset_loads_and_updates_in_the_kernel() {
 }
 
 fn list(t: &NftTable) -> String {
-    let out = Command::new("nft")
-        .args(["list", "table", t.family(), t.name()])
-        .output()
-        .expect("nft");
+    let out = Command::new("nft").args(["list", "table", t.family(), t.name()]).output().expect("nft");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Sorted lines: the order nft lists chains in follows creation.
 fn normalise(s: &str) -> Vec<String> {
-    let mut v: Vec<String> = s
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
+    let mut v: Vec<String> = s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
     v.sort();
     v
 }

@@ -15,9 +15,7 @@ use common::mesh::{MeshEntry, MeshTable, Protocol};
 use mesh_common::*;
 use worker::mesh::plan::PortKey;
 use worker::mesh::proxy::{Proxy, ProxyConfig};
-use worker::mesh::{
-    DataPath, GetStatus, MeshConfig, MeshError, MeshProgrammer, SetTable, Shutdown,
-};
+use worker::mesh::{DataPath, GetStatus, MeshConfig, MeshError, MeshProgrammer, SetTable, Shutdown};
 
 const PORT: u16 = 18080;
 
@@ -29,9 +27,7 @@ async fn tcp_round_robin_retarget_and_refusal() {
     let c = tcp_backend("c", ip(0, 4)).await;
     let mut proxy = Proxy::new(node, ProxyConfig::default());
     let port = PortKey::tcp(PORT);
-    proxy
-        .open(port, vec![a.addr, b.addr, c.addr])
-        .expect("open");
+    proxy.open(port, vec![a.addr, b.addr, c.addr]).expect("open");
     let at = SocketAddr::new(node, PORT);
     assert_eq!(proxy.local_addr(port), Some(at));
 
@@ -49,9 +45,7 @@ async fn tcp_round_robin_retarget_and_refusal() {
         let payload = vec![b'x'; 256 * 1024];
         r.get_mut().write_all(&payload).await.expect("write");
         let mut back = vec![0u8; payload.len()];
-        tokio::io::AsyncReadExt::read_exact(&mut r, &mut back)
-            .await
-            .expect("echo");
+        tokio::io::AsyncReadExt::read_exact(&mut r, &mut back).await.expect("echo");
         assert_eq!(back, payload);
     }
 
@@ -71,30 +65,14 @@ async fn tcp_round_robin_retarget_and_refusal() {
     proxy.retarget(port, vec![]);
     let started = Instant::now();
     let err = which(at).await.expect_err("refused");
-    assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused
-        ),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
     let stats = proxy.stats();
-    assert_eq!(
-        stats.tcp_refused.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(stats.tcp_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // Closing frees the port.
     proxy.close(port);
-    eventually("the port to be free", || async {
-        std::net::TcpListener::bind(at).ok().map(drop)
-    })
-    .await;
+    eventually("the port to be free", || async { std::net::TcpListener::bind(at).ok().map(drop) }).await;
 }
 
 #[tokio::test]
@@ -116,9 +94,7 @@ async fn a_taken_port_is_a_clear_error() {
     // Another node on the same machine serves the same port on its address.
     let mut other = Proxy::new(ip(1, 2), ProxyConfig::default());
     proxy.open(PortKey::tcp(PORT), vec![]).expect("free now");
-    other
-        .open(PortKey::tcp(PORT), vec![])
-        .expect("other address");
+    other.open(PortKey::tcp(PORT), vec![]).expect("other address");
 }
 
 #[tokio::test]
@@ -129,9 +105,7 @@ async fn udp_flows_spread_and_stick() {
     let c = udp_backend("c", ip(2, 4)).await;
     let mut proxy = Proxy::new(node, ProxyConfig::default());
     let port = PortKey::udp(PORT);
-    proxy
-        .open(port, vec![a.addr, b.addr, c.addr])
-        .expect("open");
+    proxy.open(port, vec![a.addr, b.addr, c.addr]).expect("open");
     let at = SocketAddr::new(node, PORT);
 
     // Each new client is a new flow: round robin.
@@ -158,13 +132,7 @@ async fn udp_flows_spread_and_stick() {
     proxy.retarget(port, vec![]);
     let s = UdpSocket::bind((ip(2, 9), 0)).await.expect("client");
     assert!(udp_which(&s, at).await.is_err());
-    assert!(
-        proxy
-            .stats()
-            .udp_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(proxy.stats().udp_dropped.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
 #[tokio::test]
@@ -172,22 +140,14 @@ async fn udp_flows_idle_out() {
     let node = ip(3, 1);
     let a = udp_backend("a", ip(3, 2)).await;
     let b = udp_backend("b", ip(3, 3)).await;
-    let config = ProxyConfig {
-        udp_idle: Duration::from_millis(200),
-        ..Default::default()
-    };
+    let config = ProxyConfig { udp_idle: Duration::from_millis(200), ..Default::default() };
     let mut proxy = Proxy::new(node, config);
-    proxy
-        .open(PortKey::udp(PORT), vec![a.addr, b.addr])
-        .expect("open");
+    proxy.open(PortKey::udp(PORT), vec![a.addr, b.addr]).expect("open");
     let at = SocketAddr::new(node, PORT);
     let s = UdpSocket::bind((ip(3, 9), 0)).await.expect("client");
     assert_eq!(udp_which(&s, at).await.expect("answer"), "a");
     let stats = proxy.stats();
-    assert_eq!(
-        stats.udp_flows.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(stats.udp_flows.load(std::sync::atomic::Ordering::Relaxed), 1);
     eventually("the flow to idle out", || async {
         (stats.udp_flows.load(std::sync::atomic::Ordering::Relaxed) == 0).then_some(())
     })
@@ -217,10 +177,7 @@ async fn the_programmer_serves_the_table_and_reports_taken_ports() {
     let (programmer, mut status) = MeshProgrammer::new(config);
     let addr = programmer.start();
     addr.send(SetTable(MeshTable {
-        entries: vec![
-            entry(Protocol::Tcp, PORT, &[a.addr, b.addr]),
-            entry(Protocol::Tcp, PORT + 1, &[a.addr]),
-        ],
+        entries: vec![entry(Protocol::Tcp, PORT, &[a.addr, b.addr]), entry(Protocol::Tcp, PORT + 1, &[a.addr])],
     }))
     .await
     .expect("mailbox");
@@ -232,11 +189,7 @@ async fn the_programmer_serves_the_table_and_reports_taken_ports() {
     assert_eq!(st.failures.len(), 1);
     assert_eq!(
         st.failures[0].error.to_string(),
-        format!(
-            "published port {}/tcp cannot be served on this node: {node}:{} is already in use",
-            PORT + 1,
-            PORT + 1
-        )
+        format!("published port {}/tcp cannot be served on this node: {node}:{} is already in use", PORT + 1, PORT + 1)
     );
     assert_eq!(st.failures[0].service, "web");
 
@@ -248,43 +201,17 @@ async fn the_programmer_serves_the_table_and_reports_taken_ports() {
         .expect("status")
         .clone();
     assert_eq!(fixed.programmed, 2);
-    assert_eq!(
-        which(SocketAddr::new(node, PORT + 1))
-            .await
-            .expect("served"),
-        "a"
-    );
+    assert_eq!(which(SocketAddr::new(node, PORT + 1)).await.expect("served"), "a");
 
     // Unpublished: closed.
-    addr.send(SetTable(MeshTable {
-        entries: vec![entry(Protocol::Tcp, PORT + 1, &[b.addr])],
-    }))
-    .await
-    .expect("mailbox");
-    eventually("8080 to close", || async {
-        TcpStream::connect(at).await.is_err().then_some(())
-    })
-    .await;
-    assert_eq!(
-        which(SocketAddr::new(node, PORT + 1))
-            .await
-            .expect("served"),
-        "b"
-    );
+    addr.send(SetTable(MeshTable { entries: vec![entry(Protocol::Tcp, PORT + 1, &[b.addr])] })).await.expect("mailbox");
+    eventually("8080 to close", || async { TcpStream::connect(at).await.is_err().then_some(()) }).await;
+    assert_eq!(which(SocketAddr::new(node, PORT + 1)).await.expect("served"), "b");
 
-    addr.send(Shutdown)
-        .await
-        .expect("mailbox")
-        .expect("shutdown");
+    addr.send(Shutdown).await.expect("mailbox").expect("shutdown");
     eventually("every port to close", || async {
-        TcpStream::connect(SocketAddr::new(node, PORT + 1))
-            .await
-            .is_err()
-            .then_some(())
+        TcpStream::connect(SocketAddr::new(node, PORT + 1)).await.is_err().then_some(())
     })
     .await;
-    eventually("the actor to stop", || async {
-        (!addr.connected()).then_some(())
-    })
-    .await;
+    eventually("the actor to stop", || async { (!addr.connected()).then_some(()) }).await;
 }

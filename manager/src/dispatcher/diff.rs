@@ -19,11 +19,7 @@ impl Diff {
 
 pub fn diff(sent: &BTreeMap<TaskId, Task>, now: &BTreeMap<TaskId, Task>) -> Diff {
     Diff {
-        upserts: now
-            .iter()
-            .filter(|(id, t)| sent.get(*id) != Some(*t))
-            .map(|(_, t)| t.clone())
-            .collect(),
+        upserts: now.iter().filter(|(id, t)| sent.get(*id) != Some(*t)).map(|(_, t)| t.clone()).collect(),
         removed: sent.keys().filter(|id| !now.contains_key(*id)).cloned().collect(),
     }
 }

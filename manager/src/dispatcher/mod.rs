@@ -49,7 +49,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn start(raft: Addr<RaftLog>, store: SharedStore, status: watch::Receiver<RaftStatus>, applied: watch::Receiver<u64>) -> Addr<Self> {
+    pub fn start(
+        raft: Addr<RaftLog>,
+        store: SharedStore,
+        status: watch::Receiver<RaftStatus>,
+        applied: watch::Receiver<u64>,
+    ) -> Addr<Self> {
         let addr = Dispatcher {
             raft,
             store,
@@ -240,9 +245,11 @@ impl Handler<Reports> for Dispatcher {
         {
             // A node reports only on its own tasks.
             let store = self.store.read();
-            self.reports.extend(msg.updates.into_iter().filter(|u| {
-                store.tasks.get(&u.task_id).is_some_and(|t| t.node_id.as_ref() == Some(&msg.node))
-            }));
+            self.reports.extend(
+                msg.updates
+                    .into_iter()
+                    .filter(|u| store.tasks.get(&u.task_id).is_some_and(|t| t.node_id.as_ref() == Some(&msg.node))),
+            );
         }
         if self.reports.len() >= BATCH_MAX {
             self.flush();

@@ -76,12 +76,17 @@ pub fn reconcile_service(
             match list.last() {
                 // It ended by itself while meant to run: the restart policy decides.
                 Some(latest) if latest.desired_state == TaskState::Running && latest.status.state.is_terminal() => {
-                    restart_after(b, svc, latest, &list, now, |attempt| new_task(svc, &node.id, attempt, now, new_id()));
+                    restart_after(b, svc, latest, &list, now, |attempt| {
+                        new_task(svc, &node.id, attempt, now, new_id())
+                    });
                 }
                 // The policy gave up on this node.
                 Some(latest)
                     if latest.desired_state > TaskState::Running
-                        && matches!(latest.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected) => {}
+                        && matches!(
+                            latest.status.state,
+                            TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                        ) => {}
                 // Nothing here yet, or only tasks we stopped (drain, node loss).
                 _ if node.availability == Availability::Active => {
                     b.create.push(new_task(svc, &node.id, 0, now, new_id()));

@@ -129,10 +129,8 @@ pub fn evict(b: &mut Batch, t: &Task, why: Lost, now: Millis) {
 
 /// Drops the oldest finished tasks beyond the history limit.
 pub fn prune(b: &mut Batch, list: &[&Task], limit: usize) {
-    let finished: Vec<&&Task> = list
-        .iter()
-        .filter(|t| t.desired_state > TaskState::Running && t.status.state.is_terminal())
-        .collect();
+    let finished: Vec<&&Task> =
+        list.iter().filter(|t| t.desired_state > TaskState::Running && t.status.state.is_terminal()).collect();
     let excess = list.len().saturating_sub(limit);
     b.delete.extend(finished.iter().take(excess).map(|t| t.id.clone()));
 }
@@ -175,7 +173,14 @@ pub fn restart_after(
 
 /// Runs the rolling-update planner over the units and carries out its step;
 /// `fresh(key)` makes a unit's task on the current template.
-pub fn roll<K>(b: &mut Batch, svc: &Service, keys: &[K], units: &[Unit], now: Millis, mut fresh: impl FnMut(&K) -> Task) {
+pub fn roll<K>(
+    b: &mut Batch,
+    svc: &Service,
+    keys: &[K],
+    units: &[Unit],
+    now: Millis,
+    mut fresh: impl FnMut(&K) -> Task,
+) {
     let rollout = update::plan(svc, units, now);
     if let Some(at) = rollout.wake_at {
         b.wake(at);
@@ -466,7 +471,8 @@ mod tests {
             (RestartCondition::Any, TaskState::Complete, true),
         ] {
             let mut h = Harness::new(1);
-            h.svc().spec.task.restart = RestartPolicy { condition: cond, delay_ms: 0, max_attempts: None, window_ms: None };
+            h.svc().spec.task.restart =
+                RestartPolicy { condition: cond, delay_ms: 0, max_attempts: None, window_ms: None };
             h.step(0);
             h.run_all_on(&["n1"]);
             h.fail(1, state, 10);
@@ -475,7 +481,8 @@ mod tests {
             assert_eq!(h.step(11), Decision::default(), "{cond} {state}: settles");
         }
         let mut h = Harness::new(1);
-        h.svc().spec.task.restart = RestartPolicy { condition: RestartCondition::Any, delay_ms: 0, max_attempts: Some(2), window_ms: None };
+        h.svc().spec.task.restart =
+            RestartPolicy { condition: RestartCondition::Any, delay_ms: 0, max_attempts: Some(2), window_ms: None };
         h.step(0);
         for i in 0..3 {
             h.run_all_on(&["n1"]);
@@ -537,7 +544,8 @@ mod tests {
             }
         }
         fn images(&self) -> Vec<String> {
-            let mut v: Vec<String> = self.store.tasks.values().filter(|t| t.is_active()).map(|t| t.spec.image.clone()).collect();
+            let mut v: Vec<String> =
+                self.store.tasks.values().filter(|t| t.is_active()).map(|t| t.spec.image.clone()).collect();
             v.sort();
             v
         }
@@ -605,7 +613,9 @@ mod tests {
     #[test]
     fn a_failing_update_pauses_or_rolls_back() {
         use common::spec::{FailureAction, UpdateState};
-        for (action, want) in [(FailureAction::Pause, UpdateState::Paused), (FailureAction::Rollback, UpdateState::RollbackCompleted)] {
+        for (action, want) in
+            [(FailureAction::Pause, UpdateState::Paused), (FailureAction::Rollback, UpdateState::RollbackCompleted)]
+        {
             let mut h = Harness::new(3);
             h.step(0);
             h.run_all_on(&["n1"]);
@@ -684,16 +694,22 @@ mod tests {
         h.step(10);
         assert_eq!(h.active_on("n4"), 1);
         // Drain: the task goes and is not replaced elsewhere.
-        h.store.apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Drain, at: 20 }).unwrap();
+        h.store
+            .apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Drain, at: 20 })
+            .unwrap();
         h.step(20);
         assert_eq!(h.active_on("n4"), 0);
         assert_eq!(h.store.tasks.values().filter(|t| t.is_active()).count(), 3);
         // Pause after active: no new task until active again.
         h.stopped(25);
-        h.store.apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Pause, at: 30 }).unwrap();
+        h.store
+            .apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Pause, at: 30 })
+            .unwrap();
         h.step(30);
         assert_eq!(h.active_on("n4"), 0);
-        h.store.apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Active, at: 40 }).unwrap();
+        h.store
+            .apply(Command::SetNodeAvailability { id: "n4".into(), availability: Availability::Active, at: 40 })
+            .unwrap();
         h.step(40);
         assert_eq!(h.active_on("n4"), 1);
         // A node goes down: its task is orphaned, nothing moves.

@@ -33,10 +33,9 @@ pub fn decide(policy: &RestartPolicy, latest: &Task, history: &[&Task], now: Mil
             // the kept history reaches.
             Some(window) => {
                 let since = now.saturating_sub(window);
-                let recent = history
-                    .iter()
-                    .filter(|t| t.status.state.is_terminal() && t.status.timestamp >= since)
-                    .count() as u64;
+                let recent =
+                    history.iter().filter(|t| t.status.state.is_terminal() && t.status.timestamp >= since).count()
+                        as u64;
                 recent <= max
             }
         };
@@ -84,13 +83,55 @@ mod tests {
         let done = ended(TaskState::Complete, 1_000, 0);
         let cases: Vec<(&str, RestartPolicy, Task, Vec<Task>, Millis, Restart)> = vec![
             ("none never", policy(None, 0, Option::None, Option::None), failed.clone(), vec![], 5_000, Restart::Never),
-            ("on-failure skips a clean exit", policy(OnFailure, 0, Option::None, Option::None), done.clone(), vec![], 5_000, Restart::Never),
-            ("on-failure restarts a failure", policy(OnFailure, 0, Option::None, Option::None), failed.clone(), vec![], 5_000, Restart::Now),
-            ("any restarts a clean exit", policy(Any, 0, Option::None, Option::None), done.clone(), vec![], 5_000, Restart::Now),
-            ("delay not yet due", policy(Any, 5_000, Option::None, Option::None), failed.clone(), vec![], 3_000, Restart::At(6_000)),
+            (
+                "on-failure skips a clean exit",
+                policy(OnFailure, 0, Option::None, Option::None),
+                done.clone(),
+                vec![],
+                5_000,
+                Restart::Never,
+            ),
+            (
+                "on-failure restarts a failure",
+                policy(OnFailure, 0, Option::None, Option::None),
+                failed.clone(),
+                vec![],
+                5_000,
+                Restart::Now,
+            ),
+            (
+                "any restarts a clean exit",
+                policy(Any, 0, Option::None, Option::None),
+                done.clone(),
+                vec![],
+                5_000,
+                Restart::Now,
+            ),
+            (
+                "delay not yet due",
+                policy(Any, 5_000, Option::None, Option::None),
+                failed.clone(),
+                vec![],
+                3_000,
+                Restart::At(6_000),
+            ),
             ("delay due", policy(Any, 5_000, Option::None, Option::None), failed.clone(), vec![], 6_000, Restart::Now),
-            ("attempts left", policy(Any, 0, Some(2), Option::None), ended(TaskState::Failed, 1_000, 1), vec![], 2_000, Restart::Now),
-            ("attempts used up", policy(Any, 0, Some(2), Option::None), ended(TaskState::Failed, 1_000, 2), vec![], 2_000, Restart::Never),
+            (
+                "attempts left",
+                policy(Any, 0, Some(2), Option::None),
+                ended(TaskState::Failed, 1_000, 1),
+                vec![],
+                2_000,
+                Restart::Now,
+            ),
+            (
+                "attempts used up",
+                policy(Any, 0, Some(2), Option::None),
+                ended(TaskState::Failed, 1_000, 2),
+                vec![],
+                2_000,
+                Restart::Never,
+            ),
             (
                 "old failures fall out of the window",
                 policy(Any, 0, Some(1), Some(10_000)),

@@ -82,7 +82,9 @@ pub fn plan(svc: &Service, units: &[Unit], now: Millis) -> Rollout {
             };
             out.status = match (cfg.failure_action, rollback) {
                 (FailureAction::Continue, _) => None,
-                (FailureAction::Rollback, false) => Some(StatusChange::Rollback { reason: format!("update rolled back due to {why}") }),
+                (FailureAction::Rollback, false) => {
+                    Some(StatusChange::Rollback { reason: format!("update rolled back due to {why}") })
+                }
                 (_, false) => Some(paused(UpdateState::Paused, format!("update paused due to {why}"))),
                 (_, true) => Some(paused(UpdateState::RollbackPaused, format!("rollback paused due to {why}"))),
             };
@@ -97,12 +99,8 @@ pub fn plan(svc: &Service, units: &[Unit], now: Millis) -> Rollout {
         Some(t) if current(svc, t) => t.status.state < TaskState::Running || u.active.len() > 1,
         _ => false,
     });
-    let outdated: Vec<usize> = units
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| newest(u).is_some_and(|t| !current(svc, t)))
-        .map(|(i, _)| i)
-        .collect();
+    let outdated: Vec<usize> =
+        units.iter().enumerate().filter(|(_, u)| newest(u).is_some_and(|t| !current(svc, t))).map(|(i, _)| i).collect();
     // The last task this update brought up, and when it came up.
     let last_up = units
         .iter()
@@ -171,8 +169,12 @@ mod tests {
         spec.update.delay_ms = 1_000;
         spec.update.monitor_ms = 500;
         let mut svc = Service::new("s".into(), spec, 0);
-        svc.update_status =
-            Some(UpdateStatus { state: UpdateState::Updating, started_at: 100, completed_at: None, message: String::new() });
+        svc.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: 100,
+            completed_at: None,
+            message: String::new(),
+        });
         svc
     }
 
@@ -227,7 +229,11 @@ mod tests {
             let r = plan_for(&service(1, ratio, action), 0, failed, 1_500);
             let got = match &r.status {
                 Some(StatusChange::Set(s)) if s.state == UpdateState::Paused => {
-                    assert!(s.message.starts_with("update paused due to failure or early termination of task f"), "{}", s.message);
+                    assert!(
+                        s.message.starts_with("update paused due to failure or early termination of task f"),
+                        "{}",
+                        s.message
+                    );
                     Some("paused")
                 }
                 Some(StatusChange::Rollback { reason }) => {

@@ -132,13 +132,15 @@ impl RaftCore {
     /// Opens the log in `dir` (bootstrapping a new cluster if asked and the
     /// log is empty) and restores the store from its snapshot.
     pub fn open(dir: &Path, opts: CoreOptions, now: Instant) -> Result<RaftCore, String> {
-        let mut storage = DiskStorage::open(dir).map_err(|e| format!("cannot open raft log in {}: {e}", dir.display()))?;
+        let mut storage =
+            DiskStorage::open(dir).map_err(|e| format!("cannot open raft log in {}: {e}", dir.display()))?;
         if opts.bootstrap && storage.initial_state_is_empty() {
             // A new cluster starts from a snapshot at index 1 that names
             // this node the only voter (as raft-rs's examples do): a manager
             // that joins later gets the membership from that snapshot, since
             // no log entry holds it.
-            let mut snap = raft::eraftpb::Snapshot { data: Store::default().to_snapshot().into(), ..Default::default() };
+            let mut snap =
+                raft::eraftpb::Snapshot { data: Store::default().to_snapshot().into(), ..Default::default() };
             let meta = snap.mut_metadata();
             meta.index = 1;
             meta.term = 1;
@@ -148,7 +150,9 @@ impl RaftCore {
         // The state machine restarts from the last snapshot; raft hands over
         // the committed entries after it again.
         let (store, snapshot_index) = match storage.snapshot_data() {
-            Some((index, _term, data)) => (Store::from_snapshot(&data).map_err(|e| format!("corrupt snapshot: {e}"))?, index),
+            Some((index, _term, data)) => {
+                (Store::from_snapshot(&data).map_err(|e| format!("corrupt snapshot: {e}"))?, index)
+            }
             None => (Store::default(), 0),
         };
         let config = config(opts.raft_id, snapshot_index);

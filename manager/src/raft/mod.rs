@@ -27,8 +27,8 @@ use protobuf::Message as _;
 use raft::eraftpb::Message as RaftMessage;
 use tokio::sync::{oneshot, watch};
 
-use self::core::{CoreOptions, Proposal, ProposalNo, RaftCore};
 pub(crate) use self::core::parse_context;
+use self::core::{CoreOptions, Proposal, ProposalNo, RaftCore};
 use crate::store::{encode_command, Command, Store, StoreError};
 use transport::Transport;
 use worker::metrics::{metrics, ActorMetrics};
@@ -383,4 +383,3 @@ impl Handler<Step> for RaftLog {
         self.queue_ready(ctx);
     }
 }
-

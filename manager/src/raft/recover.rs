@@ -15,8 +15,8 @@ use common::NodeId;
 use raft::eraftpb::{ConfState, EntryType, Snapshot};
 use raft::{GetEntriesContext, Storage};
 
-use super::storage::DiskStorage;
 use super::parse_context;
+use super::storage::DiskStorage;
 use crate::store::{decode_command, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,9 @@ pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recove
                 // A command the store refuses leaves it unchanged, as it
                 // did on every manager.
                 Ok(cmd) => drop(store.apply_once(parse_context(&e.context), cmd, &mut Vec::new())),
-                Err(err) => tracing::warn!(index = e.index, error = %err, "skipping a log entry this version cannot read"),
+                Err(err) => {
+                    tracing::warn!(index = e.index, error = %err, "skipping a log entry this version cannot read")
+                }
             }
         }
     }
@@ -79,8 +81,6 @@ pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recove
     meta.term = term;
     meta.set_conf_state(ConfState { voters: vec![raft_id], ..Default::default() });
     let services = store.services.len();
-    storage
-        .apply_snapshot(snap)
-        .map_err(|e| format!("cannot write the new cluster's snapshot: {e}"))?;
+    storage.apply_snapshot(snap).map_err(|e| format!("cannot write the new cluster's snapshot: {e}"))?;
     Ok(Recovered { index, services, demoted })
 }

@@ -545,7 +545,6 @@ fn a_dropped_proposal_is_sent_again_after_a_while() {
     assert_eq!(sim.copies_in_log(leader, follower, n), 1);
 }
 
-
 #[test]
 fn a_lost_snapshot_is_sent_again() {
     let mut sim = Sim::bootstrap(10);

@@ -102,19 +102,11 @@ impl StorageError {
     }
 
     fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        StorageError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
+        StorageError::Io { op, path: path.to_owned(), source }
     }
 
     fn durability(op: &'static str, path: &Path, source: io::Error) -> Self {
-        StorageError::Durability {
-            op,
-            path: path.to_owned(),
-            source,
-        }
+        StorageError::Durability { op, path: path.to_owned(), source }
     }
 
     /// Used for every step after the first durable write of a multi-file
@@ -385,10 +377,7 @@ impl DiskStorage {
         let meta = snap.get_metadata();
         let index = meta.index;
         if index < self.first_log_index() {
-            return Err(StorageError::SnapshotOutOfDate {
-                index,
-                first_index: self.first_log_index(),
-            });
+            return Err(StorageError::SnapshotOutOfDate { index, first_index: self.first_log_index() });
         }
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
@@ -425,9 +414,7 @@ impl DiskStorage {
             return Ok(());
         }
         if index < snap_index {
-            return Err(StorageError::Invalid(format!(
-                "compact to {index} is behind the snapshot at {snap_index}"
-            )));
+            return Err(StorageError::Invalid(format!("compact to {index} is behind the snapshot at {snap_index}")));
         }
         if index > self.hard_state.commit || index > self.last_log_index() {
             return Err(StorageError::Invalid(format!(
@@ -439,10 +426,7 @@ impl DiskStorage {
         let offset = (index - self.first_log_index()) as usize;
         let term = self.entries[offset].term;
 
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
+        let mut snap = Snapshot { data: data.into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -455,12 +439,7 @@ impl DiskStorage {
         let rewritten = self.rewrite_log(&log_body).map_err(StorageError::escalate);
         self.guard(rewritten)?;
 
-        tracing::debug!(
-            index,
-            term,
-            log_bytes = self.log_bytes,
-            "compacted raft log"
-        );
+        tracing::debug!(index, term, log_bytes = self.log_bytes, "compacted raft log");
         self.snapshot = snap;
         self.entries.drain(..=offset);
         Ok(())
@@ -545,10 +524,8 @@ impl DiskStorage {
         let written = write_atomic(&self.dir, LOG_FILE, body);
         self.log_bytes = self.guard(written)?;
         let path = self.dir.join(LOG_FILE);
-        let reopened = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| StorageError::durability("open", &path, e));
+        let reopened =
+            OpenOptions::new().append(true).open(&path).map_err(|e| StorageError::durability("open", &path, e));
         self.log = self.guard(reopened)?;
         Ok(())
     }
@@ -556,10 +533,7 @@ impl DiskStorage {
 
 impl raft::Storage for DiskStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.hard_state.clone(),
-            self.conf_state.clone(),
-        ))
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
     }
 
     /// Entries in `[low, high)`, cut to `max_size` bytes the way
@@ -623,9 +597,7 @@ impl raft::Storage for DiskStorage {
         let has_peer = cs.voters.contains(&to) || cs.learners.contains(&to);
         if index == 0 || index < request_index || !has_peer {
             self.snapshot_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())
     }
@@ -654,11 +626,10 @@ fn limited_len(entries: &[Entry], max_size: Option<u64>) -> usize {
 fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     for e in entries {
-        let payload = e
-            .write_to_bytes()
-            .map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| StorageError::Invalid(format!("entry {} too large", e.index)))?;
+        let payload =
+            e.write_to_bytes().map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
+        let len =
+            u32::try_from(payload.len()).map_err(|_| StorageError::Invalid(format!("entry {} too large", e.index)))?;
         let start = buf.len();
         buf.extend_from_slice(&len.to_le_bytes());
         buf.extend_from_slice(&crc32(&payload).to_le_bytes());
@@ -696,17 +667,13 @@ fn replay_log(raw: &[u8]) -> Result<Replay> {
                 )));
             }
         };
-        let entry = Entry::parse_from_bytes(payload).map_err(|e| {
-            StorageError::Corrupt(format!("log record at byte {pos} is not an entry: {e}"))
-        })?;
+        let entry = Entry::parse_from_bytes(payload)
+            .map_err(|e| StorageError::Corrupt(format!("log record at byte {pos} is not an entry: {e}")))?;
         push_replayed(&mut entries, entry)
             .map_err(|msg| StorageError::Corrupt(format!("log record at byte {pos}: {msg}")))?;
         pos += used;
     }
-    Ok(Replay {
-        entries,
-        valid_len: pos,
-    })
+    Ok(Replay { entries, valid_len: pos })
 }
 
 enum BadRecord {
@@ -728,10 +695,7 @@ fn decode_record(rest: &[u8]) -> std::result::Result<(&[u8], usize), BadRecord> 
     if read_u32(&rest[8..12]) != crc32(&rest[0..8]) {
         return Err(BadRecord::Header);
     }
-    let end = RECORD_HEADER_LEN
-        .checked_add(len)
-        .filter(|&end| end <= rest.len())
-        .ok_or(BadRecord::Incomplete)?;
+    let end = RECORD_HEADER_LEN.checked_add(len).filter(|&end| end <= rest.len()).ok_or(BadRecord::Incomplete)?;
     let payload = &rest[RECORD_HEADER_LEN..end];
     if crc32(payload) != payload_crc {
         return Err(BadRecord::Payload { end });
@@ -762,19 +726,13 @@ fn push_replayed(entries: &mut Vec<Entry>, e: Entry) -> std::result::Result<(), 
 
 /// Makes the replayed log start right after the snapshot. An overlap is left
 /// by a crash between writing the snapshot and rewriting the log.
-fn reconcile_with_snapshot(
-    mut entries: Vec<Entry>,
-    snap_index: u64,
-    snap_term: u64,
-) -> Result<Vec<Entry>> {
+fn reconcile_with_snapshot(mut entries: Vec<Entry>, snap_index: u64, snap_term: u64) -> Result<Vec<Entry>> {
     let (first, last) = match (entries.first(), entries.last()) {
         (Some(f), Some(l)) => (f.index, l.index),
         _ => return Ok(entries),
     };
     if first > snap_index + 1 {
-        return Err(StorageError::Corrupt(format!(
-            "log starts at {first} but the snapshot ends at {snap_index}"
-        )));
+        return Err(StorageError::Corrupt(format!("log starts at {first} but the snapshot ends at {snap_index}")));
     }
     if first == snap_index + 1 {
         return Ok(entries);
@@ -840,15 +798,10 @@ fn read_sealed(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         Err(e) => return Err(StorageError::io("read", &path, e)),
     };
     if raw.len() < 5 || read_u32(&raw[0..4]) != crc32(&raw[4..]) {
-        return Err(StorageError::Corrupt(format!(
-            "{name} file fails its checksum"
-        )));
+        return Err(StorageError::Corrupt(format!("{name} file fails its checksum")));
     }
     if raw[4] != FORMAT_VERSION {
-        return Err(StorageError::Corrupt(format!(
-            "{name} file has unknown version {}",
-            raw[4]
-        )));
+        return Err(StorageError::Corrupt(format!("{name} file has unknown version {}", raw[4])));
     }
     Ok(Some(raw[4..].to_vec()))
 }
@@ -856,12 +809,8 @@ fn read_sealed(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
 /// Sealed body: `[version][u64 snapshot index][u32 hs len][HardState][ConfState]`.
 /// The snapshot index is the one this hard state was written after.
 fn encode_hardstate(hs: &HardState, cs: &ConfState, snapshot_index: u64) -> Result<Vec<u8>> {
-    let hs_bytes = hs
-        .write_to_bytes()
-        .map_err(|e| StorageError::Invalid(format!("encode hard state: {e}")))?;
-    let cs_bytes = cs
-        .write_to_bytes()
-        .map_err(|e| StorageError::Invalid(format!("encode conf state: {e}")))?;
+    let hs_bytes = hs.write_to_bytes().map_err(|e| StorageError::Invalid(format!("encode hard state: {e}")))?;
+    let cs_bytes = cs.write_to_bytes().map_err(|e| StorageError::Invalid(format!("encode conf state: {e}")))?;
     let mut contents = sealed_contents(12 + hs_bytes.len() + cs_bytes.len());
     contents.extend_from_slice(&snapshot_index.to_le_bytes());
     contents.extend_from_slice(&(hs_bytes.len() as u32).to_le_bytes());
@@ -875,12 +824,9 @@ fn decode_hardstate(body: &[u8]) -> Result<(HardState, ConfState, u64)> {
     let fixed = body.get(1..13).ok_or_else(|| corrupt("too short"))?;
     let snapshot_index = u64::from_le_bytes(fixed[0..8].try_into().map_err(|_| corrupt("index"))?);
     let hs_len = read_u32(&fixed[8..12]) as usize;
-    let hs_bytes = body
-        .get(13..13 + hs_len)
-        .ok_or_else(|| corrupt("truncated hard state"))?;
+    let hs_bytes = body.get(13..13 + hs_len).ok_or_else(|| corrupt("truncated hard state"))?;
     let hs = HardState::parse_from_bytes(hs_bytes).map_err(|e| corrupt(&e.to_string()))?;
-    let cs =
-        ConfState::parse_from_bytes(&body[13 + hs_len..]).map_err(|e| corrupt(&e.to_string()))?;
+    let cs = ConfState::parse_from_bytes(&body[13 + hs_len..]).map_err(|e| corrupt(&e.to_string()))?;
     Ok((hs, cs, snapshot_index))
 }
 
@@ -888,8 +834,7 @@ fn decode_hardstate(body: &[u8]) -> Result<(HardState, ConfState, u64)> {
 fn encode_snapshot(snap: &Snapshot, origin: SnapshotOrigin) -> Result<Vec<u8>> {
     let mut contents = sealed_contents(1 + snap.compute_size() as usize);
     contents.push(origin as u8);
-    snap.write_to_vec(&mut contents)
-        .map_err(|e| StorageError::Invalid(format!("encode snapshot: {e}")))?;
+    snap.write_to_vec(&mut contents).map_err(|e| StorageError::Invalid(format!("encode snapshot: {e}")))?;
     Ok(seal(contents))
 }
 
@@ -897,31 +842,21 @@ fn decode_snapshot(body: &[u8]) -> Result<(Snapshot, SnapshotOrigin)> {
     let origin = match body.get(1) {
         Some(1) => SnapshotOrigin::Compacted,
         Some(2) => SnapshotOrigin::Received,
-        _ => {
-            return Err(StorageError::Corrupt(
-                "snapshot file: bad origin".to_owned(),
-            ))
-        }
+        _ => return Err(StorageError::Corrupt("snapshot file: bad origin".to_owned())),
     };
-    let snap = Snapshot::parse_from_bytes(&body[2..])
-        .map_err(|e| StorageError::Corrupt(format!("snapshot file: {e}")))?;
+    let snap =
+        Snapshot::parse_from_bytes(&body[2..]).map_err(|e| StorageError::Corrupt(format!("snapshot file: {e}")))?;
     Ok((snap, origin))
 }
 
 fn truncate_file(path: &Path, len: u64) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| StorageError::io("open", path, e))?;
-    f.set_len(len)
-        .map_err(|e| StorageError::io("truncate", path, e))?;
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| StorageError::io("open", path, e))?;
+    f.set_len(len).map_err(|e| StorageError::io("truncate", path, e))?;
     f.sync_all().map_err(|e| StorageError::io("fsync", path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::durability("fsync dir", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::durability("fsync dir", dir, e))
 }
 
 fn read_u32(b: &[u8]) -> u32 {
@@ -937,11 +872,7 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -965,41 +896,23 @@ mod tests {
     use raft::{Config, RawNode, Storage as _};
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        Entry {
-            index,
-            term,
-            data: data.to_vec().into(),
-            ..Default::default()
-        }
+        Entry { index, term, data: data.to_vec().into(), ..Default::default() }
     }
 
     fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
-        range
-            .map(|i| entry(i, term, format!("cmd-{i}").as_bytes()))
-            .collect()
+        range.map(|i| entry(i, term, format!("cmd-{i}").as_bytes())).collect()
     }
 
     fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
-        HardState {
-            term,
-            vote,
-            commit,
-            ..Default::default()
-        }
+        HardState { term, vote, commit, ..Default::default() }
     }
 
     fn voters(ids: &[u64]) -> ConfState {
-        ConfState {
-            voters: ids.to_vec(),
-            ..Default::default()
-        }
+        ConfState { voters: ids.to_vec(), ..Default::default() }
     }
 
     fn snapshot(index: u64, term: u64, data: &[u8], cs: ConfState) -> Snapshot {
-        let mut snap = Snapshot {
-            data: data.to_vec().into(),
-            ..Default::default()
-        };
+        let mut snap = Snapshot { data: data.to_vec().into(), ..Default::default() };
         snap.mut_metadata().index = index;
         snap.mut_metadata().term = term;
         snap.mut_metadata().set_conf_state(cs);
@@ -1008,8 +921,7 @@ mod tests {
 
     fn all_entries(s: &DiskStorage) -> Vec<Entry> {
         let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
-        s.entries(first, last + 1, None, GetEntriesContext::empty(false))
-            .unwrap()
+        s.entries(first, last + 1, None, GetEntriesContext::empty(false)).unwrap()
     }
 
     fn store_err(r: raft::Result<impl std::fmt::Debug>) -> raft::StorageError {
@@ -1038,10 +950,7 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 0);
         assert_eq!(s.term(0).unwrap(), 0);
         assert_eq!(store_err(s.term(1)), raft::StorageError::Unavailable);
-        assert_eq!(
-            store_err(s.snapshot(0, 2)),
-            raft::StorageError::SnapshotTemporarilyUnavailable
-        );
+        assert_eq!(store_err(s.snapshot(0, 2)), raft::StorageError::SnapshotTemporarilyUnavailable);
         assert_eq!(s.snapshot_data(), None);
     }
 
@@ -1122,29 +1031,18 @@ mod tests {
             before = s.disk_bytes();
             assert!(before > 100 * 1024);
 
-            s.compact(80, b"state-at-80".to_vec(), voters(&[1, 2]))
-                .unwrap();
+            s.compact(80, b"state-at-80".to_vec(), voters(&[1, 2])).unwrap();
             assert_eq!(s.first_index().unwrap(), 81);
             assert_eq!(s.last_index().unwrap(), 100);
             assert_eq!(s.term(80).unwrap(), 2);
             assert_eq!(store_err(s.term(79)), raft::StorageError::Compacted);
             let err = store_err(s.entries(80, 90, None, GetEntriesContext::empty(false)));
             assert_eq!(err, raft::StorageError::Compacted);
-            assert!(
-                s.disk_bytes() < before / 3,
-                "{} vs {before}",
-                s.disk_bytes()
-            );
+            assert!(s.disk_bytes() < before / 3, "{} vs {before}", s.disk_bytes());
             // Same index again is a no-op; behind the snapshot or past commit is refused.
             s.compact(80, b"ignored".to_vec(), voters(&[1, 2])).unwrap();
-            assert!(matches!(
-                s.compact(70, vec![], voters(&[1])),
-                Err(StorageError::Invalid(_))
-            ));
-            assert!(matches!(
-                s.compact(90, vec![], voters(&[1])),
-                Err(StorageError::Invalid(_))
-            ));
+            assert!(matches!(s.compact(70, vec![], voters(&[1])), Err(StorageError::Invalid(_))));
+            assert!(matches!(s.compact(90, vec![], voters(&[1])), Err(StorageError::Invalid(_))));
         }
         let file_len = fs::metadata(log_path(dir.path())).unwrap().len();
         assert!(file_len < 21 * 1100, "log file still {file_len} bytes");
@@ -1157,17 +1055,11 @@ mod tests {
             let snap = s.snapshot(0, 2).unwrap();
             assert_eq!(snap.get_metadata().index, 80);
             assert_eq!(snap.get_metadata().get_conf_state(), &voters(&[1, 2]));
-            assert_eq!(
-                store_err(s.snapshot(81, 2)),
-                raft::StorageError::SnapshotTemporarilyUnavailable
-            );
+            assert_eq!(store_err(s.snapshot(81, 2)), raft::StorageError::SnapshotTemporarilyUnavailable);
             s.append(&entries(101..=102, 3)).unwrap();
         }
         let s = DiskStorage::open(dir.path()).unwrap();
-        assert_eq!(
-            (s.first_index().unwrap(), s.last_index().unwrap()),
-            (81, 102)
-        );
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (81, 102));
     }
 
     #[test]
@@ -1195,18 +1087,12 @@ mod tests {
             s.append(&entries(1..=10, 1)).unwrap();
             s.set_hardstate(hard_state(2, 0, 5)).unwrap();
             s.apply_snapshot(snap.clone()).unwrap();
-            assert_eq!(
-                (s.first_index().unwrap(), s.last_index().unwrap()),
-                (21, 20)
-            );
+            assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (21, 20));
             assert_eq!(s.hard_state(), hard_state(3, 0, 20));
         }
         {
             let mut s = DiskStorage::open(dir.path()).unwrap();
-            assert_eq!(
-                (s.first_index().unwrap(), s.last_index().unwrap()),
-                (21, 20)
-            );
+            assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (21, 20));
             assert_eq!(s.term(20).unwrap(), 3);
             assert_eq!(s.hard_state(), hard_state(3, 0, 20));
             assert_eq!(s.conf_state(), voters(&[1, 2, 3]));
@@ -1216,10 +1102,7 @@ mod tests {
             let mut old = snap.clone();
             old.mut_metadata().index = 15;
             let err = s.apply_snapshot(old).unwrap_err();
-            assert!(
-                matches!(err, StorageError::SnapshotOutOfDate { index: 15, .. }),
-                "{err}"
-            );
+            assert!(matches!(err, StorageError::SnapshotOutOfDate { index: 15, .. }), "{err}");
             assert!(!err.is_fatal());
             s.append(&entries(21..=22, 3)).unwrap();
         }
@@ -1291,11 +1174,7 @@ mod tests {
         // Inside the payload, inside the header, and a zero-filled tail.
         let mut zero_tail = full[..full.len() - 3].to_vec();
         zero_tail.extend([0u8; 64]);
-        for bytes in [
-            full[..full.len() - 3].to_vec(),
-            full[..4 * record + 5].to_vec(),
-            zero_tail,
-        ] {
+        for bytes in [full[..full.len() - 3].to_vec(), full[..4 * record + 5].to_vec(), zero_tail] {
             fs::write(&path, &bytes).unwrap();
             {
                 let mut s = DiskStorage::open(dir.path()).unwrap();
@@ -1340,10 +1219,7 @@ mod tests {
         let mid = state.len() / 2;
         state[mid] ^= 0xff;
         fs::write(&state_path, &state).unwrap();
-        assert!(matches!(
-            DiskStorage::open(dir.path()),
-            Err(StorageError::Corrupt(_))
-        ));
+        assert!(matches!(DiskStorage::open(dir.path()), Err(StorageError::Corrupt(_))));
     }
 
     #[test]
@@ -1354,14 +1230,7 @@ mod tests {
         s.append(&ents).unwrap();
         let one = u64::from(ents[0].compute_size());
         let ctx = || GetEntriesContext::empty(false);
-        for max in [
-            None,
-            Some(0),
-            Some(one),
-            Some(one * 3 - 1),
-            Some(one * 3),
-            Some(raft::NO_LIMIT),
-        ] {
+        for max in [None, Some(0), Some(one), Some(one * 3 - 1), Some(one * 3), Some(raft::NO_LIMIT)] {
             let mut expected = ents[2..9].to_vec();
             raft::util::limit_size(&mut expected, max);
             let got = s.entries(3, 10, max, ctx()).unwrap();
@@ -1371,10 +1240,7 @@ mod tests {
         assert_eq!(s.entries(3, 10, one * 3, ctx()).unwrap().len(), 3);
         assert_eq!(s.entries(3, 10, None, ctx()).unwrap().len(), 7);
         assert!(s.entries(4, 4, None, ctx()).unwrap().is_empty());
-        assert_eq!(
-            store_err(s.entries(3, 12, None, ctx())),
-            raft::StorageError::Unavailable
-        );
+        assert_eq!(store_err(s.entries(3, 12, None, ctx())), raft::StorageError::Unavailable);
     }
 
     fn on_ready(node: &mut RawNode<DiskStorage>, applied: &mut Vec<Entry>) {
@@ -1382,9 +1248,7 @@ mod tests {
             let mut rd = node.ready();
             assert!(rd.messages().is_empty(), "single voter sends nothing");
             if !rd.snapshot().is_empty() {
-                node.mut_store()
-                    .apply_snapshot(rd.snapshot().clone())
-                    .unwrap();
+                node.mut_store().apply_snapshot(rd.snapshot().clone()).unwrap();
             }
             applied.extend(rd.take_committed_entries());
             node.mut_store().append(rd.entries()).unwrap();
@@ -1402,13 +1266,7 @@ mod tests {
     }
 
     fn config(applied: u64) -> Config {
-        Config {
-            id: 1,
-            election_tick: 10,
-            heartbeat_tick: 1,
-            applied,
-            ..Default::default()
-        }
+        Config { id: 1, election_tick: 10, heartbeat_tick: 1, applied, ..Default::default() }
     }
 
     fn normal_data(applied: &[Entry]) -> Vec<Vec<u8>> {
@@ -1433,17 +1291,13 @@ mod tests {
             node.campaign().unwrap();
             on_ready(&mut node, &mut applied);
             for i in 0..3 {
-                node.propose(vec![], format!("put {i}").into_bytes())
-                    .unwrap();
+                node.propose(vec![], format!("put {i}").into_bytes()).unwrap();
                 on_ready(&mut node, &mut applied);
             }
         }
         let applied_index = applied.last().unwrap().index;
         assert_eq!(applied_index, 4, "leader's empty entry and three proposals");
-        assert_eq!(
-            normal_data(&applied),
-            [b"put 0".to_vec(), b"put 1".to_vec(), b"put 2".to_vec()]
-        );
+        assert_eq!(normal_data(&applied), [b"put 0".to_vec(), b"put 1".to_vec(), b"put 2".to_vec()]);
 
         // Restart: the log and hard state are back, nothing is handed over again.
         let s = DiskStorage::open(dir.path()).unwrap();
@@ -1464,15 +1318,10 @@ mod tests {
         // Compact what was applied, restart again from the snapshot.
         let last_applied = reapplied.last().unwrap().index;
         let cs = node.store().conf_state();
-        node.mut_store()
-            .compact(last_applied, b"kv: 0..3".to_vec(), cs)
-            .unwrap();
+        node.mut_store().compact(last_applied, b"kv: 0..3".to_vec(), cs).unwrap();
         drop(node);
         let s = DiskStorage::open(dir.path()).unwrap();
-        assert_eq!(
-            s.snapshot_data(),
-            Some((last_applied, 2, b"kv: 0..3".to_vec()))
-        );
+        assert_eq!(s.snapshot_data(), Some((last_applied, 2, b"kv: 0..3".to_vec())));
         assert_eq!(s.first_index().unwrap(), last_applied + 1);
         let mut node = RawNode::new(&config(last_applied), s, &logger).unwrap();
         let mut after = Vec::new();

@@ -42,7 +42,12 @@ impl Transport {
                 let from_store = store.read().addr_of_raft_id(to);
                 from_store.or_else(|| seeds.read().get(&to).copied())
             };
-            net::spawn_sender(self.tls.clone(), lookup, Hello::Raft { from: self.node_id.clone(), raft_id: self.raft_id }, rx);
+            net::spawn_sender(
+                self.tls.clone(),
+                lookup,
+                Hello::Raft { from: self.node_id.clone(), raft_id: self.raft_id },
+                rx,
+            );
             tx
         });
         tx.try_send(Frame::Raft(bytes)).is_ok()

@@ -17,11 +17,7 @@ impl Decide for Scheduler {
         "scheduler"
     }
     fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>) {
-        let views: Vec<NodeView> = store
-            .nodes
-            .values()
-            .map(|n| NodeView::new(n, ctx.live.contains(&n.id)))
-            .collect();
+        let views: Vec<NodeView> = store.nodes.values().map(|n| NodeView::new(n, ctx.live.contains(&n.id))).collect();
         let p = plan::plan(&views, &store.tasks);
         let mut cmds = Vec::new();
         if !p.assign.is_empty() {

@@ -87,11 +87,7 @@ impl Filter for HostPortFilter {
 
 /// The (port, protocol) pairs a task binds on its node.
 pub fn host_ports(task: &Task) -> impl Iterator<Item = (u16, Protocol)> + '_ {
-    task.spec
-        .ports
-        .iter()
-        .filter(|p| p.mode == PublishMode::Host)
-        .filter_map(|p| p.published.map(|n| (n, p.protocol)))
+    task.spec.ports.iter().filter(|p| p.mode == PublishMode::Host).filter_map(|p| p.published.map(|n| (n, p.protocol)))
 }
 
 const PIPELINE: &[&dyn Filter] = &[&ReadyFilter, &AvailabilityFilter, &ConstraintFilter, &HostPortFilter];
@@ -183,8 +179,8 @@ pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
             Err(reason) => {
                 // Propose only what changes: a task already pending for the
                 // same reason needs no new entry in the log.
-                let unchanged = t.status.state == TaskState::Pending
-                    && t.status.err.as_deref() == Some(reason.as_str());
+                let unchanged =
+                    t.status.state == TaskState::Pending && t.status.err.as_deref() == Some(reason.as_str());
                 if !unchanged && explained.insert(t.id.clone()) {
                     out.unplaceable.push((t.id.clone(), reason));
                 }
@@ -297,11 +293,7 @@ mod tests {
         let mut paused = node("n2", Role::Worker);
         paused.availability = Availability::Pause;
         let ns = [node("n1", Role::Manager), paused, node("n3", Role::Worker)];
-        let views = vec![
-            NodeView::new(&ns[0], false),
-            NodeView::new(&ns[1], true),
-            NodeView::new(&ns[2], true),
-        ];
+        let views = vec![NodeView::new(&ns[0], false), NodeView::new(&ns[1], true), NodeView::new(&ns[2], true)];
         let ts = tasks(vec![task("a", 1, None, &[]), task("b", 1, None, &["node.hostname==n1"])]);
         let p = plan(&views, &ts);
         assert_eq!(hosts(&p), ["n3"]);
@@ -335,10 +327,7 @@ mod tests {
         }
         let p = plan(&views, &tasks(list));
         assert_eq!(hosts(&p), ["n1", "n2"]);
-        assert_eq!(
-            p.unplaceable[0].1,
-            "no suitable node (host-mode port already in use on 2 nodes)"
-        );
+        assert_eq!(p.unplaceable[0].1, "no suitable node (host-mode port already in use on 2 nodes)");
     }
 
     #[test]

@@ -55,7 +55,11 @@ fn slot_key(t: &Task) -> (&ServiceId, u64, Option<&NodeId>) {
 /// The page's picture of the store; `nodes` as `/v1/nodes` reports them.
 pub fn snapshot(store: &Store, mut nodes: Vec<NodeInfo>, now: Millis) -> UiState {
     nodes.sort_by(|a, b| {
-        (a.node.role != Role::Manager, &a.node.hostname, &a.node.id).cmp(&(b.node.role != Role::Manager, &b.node.hostname, &b.node.id))
+        (a.node.role != Role::Manager, &a.node.hostname, &a.node.id).cmp(&(
+            b.node.role != Role::Manager,
+            &b.node.hostname,
+            &b.node.id,
+        ))
     });
     let mut newest = HashMap::new();
     for t in store.tasks.values() {
@@ -90,7 +94,8 @@ pub fn diff(prev: &UiState, next: &UiState) -> Option<UiPatch> {
     let before: BTreeMap<&common::TaskId, &UiTask> = prev.tasks.iter().map(|t| (&t.id, t)).collect();
     let upsert: Vec<UiTask> = next.tasks.iter().filter(|t| before.get(&t.id) != Some(t)).cloned().collect();
     let after: BTreeMap<&common::TaskId, ()> = next.tasks.iter().map(|t| (&t.id, ())).collect();
-    let remove: Vec<common::TaskId> = prev.tasks.iter().filter(|t| !after.contains_key(&t.id)).map(|t| t.id.clone()).collect();
+    let remove: Vec<common::TaskId> =
+        prev.tasks.iter().filter(|t| !after.contains_key(&t.id)).map(|t| t.id.clone()).collect();
     let nodes = (prev.nodes != next.nodes).then(|| next.nodes.clone());
     if upsert.is_empty() && remove.is_empty() && nodes.is_none() {
         return None;
@@ -176,7 +181,11 @@ mod tests {
             // Slot 5 failed and waits for its restart: the page shows it.
             task("e-failed", 5, "n1", Failed, Running, 30),
         ]);
-        let nodes = vec![info(node("n3", "node0", Role::Worker)), info(node("n2", "node2", Role::Worker)), info(node("n1", "node1", Role::Manager))];
+        let nodes = vec![
+            info(node("n3", "node0", Role::Worker)),
+            info(node("n2", "node2", Role::Worker)),
+            info(node("n1", "node1", Role::Manager)),
+        ];
         let st = snapshot(&s, nodes, 99);
         assert_eq!(ids(&st), ["a-run", "b-new", "c-stopping", "e-failed"]);
         let hosts: Vec<&str> = st.nodes.iter().map(|n| n.node.hostname.as_str()).collect();
@@ -194,12 +203,18 @@ mod tests {
     #[test]
     fn diff_carries_only_what_changed() {
         use TaskState::*;
-        let mut s = store_with(vec![task("t1", 1, "n1", Assigned, Running, 10), task("t2", 2, "n2", Running, Running, 10)]);
+        let mut s =
+            store_with(vec![task("t1", 1, "n1", Assigned, Running, 10), task("t2", 2, "n2", Running, Running, 10)]);
         let nodes = vec![info(node("n1", "node1", Role::Manager)), info(node("n2", "node2", Role::Worker))];
         let first = snapshot(&s, nodes.clone(), 100);
         assert_eq!(diff(&first, &snapshot(&s, nodes.clone(), 200)), None, "only the time moved");
 
-        let up = |id: &str, state| Command::UpdateTaskStatus(vec![TaskStatusUpdate { task_id: id.into(), status: TaskStatus::new(state, 150, "") }]);
+        let up = |id: &str, state| {
+            Command::UpdateTaskStatus(vec![TaskStatusUpdate {
+                task_id: id.into(),
+                status: TaskStatus::new(state, 150, ""),
+            }])
+        };
         s.apply(up("t1", Running)).unwrap();
         s.apply(Command::SetDesiredState { tasks: vec!["t2".into()], state: Shutdown }).unwrap();
         s.apply(up("t2", Shutdown)).unwrap();
@@ -216,7 +231,11 @@ mod tests {
         let third = snapshot(&s, drained, 300);
         let p = diff(&second, &third).unwrap();
         assert!(p.upsert.is_empty() && p.remove.is_empty());
-        assert_eq!(p.nodes.unwrap()[1].node.availability, common::node::Availability::Drain, "the whole node list, changed");
+        assert_eq!(
+            p.nodes.unwrap()[1].node.availability,
+            common::node::Availability::Drain,
+            "the whole node list, changed"
+        );
     }
 
     #[test]

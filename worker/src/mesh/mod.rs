@@ -109,11 +109,7 @@ pub async fn preflight(path: DataPath, node_id: &NodeId, addr: IpAddr) -> Result
 /// The data path a node should use: `requested`, if it works here (else
 /// the reason it does not); with none requested, the kernel path where it
 /// works (root and nft) and the userspace proxy elsewhere, with a warning.
-pub async fn choose(
-    requested: Option<DataPath>,
-    node_id: &NodeId,
-    addr: IpAddr,
-) -> Result<DataPath, MeshError> {
+pub async fn choose(requested: Option<DataPath>, node_id: &NodeId, addr: IpAddr) -> Result<DataPath, MeshError> {
     match requested {
         Some(path) => preflight(path, node_id, addr).await.map(|()| path),
         None => match preflight(DataPath::Kernel, node_id, addr).await {
@@ -139,13 +135,7 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     pub fn new(node_id: NodeId, addr: IpAddr, data_path: DataPath) -> Self {
-        MeshConfig {
-            node_id,
-            addr,
-            data_path,
-            proxy: ProxyConfig::default(),
-            retry_every: Duration::from_secs(5),
-        }
+        MeshConfig { node_id, addr, data_path, proxy: ProxyConfig::default(), retry_every: Duration::from_secs(5) }
     }
 }
 
@@ -259,10 +249,7 @@ impl MeshProgrammer {
             },
             DataPath::Userspace => Path::Userspace(Proxy::new(config.addr, config.proxy.clone())),
         };
-        let (status_tx, status_rx) = watch::channel(MeshStatus {
-            data_path: config.data_path,
-            ..Default::default()
-        });
+        let (status_tx, status_rx) = watch::channel(MeshStatus { data_path: config.data_path, ..Default::default() });
         let m = metrics();
         let programmer = MeshProgrammer {
             desired: DesiredMesh::empty(config.addr),
@@ -321,9 +308,7 @@ impl MeshProgrammer {
         for c in changes {
             let port = c.port();
             let taken = match (&mut self.path, &c) {
-                (Path::Userspace(proxy), Change::Open { to, .. }) => {
-                    proxy.open(port, to.backends.clone())
-                }
+                (Path::Userspace(proxy), Change::Open { to, .. }) => proxy.open(port, to.backends.clone()),
                 (Path::Userspace(proxy), Change::Retarget { to, .. }) => {
                     proxy.retarget(port, to.backends.clone());
                     Ok(())
@@ -349,22 +334,11 @@ impl MeshProgrammer {
                     ok.push(c);
                 }
                 Err(error) => {
-                    let service = desired
-                        .ports
-                        .get(&port)
-                        .map(|f| f.service.clone())
-                        .unwrap_or_default();
+                    let service = desired.ports.get(&port).map(|f| f.service.clone()).unwrap_or_default();
                     if self.failures.get(&port).map(|f| &f.error) != Some(&error) {
                         tracing::error!(port = %port, service = %service, error = %error, "mesh: cannot serve a published port");
                     }
-                    self.failures.insert(
-                        port,
-                        PortFailure {
-                            port,
-                            service,
-                            error,
-                        },
-                    );
+                    self.failures.insert(port, PortFailure { port, service, error });
                 }
             }
         }
@@ -392,11 +366,7 @@ impl MeshProgrammer {
             return;
         }
         self.busy = true;
-        let closed: Vec<PortKey> = ok
-            .iter()
-            .filter(|c| matches!(c, Change::Close { .. }))
-            .map(Change::port)
-            .collect();
+        let closed: Vec<PortKey> = ok.iter().filter(|c| matches!(c, Change::Close { .. })).map(Change::port).collect();
         let started = Instant::now();
         ctx.wait(
             async move { nft::run(&script).await }
@@ -446,11 +416,7 @@ impl MeshProgrammer {
 
     fn publish(&mut self) {
         let st = self.status();
-        let failed = if st.error.is_some() {
-            self.desired.ports.len()
-        } else {
-            st.failures.len()
-        };
+        let failed = if st.error.is_some() { self.desired.ports.len() } else { st.failures.len() };
         self.ports_gauge.set("programmed", st.programmed as i64);
         self.ports_gauge.set("failed", failed as i64);
         self.status_tx.send_if_modified(|old| {

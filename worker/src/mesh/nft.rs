@@ -68,16 +68,8 @@ pub struct NftTable {
 impl NftTable {
     pub fn for_node(node: &NodeId, addr: IpAddr) -> Self {
         // Node ids are lowercase base 36: already a valid nft identifier.
-        let short: String = node
-            .short()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        NftTable {
-            name: format!("shoal_{short}"),
-            family: if addr.is_ipv4() { "ip" } else { "ip6" },
-            addr,
-        }
+        let short: String = node.short().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        NftTable { name: format!("shoal_{short}"), family: if addr.is_ipv4() { "ip" } else { "ip6" }, addr }
     }
 
     pub fn name(&self) -> &str {
@@ -115,12 +107,7 @@ impl NftTable {
         let mut s = self.teardown();
         let _ = writeln!(s, "table {} {{", self.qualified());
         let _ = writeln!(s, "\tset refused {{\n\t\ttype inet_proto . inet_service");
-        let refused: Vec<String> = mesh
-            .ports
-            .iter()
-            .filter(|(_, f)| f.refuses())
-            .map(|(k, _)| element(*k))
-            .collect();
+        let refused: Vec<String> = mesh.ports.iter().filter(|(_, f)| f.refuses()).map(|(k, _)| element(*k)).collect();
         if !refused.is_empty() {
             let _ = writeln!(s, "\t\telements = {{ {} }}", refused.join(", "));
         }
@@ -130,12 +117,7 @@ impl NftTable {
             if f.refuses() {
                 continue;
             }
-            let _ = writeln!(
-                s,
-                "\tchain {} {{\n\t\t{}\n\t}}",
-                chain(*k),
-                self.dnat_rule(*k, f)
-            );
+            let _ = writeln!(s, "\tchain {} {{\n\t\t{}\n\t}}", chain(*k), self.dnat_rule(*k, f));
             verdicts.push(format!("{} : goto {}", element(*k), chain(*k)));
         }
         s.push_str("\tmap ports {\n\t\ttype inet_proto . inet_service : verdict\n");
@@ -219,12 +201,7 @@ impl NftTable {
     }
 
     fn dnat_rule(&self, k: PortKey, f: &Forward) -> String {
-        let targets: Vec<String> = f
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("{i} : {}", target(b)))
-            .collect();
+        let targets: Vec<String> = f.backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", target(b))).collect();
         format!(
             "meta mark set meta mark | {SNAT_MARK:#x} meta l4proto {} dnat to numgen inc mod {} map {{ {} }}",
             k.protocol,
@@ -261,15 +238,9 @@ pub async fn run(script: &str) -> Result<(), MeshError> {
         .map_err(spawn_error)?;
     if let Some(mut stdin) = child.stdin.take() {
         use tokio::io::AsyncWriteExt;
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| MeshError::Nft(format!("cannot write to nft: {e}")))?;
+        stdin.write_all(script.as_bytes()).await.map_err(|e| MeshError::Nft(format!("cannot write to nft: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| MeshError::Nft(format!("nft did not finish: {e}")))?;
+    let out = child.wait_with_output().await.map_err(|e| MeshError::Nft(format!("nft did not finish: {e}")))?;
     check(out.status.success(), &out.stderr)
 }
 
@@ -283,13 +254,9 @@ pub fn run_blocking(script: &str) -> Result<(), MeshError> {
         .spawn()
         .map_err(spawn_error)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| MeshError::Nft(format!("cannot write to nft: {e}")))?;
+        stdin.write_all(script.as_bytes()).map_err(|e| MeshError::Nft(format!("cannot write to nft: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| MeshError::Nft(format!("nft did not finish: {e}")))?;
+    let out = child.wait_with_output().map_err(|e| MeshError::Nft(format!("nft did not finish: {e}")))?;
     check(out.status.success(), &out.stderr)
 }
 
@@ -323,11 +290,7 @@ pub async fn remove_stale_tables(ours: &NftTable, addr: IpAddr) -> Result<Vec<St
         .await
         .map_err(spawn_error)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let daddr = if addr.is_ipv4() {
-        "ip daddr"
-    } else {
-        "ip6 daddr"
-    };
+    let daddr = if addr.is_ipv4() { "ip daddr" } else { "ip6 daddr" };
     let needle = format!("{daddr} {addr} meta l4proto");
     let mut removed = Vec::new();
     for name in text
@@ -366,10 +329,7 @@ fn check(ok: bool, stderr: &[u8]) -> Result<(), MeshError> {
     let text = String::from_utf8_lossy(stderr);
     // nft prints the failing line and a caret line under it; the first line
     // says what went wrong.
-    let first = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("failed");
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("failed");
     if text.contains("Operation not permitted") {
         return Err(MeshError::Nft(format!(
             "nft: {first} (the kernel mesh needs root or CAP_NET_ADMIN; --mesh userspace does not)"
@@ -401,10 +361,7 @@ mod tests {
     }
 
     fn nft() -> NftTable {
-        NftTable::for_node(
-            &NodeId::from("abcdefghijkl0123456789xyz"),
-            "127.0.0.11".parse().unwrap(),
-        )
+        NftTable::for_node(&NodeId::from("abcdefghijkl0123456789xyz"), "127.0.0.11".parse().unwrap())
     }
 
     #[test]
@@ -420,11 +377,7 @@ mod tests {
     fn a_rebuild_defines_the_whole_table() {
         let mesh = desired(
             &table(&[
-                (
-                    Protocol::Tcp,
-                    8080,
-                    &["127.0.0.12:32768", "127.0.0.13:32769"],
-                ),
+                (Protocol::Tcp, 8080, &["127.0.0.12:32768", "127.0.0.13:32769"]),
                 (Protocol::Udp, 53, &["127.0.0.12:32770"]),
                 (Protocol::Tcp, 9000, &[]),
             ]),
@@ -521,13 +474,7 @@ add element {t} ports {{ udp . 5353 : goto p_udp_5353 }}
         let none = desired(&MeshTable::default(), node);
         let got = nft().update(&des, &diff(&des, &none));
         assert_eq!(got.lines().count(), 1 + 2 * 4, "{got}");
-        assert!(
-            got.starts_with(&format!("delete element {t} ports {{ tcp . 8080 }}\n")),
-            "{got}"
-        );
-        assert!(
-            got.contains(&format!("delete element {t} refused {{ udp . 53 }}\n")),
-            "{got}"
-        );
+        assert!(got.starts_with(&format!("delete element {t} ports {{ tcp . 8080 }}\n")), "{got}");
+        assert!(got.contains(&format!("delete element {t} refused {{ udp . 53 }}\n")), "{got}");
     }
 }

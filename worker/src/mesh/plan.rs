@@ -19,17 +19,11 @@ pub struct PortKey {
 
 impl PortKey {
     pub fn tcp(port: u16) -> Self {
-        PortKey {
-            protocol: Protocol::Tcp,
-            port,
-        }
+        PortKey { protocol: Protocol::Tcp, port }
     }
 
     pub fn udp(port: u16) -> Self {
-        PortKey {
-            protocol: Protocol::Udp,
-            port,
-        }
+        PortKey { protocol: Protocol::Udp, port }
     }
 }
 
@@ -65,10 +59,7 @@ pub struct DesiredMesh {
 
 impl DesiredMesh {
     pub fn empty(addr: IpAddr) -> Self {
-        DesiredMesh {
-            addr,
-            ports: BTreeMap::new(),
-        }
+        DesiredMesh { addr, ports: BTreeMap::new() }
     }
 }
 
@@ -86,9 +77,7 @@ pub enum Change {
 impl Change {
     pub fn port(&self) -> PortKey {
         match self {
-            Change::Open { port, .. } | Change::Retarget { port, .. } | Change::Close { port } => {
-                *port
-            }
+            Change::Open { port, .. } | Change::Retarget { port, .. } | Change::Close { port } => *port,
         }
     }
 }
@@ -103,24 +92,13 @@ impl Change {
 pub fn desired(table: &MeshTable, node_addr: IpAddr) -> DesiredMesh {
     let mut ports = BTreeMap::new();
     for e in &table.entries {
-        let key = PortKey {
-            protocol: e.protocol,
-            port: e.published,
-        };
+        let key = PortKey { protocol: e.protocol, port: e.published };
         ports.entry(key).or_insert_with(|| Forward {
             service: e.service_name.clone(),
-            backends: e
-                .backends
-                .iter()
-                .filter(|b| b.is_ipv4() == node_addr.is_ipv4())
-                .copied()
-                .collect(),
+            backends: e.backends.iter().filter(|b| b.is_ipv4() == node_addr.is_ipv4()).copied().collect(),
         });
     }
-    DesiredMesh {
-        addr: node_addr,
-        ports,
-    }
+    DesiredMesh { addr: node_addr, ports }
 }
 
 /// The changes that turn `current` into `desired`, closes first (so a port
@@ -136,18 +114,9 @@ pub fn diff(current: &DesiredMesh, desired: &DesiredMesh) -> Vec<Change> {
     }
     for (port, to) in &desired.ports {
         match current.ports.get(port) {
-            Some(_) if moved => out.push(Change::Open {
-                port: *port,
-                to: to.clone(),
-            }),
-            None => out.push(Change::Open {
-                port: *port,
-                to: to.clone(),
-            }),
-            Some(was) if was != to => out.push(Change::Retarget {
-                port: *port,
-                to: to.clone(),
-            }),
+            Some(_) if moved => out.push(Change::Open { port: *port, to: to.clone() }),
+            None => out.push(Change::Open { port: *port, to: to.clone() }),
+            Some(was) if was != to => out.push(Change::Retarget { port: *port, to: to.clone() }),
             Some(_) => {}
         }
     }
@@ -218,12 +187,7 @@ mod tests {
     fn desired_takes_every_published_port_in_order() {
         let d = desired(
             &table(vec![
-                entry(
-                    "web",
-                    Protocol::Tcp,
-                    8080,
-                    &["127.0.0.12:32768", "127.0.0.13:32770"],
-                ),
+                entry("web", Protocol::Tcp, 8080, &["127.0.0.12:32768", "127.0.0.13:32770"]),
                 entry("dns", Protocol::Udp, 53, &["127.0.0.12:32771"]),
                 entry("idle", Protocol::Tcp, 9000, &[]),
                 // Same number, other protocol: another port.
@@ -231,20 +195,11 @@ mod tests {
                 // A duplicate cannot win over the first.
                 entry("dup", Protocol::Tcp, 8080, &["127.0.0.99:1"]),
                 // IPv6 backends cannot be reached from an IPv4 node address.
-                entry(
-                    "v6",
-                    Protocol::Tcp,
-                    7000,
-                    &["[::1]:32768", "127.0.0.12:32773"],
-                ),
+                entry("v6", Protocol::Tcp, 7000, &["[::1]:32768", "127.0.0.12:32773"]),
             ]),
             NODE.parse().unwrap(),
         );
-        let got: Vec<String> = d
-            .ports
-            .iter()
-            .map(|(k, f)| format!("{k} {} {:?}", f.service, f.backends))
-            .collect();
+        let got: Vec<String> = d.ports.iter().map(|(k, f)| format!("{k} {} {:?}", f.service, f.backends)).collect();
         assert_eq!(
             got,
             vec![
@@ -264,12 +219,7 @@ mod tests {
         let b = "127.0.0.13:32768";
         let c = "127.0.0.14:32768";
         /// Name, table before, table after, the changes.
-        type Case = (
-            &'static str,
-            Vec<MeshEntry>,
-            Vec<MeshEntry>,
-            Vec<&'static str>,
-        );
+        type Case = (&'static str, Vec<MeshEntry>, Vec<MeshEntry>, Vec<&'static str>);
         let cases: Vec<Case> = vec![
             ("nothing to nothing", vec![], vec![], vec![]),
             (
@@ -278,12 +228,7 @@ mod tests {
                 vec![entry("web", Protocol::Tcp, 8080, &[a, b])],
                 vec!["open 8080/tcp web [127.0.0.12:32768, 127.0.0.13:32768]"],
             ),
-            (
-                "a port is removed",
-                vec![entry("web", Protocol::Tcp, 8080, &[a])],
-                vec![],
-                vec!["close 8080/tcp"],
-            ),
+            ("a port is removed", vec![entry("web", Protocol::Tcp, 8080, &[a])], vec![], vec!["close 8080/tcp"]),
             (
                 "the same table changes nothing",
                 vec![entry("web", Protocol::Tcp, 8080, &[a, b])],
@@ -294,9 +239,7 @@ mod tests {
                 "a backend joins",
                 vec![entry("web", Protocol::Tcp, 8080, &[a, b])],
                 vec![entry("web", Protocol::Tcp, 8080, &[a, b, c])],
-                vec![
-                    "retarget 8080/tcp web [127.0.0.12:32768, 127.0.0.13:32768, 127.0.0.14:32768]",
-                ],
+                vec!["retarget 8080/tcp web [127.0.0.12:32768, 127.0.0.13:32768, 127.0.0.14:32768]"],
             ),
             (
                 "a backend leaves",
@@ -372,21 +315,13 @@ mod tests {
 
     #[test]
     fn a_new_node_address_reopens_every_port() {
-        let t = table(vec![
-            entry("web", Protocol::Tcp, 8080, &["127.0.0.12:1"]),
-            entry("dns", Protocol::Udp, 53, &[]),
-        ]);
+        let t = table(vec![entry("web", Protocol::Tcp, 8080, &["127.0.0.12:1"]), entry("dns", Protocol::Udp, 53, &[])]);
         let cur = desired(&t, "127.0.0.11".parse().unwrap());
         let des = desired(&t, "127.0.0.21".parse().unwrap());
         let got: Vec<String> = diff(&cur, &des).iter().map(render).collect();
         assert_eq!(
             got,
-            vec![
-                "close 8080/tcp",
-                "close 53/udp",
-                "open 8080/tcp web [127.0.0.12:1]",
-                "open 53/udp dns refuse",
-            ]
+            vec!["close 8080/tcp", "close 53/udp", "open 8080/tcp web [127.0.0.12:1]", "open 53/udp dns refuse",]
         );
     }
 }

@@ -103,10 +103,7 @@ pub struct Backends {
 
 impl Backends {
     pub fn new(list: Vec<SocketAddr>) -> Self {
-        Backends {
-            list: RwLock::new(list.into()),
-            next: AtomicUsize::new(0),
-        }
+        Backends { list: RwLock::new(list.into()), next: AtomicUsize::new(0) }
     }
 
     pub fn set(&self, list: Vec<SocketAddr>) {
@@ -159,17 +156,13 @@ enum Exec {
 impl Exec {
     fn start(threads: usize) -> io::Result<(Handle, Exec)> {
         if threads <= 1 {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            std::thread::Builder::new()
-                .name("shoal-mesh-proxy".into())
-                .spawn(move || {
-                    let _ = rt.block_on(stopped);
-                    // Dropping the runtime here ends what still runs on it.
-                })?;
+            std::thread::Builder::new().name("shoal-mesh-proxy".into()).spawn(move || {
+                let _ = rt.block_on(stopped);
+                // Dropping the runtime here ends what still runs on it.
+            })?;
             return Ok((handle, Exec::Thread(Some(stop))));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -239,18 +232,9 @@ impl Proxy {
             Protocol::Tcp => {
                 let listener = listen_tcp(at, self.config.listen_backlog).map_err(in_use)?;
                 let local = listener.local_addr().map_err(in_use)?;
-                let task = self.handle.spawn(serve_tcp(
-                    listener,
-                    shared.clone(),
-                    self.config.clone(),
-                    self.stats.clone(),
-                ));
-                Served {
-                    backends: shared,
-                    task,
-                    flows: None,
-                    local,
-                }
+                let task =
+                    self.handle.spawn(serve_tcp(listener, shared.clone(), self.config.clone(), self.stats.clone()));
+                Served { backends: shared, task, flows: None, local }
             }
             Protocol::Udp => {
                 let sock = std::net::UdpSocket::bind(at).map_err(in_use)?;
@@ -265,12 +249,7 @@ impl Proxy {
                     self.config.clone(),
                     self.stats.clone(),
                 ));
-                Served {
-                    backends: shared,
-                    task,
-                    flows: Some(flows),
-                    local,
-                }
+                Served { backends: shared, task, flows: Some(flows), local }
             }
         };
         self.ports.insert(port, served);
@@ -344,12 +323,7 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-async fn serve_tcp(
-    listener: TcpListener,
-    backends: Arc<Backends>,
-    config: Arc<ProxyConfig>,
-    stats: Arc<ProxyStats>,
-) {
+async fn serve_tcp(listener: TcpListener, backends: Arc<Backends>, config: Arc<ProxyConfig>, stats: Arc<ProxyStats>) {
     let limit = Arc::new(Semaphore::new(config.max_connections));
     loop {
         let (client, peer) = match listener.accept().await {
@@ -442,14 +416,8 @@ async fn forward_tcp(
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let clock = Clock::new();
-    let mut a = Touch {
-        inner: client,
-        clock: &clock,
-    };
-    let mut b = Touch {
-        inner: upstream,
-        clock: &clock,
-    };
+    let mut a = Touch { inner: client, clock: &clock };
+    let mut b = Touch { inner: upstream, clock: &clock };
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, config.buffer, config.buffer) => {
             if let Err(e) = r {
@@ -471,10 +439,7 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        Clock {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
+        Clock { start: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 
     fn touch(&self) {
@@ -485,8 +450,7 @@ impl Clock {
     /// Resolves once nothing touched the clock for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
-            let due =
-                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+            let due = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
             if Instant::now() >= due {
                 return;
             }
@@ -502,11 +466,7 @@ struct Touch<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Touch<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -517,11 +477,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Touch<'_, S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Touch<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -593,22 +549,16 @@ async fn serve_udp(
                 continue;
             }
         };
-        let existing = flows
-            .by_client
-            .lock()
-            .get(&client)
-            .map(|f| (f.upstream.clone(), f.clock.clone()));
+        let existing = flows.by_client.lock().get(&client).map(|f| (f.upstream.clone(), f.clock.clone()));
         let (upstream, clock) = match existing {
             Some(x) => x,
-            None => {
-                match new_flow(&sock, client, local_ip, &backends, &flows, &config, &stats).await {
-                    Some(x) => x,
-                    None => {
-                        stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
+            None => match new_flow(&sock, client, local_ip, &backends, &flows, &config, &stats).await {
+                Some(x) => x,
+                None => {
+                    stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-            }
+            },
         };
         clock.touch();
         if let Err(e) = upstream.send(&buf[..n]).await {
@@ -661,16 +611,7 @@ async fn new_flow(
         config.udp_idle,
         stats.clone(),
     ));
-    flows.by_client.lock().insert(
-        client,
-        Flow {
-            backend,
-            upstream: upstream.clone(),
-            clock: clock.clone(),
-            task,
-            id,
-        },
-    );
+    flows.by_client.lock().insert(client, Flow { backend, upstream: upstream.clone(), clock: clock.clone(), task, id });
     stats.udp_flows.fetch_add(1, Ordering::Relaxed);
     Some((upstream, clock))
 }

@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, PortBinding, PortMap,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, PortBinding, PortMap};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
@@ -24,8 +21,8 @@ use common::task::Task;
 use common::wire::LogLine;
 
 use super::{
-    container_name, parse_rfc3339_ms, split_timestamp, task_labels, ContainerInfo, ContainerState,
-    EventStream, LogStream, Runtime, RuntimeError, LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
+    container_name, parse_rfc3339_ms, split_timestamp, task_labels, ContainerInfo, ContainerState, EventStream,
+    LogStream, Runtime, RuntimeError, LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
 };
 
 /// How many containers `list` inspects at once.
@@ -52,11 +49,7 @@ impl DockerRuntime {
 
     pub async fn with_client(docker: Docker) -> Result<Self, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(DockerRuntime {
-            docker,
-            host_ip: None,
-            inspected: Mutex::new(HashMap::new()),
-        })
+        Ok(DockerRuntime { docker, host_ip: None, inspected: Mutex::new(HashMap::new()) })
     }
 
     /// Publishes task ports on `ip` (the node's advertise address) instead
@@ -90,30 +83,18 @@ impl DockerRuntime {
         if let Some(hit) = self.cache().get(&key) {
             return Ok(Some(hit.clone()));
         }
-        let info = match self
-            .docker
-            .inspect_container(&id, None)
-            .await
-            .map_err(map_err)
-        {
+        let info = match self.docker.inspect_container(&id, None).await.map_err(map_err) {
             Ok(i) => i,
             Err(RuntimeError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         let state = info.state.unwrap_or_default();
-        let current = state
-            .status
-            .map(|s| ContainerState::parse(s.as_ref()))
-            .unwrap_or(listed);
+        let current = state.status.map(|s| ContainerState::parse(s.as_ref())).unwrap_or(listed);
         let out = ContainerInfo {
             container_id: id,
             task_id,
             state: current,
-            exit_code: if current.has_exited() {
-                state.exit_code
-            } else {
-                None
-            },
+            exit_code: if current.has_exited() { state.exit_code } else { None },
             started_at: state.started_at.as_deref().and_then(parse_rfc3339_ms),
             finished_at: if current.has_exited() {
                 state.finished_at.as_deref().and_then(parse_rfc3339_ms)
@@ -121,11 +102,7 @@ impl DockerRuntime {
                 None
             },
             stop_grace_ms: grace,
-            ports: info
-                .network_settings
-                .and_then(|n| n.ports)
-                .map(|p| host_ports(&p))
-                .unwrap_or_default(),
+            ports: info.network_settings.and_then(|n| n.ports).map(|p| host_ports(&p)).unwrap_or_default(),
         };
         self.cache().insert(key, out.clone());
         Ok(Some(out))
@@ -140,25 +117,12 @@ fn has_tag_or_digest(image: &str) -> bool {
 
 fn map_err(e: BollardError) -> RuntimeError {
     match e {
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            message,
-        } => RuntimeError::NotFound(message),
-        BollardError::DockerResponseServerError {
-            status_code: 409,
-            message,
-        } => RuntimeError::Conflict(message),
-        BollardError::DockerResponseServerError {
-            status_code,
-            message,
-        } => RuntimeError::Docker {
-            status: status_code,
-            message,
-        },
-        BollardError::DockerStreamError { error } => RuntimeError::Docker {
-            status: 500,
-            message: error,
-        },
+        BollardError::DockerResponseServerError { status_code: 404, message } => RuntimeError::NotFound(message),
+        BollardError::DockerResponseServerError { status_code: 409, message } => RuntimeError::Conflict(message),
+        BollardError::DockerResponseServerError { status_code, message } => {
+            RuntimeError::Docker { status: status_code, message }
+        }
+        BollardError::DockerStreamError { error } => RuntimeError::Docker { status: 500, message: error },
         e @ (BollardError::RequestTimeoutError
         | BollardError::IOError { .. }
         | BollardError::HyperResponseError { .. }
@@ -183,10 +147,7 @@ fn port_bindings(task: &Task, host_ip: Option<IpAddr>) -> PortMap {
             PublishMode::Ingress => None,
             PublishMode::Host => pc.published.map(|p| p.to_string()),
         };
-        let binding = PortBinding {
-            host_ip: host_ip.map(|ip| ip.to_string()),
-            host_port,
-        };
+        let binding = PortBinding { host_ip: host_ip.map(|ip| ip.to_string()), host_port };
         map.entry(port_key(pc.protocol, pc.target))
             .or_insert_with(|| Some(Vec::new()))
             .get_or_insert_with(Vec::new)
@@ -205,15 +166,8 @@ fn host_ports(map: &PortMap) -> Vec<HostPort> {
             let (target, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
             let protocol: Protocol = proto.parse().ok()?;
             let target: u16 = target.parse().ok()?;
-            let host_port = bindings
-                .iter()
-                .flatten()
-                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
-            Some(HostPort {
-                protocol,
-                target,
-                host_port,
-            })
+            let host_port = bindings.iter().flatten().find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
+            Some(HostPort { protocol, target, host_port })
         })
         .collect();
     out.sort();
@@ -247,9 +201,7 @@ fn check_host_ports(task: &Task, host_ip: Option<IpAddr>) -> Result<(), RuntimeE
 }
 
 fn port_in_use(protocol: Protocol, addr: SocketAddr) -> RuntimeError {
-    RuntimeError::PortInUse(format!(
-        "host port {addr}/{protocol} is already in use on this node"
-    ))
+    RuntimeError::PortInUse(format!("host port {addr}/{protocol} is already in use on this node"))
 }
 
 /// Docker's words for a host port it could not bind ("port is already
@@ -276,13 +228,8 @@ fn container_body(node: &NodeId, task: &Task, host_ip: Option<IpAddr>) -> Contai
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(spec.env.clone()),
         labels: Some(task_labels(node, task)),
-        exposed_ports: (!task.spec.ports.is_empty()).then(|| {
-            task.spec
-                .ports
-                .iter()
-                .map(|pc| port_key(pc.protocol, pc.target))
-                .collect()
-        }),
+        exposed_ports: (!task.spec.ports.is_empty())
+            .then(|| task.spec.ports.iter().map(|pc| port_key(pc.protocol, pc.target)).collect()),
         // So that a hand-run `docker stop` honours the service's grace too.
         stop_timeout: Some(grace_secs(spec.stop_grace_ms) as i64),
         host_config: Some(HostConfig {
@@ -305,9 +252,7 @@ impl Runtime for DockerRuntime {
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => return Err(map_err(e)),
         }
         tracing::info!(image, "pulling image");
@@ -315,18 +260,11 @@ impl Runtime for DockerRuntime {
         if !has_tag_or_digest(image) {
             opts = opts.tag("latest");
         }
-        let pulled: Result<Vec<_>, _> = self
-            .docker
-            .create_image(Some(opts.build()), None, None)
-            .try_collect()
-            .await;
+        let pulled: Result<Vec<_>, _> = self.docker.create_image(Some(opts.build()), None, None).try_collect().await;
         match pulled.map_err(map_err) {
             Ok(_) => Ok(()),
             Err(e @ RuntimeError::Unavailable(_)) => Err(e),
-            Err(e) => Err(RuntimeError::Image {
-                image: image.to_string(),
-                message: e.message(),
-            }),
+            Err(e) => Err(RuntimeError::Image { image: image.to_string(), message: e.message() }),
         }
     }
 
@@ -342,35 +280,21 @@ impl Runtime for DockerRuntime {
         for w in created.warnings.iter().filter(|w| !w.is_empty()) {
             tracing::warn!(container = %name, warning = %w, "docker warning on create");
         }
-        match self
-            .docker
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await
-            .map_err(map_err)
-        {
+        match self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(map_err) {
             Ok(()) => Ok(created.id),
             // Lost a race for a host port to someone else: say which port
             // and why, and do not retry (the port stays taken).
-            Err(RuntimeError::Docker { message, .. }) if is_port_conflict(&message) => {
-                Err(RuntimeError::PortInUse(format!(
-                    "a host port of this task is already in use on this node: {message}"
-                )))
-            }
+            Err(RuntimeError::Docker { message, .. }) if is_port_conflict(&message) => Err(RuntimeError::PortInUse(
+                format!("a host port of this task is already in use on this node: {message}"),
+            )),
             Err(e) => Err(e),
         }
     }
 
     async fn list(&self, node: &NodeId) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={node}")])]);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(map_err)?;
+        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let summaries = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
         let wanted: Vec<_> = summaries
             .into_iter()
             .filter_map(|s| {
@@ -379,16 +303,12 @@ impl Runtime for DockerRuntime {
                 // Carries our node label but no task: not ours to judge.
                 let task_id = TaskId::from(labels.get(LABEL_TASK)?.as_str());
                 let grace = labels.get(LABEL_STOP_GRACE).and_then(|g| g.parse().ok());
-                let state = s
-                    .state
-                    .map(|st| ContainerState::parse(st.as_ref()))
-                    .unwrap_or(ContainerState::Unknown);
+                let state = s.state.map(|st| ContainerState::parse(st.as_ref())).unwrap_or(ContainerState::Unknown);
                 Some((id, task_id, state, grace))
             })
             .collect();
         // Forget inspections of containers that are gone.
-        self.cache()
-            .retain(|(id, _), _| wanted.iter().any(|(w, ..)| w == id));
+        self.cache().retain(|(id, _), _| wanted.iter().any(|(w, ..)| w == id));
         let out = futures::stream::iter(wanted)
             .map(|(id, task, state, grace)| self.inspect(id, task, state, grace))
             .buffer_unordered(INSPECT_CONCURRENCY)
@@ -403,44 +323,19 @@ impl Runtime for DockerRuntime {
         let opts = StopContainerOptionsBuilder::new().t(t).build();
         // Docker answers only once the container has stopped: allow the
         // whole grace plus slack, whatever the client's usual timeout.
-        let docker = self
-            .docker
-            .clone()
-            .with_timeout(Duration::from_secs(t as u64 + 60));
-        docker
-            .stop_container(container_id, Some(opts))
-            .await
-            .map_err(map_err)
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(t as u64 + 60));
+        docker.stop_container(container_id, Some(opts)).await.map_err(map_err)
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
-        let opts = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        self.docker
-            .remove_container(container_id, Some(opts))
-            .await
-            .map_err(map_err)
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        self.docker.remove_container(container_id, Some(opts)).await.map_err(map_err)
     }
 
-    fn logs(
-        &self,
-        task_id: &TaskId,
-        container_id: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> LogStream {
-        let tail = tail
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "all".to_string());
-        let opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .follow(follow)
-            .tail(&tail)
-            .build();
+    fn logs(&self, task_id: &TaskId, container_id: &str, follow: bool, tail: Option<u64>) -> LogStream {
+        let tail = tail.map(|n| n.to_string()).unwrap_or_else(|| "all".to_string());
+        let opts =
+            LogsOptionsBuilder::new().stdout(true).stderr(true).timestamps(true).follow(follow).tail(&tail).build();
         let task_id = task_id.clone();
         self.docker
             .logs(container_id, Some(opts))
@@ -452,11 +347,7 @@ impl Runtime for DockerRuntime {
                         .map(|l| {
                             let l = l.strip_suffix('\r').unwrap_or(l);
                             let (ts, line) = split_timestamp(l);
-                            Ok(LogLine {
-                                task_id: task_id.clone(),
-                                timestamp: ts.to_string(),
-                                line: line.to_string(),
-                            })
+                            Ok(LogLine { task_id: task_id.clone(), timestamp: ts.to_string(), line: line.to_string() })
                         })
                         .collect();
                     futures::stream::iter(lines)
@@ -468,16 +359,10 @@ impl Runtime for DockerRuntime {
     }
 
     fn events(&self, node: &NodeId) -> EventStream {
-        let filters = HashMap::from([
-            ("type", vec!["container".to_string()]),
-            ("label", vec![format!("{LABEL_NODE}={node}")]),
-        ]);
+        let filters =
+            HashMap::from([("type", vec!["container".to_string()]), ("label", vec![format!("{LABEL_NODE}={node}")])]);
         let opts = EventsOptionsBuilder::new().filters(&filters).build();
-        self.docker
-            .events(Some(opts))
-            .map_ok(|_| ())
-            .map_err(map_err)
-            .boxed()
+        self.docker.events(Some(opts)).map_ok(|_| ()).map_err(map_err).boxed()
     }
 }
 
@@ -513,10 +398,7 @@ mod tests {
         let ip: IpAddr = "127.0.0.11".parse().unwrap();
         let map = port_bindings(&t, Some(ip));
         let b = |host_port: Option<&str>| {
-            Some(vec![PortBinding {
-                host_ip: Some("127.0.0.11".into()),
-                host_port: host_port.map(String::from),
-            }])
+            Some(vec![PortBinding { host_ip: Some("127.0.0.11".into()), host_port: host_port.map(String::from) }])
         };
         assert_eq!(map.len(), 3);
         assert_eq!(map["80/tcp"], b(None));
@@ -534,10 +416,7 @@ mod tests {
 
     #[test]
     fn host_ports_are_read_from_the_inspected_port_map() {
-        let bind = |ip: &str, port: &str| PortBinding {
-            host_ip: Some(ip.into()),
-            host_port: Some(port.into()),
-        };
+        let bind = |ip: &str, port: &str| PortBinding { host_ip: Some(ip.into()), host_port: Some(port.into()) };
         let map = PortMap::from([
             ("80/tcp".to_string(), Some(vec![bind("0.0.0.0", "32768"), bind("::", "32768")])),
             ("53/udp".to_string(), Some(vec![bind("127.0.0.11", "32769")])),
@@ -560,16 +439,15 @@ mod tests {
         let port = held.local_addr().expect("addr").port();
         let t = task_with_ports(&[&format!("published={port},target=80,mode=host")]);
         let err = check_host_ports(&t, Some("127.0.0.1".parse().unwrap())).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("host port 127.0.0.1:{port}/tcp is already in use on this node")
-        );
+        assert_eq!(err.to_string(), format!("host port 127.0.0.1:{port}/tcp is already in use on this node"));
         assert!(!err.is_retryable());
         // Ingress ports are ephemeral: nothing to check.
         let t = task_with_ports(&[&format!("{port}:80")]);
         assert!(check_host_ports(&t, Some("127.0.0.1".parse().unwrap())).is_ok());
         assert!(is_port_conflict("driver failed programming external connectivity on endpoint x: Bind for 127.0.0.11:8080 failed: port is already allocated"));
-        assert!(is_port_conflict("Error starting userland proxy: listen tcp4 127.0.0.11:8080: bind: address already in use"));
+        assert!(is_port_conflict(
+            "Error starting userland proxy: listen tcp4 127.0.0.11:8080: bind: address already in use"
+        ));
     }
 
     #[test]

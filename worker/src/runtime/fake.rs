@@ -17,8 +17,8 @@ use common::time::now_ms;
 use common::wire::LogLine;
 
 use super::{
-    container_name, task_labels, ContainerInfo, ContainerState, EventStream, LogStream, Runtime,
-    RuntimeError, LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
+    container_name, task_labels, ContainerInfo, ContainerState, EventStream, LogStream, Runtime, RuntimeError,
+    LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
 };
 
 /// One call the supervisor made, for assertions.
@@ -198,11 +198,7 @@ impl FakeRuntime {
         let mut st = self.lock();
         if let Some(c) = st.containers.get_mut(container_id) {
             let task_id = TaskId::from(c.labels.get(LABEL_TASK).cloned().unwrap_or_default());
-            c.logs.push(LogLine {
-                task_id,
-                timestamp: timestamp.into(),
-                line: line.into(),
-            });
+            c.logs.push(LogLine { task_id, timestamp: timestamp.into(), line: line.into() });
         }
     }
 }
@@ -218,10 +214,7 @@ impl State {
                 (PublishMode::Host, Some(p)) => {
                     let in_use = self.occupied.contains(&(pc.protocol, p))
                         || self.containers.values().any(|c| {
-                            c.state.is_live()
-                                && c.ports
-                                    .iter()
-                                    .any(|h| h.protocol == pc.protocol && h.host_port == p)
+                            c.state.is_live() && c.ports.iter().any(|h| h.protocol == pc.protocol && h.host_port == p)
                         });
                     if in_use {
                         return Err(RuntimeError::PortInUse(format!(
@@ -236,11 +229,7 @@ impl State {
                     self.next_port
                 }
             };
-            out.push(HostPort {
-                protocol: pc.protocol,
-                target: pc.target,
-                host_port,
-            });
+            out.push(HostPort { protocol: pc.protocol, target: pc.target, host_port });
         }
         out.sort();
         Ok(out)
@@ -275,15 +264,10 @@ impl Runtime for FakeRuntime {
         }
         let name = container_name(task);
         if st.containers.values().any(|c| c.name == name) {
-            return Err(RuntimeError::Conflict(format!(
-                "the container name \"/{name}\" is already in use"
-            )));
+            return Err(RuntimeError::Conflict(format!("the container name \"/{name}\" is already in use")));
         }
         if !st.images.contains(&task.spec.image) {
-            return Err(RuntimeError::NotFound(format!(
-                "No such image: {}",
-                task.spec.image
-            )));
+            return Err(RuntimeError::NotFound(format!("No such image: {}", task.spec.image)));
         }
         let ports = st.bind_ports(task)?;
         st.next_id += 1;
@@ -294,11 +278,7 @@ impl Runtime for FakeRuntime {
             name,
             labels: task_labels(node, task),
             image: task.spec.image.clone(),
-            state: if failed_start.is_some() {
-                ContainerState::Created
-            } else {
-                ContainerState::Running
-            },
+            state: if failed_start.is_some() { ContainerState::Created } else { ContainerState::Running },
             exit_code: None,
             started_at: failed_start.is_none().then(now_ms),
             finished_at: None,
@@ -341,12 +321,9 @@ impl Runtime for FakeRuntime {
 
     async fn stop(&self, container_id: &str, grace_ms: u64) -> Result<(), RuntimeError> {
         let mut st = self.lock();
-        st.calls
-            .push(Call::Stop(container_id.to_string(), grace_ms));
+        st.calls.push(Call::Stop(container_id.to_string(), grace_ms));
         let Some(c) = st.containers.get_mut(container_id) else {
-            return Err(RuntimeError::NotFound(format!(
-                "No such container: {container_id}"
-            )));
+            return Err(RuntimeError::NotFound(format!("No such container: {container_id}")));
         };
         if c.state.is_live() {
             // Like `sleep` as PID 1: ignores SIGTERM, so the grace runs out.
@@ -369,19 +346,11 @@ impl Runtime for FakeRuntime {
                 self.notify(&c);
                 Ok(())
             }
-            None => Err(RuntimeError::NotFound(format!(
-                "No such container: {container_id}"
-            ))),
+            None => Err(RuntimeError::NotFound(format!("No such container: {container_id}"))),
         }
     }
 
-    fn logs(
-        &self,
-        _task_id: &TaskId,
-        container_id: &str,
-        _follow: bool,
-        tail: Option<u64>,
-    ) -> LogStream {
+    fn logs(&self, _task_id: &TaskId, container_id: &str, _follow: bool, tail: Option<u64>) -> LogStream {
         let lines = match self.lock().containers.get(container_id) {
             Some(c) => c.logs.clone(),
             None => {

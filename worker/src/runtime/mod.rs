@@ -47,10 +47,7 @@ pub fn task_labels(node: &NodeId, task: &Task) -> HashMap<String, String> {
         (LABEL_SERVICE_NAME.to_string(), task.service_name.clone()),
         (LABEL_TASK.to_string(), task.id.to_string()),
         (LABEL_SLOT.to_string(), task.slot.to_string()),
-        (
-            LABEL_STOP_GRACE.to_string(),
-            task.spec.stop_grace_ms.to_string(),
-        ),
+        (LABEL_STOP_GRACE.to_string(), task.spec.stop_grace_ms.to_string()),
     ])
 }
 
@@ -83,10 +80,7 @@ impl ContainerState {
 
     /// A process exists (or is about to again): stopping it means something.
     pub fn is_live(self) -> bool {
-        matches!(
-            self,
-            ContainerState::Running | ContainerState::Paused | ContainerState::Restarting
-        )
+        matches!(self, ContainerState::Running | ContainerState::Paused | ContainerState::Restarting)
     }
 
     /// Ran and ended.
@@ -200,13 +194,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// stdout and stderr of one task's container, each line with Docker's
     /// timestamp split off. `tail`: the last N lines; `None` for all.
-    fn logs(
-        &self,
-        task_id: &TaskId,
-        container_id: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> LogStream;
+    fn logs(&self, task_id: &TaskId, container_id: &str, follow: bool, tail: Option<u64>) -> LogStream;
 
     /// Change notifications for containers labelled with `node`.
     fn events(&self, node: &NodeId) -> EventStream;
@@ -224,11 +212,7 @@ pub fn split_timestamp(line: &str) -> (&str, &str) {
 
 fn looks_like_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[..4].iter().all(u8::is_ascii_digit)
+    b.len() >= 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[..4].iter().all(u8::is_ascii_digit)
 }
 
 /// Parses an RFC 3339 time (`2024-05-01T12:00:00.123456789Z`, or with a
@@ -249,10 +233,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<Millis> {
         let (t, z) = rest.split_at(pos);
         let sign = if z.starts_with('-') { -1 } else { 1 };
         let (zh, zm) = z[1..].split_once(':')?;
-        (
-            t,
-            sign * (zh.parse::<i64>().ok()? * 60 + zm.parse::<i64>().ok()?),
-        )
+        (t, sign * (zh.parse::<i64>().ok()? * 60 + zm.parse::<i64>().ok()?))
     };
     let (hms, frac) = match time.split_once('.') {
         Some((hms, f)) => (hms, f),
@@ -297,28 +278,16 @@ mod tests {
             split_timestamp("2024-05-01T12:00:00.123456789Z hello world"),
             ("2024-05-01T12:00:00.123456789Z", "hello world")
         );
-        assert_eq!(
-            split_timestamp("2024-05-01T12:00:00.1Z "),
-            ("2024-05-01T12:00:00.1Z", "")
-        );
-        assert_eq!(
-            split_timestamp("2024-05-01T12:00:00.1Z"),
-            ("2024-05-01T12:00:00.1Z", "")
-        );
+        assert_eq!(split_timestamp("2024-05-01T12:00:00.1Z "), ("2024-05-01T12:00:00.1Z", ""));
+        assert_eq!(split_timestamp("2024-05-01T12:00:00.1Z"), ("2024-05-01T12:00:00.1Z", ""));
         assert_eq!(split_timestamp("no stamp here"), ("", "no stamp here"));
     }
 
     #[test]
     fn rfc3339_parses_to_millis() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01Z"), Some(1000));
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T12:34:56.789123456Z"),
-            Some(1_714_566_896_789)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T14:34:56.789+02:00"),
-            Some(1_714_566_896_789)
-        );
+        assert_eq!(parse_rfc3339_ms("2024-05-01T12:34:56.789123456Z"), Some(1_714_566_896_789));
+        assert_eq!(parse_rfc3339_ms("2024-05-01T14:34:56.789+02:00"), Some(1_714_566_896_789));
         assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339_ms(""), None);
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
@@ -327,28 +296,9 @@ mod tests {
     #[test]
     fn retryable_errors() {
         assert!(RuntimeError::Unavailable("eof".into()).is_retryable());
-        assert!(RuntimeError::Docker {
-            status: 500,
-            message: "x".into()
-        }
-        .is_retryable());
-        assert!(!RuntimeError::Docker {
-            status: 400,
-            message: "x".into()
-        }
-        .is_retryable());
-        assert!(!RuntimeError::Image {
-            image: "a".into(),
-            message: "b".into()
-        }
-        .is_retryable());
-        assert_eq!(
-            RuntimeError::Image {
-                image: "a".into(),
-                message: "b".into()
-            }
-            .to_string(),
-            "No such image: a: b"
-        );
+        assert!(RuntimeError::Docker { status: 500, message: "x".into() }.is_retryable());
+        assert!(!RuntimeError::Docker { status: 400, message: "x".into() }.is_retryable());
+        assert!(!RuntimeError::Image { image: "a".into(), message: "b".into() }.is_retryable());
+        assert_eq!(RuntimeError::Image { image: "a".into(), message: "b".into() }.to_string(), "No such image: a: b");
     }
 }

@@ -44,16 +44,9 @@ const BACKOFF_MAX_MS: Millis = 30_000;
 pub enum Event {
     /// From the dispatcher: `full` replaces the assignment set; otherwise
     /// `tasks` are upserted and `removed` dropped.
-    Assigned {
-        full: bool,
-        tasks: Vec<Task>,
-        removed: Vec<TaskId>,
-    },
+    Assigned { full: bool, tasks: Vec<Task>, removed: Vec<TaskId> },
     /// A container list, asked for when [`SupervisorCore::ticket`] was `ticket`.
-    Observed {
-        ticket: u64,
-        containers: Vec<ContainerInfo>,
-    },
+    Observed { ticket: u64, containers: Vec<ContainerInfo> },
     /// An operation started by an [`Action`] finished.
     Done { task_id: TaskId, outcome: Outcome },
     /// Time passed (retries come due).
@@ -95,17 +88,9 @@ pub enum Action {
     /// Create and start the task's container.
     Start(Task),
     /// Stop: SIGTERM, then SIGKILL after `grace_ms`.
-    Stop {
-        task_id: TaskId,
-        container_id: String,
-        grace_ms: u64,
-    },
+    Stop { task_id: TaskId, container_id: String, grace_ms: u64 },
     /// Stop first (with this grace) if `Some`, then remove by force.
-    Remove {
-        task_id: TaskId,
-        container_id: String,
-        stop_grace_ms: Option<u64>,
-    },
+    Remove { task_id: TaskId, container_id: String, stop_grace_ms: Option<u64> },
     /// Send this status to the dispatcher.
     Report(TaskStatusUpdate),
 }
@@ -190,11 +175,7 @@ impl SupervisorCore {
     pub fn step(&mut self, event: Event, now: Millis) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Assigned {
-                full,
-                tasks,
-                removed,
-            } => self.on_assigned(full, tasks, removed, &mut out),
+            Event::Assigned { full, tasks, removed } => self.on_assigned(full, tasks, removed, &mut out),
             Event::Observed { ticket, containers } => self.on_observed(ticket, containers),
             Event::Done { task_id, outcome } => self.on_done(task_id, outcome, now, &mut out),
             Event::Tick => {}
@@ -203,13 +184,7 @@ impl SupervisorCore {
         out
     }
 
-    fn on_assigned(
-        &mut self,
-        full: bool,
-        tasks: Vec<Task>,
-        removed: Vec<TaskId>,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_assigned(&mut self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>, out: &mut Vec<Action>) {
         if full {
             self.full_seen = true;
             self.assigned.clear();
@@ -226,10 +201,7 @@ impl SupervisorCore {
             for (id, task) in &self.assigned {
                 if let Some(st) = self.local.get(id).and_then(|l| l.reported.as_ref()) {
                     if task.status.state.can_advance_to(st.state) {
-                        out.push(Action::Report(TaskStatusUpdate {
-                            task_id: id.clone(),
-                            status: st.clone(),
-                        }));
+                        out.push(Action::Report(TaskStatusUpdate { task_id: id.clone(), status: st.clone() }));
                     }
                 }
             }
@@ -244,9 +216,8 @@ impl SupervisorCore {
         for c in containers {
             // Names are unique per task, so two containers for one task mean
             // someone else made one; prefer the live one.
-            let keep_old = by_task
-                .get(&c.task_id)
-                .is_some_and(|old: &ContainerInfo| old.state.is_live() || !c.state.is_live());
+            let keep_old =
+                by_task.get(&c.task_id).is_some_and(|old: &ContainerInfo| old.state.is_live() || !c.state.is_live());
             if !keep_old {
                 by_task.insert(c.task_id.clone(), c);
             }
@@ -255,8 +226,7 @@ impl SupervisorCore {
     }
 
     fn on_done(&mut self, task_id: TaskId, outcome: Outcome, now: Millis, out: &mut Vec<Action>) {
-        let touches_containers =
-            !matches!(outcome, Outcome::Prepared | Outcome::PrepareFailed { .. });
+        let touches_containers = !matches!(outcome, Outcome::Prepared | Outcome::PrepareFailed { .. });
         if touches_containers {
             self.ops_done += 1;
         }
@@ -288,8 +258,7 @@ impl SupervisorCore {
                 if retryable && l.attempts + 1 < MAX_ATTEMPTS {
                     backoff(l, now);
                 } else {
-                    let mut st =
-                        TaskStatus::new(TaskState::Failed, now, "starting container failed");
+                    let mut st = TaskStatus::new(TaskState::Failed, now, "starting container failed");
                     st.err = Some(err);
                     self.report(&task_id, st, out);
                 }
@@ -319,10 +288,7 @@ impl SupervisorCore {
             return;
         }
         l.reported = Some(status.clone());
-        out.push(Action::Report(TaskStatusUpdate {
-            task_id: task_id.clone(),
-            status,
-        }));
+        out.push(Action::Report(TaskStatusUpdate { task_id: task_id.clone(), status }));
     }
 
     fn reconcile(&mut self, now: Millis, out: &mut Vec<Action>) {
@@ -337,11 +303,7 @@ impl SupervisorCore {
             if local.busy.is_some() || ticket < local.fence {
                 continue;
             }
-            let container = self
-                .observed
-                .as_ref()
-                .and_then(|o| o.by_task.get(id))
-                .cloned();
+            let container = self.observed.as_ref().and_then(|o| o.by_task.get(id)).cloned();
             let task = self.assigned[id].clone();
             if task.desired_state.is_terminal() {
                 self.shut_down(&task, container, now, out);
@@ -355,33 +317,16 @@ impl SupervisorCore {
             let strays: Vec<ContainerInfo> = self
                 .observed
                 .as_ref()
-                .map(|o| {
-                    o.by_task
-                        .values()
-                        .filter(|c| !self.assigned.contains_key(&c.task_id))
-                        .cloned()
-                        .collect()
-                })
+                .map(|o| o.by_task.values().filter(|c| !self.assigned.contains_key(&c.task_id)).cloned().collect())
                 .unwrap_or_default();
             for c in strays {
                 let l = self.local.entry(c.task_id.clone()).or_default();
-                if l.busy.is_some()
-                    || ticket < l.fence
-                    || now < l.retry_at
-                    || c.state == ContainerState::Removing
-                {
+                if l.busy.is_some() || ticket < l.fence || now < l.retry_at || c.state == ContainerState::Removing {
                     continue;
                 }
                 l.busy = Some(Op::Remove);
-                let grace = c
-                    .state
-                    .is_live()
-                    .then(|| c.stop_grace_ms.unwrap_or(DEFAULT_STOP_GRACE_MS));
-                out.push(Action::Remove {
-                    task_id: c.task_id,
-                    container_id: c.container_id,
-                    stop_grace_ms: grace,
-                });
+                let grace = c.state.is_live().then(|| c.stop_grace_ms.unwrap_or(DEFAULT_STOP_GRACE_MS));
+                out.push(Action::Remove { task_id: c.task_id, container_id: c.container_id, stop_grace_ms: grace });
             }
         }
 
@@ -396,13 +341,7 @@ impl SupervisorCore {
         });
     }
 
-    fn shut_down(
-        &mut self,
-        task: &Task,
-        container: Option<ContainerInfo>,
-        now: Millis,
-        out: &mut Vec<Action>,
-    ) {
+    fn shut_down(&mut self, task: &Task, container: Option<ContainerInfo>, now: Millis, out: &mut Vec<Action>) {
         let l = self.local.entry(task.id.clone()).or_default();
         match container {
             Some(c) if c.state.is_live() => {
@@ -477,11 +416,7 @@ impl SupervisorCore {
                 // clear it away; the next round creates it afresh.
                 if now >= local.retry_at {
                     self.local.entry(id.clone()).or_default().busy = Some(Op::Remove);
-                    out.push(Action::Remove {
-                        task_id: id.clone(),
-                        container_id: c.container_id,
-                        stop_grace_ms: None,
-                    });
+                    out.push(Action::Remove { task_id: id.clone(), container_id: c.container_id, stop_grace_ms: None });
                 }
             }
             Some(_) => {} // removing, unknown: wait for a clearer picture
@@ -496,24 +431,12 @@ impl SupervisorCore {
                     return;
                 }
                 if local.prepared {
-                    self.report(
-                        id,
-                        TaskStatus::new(TaskState::Starting, now, "starting"),
-                        out,
-                    );
+                    self.report(id, TaskStatus::new(TaskState::Starting, now, "starting"), out);
                     self.local.entry(id.clone()).or_default().busy = Some(Op::Start);
                     out.push(Action::Start(task.clone()));
                 } else {
-                    self.report(
-                        id,
-                        TaskStatus::new(TaskState::Accepted, now, "accepted"),
-                        out,
-                    );
-                    self.report(
-                        id,
-                        TaskStatus::new(TaskState::Preparing, now, "preparing"),
-                        out,
-                    );
+                    self.report(id, TaskStatus::new(TaskState::Accepted, now, "accepted"), out);
+                    self.report(id, TaskStatus::new(TaskState::Preparing, now, "preparing"), out);
                     self.local.entry(id.clone()).or_default().busy = Some(Op::Prepare);
                     out.push(Action::Prepare(task.clone()));
                 }
@@ -524,19 +447,13 @@ impl SupervisorCore {
 
 /// The state reports must move forward from.
 fn floor(task: &Task, l: &Local) -> TaskState {
-    let mine = l
-        .reported
-        .as_ref()
-        .map(|s| s.state)
-        .unwrap_or(TaskState::New);
+    let mine = l.reported.as_ref().map(|s| s.state).unwrap_or(TaskState::New);
     task.status.state.max(mine)
 }
 
 fn backoff(l: &mut Local, now: Millis) {
     l.attempts += 1;
-    let delay = BACKOFF_BASE_MS
-        .saturating_mul(1 << l.attempts.min(16))
-        .min(BACKOFF_MAX_MS);
+    let delay = BACKOFF_BASE_MS.saturating_mul(1 << l.attempts.min(16)).min(BACKOFF_MAX_MS);
     l.retry_at = now + delay;
 }
 
@@ -611,21 +528,9 @@ mod tests {
         match a {
             Action::Prepare(t) => format!("prepare {}", t.id),
             Action::Start(t) => format!("start {}", t.id),
-            Action::Stop {
-                container_id,
-                grace_ms,
-                ..
-            } => format!("stop {container_id} grace={grace_ms}"),
-            Action::Remove {
-                container_id,
-                stop_grace_ms: None,
-                ..
-            } => format!("remove {container_id}"),
-            Action::Remove {
-                container_id,
-                stop_grace_ms: Some(g),
-                ..
-            } => format!("remove {container_id} stop={g}"),
+            Action::Stop { container_id, grace_ms, .. } => format!("stop {container_id} grace={grace_ms}"),
+            Action::Remove { container_id, stop_grace_ms: None, .. } => format!("remove {container_id}"),
+            Action::Remove { container_id, stop_grace_ms: Some(g), .. } => format!("remove {container_id} stop={g}"),
             Action::Report(u) => {
                 let mut s = format!("report {} {}", u.task_id.as_str(), u.status.state);
                 if let Some(c) = &u.status.container_id {
@@ -653,25 +558,13 @@ mod tests {
         let mut out = Vec::new();
         for s in steps {
             let ev = match s {
-                Full(tasks) => Event::Assigned {
-                    full: true,
-                    tasks,
-                    removed: vec![],
-                },
-                Delta(tasks, removed) => Event::Assigned {
-                    full: false,
-                    tasks,
-                    removed: removed.into_iter().map(TaskId::from).collect(),
-                },
-                Observe(containers) => Event::Observed {
-                    ticket: core.ticket(),
-                    containers,
-                },
+                Full(tasks) => Event::Assigned { full: true, tasks, removed: vec![] },
+                Delta(tasks, removed) => {
+                    Event::Assigned { full: false, tasks, removed: removed.into_iter().map(TaskId::from).collect() }
+                }
+                Observe(containers) => Event::Observed { ticket: core.ticket(), containers },
                 ObserveStale(ticket, containers) => Event::Observed { ticket, containers },
-                Done(id, outcome) => Event::Done {
-                    task_id: TaskId::from(id),
-                    outcome,
-                },
+                Done(id, outcome) => Event::Done { task_id: TaskId::from(id), outcome },
                 Tick(t) => {
                     now = t;
                     Event::Tick
@@ -683,20 +576,14 @@ mod tests {
     }
 
     fn started(cid: &str) -> Outcome {
-        Outcome::Started {
-            container_id: cid.into(),
-        }
+        Outcome::Started { container_id: cid.into() }
     }
 
     #[test]
     fn reconcile_table() {
         let t1 = || task("t1", Running, Assigned);
         let cases: Vec<(&str, Vec<S>, Vec<&str>)> = vec![
-            (
-                "nothing happens before the first container list",
-                vec![Full(vec![t1()])],
-                vec![],
-            ),
+            ("nothing happens before the first container list", vec![Full(vec![t1()])], vec![]),
             (
                 "a new task goes accepted, preparing, starting, running",
                 vec![
@@ -752,12 +639,7 @@ mod tests {
             ),
             (
                 "one operation per task at a time",
-                vec![
-                    Full(vec![t1()]),
-                    Observe(vec![]),
-                    Observe(vec![]),
-                    Tick(5_000),
-                ],
+                vec![Full(vec![t1()]), Observe(vec![]), Observe(vec![]), Tick(5_000)],
                 vec!["report t1 accepted", "report t1 preparing", "prepare t1"],
             ),
             (
@@ -767,10 +649,7 @@ mod tests {
                     Observe(vec![]),
                     Done(
                         "t1",
-                        Outcome::PrepareFailed {
-                            err: "pull access denied for shoal/nope".into(),
-                            retryable: false,
-                        },
+                        Outcome::PrepareFailed { err: "pull access denied for shoal/nope".into(), retryable: false },
                     ),
                     Observe(vec![]),
                 ],
@@ -786,22 +665,11 @@ mod tests {
                 vec![
                     Full(vec![t1()]),
                     Observe(vec![]),
-                    Done(
-                        "t1",
-                        Outcome::PrepareFailed {
-                            err: "eof".into(),
-                            retryable: true,
-                        },
-                    ),
+                    Done("t1", Outcome::PrepareFailed { err: "eof".into(), retryable: true }),
                     Tick(1_500),
                     Tick(2_000),
                 ],
-                vec![
-                    "report t1 accepted",
-                    "report t1 preparing",
-                    "prepare t1",
-                    "prepare t1",
-                ],
+                vec!["report t1 accepted", "report t1 preparing", "prepare t1", "prepare t1"],
             ),
             (
                 "a create/start error fails the task",
@@ -809,28 +677,14 @@ mod tests {
                     Full(vec![task("t1", Running, Preparing)]),
                     Observe(vec![]),
                     Done("t1", Outcome::Prepared),
-                    Done(
-                        "t1",
-                        Outcome::StartFailed {
-                            err: "invalid mount".into(),
-                            retryable: false,
-                        },
-                    ),
+                    Done("t1", Outcome::StartFailed { err: "invalid mount".into(), retryable: false }),
                     Observe(vec![]),
                 ],
-                vec![
-                    "prepare t1",
-                    "report t1 starting",
-                    "start t1",
-                    "report t1 failed err=invalid mount",
-                ],
+                vec!["prepare t1", "report t1 starting", "start t1", "report t1 failed err=invalid mount"],
             ),
             (
                 "exit 0 completes",
-                vec![
-                    Full(vec![task("t1", Running, Running)]),
-                    Observe(vec![ctr("t1", "c1", Exited, Some(0))]),
-                ],
+                vec![Full(vec![task("t1", Running, Running)]), Observe(vec![ctr("t1", "c1", Exited, Some(0))])],
                 vec!["report t1 complete cid=c1"],
             ),
             (
@@ -878,18 +732,12 @@ mod tests {
             ),
             (
                 "a running container is adopted, not recreated",
-                vec![
-                    Full(vec![task("t1", Running, Running)]),
-                    Observe(vec![ctr("t1", "c1", Live, None)]),
-                ],
+                vec![Full(vec![task("t1", Running, Running)]), Observe(vec![ctr("t1", "c1", Live, None)])],
                 vec![],
             ),
             (
                 "adopting a task the manager saw starting reports it running",
-                vec![
-                    Full(vec![task("t1", Running, Starting)]),
-                    Observe(vec![ctr("t1", "c1", Live, None)]),
-                ],
+                vec![Full(vec![task("t1", Running, Starting)]), Observe(vec![ctr("t1", "c1", Live, None)])],
                 vec!["report t1 running cid=c1"],
             ),
             (
@@ -900,25 +748,16 @@ mod tests {
             (
                 "containers of unassigned tasks are left alone until a full set arrives",
                 vec![
-                    Observe(vec![
-                        ctr("gone", "c9", Live, None),
-                        ctr("t1", "c1", Live, None),
-                    ]),
+                    Observe(vec![ctr("gone", "c9", Live, None), ctr("t1", "c1", Live, None)]),
                     Delta(vec![task("t1", Running, Running)], vec![]),
-                    Observe(vec![
-                        ctr("gone", "c9", Live, None),
-                        ctr("t1", "c1", Live, None),
-                    ]),
+                    Observe(vec![ctr("gone", "c9", Live, None), ctr("t1", "c1", Live, None)]),
                     Full(vec![task("t1", Running, Running)]),
                 ],
                 vec!["remove c9 stop=3000"],
             ),
             (
                 "an exited unassigned container is removed without a stop",
-                vec![
-                    Full(vec![]),
-                    Observe(vec![ctr("gone", "c9", Exited, Some(0))]),
-                ],
+                vec![Full(vec![]), Observe(vec![ctr("gone", "c9", Exited, Some(0))])],
                 vec!["remove c9"],
             ),
             (
@@ -944,12 +783,7 @@ mod tests {
                     ObserveStale(0, vec![]),
                     Observe(vec![ctr("t1", "c1", Live, None)]),
                 ],
-                vec![
-                    "prepare t1",
-                    "report t1 starting",
-                    "start t1",
-                    "report t1 running cid=c1",
-                ],
+                vec!["prepare t1", "report t1 starting", "start t1", "report t1 running cid=c1"],
             ),
             (
                 "a container created but never started is cleared and made again",
@@ -993,12 +827,7 @@ mod tests {
                     Delta(vec![task("t1", Shutdown, Preparing)], vec![]),
                     Done("t1", Outcome::Prepared),
                 ],
-                vec![
-                    "report t1 accepted",
-                    "report t1 preparing",
-                    "prepare t1",
-                    "report t1 shutdown",
-                ],
+                vec!["report t1 accepted", "report t1 preparing", "prepare t1", "report t1 shutdown"],
             ),
         ];
         for (name, steps, want) in cases {
@@ -1010,23 +839,11 @@ mod tests {
     fn retryable_failures_give_up_after_max_attempts() {
         let mut steps = vec![Full(vec![task("t1", Running, Assigned)]), Observe(vec![])];
         for i in 0..MAX_ATTEMPTS as u64 {
-            steps.push(Done(
-                "t1",
-                Outcome::PrepareFailed {
-                    err: "eof".into(),
-                    retryable: true,
-                },
-            ));
+            steps.push(Done("t1", Outcome::PrepareFailed { err: "eof".into(), retryable: true }));
             steps.push(Tick(1_000 + (i + 1) * BACKOFF_MAX_MS));
         }
         let out = run(steps);
-        assert_eq!(
-            out.iter().filter(|a| *a == "prepare t1").count(),
-            MAX_ATTEMPTS as usize
-        );
-        assert_eq!(
-            out.last().map(String::as_str),
-            Some("report t1 rejected err=eof")
-        );
+        assert_eq!(out.iter().filter(|a| *a == "prepare t1").count(), MAX_ATTEMPTS as usize);
+        assert_eq!(out.last().map(String::as_str), Some("report t1 rejected err=eof"));
     }
 }

@@ -85,11 +85,7 @@ pub struct TaskSupervisor {
 }
 
 impl TaskSupervisor {
-    pub fn new(
-        node_id: NodeId,
-        runtime: Arc<dyn Runtime>,
-        status_tx: UnboundedSender<TaskStatusUpdate>,
-    ) -> Self {
+    pub fn new(node_id: NodeId, runtime: Arc<dyn Runtime>, status_tx: UnboundedSender<TaskStatusUpdate>) -> Self {
         Self::with_config(node_id, runtime, status_tx, SupervisorConfig::default())
     }
 
@@ -147,10 +143,7 @@ impl TaskSupervisor {
                 self.spawn_op(ctx, task.id, async move {
                     match rt.ensure_image(&image).await {
                         Ok(()) => Outcome::Prepared,
-                        Err(e) => Outcome::PrepareFailed {
-                            err: e.message(),
-                            retryable: e.is_retryable(),
-                        },
+                        Err(e) => Outcome::PrepareFailed { err: e.message(), retryable: e.is_retryable() },
                     }
                 });
             }
@@ -160,18 +153,11 @@ impl TaskSupervisor {
                 self.spawn_op(ctx, id, async move {
                     match rt.create_and_start(&node, &task).await {
                         Ok(container_id) => Outcome::Started { container_id },
-                        Err(e) => Outcome::StartFailed {
-                            err: e.message(),
-                            retryable: e.is_retryable(),
-                        },
+                        Err(e) => Outcome::StartFailed { err: e.message(), retryable: e.is_retryable() },
                     }
                 });
             }
-            Action::Stop {
-                task_id,
-                container_id,
-                grace_ms,
-            } => {
+            Action::Stop { task_id, container_id, grace_ms } => {
                 self.spawn_op(ctx, task_id, async move {
                     match rt.stop(&container_id, grace_ms).await {
                         Ok(()) | Err(RuntimeError::NotFound(_)) => Outcome::Stopped,
@@ -179,11 +165,7 @@ impl TaskSupervisor {
                     }
                 });
             }
-            Action::Remove {
-                task_id,
-                container_id,
-                stop_grace_ms,
-            } => {
+            Action::Remove { task_id, container_id, stop_grace_ms } => {
                 self.spawn_op(ctx, task_id, async move {
                     if let Some(grace) = stop_grace_ms {
                         match rt.stop(&container_id, grace).await {
@@ -202,12 +184,7 @@ impl TaskSupervisor {
 
     /// Runs one runtime operation beside the actor; its outcome goes back
     /// into the core, and the containers are listed again.
-    fn spawn_op(
-        &mut self,
-        ctx: &mut Context<Self>,
-        task_id: TaskId,
-        op: impl Future<Output = Outcome> + 'static,
-    ) {
+    fn spawn_op(&mut self, ctx: &mut Context<Self>, task_id: TaskId, op: impl Future<Output = Outcome> + 'static) {
         ctx.spawn(op.into_actor(self).map(move |outcome, act, ctx| {
             tracing::debug!(task = %task_id, ?outcome, "operation done");
             act.step(Event::Done { task_id, outcome }, ctx);
@@ -288,19 +265,8 @@ impl Handler<Assign> for TaskSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Assign, ctx: &mut Self::Context) {
-        let Assign {
-            full,
-            tasks,
-            removed,
-        } = msg;
-        self.step(
-            Event::Assigned {
-                full,
-                tasks,
-                removed,
-            },
-            ctx,
-        );
+        let Assign { full, tasks, removed } = msg;
+        self.step(Event::Assigned { full, tasks, removed }, ctx);
     }
 }
 
@@ -319,10 +285,7 @@ impl Handler<Logs> for TaskSupervisor {
     fn handle(&mut self, msg: Logs, _ctx: &mut Self::Context) -> Self::Result {
         let rt = self.runtime.clone();
         let node = self.node_id.clone();
-        let known = self
-            .core
-            .container_of(&msg.task_id)
-            .map(|c| c.container_id.clone());
+        let known = self.core.container_of(&msg.task_id).map(|c| c.container_id.clone());
         Box::pin(async move {
             let container_id = match known {
                 Some(id) => id,
@@ -334,10 +297,7 @@ impl Handler<Logs> for TaskSupervisor {
                     .find(|c| c.task_id == msg.task_id)
                     .map(|c| c.container_id)
                     .ok_or_else(|| {
-                        RuntimeError::NotFound(format!(
-                            "task {} has no container on this node",
-                            msg.task_id
-                        ))
+                        RuntimeError::NotFound(format!("task {} has no container on this node", msg.task_id))
                     })?,
             };
             Ok(rt.logs(&msg.task_id, &container_id, msg.follow, msg.tail))
@@ -368,24 +328,14 @@ mod tests {
             "created_at": 0
         }))
         .expect("a minimal task");
-        t.spec = TaskTemplate {
-            stop_grace_ms: 1_000,
-            restart: RestartPolicy::default(),
-            ..t.spec
-        };
+        t.spec = TaskTemplate { stop_grace_ms: 1_000, restart: RestartPolicy::default(), ..t.spec };
         t.desired_state = desired;
         t
     }
 
-    fn start(
-        node: &NodeId,
-        rt: &Arc<FakeRuntime>,
-    ) -> (Addr<TaskSupervisor>, UnboundedReceiver<TaskStatusUpdate>) {
+    fn start(node: &NodeId, rt: &Arc<FakeRuntime>) -> (Addr<TaskSupervisor>, UnboundedReceiver<TaskStatusUpdate>) {
         let (tx, rx) = unbounded_channel();
-        let config = SupervisorConfig {
-            poll_every: Duration::from_millis(200),
-            ..Default::default()
-        };
+        let config = SupervisorConfig { poll_every: Duration::from_millis(200), ..Default::default() };
         let addr = TaskSupervisor::with_config(node.clone(), rt.clone(), tx, config).start();
         (addr, rx)
     }
@@ -428,35 +378,21 @@ mod tests {
         let rt = Arc::new(FakeRuntime::new().with_image(IMAGE));
         let (addr, mut rx) = start(&node, &rt);
         let t = task(TaskState::Running);
-        addr.do_send(Assign {
-            full: true,
-            tasks: vec![t.clone()],
-            removed: vec![],
-        });
+        addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
 
         let seen = wait_state(&mut rx, &t.id, TaskState::Running).await;
         let states: Vec<_> = seen.iter().map(|s| s.state).collect();
         use TaskState::*;
         assert_eq!(states, vec![Accepted, Preparing, Starting, Running]);
-        let cid = seen
-            .last()
-            .and_then(|s| s.container_id.clone())
-            .expect("container id");
+        let cid = seen.last().and_then(|s| s.container_id.clone()).expect("container id");
         assert_eq!(rt.container_of(&t.id).map(|c| c.id), Some(cid.clone()));
 
         rt.exit(&cid, 137);
-        let failed = wait_state(&mut rx, &t.id, Failed)
-            .await
-            .pop()
-            .expect("failed");
+        let failed = wait_state(&mut rx, &t.id, Failed).await.pop().expect("failed");
         assert_eq!(failed.exit_code, Some(137));
         assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (137)"));
         // Never restarted.
-        let creates = rt
-            .calls()
-            .iter()
-            .filter(|c| matches!(c, Call::CreateAndStart(_)))
-            .count();
+        let creates = rt.calls().iter().filter(|c| matches!(c, Call::CreateAndStart(_))).count();
         assert_eq!(creates, 1);
     }
 
@@ -467,21 +403,12 @@ mod tests {
         let rt = Arc::new(FakeRuntime::new().with_image(IMAGE));
         let (addr, mut rx) = start(&node, &rt);
         let mut web = task(TaskState::Running);
-        web.spec.ports = vec![
-            "8080:80".parse().expect("port"),
-            "published=9000,target=90,mode=host".parse().expect("port"),
-        ];
+        web.spec.ports =
+            vec!["8080:80".parse().expect("port"), "published=9000,target=90,mode=host".parse().expect("port")];
         let mut clash = task(TaskState::Running);
         clash.spec.ports = vec!["published=9000,target=90,mode=host".parse().expect("port")];
-        addr.do_send(Assign {
-            full: true,
-            tasks: vec![web.clone()],
-            removed: vec![],
-        });
-        let running = wait_state(&mut rx, &web.id, TaskState::Running)
-            .await
-            .pop()
-            .expect("running");
+        addr.do_send(Assign { full: true, tasks: vec![web.clone()], removed: vec![] });
+        let running = wait_state(&mut rx, &web.id, TaskState::Running).await.pop().expect("running");
         assert_eq!(
             running.ports,
             vec![
@@ -490,25 +417,11 @@ mod tests {
             ]
         );
 
-        addr.do_send(Assign {
-            full: false,
-            tasks: vec![clash.clone()],
-            removed: vec![],
-        });
-        let failed = wait_state(&mut rx, &clash.id, TaskState::Failed)
-            .await
-            .pop()
-            .expect("failed");
-        assert_eq!(
-            failed.err.as_deref(),
-            Some("host port 9000/tcp is already in use on this node")
-        );
+        addr.do_send(Assign { full: false, tasks: vec![clash.clone()], removed: vec![] });
+        let failed = wait_state(&mut rx, &clash.id, TaskState::Failed).await.pop().expect("failed");
+        assert_eq!(failed.err.as_deref(), Some("host port 9000/tcp is already in use on this node"));
         // Not retried: the port stays taken.
-        let creates = rt
-            .calls()
-            .iter()
-            .filter(|c| **c == Call::CreateAndStart(clash.id.clone()))
-            .count();
+        let creates = rt.calls().iter().filter(|c| **c == Call::CreateAndStart(clash.id.clone())).count();
         assert_eq!(creates, 1);
     }
 
@@ -519,18 +432,13 @@ mod tests {
         let (addr, mut rx) = start(&node, &rt);
         let mut t = task(TaskState::Running);
         t.spec.image = "shoal/nope:latest".into();
-        addr.do_send(Assign {
-            full: true,
-            tasks: vec![t.clone()],
-            removed: vec![],
-        });
-        let rejected = wait_state(&mut rx, &t.id, TaskState::Rejected)
-            .await
-            .pop()
-            .expect("rejected");
+        addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
+        let rejected = wait_state(&mut rx, &t.id, TaskState::Rejected).await.pop().expect("rejected");
         assert_eq!(
             rejected.err.as_deref(),
-            Some("No such image: shoal/nope:latest: pull access denied for shoal/nope:latest, repository does not exist")
+            Some(
+                "No such image: shoal/nope:latest: pull access denied for shoal/nope:latest, repository does not exist"
+            )
         );
     }
 
@@ -543,23 +451,12 @@ mod tests {
         let (addr, mut rx) = start(&node, &rt);
         let t = task(TaskState::Running);
         for _ in 0..5 {
-            addr.do_send(Assign {
-                full: true,
-                tasks: vec![t.clone()],
-                removed: vec![],
-            });
+            addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
         }
         wait_state(&mut rx, &t.id, TaskState::Preparing).await;
         // Several polls go by while the pull hangs.
-        wait_for("a few lists", || {
-            rt.calls().iter().filter(|c| **c == Call::List).count() >= 4
-        })
-        .await;
-        let pulls = rt
-            .calls()
-            .iter()
-            .filter(|c| matches!(c, Call::EnsureImage(_)))
-            .count();
+        wait_for("a few lists", || rt.calls().iter().filter(|c| **c == Call::List).count() >= 4).await;
+        let pulls = rt.calls().iter().filter(|c| matches!(c, Call::EnsureImage(_))).count();
         assert_eq!(pulls, 1);
         rt.hold_pulls(false);
         wait_state(&mut rx, &t.id, TaskState::Running).await;
@@ -571,22 +468,11 @@ mod tests {
         let rt = Arc::new(FakeRuntime::new().with_image(IMAGE));
         let (addr, mut rx) = start(&node, &rt);
         let mut t = task(TaskState::Running);
-        addr.do_send(Assign {
-            full: true,
-            tasks: vec![t.clone()],
-            removed: vec![],
-        });
-        let cid = wait_state(&mut rx, &t.id, TaskState::Running)
-            .await
-            .pop()
-            .and_then(|s| s.container_id);
+        addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
+        let cid = wait_state(&mut rx, &t.id, TaskState::Running).await.pop().and_then(|s| s.container_id);
         t.desired_state = TaskState::Shutdown;
         t.status.state = TaskState::Running;
-        addr.do_send(Assign {
-            full: false,
-            tasks: vec![t.clone()],
-            removed: vec![],
-        });
+        addr.do_send(Assign { full: false, tasks: vec![t.clone()], removed: vec![] });
         wait_state(&mut rx, &t.id, TaskState::Shutdown).await;
         assert!(rt.calls().contains(&Call::Stop(cid.expect("cid"), 1_000)));
     }
@@ -603,29 +489,15 @@ mod tests {
 
         let (addr, mut rx) = start(&node, &rt);
         // Before any full set, a delta must not cost the stray its life.
-        addr.do_send(Assign {
-            full: false,
-            tasks: vec![kept.clone()],
-            removed: vec![],
-        });
-        wait_for("a few lists", || {
-            rt.calls().iter().filter(|c| **c == Call::List).count() >= 3
-        })
-        .await;
+        addr.do_send(Assign { full: false, tasks: vec![kept.clone()], removed: vec![] });
+        wait_for("a few lists", || rt.calls().iter().filter(|c| **c == Call::List).count() >= 3).await;
         assert_eq!(rt.containers().len(), 2);
 
-        addr.do_send(Assign {
-            full: true,
-            tasks: vec![kept.clone()],
-            removed: vec![],
-        });
+        addr.do_send(Assign { full: true, tasks: vec![kept.clone()], removed: vec![] });
         wait_for("the stray to go", || rt.containers().len() == 1).await;
         assert_eq!(rt.containers()[0].id, kept_cid);
         assert!(rt.calls().contains(&Call::Stop(stray_cid.clone(), 1_000)));
-        assert!(!rt
-            .calls()
-            .iter()
-            .any(|c| matches!(c, Call::CreateAndStart(_))));
+        assert!(!rt.calls().iter().any(|c| matches!(c, Call::CreateAndStart(_))));
         // Adopted as it was: nothing new to say about it.
         assert!(rx.try_recv().is_err());
     }
@@ -640,11 +512,7 @@ mod tests {
         rt.push_log(&cid, "2024-05-01T12:00:00.000000002Z", "two");
         let (addr, _rx) = start(&node, &rt);
         let lines: Vec<_> = addr
-            .send(Logs {
-                task_id: t.id.clone(),
-                follow: false,
-                tail: Some(1),
-            })
+            .send(Logs { task_id: t.id.clone(), follow: false, tail: Some(1) })
             .await
             .expect("mailbox")
             .expect("logs")
@@ -652,14 +520,7 @@ mod tests {
             .await;
         let lines: Vec<_> = lines.into_iter().map(|l| l.expect("line").line).collect();
         assert_eq!(lines, vec!["two"]);
-        let missing = addr
-            .send(Logs {
-                task_id: TaskId::random(),
-                follow: false,
-                tail: None,
-            })
-            .await
-            .expect("mailbox");
+        let missing = addr.send(Logs { task_id: TaskId::random(), follow: false, tail: None }).await.expect("mailbox");
         assert!(matches!(missing, Err(RuntimeError::NotFound(_))));
     }
 }

@@ -54,11 +54,7 @@ pub async fn tcp_backend(name: &str, ip: IpAddr) -> TcpBackend {
             });
         }
     });
-    TcpBackend {
-        name: name.to_string(),
-        addr,
-        task,
-    }
+    TcpBackend { name: name.to_string(), addr, task }
 }
 
 /// A UDP server that answers every datagram with `name`.
@@ -87,11 +83,7 @@ pub async fn udp_backend(name: &str, ip: IpAddr) -> UdpBackend {
             let _ = sock.send_to(n.as_bytes(), from).await;
         }
     });
-    UdpBackend {
-        name: name.to_string(),
-        addr,
-        task,
-    }
+    UdpBackend { name: name.to_string(), addr, task }
 }
 
 /// Connects and reads the backend's name.
@@ -140,23 +132,15 @@ where
 pub async fn names(at: SocketAddr, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(
-            which(at)
-                .await
-                .unwrap_or_else(|e| panic!("connect {at}: {e}")),
-        );
+        out.push(which(at).await.unwrap_or_else(|e| panic!("connect {at}: {e}")));
     }
     out
 }
 
 /// `got` goes round `backends` in order, from wherever it starts.
 pub fn assert_round_robin(got: &[String], backends: &[&str]) {
-    let start = backends
-        .iter()
-        .position(|b| *b == got[0])
-        .unwrap_or_else(|| panic!("{} is not a backend: {got:?}", got[0]));
-    let want: Vec<String> = (0..got.len())
-        .map(|i| backends[(start + i) % backends.len()].to_string())
-        .collect();
+    let start =
+        backends.iter().position(|b| *b == got[0]).unwrap_or_else(|| panic!("{} is not a backend: {got:?}", got[0]));
+    let want: Vec<String> = (0..got.len()).map(|i| backends[(start + i) % backends.len()].to_string()).collect();
     assert_eq!(got, want, "round robin over {backends:?}");
 }
