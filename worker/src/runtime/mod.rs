@@ -18,8 +18,10 @@ use common::time::Millis;
 use common::wire::LogLine;
 
 pub mod docker;
-/// Test double only; compiled in so that other crates' in-process cluster
-/// tests can use it too.
+/// Test double only: built for this crate's tests and, through the
+/// `test-util` feature, for other crates' tests (and, later, the scale
+/// simulation); a node built without it cannot use it.
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 
 pub const LABEL_NODE: &str = "shoal.node.id";
