@@ -7,7 +7,6 @@
 //! - [`client`]: the HTTP client.
 
 mod client;
-mod daemon;
 mod events;
 mod node;
 mod output;
@@ -17,6 +16,7 @@ mod service;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cli::daemon;
 
 #[derive(Parser)]
 #[command(name = "shoal", version, about = "A container orchestrator that does what Docker Swarm mode does")]

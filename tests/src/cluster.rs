@@ -25,7 +25,7 @@ use crate::wait::wait_for;
 /// cluster's life (other test processes skip it) and free ports on every node
 /// address (leftovers from a crashed run are skipped too). Subnets 1–199 are
 /// handed out; `deploy/cluster.sh` uses 127.0.0, the bench 127.0.250.
-pub(crate) fn claim_subnet(fixed: Option<u8>, nodes: usize) -> (u8, File) {
+pub fn claim_subnet(fixed: Option<u8>, nodes: usize) -> (u8, File) {
     static NEXT: AtomicU8 = AtomicU8::new(1);
     let dir = std::env::temp_dir().join("shoal-test-subnets");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));

@@ -1,0 +1,208 @@
+//! `shoal daemon`: bootstrap (`--init`), join (`--join`), or resume a node
+//! from its data directory, then run it until SIGINT/SIGTERM.
+//!
+//! A node's identity lives in `DATA_DIR/node.json`, its TLS key and
+//! certificates under `DATA_DIR/tls` (see `worker::tls`); managers keep the
+//! raft log under `DATA_DIR/raft`. Containers keep running when the daemon
+//! stops; a restarted node adopts them.
+//!
+//! Layout: this module parses the flags and decides between init, join and
+//! resume; [`state`] is the data directory, `join` the admission by a
+//! manager, `node` the running node, `role` a change of role (a new
+//! certificate, then a restart in the new role).
+
+mod join;
+mod node;
+mod role;
+pub mod state;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use common::node::Role;
+use futures::future::BoxFuture;
+use worker::mesh::DataPath;
+use worker::runtime::Runtime;
+
+use join::join_cluster;
+use node::{run_node, RunOptions};
+use role::reexec;
+use state::{init_identity, init_state, load_state, load_tls, raft_dir, resume, save_state};
+
+pub const DEFAULT_PORT: u16 = 4242;
+
+pub const DEFAULT_API: &str = "127.0.0.1:4243";
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Bootstrap a new cluster with this node as its first manager.
+    #[arg(long, conflicts_with = "join")]
+    init: bool,
+    /// Join the cluster of the manager at MANAGER_IP:PORT.
+    #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
+    join: Option<String>,
+    /// Join token (its kind decides whether this node is a worker or a manager).
+    #[arg(long)]
+    token: Option<String>,
+    /// The address other nodes reach this one at.
+    #[arg(long, value_name = "IP")]
+    advertise_addr: Option<IpAddr>,
+    /// Cluster port: TCP for node-to-node frames, UDP for gossip.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Where the HTTP API listens (default 127.0.0.1:4243).
+    #[arg(long, value_name = "IP:PORT")]
+    api_addr: Option<SocketAddr>,
+    /// The node's state: identity, raft log.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    data_dir: PathBuf,
+    /// Hostname shown for this node (default: the machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Raft entries between snapshots (log compaction).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    snapshot_interval: u64,
+    /// Routing-mesh data path: `kernel` (nftables DNAT; needs root and nft),
+    /// `userspace` (a proxy in this process; no privileges), or `auto`
+    /// (kernel where it works, else userspace, with a warning).
+    #[arg(long, default_value = "auto")]
+    mesh: MeshChoice,
+    /// Disaster recovery: restart this manager as the only manager of a
+    /// cluster that keeps all its services, when a majority of managers is
+    /// lost for good. The other managers become workers.
+    #[arg(long, conflicts_with_all = ["init", "join"])]
+    force_new_cluster: bool,
+}
+
+/// `--mesh`: a data path, or `auto` (decided at start by what works here).
+#[derive(Clone, Copy, Debug)]
+pub struct MeshChoice(Option<DataPath>);
+
+impl std::str::FromStr for MeshChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(MeshChoice(None)),
+            other => other.parse().map(|p| MeshChoice(Some(p))).map_err(|e: String| format!("{e} (or auto)")),
+        }
+    }
+}
+
+/// How a node runs besides its flags. `shoal daemon` uses Docker and stops
+/// on SIGINT/SIGTERM; an in-process test hands in a test double and a
+/// future of its own.
+#[derive(Default)]
+pub struct Launch {
+    /// The container runtime; `None` connects to Docker.
+    pub runtime: Option<Arc<dyn Runtime>>,
+    /// The node stops when this resolves; `None` waits for SIGINT/SIGTERM.
+    pub shutdown: Option<BoxFuture<'static, ()>>,
+}
+
+/// How a node's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shutdown asked for (a signal, or the launcher's future).
+    Stopped,
+    /// The node's role changed and it holds a certificate for the new one:
+    /// it must start again, from the same data directory, in that role.
+    RoleChanged(Role),
+}
+
+impl DaemonArgs {
+    /// Parses `shoal daemon`'s flags (without `shoal daemon` itself), for
+    /// code that starts a node in-process.
+    pub fn from_flags<I, S>(flags: I) -> Result<DaemonArgs, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::FromArgMatches;
+        let cmd = DaemonArgs::augment_args(clap::Command::new("daemon").no_binary_name(true));
+        DaemonArgs::from_arg_matches(&cmd.try_get_matches_from(flags)?)
+    }
+}
+
+/// `shoal daemon`: runs the node until a signal; a change of role replaces
+/// the process with one in the new role.
+pub fn run(args: DaemonArgs) -> Result<ExitCode> {
+    match run_with(args, Launch::default())? {
+        Outcome::Stopped => Ok(ExitCode::SUCCESS),
+        Outcome::RoleChanged(role) => {
+            tracing::info!(%role, "restarting in the new role");
+            Err(reexec())
+        }
+    }
+}
+
+/// Brings the node up from its data directory (making or joining a cluster
+/// first if the flags say so) and runs it on a new actix system on this
+/// thread until it stops.
+pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let existing = load_state(&args.data_dir)?;
+    let (state, fresh_init) = match (existing, args.init, &args.join) {
+        (Some(s), false, None) => (resume(s, &args)?, false),
+        (Some(s), _, _) => bail!(
+            "{} already holds node {} ({}) of cluster {}: start without --init/--join to resume it, or use another --data-dir",
+            args.data_dir.display(),
+            s.node_id,
+            s.hostname,
+            s.cluster_id
+        ),
+        (None, true, _) => (init_state(&args)?, true),
+        (None, false, Some(join)) => {
+            let s = join_cluster(&args, join)?;
+            save_state(&args.data_dir, &s)?;
+            (s, false)
+        }
+        (None, false, None) => bail!(
+            "no node in {}: start with --init to create a cluster or with --join MANAGER_IP:PORT --token TOKEN to join one",
+            args.data_dir.display()
+        ),
+    };
+    if args.force_new_cluster {
+        if state.role != Role::Manager {
+            bail!(
+                "--force-new-cluster needs a manager's data directory; {} holds worker {}",
+                args.data_dir.display(),
+                state.hostname
+            );
+        }
+        let r = manager::raft::recover::force_new_cluster(&raft_dir(&args.data_dir), state.raft_id, &state.node_id)
+            .map_err(|e| anyhow!("--force-new-cluster: {e}"))?;
+        tracing::warn!(
+            index = r.index,
+            services = r.services,
+            demoted = ?r.demoted,
+            "forced a new cluster with this manager as its only manager"
+        );
+        eprintln!(
+            "Forced a new cluster from log index {} with {} service(s); former managers now workers: {}.",
+            r.index,
+            r.services,
+            if r.demoted.is_empty() { "none".to_string() } else { r.demoted.join(", ") }
+        );
+    }
+    if state.role == Role::Worker {
+        // A demoted manager's raft log is stale: were it promoted again, it
+        // must start from what the leader sends, not from old votes.
+        let dir = raft_dir(&args.data_dir);
+        if dir.exists() {
+            tracing::info!(dir = %dir.display(), "removing the raft log of a former manager");
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
+    // The CA exists outside the store only until the first manager has
+    // committed it there.
+    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let tls = load_tls(&args.data_dir, &state)?;
+    let data_dir = args.data_dir.clone();
+    let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0, launch };
+    actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))
+}

@@ -1,0 +1,360 @@
+//! Running a node: the cluster port, gossip, the task supervisor and the
+//! mesh on every node, the manager's actors on managers, the session with
+//! the leader and the HTTP API, until shutdown or a change of role.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use common::mesh::{MeshFailure, MeshTable};
+use common::node::{Node, Role};
+use common::task::{Task, TaskStatusUpdate};
+use common::time::now_ms;
+use common::wire::{LogLine, LogRequest, PeerInfo};
+use common::{NodeId, TaskId};
+use futures::stream::{BoxStream, StreamExt};
+use manager::api::{self, ApiState};
+use manager::raft::Propose;
+use manager::store::{ClusterInfo, Command};
+use manager::{Manager, ManagerConfig};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, watch};
+use worker::agent::{Agent, AgentSink};
+use worker::membership::{self, fact, MembershipConfig};
+use worker::mesh::{self, DataPath, MeshConfig, MeshProgrammer, SetTable};
+use worker::net::{self, Router};
+use worker::runtime::docker::DockerRuntime;
+use worker::runtime::Runtime;
+use worker::supervisor::{Assign, TaskSupervisor};
+use worker::tls::{ClusterCa, Tls};
+
+use super::role::renew_certificate;
+use super::state::{save_state, NodeState};
+use super::{Launch, Outcome};
+
+/// Forwards the agent's assignments to the supervisor and keeps the list
+/// of managers fresh (on disk and as gossip seeds).
+struct Sink {
+    supervisor: actix::Addr<TaskSupervisor>,
+    data_dir: PathBuf,
+    state: Arc<RwLock<NodeState>>,
+    membership: actix::Addr<membership::Membership>,
+    /// The MeshProgrammer; tables go to it in the order they arrive, before
+    /// the assignments that follow them (a task leaves the rotation before
+    /// its stop reaches the supervisor).
+    mesh: actix::Addr<MeshProgrammer>,
+    /// Told when the node's role changed (and which managers can certify
+    /// it): the process restarts in its new role.
+    role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
+}
+
+impl AgentSink for Sink {
+    fn mesh(&self, table: MeshTable) {
+        self.mesh.do_send(SetTable(table));
+    }
+    fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
+        self.supervisor.do_send(Assign { full, tasks, removed });
+    }
+    fn managers(&self, managers: Vec<PeerInfo>) {
+        let mut s = self.state.write();
+        // The leader's list is the store's roles: promoted or demoted?
+        let listed = managers.iter().any(|m| m.node_id == s.node_id);
+        let role = if listed { Role::Manager } else { Role::Worker };
+        if !managers.is_empty() && role != s.role {
+            // The node saves its new role once it holds a certificate for it.
+            tracing::warn!(from = %s.role, to = %role, "this node's role changed");
+            let _ = self.role_changed.send((role, managers));
+            return;
+        }
+        if s.managers != managers {
+            let me = s.cluster_addr();
+            let seeds = managers.iter().map(|m| m.addr).filter(|a| *a != me).collect();
+            s.managers = managers;
+            if let Err(e) = save_state(&self.data_dir, &s) {
+                tracing::warn!(error = %e, "cannot save the managers list");
+            }
+            self.membership.do_send(membership::SetSeeds(seeds));
+        }
+    }
+}
+
+fn log_source(runtime: Arc<dyn Runtime>, node: NodeId) -> net::LogSource {
+    Arc::new(move |req: LogRequest| -> BoxStream<'static, Result<LogLine, String>> {
+        let runtime = runtime.clone();
+        let node = node.clone();
+        futures::stream::once(async move {
+            let containers = runtime.list(&node).await.map_err(|e| e.to_string())?;
+            let streams: Vec<_> = req
+                .tasks
+                .iter()
+                .filter_map(|t| {
+                    containers.iter().find(|c| &c.task_id == t).map(|c| (t.clone(), c.container_id.clone()))
+                })
+                .map(|(t, c)| runtime.logs(&t, &c, req.follow, req.tail))
+                .collect();
+            Ok::<_, String>(futures::stream::select_all(streams).map(|r| r.map_err(|e| e.to_string())))
+        })
+        .map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = term.recv() => tracing::info!("terminated, stopping"),
+    }
+}
+
+pub(crate) struct RunOptions {
+    pub snapshot_interval: u64,
+    pub mesh: Option<DataPath>,
+    pub launch: Launch,
+}
+
+/// Runs the node; `ca` is there on the first start of a cluster's first
+/// manager (`--init`), which commits it to the store.
+pub(crate) async fn run_node(
+    state: NodeState,
+    data_dir: PathBuf,
+    ca: Option<ClusterCa>,
+    tls: Tls,
+    opts: RunOptions,
+) -> Result<Outcome> {
+    let fresh_init = ca.is_some();
+    let snapshot_interval = opts.snapshot_interval;
+    let cluster_addr = state.cluster_addr();
+    let listener = tokio::net::TcpListener::bind(cluster_addr)
+        .await
+        .with_context(|| format!("cannot listen on the cluster port {cluster_addr}"))?;
+    let runtime: Arc<dyn Runtime> = match opts.launch.runtime {
+        Some(r) => r,
+        None => Arc::new(
+            DockerRuntime::connect()
+                .await
+                .map_err(|e| {
+                    anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)")
+                })?
+                .publish_on(state.advertise_addr),
+        ),
+    };
+    let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));
+    let data_path = mesh::choose(opts.mesh, &state.node_id, state.advertise_addr).await.map_err(|e| {
+        let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
+        anyhow!("cannot use the {which} routing mesh: {e}")
+    })?;
+    let (programmer, mut mesh_status) =
+        MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, data_path));
+    let mesh_addr = actix::Actor::start(programmer);
+
+    // Gossip: who is alive.
+    let facts: BTreeMap<String, String> = [
+        (fact::ROLE.to_string(), state.role.to_string()),
+        (fact::HOSTNAME.to_string(), state.hostname.clone()),
+        (fact::CLUSTER_ADDR.to_string(), cluster_addr.to_string()),
+    ]
+    .into();
+    let (membership, live_set) = membership::start(MembershipConfig {
+        node_id: state.node_id.clone(),
+        cluster_id: state.cluster_id.clone(),
+        gossip_addr: cluster_addr,
+        seeds: state.managers.iter().map(|m| m.addr).filter(|a| *a != cluster_addr).collect(),
+        generation: now_ms(),
+        facts,
+    })
+    .await
+    .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
+    let (live_tx, live) = watch::channel(live_set.borrow().nodes.keys().cloned().collect());
+    {
+        let mut live_set = live_set.clone();
+        actix::spawn(async move {
+            while live_set.changed().await.is_ok() {
+                let ids = live_set.borrow().nodes.keys().cloned().collect();
+                live_tx.send_replace(ids);
+            }
+            tracing::error!("membership stopped; exiting");
+            std::process::exit(70);
+        });
+    }
+
+    // Tasks on this node.
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
+    let supervisor = actix::Actor::start(TaskSupervisor::new(state.node_id.clone(), runtime.clone(), reports_tx));
+
+    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()), &tls);
+    let mut mgr: Option<Manager> = None;
+    if state.role == Role::Manager {
+        // Raft needs the other managers' addresses before its store has
+        // caught up with them.
+        let peers: Vec<PeerInfo> = state.managers.iter().filter(|p| p.node_id != state.node_id).cloned().collect();
+        let (m, inbound) = Manager::start(ManagerConfig {
+            node_id: state.node_id.clone(),
+            raft_id: state.raft_id,
+            data_dir: &data_dir,
+            bootstrap: fresh_init,
+            peers,
+            live: live.clone(),
+            compact_every: snapshot_interval,
+            tls: tls.clone(),
+        })
+        .map_err(|e| anyhow!(e))?;
+        router.set_manager(inbound);
+        mgr = Some(m);
+    }
+    actix::spawn(router.serve(listener));
+
+    if let Some(ca) = ca {
+        let m = mgr.as_ref().expect("init makes a manager");
+        bootstrap_cluster(m, &state, ca).await?;
+        save_state(&data_dir, &state)?;
+        print_join_commands(m, &state);
+    }
+
+    // The session with the leader.
+    let managers = Arc::new(RwLock::new(if state.managers.is_empty() {
+        vec![cluster_addr]
+    } else {
+        state.managers.iter().map(|m| m.addr).collect()
+    }));
+    let shared_state = Arc::new(RwLock::new(state.clone()));
+    let (role_tx, mut role_rx) = mpsc::unbounded_channel();
+    let role_retry = role_tx.clone();
+    let sink = Arc::new(Sink {
+        role_changed: role_tx,
+        supervisor,
+        data_dir: data_dir.clone(),
+        state: shared_state,
+        membership,
+        mesh: mesh_addr.clone(),
+    });
+    // What the mesh cannot serve, for the managers to show.
+    let (failures_tx, failures_rx) = watch::channel(Vec::new());
+    actix::spawn(async move {
+        while mesh_status.changed().await.is_ok() {
+            let list: Vec<MeshFailure> = mesh_status
+                .borrow_and_update()
+                .failures
+                .iter()
+                .map(|f| MeshFailure {
+                    service_name: f.service.clone(),
+                    protocol: f.port.protocol,
+                    published: f.port.port,
+                    error: f.error.to_string(),
+                })
+                .collect();
+            failures_tx.send_if_modified(|old| {
+                let changed = *old != list;
+                *old = list;
+                changed
+            });
+        }
+    });
+    let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone() };
+    actix::spawn(agent.run(sink, reports_rx, failures_rx));
+
+    let server = api::serve(
+        state.api_addr,
+        ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live },
+    )
+    .with_context(|| format!("cannot listen for the API on {}", state.api_addr))?;
+    let handle = server.handle();
+    actix::spawn(server);
+    tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");
+
+    let change_role = async {
+        while let Some((role, managers)) = role_rx.recv().await {
+            let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
+            match renew_certificate(&tls, &data_dir, &state.node_id, role, &addrs).await {
+                Ok(()) => return (role, managers),
+                Err(e) => {
+                    tracing::warn!(%role, error = %e, "cannot get a certificate for the new role yet; will retry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Ask again on the next managers list, or now.
+                    while role_rx.try_recv().is_ok() {}
+                    let _ = role_retry.send((role, managers));
+                }
+            }
+        }
+        std::future::pending().await
+    };
+    let new_role = tokio::select! {
+        _ = shutdown => None,
+        role = change_role => Some(role),
+    };
+    if let Some((role, managers)) = new_role {
+        let mut s = state.clone();
+        s.role = role;
+        s.managers = managers;
+        save_state(&data_dir, &s)?;
+        // Containers and the mesh table stay; the new process adopts them.
+        handle.stop(true).await;
+        return Ok(Outcome::RoleChanged(role));
+    }
+    // The mesh goes first: no nftables table outlives the node.
+    match mesh_addr.send(mesh::Shutdown).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "routing mesh not fully removed"),
+        Err(e) => tracing::warn!(error = %e, "routing mesh unreachable at shutdown"),
+    }
+    handle.stop(true).await;
+    Ok(Outcome::Stopped)
+}
+
+/// The first manager commits the cluster's identity and itself.
+async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Result<()> {
+    let mut status = m.status.clone();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
+        .await
+        .map_err(|_| anyhow!("this node did not become the raft leader of its new cluster within 10 s"))?
+        .map_err(|_| anyhow!("the raft log stopped"))?;
+    let now = now_ms();
+    let fingerprint = ca.fingerprint()?;
+    let info = ClusterInfo {
+        id: state.cluster_id.clone(),
+        worker_token: manager::join::new_token(fingerprint),
+        manager_token: manager::join::new_token(fingerprint),
+        created_at: now,
+        ca,
+    };
+    let node = Node {
+        id: state.node_id.clone(),
+        raft_id: state.raft_id,
+        hostname: state.hostname.clone(),
+        role: Role::Manager,
+        availability: Default::default(),
+        labels: Default::default(),
+        addr: state.cluster_addr(),
+        created_at: now,
+        updated_at: now,
+    };
+    match m.raft.send(Propose(Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node)]))).await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("cannot initialise the cluster: {e}")),
+        Err(e) => Err(anyhow!("cannot initialise the cluster: {e}")),
+    }
+}
+
+fn print_join_commands(m: &Manager, state: &NodeState) {
+    let c = m.store.read().cluster.clone();
+    let addr = state.cluster_addr();
+    println!("Cluster initialized: current node ({}) is now a manager.\n", state.node_id);
+    println!("To add a worker to this cluster, run the following command:\n");
+    println!("    shoal daemon --join {addr} --token {} --advertise-addr <IP>\n", c.worker_token);
+    println!("To add a manager to this cluster, run the following command:\n");
+    println!("    shoal daemon --join {addr} --token {} --advertise-addr <IP>\n", c.manager_token);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
