@@ -10,8 +10,10 @@
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
 //! - [`time`]: wall-clock milliseconds and duration parsing.
+//! - [`backoff`]: the exponential backoff every retry loop uses.
 
 pub mod api;
+pub mod backoff;
 pub mod constraint;
 pub mod ids;
 pub mod mesh;

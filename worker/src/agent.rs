@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::backoff::Backoff;
 use common::mesh::{MeshFailure, MeshTable};
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, Hello, PeerInfo};
@@ -20,6 +21,8 @@ use crate::tls::Tls;
 /// No frame from the leader for this long (it sends heartbeats every
 /// second): the session is dead.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// Between rounds of dialling the managers when none took the session.
+const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// What the agent does with what arrives.
 pub trait AgentSink: Send + Sync + 'static {
@@ -45,7 +48,7 @@ impl Agent {
         mut mesh_status: watch::Receiver<Vec<MeshFailure>>,
     ) {
         let mut next: Option<SocketAddr> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut retries = RECONNECT_BACKOFF.retries();
         loop {
             let candidates: Vec<SocketAddr> = match next.take() {
                 Some(a) => vec![a],
@@ -56,7 +59,7 @@ impl Agent {
                 match net::dial(&self.tls, addr, Hello::Session { node_id: self.node_id.clone() }).await {
                     Ok((conn, Frame::Welcome)) => {
                         tracing::info!(manager = %addr, "session with the leader opened");
-                        backoff = Duration::from_millis(100);
+                        retries.reset();
                         let r = self.session(conn, &sink, &mut reports, &mut mesh_status).await;
                         tracing::warn!(manager = %addr, result = ?r.err(), "session with the leader ended");
                         progressed = true;
@@ -77,8 +80,7 @@ impl Agent {
                 }
             }
             if !progressed {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(retries.next_delay()).await;
             }
         }
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::backoff::Backoff;
 use common::node::Role;
 use common::wire::{self, Frame, Hello, LogLine, LogRequest, WireError};
 use futures::stream::BoxStream;
@@ -311,6 +312,9 @@ async fn serve_logs(mut conn: Conn, mut lines: BoxStream<'static, Result<LogLine
     }
 }
 
+/// Between dials of a peer that cannot be reached.
+const REDIAL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
 /// Sends frames from a channel to a peer, reconnecting after failures and
 /// dropping what was queued while the peer was away (raft resends).
 pub fn spawn_sender(
@@ -320,7 +324,7 @@ pub fn spawn_sender(
     mut rx: mpsc::Receiver<Frame>,
 ) {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
+        let mut retries = REDIAL_BACKOFF.retries();
         loop {
             let Some(target) = addr() else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -329,7 +333,7 @@ pub fn spawn_sender(
             };
             match dial(&tls, target, hello.clone()).await {
                 Ok((mut conn, _)) => {
-                    backoff = Duration::from_millis(50);
+                    retries.reset();
                     loop {
                         let Some(f) = rx.recv().await else { return };
                         if let Err(e) = send(&mut conn, f).await {
@@ -340,8 +344,7 @@ pub fn spawn_sender(
                 }
                 Err(e) => {
                     tracing::debug!(%target, error = %e, "cannot reach peer");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(retries.next_delay()).await;
                     while rx.try_recv().is_ok() {}
                 }
             }

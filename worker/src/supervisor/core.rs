@@ -27,7 +27,9 @@
 //! after its last container operation finished.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use common::backoff::Backoff;
 use common::ids::TaskId;
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
@@ -39,6 +41,8 @@ use crate::runtime::{ContainerInfo, ContainerState, DEFAULT_STOP_GRACE_MS};
 pub const MAX_ATTEMPTS: u32 = 5;
 const BACKOFF_BASE_MS: Millis = 500;
 const BACKOFF_MAX_MS: Millis = 30_000;
+/// Before retry `n` (from 1) of a failed prepare or start: 1 s, 2 s, 4 s, … 30 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(BACKOFF_BASE_MS), Duration::from_millis(BACKOFF_MAX_MS));
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -453,8 +457,8 @@ fn floor(task: &Task, l: &Local) -> TaskState {
 
 fn backoff(l: &mut Local, now: Millis) {
     l.attempts += 1;
-    let delay = BACKOFF_BASE_MS.saturating_mul(1 << l.attempts.min(16)).min(BACKOFF_MAX_MS);
-    l.retry_at = now + delay;
+    // At most BACKOFF_MAX_MS, so the cast is exact.
+    l.retry_at = now + BACKOFF.delay(l.attempts).as_millis() as Millis;
 }
 
 fn with_container(mut st: TaskStatus, cid: Option<String>) -> TaskStatus {
