@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use common::api::{ApiError, Info, JoinTokens, LogEntry, NodeInfo, NodeUpdate, ServiceInfo, ServiceUpdate, TaskInfo};
 use common::node::{NodeStatus, Role};
-use common::spec::{ServiceMode, ServiceSpec};
+use common::spec::{ServiceMode, ServiceSpec, SpecError};
 use common::task::{Task, TaskState};
 use common::time::now_ms;
 use common::wire::{Frame, Hello, LogRequest};
@@ -21,6 +22,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use worker::metrics::metrics;
 use worker::net;
+use worker::tls::TlsError;
 
 use crate::control::LiveNodes;
 use crate::dispatcher::GetMeshFailures;
@@ -36,77 +38,120 @@ pub struct ApiState {
     pub live: LiveNodes,
 }
 
-#[derive(Debug)]
-pub struct Error {
-    status: StatusCode,
-    message: String,
+/// Why an API call failed. The variant decides the status code; the text is
+/// the message users see (the CLI's tests pin it).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store refused the change (or numbering its ports failed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Raft could not commit the change; never `Rejected` (that is `Store`).
+    #[error(transparent)]
+    Propose(ProposeError),
+    #[error("raft log unreachable: {0}")]
+    RaftUnreachable(#[from] actix::MailboxError),
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Ca(#[from] TlsError),
+    #[error("{what} {key} not found")]
+    NotFound { what: &'static str, key: String },
+    #[error("node {hostname} ({node_id}) is a worker, not a manager: point -H or SHOAL_HOST at a manager's API")]
+    NotManager { hostname: String, node_id: NodeId },
+    #[error("invalid role {0:?}: expected worker or manager")]
+    InvalidRole(String),
+    #[error("invalid event type {0:?}: expected service, task or node")]
+    InvalidEventType(String),
+    /// Committed, but raft's membership did not follow in time (hostname).
+    #[error("{0} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable")]
+    PromotePending(String),
+    #[error("{0} is a worker now, but raft has not removed it yet; `shoal node ls` shows when it is done")]
+    DemotePending(String),
+    #[error("a node cannot remove itself")]
+    RemoveSelf,
+    #[error("node {0} is a manager: demote it before removing it")]
+    RemoveManager(String),
+    #[error("node {0} is not down and can't be removed (use --force to remove it anyway)")]
+    RemoveReady(String),
+    #[error("malformed request body: {0}")]
+    MalformedBody(JsonPayloadError),
+    #[error("malformed query: {0}")]
+    MalformedQuery(QueryPayloadError),
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
 }
 
 impl Error {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Error { status, message: message.into() }
-    }
-    fn not_found(what: &str, key: &str) -> Self {
-        Error::new(StatusCode::NOT_FOUND, format!("{what} {key} not found"))
-    }
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl ResponseError for Error {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ApiError { message: self.message.clone() })
+    fn not_found(what: &'static str, key: &str) -> Self {
+        Error::NotFound { what, key: key.to_string() }
     }
 }
 
 impl From<ProposeError> for Error {
     fn from(e: ProposeError) -> Self {
-        let status = match &e {
-            ProposeError::Rejected(
-                StoreError::NameInUse(..)
-                | StoreError::Conflict(..)
-                | StoreError::PortInUse { .. }
-                | StoreError::PortTwice { .. }
-                | StoreError::NoFreePort,
-            ) => StatusCode::CONFLICT,
-            ProposeError::Rejected(StoreError::NoSuchService(_))
-            | ProposeError::Rejected(StoreError::NoSuchNode(_)) => StatusCode::NOT_FOUND,
-            ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
-            ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped => {
-                StatusCode::SERVICE_UNAVAILABLE
+        match e {
+            ProposeError::Rejected(e) => Error::Store(e),
+            e => Error::Propose(e),
+        }
+    }
+}
+
+fn store_status(e: &StoreError) -> StatusCode {
+    match e {
+        StoreError::NameInUse(..)
+        | StoreError::Conflict(..)
+        | StoreError::PortInUse { .. }
+        | StoreError::PortTwice { .. }
+        | StoreError::NoFreePort => StatusCode::CONFLICT,
+        StoreError::NoSuchService(_) | StoreError::NoSuchNode(_) => StatusCode::NOT_FOUND,
+        StoreError::AlreadyInitialised | StoreError::NoPreviousSpec(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::Store(e) | Error::Propose(ProposeError::Rejected(e)) => store_status(e),
+            Error::Propose(
+                ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped,
+            )
+            | Error::NotManager { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Propose(ProposeError::Storage(_)) | Error::RaftUnreachable(_) | Error::Ca(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
             }
-            ProposeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Error::new(status, e.to_string())
+            Error::Role(RoleError::NoSuchNode(_)) | Error::NotFound { .. } | Error::NoSuchEndpoint => {
+                StatusCode::NOT_FOUND
+            }
+            Error::Role(_)
+            | Error::Spec(_)
+            | Error::InvalidRole(_)
+            | Error::InvalidEventType(_)
+            | Error::RemoveSelf
+            | Error::RemoveManager(_)
+            | Error::MalformedBody(_)
+            | Error::MalformedQuery(_) => StatusCode::BAD_REQUEST,
+            Error::RemoveReady(_) => StatusCode::CONFLICT,
+            Error::PromotePending(_) | Error::DemotePending(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ApiError { message: self.to_string() })
     }
 }
 
 type Result<T> = std::result::Result<T, Error>;
 
 fn manager(state: &ApiState) -> Result<&Manager> {
-    state.manager.as_ref().ok_or_else(|| {
-        Error::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "node {} ({}) is a worker, not a manager: point -H or SHOAL_HOST at a manager's API",
-                state.hostname, state.node_id
-            ),
-        )
-    })
+    state
+        .manager
+        .as_ref()
+        .ok_or_else(|| Error::NotManager { hostname: state.hostname.clone(), node_id: state.node_id.clone() })
 }
 
 async fn propose(m: &Manager, cmd: Command) -> Result<()> {
-    match m.raft.send(Propose(cmd)).await {
-        Ok(r) => r.map_err(Error::from),
-        Err(e) => Err(Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("raft log unreachable: {e}"))),
-    }
+    Ok(m.raft.send(Propose(cmd)).await??)
 }
 
 pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
@@ -209,20 +254,9 @@ async fn rotate_join_token(state: web::Data<ApiState>, q: web::Query<RotateQuery
     let role = match q.role.as_str() {
         "worker" => Role::Worker,
         "manager" => Role::Manager,
-        other => {
-            return Err(Error::new(
-                StatusCode::BAD_REQUEST,
-                format!("invalid role {other:?}: expected worker or manager"),
-            ))
-        }
+        other => return Err(Error::InvalidRole(other.to_string())),
     };
-    let ca = m
-        .store
-        .read()
-        .cluster
-        .ca
-        .fingerprint()
-        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let ca = m.store.read().cluster.ca.fingerprint()?;
     propose(m, Command::RotateJoinToken { role, token: crate::join::new_token(ca) }).await?;
     join_tokens(state).await
 }
@@ -255,6 +289,11 @@ async fn get_service(state: web::Data<ApiState>, key: web::Path<String>) -> Resu
     Ok(HttpResponse::Ok().json(info))
 }
 
+/// A port published by another write between numbering and commit: numbering again may find a free one.
+fn port_taken_meanwhile(e: &Error) -> bool {
+    matches!(e, Error::Store(StoreError::PortInUse { .. }))
+}
+
 /// Numbers the unnumbered publishes and proposes; a port taken meanwhile by
 /// a concurrent write is numbered again (a few times).
 async fn propose_with_ports(
@@ -267,14 +306,9 @@ async fn propose_with_ports(
     let mut attempt = 0;
     loop {
         let mut numbered = spec.clone();
-        m.store
-            .read()
-            .allocate_ports(id, &mut numbered.task.ports)
-            .map_err(|e| Error::from(ProposeError::Rejected(e)))?;
+        m.store.read().allocate_ports(id, &mut numbered.task.ports)?;
         match propose(m, make(numbered.clone())).await {
-            Err(e) if dynamic && attempt < 3 && e.status == StatusCode::CONFLICT && e.message.starts_with("port ") => {
-                attempt += 1;
-            }
+            Err(e) if dynamic && attempt < 3 && port_taken_meanwhile(&e) => attempt += 1,
             Err(e) => return Err(e),
             Ok(()) => return Ok(numbered),
         }
@@ -284,7 +318,7 @@ async fn propose_with_ports(
 async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let spec = spec.into_inner();
-    spec.validate().map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    spec.validate()?;
     let now = now_ms();
     let id = ServiceId::random();
     let spec =
@@ -301,7 +335,7 @@ async fn update_service(
 ) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
-    let spec = update.apply(&svc.spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let spec = update.apply(&svc.spec)?;
     if spec != svc.spec {
         let id = svc.id.clone();
         propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() })
@@ -347,16 +381,6 @@ async fn update_node(
     Ok(HttpResponse::Ok().json(info))
 }
 
-impl From<RoleError> for Error {
-    fn from(e: RoleError) -> Self {
-        let status = match e {
-            RoleError::NoSuchNode(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Error::new(status, e.to_string())
-    }
-}
-
 /// How long `node promote`/`demote` wait for raft's membership to follow.
 const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(10);
 
@@ -367,13 +391,7 @@ async fn promote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Res
     let mut status = m.status.clone();
     let joined = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| s.voters.contains(&node.raft_id))).await;
     if !matches!(joined, Ok(Ok(_))) {
-        return Err(Error::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "{} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable",
-                node.hostname
-            ),
-        ));
+        return Err(Error::PromotePending(node.hostname));
     }
     let info = node_info(&state, m, &node.id, &key)?;
     Ok(HttpResponse::Ok().json(info))
@@ -390,13 +408,7 @@ async fn demote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Resu
         let mut status = m.status.clone();
         let left = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| !s.voters.contains(&node.raft_id))).await;
         if !matches!(left, Ok(Ok(_))) {
-            return Err(Error::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "{} is a worker now, but raft has not removed it yet; `shoal node ls` shows when it is done",
-                    node.hostname
-                ),
-            ));
+            return Err(Error::DemotePending(node.hostname));
         }
     }
     let info = node_info(&state, m, &node.id, &key)?;
@@ -420,19 +432,13 @@ async fn remove_node(
         node_info(&state, m, &id, &key)?
     };
     if info.node.id == state.node_id {
-        return Err(Error::new(StatusCode::BAD_REQUEST, "a node cannot remove itself"));
+        return Err(Error::RemoveSelf);
     }
     if info.node.role == Role::Manager {
-        return Err(Error::new(
-            StatusCode::BAD_REQUEST,
-            format!("node {} is a manager: demote it before removing it", info.node.hostname),
-        ));
+        return Err(Error::RemoveManager(info.node.hostname));
     }
     if info.status == NodeStatus::Ready && !q.force {
-        return Err(Error::new(
-            StatusCode::CONFLICT,
-            format!("node {} is not down and can't be removed (use --force to remove it anyway)", info.node.hostname),
-        ));
+        return Err(Error::RemoveReady(info.node.hostname));
     }
     propose(m, Command::RemoveNode(info.node.id.clone())).await?;
     Ok(HttpResponse::Ok().json(info))
@@ -581,10 +587,7 @@ async fn events(state: web::Data<ApiState>, q: web::Query<EventsQuery>) -> Resul
     let m = manager(&state)?;
     let kinds: Option<Vec<String>> = q.kind.as_ref().map(|k| k.split(',').map(|s| s.trim().to_string()).collect());
     if let Some(bad) = kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node")) {
-        return Err(Error::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid event type {bad:?}: expected service, task or node"),
-        ));
+        return Err(Error::InvalidEventType(bad.clone()));
     }
     let wanted = move |e: &common::api::Event| kinds.as_ref().is_none_or(|k| k.contains(&e.kind));
     let (past, mut rx) = m.events.since(q.since);
@@ -730,15 +733,15 @@ async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
-    Error::new(StatusCode::BAD_REQUEST, format!("malformed request body: {err}")).into()
+    Error::MalformedBody(err).into()
 }
 
 fn query_error(err: actix_web::error::QueryPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
-    Error::new(StatusCode::BAD_REQUEST, format!("malformed query: {err}")).into()
+    Error::MalformedQuery(err).into()
 }
 
 async fn not_found() -> Result<HttpResponse> {
-    Err(Error::new(StatusCode::NOT_FOUND, "no such endpoint"))
+    Err(Error::NoSuchEndpoint)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -782,4 +785,90 @@ pub fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<actix_web::de
         .bind(addr)?
         .run();
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::mesh::Protocol;
+
+    fn port_in_use() -> StoreError {
+        StoreError::PortInUse { port: 30000, protocol: Protocol::Tcp, service: "web".into() }
+    }
+
+    /// What a client receives: the status and the JSON body's message.
+    async fn answer(e: Error) -> (u16, String) {
+        let resp = e.error_response();
+        let status = resp.status().as_u16();
+        let body = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
+        let body: ApiError = serde_json::from_slice(&body).unwrap();
+        (status, body.message)
+    }
+
+    #[tokio::test]
+    async fn each_error_answers_its_status_and_the_message_users_see() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (ProposeError::Rejected(port_in_use()).into(), 409, "port 30000/tcp is already published by service web"),
+            (StoreError::NoFreePort.into(), 409, "no free port left in 30000-32767 to publish"),
+            (ProposeError::Rejected(StoreError::NoSuchService("x".into())).into(), 404, "service x not found"),
+            (
+                ProposeError::Rejected(StoreError::NoPreviousSpec("x".into())).into(),
+                400,
+                "service x has no previous spec to roll back to",
+            ),
+            (
+                ProposeError::Timeout.into(),
+                503,
+                "timed out waiting for the change to commit: it may or may not have been applied",
+            ),
+            (ProposeError::Storage("disk full".into()).into(), 500, "storage failure: disk full"),
+            (RoleError::NoSuchNode("n".into()).into(), 404, "node n not found"),
+            (RoleError::AlreadyManager("n".into()).into(), 400, "node n is already a manager"),
+            (SpecError::EmptyImage.into(), 400, "invalid image: the image name must not be empty"),
+            (Error::not_found("service", "nope"), 404, "service nope not found"),
+            (
+                Error::NotManager { hostname: "w1".into(), node_id: NodeId::from("abc".to_string()) },
+                503,
+                "node w1 (abc) is a worker, not a manager: point -H or SHOAL_HOST at a manager's API",
+            ),
+            (Error::InvalidRole("boss".into()), 400, "invalid role \"boss\": expected worker or manager"),
+            (Error::InvalidEventType("x".into()), 400, "invalid event type \"x\": expected service, task or node"),
+            (
+                Error::PromotePending("n2".into()),
+                504,
+                "n2 is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable",
+            ),
+            (
+                Error::DemotePending("n2".into()),
+                504,
+                "n2 is a worker now, but raft has not removed it yet; `shoal node ls` shows when it is done",
+            ),
+            (Error::RemoveSelf, 400, "a node cannot remove itself"),
+            (Error::RemoveManager("n1".into()), 400, "node n1 is a manager: demote it before removing it"),
+            (
+                Error::RemoveReady("n2".into()),
+                409,
+                "node n2 is not down and can't be removed (use --force to remove it anyway)",
+            ),
+            (Error::NoSuchEndpoint, 404, "no such endpoint"),
+        ];
+        for (e, status, message) in cases {
+            assert_eq!(answer(e).await, (status, message.to_string()));
+        }
+    }
+
+    #[test]
+    fn only_a_port_taken_by_another_service_is_numbered_again() {
+        assert!(port_taken_meanwhile(&ProposeError::Rejected(port_in_use()).into()));
+        assert!(port_taken_meanwhile(&Error::from(port_in_use())));
+        for e in [
+            ProposeError::Rejected(StoreError::PortTwice { port: 30000, protocol: Protocol::Tcp }).into(),
+            ProposeError::Rejected(StoreError::NameInUse("web".into(), ServiceId::random())).into(),
+            ProposeError::Rejected(StoreError::NoFreePort).into(),
+            ProposeError::NoLeader.into(),
+            Error::not_found("port", "30000"),
+        ] {
+            assert!(!port_taken_meanwhile(&e), "{e}");
+        }
+    }
 }
