@@ -6,9 +6,9 @@
 //!
 //! Layout: this module has the shared state, the error type, the helpers the
 //! handlers share and the router; the handlers sit by what they serve:
-//! [`services`] (services and their tasks), [`nodes`] (nodes, `/v1/info`,
-//! join tokens), [`logs`], [`events`], [`ui`] (the web view's page and
-//! streams) and [`metrics`].
+//! `services` (services and their tasks), `nodes` (nodes, `/v1/info`,
+//! join tokens), `logs`, `events`, `ui` (the web view's page and streams)
+//! and `metrics`.
 
 mod events;
 mod logs;
