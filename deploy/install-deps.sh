@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make a bare Debian machine (run as root) ready to build and test shoal:
 # Docker engine running, busybox-static for the test image, networking tools,
-# a C toolchain if there is none, and Rust (via rustup) if cargo is missing.
+# a C toolchain if there is none, Rust (via rustup) if cargo is missing, and
+# rustfmt and clippy if they are.
 #
 # Idempotent and quiet on success: it installs only what is missing, runs
 # `apt-get update` only when something is, and prints a log only on failure.
@@ -93,3 +94,14 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   rm -f "$rustup_sh"
   echo "install-deps: installed Rust ($("$HOME/.cargo/bin/cargo" --version))"
 fi
+
+# rustfmt and clippy: CI checks formatting and lints before the tests (the
+# minimal profile above leaves them out).
+PATH="$PATH:$HOME/.cargo/bin"
+for pair in fmt:rustfmt clippy:clippy; do
+  sub=${pair%%:*} component=${pair##*:}
+  cargo "$sub" --version >/dev/null 2>&1 && continue
+  command -v rustup >/dev/null 2>&1 || die "cargo $sub is missing and there is no rustup to add $component with"
+  quiet rustup component add "$component"
+  echo "install-deps: installed $component"
+done

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use common::api::ApiError;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -75,14 +76,12 @@ impl Client {
     }
 }
 
+/// What a path segment keeps unescaped: RFC 3986's unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// Path segments from user input are escaped.
 pub fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 impl Client {
@@ -137,5 +136,18 @@ impl Client {
             None => println!("{}", serde_json::to_string_pretty(&found)?),
         }
         Ok(if failed { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seg;
+
+    #[test]
+    fn segments_escape_all_but_the_unreserved_characters() {
+        assert_eq!(seg("web-1_a.b~C9"), "web-1_a.b~C9");
+        assert_eq!(seg("a b/c?d#e%f"), "a%20b%2Fc%3Fd%23e%25f");
+        assert_eq!(seg("zürich"), "z%C3%BCrich");
+        assert_eq!(seg(""), "");
     }
 }

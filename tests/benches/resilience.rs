@@ -108,7 +108,7 @@ fn main() {
             .collect();
         results.push((name, stats(runs), target));
     }
-    println!("\n{:<52} {:>8} {:>8}   {}", "", "median", "max", "reference");
+    println!("\n{:<52} {:>8} {:>8}   reference", "", "median", "max");
     for (name, (median, max), target) in results {
         let reference = match (name.starts_with("rolling"), target) {
             (true, Some(t)) => format!(

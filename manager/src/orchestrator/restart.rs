@@ -76,12 +76,15 @@ mod tests {
         RestartPolicy { condition, delay_ms, max_attempts: max, window_ms: window }
     }
 
+    /// Name, policy, the task that ended, its slot's history, now, the decision.
+    type Case = (&'static str, RestartPolicy, Task, Vec<Task>, Millis, Restart);
+
     #[test]
     fn conditions_delays_attempts_and_windows() {
         use RestartCondition::*;
         let failed = ended(TaskState::Failed, 1_000, 0);
         let done = ended(TaskState::Complete, 1_000, 0);
-        let cases: Vec<(&str, RestartPolicy, Task, Vec<Task>, Millis, Restart)> = vec![
+        let cases: Vec<Case> = vec![
             ("none never", policy(None, 0, Option::None, Option::None), failed.clone(), vec![], 5_000, Restart::Never),
             (
                 "on-failure skips a clean exit",

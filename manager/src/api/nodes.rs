@@ -1,0 +1,147 @@
+//! Nodes, this node's `/v1/info` and the join tokens.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use common::api::{Info, JoinTokens, NodeUpdate};
+use common::node::{NodeStatus, Role};
+use common::time::now_ms;
+
+use super::{manager, node_info, node_infos, propose, ApiState, Error, Result};
+use crate::roles;
+use crate::store::Command;
+
+pub(super) async fn info(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let (is_leader, cluster_id) = match &state.manager {
+        Some(m) => (m.is_leader(), m.store.read().cluster.id.clone()),
+        None => (false, String::new()),
+    };
+    Ok(HttpResponse::Ok().json(Info {
+        node_id: state.node_id.clone(),
+        hostname: state.hostname.clone(),
+        is_manager: state.manager.is_some(),
+        is_leader,
+        cluster_id,
+    }))
+}
+
+pub(super) async fn list_nodes(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    Ok(HttpResponse::Ok().json(node_infos(&state, m)))
+}
+
+pub(super) async fn get_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+    let info = node_info(&state, m, &id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+pub(super) async fn join_tokens(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let c = m.store.read().cluster.clone();
+    Ok(HttpResponse::Ok().json(JoinTokens { worker: c.worker_token, manager: c.manager_token }))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RotateQuery {
+    role: String,
+}
+
+/// A new secret for one role's token; the CA fingerprint stays.
+pub(super) async fn rotate_join_token(state: web::Data<ApiState>, q: web::Query<RotateQuery>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let role = match q.role.as_str() {
+        "worker" => Role::Worker,
+        "manager" => Role::Manager,
+        other => return Err(Error::InvalidRole(other.to_string())),
+    };
+    let ca = m.store.read().cluster.ca.fingerprint()?;
+    propose(m, Command::RotateJoinToken { role, token: crate::join::new_token(ca) }).await?;
+    join_tokens(state).await
+}
+
+pub(super) async fn update_node(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    u: web::Json<NodeUpdate>,
+) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+    let at = now_ms();
+    let mut cmds = Vec::new();
+    if let Some(a) = u.availability {
+        cmds.push(Command::SetNodeAvailability { id: id.clone(), availability: a, at });
+    }
+    if !u.label_add.is_empty() || !u.label_rm.is_empty() {
+        cmds.push(Command::UpdateNodeLabels { id: id.clone(), add: u.label_add.clone(), rm: u.label_rm.clone(), at });
+    }
+    if !cmds.is_empty() {
+        propose(m, Command::Batch(cmds)).await?;
+    }
+    let info = node_info(&state, m, &id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// How long `node promote`/`demote` wait for raft's membership to follow.
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(10);
+
+pub(super) async fn promote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let node = roles::check_promote(&m.store.read(), &state.live.borrow(), &key)?;
+    propose(m, Command::SetNodeRole { id: node.id.clone(), role: Role::Manager, at: now_ms() }).await?;
+    let mut status = m.status.clone();
+    let joined = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| s.voters.contains(&node.raft_id))).await;
+    if !matches!(joined, Ok(Ok(_))) {
+        return Err(Error::PromotePending(node.hostname));
+    }
+    let info = node_info(&state, m, &node.id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+pub(super) async fn demote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let voters = m.status.borrow().voters.clone();
+    let node = roles::check_demote(&m.store.read(), &voters, &state.live.borrow(), &key)?;
+    propose(m, Command::SetNodeRole { id: node.id.clone(), role: Role::Worker, at: now_ms() }).await?;
+    // A manager demoting itself may never see its own removal applied (the
+    // leader stops talking to it): the committed role is enough then.
+    if node.id != state.node_id {
+        let mut status = m.status.clone();
+        let left = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| !s.voters.contains(&node.raft_id))).await;
+        if !matches!(left, Ok(Ok(_))) {
+            return Err(Error::DemotePending(node.hostname));
+        }
+    }
+    let info = node_info(&state, m, &node.id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct RemoveNodeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub(super) async fn remove_node(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    q: web::Query<RemoveNodeQuery>,
+) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let info = {
+        let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+        node_info(&state, m, &id, &key)?
+    };
+    if info.node.id == state.node_id {
+        return Err(Error::RemoveSelf);
+    }
+    if info.node.role == Role::Manager {
+        return Err(Error::RemoveManager(info.node.hostname));
+    }
+    if info.status == NodeStatus::Ready && !q.force {
+        return Err(Error::RemoveReady(info.node.hostname));
+    }
+    propose(m, Command::RemoveNode(info.node.id.clone())).await?;
+    Ok(HttpResponse::Ok().json(info))
+}

@@ -1,0 +1,181 @@
+//! Services and their tasks.
+
+use actix_web::{web, HttpResponse};
+use common::api::{ServiceInfo, ServiceUpdate, TaskInfo};
+use common::spec::{ServiceMode, ServiceSpec};
+use common::task::{Task, TaskState};
+use common::time::now_ms;
+use common::ServiceId;
+
+use super::{find_service, manager, propose, ApiState, Error, Result};
+use crate::dispatcher::GetMeshFailures;
+use crate::store::{Command, Service, Store, StoreError};
+use crate::Manager;
+
+pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
+    let running = store
+        .tasks_of(&svc.id)
+        .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+        .count() as u64;
+    let desired = match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => store.tasks_of(&svc.id).filter(|t| t.is_active()).count() as u64,
+    };
+    ServiceInfo {
+        id: svc.id.clone(),
+        version: svc.version,
+        spec: svc.spec.clone(),
+        created_at: svc.created_at,
+        updated_at: svc.updated_at,
+        running,
+        desired,
+        update_status: svc.update_status.clone(),
+        previous_spec: svc.previous_spec.clone(),
+        mesh_errors: vec![],
+    }
+}
+
+pub(super) async fn list_services(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let store = m.store.read();
+    let list: Vec<ServiceInfo> = store.services.values().map(|s| service_info(&store, s)).collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+pub(super) async fn get_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let mut info = service_info(&m.store.read(), &svc);
+    // The leader hears from every node what it cannot serve.
+    if let Ok(failures) = m.dispatcher.send(GetMeshFailures).await {
+        let store = m.store.read();
+        for (node, list) in failures {
+            let host = store.nodes.get(&node).map(|n| n.hostname.clone()).unwrap_or_else(|| node.to_string());
+            for f in list.iter().filter(|f| f.service_name == svc.spec.name) {
+                info.mesh_errors.push(format!("{host}: {}", f.error));
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// A port published by another write between numbering and commit: numbering again may find a free one.
+fn port_taken_meanwhile(e: &Error) -> bool {
+    matches!(e, Error::Store(StoreError::PortInUse { .. }))
+}
+
+/// Numbers the unnumbered publishes and proposes; a port taken meanwhile by
+/// a concurrent write is numbered again (a few times).
+pub(super) async fn propose_with_ports(
+    m: &Manager,
+    id: &ServiceId,
+    spec: ServiceSpec,
+    make: impl Fn(ServiceSpec) -> Command,
+) -> Result<ServiceSpec> {
+    let dynamic = spec.task.ports.iter().any(|p| p.published.is_none());
+    let mut attempt = 0;
+    loop {
+        let mut numbered = spec.clone();
+        m.store.read().allocate_ports(id, &mut numbered.task.ports)?;
+        match propose(m, make(numbered.clone())).await {
+            Err(e) if dynamic && attempt < 3 && port_taken_meanwhile(&e) => attempt += 1,
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(numbered),
+        }
+    }
+}
+
+pub(super) async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let spec = spec.into_inner();
+    spec.validate()?;
+    let now = now_ms();
+    let id = ServiceId::random();
+    let spec =
+        propose_with_ports(m, &id, spec, |spec| Command::CreateService(Service::new(id.clone(), spec, now))).await?;
+    let svc = Service::new(id, spec, now);
+    let info = service_info(&m.store.read(), &svc);
+    Ok(HttpResponse::Created().json(info))
+}
+
+pub(super) async fn update_service(
+    state: web::Data<ApiState>,
+    key: web::Path<String>,
+    update: web::Json<ServiceUpdate>,
+) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let spec = update.apply(&svc.spec)?;
+    if spec != svc.spec {
+        let id = svc.id.clone();
+        propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() })
+            .await?;
+    }
+    let store = m.store.read();
+    let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
+    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+}
+
+pub(super) async fn rollback_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    propose(
+        m,
+        Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason: "manually requested rollback".into() },
+    )
+    .await?;
+    let store = m.store.read();
+    let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
+    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+}
+
+pub(super) async fn remove_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let info = service_info(&m.store.read(), &svc);
+    propose(m, Command::RemoveService(svc.id.clone())).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+fn task_infos(store: &Store, tasks: impl Iterator<Item = Task>) -> Vec<TaskInfo> {
+    tasks
+        .map(|t| TaskInfo {
+            node_hostname: t.node_id.as_ref().and_then(|n| store.nodes.get(n)).map(|n| n.hostname.clone()),
+            task: t,
+        })
+        .collect()
+}
+
+pub(super) async fn service_tasks(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &key)?;
+    let store = m.store.read();
+    let list = task_infos(&store, store.tasks_of(&svc.id).cloned());
+    Ok(HttpResponse::Ok().json(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::ProposeError;
+    use common::mesh::Protocol;
+
+    fn port_in_use() -> StoreError {
+        StoreError::PortInUse { port: 30000, protocol: Protocol::Tcp, service: "web".into() }
+    }
+
+    #[test]
+    fn only_a_port_taken_by_another_service_is_numbered_again() {
+        assert!(port_taken_meanwhile(&ProposeError::Rejected(port_in_use()).into()));
+        assert!(port_taken_meanwhile(&Error::from(port_in_use())));
+        for e in [
+            ProposeError::Rejected(StoreError::PortTwice { port: 30000, protocol: Protocol::Tcp }).into(),
+            ProposeError::Rejected(StoreError::NameInUse("web".into(), ServiceId::random())).into(),
+            ProposeError::Rejected(StoreError::NoFreePort).into(),
+            ProposeError::NoLeader.into(),
+            Error::not_found("port", "30000"),
+        ] {
+            assert!(!port_taken_meanwhile(&e), "{e}");
+        }
+    }
+}
