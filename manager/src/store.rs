@@ -35,9 +35,9 @@
 //!   does, nor what the leader's loops decide from the store. Today that is
 //!   [`Command::MarkUnplaceable`] alone: it only moves an unassigned task
 //!   from NEW to PENDING with the scheduler's explanation, no apply rule
-//!   tells NEW from PENDING apart (both may be assigned, and the next status
-//!   replaces the whole status), and a scheduler that finds the explanation
-//!   missing proposes it again. A [`Command::Batch`] is ignorable when all
+//!   tells NEW from PENDING apart (both may be assigned, no worker reports
+//!   on an unassigned task, and the assignment replaces the whole status),
+//!   and a scheduler that finds the explanation missing proposes it again. A [`Command::Batch`] is ignorable when all
 //!   its commands are. Not ignorable, for instance: `SetUpdateStatus` (the
 //!   orchestrator pauses or rolls back from it) and `RotateJoinToken` (a
 //!   manager that missed it would still admit the old token).
@@ -726,8 +726,8 @@ struct Undo {
 enum Saved {
     Cluster(Box<ClusterInfo>),
     Node(NodeId, Option<Node>),
-    Service(ServiceId, Option<Service>),
-    Task(TaskId, Option<Task>),
+    Service(ServiceId, Option<Box<Service>>),
+    Task(TaskId, Option<Box<Task>>),
 }
 
 impl Undo {
@@ -735,8 +735,8 @@ impl Undo {
     /// command: a new command has to say what it writes.
     fn save(&mut self, store: &Store, cmd: &Command) {
         let node = |id: &NodeId| Saved::Node(id.clone(), store.nodes.get(id).cloned());
-        let service = |id: &ServiceId| Saved::Service(id.clone(), store.services.get(id).cloned());
-        let task = |id: &TaskId| Saved::Task(id.clone(), store.tasks.get(id).cloned());
+        let service = |id: &ServiceId| Saved::Service(id.clone(), store.services.get(id).cloned().map(Box::new));
+        let task = |id: &TaskId| Saved::Task(id.clone(), store.tasks.get(id).cloned().map(Box::new));
         match cmd {
             Command::InitCluster(_) | Command::RotateJoinToken { .. } => {
                 self.saved.push(Saved::Cluster(Box::new(store.cluster.clone())))
@@ -752,7 +752,7 @@ impl Undo {
             | Command::SetUpdateStatus { id, .. } => self.saved.push(service(id)),
             Command::RemoveService(id) => {
                 self.saved.push(service(id));
-                self.saved.extend(store.tasks_of(id).map(|t| Saved::Task(t.id.clone(), Some(t.clone()))));
+                self.saved.extend(store.tasks_of(id).map(|t| Saved::Task(t.id.clone(), Some(Box::new(t.clone())))));
             }
             Command::CreateTasks(ts) => self.saved.extend(ts.iter().map(|t| task(&t.id))),
             Command::AssignTasks(list) => self.saved.extend(list.iter().map(|a| task(&a.task))),
@@ -772,9 +772,9 @@ impl Undo {
                 Saved::Cluster(c) => store.cluster = *c,
                 Saved::Node(id, Some(n)) => drop(store.nodes.insert(id, n)),
                 Saved::Node(id, None) => drop(store.nodes.remove(&id)),
-                Saved::Service(id, Some(s)) => drop(store.services.insert(id, s)),
+                Saved::Service(id, Some(s)) => drop(store.services.insert(id, *s)),
                 Saved::Service(id, None) => drop(store.services.remove(&id)),
-                Saved::Task(_, Some(t)) => drop(store.tasks.insert(t)),
+                Saved::Task(_, Some(t)) => drop(store.tasks.insert(*t)),
                 Saved::Task(id, None) => drop(store.tasks.remove(&id)),
             }
         }

@@ -548,11 +548,10 @@ mod tests {
         RaftCore::open(dir, CoreOptions { raft_id: 1, bootstrap, compact_every: 1000, boot: 7 }, Instant::now())
     }
 
+    type Resolved = Vec<(ProposalNo, Result<(), ProposeError>)>;
+
     /// Ticks a lone voter's ready loop until `done` holds; what it resolved.
-    fn run_until(
-        core: &mut RaftCore,
-        done: impl Fn(&RaftCore) -> bool,
-    ) -> Result<Vec<(ProposalNo, Result<(), ProposeError>)>, RaftError> {
+    fn run_until(core: &mut RaftCore, done: impl Fn(&RaftCore) -> bool) -> Result<Resolved, RaftError> {
         let mut now = Instant::now();
         let mut resolved = Vec::new();
         for _ in 0..200 {
