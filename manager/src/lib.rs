@@ -79,7 +79,8 @@ impl Manager {
                 events: hub.clone(),
             },
             transport,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         // Nodes coming and going, as this manager's gossip sees them.
         {
             let (hub, store, mut live) = (hub.clone(), store.clone(), cfg.live.clone());

@@ -1,11 +1,57 @@
 //! The replicated store: the state machine every manager builds by applying
 //! the committed raft log, and the commands that change it.
 //!
-//! Commands are a MessagePack-tagged enum whose variant list only ever grows;
-//! a node that meets a variant it does not know skips that entry with a
-//! warning (see [`decode_command`]). Apply is deterministic: a command that
-//! cannot apply (a name already taken) fails the same way on every manager,
-//! and the proposer gets that error back.
+//! Layout: this file holds the commands, how they are written into log
+//! entries, and [`Store::apply`]; [`tasks`] holds the task table with its
+//! indexes by service and by node.
+//!
+//! # Rules for applying
+//!
+//! Apply is deterministic: a command that cannot apply (a name already
+//! taken) fails the same way on every manager, changes nothing, and the
+//! proposer gets that error back. Every manager must apply every entry, so
+//! managers of two versions never disagree about the store:
+//!
+//! - **Entries.** A log entry is the [`Command`] in MessagePack
+//!   ([`encode_command`]), whose variant list only ever grows. An entry that
+//!   may be skipped by a manager that cannot read it starts with an envelope
+//!   (see [`decode_command`]): the byte `0xc1`, which MessagePack never
+//!   uses, so no bare command starts with it, then a flags byte whose bit 0
+//!   is [`IGNORABLE`] (nomad's `IgnoreUnknownTypeFlag`). The flag sits
+//!   outside the command, so a manager that does not know the command can
+//!   still read it. Every other entry is the bare command, exactly as
+//!   entries were written before the envelope existed, so old logs and
+//!   snapshots load unchanged and managers from before the envelope still
+//!   read every entry that must not be skipped.
+//! - **An entry this version cannot read** (a command from a newer version):
+//!   if it is marked ignorable, the manager skips it with a warning and
+//!   counts it (`shoal_raft_skipped_entries`); otherwise the raft log stops
+//!   applying and the manager exits with the entry's index and the reason,
+//!   rather than go on with a store that differs from the other managers'.
+//!   Upgrade it and it picks up where it stopped.
+//! - **Which commands are ignorable** ([`Command::ignorable`], one arm per
+//!   command, so a new command has to choose; the answer for a new one is
+//!   no): only a command whose loss cannot change what any later command
+//!   does, nor what the leader's loops decide from the store. Today that is
+//!   [`Command::MarkUnplaceable`] alone: it only moves an unassigned task
+//!   from NEW to PENDING with the scheduler's explanation, no apply rule
+//!   tells NEW from PENDING apart (both may be assigned, no worker reports
+//!   on an unassigned task, and the assignment replaces the whole status),
+//!   and a scheduler that finds the explanation missing proposes it again. A [`Command::Batch`] is ignorable when all
+//!   its commands are. Not ignorable, for instance: `SetUpdateStatus` (the
+//!   orchestrator pauses or rolls back from it) and `RotateJoinToken` (a
+//!   manager that missed it would still admit the old token).
+//! - **A new field on an existing command** is dropped without a word by
+//!   an older manager (serde ignores unknown fields), so it must be
+//!   `#[serde(default)]` and harmless to lose; anything else is a new
+//!   command.
+//! - **Batches are all or nothing**: a [`Command::Batch`] whose commands do
+//!   not all apply changes nothing (see [`Store::apply_recording`]).
+//! - **Indexes** of tasks by service and by node live in [`Tasks`]; they
+//!   are never serialised and are rebuilt whenever a store is decoded, so
+//!   snapshots keep their format.
+
+mod tasks;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -17,6 +63,8 @@ use common::time::Millis;
 use common::wire::PeerInfo;
 use common::{NodeId, ServiceId, TaskId};
 use serde::{Deserialize, Serialize};
+
+pub use tasks::{TaskMut, Tasks};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -121,7 +169,8 @@ pub enum Command {
     },
     UpdateTaskStatus(Vec<TaskStatusUpdate>),
     DeleteTasks(Vec<TaskId>),
-    /// Several commands in one entry, applied in order; stops at the first error.
+    /// Several commands in one entry, applied in order, all or none: if one
+    /// fails, the store is left as it was before the batch.
     Batch(Vec<Command>),
     /// Replaces one role's join token; nodes already joined are unaffected.
     RotateJoinToken {
@@ -152,13 +201,78 @@ pub enum StoreError {
     NoFreePort,
 }
 
-pub fn encode_command(cmd: &Command) -> Vec<u8> {
-    // Encoding plain data into a Vec cannot fail.
-    rmp_serde::to_vec_named(cmd).expect("commands always encode")
+impl Command {
+    /// Whether a manager that cannot read this command may skip it; the
+    /// rules are in the module doc. Stated for every command so that a new
+    /// one has to choose, and the answer for a new command is false.
+    pub fn ignorable(&self) -> bool {
+        match self {
+            Command::MarkUnplaceable(_) => true,
+            Command::Batch(cmds) => cmds.iter().all(Command::ignorable),
+            Command::InitCluster(_)
+            | Command::AddNode(_)
+            | Command::SetNodeAvailability { .. }
+            | Command::RemoveNode(_)
+            | Command::CreateService(_)
+            | Command::UpdateService { .. }
+            | Command::RemoveService(_)
+            | Command::RollbackService { .. }
+            | Command::SetUpdateStatus { .. }
+            | Command::UpdateNodeLabels { .. }
+            | Command::SetNodeRole { .. }
+            | Command::CreateTasks(_)
+            | Command::AssignTasks(_)
+            | Command::SetDesiredState { .. }
+            | Command::UpdateTaskStatus(_)
+            | Command::DeleteTasks(_)
+            | Command::RotateJoinToken { .. } => false,
+        }
+    }
 }
 
-pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
-    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+/// The first byte of an entry with an envelope: MessagePack never uses it.
+const ENVELOPE: u8 = 0xc1;
+/// Envelope flag: a manager that cannot read the command may skip the entry.
+pub const IGNORABLE: u8 = 0x01;
+/// The flags this version knows; an entry with others is unreadable.
+const KNOWN_FLAGS: u8 = IGNORABLE;
+
+/// A log entry's bytes: the bare command, or for an ignorable command the
+/// envelope `[0xc1, flags]` followed by the command.
+pub fn encode_command(cmd: &Command) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail.
+    let body = rmp_serde::to_vec_named(cmd).expect("commands always encode");
+    if !cmd.ignorable() {
+        return body;
+    }
+    let mut entry = Vec::with_capacity(body.len() + 2);
+    entry.extend_from_slice(&[ENVELOPE, IGNORABLE]);
+    entry.extend_from_slice(&body);
+    entry
+}
+
+/// A log entry this version cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unreadable {
+    /// The entry is marked as one a manager may skip.
+    pub ignorable: bool,
+    pub reason: String,
+}
+
+/// Reads a log entry written by [`encode_command`], or by any version
+/// before the envelope (a bare command).
+pub fn decode_command(entry: &[u8]) -> Result<Command, Unreadable> {
+    let (flags, body) = match entry {
+        [ENVELOPE, flags, body @ ..] => (*flags, body),
+        [ENVELOPE] => return Err(Unreadable { ignorable: false, reason: "entry envelope cut short".into() }),
+        bare => (0, bare),
+    };
+    let ignorable = flags & IGNORABLE != 0;
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(Unreadable { ignorable, reason: format!("unknown entry flags {flags:#04x}") });
+    }
+    rmp_serde::from_slice(body).map_err(|e| Unreadable { ignorable, reason: e.to_string() })
 }
 
 /// What one applied command changed, for the events stream. Removals carry
@@ -178,7 +292,8 @@ pub struct Store {
     pub cluster: ClusterInfo,
     pub nodes: BTreeMap<NodeId, Node>,
     pub services: BTreeMap<ServiceId, Service>,
-    pub tasks: BTreeMap<TaskId, Task>,
+    /// Changed only through [`Tasks`]' methods, which keep its indexes.
+    pub tasks: Tasks,
     /// Which proposals were applied lately (see [`Store::apply_once`]).
     #[serde(default)]
     pub applied_proposals: RecentProposals,
@@ -262,7 +377,53 @@ impl Store {
 
     /// [`Store::apply`], noting in `changes` what changed (for the events
     /// stream): the same on every manager, since apply is deterministic.
+    ///
+    /// Every command other than a batch checks everything before it changes
+    /// anything, so a failing one leaves the store as it was. A batch is made
+    /// all or nothing with an undo log: before each of its commands, the
+    /// entries that command may write (named by the command, see
+    /// [`Undo::save`]) are copied, and if a later one fails they are put back,
+    /// newest first. That costs a copy of what the batch touches, never of
+    /// the store. A separate check phase would have to restate every failure
+    /// rule of apply while tracking the effect of the batch's earlier
+    /// commands (a service created, then updated, in one batch): a second
+    /// copy of apply that could drift from the first. Single commands skip
+    /// the log: the dispatcher's status reports are large and never batched.
     pub fn apply_recording(&mut self, cmd: Command, changes: &mut Vec<Change>) -> Result<(), StoreError> {
+        let Command::Batch(cmds) = cmd else {
+            return self.apply_one(cmd, changes);
+        };
+        let mut undo = Undo::default();
+        let reported = changes.len();
+        let result = self.apply_batch(cmds, changes, &mut undo);
+        if result.is_err() {
+            undo.restore(self);
+            changes.truncate(reported);
+        }
+        result
+    }
+
+    /// A batch's commands in order, nested batches flattened into the same
+    /// undo log; stops at the first error.
+    fn apply_batch(
+        &mut self,
+        cmds: Vec<Command>,
+        changes: &mut Vec<Change>,
+        undo: &mut Undo,
+    ) -> Result<(), StoreError> {
+        for c in cmds {
+            match c {
+                Command::Batch(inner) => self.apply_batch(inner, changes, undo)?,
+                c => {
+                    undo.save(self, &c);
+                    self.apply_one(c, changes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, cmd: Command, changes: &mut Vec<Change>) -> Result<(), StoreError> {
         match cmd {
             Command::InitCluster(info) => {
                 let info = *info;
@@ -364,13 +525,12 @@ impl Store {
                 };
                 // The tasks go with it; workers stop and remove the containers
                 // that drop out of their assignment sets.
-                self.tasks.retain(|_, t| {
-                    let keep = t.service_id != id;
-                    if !keep {
-                        changes.push(Change::TaskRemoved { id: t.id.clone(), name: t.name(), node: t.node_id.clone() });
+                let ids: Vec<TaskId> = self.tasks.of_service(&id).map(|t| t.id.clone()).collect();
+                for tid in ids {
+                    if let Some(t) = self.tasks.remove(&tid) {
+                        changes.push(Change::TaskRemoved { id: tid, name: t.name(), node: t.node_id });
                     }
-                    keep
-                });
+                }
                 changes.push(Change::ServiceRemoved { id, name: svc.spec.name });
             }
             Command::CreateTasks(tasks) => {
@@ -378,13 +538,13 @@ impl Store {
                     // A task for a service removed meanwhile is dropped.
                     if self.services.contains_key(&t.service_id) {
                         changes.push(Change::Task { id: t.id.clone() });
-                        self.tasks.insert(t.id.clone(), t);
+                        self.tasks.insert(t);
                     }
                 }
             }
             Command::AssignTasks(assignments) => {
                 for a in assignments {
-                    let Some(t) = self.tasks.get_mut(&a.task) else { continue };
+                    let Some(mut t) = self.tasks.get_mut(&a.task) else { continue };
                     if t.node_id.is_some()
                         || t.desired_state != TaskState::Running
                         || !t.status.state.can_advance_to(TaskState::Assigned)
@@ -399,7 +559,7 @@ impl Store {
             }
             Command::MarkUnplaceable(list) => {
                 for u in list {
-                    let Some(t) = self.tasks.get_mut(&u.task) else { continue };
+                    let Some(mut t) = self.tasks.get_mut(&u.task) else { continue };
                     if t.node_id.is_some() || t.status.state > TaskState::Pending {
                         continue;
                     }
@@ -411,7 +571,7 @@ impl Store {
             }
             Command::SetDesiredState { tasks, state } => {
                 for id in tasks {
-                    if let Some(t) = self.tasks.get_mut(&id) {
+                    if let Some(mut t) = self.tasks.get_mut(&id) {
                         // Desired state only moves forward too.
                         if state > t.desired_state {
                             t.desired_state = state;
@@ -421,7 +581,7 @@ impl Store {
             }
             Command::UpdateTaskStatus(updates) => {
                 for u in updates {
-                    let Some(t) = self.tasks.get_mut(&u.task_id) else { continue };
+                    let Some(mut t) = self.tasks.get_mut(&u.task_id) else { continue };
                     if t.status.state.can_advance_to(u.status.state) {
                         t.status = u.status;
                         changes.push(Change::Task { id: u.task_id });
@@ -435,11 +595,8 @@ impl Store {
                     }
                 }
             }
-            Command::Batch(cmds) => {
-                for c in cmds {
-                    self.apply_recording(c, changes)?;
-                }
-            }
+            // Not reached from apply_recording, which takes batches apart.
+            batch @ Command::Batch(_) => return self.apply_recording(batch, changes),
             Command::RotateJoinToken { role, token } => match role {
                 Role::Worker => self.cluster.worker_token = token,
                 Role::Manager => self.cluster.manager_token = token,
@@ -547,149 +704,82 @@ impl Store {
         }
     }
 
-    pub fn tasks_of<'a>(&'a self, service: &'a ServiceId) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks.values().filter(move |t| &t.service_id == service)
+    /// A service's tasks, in id order (from the index, not a scan).
+    pub fn tasks_of<'a>(&'a self, service: &ServiceId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.of_service(service)
     }
 
-    pub fn tasks_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks.values().filter(move |t| t.node_id.as_ref() == Some(node))
+    /// The tasks assigned to a node, in id order (from the index).
+    pub fn tasks_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.on_node(node)
+    }
+}
+
+/// What a batch's commands wrote, to put back if a later one fails (see
+/// [`Store::apply_recording`]).
+#[derive(Default)]
+struct Undo {
+    /// Entries as they were before a command, oldest first.
+    saved: Vec<Saved>,
+}
+
+enum Saved {
+    Cluster(Box<ClusterInfo>),
+    Node(NodeId, Option<Node>),
+    Service(ServiceId, Option<Box<Service>>),
+    Task(TaskId, Option<Box<Task>>),
+}
+
+impl Undo {
+    /// Copies every entry `cmd` may write, as it is now. One arm per
+    /// command: a new command has to say what it writes.
+    fn save(&mut self, store: &Store, cmd: &Command) {
+        let node = |id: &NodeId| Saved::Node(id.clone(), store.nodes.get(id).cloned());
+        let service = |id: &ServiceId| Saved::Service(id.clone(), store.services.get(id).cloned().map(Box::new));
+        let task = |id: &TaskId| Saved::Task(id.clone(), store.tasks.get(id).cloned().map(Box::new));
+        match cmd {
+            Command::InitCluster(_) | Command::RotateJoinToken { .. } => {
+                self.saved.push(Saved::Cluster(Box::new(store.cluster.clone())))
+            }
+            Command::AddNode(n) => self.saved.push(node(&n.id)),
+            Command::SetNodeAvailability { id, .. }
+            | Command::RemoveNode(id)
+            | Command::UpdateNodeLabels { id, .. }
+            | Command::SetNodeRole { id, .. } => self.saved.push(node(id)),
+            Command::CreateService(svc) => self.saved.push(service(&svc.id)),
+            Command::UpdateService { id, .. }
+            | Command::RollbackService { id, .. }
+            | Command::SetUpdateStatus { id, .. } => self.saved.push(service(id)),
+            Command::RemoveService(id) => {
+                self.saved.push(service(id));
+                self.saved.extend(store.tasks_of(id).map(|t| Saved::Task(t.id.clone(), Some(Box::new(t.clone())))));
+            }
+            Command::CreateTasks(ts) => self.saved.extend(ts.iter().map(|t| task(&t.id))),
+            Command::AssignTasks(list) => self.saved.extend(list.iter().map(|a| task(&a.task))),
+            Command::MarkUnplaceable(list) => self.saved.extend(list.iter().map(|u| task(&u.task))),
+            Command::SetDesiredState { tasks, .. } | Command::DeleteTasks(tasks) => {
+                self.saved.extend(tasks.iter().map(task))
+            }
+            Command::UpdateTaskStatus(updates) => self.saved.extend(updates.iter().map(|u| task(&u.task_id))),
+            // Its commands are saved one by one as they apply.
+            Command::Batch(_) => {}
+        }
+    }
+
+    fn restore(self, store: &mut Store) {
+        for saved in self.saved.into_iter().rev() {
+            match saved {
+                Saved::Cluster(c) => store.cluster = *c,
+                Saved::Node(id, Some(n)) => drop(store.nodes.insert(id, n)),
+                Saved::Node(id, None) => drop(store.nodes.remove(&id)),
+                Saved::Service(id, Some(s)) => drop(store.services.insert(id, *s)),
+                Saved::Service(id, None) => drop(store.services.remove(&id)),
+                Saved::Task(_, Some(t)) => drop(store.tasks.insert(*t)),
+                Saved::Task(id, None) => drop(store.tasks.remove(&id)),
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use common::spec::TaskTemplate;
-
-    pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
-        ServiceSpec::new(name, replicas, TaskTemplate::new("img"))
-    }
-
-    fn service(name: &str) -> Service {
-        Service::new(ServiceId::random(), spec(name, 1), 0)
-    }
-
-    #[test]
-    fn names_are_unique_and_errors_are_deterministic() {
-        let mut s = Store::default();
-        s.apply(Command::CreateService(service("web"))).unwrap();
-        let err = s.apply(Command::CreateService(service("web"))).unwrap_err();
-        assert!(matches!(err, StoreError::NameInUse(ref n, _) if n == "web"));
-        assert_eq!(s.services.len(), 1);
-    }
-
-    #[test]
-    fn task_status_only_moves_forward() {
-        let mut s = Store::default();
-        let svc = service("web");
-        let sid = svc.id.clone();
-        s.apply(Command::CreateService(svc)).unwrap();
-        let t = Task {
-            id: TaskId::random(),
-            service_id: sid,
-            service_name: "web".into(),
-            slot: 1,
-            node_id: None,
-            spec: spec("web", 1).task,
-            desired_state: TaskState::Running,
-            status: TaskStatus::new(TaskState::New, 0, "created"),
-            created_at: 0,
-            attempt: 0,
-        };
-        let id = t.id.clone();
-        s.apply(Command::CreateTasks(vec![t])).unwrap();
-        let up = |state| {
-            Command::UpdateTaskStatus(vec![TaskStatusUpdate {
-                task_id: id.clone(),
-                status: TaskStatus::new(state, 1, ""),
-            }])
-        };
-        s.apply(up(TaskState::Running)).unwrap();
-        s.apply(up(TaskState::Starting)).unwrap();
-        assert_eq!(s.tasks[&id].status.state, TaskState::Running);
-        s.apply(up(TaskState::Failed)).unwrap();
-        s.apply(up(TaskState::Running)).unwrap();
-        assert_eq!(s.tasks[&id].status.state, TaskState::Failed);
-    }
-
-    #[test]
-    fn snapshot_round_trip_and_unknown_commands() {
-        let mut s = Store::default();
-        s.apply(Command::CreateService(service("a"))).unwrap();
-        let back = Store::from_snapshot(&s.to_snapshot()).unwrap();
-        assert_eq!(back, s);
-        assert!(decode_command(b"\x81\xa9NotAThing\xc0").is_err());
-        let c = Command::RemoveNode("n".into());
-        assert_eq!(decode_command(&encode_command(&c)).unwrap(), c);
-    }
-
-    #[test]
-    fn published_ports_are_allocated_and_checked() {
-        let mut s = Store::default();
-        let mut a = service("a");
-        a.spec.task.ports = vec!["8080:80".parse().unwrap(), "80".parse().unwrap(), "80/udp".parse().unwrap()];
-        s.allocate_ports(&a.id, &mut a.spec.task.ports).unwrap();
-        let published: Vec<Option<u16>> = a.spec.task.ports.iter().map(|p| p.published).collect();
-        assert_eq!(published, [Some(8080), Some(30000), Some(30000)]);
-        s.apply(Command::CreateService(a)).unwrap();
-
-        let mut b = service("b");
-        b.spec.task.ports = vec!["8080:81".parse().unwrap()];
-        let err = s.apply(Command::CreateService(b.clone())).unwrap_err();
-        assert_eq!(err.to_string(), "port 8080/tcp is already published by service a");
-        b.spec.task.ports = vec!["81".parse().unwrap()];
-        s.allocate_ports(&b.id, &mut b.spec.task.ports).unwrap();
-        assert_eq!(b.spec.task.ports[0].published, Some(30001));
-        b.spec.task.ports.push("30001:90".parse().unwrap());
-        assert!(matches!(s.apply(Command::CreateService(b.clone())), Err(StoreError::PortTwice { port: 30001, .. })));
-
-        // Host-mode publishes may share a port.
-        let mut h1 = service("h1");
-        h1.spec.task.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
-        let mut h2 = service("h2");
-        h2.spec.task.ports = h1.spec.task.ports.clone();
-        s.apply(Command::CreateService(h1)).unwrap();
-        s.apply(Command::CreateService(h2)).unwrap();
-    }
-
-    #[test]
-    fn rotating_a_join_token_replaces_that_role_only() {
-        let mut s = Store::default();
-        let info =
-            ClusterInfo { id: "c".into(), worker_token: "w1".into(), manager_token: "m1".into(), ..Default::default() };
-        s.apply(Command::InitCluster(Box::new(info))).unwrap();
-        s.apply(Command::RotateJoinToken { role: Role::Worker, token: "w2".into() }).unwrap();
-        assert_eq!((s.cluster.worker_token.as_str(), s.cluster.manager_token.as_str()), ("w2", "m1"));
-        s.apply(Command::RotateJoinToken { role: Role::Manager, token: "m2".into() }).unwrap();
-        assert_eq!((s.cluster.worker_token.as_str(), s.cluster.manager_token.as_str()), ("w2", "m2"));
-        let c = Command::RotateJoinToken { role: Role::Worker, token: "w3".into() };
-        assert_eq!(decode_command(&encode_command(&c)).unwrap(), c);
-        assert_eq!(Store::from_snapshot(&s.to_snapshot()).unwrap(), s);
-    }
-
-    #[test]
-    fn cluster_info_from_before_the_ca_still_decodes() {
-        #[derive(Serialize)]
-        struct Before {
-            id: String,
-            worker_token: String,
-            manager_token: String,
-            created_at: Millis,
-        }
-        let old = Before { id: "c".into(), worker_token: "w".into(), manager_token: "m".into(), created_at: 1 };
-        let info: ClusterInfo = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
-        assert_eq!(info.id, "c");
-        assert!(info.ca.is_empty());
-    }
-
-    #[test]
-    fn removing_a_service_removes_its_tasks() {
-        let mut s = Store::default();
-        let svc = service("a");
-        let sid = svc.id.clone();
-        s.apply(Command::CreateService(svc)).unwrap();
-        s.apply(Command::RemoveService(sid.clone())).unwrap();
-        assert!(s.tasks_of(&sid).next().is_none());
-        assert!(matches!(s.apply(Command::RemoveService(sid)), Err(StoreError::NoSuchService(_))));
-    }
-}
+pub(crate) mod tests;

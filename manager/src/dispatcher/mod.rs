@@ -85,18 +85,6 @@ impl Dispatcher {
 
     fn push_all(&mut self) {
         let store = self.store.read();
-        let mut by_node: BTreeMap<&NodeId, BTreeMap<TaskId, Task>> = BTreeMap::new();
-        for t in store.tasks.values() {
-            // An ORPHANED task was given up with its node: the node no
-            // longer holds it, so on its return it stops and removes the
-            // container. The task stays in the store's history.
-            if t.status.state == TaskState::Orphaned {
-                continue;
-            }
-            if let Some(n) = &t.node_id {
-                by_node.entry(n).or_default().insert(t.id.clone(), t.clone());
-            }
-        }
         let managers = {
             let st = self.status.borrow();
             let members: Vec<u64> = st.voters.iter().chain(&st.learners).copied().collect();
@@ -117,9 +105,16 @@ impl Dispatcher {
                 session.mesh_sent = true;
             }
         }
-        let empty = BTreeMap::new();
         for (node, session) in self.sessions.iter_mut() {
-            let now = by_node.get(node).unwrap_or(&empty);
+            // From the store's index by node, not a scan of every task. An
+            // ORPHANED task was given up with its node: the node no longer
+            // holds it, so on its return it stops and removes the container.
+            // The task stays in the store's history.
+            let now: BTreeMap<TaskId, Task> = store
+                .tasks_on(node)
+                .filter(|t| t.status.state != TaskState::Orphaned)
+                .map(|t| (t.id.clone(), t.clone()))
+                .collect();
             let frame = match &session.sent {
                 None => Some(Frame::Assignments {
                     full: true,
@@ -128,7 +123,7 @@ impl Dispatcher {
                     managers: managers.clone(),
                 }),
                 Some(sent) => {
-                    let d = diff::diff(sent, now);
+                    let d = diff::diff(sent, &now);
                     (!d.is_empty() || managers_changed).then(|| Frame::Assignments {
                         full: false,
                         tasks: d.upserts,
@@ -139,7 +134,7 @@ impl Dispatcher {
             };
             if let Some(f) = frame {
                 let _ = session.tx.send(f);
-                session.sent = Some(now.clone());
+                session.sent = Some(now);
             }
         }
     }

@@ -382,7 +382,7 @@ mod tests {
         fn run_all_on(&mut self, nodes: &[&str]) {
             let ids: Vec<TaskId> = self.store.tasks.keys().cloned().collect();
             for (i, id) in ids.iter().enumerate() {
-                let t = self.store.tasks.get_mut(id).unwrap();
+                let mut t = self.store.tasks.get_mut(id).unwrap();
                 if t.node_id.is_none() {
                     t.node_id = Some(nodes[i % nodes.len()].into());
                     t.status = TaskStatus::new(TaskState::Running, 0, "");
@@ -395,9 +395,9 @@ mod tests {
             s
         }
         fn fail(&mut self, slot: u64, state: TaskState, at: Millis) -> TaskId {
-            let t = self.store.tasks.values_mut().find(|t| t.slot == slot && t.is_active()).unwrap();
-            t.status = TaskStatus::new(state, at, "");
-            t.id.clone()
+            let id = self.store.tasks.values().find(|t| t.slot == slot && t.is_active()).unwrap().id.clone();
+            self.store.tasks.get_mut(&id).unwrap().status = TaskStatus::new(state, at, "");
+            id
         }
     }
 
@@ -414,10 +414,10 @@ mod tests {
         let mut h = Harness::new(4);
         h.step(0);
         // Slots 1,2,3 on n1; slot 4 on n2.
-        for t in h.store.tasks.values_mut() {
+        h.store.tasks.update_all(|t| {
             t.node_id = Some(if t.slot < 4 { "n1" } else { "n2" }.into());
             t.status = TaskStatus::new(TaskState::Running, 0, "");
-        }
+        });
         h.svc().spec.mode = ServiceMode::Replicated { replicas: 2 };
         h.step(1);
         let on_n1 = h.store.tasks.values().filter(|t| t.node_id == Some("n1".into())).count();
@@ -522,26 +522,28 @@ mod tests {
             self.store.tasks.values().filter(|t| t.is_active() && t.node_id == Some(node.into())).count()
         }
         fn place_new_on(&mut self, node: &str) {
-            for t in self.store.tasks.values_mut().filter(|t| t.node_id.is_none() && t.is_active()) {
-                t.node_id = Some(node.into());
-                t.status = TaskStatus::new(TaskState::Assigned, 0, "");
-            }
+            self.store.tasks.update_all(|t| {
+                if t.node_id.is_none() && t.is_active() {
+                    t.node_id = Some(node.into());
+                    t.status = TaskStatus::new(TaskState::Assigned, 0, "");
+                }
+            });
         }
         /// Every assigned, meant-to-run task reports RUNNING at `at`.
         fn all_run(&mut self, at: Millis) {
-            for t in self.store.tasks.values_mut().filter(|t| t.is_active() && t.node_id.is_some()) {
-                if t.status.state < TaskState::Running {
+            self.store.tasks.update_all(|t| {
+                if t.is_active() && t.node_id.is_some() && t.status.state < TaskState::Running {
                     t.status = TaskStatus::new(TaskState::Running, at, "");
                 }
-            }
+            });
         }
         /// Stopped tasks report SHUTDOWN.
         fn stopped(&mut self, at: Millis) {
-            for t in self.store.tasks.values_mut() {
+            self.store.tasks.update_all(|t| {
                 if t.desired_state == TaskState::Shutdown && !t.status.state.is_terminal() {
                     t.status = TaskStatus::new(TaskState::Shutdown, at, "");
                 }
-            }
+            });
         }
         fn images(&self) -> Vec<String> {
             let mut v: Vec<String> =
@@ -628,9 +630,12 @@ mod tests {
             });
             h.step(1_000);
             // The new task exits at once.
-            let new = h.store.tasks.values_mut().find(|t| t.is_active() && t.spec.image == "broken").unwrap();
-            new.node_id = Some("n1".into());
-            new.status = TaskStatus::new(TaskState::Failed, 1_100, "");
+            let id = h.store.tasks.values().find(|t| t.is_active() && t.spec.image == "broken").unwrap().id.clone();
+            {
+                let mut new = h.store.tasks.get_mut(&id).unwrap();
+                new.node_id = Some("n1".into());
+                new.status = TaskStatus::new(TaskState::Failed, 1_100, "");
+            }
             let mut now = 1_200;
             for _ in 0..20 {
                 let d = h.step(now);

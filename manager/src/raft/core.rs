@@ -17,12 +17,12 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
-use super::storage::{DiskStorage, StorageError};
+use super::storage::DiskStorage;
 use super::{
-    ProposeError, RaftStatus, SharedStore, CAUGHT_UP_WITHIN, ELECTION_TICKS, HEARTBEAT_TICKS, LEADER_WAIT,
+    ProposeError, RaftError, RaftStatus, SharedStore, CAUGHT_UP_WITHIN, ELECTION_TICKS, HEARTBEAT_TICKS, LEADER_WAIT,
     REPROPOSE_AFTER,
 };
-use crate::store::{decode_command, ProposalId, Store};
+use crate::store::{decode_command, ProposalId, Store, Unreadable};
 
 /// The raft configuration of every manager (`applied`: where the state
 /// machine restarts from, so raft does not hand those entries over again).
@@ -101,6 +101,10 @@ pub struct RaftCore {
     /// Gathered for the next [`ReadyOutput`].
     resolved: Vec<(ProposalNo, Result<(), ProposeError>)>,
     events: Vec<Event>,
+    /// Entries skipped as ignorable and unreadable (see [`crate::store`]).
+    skipped: u64,
+    /// Set by a fatal error; the core then does nothing more.
+    stopped: Option<String>,
 }
 
 fn logger() -> slog::Logger {
@@ -124,16 +128,19 @@ pub(crate) fn parse_context(ctx: &[u8]) -> Option<ProposalId> {
     Some((part(0)?, part(1)?, part(2)?))
 }
 
-fn storage_err(e: StorageError) -> ProposeError {
-    ProposeError::Storage(e.to_string())
+/// A membership change is never ignorable: skipping it would leave this
+/// node with other voters than the rest.
+fn unreadable_conf_change(index: u64, err: protobuf::ProtobufError) -> RaftError {
+    let source = Unreadable { ignorable: false, reason: format!("conf change: {err}") };
+    RaftError::UnreadableEntry { index, source }
 }
 
 impl RaftCore {
     /// Opens the log in `dir` (bootstrapping a new cluster if asked and the
     /// log is empty) and restores the store from its snapshot.
-    pub fn open(dir: &Path, opts: CoreOptions, now: Instant) -> Result<RaftCore, String> {
+    pub fn open(dir: &Path, opts: CoreOptions, now: Instant) -> Result<RaftCore, RaftError> {
         let mut storage =
-            DiskStorage::open(dir).map_err(|e| format!("cannot open raft log in {}: {e}", dir.display()))?;
+            DiskStorage::open(dir).map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
         if opts.bootstrap && storage.initial_state_is_empty() {
             // A new cluster starts from a snapshot at index 1 that names
             // this node the only voter (as raft-rs's examples do): a manager
@@ -145,19 +152,19 @@ impl RaftCore {
             meta.index = 1;
             meta.term = 1;
             meta.mut_conf_state().voters = vec![opts.raft_id];
-            storage.apply_snapshot(snap).map_err(|e| e.to_string())?;
+            storage.apply_snapshot(snap)?;
         }
         // The state machine restarts from the last snapshot; raft hands over
         // the committed entries after it again.
         let (store, snapshot_index) = match storage.snapshot_data() {
             Some((index, _term, data)) => {
-                (Store::from_snapshot(&data).map_err(|e| format!("corrupt snapshot: {e}"))?, index)
+                (Store::from_snapshot(&data).map_err(|reason| RaftError::CorruptSnapshot { index, reason })?, index)
             }
             None => (Store::default(), 0),
         };
         let config = config(opts.raft_id, snapshot_index);
-        config.validate().map_err(|e| e.to_string())?;
-        let mut node = RawNode::new(&config, storage, &logger()).map_err(|e| e.to_string())?;
+        config.validate()?;
+        let mut node = RawNode::new(&config, storage, &logger())?;
         // A lone voter (a new cluster, or a one-manager cluster restarting)
         // need not wait an election timeout.
         let voters: Vec<u64> = node.raft.prs().conf().voters().ids().iter().collect();
@@ -178,6 +185,8 @@ impl RaftCore {
             compact_every: opts.compact_every.max(10),
             resolved: Vec::new(),
             events: Vec::new(),
+            skipped: 0,
+            stopped: None,
         })
     }
 
@@ -190,9 +199,17 @@ impl RaftCore {
         self.applied
     }
 
+    /// How many entries were skipped as ignorable and unreadable.
+    pub fn skipped_entries(&self) -> u64 {
+        self.skipped
+    }
+
     /// Advances raft's clock by one tick and retries or refuses pending
     /// proposals as of `now`. True when raft has something to do.
     pub fn tick(&mut self, now: Instant) -> bool {
+        if self.stopped.is_some() {
+            return false;
+        }
         let ready = self.node.tick();
         self.retry_pending(now);
         ready
@@ -200,6 +217,9 @@ impl RaftCore {
 
     /// A raft message from a peer.
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
+        if self.stopped.is_some() {
+            return Ok(());
+        }
         self.node.step(m)
     }
 
@@ -213,6 +233,9 @@ impl RaftCore {
     /// [`ReadyOutput::resolved`]. Refused at once if this node has been
     /// without a leader for [`LEADER_WAIT`] already.
     pub fn propose(&mut self, what: Proposal, now: Instant) -> Result<ProposalNo, ProposeError> {
+        if self.stopped.is_some() {
+            return Err(ProposeError::Stopped);
+        }
         let leaderless_too_long = self.leaderless_since.is_some_and(|t| now.duration_since(t) >= LEADER_WAIT);
         if leaderless_too_long {
             // Refuse at once rather than make every write wait to fail.
@@ -232,14 +255,22 @@ impl RaftCore {
     /// call. `send` carries one message to its peer and says false when it
     /// had to drop it; it is called as soon as each message may leave (a
     /// leader's appends before its own fsync, votes and acknowledgements after).
-    /// An error means storage failed: this node must stop.
+    /// An error is fatal (storage failed, or an entry cannot be applied):
+    /// the core stops there, applies nothing more, and says so again on
+    /// every later call; the node must stop.
     pub fn handle_ready(
         &mut self,
         now: Instant,
         send: &mut dyn FnMut(Message) -> bool,
-    ) -> Result<ReadyOutput, ProposeError> {
+    ) -> Result<ReadyOutput, RaftError> {
+        if let Some(reason) = &self.stopped {
+            return Err(RaftError::Stopped(reason.clone()));
+        }
         if self.node.has_ready() {
-            self.on_ready(now, send)?;
+            if let Err(e) = self.on_ready(now, send) {
+                self.stopped = Some(e.to_string());
+                return Err(e);
+            }
         }
         Ok(ReadyOutput { resolved: std::mem::take(&mut self.resolved), events: std::mem::take(&mut self.events) })
     }
@@ -279,7 +310,7 @@ impl RaftCore {
         &self.node
     }
 
-    fn on_ready(&mut self, now: Instant, send: &mut dyn FnMut(Message) -> bool) -> Result<(), ProposeError> {
+    fn on_ready(&mut self, now: Instant, send: &mut dyn FnMut(Message) -> bool) -> Result<(), RaftError> {
         let mut unreachable = Vec::new();
         let mut snapshots = Vec::new();
         let mut send_all = |msgs: Vec<Message>| {
@@ -301,25 +332,27 @@ impl RaftCore {
         }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            let store = Store::from_snapshot(&snap.data).map_err(ProposeError::Storage)?;
-            self.node.mut_store().apply_snapshot(snap.clone()).map_err(storage_err)?;
+            let index = snap.get_metadata().index;
+            let store =
+                Store::from_snapshot(&snap.data).map_err(|reason| RaftError::CorruptSnapshot { index, reason })?;
+            self.node.mut_store().apply_snapshot(snap.clone())?;
             *self.store.write() = store;
             self.applied = snap.get_metadata().index;
             self.snapshot_index = self.applied;
         }
         self.apply_entries(ready.take_committed_entries())?;
         if !ready.entries().is_empty() {
-            self.node.mut_store().append(ready.entries()).map_err(storage_err)?;
+            self.node.mut_store().append(ready.entries())?;
         }
         if let Some(hs) = ready.hs() {
-            self.node.mut_store().set_hardstate(hs.clone()).map_err(storage_err)?;
+            self.node.mut_store().set_hardstate(hs.clone())?;
         }
         if !ready.persisted_messages().is_empty() {
             send_all(ready.take_persisted_messages());
         }
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.node.mut_store().set_commit(commit).map_err(storage_err)?;
+            self.node.mut_store().set_commit(commit)?;
         }
         send_all(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
@@ -342,7 +375,10 @@ impl RaftCore {
         Ok(())
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ProposeError> {
+    /// Applies committed entries in order. An entry this version cannot
+    /// read is skipped only if it is marked ignorable; otherwise applying
+    /// stops before it, with the error (the rules are in [`crate::store`]).
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         for e in entries {
             let id = parse_context(&e.context);
             let result = match e.get_entry_type() {
@@ -365,54 +401,47 @@ impl RaftCore {
                         }
                         r.map_err(ProposeError::from)
                     }
-                    Err(err) => {
-                        // A command from a newer version: skip it, loudly.
-                        tracing::warn!(index = e.index, error = %err, "skipping a log entry this version cannot read");
+                    Err(err) if err.ignorable => {
+                        // A command from a newer version that older ones may skip.
+                        self.skipped += 1;
+                        tracing::warn!(index = e.index, error = %err, "skipping an ignorable log entry this version cannot read");
                         Ok(())
+                    }
+                    Err(source) => {
+                        tracing::error!(index = e.index, error = %source, "a log entry this version cannot read; applying stops");
+                        return Err(RaftError::UnreadableEntry { index: e.index, source });
                     }
                 },
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    match cc.merge_from_bytes(&e.data) {
-                        Ok(()) => self.apply_conf_change(&cc),
-                        Err(err) => {
-                            tracing::error!(index = e.index, error = %err, "unreadable conf change");
-                            Ok(())
-                        }
-                    }
+                    cc.merge_from_bytes(&e.data).map_err(|err| unreadable_conf_change(e.index, err))?;
+                    self.apply_conf_change(&cc)?;
+                    Ok(())
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
-                    match cc.merge_from_bytes(&e.data) {
-                        Ok(()) => self.apply_conf_change(&cc),
-                        Err(err) => {
-                            tracing::error!(index = e.index, error = %err, "unreadable conf change");
-                            Ok(())
-                        }
-                    }
+                    cc.merge_from_bytes(&e.data).map_err(|err| unreadable_conf_change(e.index, err))?;
+                    self.apply_conf_change(&cc)?;
+                    Ok(())
                 }
             };
             self.applied = e.index;
             if let Some((origin, boot, n)) = id {
                 if origin == self.raft_id && boot == self.boot && self.pending.remove(&ProposalNo(n)).is_some() {
-                    self.resolved.push((ProposalNo(n), result.clone()));
+                    self.resolved.push((ProposalNo(n), result));
                 }
-            }
-            if let Err(ProposeError::Storage(s)) = result {
-                return Err(ProposeError::Storage(s));
             }
         }
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) -> Result<(), ProposeError> {
+    /// A change raft refuses is only logged; a storage failure is fatal.
+    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) -> Result<(), RaftError> {
         match self.node.apply_conf_change(cc) {
-            Ok(cs) => self.node.mut_store().set_conf_state(cs).map_err(storage_err),
-            Err(e) => {
-                tracing::warn!(error = %e, "conf change not applied");
-                Ok(())
-            }
+            Ok(cs) => self.node.mut_store().set_conf_state(cs)?,
+            Err(e) => tracing::warn!(error = %e, "conf change not applied"),
         }
+        Ok(())
     }
 
     fn maybe_compact(&mut self) {
@@ -509,6 +538,123 @@ impl RaftCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::TICK;
+    use crate::store::tests::{entries_v0, SNAPSHOT_V0};
+    use crate::store::{encode_command, Command, IGNORABLE};
+    use common::spec::{ServiceSpec, TaskTemplate};
+    use raft::eraftpb::{HardState, Snapshot};
+
+    fn lone_core(dir: &Path, bootstrap: bool) -> Result<RaftCore, RaftError> {
+        RaftCore::open(dir, CoreOptions { raft_id: 1, bootstrap, compact_every: 1000, boot: 7 }, Instant::now())
+    }
+
+    type Resolved = Vec<(ProposalNo, Result<(), ProposeError>)>;
+
+    /// Ticks a lone voter's ready loop until `done` holds; what it resolved.
+    fn run_until(core: &mut RaftCore, done: impl Fn(&RaftCore) -> bool) -> Result<Resolved, RaftError> {
+        let mut now = Instant::now();
+        let mut resolved = Vec::new();
+        for _ in 0..200 {
+            resolved.extend(core.handle_ready(now, &mut |_| true)?.resolved);
+            if done(core) {
+                return Ok(resolved);
+            }
+            now += TICK;
+            core.tick(now);
+        }
+        panic!("not reached within 200 rounds");
+    }
+
+    fn create(name: &str) -> Proposal {
+        let spec = ServiceSpec::new(name, 1, TaskTemplate::new("img"));
+        Proposal::Command(encode_command(&Command::CreateService(crate::store::Service::new(name.into(), spec, 0))))
+    }
+
+    /// Proposes and runs until it is resolved.
+    fn commit(core: &mut RaftCore, what: Proposal) -> Result<Result<(), ProposeError>, RaftError> {
+        let n = core.propose(what, Instant::now()).unwrap();
+        let pending = |c: &RaftCore| !c.pending.contains_key(&n);
+        let resolved = run_until(core, pending)?;
+        Ok(resolved.into_iter().find(|(m, _)| *m == n).map(|(_, r)| r).unwrap())
+    }
+
+    /// A command from a newer version, as it would encode it.
+    const FUTURE: &[u8] = b"\x81\xa9NotAThing\xc0";
+
+    #[test]
+    fn an_ignorable_unknown_entry_is_skipped_and_any_other_stops_applying() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = lone_core(dir.path(), true).unwrap();
+        run_until(&mut core, |c| c.status().is_leader).unwrap();
+        assert_eq!(commit(&mut core, create("a")).unwrap(), Ok(()));
+
+        let ignorable = [&[0xc1, IGNORABLE][..], FUTURE].concat();
+        assert_eq!(commit(&mut core, Proposal::Command(ignorable)).unwrap(), Ok(()));
+        assert_eq!(core.skipped_entries(), 1);
+        assert_eq!(commit(&mut core, create("b")).unwrap(), Ok(()));
+
+        let before = core.store().read().clone();
+        let applied = core.applied();
+        let err = commit(&mut core, Proposal::Command(FUTURE.to_vec())).unwrap_err();
+        let index = applied + 1;
+        assert!(matches!(err, RaftError::UnreadableEntry { index: i, .. } if i == index), "{err:?}");
+        // What the daemon logs before it exits (the list of known commands
+        // serde adds in between is left out here).
+        let said = err.to_string();
+        let start = format!("log entry {index} cannot be read by this version of shoal (unknown variant `NotAThing`");
+        assert!(said.starts_with(&start), "{said}");
+        let end = "); stopped applying the log rather than diverge from the other managers: upgrade this manager";
+        assert!(said.ends_with(end), "{said}");
+        // Nothing more is applied or taken, and a restart stops at the same entry.
+        assert_eq!(core.applied(), applied);
+        assert!(matches!(core.handle_ready(Instant::now(), &mut |_| true), Err(RaftError::Stopped(_))));
+        assert_eq!(core.propose(create("c"), Instant::now()).unwrap_err(), ProposeError::Stopped);
+        assert_eq!(*core.store().read(), before);
+        drop(core);
+        let mut again = lone_core(dir.path(), false).unwrap();
+        let err = run_until(&mut again, |_| false).unwrap_err();
+        assert!(matches!(err, RaftError::UnreadableEntry { index: i, .. } if i == index), "{err:?}");
+        assert_eq!(again.store().read().services, before.services);
+    }
+
+    #[test]
+    fn a_log_and_a_snapshot_written_before_the_envelope_still_load() {
+        let bootstrap = |data: &[u8]| {
+            let mut snap = Snapshot { data: data.to_vec().into(), ..Default::default() };
+            snap.mut_metadata().index = 1;
+            snap.mut_metadata().term = 1;
+            snap.mut_metadata().mut_conf_state().voters = vec![1];
+            snap
+        };
+        // The log: today's bytes as entries 2.., all committed.
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(dir.path()).unwrap();
+        storage.apply_snapshot(bootstrap(&Store::default().to_snapshot())).unwrap();
+        let entries: Vec<Entry> = entries_v0()
+            .into_iter()
+            .zip(2..)
+            .map(|(data, index)| Entry { index, term: 1, data: data.into(), ..Default::default() })
+            .collect();
+        let last = entries.last().unwrap().index;
+        storage.append(&entries).unwrap();
+        storage.set_hardstate(HardState { term: 1, vote: 1, commit: last, ..Default::default() }).unwrap();
+        drop(storage);
+        let mut core = lone_core(dir.path(), false).unwrap();
+        run_until(&mut core, |c| c.applied() >= last).unwrap();
+        assert_eq!(core.store().read().to_snapshot(), SNAPSHOT_V0);
+        assert_eq!(core.skipped_entries(), 0);
+
+        // The snapshot.
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(dir.path()).unwrap();
+        storage.apply_snapshot(bootstrap(SNAPSHOT_V0)).unwrap();
+        drop(storage);
+        let core = lone_core(dir.path(), false).unwrap();
+        let store = core.store().read();
+        assert_eq!(store.to_snapshot(), SNAPSHOT_V0);
+        assert!(store.tasks.indexes_match_a_scan());
+        assert_eq!(store.tasks_on(&"w1".into()).count(), 1);
+    }
 
     #[test]
     fn contexts_round_trip() {

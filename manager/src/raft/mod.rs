@@ -17,7 +17,7 @@ pub mod storage;
 pub mod transport;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ use tokio::sync::{oneshot, watch};
 
 pub(crate) use self::core::parse_context;
 use self::core::{CoreOptions, Proposal, ProposalNo, RaftCore};
-use crate::store::{encode_command, Command, Store, StoreError};
+use crate::store::{encode_command, Command, Store, StoreError, Unreadable};
+use storage::StorageError;
 use transport::Transport;
 use worker::metrics::{metrics, ActorMetrics};
 
@@ -71,6 +72,45 @@ pub enum ProposeError {
     Stopped,
     #[error("storage failure: {0}")]
     Storage(String),
+}
+
+/// Why the raft log cannot open or cannot go on. Past the open, every one
+/// is fatal: the node stops rather than acknowledge or apply anything more.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("cannot open the raft log in {}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("corrupt snapshot at index {index}: {reason}")]
+    CorruptSnapshot { index: u64, reason: String },
+    /// An entry this version cannot read and must not skip (see the rules in
+    /// [`crate::store`]): applying past it would leave this manager's store
+    /// different from the others'.
+    #[error(
+        "log entry {index} cannot be read by this version of shoal ({source}); stopped applying \
+         the log rather than diverge from the other managers: upgrade this manager"
+    )]
+    UnreadableEntry {
+        index: u64,
+        #[source]
+        source: Unreadable,
+    },
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// Every call after a fatal error says so again.
+    #[error("the raft log stopped: {0}")]
+    Stopped(String),
+    #[error("cannot start the raft thread: {0}")]
+    Thread(&'static str),
+    #[error("{} holds no cluster state to recover", .0.display())]
+    NothingToRecover(PathBuf),
+    #[error("this node is not a manager of the cluster in its own log")]
+    NotAManager,
 }
 
 impl ProposeError {
@@ -137,7 +177,7 @@ pub struct RaftOptions {
 
 impl RaftLog {
     /// Opens the log in `dir` and starts the actor on its own arbiter.
-    pub fn start(dir: &Path, opts: RaftOptions, transport: Transport) -> Result<RaftHandles, String> {
+    pub fn start(dir: &Path, opts: RaftOptions, transport: Transport) -> Result<RaftHandles, RaftError> {
         let core_opts = CoreOptions {
             raft_id: opts.raft_id,
             bootstrap: opts.bootstrap,
@@ -168,9 +208,9 @@ impl RaftLog {
             let _ = tx.send(addr);
         });
         if !started {
-            return Err("cannot start the raft arbiter".into());
+            return Err(RaftError::Thread("the arbiter is not running"));
         }
-        let addr = rx.recv().map_err(|_| "the raft arbiter died".to_string())?;
+        let addr = rx.recv().map_err(|_| RaftError::Thread("the arbiter died"))?;
         // The arbiter lives as long as the process.
         std::mem::forget(arbiter);
         Ok(RaftHandles { addr, store, status, applied })
@@ -192,6 +232,8 @@ impl RaftLog {
         m.gauge("shoal_raft_applied_index", "raft applied index").set(status.applied as i64);
         m.gauge("shoal_raft_leader", "1 if this manager is the raft leader").set(status.is_leader as i64);
         m.gauge("shoal_raft_leader_id", "raft id of the current leader (0: none)").set(status.leader_id as i64);
+        m.gauge("shoal_raft_skipped_entries", "log entries skipped as ignorable and unreadable by this version")
+            .set(self.core.skipped_entries() as i64);
         self.status_tx.send_if_modified(|s| {
             if *s != status {
                 *s = status;
@@ -223,8 +265,14 @@ impl RaftLog {
         let out = match self.core.handle_ready(started, &mut send) {
             Ok(out) => out,
             Err(e) => {
-                // Without durable storage this node must not go on acknowledging.
-                tracing::error!(error = %e, "raft storage failed; stopping the node");
+                // Without durable storage this node must not go on
+                // acknowledging; past an entry it cannot apply, its store
+                // would differ from the other managers'.
+                let what = match e {
+                    RaftError::UnreadableEntry { .. } => "cannot apply the raft log; stopping the node",
+                    _ => "raft storage failed; stopping the node",
+                };
+                tracing::error!(error = %e, "{what}");
                 std::process::exit(70);
             }
         };

@@ -15,8 +15,8 @@ use common::NodeId;
 use raft::eraftpb::{ConfState, EntryType, Snapshot};
 use raft::{GetEntriesContext, Storage};
 
-use super::parse_context;
 use super::storage::DiskStorage;
+use super::{parse_context, RaftError};
 use crate::store::{decode_command, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,20 +28,23 @@ pub struct Recovered {
     pub demoted: Vec<String>,
 }
 
-pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recovered, String> {
-    let mut storage = DiskStorage::open(dir).map_err(|e| format!("cannot open raft log in {}: {e}", dir.display()))?;
+/// Applies the whole log as a manager would, so an entry this version
+/// cannot read and must not skip refuses the recovery (the store would not
+/// be the cluster's).
+pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recovered, RaftError> {
+    let mut storage = DiskStorage::open(dir).map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
     let mut store = match storage.snapshot_data() {
-        Some((_, _, data)) => Store::from_snapshot(&data).map_err(|e| format!("corrupt snapshot: {e}"))?,
+        Some((index, _, data)) => {
+            Store::from_snapshot(&data).map_err(|reason| RaftError::CorruptSnapshot { index, reason })?
+        }
         None => Store::default(),
     };
-    let first = storage.first_index().map_err(|e| e.to_string())?;
-    let last = storage.last_index().map_err(|e| e.to_string())?;
+    let first = storage.first_index()?;
+    let last = storage.last_index()?;
     let snap_index = storage.snapshot_data().map(|(i, _, _)| i).unwrap_or(0);
     let mut index = snap_index;
     if last >= first {
-        let entries = storage
-            .entries(first, last + 1, None, GetEntriesContext::empty(false))
-            .map_err(|e| format!("cannot read the raft log: {e}"))?;
+        let entries = storage.entries(first, last + 1, None, GetEntriesContext::empty(false))?;
         for e in entries {
             index = e.index;
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
@@ -51,17 +54,18 @@ pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recove
                 // A command the store refuses leaves it unchanged, as it
                 // did on every manager.
                 Ok(cmd) => drop(store.apply_once(parse_context(&e.context), cmd, &mut Vec::new())),
-                Err(err) => {
-                    tracing::warn!(index = e.index, error = %err, "skipping a log entry this version cannot read")
+                Err(err) if err.ignorable => {
+                    tracing::warn!(index = e.index, error = %err, "skipping an ignorable log entry this version cannot read")
                 }
+                Err(source) => return Err(RaftError::UnreadableEntry { index: e.index, source }),
             }
         }
     }
     if store.cluster.id.is_empty() {
-        return Err(format!("{} holds no cluster state to recover", dir.display()));
+        return Err(RaftError::NothingToRecover(dir.to_path_buf()));
     }
     if !store.nodes.get(me).is_some_and(|n| n.role == Role::Manager) {
-        return Err("this node is not a manager of the cluster in its own log".into());
+        return Err(RaftError::NotAManager);
     }
     let mut demoted = Vec::new();
     for n in store.nodes.values_mut() {
@@ -73,7 +77,7 @@ pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recove
     let term = if index == snap_index {
         storage.snapshot_data().map(|(_, t, _)| t).unwrap_or(0).max(1)
     } else {
-        storage.term(index).map_err(|e| e.to_string())?
+        storage.term(index)?
     };
     let mut snap = Snapshot { data: store.to_snapshot().into(), ..Default::default() };
     let meta = snap.mut_metadata();
@@ -81,6 +85,6 @@ pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recove
     meta.term = term;
     meta.set_conf_state(ConfState { voters: vec![raft_id], ..Default::default() });
     let services = store.services.len();
-    storage.apply_snapshot(snap).map_err(|e| format!("cannot write the new cluster's snapshot: {e}"))?;
+    storage.apply_snapshot(snap)?;
     Ok(Recovered { index, services, demoted })
 }

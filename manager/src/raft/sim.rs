@@ -561,3 +561,24 @@ fn a_lost_snapshot_is_sent_again() {
     assert_eq!(sim.snapshots_to, [2], "and a second one arrived");
     assert_eq!(sim.store(2).services.len(), 25);
 }
+
+#[test]
+fn a_batch_that_fails_midway_is_refused_whole_on_every_node() {
+    let mut sim = Sim::voters(3);
+    let leader = sim.elect(&[1, 2, 3]);
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    assert_eq!(sim.commit(leader, Proposal::Command(encode_command(&service("web")))), Ok(()));
+    sim.tick_until(5, "all applied", Sim::converged);
+    let before = sim.store(leader);
+
+    // The third command takes a name already in use.
+    let batch = Command::Batch(vec![service("db"), service("cache"), service("web"), service("never")]);
+    let taken = crate::store::StoreError::NameInUse("web".into(), "web".into());
+    assert_eq!(sim.commit(follower, Proposal::Command(encode_command(&batch))), Err(ProposeError::Rejected(taken)));
+    sim.tick_until(5, "all applied", Sim::converged);
+    for id in [1, 2, 3] {
+        let s = sim.store(id);
+        assert_eq!(names(&s), ["web"], "on {id}");
+        assert_eq!((&s.services, &s.tasks, &s.nodes), (&before.services, &before.tasks, &before.nodes), "on {id}");
+    }
+}
