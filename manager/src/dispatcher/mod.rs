@@ -93,7 +93,8 @@ impl Dispatcher {
             if t.status.state == TaskState::Orphaned {
                 continue;
             }
-            if let Some(n) = &t.node_id {
+            // A task not yet admitted on its node is not the node's yet.
+            if let Some(n) = t.assigned_node() {
                 by_node.entry(n).or_default().insert(t.id.clone(), t.clone());
             }
         }
@@ -248,7 +249,7 @@ impl Handler<Reports> for Dispatcher {
             self.reports.extend(
                 msg.updates
                     .into_iter()
-                    .filter(|u| store.tasks.get(&u.task_id).is_some_and(|t| t.node_id.as_ref() == Some(&msg.node))),
+                    .filter(|u| store.tasks.get(&u.task_id).is_some_and(|t| t.assigned_node() == Some(&msg.node))),
             );
         }
         if self.reports.len() >= BATCH_MAX {

@@ -129,65 +129,96 @@ fn eligible<'a>(nodes: &[NodeView<'a>], task: &Task) -> Result<Vec<&'a Node>, St
     Err(format!("no suitable node ({})", reasons.join("; ")))
 }
 
-fn needs_placement(t: &Task) -> bool {
-    t.node_id.is_none()
-        && t.desired_state == TaskState::Running
-        && matches!(t.status.state, TaskState::New | TaskState::Pending)
+/// Meant to run and not yet on a node: placed anywhere (no `node_id`), or
+/// admitted on the one node it names (a global task).
+fn waiting(t: &Task) -> bool {
+    t.desired_state == TaskState::Running && matches!(t.status.state, TaskState::New | TaskState::Pending)
 }
 
-pub fn plan(nodes: &[NodeView], tasks: &BTreeMap<TaskId, Task>) -> Plan {
-    let mut nodes: Vec<NodeView> = nodes.to_vec();
-    for t in tasks.values().filter(|t| t.is_active()) {
-        if let Some(v) = nodes.iter_mut().find(|v| Some(&v.node.id) == t.node_id.as_ref()) {
+/// The load so far, kept up to date as the plan places tasks: host ports
+/// bound per node, active tasks per node and per (service, node). Only
+/// tasks on their node count: a task waiting to be admitted holds nothing.
+struct Load<'a> {
+    nodes: Vec<NodeView<'a>>,
+    total: BTreeMap<&'a NodeId, usize>,
+    per_service: BTreeMap<(&'a ServiceId, &'a NodeId), usize>,
+}
+
+impl<'a> Load<'a> {
+    fn new(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>) -> Self {
+        let mut load = Load { nodes: nodes.to_vec(), total: BTreeMap::new(), per_service: BTreeMap::new() };
+        for t in tasks.values().filter(|t| t.is_active()) {
+            if let Some(n) = t.assigned_node() {
+                load.add(t, n);
+            }
+        }
+        load
+    }
+
+    fn add(&mut self, t: &'a Task, node: &'a NodeId) {
+        *self.total.entry(node).or_default() += 1;
+        *self.per_service.entry((&t.service_id, node)).or_default() += 1;
+        if let Some(v) = self.nodes.iter_mut().find(|v| &v.node.id == node) {
             v.host_ports.extend(host_ports(t));
         }
     }
-    // Load so far: active tasks per node, and per (service, node).
-    let mut total: BTreeMap<&NodeId, usize> = BTreeMap::new();
-    let mut per_service: BTreeMap<(&ServiceId, &NodeId), usize> = BTreeMap::new();
-    for t in tasks.values() {
-        if let (Some(n), true) = (&t.node_id, t.is_active()) {
-            *total.entry(n).or_default() += 1;
-            *per_service.entry((&t.service_id, n)).or_default() += 1;
-        }
-    }
-    let mut pending: Vec<&Task> = tasks.values().filter(|t| needs_placement(t)).collect();
+}
+
+pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>) -> Plan {
+    let mut load = Load::new(nodes, tasks);
+    let (mut preassigned, mut pending): (Vec<&Task>, Vec<&Task>) =
+        tasks.values().filter(|t| waiting(t)).partition(|t| t.node_id.is_some());
+    // Tasks that name their node go first, oldest first, as in swarmkit:
+    // they have no other node to go to.
+    preassigned.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     pending.sort_by(|a, b| (&a.service_id, a.slot, a.created_at).cmp(&(&b.service_id, b.slot, b.created_at)));
 
     let mut out = Plan::default();
-    let mut explained: BTreeSet<TaskId> = BTreeSet::new();
+    for t in preassigned {
+        let Some(node) = t.node_id.as_ref() else { continue };
+        // A node gone from the store: the orchestrator takes the task away.
+        let Some(view) = load.nodes.iter().find(|v| &v.node.id == node) else { continue };
+        // The same pipeline, over the one node (swarmkit's `taskFitNode`).
+        match eligible(std::slice::from_ref(view), t) {
+            Ok(_) => {
+                load.add(t, node);
+                out.assign.push((t.id.clone(), node.clone()));
+            }
+            Err(reason) => out.refuse(t, reason),
+        }
+    }
     for t in pending {
-        match eligible(&nodes, t) {
+        match eligible(&load.nodes, t) {
             Ok(candidates) => {
                 let best = candidates
                     .into_iter()
                     .min_by_key(|n| {
                         (
-                            per_service.get(&(&t.service_id, &n.id)).copied().unwrap_or(0),
-                            total.get(&n.id).copied().unwrap_or(0),
+                            load.per_service.get(&(&t.service_id, &n.id)).copied().unwrap_or(0),
+                            load.total.get(&n.id).copied().unwrap_or(0),
                             &n.id,
                         )
                     })
                     .expect("eligible returns at least one node");
-                *total.entry(&best.id).or_default() += 1;
-                *per_service.entry((&t.service_id, &best.id)).or_default() += 1;
-                if let Some(v) = nodes.iter_mut().find(|v| v.node.id == best.id) {
-                    v.host_ports.extend(host_ports(t));
-                }
+                load.add(t, &best.id);
                 out.assign.push((t.id.clone(), best.id.clone()));
             }
-            Err(reason) => {
-                // Propose only what changes: a task already pending for the
-                // same reason needs no new entry in the log.
-                let unchanged =
-                    t.status.state == TaskState::Pending && t.status.err.as_deref() == Some(reason.as_str());
-                if !unchanged && explained.insert(t.id.clone()) {
-                    out.unplaceable.push((t.id.clone(), reason));
-                }
-            }
+            Err(reason) => out.refuse(t, reason),
         }
     }
     out
+}
+
+impl Plan {
+    /// Records why `t` cannot go anywhere (or not on its node). Proposes
+    /// only what changes: a task already pending for the same reason needs
+    /// no new entry in the log.
+    fn refuse(&mut self, t: &Task, reason: String) {
+        let unchanged = t.status.state == TaskState::Pending && t.status.err.as_deref() == Some(reason.as_str());
+        if !unchanged {
+            self.unplaceable.push((t.id.clone(), reason));
+        }
+    }
 }
 
 #[cfg(test)]
