@@ -431,3 +431,123 @@ fn global_services_follow_nodes() {
     assert_eq!(h.store.tasks.values().filter(|t| t.is_active()).count(), 3);
     assert_eq!(h.step(51).commands, vec![]);
 }
+
+/// A global service publishing 9000 in host mode, as `--mode global
+/// --publish published=9000,target=80,mode=host` makes it.
+fn global_on_port(id: &str, at: Millis) -> Service {
+    let mut spec = spec(1);
+    spec.name = id.into();
+    spec.mode = ServiceMode::Global;
+    spec.task.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
+    Service::new(ServiceId::from(id), spec, at)
+}
+
+impl Harness {
+    fn tasks_of(&self, svc: &str) -> Vec<&Task> {
+        self.store.tasks.values().filter(|t| t.service_id.as_str() == svc).collect()
+    }
+    fn states_of(&self, svc: &str) -> Vec<(String, TaskState, Option<String>)> {
+        self.tasks_of(svc)
+            .iter()
+            .map(|t| {
+                (t.node_id.as_ref().map(|n| n.to_string()).unwrap_or_default(), t.status.state, t.status.err.clone())
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn global_tasks_start_new_on_their_node_and_only_the_scheduler_assigns_them() {
+    let mut h = Harness::new(1);
+    h.svc().spec.mode = ServiceMode::Global;
+    let d = h.reconcile(0);
+    for c in &d.commands {
+        h.store.apply(c.clone()).unwrap();
+    }
+    let mut on: Vec<String> = h.store.tasks.values().map(|t| t.node_id.clone().unwrap().to_string()).collect();
+    on.sort();
+    assert_eq!(on, ["n1", "n2", "n3"], "each names its node");
+    assert!(h.store.tasks.values().all(|t| t.status.state == TaskState::New && t.assigned_node().is_none()));
+    assert_eq!(h.reconcile(1), Decision::default(), "waiting for the scheduler is not a reason to act");
+    h.admit(2);
+    assert!(h.store.tasks.values().all(|t| t.status.state == TaskState::Assigned && t.assigned_node().is_some()));
+}
+
+#[test]
+fn a_second_global_service_on_a_taken_host_port_waits_pending_until_the_first_goes() {
+    let mut h = Harness::new(1);
+    h.store.apply(Command::RemoveService("svc".into())).unwrap();
+    h.store.apply(Command::CreateService(global_on_port("first", 0))).unwrap();
+    h.step(0);
+    h.all_run(1);
+    assert!(h.states_of("first").iter().all(|(_, s, _)| *s == TaskState::Running));
+
+    h.store.apply(Command::CreateService(global_on_port("second", 2))).unwrap();
+    h.step(2);
+    let why = Some("no suitable node (host-mode port already in use on 1 node)".to_string());
+    assert_eq!(
+        h.states_of("second"),
+        ["n1", "n2", "n3"].map(|n| (n.to_string(), TaskState::Pending, why.clone())),
+        "refused on its node, with the scheduler's reason"
+    );
+    // Nothing more to say while nothing changes.
+    assert_eq!(h.step(3), Decision::default());
+    let views: Vec<NodeView> = h.store.nodes.values().map(|n| NodeView::new(n, true)).collect();
+    assert_eq!(plan::plan(&views, &h.store.tasks), plan::Plan::default());
+
+    h.store.apply(Command::RemoveService("first".into())).unwrap();
+    h.step(4);
+    assert_eq!(
+        h.states_of("second"),
+        ["n1", "n2", "n3"].map(|n| (n.to_string(), TaskState::Assigned, None)),
+        "admitted once the port is free"
+    );
+}
+
+#[test]
+fn a_global_task_never_admitted_is_deleted_when_its_node_goes() {
+    let mut h = Harness::new(1);
+    h.store.apply(Command::RemoveService("svc".into())).unwrap();
+    h.store.apply(Command::CreateService(global_on_port("first", 0))).unwrap();
+    h.step(0);
+    h.all_run(1);
+    h.store.apply(Command::CreateService(global_on_port("second", 2))).unwrap();
+    h.step(2);
+    let waiting: Vec<TaskId> = h
+        .tasks_of("second")
+        .iter()
+        .filter(|t| t.node_id != Some("n1".into()) && t.status.state == TaskState::Pending)
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(waiting.len(), 2);
+
+    // Drained, down: nothing ran there, so nothing is left behind to stop.
+    h.store.apply(Command::SetNodeAvailability { id: "n3".into(), availability: Availability::Drain, at: 10 }).unwrap();
+    h.health.down.insert("n2".into());
+    let d = h.step(10);
+    let deleted: Vec<&TaskId> = d
+        .commands
+        .iter()
+        .filter_map(|c| if let Command::DeleteTasks(ids) = c { Some(ids) } else { None })
+        .flatten()
+        .collect();
+    assert_eq!(deleted, waiting.iter().collect::<Vec<_>>(), "{:?}", d.commands);
+    let reported: Vec<&TaskId> = d
+        .commands
+        .iter()
+        .filter_map(|c| if let Command::UpdateTaskStatus(u) = c { Some(u) } else { None })
+        .flatten()
+        .map(|u| &u.task_id)
+        .collect();
+    assert!(waiting.iter().all(|id| !reported.contains(&id)), "no ORPHANED for a task that never ran: {reported:?}");
+    assert_eq!(h.tasks_of("second").len(), 1, "only n1's task is left");
+    // The running tasks of "first" there are stopped as before.
+    let first: Vec<(String, TaskState)> = h
+        .tasks_of("first")
+        .iter()
+        .filter(|t| t.node_id != Some("n1".into()))
+        .map(|t| (t.node_id.clone().unwrap().to_string(), t.desired_state))
+        .collect();
+    assert_eq!(first, [("n2".to_string(), TaskState::Shutdown), ("n3".to_string(), TaskState::Shutdown)]);
+    assert_eq!(h.step(11).commands, vec![], "settled");
+}

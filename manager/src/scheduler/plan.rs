@@ -361,6 +361,107 @@ mod tests {
         assert_eq!(p.unplaceable[0].1, "no suitable node (host-mode port already in use on 2 nodes)");
     }
 
+    /// A global task on `node`, as the orchestrator makes it: NEW, naming
+    /// its node, publishing `port` in host mode if given.
+    fn global(svc: &str, node: &str, port: Option<u16>, created_at: u64) -> Task {
+        let mut t = task(svc, 0, Some(node), &[]);
+        t.id = format!("{svc}-{node}").as_str().into();
+        t.status = TaskStatus::new(TaskState::New, created_at, "created");
+        t.created_at = created_at;
+        if let Some(p) = port {
+            t.spec.ports = vec![format!("published={p},target=80,mode=host").parse().unwrap()];
+        }
+        t
+    }
+
+    fn running(mut t: Task) -> Task {
+        t.status = TaskStatus::new(TaskState::Running, 0, "");
+        t
+    }
+
+    #[test]
+    fn a_task_that_names_its_node_is_admitted_there_and_nowhere_else() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        // Spreading would pick n1 (empty); the task names n2, which runs a
+        // task already.
+        let ts = tasks(vec![task("busy", 1, Some("n2"), &[]), global("mon", "n2", Some(9000), 5)]);
+        let p = plan(&views, &ts);
+        assert_eq!(p.assign, vec![("mon-n2".into(), "id-n2".into())]);
+        assert!(p.unplaceable.is_empty());
+    }
+
+    #[test]
+    fn a_task_that_names_its_node_passes_the_filters_there_and_is_refused_with_the_reason() {
+        let mut paused = node("n2", Role::Worker);
+        paused.availability = Availability::Pause;
+        let ns = [node("n1", Role::Manager), paused, node("n3", Role::Worker), node("n4", Role::Worker)];
+        let ready = [true, true, false, true];
+        let views: Vec<_> = ns.iter().zip(ready).map(|(n, r)| NodeView::new(n, r)).collect();
+        let mut on_n4 = global("db", "n4", None, 1);
+        on_n4.spec.constraints = vec![Constraint::parse("node.role==manager").unwrap()];
+        let ts = tasks(vec![
+            // n1's port 9000 is taken by a running task of another service.
+            running(global("edge", "n1", Some(9000), 0)),
+            global("mon", "n1", Some(9000), 5),
+            global("mon", "n2", Some(9000), 5),
+            global("mon", "n3", Some(9000), 5),
+            on_n4,
+        ]);
+        let p = plan(&views, &ts);
+        assert_eq!(p.assign, vec![], "each refused on its node, none moved to another");
+        let mut why = p.unplaceable.clone();
+        why.sort();
+        assert_eq!(
+            why,
+            vec![
+                ("db-n4".into(), "no suitable node (scheduling constraints not satisfied on 1 node)".to_string()),
+                ("mon-n1".into(), "no suitable node (host-mode port already in use on 1 node)".to_string()),
+                ("mon-n2".into(), "no suitable node (node not available for new tasks on 1 node)".to_string()),
+                ("mon-n3".into(), "no suitable node (node not ready on 1 node)".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_task_keeps_its_reason_unproposed_and_is_admitted_once_the_port_is_free() {
+        let ns = [node("n1", Role::Manager)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut waiting = global("mon", "n1", Some(9000), 5);
+        waiting.status.state = TaskState::Pending;
+        waiting.status.err = Some("no suitable node (host-mode port already in use on 1 node)".into());
+        let ts = tasks(vec![running(global("edge", "n1", Some(9000), 0)), waiting.clone()]);
+        assert_eq!(plan(&views, &ts), Plan::default(), "same reason: nothing new to say");
+        // The other service goes: its own port does not hold the task back.
+        let ts = tasks(vec![waiting]);
+        assert_eq!(plan(&views, &ts).assign, vec![("mon-n1".into(), "id-n1".into())]);
+    }
+
+    #[test]
+    fn tasks_waiting_on_their_node_hold_no_port_and_the_oldest_wins_a_port() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        // Two global services on one port, both new on n1, and a replica of a
+        // third service on the same port: the older global task gets n1, the
+        // newer is refused, the replica goes to n2.
+        let mut replica = task("web", 1, None, &[]);
+        replica.spec.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
+        let ts = tasks(vec![global("b", "n1", Some(9000), 7), global("a", "n1", Some(9000), 3), replica]);
+        let p = plan(&views, &ts);
+        assert_eq!(p.assign, vec![("a-n1".into(), "id-n1".into()), ("web-1".into(), "id-n2".into())]);
+        assert_eq!(
+            p.unplaceable,
+            vec![("b-n1".into(), "no suitable node (host-mode port already in use on 1 node)".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_task_naming_a_removed_node_is_left_to_the_orchestrator() {
+        let ns = [node("n1", Role::Manager)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        assert_eq!(plan(&views, &tasks(vec![global("mon", "gone", None, 0)])), Plan::default());
+    }
+
     #[test]
     fn no_nodes_at_all() {
         let ts = tasks(vec![task("a", 1, None, &[])]);
