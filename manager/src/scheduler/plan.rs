@@ -1,10 +1,14 @@
-//! Pure placement: which node each unassigned task goes to.
+//! Pure placement: which node each unassigned task goes to, and whether a
+//! task that names its node (a global service's) may run there.
 //!
 //! A pipeline of filters decides which nodes can take a task; each filter
 //! can say why it refused, which is how a user learns
 //! `no suitable node (scheduling constraints not satisfied on 3 nodes)`.
 //! Among the nodes left, spread: fewest tasks of this service, then fewest
-//! tasks overall, then node ID (so the plan is deterministic).
+//! tasks overall, then node ID (so the plan is deterministic). A task that
+//! names its node meets the same pipeline over that node alone (swarmkit's
+//! `taskFitNode`): admitted, it is assigned there; refused, it stays PENDING
+//! with the reason and is looked at again on the next change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
