@@ -157,6 +157,14 @@ impl Task {
         }
     }
 
+    /// The node the task was given to: set once the scheduler placed it (or,
+    /// for a task that names its node, admitted it there), i.e. from
+    /// ASSIGNED on. Before that a global task's `node_id` is only the node it
+    /// is meant for: nothing of it runs there yet.
+    pub fn assigned_node(&self) -> Option<&NodeId> {
+        self.node_id.as_ref().filter(|_| self.status.state >= TaskState::Assigned)
+    }
+
     /// Counts toward the service's replicas: meant to run and not finished.
     pub fn is_active(&self) -> bool {
         self.desired_state == TaskState::Running && !self.status.state.is_terminal()

@@ -545,7 +545,9 @@ impl Store {
             Command::AssignTasks(assignments) => {
                 for a in assignments {
                     let Some(mut t) = self.tasks.get_mut(&a.task) else { continue };
-                    if t.node_id.is_some()
+                    // A task that names its node (a global one) is admitted
+                    // only there.
+                    if t.node_id.as_ref().is_some_and(|n| *n != a.node)
                         || t.desired_state != TaskState::Running
                         || !t.status.state.can_advance_to(TaskState::Assigned)
                         || !self.nodes.contains_key(&a.node)
@@ -560,7 +562,7 @@ impl Store {
             Command::MarkUnplaceable(list) => {
                 for u in list {
                     let Some(mut t) = self.tasks.get_mut(&u.task) else { continue };
-                    if t.node_id.is_some() || t.status.state > TaskState::Pending {
+                    if t.status.state > TaskState::Pending {
                         continue;
                     }
                     let mut st = TaskStatus::new(TaskState::Pending, u.at, "pending task scheduling");

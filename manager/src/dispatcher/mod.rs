@@ -109,10 +109,12 @@ impl Dispatcher {
             // From the store's index by node, not a scan of every task. An
             // ORPHANED task was given up with its node: the node no longer
             // holds it, so on its return it stops and removes the container.
-            // The task stays in the store's history.
+            // The task stays in the store's history. A task that names this
+            // node but was not admitted there yet (a global task the
+            // scheduler holds PENDING) is not the node's either.
             let now: BTreeMap<TaskId, Task> = store
                 .tasks_on(node)
-                .filter(|t| t.status.state != TaskState::Orphaned)
+                .filter(|t| t.status.state != TaskState::Orphaned && t.assigned_node().is_some())
                 .map(|t| (t.id.clone(), t.clone()))
                 .collect();
             let frame = match &session.sent {
@@ -243,7 +245,7 @@ impl Handler<Reports> for Dispatcher {
             self.reports.extend(
                 msg.updates
                     .into_iter()
-                    .filter(|u| store.tasks.get(&u.task_id).is_some_and(|t| t.node_id.as_ref() == Some(&msg.node))),
+                    .filter(|u| store.tasks.get(&u.task_id).is_some_and(|t| t.assigned_node() == Some(&msg.node))),
             );
         }
         if self.reports.len() >= BATCH_MAX {

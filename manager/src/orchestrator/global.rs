@@ -2,36 +2,27 @@
 //! (ready as far as the orchestrator knows, not drained, constraints met).
 //! A paused node keeps its task but gets no new one; a drained, down or
 //! removed node loses its task, which is not replaced elsewhere.
+//!
+//! A new task names its node but starts NEW: the scheduler admits it there
+//! through the same filters as any task (host ports included), or leaves it
+//! PENDING with the reason.
 
 use std::collections::BTreeMap;
 
 use common::constraint::all_match;
 use common::node::Availability;
-use common::task::{Task, TaskState, TaskStatus};
+use common::task::{Task, TaskState};
 use common::time::Millis;
 use common::{NodeId, TaskId};
 
-use super::replicated::{evict, keep_newest, lost, prune, restart_after, roll, Batch, NodeHealth, Params};
-use super::update::Unit;
+use super::task::{self, evict, keep_newest, lost, prune, restart_after, roll, Batch, NodeHealth, Params, Unit};
 use crate::store::{Service, Store};
 
 /// Global tasks have no slot; their name is `service.node-id`.
 pub const GLOBAL_SLOT: u64 = 0;
 
 fn new_task(svc: &Service, node: &NodeId, attempt: u64, now: Millis, id: TaskId) -> Task {
-    Task {
-        id,
-        service_id: svc.id.clone(),
-        service_name: svc.spec.name.clone(),
-        slot: GLOBAL_SLOT,
-        node_id: Some(node.clone()),
-        spec: svc.spec.task.clone(),
-        desired_state: TaskState::Running,
-        // Placed by construction: no scheduling needed.
-        status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
-        created_at: now,
-        attempt,
-    }
+    task::new_task(svc, GLOBAL_SLOT, Some(node), attempt, now, id)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -67,7 +58,7 @@ pub fn reconcile_service(
         for t in list.iter().filter(|t| t.is_active()) {
             match lost(store, health, t) {
                 Some(why) => evict(b, t, why, now),
-                None if !eligible => b.shutdown.push(t.id.clone()),
+                None if !eligible => b.stop(t),
                 None => active.push(t),
             }
         }

@@ -1,18 +1,33 @@
-//! Orchestrator: turns services into tasks (per slot, replicated mode),
-//! replaces finished tasks as the restart policy allows, prunes history.
-//! The decisions live in [`replicated`]; this is the thin loop around them.
+//! Orchestrator: turns services into tasks (per slot in replicated mode,
+//! per node in global mode), replaces finished tasks as the restart policy
+//! allows, prunes history. It decides which tasks exist; where a task runs
+//! is the scheduler's decision alone, even for a global task that names its
+//! node (the scheduler admits it there or explains why not).
+//!
+//! Layout: this module is the thin loop and the per-mode dispatch
+//! ([`reconcile`]); [`replicated`] and [`global`] reconcile one service of
+//! their mode; both use the shared task helpers in [`task`], never each
+//! other; [`restart`] and [`update`] are the restart policy and the rolling
+//! update planner.
 
 pub mod global;
 pub mod replicated;
 pub mod restart;
+pub mod task;
 pub mod update;
 
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use common::task::Task;
 use common::time::Millis;
-use common::TaskId;
+use common::{ServiceId, TaskId};
 
 use crate::control::{Decide, LoopCtx};
 use crate::store::{Command, Store};
-use replicated::NodeHealth;
+use task::{Batch, NodeHealth, Params};
 
 /// How long a node may be missing from gossip before its tasks are
 /// replaced elsewhere — counted from when the node joined and from when
@@ -20,9 +35,16 @@ use replicated::NodeHealth;
 /// has not yet heard everyone, does not call live nodes dead.
 pub const DOWN_GRACE_MS: Millis = 2_000;
 
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    pub commands: Vec<Command>,
+    /// When to look again (a restart delay, an update delay or monitor).
+    pub wake_at: Option<Millis>,
+}
+
 #[derive(Default)]
 pub struct Orchestrator {
-    pub params: replicated::Params,
+    pub params: Params,
 }
 
 /// Nodes to treat as down, and when the next one may become so.
@@ -40,13 +62,38 @@ pub fn health(store: &Store, ctx: &LoopCtx, now: Millis) -> (NodeHealth, Option<
     (h, wake)
 }
 
+/// The commands that move every service toward its spec.
+pub fn reconcile(
+    store: &Store,
+    health: &NodeHealth,
+    now: Millis,
+    params: &Params,
+    new_id: &mut dyn FnMut() -> TaskId,
+) -> Decision {
+    let mut b = Batch::default();
+    // One pass over the tasks, not one per service.
+    let mut by_service: BTreeMap<&ServiceId, Vec<&Task>> = BTreeMap::new();
+    for t in store.tasks.values() {
+        by_service.entry(&t.service_id).or_default().push(t);
+    }
+    for svc in store.services.values() {
+        let tasks = by_service.remove(&svc.id).unwrap_or_default();
+        if svc.spec.mode.is_global() {
+            global::reconcile_service(store, health, svc, &tasks, now, params, new_id, &mut b);
+        } else {
+            replicated::reconcile_service(store, health, svc, &tasks, now, params, new_id, &mut b);
+        }
+    }
+    b.into_decision()
+}
+
 impl Decide for Orchestrator {
     fn name(&self) -> &'static str {
         "orchestrator"
     }
     fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>) {
         let (health, grace_wake) = health(store, ctx, now);
-        let d = replicated::reconcile(store, &health, now, &self.params, &mut TaskId::random);
+        let d = reconcile(store, &health, now, &self.params, &mut TaskId::random);
         let wake = match (d.wake_at, grace_wake) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

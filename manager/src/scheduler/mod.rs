@@ -1,4 +1,5 @@
-//! Scheduler: places unassigned tasks on nodes. The placement is the pure
+//! Scheduler: places unassigned tasks on nodes and admits (or refuses, with
+//! the reason) tasks that name their node. The placement is the pure
 //! [`plan::plan`]; this is the thin loop around it.
 
 pub mod plan;
