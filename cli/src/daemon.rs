@@ -249,7 +249,11 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
     let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
-    let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0 };
+    let opts = RunOptions {
+        snapshot_interval: args.snapshot_interval,
+        mesh: args.mesh.0,
+        open_files: raise_open_file_limit(),
+    };
     actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -433,6 +437,35 @@ async fn wait_for_signal() {
 struct RunOptions {
     snapshot_interval: u64,
     mesh: Option<DataPath>,
+    /// The soft limit on open files, once raised.
+    open_files: u64,
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as
+/// servers do (every cluster-port connection is a file; the soft limit is
+/// often 1024); returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return 1024;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+            hard
+        }
+        Err(e) => {
+            tracing::warn!(limit = soft, error = %e, "cannot raise the open-file limit");
+            soft
+        }
+    }
 }
 
 /// Runs the node; `ca` is there on the first start of a cluster's first
@@ -518,7 +551,20 @@ async fn run_node(
         router.set_manager(inbound);
         mgr = Some(m);
     }
-    actix::spawn(router.serve(listener));
+    let limits = net::ServeConfig::default().fit_to(opts.open_files);
+    if limits != net::ServeConfig::default() {
+        tracing::warn!(
+            open_files = opts.open_files,
+            handshaking = limits.max_handshaking,
+            established = limits.max_established,
+            "the open-file limit is low: the cluster port takes fewer connections than by default"
+        );
+    }
+    // Dropping `stop_cluster_port` (or sending on it) stops the listener.
+    let (stop_cluster_port, cluster_port_stopped) = tokio::sync::oneshot::channel::<()>();
+    let cluster_port = actix::spawn(router.serve(listener, limits, async {
+        let _ = cluster_port_stopped.await;
+    }));
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
@@ -598,6 +644,11 @@ async fn run_node(
         _ = wait_for_signal() => None,
         role = change_role => Some(role),
     };
+    // No new cluster connections while the node stops.
+    let _ = stop_cluster_port.send(());
+    if tokio::time::timeout(Duration::from_secs(5), cluster_port).await.is_err() {
+        tracing::warn!("the cluster port did not close its connections within 5 s");
+    }
     if let Some((role, managers)) = new_role {
         let mut s = state.clone();
         s.role = role;
