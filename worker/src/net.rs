@@ -27,9 +27,9 @@ use common::wire::{self, Frame, Hello, LogLine, LogRequest, WireError};
 use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
 use parking_lot::RwLock;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tokio_util::codec::{Decoder, Encoder, Framed};
@@ -549,7 +549,12 @@ impl Router {
 
     /// TLS and the hello, each within its deadline, and the hello checked
     /// against the certificate. `None`: refused, and said so.
-    async fn handshake(&self, stream: TcpStream, peer: SocketAddr, edge: &Edge) -> Result<Option<(Hello, Conn)>, NetError> {
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        edge: &Edge,
+    ) -> Result<Option<(Hello, Conn)>, NetError> {
         let accepted = tokio::time::timeout(edge.config.tls_timeout, async {
             // A client speaking plain frames is told apart from a failed
             // handshake by its first byte.
