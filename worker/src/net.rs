@@ -515,8 +515,9 @@ impl Router {
                 tracing::warn!(%peer, limit = edge.config.max_established, held_back, "cluster port: too many connections; refused a hello");
             }
             let reason = format!("node busy: it has {} connections, its limit", edge.config.max_established);
-            let _ = send(&mut conn, Frame::Refused { reason: reason.clone() }).await;
-            return Err(NetError::Refused(reason));
+            let _ = send(&mut conn, Frame::Refused { reason }).await;
+            // Logged above, at most once a while.
+            return Ok(());
         };
         match hello {
             Hello::Logs(req) => {
@@ -529,20 +530,22 @@ impl Router {
                     let _ = send(&mut conn, Frame::Refused { reason: not_manager() }).await;
                     return Err(NetError::Refused(not_manager()));
                 };
-                let (mut conn, reason) = match tx.try_send(Inbound { hello, conn, peer, permit }) {
+                let mut conn = match tx.try_send(Inbound { hello, conn, peer, permit }) {
                     Ok(()) => return Ok(()),
                     Err(mpsc::error::TrySendError::Full(inbound)) => {
                         edge.refused.inc("manager_busy");
                         if let Some(held_back) = edge.warn_busy.check(Instant::now()) {
                             tracing::warn!(%peer, limit = INBOUND_QUEUE, held_back, "cluster port: the manager side takes no more connections now; refused one");
                         }
-                        (inbound.conn, "manager busy; try again".to_string())
+                        let mut conn = inbound.conn;
+                        let _ = send(&mut conn, Frame::Refused { reason: "manager busy; try again".into() }).await;
+                        return Ok(());
                     }
                     // The manager side stopped.
-                    Err(mpsc::error::TrySendError::Closed(inbound)) => (inbound.conn, not_manager()),
+                    Err(mpsc::error::TrySendError::Closed(inbound)) => inbound.conn,
                 };
-                let _ = send(&mut conn, Frame::Refused { reason: reason.clone() }).await;
-                Err(NetError::Refused(reason))
+                let _ = send(&mut conn, Frame::Refused { reason: not_manager() }).await;
+                Err(NetError::Refused(not_manager()))
             }
         }
     }
