@@ -71,10 +71,8 @@ fn a_node_runs_in_process_over_the_fake_runtime_and_stops_on_its_future() {
             .map_err(|e| e.to_string())?
             .into_json()
             .map_err(|e| e.to_string())?;
-        let running = tasks
-            .as_array()
-            .map(|a| a.iter().filter(|t| t["status"]["state"] == "running").count())
-            .unwrap_or(0);
+        let running =
+            tasks.as_array().map(|a| a.iter().filter(|t| t["status"]["state"] == "running").count()).unwrap_or(0);
         if running == 3 {
             Ok(())
         } else {

@@ -3,8 +3,14 @@
 //! timer it asked for fires, asks a pure [`Decide`] core for commands and
 //! proposes them as one batch. One proposal is in flight at a time, so the
 //! core always decides on a store that already holds its last decision.
+//!
+//! Changes reach the actor through a [`WakeUp`], which the dispatcher uses
+//! too: wake-ups coalesce, so the mailbox never fills with them, and none
+//! is lost.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -17,6 +23,65 @@ use crate::store::{Command, Store};
 use worker::metrics::{metrics, ActorMetrics};
 
 pub type LiveNodes = watch::Receiver<BTreeSet<NodeId>>;
+
+/// Wakes an actor when something it watches changed, with at most one
+/// wake-up queued at a time and none ever lost: a change while one is
+/// queued is seen by that one, as the actor calls [`WakeUp::take`] before
+/// it looks. Its mailbox being full of other messages does not matter (the
+/// wake-up is queued past the mailbox's capacity, which it cannot grow by
+/// more than one); only the actor being gone ends the task that wakes it.
+#[derive(Clone, Default)]
+pub struct WakeUp(Arc<AtomicBool>);
+
+/// What a wake-up task does about one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeStep {
+    /// Queue a wake-up.
+    Send,
+    /// One is queued and not yet taken: it will see this change too.
+    Coalesce,
+    /// The actor is gone: end the task.
+    Stop,
+}
+
+impl WakeStep {
+    pub fn decide(actor_alive: bool, already_queued: bool) -> WakeStep {
+        match (actor_alive, already_queued) {
+            (false, _) => WakeStep::Stop,
+            (true, true) => WakeStep::Coalesce,
+            (true, false) => WakeStep::Send,
+        }
+    }
+}
+
+impl WakeUp {
+    /// Something changed: wakes `addr` with `msg()` unless a wake-up is
+    /// queued already. False once the actor is gone.
+    pub fn wake<A, M>(&self, addr: &Addr<A>, msg: impl FnOnce() -> M, depth: &ActorMetrics) -> bool
+    where
+        A: Actor<Context = Context<A>> + Handler<M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let alive = addr.connected();
+        let queued = alive && self.0.swap(true, Ordering::AcqRel);
+        match WakeStep::decide(alive, queued) {
+            WakeStep::Stop => false,
+            WakeStep::Coalesce => true,
+            WakeStep::Send => {
+                depth.enqueued();
+                addr.do_send(msg());
+                true
+            }
+        }
+    }
+
+    /// The actor handles the wake-up: call before looking at what changed,
+    /// so that a change from now on queues a new one.
+    pub fn take(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 /// What a control loop knows besides the store.
 pub struct LoopCtx<'a> {
@@ -45,6 +110,7 @@ pub struct ControlLoop<D: Decide> {
     /// Since when this manager has been the leader, as this loop saw it.
     leader_since: Option<Millis>,
     metrics: ActorMetrics,
+    wake: WakeUp,
 }
 
 impl<D: Decide> ControlLoop<D> {
@@ -58,6 +124,7 @@ impl<D: Decide> ControlLoop<D> {
     ) -> Addr<Self> {
         let core_name = core.name();
         let metrics = metrics().actor(core_name);
+        let wake = WakeUp::default();
         let addr = ControlLoop {
             core,
             raft,
@@ -69,6 +136,7 @@ impl<D: Decide> ControlLoop<D> {
             timer: None,
             leader_since: None,
             metrics: metrics.clone(),
+            wake: wake.clone(),
         }
         .start();
         // Wake on every change of the store, the live set or leadership.
@@ -82,8 +150,7 @@ impl<D: Decide> ControlLoop<D> {
                     r = live.changed() => if r.is_err() { return },
                     r = status.changed() => if r.is_err() { return },
                 }
-                depth.enqueued();
-                if a.try_send(Kick).is_err() {
+                if !wake.wake(&a, || Woken, &depth) {
                     return;
                 }
             }
@@ -102,6 +169,19 @@ impl<D: Decide> Actor for ControlLoop<D> {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Kick;
+
+/// A [`Kick`] from the wake-up task (see [`WakeUp`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Woken;
+
+impl<D: Decide> Handler<Woken> for ControlLoop<D> {
+    type Result = ();
+    fn handle(&mut self, _: Woken, ctx: &mut Context<Self>) {
+        self.wake.take();
+        <Self as Handler<Kick>>::handle(self, Kick, ctx);
+    }
+}
 
 impl<D: Decide> Handler<Kick> for ControlLoop<D> {
     type Result = ();
@@ -162,5 +242,108 @@ impl<D: Decide> Handler<Kick> for ControlLoop<D> {
                 }
             })
             .spawn(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use worker::metrics::Metrics;
+
+    #[test]
+    fn a_wake_up_is_sent_coalesced_or_ends_with_the_actor() {
+        use WakeStep::*;
+        assert_eq!(WakeStep::decide(true, false), Send);
+        assert_eq!(WakeStep::decide(true, true), Coalesce, "a full mailbox or a queued one: never a reason to stop");
+        assert_eq!(WakeStep::decide(false, false), Stop);
+        assert_eq!(WakeStep::decide(false, true), Stop);
+    }
+
+    /// Counts its wake-ups; its mailbox holds one message.
+    struct Probe {
+        wake: WakeUp,
+        woken: u32,
+    }
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Other;
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Changed;
+
+    #[derive(Message)]
+    #[rtype(result = "u32")]
+    struct Count;
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Stop;
+
+    impl Handler<Other> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Other, _: &mut Context<Self>) {}
+    }
+
+    impl Handler<Changed> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Changed, _: &mut Context<Self>) {
+            self.wake.take();
+            self.woken += 1;
+        }
+    }
+
+    impl Handler<Count> for Probe {
+        type Result = u32;
+        fn handle(&mut self, _: Count, _: &mut Context<Self>) -> u32 {
+            self.woken
+        }
+    }
+
+    impl Handler<Stop> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
+    }
+
+    #[actix::test]
+    async fn a_full_mailbox_does_not_lose_or_end_the_wake_ups() {
+        let wake = WakeUp::default();
+        let depth = Metrics::new().actor("probe");
+        let addr = Probe::create(|ctx| {
+            ctx.set_mailbox_capacity(1);
+            Probe { wake: wake.clone(), woken: 0 }
+        });
+        // The actor has not run yet: its mailbox is full. A try_send then
+        // goes through but parks the sender; the next one is refused, which
+        // is what used to end a wake-up task for good.
+        for _ in 0..3 {
+            addr.do_send(Other);
+        }
+        let _ = addr.try_send(Other);
+        assert!(matches!(addr.try_send(Other), Err(SendError::Full(_))));
+        // Three changes: one wake-up queued, two coalesced into it.
+        for _ in 0..3 {
+            assert!(wake.wake(&addr, || Changed, &depth), "a full mailbox does not end the task");
+        }
+        assert_eq!(depth.mailbox_depth(), 1);
+        assert_eq!(addr.send(Count).await.unwrap(), 1);
+        // Taken: the next change wakes it again.
+        assert!(wake.wake(&addr, || Changed, &depth));
+        assert_eq!(addr.send(Count).await.unwrap(), 2);
+        // Gone: the task ends.
+        addr.send(Stop).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while addr.connected() {
+            assert!(Instant::now() < deadline, "the actor did not stop");
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!wake.wake(&addr, || Changed, &depth));
     }
 }

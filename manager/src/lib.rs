@@ -66,8 +66,10 @@ pub struct Manager {
 
 impl Manager {
     /// Starts the raft log and the leader's loops; returns the sender that
-    /// the cluster-port router hands manager connections to.
-    pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::UnboundedSender<Inbound>), String> {
+    /// the cluster-port router hands manager connections to (bounded by
+    /// [`net::INBOUND_QUEUE`]; each is taken at once and served by a task of
+    /// its own).
+    pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::Sender<Inbound>), String> {
         let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
@@ -122,7 +124,7 @@ impl Manager {
             tls: cfg.tls,
         };
         roles::RoleManager::start(manager.clone(), cfg.live.clone());
-        let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
+        let (tx, mut rx) = mpsc::channel::<Inbound>(net::INBOUND_QUEUE);
         let m = manager.clone();
         actix::spawn(async move {
             while let Some(inbound) = rx.recv().await {
@@ -149,7 +151,8 @@ impl Manager {
     }
 
     async fn accept(&self, inbound: Inbound) -> Result<(), net::NetError> {
-        let Inbound { hello, conn, peer } = inbound;
+        // The permit is the connection's place under the cluster port's cap.
+        let Inbound { hello, conn, peer, permit: _permit } = inbound;
         match hello {
             Hello::Join { token, hostname, advertise_addr, protocol, csr } => {
                 join::handle_join(
@@ -202,26 +205,43 @@ impl Manager {
             return net::send(&mut conn, Frame::Refused { reason }).await;
         }
         net::send(&mut conn, Frame::Welcome).await?;
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(dispatcher::SESSION_QUEUE);
         let session =
             self.dispatcher.send(Register { node: node.clone(), tx }).await.map_err(|_| net::NetError::Closed)?;
         let (mut sink, mut stream) = conn.split();
         let writer = async {
             while let Some(f) = rx.recv().await {
-                sink.send(f).await?;
+                // The dispatcher dropped the session (it fell behind, or
+                // this manager stopped leading): end it now rather than
+                // write out what is queued; the node reconnects and
+                // starts again from its full set.
+                if rx.is_closed() {
+                    tracing::debug!(%node, session, "session dropped by the dispatcher");
+                    return Ok(());
+                }
+                // A node that stopped reading (or vanished without a word)
+                // does not hold its connection for ever.
+                tokio::time::timeout(dispatcher::SESSION_WRITE_TIMEOUT, sink.send(f))
+                    .await
+                    .map_err(|_| net::NetError::Timeout)??;
             }
             Ok::<(), net::NetError>(())
         };
+        // Reports wait for the dispatcher to take them: a node sending
+        // faster than it handles them is slowed down by TCP, not queued for.
         let reader = async {
             while let Some(frame) = stream.next().await {
-                match frame? {
-                    Frame::Status(updates) => self.dispatcher.do_send(Reports { node: node.clone(), updates }),
-                    Frame::MeshStatus(failures) => self.dispatcher.do_send(MeshReport { node: node.clone(), failures }),
-                    Frame::Heartbeat => {}
+                let taken = match frame? {
+                    Frame::Status(updates) => self.dispatcher.send(Reports { node: node.clone(), updates }).await,
+                    Frame::MeshStatus(failures) => {
+                        self.dispatcher.send(MeshReport { node: node.clone(), failures }).await
+                    }
+                    Frame::Heartbeat => Ok(()),
                     other => {
                         return Err(net::NetError::Unexpected(format!("{other:?}").chars().take(60).collect()));
                     }
-                }
+                };
+                taken.map_err(|_| net::NetError::Closed)?;
             }
             Ok(())
         };

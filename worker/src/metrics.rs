@@ -5,9 +5,11 @@
 //! `shoal_actor_messages_total`, `shoal_actor_errors_total`,
 //! `shoal_actor_restarts_total`, `shoal_actor_mailbox_depth` and the
 //! `shoal_actor_handle_seconds` histogram. Other subsystems register plain
-//! gauges (`shoal_raft_term`) or one-label gauge families
-//! (`shoal_tasks{state="running"}`) by name; registration is idempotent, so
-//! callers just ask for the metric wherever they need it.
+//! gauges (`shoal_raft_term`), one-label gauge families
+//! (`shoal_tasks{state="running"}`) or one-label counter families
+//! (`shoal_cluster_connections_refused_total{reason="handshake_full"}`) by
+//! name; registration is idempotent, so callers just ask for the metric
+//! wherever they need it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -59,6 +61,7 @@ pub struct Metrics {
 enum Named {
     Gauge(Gauge),
     Family(GaugeFamily),
+    Counters(CounterFamily),
 }
 
 impl Default for Metrics {
@@ -127,10 +130,10 @@ impl Metrics {
         let mut named = self.named.lock();
         match named.get(name) {
             Some(Named::Gauge(gauge)) => return gauge.clone(),
-            Some(Named::Family(_)) => {
+            Some(Named::Family(_) | Named::Counters(_)) => {
                 // A programming error, but metrics must never take the process
                 // down: hand out a gauge nobody scrapes and say so.
-                tracing::error!(metric = name, "metric already registered as a gauge family");
+                tracing::error!(metric = name, "metric already registered as a family");
                 return Gauge::default();
             }
             None => {}
@@ -157,8 +160,8 @@ impl Metrics {
                 }
                 return family.clone();
             }
-            Some(Named::Gauge(_)) => {
-                tracing::error!(metric = name, "metric already registered as a plain gauge");
+            Some(Named::Gauge(_) | Named::Counters(_)) => {
+                tracing::error!(metric = name, "metric already registered as another kind");
                 return GaugeFamily { label_name, family: Family::default() };
             }
             None => {}
@@ -166,6 +169,36 @@ impl Metrics {
         let family = GaugeFamily { label_name, family: Family::default() };
         self.registry.lock().register(name, help, family.family.clone());
         named.insert(name, Named::Family(family.clone()));
+        family
+    }
+
+    /// A family of counters with one label, registered as `name` (the
+    /// encoder adds `_total`): `counter_family("shoal_x", …, "reason")`
+    /// renders `shoal_x_total{reason="…"}`. Idempotent like
+    /// [`Metrics::gauge`]; the first `help` and `label_name` win.
+    pub fn counter_family(&self, name: &'static str, help: &'static str, label_name: &'static str) -> CounterFamily {
+        let mut named = self.named.lock();
+        match named.get(name) {
+            Some(Named::Counters(family)) => {
+                if family.label_name != label_name {
+                    tracing::error!(
+                        metric = name,
+                        registered = family.label_name,
+                        requested = label_name,
+                        "counter family already registered with another label name"
+                    );
+                }
+                return family.clone();
+            }
+            Some(Named::Gauge(_) | Named::Family(_)) => {
+                tracing::error!(metric = name, "metric already registered as a gauge");
+                return CounterFamily { label_name, family: Family::default() };
+            }
+            None => {}
+        }
+        let family = CounterFamily { label_name, family: Family::default() };
+        self.registry.lock().register(name, help, family.family.clone());
+        named.insert(name, Named::Counters(family.clone()));
         family
     }
 
@@ -196,6 +229,28 @@ impl GaugeFamily {
 
     pub fn get(&self, label_value: &str) -> i64 {
         self.family.get(&[(self.label_name, label_value.to_string())]).map_or(0, |gauge| gauge.get())
+    }
+
+    /// The gauge of one label value, to keep and move without a lookup.
+    pub fn gauge(&self, label_value: &str) -> Gauge {
+        self.family.get_or_create(&[(self.label_name, label_value.to_string())]).clone()
+    }
+}
+
+/// A one-label counter family; see [`Metrics::counter_family`].
+#[derive(Clone)]
+pub struct CounterFamily {
+    label_name: &'static str,
+    family: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl CounterFamily {
+    pub fn inc(&self, label_value: &'static str) {
+        self.family.get_or_create(&[(self.label_name, label_value)]).inc();
+    }
+
+    pub fn get(&self, label_value: &'static str) -> u64 {
+        self.family.get(&[(self.label_name, label_value)]).map_or(0, |counter| counter.get())
     }
 }
 
@@ -344,6 +399,9 @@ mod tests {
         tasks.set("failed", 1);
         m.gauge_family("shoal_tasks", "Tasks by state", "state").set("running", 5);
         assert_eq!(tasks.get("running"), 5);
+        tasks.gauge("failed").inc();
+        assert_eq!(tasks.get("failed"), 2, "the kept gauge is the family's");
+        tasks.set("failed", 1);
 
         let text = m.render();
         assert_eq!(text.matches("# TYPE shoal_raft_term gauge").count(), 1);
@@ -355,10 +413,25 @@ mod tests {
     }
 
     #[test]
+    fn counter_families_register_once_and_render() {
+        let m = Metrics::new();
+        let refused = m.counter_family("shoal_refused", "Connections refused", "reason");
+        refused.inc("full");
+        refused.inc("full");
+        m.counter_family("shoal_refused", "Connections refused", "reason").inc("timeout");
+        assert_eq!((refused.get("full"), refused.get("timeout"), refused.get("other")), (2, 1, 0));
+        let text = m.render();
+        assert_eq!(text.matches("# TYPE shoal_refused counter").count(), 1, "{text}");
+        assert_eq!(sample(&text, r#"shoal_refused_total{reason="full"}"#), Some(2.0), "{text}");
+        assert_eq!(sample(&text, r#"shoal_refused_total{reason="timeout"}"#), Some(1.0), "{text}");
+    }
+
+    #[test]
     fn kind_mismatch_does_not_panic_or_duplicate() {
         let m = Metrics::new();
         m.gauge("shoal_x", "x").set(1);
         m.gauge_family("shoal_x", "x", "k").set("v", 2);
+        m.counter_family("shoal_x", "x", "k").inc("v");
         let text = m.render();
         assert_eq!(text.matches("# TYPE shoal_x gauge").count(), 1);
         assert_eq!(sample(&text, "shoal_x"), Some(1.0));

@@ -203,6 +203,38 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
     let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
-    let opts = RunOptions { snapshot_interval: args.snapshot_interval, mesh: args.mesh.0, launch };
+    let opts = RunOptions {
+        snapshot_interval: args.snapshot_interval,
+        mesh: args.mesh.0,
+        open_files: raise_open_file_limit(),
+        launch,
+    };
     actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as
+/// servers do (every cluster-port connection is a file; the soft limit is
+/// often 1024); returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return 1024;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+            hard
+        }
+        Err(e) => {
+            tracing::warn!(limit = soft, error = %e, "cannot raise the open-file limit");
+            soft
+        }
+    }
 }

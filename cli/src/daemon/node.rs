@@ -121,6 +121,8 @@ async fn wait_for_signal() {
 pub(crate) struct RunOptions {
     pub snapshot_interval: u64,
     pub mesh: Option<DataPath>,
+    /// The soft limit on open files, once raised.
+    pub open_files: u64,
     pub launch: Launch,
 }
 
@@ -213,7 +215,20 @@ pub(crate) async fn run_node(
         router.set_manager(inbound);
         mgr = Some(m);
     }
-    actix::spawn(router.serve(listener));
+    let limits = net::ServeConfig::default().fit_to(opts.open_files);
+    if limits != net::ServeConfig::default() {
+        tracing::warn!(
+            open_files = opts.open_files,
+            handshaking = limits.max_handshaking,
+            established = limits.max_established,
+            "the open-file limit is low: the cluster port takes fewer connections than by default"
+        );
+    }
+    // Dropping `stop_cluster_port` (or sending on it) stops the listener.
+    let (stop_cluster_port, cluster_port_stopped) = tokio::sync::oneshot::channel::<()>();
+    let cluster_port = actix::spawn(router.serve(listener, limits, async {
+        let _ = cluster_port_stopped.await;
+    }));
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
@@ -293,6 +308,11 @@ pub(crate) async fn run_node(
         _ = shutdown => None,
         role = change_role => Some(role),
     };
+    // No new cluster connections while the node stops.
+    let _ = stop_cluster_port.send(());
+    if tokio::time::timeout(Duration::from_secs(5), cluster_port).await.is_err() {
+        tracing::warn!("the cluster port did not close its connections within 5 s");
+    }
     if let Some((role, managers)) = new_role {
         let mut s = state.clone();
         s.role = role;

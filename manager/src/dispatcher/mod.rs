@@ -1,6 +1,10 @@
 //! Dispatcher: the leader's side of every node's session. Each node first
 //! gets its full assignment set, then only what changed; its status reports
 //! are gathered for a few milliseconds and proposed as one entry.
+//!
+//! Each session's queue is bounded ([`SESSION_QUEUE`]): a node that cannot
+//! keep up is dropped, not buffered for without limit, and gets its full
+//! set again when it reconnects.
 
 pub mod diff;
 
@@ -15,6 +19,7 @@ use common::{NodeId, TaskId};
 use tokio::sync::{mpsc, watch};
 use worker::metrics::{metrics, ActorMetrics};
 
+use crate::control::WakeUp;
 use crate::raft::{Propose, RaftLog, RaftStatus, SharedStore};
 use crate::store::Command;
 
@@ -23,10 +28,56 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// A batch this large is proposed at once.
 pub const BATCH_MAX: usize = 2_000;
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Frames queued for one node and not yet written to its connection: a
+/// heartbeat a second, a mesh table and an assignment diff per store
+/// change. A node this far behind is not reading.
+pub const SESSION_QUEUE: usize = 512;
+/// How long writing one frame to a node may take before its session ends.
+pub const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dispatcher's end of a session's bounded queue. When a frame does
+/// not fit, the session is dropped rather than buffered for without limit:
+/// its connection closes, the node reconnects, and its new session starts
+/// with the full assignment set, so it misses nothing that the dropped
+/// frames carried.
+struct SessionTx {
+    tx: mpsc::Sender<Frame>,
+    ended: Option<Ended>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The queue was full.
+    Lagging,
+    /// The session's connection is gone.
+    Closed,
+}
+
+impl SessionTx {
+    fn new(tx: mpsc::Sender<Frame>) -> Self {
+        SessionTx { tx, ended: None }
+    }
+
+    /// Queues a frame; once one did not fit, nothing more is queued (see
+    /// [`Dispatcher::drop_ended`]).
+    fn send(&mut self, frame: Frame) -> Result<(), Ended> {
+        if let Some(ended) = self.ended {
+            return Err(ended);
+        }
+        self.tx.try_send(frame).map_err(|e| {
+            let ended = match e {
+                mpsc::error::TrySendError::Full(_) => Ended::Lagging,
+                mpsc::error::TrySendError::Closed(_) => Ended::Closed,
+            };
+            self.ended = Some(ended);
+            ended
+        })
+    }
+}
 
 struct Session {
     id: u64,
-    tx: mpsc::UnboundedSender<Frame>,
+    tx: SessionTx,
     /// What this node was last sent; `None` until the full set went out.
     sent: Option<BTreeMap<TaskId, Task>>,
     /// The mesh table went out (it is resent to all when it changes).
@@ -46,6 +97,7 @@ pub struct Dispatcher {
     /// Published ports each node reports it cannot serve.
     mesh_failures: BTreeMap<NodeId, Vec<MeshFailure>>,
     metrics: ActorMetrics,
+    wake: WakeUp,
 }
 
 impl Dispatcher {
@@ -55,6 +107,7 @@ impl Dispatcher {
         status: watch::Receiver<RaftStatus>,
         applied: watch::Receiver<u64>,
     ) -> Addr<Self> {
+        let wake = WakeUp::default();
         let addr = Dispatcher {
             raft,
             store,
@@ -67,6 +120,7 @@ impl Dispatcher {
             managers: Vec::new(),
             mesh_failures: BTreeMap::new(),
             metrics: metrics().actor("dispatcher"),
+            wake: wake.clone(),
         }
         .start();
         let a = addr.clone();
@@ -74,13 +128,30 @@ impl Dispatcher {
         let depth = metrics().actor("dispatcher");
         actix::spawn(async move {
             while applied.changed().await.is_ok() {
-                depth.enqueued();
-                if a.try_send(StoreChanged).is_err() {
+                if !wake.wake(&a, || StoreChanged, &depth) {
                     return;
                 }
             }
         });
         addr
+    }
+
+    /// Removes the sessions whose queue overflowed or whose connection
+    /// ended (see [`SessionTx`]).
+    fn drop_ended(&mut self) {
+        self.sessions.retain(|node, s| match s.tx.ended {
+            None => true,
+            Some(Ended::Closed) => false,
+            Some(Ended::Lagging) => {
+                tracing::warn!(
+                    %node,
+                    session = s.id,
+                    queued = SESSION_QUEUE,
+                    "node session cannot keep up; dropped it (the node reconnects and gets its full set)"
+                );
+                false
+            }
+        });
     }
 
     fn push_all(&mut self) {
@@ -168,7 +239,10 @@ impl Actor for Dispatcher {
                 this.sessions.clear();
                 return;
             }
-            this.sessions.retain(|_, s| s.tx.send(Frame::Heartbeat).is_ok());
+            for s in this.sessions.values_mut() {
+                let _ = s.tx.send(Frame::Heartbeat);
+            }
+            this.drop_ended();
         });
     }
 }
@@ -181,19 +255,23 @@ impl Handler<StoreChanged> for Dispatcher {
     type Result = ();
     fn handle(&mut self, _: StoreChanged, _: &mut Context<Self>) {
         let started = Instant::now();
+        self.wake.take();
         if !self.sessions.is_empty() {
             self.push_all();
+            self.drop_ended();
         }
         self.metrics.handled(started, true);
     }
 }
 
-/// A node opened its session; frames for it go to `tx`. Returns the session id.
+/// A node opened its session; frames for it go to `tx`, made with
+/// [`SESSION_QUEUE`] places; dropping the sender means the session is over.
+/// Returns the session id.
 #[derive(Message)]
 #[rtype(result = "u64")]
 pub struct Register {
     pub node: NodeId,
-    pub tx: mpsc::UnboundedSender<Frame>,
+    pub tx: mpsc::Sender<Frame>,
 }
 
 impl Handler<Register> for Dispatcher {
@@ -203,8 +281,9 @@ impl Handler<Register> for Dispatcher {
         let id = self.next_session;
         self.next_session += 1;
         tracing::info!(node = %msg.node, session = id, "node session opened");
-        self.sessions.insert(msg.node, Session { id, tx: msg.tx, sent: None, mesh_sent: false });
+        self.sessions.insert(msg.node, Session { id, tx: SessionTx::new(msg.tx), sent: None, mesh_sent: false });
         self.push_all();
+        self.drop_ended();
         self.metrics.handled(started, true);
         id
     }
@@ -289,5 +368,27 @@ impl Handler<GetMeshFailures> for Dispatcher {
     type Result = MessageResult<GetMeshFailures>;
     fn handle(&mut self, _: GetMeshFailures, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.mesh_failures.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_cannot_keep_up_ends_and_gets_nothing_more() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut s = SessionTx::new(tx);
+        assert_eq!(s.send(Frame::Heartbeat), Ok(()));
+        assert_eq!(s.send(Frame::Heartbeat), Ok(()));
+        assert_eq!(s.send(Frame::Heartbeat), Err(Ended::Lagging), "full");
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(s.send(Frame::Heartbeat), Err(Ended::Lagging), "room again, but it is to resync from scratch");
+        assert_eq!(s.ended, Some(Ended::Lagging));
+
+        let (tx, rx) = mpsc::channel(2);
+        let mut s = SessionTx::new(tx);
+        drop(rx);
+        assert_eq!(s.send(Frame::Heartbeat), Err(Ended::Closed));
     }
 }
