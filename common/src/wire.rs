@@ -8,7 +8,7 @@
 //! Every connection begins with a [`Hello`] from the side that dialled; the
 //! other side answers [`Frame::Welcome`], [`Frame::JoinAccepted`],
 //! [`Frame::Redirect`] or [`Frame::Refused`]. The frames travel inside
-//! mutual TLS (`worker::tls`); a joining node, which has no certificate yet,
+//! mutual TLS (`worker::node::tls`); a joining node, which has no certificate yet,
 //! sends a CSR in its hello and gets its certificate in [`JoinAccepted`].
 
 use std::net::SocketAddr;

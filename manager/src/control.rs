@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::raft::{Propose, RaftLog, RaftStatus, SharedStore};
 use crate::store::{Command, Store};
-use worker::metrics::{metrics, ActorMetrics};
+use worker::node::metrics::{metrics, ActorMetrics};
 
 pub type LiveNodes = watch::Receiver<BTreeSet<NodeId>>;
 
@@ -248,7 +248,7 @@ impl<D: Decide> Handler<Kick> for ControlLoop<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use worker::metrics::Metrics;
+    use worker::node::metrics::Metrics;
 
     #[test]
     fn a_wake_up_is_sent_coalesced_or_ends_with_the_actor() {

@@ -10,8 +10,8 @@ use common::time::now_ms;
 use common::wire::{Frame, JoinAccepted, PROTOCOL_VERSION};
 use common::NodeId;
 use rand::Rng;
-use worker::net::{self, Conn};
-use worker::tls::{Fingerprint, JoinToken};
+use worker::node::net::{self, Conn};
+use worker::node::tls::{Fingerprint, JoinToken};
 
 use crate::raft::{Propose, RaftLog, SharedStore};
 use crate::store::{Command, Store};
@@ -127,7 +127,7 @@ mod tests {
     fn tokens_decide_roles() {
         let mut s = Store::default();
         assert_eq!(role_for_token(&s, ""), None, "uninitialised cluster admits nobody");
-        let ca = worker::tls::ClusterCa::generate("c").unwrap();
+        let ca = worker::node::tls::ClusterCa::generate("c").unwrap();
         let fp = ca.fingerprint().unwrap();
         s.cluster.id = "c".into();
         s.cluster.worker_token = new_token(fp);
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_rotated_token_admits_no_one() {
         let mut s = Store::default();
-        let fp = worker::tls::ClusterCa::generate("c").unwrap().fingerprint().unwrap();
+        let fp = worker::node::tls::ClusterCa::generate("c").unwrap().fingerprint().unwrap();
         s.cluster.id = "c".into();
         s.cluster.worker_token = new_token(fp);
         s.cluster.manager_token = new_token(fp);

@@ -32,8 +32,8 @@ use common::wire::{Frame, Hello, PeerInfo};
 use common::NodeId;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use worker::net::{self, Inbound};
-use worker::tls::Tls;
+use worker::node::net::{self, Inbound};
+use worker::node::tls::Tls;
 
 use control::{ControlLoop, LiveNodes};
 use dispatcher::{Dispatcher, MeshReport, Register, Reports, Unregister};

@@ -74,7 +74,7 @@ pub struct ClusterInfo {
     pub created_at: Millis,
     /// The cluster CA: every manager signs joining nodes' certificates.
     #[serde(default)]
-    pub ca: worker::tls::ClusterCa,
+    pub ca: worker::node::tls::ClusterCa,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,8 +15,8 @@ use futures::{SinkExt, StreamExt};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 
-use crate::net::{self, NetError};
-use crate::tls::Tls;
+use crate::node::net::{self, NetError};
+use crate::node::tls::Tls;
 
 /// No frame from the leader for this long (it sends heartbeats every
 /// second): the session is dead.

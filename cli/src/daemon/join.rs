@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::wire::{Frame, Hello, PROTOCOL_VERSION};
-use worker::net;
-use worker::tls::{CertificateRequest, JoinToken};
+use worker::node::net;
+use worker::node::tls::{CertificateRequest, JoinToken};
 
 use super::state::{machine_hostname, tls_dir, NodeState};
 use super::{DaemonArgs, DEFAULT_API, DEFAULT_PORT};

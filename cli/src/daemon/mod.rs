@@ -2,7 +2,7 @@
 //! from its data directory, then run it until SIGINT/SIGTERM.
 //!
 //! A node's identity lives in `DATA_DIR/node.json`, its TLS key and
-//! certificates under `DATA_DIR/tls` (see `worker::tls`); managers keep the
+//! certificates under `DATA_DIR/tls` (see `worker::node::tls`); managers keep the
 //! raft log under `DATA_DIR/raft`. Containers keep running when the daemon
 //! stops; a restarted node adopts them.
 //!

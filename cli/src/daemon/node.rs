@@ -23,13 +23,13 @@ use manager::{Manager, ManagerConfig};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use worker::agent::{Agent, AgentSink};
-use worker::membership::{self, fact, MembershipConfig};
 use worker::mesh::{self, DataPath, MeshConfig, MeshProgrammer, SetTable};
-use worker::net::{self, Router};
+use worker::node::membership::{self, fact, MembershipConfig};
+use worker::node::net::{self, Router};
+use worker::node::tls::{ClusterCa, Tls};
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::Runtime;
 use worker::supervisor::{Assign, TaskSupervisor};
-use worker::tls::{ClusterCa, Tls};
 
 use super::role::renew_certificate;
 use super::state::{save_state, NodeState};

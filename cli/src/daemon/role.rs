@@ -9,8 +9,8 @@ use anyhow::{anyhow, Result};
 use common::node::Role;
 use common::wire::{Frame, Hello};
 use common::NodeId;
-use worker::net;
-use worker::tls::{CertificateRequest, NodeIdentity, Tls};
+use worker::node::net;
+use worker::node::tls::{CertificateRequest, NodeIdentity, Tls};
 
 use super::state::tls_dir;
 

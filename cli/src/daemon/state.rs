@@ -9,7 +9,7 @@ use common::node::Role;
 use common::wire::PeerInfo;
 use common::NodeId;
 use serde::{Deserialize, Serialize};
-use worker::tls::{ClusterCa, NodeIdentity, Tls};
+use worker::node::tls::{ClusterCa, NodeIdentity, Tls};
 
 use super::{DaemonArgs, DEFAULT_API, DEFAULT_PORT};
 

@@ -10,7 +10,7 @@ use common::wire::{Frame, Hello, LogRequest};
 use common::{NodeId, TaskId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use worker::net;
+use worker::node::net;
 
 use super::{find_service, manager, ApiState, Result};
 

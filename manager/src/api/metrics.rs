@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
 use common::task::TaskState;
-use worker::metrics::metrics;
+use worker::node::metrics::metrics;
 
 use super::ApiState;
 

@@ -28,7 +28,7 @@ use common::node::{NodeStatus, Role};
 use common::spec::SpecError;
 use common::NodeId;
 use tokio::sync::mpsc;
-use worker::tls::TlsError;
+use worker::node::tls::TlsError;
 
 use crate::control::LiveNodes;
 use crate::raft::{Propose, ProposeError};

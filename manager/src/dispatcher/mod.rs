@@ -17,7 +17,7 @@ use common::task::{Task, TaskState, TaskStatusUpdate};
 use common::wire::Frame;
 use common::{NodeId, TaskId};
 use tokio::sync::{mpsc, watch};
-use worker::metrics::{metrics, ActorMetrics};
+use worker::node::metrics::{metrics, ActorMetrics};
 
 use crate::control::WakeUp;
 use crate::raft::{Propose, RaftLog, RaftStatus, SharedStore};

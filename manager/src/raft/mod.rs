@@ -32,7 +32,7 @@ use self::core::{CoreOptions, Proposal, ProposalNo, RaftCore};
 use crate::store::{encode_command, Command, Store, StoreError, Unreadable};
 use storage::StorageError;
 use transport::Transport;
-use worker::metrics::{metrics, ActorMetrics};
+use worker::node::metrics::{metrics, ActorMetrics};
 
 /// How long a proposer waits for its entry to be applied.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);

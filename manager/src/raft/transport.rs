@@ -9,8 +9,8 @@ use common::wire::{Frame, Hello, PeerInfo};
 use common::NodeId;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
-use worker::net;
-use worker::tls::Tls;
+use worker::node::net;
+use worker::node::tls::Tls;
 
 use crate::store::Store;
 

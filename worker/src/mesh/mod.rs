@@ -42,7 +42,7 @@ use common::mesh::{MeshTable, Protocol};
 use self::nft::NftTable;
 use self::plan::{Change, DesiredMesh, PortKey};
 use self::proxy::{Proxy, ProxyConfig, ProxyStats};
-use crate::metrics::{metrics, ActorMetrics, GaugeFamily};
+use crate::node::metrics::{metrics, ActorMetrics, GaugeFamily};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MeshError {

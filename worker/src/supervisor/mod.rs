@@ -81,7 +81,7 @@ pub struct TaskSupervisor {
     relist: bool,
     /// The list due once a burst of Docker events has gone quiet.
     settle: Option<SpawnHandle>,
-    metrics: crate::metrics::ActorMetrics,
+    metrics: crate::node::metrics::ActorMetrics,
 }
 
 impl TaskSupervisor {
@@ -104,7 +104,7 @@ impl TaskSupervisor {
             listing: false,
             relist: false,
             settle: None,
-            metrics: crate::metrics::metrics().actor("supervisor"),
+            metrics: crate::node::metrics::metrics().actor("supervisor"),
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::actor::AbortGossip;
 use super::*;
-use crate::metrics::metrics;
+use crate::node::metrics::metrics;
 
 /// UDP's largest payload, the limit chitchat's `UdpTransport` has.
 const UDP_MTU: usize = 65_507;

@@ -1,4 +1,4 @@
-//! The cluster port: mutual-TLS connections (see [`crate::tls`]) carrying
+//! The cluster port: mutual-TLS connections (see [`crate::node::tls`]) carrying
 //! length-prefixed MessagePack frames (see `common::wire`).
 //!
 //! Every connection starts with a TLS handshake and then a [`Hello`] from
@@ -36,8 +36,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{metrics, CounterFamily};
-use crate::tls::{self, Fingerprint, PeerIdentity, Tls};
+use crate::node::metrics::{metrics, CounterFamily};
+use crate::node::tls::{self, Fingerprint, PeerIdentity, Tls};
 
 /// How long a peer has to finish the TLS handshake and send its hello, and
 /// a dialler to get an answer.
@@ -679,7 +679,7 @@ pub fn spawn_sender(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{ClusterCa, NodeIdentity};
+    use crate::node::tls::{ClusterCa, NodeIdentity};
     use common::NodeId;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -22,7 +22,7 @@ use super::{
     check_facts, initial_key_values, is_reserved, live_set_from, member_facts, restart_generation, seeds_to_contact,
     LiveSet, MemberEvent, MemberFacts, MembershipCore, MembershipError, Restarts, MEMBER_KEY,
 };
-use crate::metrics::{metrics, ActorMetrics};
+use crate::node::metrics::{metrics, ActorMetrics};
 
 /// How often chitchat gossips.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
