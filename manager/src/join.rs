@@ -11,7 +11,7 @@ use common::wire::{Frame, JoinAccepted, PROTOCOL_VERSION};
 use common::NodeId;
 use rand::Rng;
 use worker::node::net::{self, Conn};
-use worker::node::tls::{Fingerprint, JoinToken};
+use worker::node::tls::Fingerprint;
 
 use crate::raft::{Propose, RaftLog, SharedStore};
 use crate::store::{Command, Store};
@@ -37,7 +37,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A token like Swarm's: `SHTKN-1-<CA fingerprint>-<role secret>`.
 pub fn new_token(ca: Fingerprint) -> String {
-    JoinToken::generate(ca).to_string()
+    crate::ca::new_token(ca).to_string()
 }
 
 pub fn new_raft_id() -> u64 {
@@ -122,12 +122,13 @@ pub fn flatten<E: std::fmt::Display>(r: Result<Result<(), crate::raft::ProposeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use worker::node::tls::JoinToken;
 
     #[test]
     fn tokens_decide_roles() {
         let mut s = Store::default();
         assert_eq!(role_for_token(&s, ""), None, "uninitialised cluster admits nobody");
-        let ca = worker::node::tls::ClusterCa::generate("c").unwrap();
+        let ca = crate::ca::ClusterCa::generate("c").unwrap();
         let fp = ca.fingerprint().unwrap();
         s.cluster.id = "c".into();
         s.cluster.worker_token = new_token(fp);
@@ -143,7 +144,7 @@ mod tests {
     #[test]
     fn a_rotated_token_admits_no_one() {
         let mut s = Store::default();
-        let fp = worker::node::tls::ClusterCa::generate("c").unwrap().fingerprint().unwrap();
+        let fp = crate::ca::ClusterCa::generate("c").unwrap().fingerprint().unwrap();
         s.cluster.id = "c".into();
         s.cluster.worker_token = new_token(fp);
         s.cluster.manager_token = new_token(fp);

@@ -13,6 +13,7 @@
 //! [`Manager::start`] wires them together; `cli`'s daemon calls it.
 
 pub mod api;
+pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod events;

@@ -74,7 +74,7 @@ pub struct ClusterInfo {
     pub created_at: Millis,
     /// The cluster CA: every manager signs joining nodes' certificates.
     #[serde(default)]
-    pub ca: worker::node::tls::ClusterCa,
+    pub ca: crate::ca::ClusterCa,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,8 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use common::node::Role;
 use common::wire::PeerInfo;
 use common::NodeId;
+use manager::ca::ClusterCa;
 use serde::{Deserialize, Serialize};
-use worker::node::tls::{ClusterCa, NodeIdentity, Tls};
+use worker::node::tls::{NodeIdentity, Tls};
 
 use super::{DaemonArgs, DEFAULT_API, DEFAULT_PORT};
 
@@ -74,7 +75,7 @@ pub(crate) fn tls_dir(dir: &Path) -> PathBuf {
 /// The first manager makes the cluster CA and certifies itself with it.
 pub(crate) fn init_identity(dir: &Path, state: &NodeState) -> Result<ClusterCa> {
     let ca = ClusterCa::generate(&state.cluster_id)?;
-    NodeIdentity::issue(&ca, &state.node_id, state.role)?.save(&tls_dir(dir))?;
+    ca.issue(&state.node_id, state.role)?.save(&tls_dir(dir))?;
     Ok(ca)
 }
 

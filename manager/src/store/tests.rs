@@ -166,7 +166,7 @@ fn history() -> Vec<Command> {
         worker_token: "SWMTKN-w".into(),
         manager_token: "SWMTKN-m".into(),
         created_at: 1,
-        ca: worker::node::tls::ClusterCa { cert_pem: "CERT".into(), key_pem: "KEY".into() },
+        ca: crate::ca::ClusterCa { cert_pem: "CERT".into(), key_pem: "KEY".into() },
     };
     vec![
         Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node("m1", 1, Role::Manager))]),

@@ -679,7 +679,7 @@ pub fn spawn_sender(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::tls::{ClusterCa, NodeIdentity};
+    use crate::node::tls::test_ca::TestCa;
     use common::NodeId;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -688,9 +688,9 @@ mod tests {
         tls: Tls,
     }
 
-    fn node(ca: &ClusterCa, role: Role) -> Node {
+    fn node(ca: &TestCa, role: Role) -> Node {
         let id = NodeId::random();
-        let tls = Tls::new(&NodeIdentity::issue(ca, &id, role).unwrap()).unwrap();
+        let tls = Tls::new(&ca.issue(&id, role)).unwrap();
         Node { id, tls }
     }
 
@@ -790,7 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_idle_connections_does_not_keep_a_session_out() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (m, w) = (node(&ca, Role::Manager), node(&ca, Role::Worker));
         // Deadlines far away: only the cap closes connections here.
         let config = ServeConfig {
@@ -814,7 +814,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_handshake_or_hello_is_closed_at_its_deadline() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (m, w) = (node(&ca, Role::Manager), node(&ca, Role::Worker));
         let config = ServeConfig {
             tls_timeout: Duration::from_millis(300),
@@ -839,7 +839,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_established_cap_a_hello_is_refused_until_a_place_frees() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (m, w) = (node(&ca, Role::Manager), node(&ca, Role::Worker));
         let config = ServeConfig { max_established: 1, ..ServeConfig::default() };
         let (addr, mut rx) = manager_router_with(&m.tls, config).await;
@@ -852,7 +852,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_manager_queue_refuses_with_a_reason() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (m, w) = (node(&ca, Role::Manager), node(&ca, Role::Worker));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -880,7 +880,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_stops_accepting_and_closes_what_it_serves() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let m = node(&ca, Role::Manager);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -902,7 +902,7 @@ mod tests {
 
     #[tokio::test]
     async fn plaintext_and_garbage_are_refused_and_close_only_that_connection() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (m, w) = (node(&ca, Role::Manager), node(&ca, Role::Worker));
         let (addr, mut rx) = manager_router(&m.tls).await;
 
@@ -934,9 +934,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_of_another_cluster_cannot_connect() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let m = node(&ca, Role::Manager);
-        let stranger = node(&ClusterCa::generate("other").unwrap(), Role::Manager);
+        let stranger = node(&TestCa::generate("other"), Role::Manager);
         let (addr, mut rx) = manager_router(&m.tls).await;
         let err = dial(&stranger.tls, addr, Hello::Raft { from: stranger.id.clone(), raft_id: 7 }).await.unwrap_err();
         assert!(matches!(err, NetError::Tls(ref e) if e.contains("UnknownIssuer")), "{err}");
@@ -945,7 +945,7 @@ mod tests {
 
     #[tokio::test]
     async fn hellos_need_the_right_certificate() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (m, w) = (node(&ca, Role::Manager), node(&ca, Role::Worker));
         let (addr, mut rx) = manager_router(&m.tls).await;
 
@@ -982,7 +982,7 @@ mod tests {
         assert!(matches!(joining.await.unwrap(), Err(NetError::Refused(_))));
 
         // A joiner pinning another CA refuses the manager itself.
-        let other = ClusterCa::generate("c").unwrap().fingerprint().unwrap();
+        let other = TestCa::generate("c").fingerprint().unwrap();
         let err = dial_join(addr, other, join, HANDSHAKE_TIMEOUT).await.unwrap_err();
         assert!(matches!(err, NetError::Tls(ref e) if e == "the manager's CA does not match the join token"), "{err}");
     }
@@ -1003,7 +1003,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_refuses_manager_hellos() {
-        let ca = ClusterCa::generate("c").unwrap();
+        let ca = TestCa::generate("c");
         let (w, other) = (node(&ca, Role::Worker), node(&ca, Role::Worker));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,11 +1,14 @@
-//! Security of the cluster port: the cluster CA, node certificates, join
-//! tokens that pin the CA, and the rustls configurations built from them.
+//! Security of the cluster port as a node sees it: its identity (key and
+//! certificate), join tokens that pin the CA, the certificate profiles, and
+//! the rustls configurations built from them.
 //!
 //! The model is Swarm's:
 //!
-//! - `shoal daemon --init` makes a self-signed cluster CA ([`ClusterCa`]);
-//!   its certificate and key live in the replicated store, so every manager
-//!   can admit nodes.
+//! - `shoal daemon --init` makes a self-signed cluster CA (managers hold it:
+//!   `manager::ca`, whose certificate and key live in the replicated store,
+//!   so every manager can admit nodes); what the CA's certificate and a
+//!   node's say is decided here ([`new_ca`], [`sign_node_csr`]), beside the
+//!   code that reads them back ([`peer_identity`]).
 //! - Every node holds a [`NodeIdentity`]: its own key (made on the node, it
 //!   never leaves it), a certificate the CA signed from the node's CSR, and
 //!   the CA certificate. The certificate says who the node is: CN = node id,
@@ -43,7 +46,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 /// The DNS name in every node certificate; diallers verify the server
@@ -59,7 +61,9 @@ const CA_FILE: &str = "ca.crt";
 const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
 
-const BASE36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// The characters of fingerprints and token secrets (lowercase base 36).
+pub const TOKEN_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+const BASE36: &[u8] = TOKEN_ALPHABET;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsError {
@@ -171,16 +175,8 @@ pub struct JoinToken {
 }
 
 const TOKEN_PREFIX: &str = "SHTKN-1-";
-const SECRET_LEN: usize = 25;
-
-impl JoinToken {
-    /// A new token with a random secret.
-    pub fn generate(ca: Fingerprint) -> JoinToken {
-        let mut rng = rand::thread_rng();
-        let secret = (0..SECRET_LEN).map(|_| BASE36[rng.gen_range(0..BASE36.len())] as char).collect();
-        JoinToken { ca, secret }
-    }
-}
+/// Length of a token's secret, in [`TOKEN_ALPHABET`] characters.
+pub const SECRET_LEN: usize = 25;
 
 impl fmt::Display for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -213,80 +209,61 @@ impl FromStr for JoinToken {
 }
 
 // ---------------------------------------------------------------------------
-// The cluster CA
+// Certificate profiles: what the cluster CA's certificate and a node's say.
+// The CA that holds the key and decides whom to certify is the managers'
+// (`manager::ca`); the profiles live here, beside the code that reads them
+// back (`peer_identity`), so that writer and reader cannot drift apart.
 
-/// The cluster CA as the replicated store keeps it (PEM).
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterCa {
-    pub cert_pem: String,
-    pub key_pem: String,
+/// A new self-signed cluster CA named after the cluster (two clusters' CAs
+/// differ by name, so a stranger's certificate is an unknown issuer):
+/// `(certificate PEM, private key PEM)`.
+pub fn new_ca(cluster_id: &str) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "shoal cluster CA");
+    params.distinguished_name.push(DnType::OrganizationName, cluster_id);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + CA_VALIDITY;
+    params.serial_number = Some(random_serial());
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
-// The key stays out of logs and panics.
-impl fmt::Debug for ClusterCa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterCa").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
-    }
-}
+/// Signs a node's CSR with the CA's key. Only the CSR's public key is used:
+/// the name (CN = node id), the role (OU), the server name and the usages
+/// are the CA's to decide; the certificate ends with the CA.
+pub fn sign_node_csr(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_der: &[u8],
+    node: &NodeId,
+    role: Role,
+) -> Result<String, TlsError> {
+    let csr =
+        CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(|e| TlsError::BadRequest(e.to_string()))?;
+    let ca_der = cert_from_pem(ca_cert_pem)?;
+    let key = KeyPair::from_pem(ca_key_pem).map_err(|e| TlsError::BadKey(e.to_string()))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let ca_expires = ca.validity().not_after.to_datetime();
+    let issuer = Issuer::from_ca_cert_der(&ca_der, key).map_err(gen_err)?;
 
-impl ClusterCa {
-    /// A new self-signed CA named after the cluster (two clusters' CAs
-    /// differ by name, so a stranger's certificate is an unknown issuer).
-    pub fn generate(cluster_id: &str) -> Result<ClusterCa, TlsError> {
-        let key = KeyPair::generate().map_err(gen_err)?;
-        let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "shoal cluster CA");
-        params.distinguished_name.push(DnType::OrganizationName, cluster_id);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + CA_VALIDITY;
-        params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&key).map_err(gen_err)?;
-        Ok(ClusterCa { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cert_pem.is_empty()
-    }
-
-    pub fn cert_der(&self) -> Result<CertificateDer<'static>, TlsError> {
-        cert_from_pem(&self.cert_pem)
-    }
-
-    pub fn fingerprint(&self) -> Result<Fingerprint, TlsError> {
-        Ok(Fingerprint::of(&self.cert_der()?))
-    }
-
-    /// Signs a node's CSR. Only the CSR's public key is used: the name,
-    /// role and usages are the CA's to decide.
-    pub fn sign(&self, csr_der: &[u8], node: &NodeId, role: Role) -> Result<String, TlsError> {
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.into())
-            .map_err(|e| TlsError::BadRequest(e.to_string()))?;
-        let ca_der = self.cert_der()?;
-        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| TlsError::BadKey(e.to_string()))?;
-        let (_, ca) =
-            x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
-        let ca_expires = ca.validity().not_after.to_datetime();
-        let issuer = Issuer::from_ca_cert_der(&ca_der, key).map_err(gen_err)?;
-
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, node.as_str());
-        params.distinguished_name.push(DnType::OrganizationalUnitName, role.to_string());
-        params.subject_alt_names = vec![SanType::DnsName(CLUSTER_SERVER_NAME.try_into().map_err(gen_err)?)];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
-        params.not_after = ca_expires;
-        params.serial_number = Some(random_serial());
-        let cert = params.signed_by(&csr.public_key, &issuer).map_err(gen_err)?;
-        Ok(cert.pem())
-    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, node.as_str());
+    params.distinguished_name.push(DnType::OrganizationalUnitName, role.to_string());
+    params.subject_alt_names = vec![SanType::DnsName(CLUSTER_SERVER_NAME.try_into().map_err(gen_err)?)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+    params.not_after = ca_expires;
+    params.serial_number = Some(random_serial());
+    let cert = params.signed_by(&csr.public_key, &issuer).map_err(gen_err)?;
+    Ok(cert.pem())
 }
 
 fn random_serial() -> SerialNumber {
@@ -295,7 +272,7 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
+pub fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::BadCertificate(e.to_string()))
 }
 
@@ -360,14 +337,6 @@ impl fmt::Debug for NodeIdentity {
 }
 
 impl NodeIdentity {
-    /// An identity made where the CA is (the first manager): the key is
-    /// still made apart and certified through a CSR.
-    pub fn issue(ca: &ClusterCa, node: &NodeId, role: Role) -> Result<NodeIdentity, TlsError> {
-        let req = CertificateRequest::new()?;
-        let cert = ca.sign(req.csr_der(), node, role)?;
-        req.complete(cert, ca.cert_pem.clone(), None)
-    }
-
     /// Who the certificate says this node is.
     pub fn peer(&self) -> Result<PeerIdentity, TlsError> {
         peer_identity(&cert_from_pem(&self.cert_pem)?)
@@ -598,16 +567,50 @@ pub fn describe_handshake_error(e: &std::io::Error) -> String {
     }
 }
 
+/// A CA for this crate's tests, over the same profiles (the cluster's own
+/// CA, which managers keep in the store, is `manager::ca::ClusterCa`).
+#[cfg(test)]
+pub(crate) mod test_ca {
+    use super::*;
+
+    pub struct TestCa {
+        pub cert_pem: String,
+        key_pem: String,
+    }
+
+    impl TestCa {
+        pub fn generate(name: &str) -> TestCa {
+            let (cert_pem, key_pem) = new_ca(name).unwrap();
+            TestCa { cert_pem, key_pem }
+        }
+        pub fn cert_der(&self) -> Result<CertificateDer<'static>, TlsError> {
+            cert_from_pem(&self.cert_pem)
+        }
+        pub fn fingerprint(&self) -> Result<Fingerprint, TlsError> {
+            Ok(Fingerprint::of(&self.cert_der()?))
+        }
+        pub fn sign(&self, csr_der: &[u8], node: &NodeId, role: Role) -> Result<String, TlsError> {
+            sign_node_csr(&self.cert_pem, &self.key_pem, csr_der, node, role)
+        }
+        pub fn issue(&self, node: &NodeId, role: Role) -> NodeIdentity {
+            let req = CertificateRequest::new().unwrap();
+            let cert = self.sign(req.csr_der(), node, role).unwrap();
+            req.complete(cert, self.cert_pem.clone(), None).unwrap()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use test_ca::TestCa;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-    fn node(ca: &ClusterCa, role: Role) -> (NodeId, NodeIdentity) {
+    fn node(ca: &TestCa, role: Role) -> (NodeId, NodeIdentity) {
         let id = NodeId::random();
-        let ident = NodeIdentity::issue(ca, &id, role).unwrap();
+        let ident = ca.issue(&id, role);
         (id, ident)
     }
 
@@ -629,13 +632,12 @@ mod tests {
 
     #[test]
     fn tokens_parse_or_say_what_is_expected() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
-        let t = JoinToken::generate(ca.fingerprint().unwrap());
+        let ca = TestCa::generate(&NodeId::random().to_string());
+        let t = JoinToken { ca: ca.fingerprint().unwrap(), secret: "0123456789abcdefghijklmno".into() };
         let text = t.to_string();
         assert!(text.starts_with("SHTKN-1-"), "{text}");
         assert_eq!(text.len(), 8 + 50 + 1 + 25);
         assert_eq!(text.parse::<JoinToken>(), Ok(t.clone()));
-        assert_ne!(JoinToken::generate(t.ca).secret, t.secret);
         assert!(!format!("{t:?}").contains(&t.secret), "Debug hides the secret");
         for bad in
             ["", "SHTKN-1-wrong-wrong", "SWMTKN-1-x-y", &text[..text.len() - 1], &text.replace("SHTKN-1", "SHTKN-2")]
@@ -647,8 +649,7 @@ mod tests {
 
     #[test]
     fn the_ca_signs_node_certificates_with_id_and_role() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
-        assert!(!format!("{ca:?}").contains("PRIVATE KEY"), "Debug hides the key");
+        let ca = TestCa::generate(&NodeId::random().to_string());
         let (id, ident) = node(&ca, Role::Worker);
         assert_eq!(ident.peer().unwrap(), PeerIdentity { node_id: id.clone(), role: Role::Worker });
         assert_eq!(ident.ca_fingerprint().unwrap(), ca.fingerprint().unwrap());
@@ -665,7 +666,7 @@ mod tests {
         assert_eq!(other.complete(cert.clone(), ca.cert_pem.clone(), None).unwrap_err(), TlsError::KeyMismatch);
         let req = CertificateRequest::new().unwrap();
         let cert = ca.sign(req.csr_der(), &m, Role::Manager).unwrap();
-        let elsewhere = ClusterCa::generate(&NodeId::random().to_string()).unwrap().fingerprint().unwrap();
+        let elsewhere = TestCa::generate(&NodeId::random().to_string()).fingerprint().unwrap();
         assert_eq!(req.complete(cert, ca.cert_pem.clone(), Some(elsewhere)).unwrap_err(), TlsError::CaMismatch);
 
         assert!(matches!(ca.sign(b"not a csr", &m, Role::Worker), Err(TlsError::BadRequest(_))));
@@ -673,7 +674,7 @@ mod tests {
 
     #[test]
     fn identities_are_saved_with_a_private_key_file() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let ca = TestCa::generate(&NodeId::random().to_string());
         let (_, ident) = node(&ca, Role::Manager);
         let dir = std::env::temp_dir().join(format!("shoal-tls-test-{}", NodeId::random()));
         assert_eq!(NodeIdentity::load(&dir).unwrap(), None);
@@ -722,7 +723,7 @@ mod tests {
 
     #[tokio::test]
     async fn mutual_tls_between_nodes_of_one_cluster() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let ca = TestCa::generate(&NodeId::random().to_string());
         let (_, m) = node(&ca, Role::Manager);
         let (w_id, w) = node(&ca, Role::Worker);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
@@ -733,8 +734,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_certificate_of_another_ca_is_refused() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
-        let other = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let ca = TestCa::generate(&NodeId::random().to_string());
+        let other = TestCa::generate(&NodeId::random().to_string());
         let (_, m) = node(&ca, Role::Manager);
         let (_, stranger) = node(&other, Role::Manager);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
@@ -751,7 +752,7 @@ mod tests {
         assert!(seen.recv().await.unwrap().unwrap_err().contains("UnknownCA"), "the server sees the alert");
 
         // A CA that copies our CA's name does not help: its signature fails.
-        let twin = ClusterCa::generate(&ca_name(&ca)).unwrap();
+        let twin = TestCa::generate(&ca_name(&ca));
         let (_, impostor) = node(&twin, Role::Manager);
         let chain = vec![cert_from_pem(&impostor.cert_pem).unwrap()];
         assert!(connect(trusting_presenting(&ca, chain, &impostor), addr).await.is_err());
@@ -760,11 +761,7 @@ mod tests {
     }
 
     /// A client that trusts `ca` and presents `chain` with `who`'s key.
-    fn trusting_presenting(
-        ca: &ClusterCa,
-        chain: Vec<CertificateDer<'static>>,
-        who: &NodeIdentity,
-    ) -> Arc<ClientConfig> {
+    fn trusting_presenting(ca: &TestCa, chain: Vec<CertificateDer<'static>>, who: &NodeIdentity) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der().unwrap()).unwrap();
         let key = PrivateKeyDer::from_pem_slice(who.key_pem.as_bytes()).unwrap();
@@ -778,7 +775,7 @@ mod tests {
     }
 
     /// The cluster id a CA was named after.
-    fn ca_name(ca: &ClusterCa) -> String {
+    fn ca_name(ca: &TestCa) -> String {
         let der = ca.cert_der().unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let name = cert.subject().iter_organization().next().unwrap().as_str().unwrap().to_string();
@@ -787,7 +784,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_joiner_checks_the_ca_against_the_token() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let ca = TestCa::generate(&NodeId::random().to_string());
         let (_, m) = node(&ca, Role::Manager);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
 
@@ -797,16 +794,14 @@ mod tests {
         assert_eq!(seen.recv().await.unwrap(), Ok(None));
 
         // Another CA's fingerprint: the joiner refuses the manager.
-        let wrong =
-            join_client_config(ClusterCa::generate(&NodeId::random().to_string()).unwrap().fingerprint().unwrap())
-                .unwrap();
+        let wrong = join_client_config(TestCa::generate(&NodeId::random().to_string()).fingerprint().unwrap()).unwrap();
         let err = connect(wrong, addr).await.unwrap_err();
         assert_eq!(err, "the manager's CA does not match the join token");
         assert!(seen.recv().await.unwrap().is_err(), "the server sees the handshake fail");
 
         // A server of another cluster whose chain includes our CA cert
         // cannot pass either: its certificate does not verify against it.
-        let other = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let other = TestCa::generate(&NodeId::random().to_string());
         let (_, impostor) = node(&other, Role::Manager);
         let mut chain_with_ours = Tls::new(&impostor).unwrap();
         let leaf = cert_from_pem(&impostor.cert_pem).unwrap();
@@ -826,7 +821,7 @@ mod tests {
 
     #[tokio::test]
     async fn plaintext_bytes_fail_the_handshake() {
-        let ca = ClusterCa::generate(&NodeId::random().to_string()).unwrap();
+        let ca = TestCa::generate(&NodeId::random().to_string());
         let (_, m) = node(&ca, Role::Manager);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
