@@ -1,4 +1,4 @@
-//! The on-disk format of the storage files, all little endian.
+//! The on-disk format of the storage files.
 //!
 //! Log record: `[u32 len][u32 crc32(payload)][u32 crc32(first 8 bytes)][payload]`,
 //! little endian. The header has its own checksum so a damaged length in the
