@@ -4,7 +4,8 @@
 //!   ([`store`]); raft messages travel over the cluster port.
 //! - [`orchestrator`], [`scheduler`]: the leader's control loops, thin actors
 //!   ([`control`]) over pure cores.
-//! - [`dispatcher`]: sessions with every node: assignments out, status in.
+//! - [`dispatcher`]: sessions with every node: assignments out, status in
+//!   (the session connection itself is served by [`dispatcher::session`]).
 //! - [`join`]: admitting nodes by token.
 //! - [`api`]: the HTTP JSON API for the CLI, with `/metrics`.
 //! - [`ui`]: the web view at `/ui` (a page built into the binary, live over
@@ -31,13 +32,12 @@ use std::path::Path;
 use actix::Addr;
 use common::wire::{Frame, Hello, PeerInfo};
 use common::NodeId;
-use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use worker::node::net::{self, Inbound};
 use worker::node::tls::Tls;
 
 use control::{ControlLoop, LiveNodes};
-use dispatcher::{Dispatcher, MeshReport, Register, Reports, Unregister};
+use dispatcher::Dispatcher;
 use raft::{RaftHandles, RaftLog, RaftOptions, RaftStatus, SharedStore};
 
 pub struct ManagerConfig<'a> {
@@ -170,7 +170,9 @@ impl Manager {
                 .await
             }
             Hello::Raft { .. } => raft::transport::serve_peer(conn, self.raft.clone()).await,
-            Hello::Session { node_id } => self.session(conn, node_id).await,
+            Hello::Session { node_id } => {
+                dispatcher::session::serve(conn, node_id, &self.dispatcher, &self.store, &self.status).await
+            }
             Hello::Logs(_) => Err(net::NetError::Unexpected("logs hello at the manager".into())),
             Hello::Renew { node_id, csr } => self.renew(conn, node_id, csr).await,
         }
@@ -195,62 +197,5 @@ impl Manager {
             Err(e) => Frame::Refused { reason: format!("cannot issue a certificate: {e}") },
         };
         net::send(&mut conn, answer).await
-    }
-
-    async fn session(&self, mut conn: net::Conn, node: NodeId) -> Result<(), net::NetError> {
-        if !self.is_leader() {
-            return net::send(&mut conn, Frame::Redirect { leader: self.leader_addr() }).await;
-        }
-        if !self.store.read().nodes.contains_key(&node) {
-            let reason = format!("node {node} is not part of this cluster (was it removed?)");
-            return net::send(&mut conn, Frame::Refused { reason }).await;
-        }
-        net::send(&mut conn, Frame::Welcome).await?;
-        let (tx, mut rx) = mpsc::channel(dispatcher::SESSION_QUEUE);
-        let session =
-            self.dispatcher.send(Register { node: node.clone(), tx }).await.map_err(|_| net::NetError::Closed)?;
-        let (mut sink, mut stream) = conn.split();
-        let writer = async {
-            while let Some(f) = rx.recv().await {
-                // The dispatcher dropped the session (it fell behind, or
-                // this manager stopped leading): end it now rather than
-                // write out what is queued; the node reconnects and
-                // starts again from its full set.
-                if rx.is_closed() {
-                    tracing::debug!(%node, session, "session dropped by the dispatcher");
-                    return Ok(());
-                }
-                // A node that stopped reading (or vanished without a word)
-                // does not hold its connection for ever.
-                tokio::time::timeout(dispatcher::SESSION_WRITE_TIMEOUT, sink.send(f))
-                    .await
-                    .map_err(|_| net::NetError::Timeout)??;
-            }
-            Ok::<(), net::NetError>(())
-        };
-        // Reports wait for the dispatcher to take them: a node sending
-        // faster than it handles them is slowed down by TCP, not queued for.
-        let reader = async {
-            while let Some(frame) = stream.next().await {
-                let taken = match frame? {
-                    Frame::Status(updates) => self.dispatcher.send(Reports { node: node.clone(), updates }).await,
-                    Frame::MeshStatus(failures) => {
-                        self.dispatcher.send(MeshReport { node: node.clone(), failures }).await
-                    }
-                    Frame::Heartbeat => Ok(()),
-                    other => {
-                        return Err(net::NetError::Unexpected(format!("{other:?}").chars().take(60).collect()));
-                    }
-                };
-                taken.map_err(|_| net::NetError::Closed)?;
-            }
-            Ok(())
-        };
-        let result = tokio::select! {
-            r = writer => r,
-            r = reader => r,
-        };
-        self.dispatcher.do_send(Unregister { node, session });
-        result
     }
 }

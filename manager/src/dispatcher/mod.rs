@@ -5,8 +5,13 @@
 //! Each session's queue is bounded ([`SESSION_QUEUE`]): a node that cannot
 //! keep up is dropped, not buffered for without limit, and gets its full
 //! set again when it reconnects.
+//!
+//! Layout: this file is the actor; [`session`] serves one node's session
+//! connection (hello answer, frames out, reports in) against it; [`diff`]
+//! computes what changed in a node's assignment set.
 
 pub mod diff;
+pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

@@ -1,0 +1,75 @@
+//! A node's session connection, served on the leader: the answer to its
+//! hello (`Redirect` to the leader, `Refused` for a node the store does not
+//! know, `Welcome`), then frames from the [`Dispatcher`] written out and the
+//! node's status and mesh reports fed in, until either side ends it.
+
+use actix::Addr;
+use common::wire::Frame;
+use common::NodeId;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use worker::net;
+
+use super::{Dispatcher, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT};
+use crate::raft::{RaftStatus, SharedStore};
+
+/// Serves `node`'s session on `conn` until it ends; the session is
+/// registered with `dispatcher` for as long as it lasts.
+pub async fn serve(
+    mut conn: net::Conn,
+    node: NodeId,
+    dispatcher: &Addr<Dispatcher>,
+    store: &SharedStore,
+    status: &watch::Receiver<RaftStatus>,
+) -> Result<(), net::NetError> {
+    if !status.borrow().is_leader {
+        let leader = store.read().addr_of_raft_id(status.borrow().leader_id);
+        return net::send(&mut conn, Frame::Redirect { leader }).await;
+    }
+    if !store.read().nodes.contains_key(&node) {
+        let reason = format!("node {node} is not part of this cluster (was it removed?)");
+        return net::send(&mut conn, Frame::Refused { reason }).await;
+    }
+    net::send(&mut conn, Frame::Welcome).await?;
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let session = dispatcher.send(Register { node: node.clone(), tx }).await.map_err(|_| net::NetError::Closed)?;
+    let (mut sink, mut stream) = conn.split();
+    let writer = async {
+        while let Some(f) = rx.recv().await {
+            // The dispatcher dropped the session (it fell behind, or
+            // this manager stopped leading): end it now rather than
+            // write out what is queued; the node reconnects and
+            // starts again from its full set.
+            if rx.is_closed() {
+                tracing::debug!(%node, session, "session dropped by the dispatcher");
+                return Ok(());
+            }
+            // A node that stopped reading (or vanished without a word)
+            // does not hold its connection for ever.
+            tokio::time::timeout(SESSION_WRITE_TIMEOUT, sink.send(f)).await.map_err(|_| net::NetError::Timeout)??;
+        }
+        Ok::<(), net::NetError>(())
+    };
+    // Reports wait for the dispatcher to take them: a node sending
+    // faster than it handles them is slowed down by TCP, not queued for.
+    let reader = async {
+        while let Some(frame) = stream.next().await {
+            let taken = match frame? {
+                Frame::Status(updates) => dispatcher.send(Reports { node: node.clone(), updates }).await,
+                Frame::MeshStatus(failures) => dispatcher.send(MeshReport { node: node.clone(), failures }).await,
+                Frame::Heartbeat => Ok(()),
+                other => {
+                    return Err(net::NetError::Unexpected(format!("{other:?}").chars().take(60).collect()));
+                }
+            };
+            taken.map_err(|_| net::NetError::Closed)?;
+        }
+        Ok(())
+    };
+    let result = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    dispatcher.do_send(Unregister { node, session });
+    result
+}

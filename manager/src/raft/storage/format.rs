@@ -1,0 +1,143 @@
+//! The on-disk format of the storage files.
+//!
+//! Log record: `[u32 len][u32 crc32(payload)][u32 crc32(first 8 bytes)][payload]`,
+//! little endian. The header has its own checksum so a damaged length in the
+//! middle of the log is reported as corruption instead of being mistaken for a
+//! torn write. A bad record with only zeros (or nothing) after it is a torn
+//! write from a crash and is cut off on open; a bad record followed by more
+//! data is `StorageError::Corrupt`.
+//!
+//! `hardstate` and `snapshot` contents: `[u32 crc32(body)][body]`, the body
+//! starting with a format version byte.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+
+use super::{Result, StorageError};
+
+pub(super) const FORMAT_VERSION: u8 = 1;
+pub(super) const RECORD_HEADER_LEN: usize = 12;
+
+/// Where the stored snapshot came from; decides how a hard state written
+/// before it is repaired on open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SnapshotOrigin {
+    /// Made by `compact`: the conf state in `hardstate` is at least as new.
+    Compacted = 1,
+    /// Received from the leader: it replaces the conf state and commit.
+    Received = 2,
+}
+
+// ---- log records ----
+
+pub(super) fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for e in entries {
+        let payload =
+            e.write_to_bytes().map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
+        let len =
+            u32::try_from(payload.len()).map_err(|_| StorageError::Invalid(format!("entry {} too large", e.index)))?;
+        let start = buf.len();
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&crc32(&payload).to_le_bytes());
+        let header_crc = crc32(&buf[start..start + 8]);
+        buf.extend_from_slice(&header_crc.to_le_bytes());
+        buf.extend_from_slice(&payload);
+    }
+    Ok(buf)
+}
+
+pub(super) enum BadRecord {
+    /// The file ends inside the record.
+    Incomplete,
+    /// Header checksum mismatch.
+    Header,
+    /// Payload checksum mismatch; the record would end at `end`.
+    Payload { end: usize },
+}
+
+/// Returns the payload and the record's total length.
+pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<(&[u8], usize), BadRecord> {
+    if rest.len() < RECORD_HEADER_LEN {
+        return Err(BadRecord::Incomplete);
+    }
+    let len = read_u32(&rest[0..4]) as usize;
+    let payload_crc = read_u32(&rest[4..8]);
+    if read_u32(&rest[8..12]) != crc32(&rest[0..8]) {
+        return Err(BadRecord::Header);
+    }
+    let end = RECORD_HEADER_LEN.checked_add(len).filter(|&end| end <= rest.len()).ok_or(BadRecord::Incomplete)?;
+    let payload = &rest[RECORD_HEADER_LEN..end];
+    if crc32(payload) != payload_crc {
+        return Err(BadRecord::Payload { end });
+    }
+    Ok((payload, end))
+}
+
+// ---- sealed files ----
+
+/// Starts the contents of a sealed file: `[u32 crc32(body)][body]`, body
+/// beginning with the format version. Finish with `seal`.
+fn sealed_contents(capacity: usize) -> Vec<u8> {
+    let mut contents = Vec::with_capacity(capacity + 5);
+    contents.extend_from_slice(&[0, 0, 0, 0, FORMAT_VERSION]);
+    contents
+}
+
+fn seal(mut contents: Vec<u8>) -> Vec<u8> {
+    let crc = crc32(&contents[4..]);
+    contents[..4].copy_from_slice(&crc.to_le_bytes());
+    contents
+}
+
+/// Sealed body: `[version][u64 snapshot index][u32 hs len][HardState][ConfState]`.
+/// The snapshot index is the one this hard state was written after.
+pub(super) fn encode_hardstate(hs: &HardState, cs: &ConfState, snapshot_index: u64) -> Result<Vec<u8>> {
+    let hs_bytes = hs.write_to_bytes().map_err(|e| StorageError::Invalid(format!("encode hard state: {e}")))?;
+    let cs_bytes = cs.write_to_bytes().map_err(|e| StorageError::Invalid(format!("encode conf state: {e}")))?;
+    let mut contents = sealed_contents(12 + hs_bytes.len() + cs_bytes.len());
+    contents.extend_from_slice(&snapshot_index.to_le_bytes());
+    contents.extend_from_slice(&(hs_bytes.len() as u32).to_le_bytes());
+    contents.extend_from_slice(&hs_bytes);
+    contents.extend_from_slice(&cs_bytes);
+    Ok(seal(contents))
+}
+
+pub(super) fn decode_hardstate(body: &[u8]) -> Result<(HardState, ConfState, u64)> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("hardstate file: {what}"));
+    let fixed = body.get(1..13).ok_or_else(|| corrupt("too short"))?;
+    let snapshot_index = u64::from_le_bytes(fixed[0..8].try_into().map_err(|_| corrupt("index"))?);
+    let hs_len = read_u32(&fixed[8..12]) as usize;
+    let hs_bytes = body.get(13..13 + hs_len).ok_or_else(|| corrupt("truncated hard state"))?;
+    let hs = HardState::parse_from_bytes(hs_bytes).map_err(|e| corrupt(&e.to_string()))?;
+    let cs = ConfState::parse_from_bytes(&body[13 + hs_len..]).map_err(|e| corrupt(&e.to_string()))?;
+    Ok((hs, cs, snapshot_index))
+}
+
+/// Sealed body: `[version][origin][Snapshot]`.
+pub(super) fn encode_snapshot(snap: &Snapshot, origin: SnapshotOrigin) -> Result<Vec<u8>> {
+    let mut contents = sealed_contents(1 + snap.compute_size() as usize);
+    contents.push(origin as u8);
+    snap.write_to_vec(&mut contents).map_err(|e| StorageError::Invalid(format!("encode snapshot: {e}")))?;
+    Ok(seal(contents))
+}
+
+pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Snapshot, SnapshotOrigin)> {
+    let origin = match body.get(1) {
+        Some(1) => SnapshotOrigin::Compacted,
+        Some(2) => SnapshotOrigin::Received,
+        _ => return Err(StorageError::Corrupt("snapshot file: bad origin".to_owned())),
+    };
+    let snap =
+        Snapshot::parse_from_bytes(&body[2..]).map_err(|e| StorageError::Corrupt(format!("snapshot file: {e}")))?;
+    Ok((snap, origin))
+}
+
+pub(super) fn read_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// CRC-32 (IEEE, as zlib), the checksum of every record and sealed file.
+pub(super) fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
