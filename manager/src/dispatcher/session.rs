@@ -8,7 +8,7 @@ use common::wire::Frame;
 use common::NodeId;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use worker::net;
+use worker::node::net;
 
 use super::{Dispatcher, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT};
 use crate::raft::{RaftStatus, SharedStore};
