@@ -70,7 +70,7 @@ impl Manager {
     /// the cluster-port router hands manager connections to (bounded by
     /// [`net::INBOUND_QUEUE`]; each is taken at once and served by a task of
     /// its own).
-    pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::Sender<Inbound>), String> {
+    pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::Sender<Inbound>), raft::RaftError> {
         let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
@@ -82,8 +82,7 @@ impl Manager {
                 events: hub.clone(),
             },
             transport,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         // Nodes coming and going, as this manager's gossip sees them.
         {
             let (hub, store, mut live) = (hub.clone(), store.clone(), cfg.live.clone());
