@@ -1,4 +1,5 @@
-//! `manager` is the control plane that runs on manager nodes:
+//! `manager` is the control plane that runs on manager nodes, on top of
+//! the node runtime every node runs (`worker::node`):
 //!
 //! - [`raft`]: RaftLog, the replicated log on disk and the store it builds
 //!   ([`store`]); raft messages travel over the cluster port.
@@ -6,7 +7,11 @@
 //!   ([`control`]) over pure cores.
 //! - [`dispatcher`]: sessions with every node: assignments out, status in
 //!   (the session connection itself is served by [`dispatcher::session`]).
-//! - [`join`]: admitting nodes by token.
+//! - [`join`]: admitting nodes by token; [`ca`]: the cluster CA that signs
+//!   their certificates and makes the tokens (only managers hold it).
+//! - [`roles`]: promotions and demotions through raft membership.
+//! - [`events`]: the numbered stream of applied changes; [`mesh`]: the
+//!   routing-mesh table every node is sent.
 //! - [`api`]: the HTTP JSON API for the CLI, with `/metrics`.
 //! - [`ui`]: the web view at `/ui` (a page built into the binary, live over
 //!   server-sent events).
