@@ -160,6 +160,21 @@ pub(crate) fn stop_child(mut child: Child, deadline: Duration) -> (ExitStatus, b
     (child.wait().unwrap_or_else(|_| failed_status()), true)
 }
 
+/// The lines a spawned `child` prints on stdout, as they come: read on a
+/// thread of their own, so a test can poll them against a deadline.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,19 +203,4 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
     }
-}
-
-/// The lines a spawned `child` prints on stdout, as they come: read on a
-/// thread of their own, so a test can poll them against a deadline.
-pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
