@@ -8,6 +8,7 @@
 
 mod client;
 mod events;
+mod list;
 mod node;
 mod output;
 mod progress;

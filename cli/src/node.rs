@@ -9,19 +9,14 @@ use common::node::Availability;
 use common::spec::parse_label;
 
 use crate::client::{seg, Client};
+use crate::list::ListFlags;
 use crate::output;
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
     /// List nodes.
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        /// `json` for machine-readable output.
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Ls(ListFlags),
     /// Change a node's availability or labels.
     Update {
         /// active, pause or drain
@@ -63,14 +58,9 @@ pub enum NodeCmd {
 
 pub fn run(c: &Client, cmd: NodeCmd) -> Result<ExitCode> {
     match cmd {
-        NodeCmd::Ls { quiet, format } => {
+        NodeCmd::Ls(list) => {
             let nodes: Vec<NodeInfo> = c.get("/v1/nodes")?;
-            match (format.as_deref(), quiet) {
-                (Some("json"), _) => println!("{}", serde_json::to_string_pretty(&nodes)?),
-                (Some(f), _) => bail!("unknown format {f:?}: only json is supported"),
-                (None, true) => print!("{}", output::node_ls_quiet(&nodes)),
-                (None, false) => print!("{}", output::node_ls(&nodes)),
-            }
+            list.print(&nodes, output::node_ls_quiet, output::node_ls)?;
         }
         NodeCmd::Update { availability, label_add, label_rm, node } => {
             let update = NodeUpdate {

@@ -16,7 +16,9 @@ use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
 
 use crate::client::{seg, Client};
-use crate::{output, progress};
+use crate::list::ListFlags;
+use crate::output;
+use crate::progress;
 
 #[derive(Args)]
 pub struct Detach {
@@ -31,25 +33,18 @@ pub enum ServiceCmd {
     Create(CreateArgs),
     /// List services.
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Ls(ListFlags),
     /// List the tasks of one or more services.
     Ps {
         #[arg(required = true)]
         services: Vec<String>,
         #[arg(long)]
         no_trunc: bool,
-        #[arg(short, long)]
-        quiet: bool,
         /// desired-state=running|shutdown|accepted
         #[arg(short, long)]
         filter: Vec<String>,
-        #[arg(long)]
-        format: Option<String>,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Fetch the logs of a service's tasks, from every node.
     Logs {
@@ -115,11 +110,7 @@ pub struct CreateArgs {
     #[arg(long, default_value = "replicated")]
     mode: String,
     #[command(flatten)]
-    restart: RestartFlags,
-    #[command(flatten)]
-    update: UpdateFlags,
-    #[command(flatten)]
-    rollback: RollbackFlags,
+    policies: PolicyFlags,
     /// Time to wait for a task to stop before killing it.
     #[arg(long, default_value = "10s")]
     stop_grace_period: String,
@@ -158,17 +149,24 @@ pub struct UpdateArgs {
     #[arg(long)]
     publish_rm: Vec<String>,
     #[command(flatten)]
-    restart: RestartFlags,
-    #[command(flatten)]
-    update: UpdateFlags,
-    #[command(flatten)]
-    rollback: RollbackFlags,
+    policies: PolicyFlags,
     /// Roll every task, even if nothing changed (rebalances after a drain).
     #[arg(long)]
     force: bool,
     #[command(flatten)]
     detach: Detach,
     service: String,
+}
+
+/// The policy flags `create` and `update` share; each sets only what is given.
+#[derive(Args)]
+pub struct PolicyFlags {
+    #[command(flatten)]
+    restart: RestartFlags,
+    #[command(flatten)]
+    update: UpdateFlags,
+    #[command(flatten)]
+    rollback: RollbackFlags,
 }
 
 #[derive(Args)]
@@ -330,11 +328,11 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         bail!("--replicas can only be used with replicated mode");
     }
     let mut restart = RestartPolicy::default();
-    a.restart.patch()?.apply(&mut restart);
+    a.policies.restart.patch()?.apply(&mut restart);
     let mut update = UpdateConfig::default();
-    a.update.patch()?.apply(&mut update);
+    a.policies.update.patch()?.apply(&mut update);
     let mut rollback = UpdateConfig::default();
-    a.rollback.patch()?.apply(&mut rollback);
+    a.policies.rollback.patch()?.apply(&mut rollback);
     let name = match &a.name {
         Some(n) => n.clone(),
         None => {
@@ -375,16 +373,11 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 return progress::watch(c, &info.id.to_string(), now_ms());
             }
         }
-        ServiceCmd::Ls { quiet, format } => {
-            let list: Vec<ServiceInfo> = c.get("/v1/services")?;
-            match (format.as_deref(), quiet) {
-                (Some("json"), _) => println!("{}", serde_json::to_string_pretty(&list)?),
-                (Some(f), _) => bail!("unknown format {f:?}: only json is supported"),
-                (None, true) => print!("{}", output::service_ls_quiet(&list)),
-                (None, false) => print!("{}", output::service_ls(&list)),
-            }
+        ServiceCmd::Ls(list) => {
+            let services: Vec<ServiceInfo> = c.get("/v1/services")?;
+            list.print(&services, output::service_ls_quiet, output::service_ls)?;
         }
-        ServiceCmd::Ps { services, no_trunc, quiet, filter, format } => {
+        ServiceCmd::Ps { services, no_trunc, filter, list } => {
             let mut desired: Option<TaskState> = None;
             for f in &filter {
                 match f.split_once('=') {
@@ -404,16 +397,14 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             if let Some(d) = desired {
                 tasks.retain(|t| t.task.desired_state == d);
             }
-            match (format.as_deref(), quiet) {
-                (Some("json"), _) => println!("{}", serde_json::to_string_pretty(&tasks)?),
-                (Some(f), _) => bail!("unknown format {f:?}: only json is supported"),
-                (None, true) => print!("{}", output::service_ps_quiet(&tasks)),
-                (None, false) => {
-                    if !tasks.is_empty() || !failed {
-                        print!("{}", output::service_ps(&tasks, now_ms(), no_trunc))
-                    }
+            // A failed lookup with nothing to show prints no empty table.
+            list.print(&tasks, output::service_ps_quiet, |tasks| {
+                if !tasks.is_empty() || !failed {
+                    output::service_ps(tasks, now_ms(), no_trunc)
+                } else {
+                    String::new()
                 }
-            }
+            })?;
             if failed {
                 return Ok(ExitCode::FAILURE);
             }
@@ -491,9 +482,9 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 constraint_rm: parse_constraints(&a.constraint_rm)?,
                 publish_add: parse_ports(&a.publish_add)?,
                 publish_rm: parse_ports(&a.publish_rm)?,
-                update_config: a.update.patch()?,
-                rollback_config: a.rollback.patch()?,
-                restart: a.restart.patch()?,
+                update_config: a.policies.update.patch()?,
+                rollback_config: a.policies.rollback.patch()?,
+                restart: a.policies.restart.patch()?,
                 force: a.force,
             };
             let started = now_ms();

@@ -30,6 +30,8 @@ pub mod raft;
 pub mod roles;
 pub mod scheduler;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod ui;
 
 use std::path::Path;

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tests::{busybox_image, docker, require_docker, running_tasks, wait_for, Cluster};
 
 const DEADLINE: Duration = Duration::from_secs(120);
+const SLEEP: &[&str] = &["sleep", "100000"];
 
 fn running_off(c: &Cluster, svc: &str, n: usize, node: &str) -> Result<(), String> {
     let t = c.service_tasks(svc);
@@ -28,7 +29,7 @@ fn running_off(c: &Cluster, svc: &str, n: usize, node: &str) -> Result<(), Strin
 
 fn kill_worker() -> Duration {
     let mut c = Cluster::new(3);
-    c.shoal_ok(&["service", "create", "--name", "web", "--replicas", "6", busybox_image(), "sleep", "100000"]);
+    c.create_service("web", &["--replicas", "6"], SLEEP);
     let node3 = c.node_id(3);
     let t0 = Instant::now();
     c.kill_node(3);
@@ -38,7 +39,7 @@ fn kill_worker() -> Duration {
 
 fn drain() -> Duration {
     let c = Cluster::new(3);
-    c.shoal_ok(&["service", "create", "--name", "web", "--replicas", "6", busybox_image(), "sleep", "100000"]);
+    c.create_service("web", &["--replicas", "6"], SLEEP);
     let node3 = c.node_id(3);
     let t0 = Instant::now();
     c.shoal_ok(&["node", "update", "--availability", "drain", "node3"]);
@@ -48,21 +49,7 @@ fn drain() -> Duration {
 
 fn rolling_update() -> Duration {
     let c = Cluster::new(3);
-    c.shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "12",
-        "--update-parallelism",
-        "3",
-        "--update-delay",
-        "1s",
-        busybox_image(),
-        "sleep",
-        "100000",
-    ]);
+    c.create_service("web", &["--replicas", "12", "--update-parallelism", "3", "--update-delay", "1s"], SLEEP);
     let t0 = Instant::now();
     c.shoal_ok(&["service", "update", "-d", "--image", "shoal/busybox:v2", "web"]);
     wait_for(DEADLINE, "12 tasks on the new image", || {

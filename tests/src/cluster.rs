@@ -16,7 +16,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::docker::{containers_with_label, docker, docker_rm_force, ContainerRow};
-use crate::env::{shoal_bin, API_DEADLINE, API_PORT, CLI_TIMEOUT, CLUSTER_PORT, READY_DEADLINE, STOP_DEADLINE};
+use crate::env::{
+    busybox_image, shoal_bin, API_DEADLINE, API_PORT, CLI_TIMEOUT, CLUSTER_PORT, READY_DEADLINE, STOP_DEADLINE,
+};
 use crate::json::{node_statuses, running_tasks, task_state};
 use crate::process::{describe, run_with_timeout, spawn_daemon, stop_child, Output};
 use crate::wait::wait_for;
@@ -432,6 +434,26 @@ impl Cluster {
                 Err(format!("{st:?}"))
             }
         })
+    }
+
+    /// `service create --name NAME FLAGS… <test image> COMMAND…`; returns
+    /// its stdout.
+    #[track_caller]
+    pub fn create_service(&self, name: &str, flags: &[&str], command: &[&str]) -> String {
+        let mut args = vec!["service", "create", "--name", name];
+        args.extend_from_slice(flags);
+        args.push(busybox_image());
+        args.extend_from_slice(command);
+        self.shoal_ok(&args)
+    }
+
+    /// The cluster is unharmed: `nodes` are Ready and a new service `after`
+    /// of two tasks converges.
+    #[track_caller]
+    pub fn assert_unharmed(&self, nodes: &[usize], deadline: Duration) {
+        self.wait_nodes_ready(nodes, deadline);
+        self.create_service("after", &["--replicas", "2"], &["sleep", "100000"]);
+        self.wait_running("after", 2, deadline);
     }
 
     /// `service ps SVC --format json`.

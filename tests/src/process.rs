@@ -1,7 +1,7 @@
 //! Commands with a time limit, and daemons spawned so that they die with the test process.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -158,6 +158,21 @@ pub(crate) fn stop_child(mut child: Child, deadline: Duration) -> (ExitStatus, b
     }
     let _ = child.kill();
     (child.wait().unwrap_or_else(|_| failed_status()), true)
+}
+
+/// The lines a spawned `child` prints on stdout, as they come: read on a
+/// thread of their own, so a test can poll them against a deadline.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! processes running real containers, and what a user sees through the CLI.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{busybox_image, containers_with_label, docker_kill, require_docker, running_tasks, wait_for, Cluster};
+use tests::{
+    busybox_image, containers_with_label, docker_kill, require_docker, running_tasks, stdout_lines, wait_for, Cluster,
+};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -135,15 +136,7 @@ fn a_service_that_pings_its_tasks_logs_scaling_failure_restarts_and_removal() {
         assert!(text.contains("bytes from 127.0.0.1") || text.starts_with("PING"), "{l}");
     }
     let mut follow = c.shoal_spawn(&["service", "logs", "-f", "--tail", "0", "pingpong"]);
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut follow);
     let mut streamed = BTreeSet::new();
     wait_for(Duration::from_secs(20), "--follow streams new lines from every task", || {
         while let Ok(l) = rx.try_recv() {
@@ -381,9 +374,7 @@ fn bad_input_gets_a_clear_error_and_leaves_the_cluster_unharmed() {
     assert!(resp.contains("malformed request body"), "{resp}");
 
     // Unharmed: every node Ready, a new service converges.
-    c.wait_nodes_ready(&[1, 2], CONVERGE);
-    c.shoal_ok(&["service", "create", "--name", "after", "--replicas", "2", busybox_image(), "sleep", "100000"]);
-    c.wait_running("after", 2, CONVERGE);
+    c.assert_unharmed(&[1, 2], CONVERGE);
 }
 
 #[test]

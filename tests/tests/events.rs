@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{busybox_image, require_docker, wait_for, Cluster};
+use tests::{busybox_image, require_docker, stdout_lines, wait_for, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -84,15 +84,7 @@ fn events_show_services_tasks_and_nodes_in_order() {
 
     // Replayed: what happened since a minute ago, services only, as lines.
     let mut text = c.shoal_spawn(&["events", "--since", "1m", "--filter", "type=service"]);
-    let out = text.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = stdout_lines(&mut text);
     let mut replay: Vec<String> = Vec::new();
     wait_for(CONVERGE, "the service's creation replayed", || {
         while let Ok(l) = lines.try_recv() {

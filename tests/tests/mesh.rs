@@ -160,20 +160,7 @@ fn each_node_owns_one_nft_table_removed_on_stop_and_rebuilt_on_restart() {
         return;
     }
     let mut c = Cluster::new(2);
-    c.shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--publish",
-        "8088:80",
-        "--replicas",
-        "2",
-        busybox_image(),
-        "sh",
-        "-c",
-        HOSTNAME_HTTPD,
-    ]);
+    c.create_service("web", &["--publish", "8088:80", "--replicas", "2"], &["sh", "-c", HOSTNAME_HTTPD]);
     let table = |i: usize| format!("table ip shoal_{}", &c.node_id(i)[..12]);
     let (t1, t2) = (table(1), table(2));
     assert_eq!(nft_tables().iter().filter(|l| **l == t2).count(), 1);
@@ -193,20 +180,11 @@ fn host_mode_binds_on_task_nodes_only_one_per_node() {
         return;
     }
     let c = Cluster::new(3);
-    c.shoal_ok(&[
-        "service",
-        "create",
-        "--name",
+    c.create_service(
         "edge",
-        "--publish",
-        "published=9300,target=80,mode=host",
-        "--replicas",
-        "2",
-        busybox_image(),
-        "sh",
-        "-c",
-        HOSTNAME_HTTPD,
-    ]);
+        &["--publish", "published=9300,target=80,mode=host", "--replicas", "2"],
+        &["sh", "-c", HOSTNAME_HTTPD],
+    );
     let on: Vec<usize> = (1..=3).filter(|i| c.node_containers(*i).iter().any(|r| r.state == "running")).collect();
     assert_eq!(on.len(), 2, "two tasks on two different nodes");
     for i in 1..=3 {

@@ -180,27 +180,9 @@ fn rolling_updates_keep_tasks_up_and_roll_back_on_failure() {
     docker(&["tag", busybox_image(), "shoal/busybox:v2"]).ok();
     let c = Cluster::new(3);
     let api = c.api_addr(1);
-    c.shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        "--update-parallelism",
-        "2",
-        "--update-delay",
-        "1s",
-        "--update-monitor",
-        "1s",
-        "--rollback-parallelism",
-        "0",
-        "--rollback-monitor",
-        "1s",
-        busybox_image(),
-        "sleep",
-        "100000",
-    ]);
+    let flags = ["--replicas", "6", "--update-parallelism", "2", "--update-delay", "1s", "--update-monitor", "1s"];
+    let rollback = ["--rollback-parallelism", "0", "--rollback-monitor", "1s"];
+    c.create_service("web", &[&flags[..], &rollback[..]].concat(), &["sleep", "100000"]);
     let started = c.service_tasks("web");
     let first_created = started.as_array().unwrap().iter().map(|t| t["created_at"].as_u64().unwrap()).max().unwrap();
 

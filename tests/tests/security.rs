@@ -39,6 +39,18 @@ fn node1_log(c: &Cluster) -> String {
     std::fs::read_to_string(c.log_path(1)).unwrap()
 }
 
+/// Waits until node1's log has `needle`; fails with the log's last lines.
+fn wait_node1_logs(c: &Cluster, what: &str, needle: &str) {
+    wait_for(Duration::from_secs(10), what, || {
+        let log = node1_log(c);
+        if log.contains(needle) {
+            Ok(())
+        } else {
+            Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+        }
+    });
+}
+
 /// `SHTKN-1-<fingerprint>-<secret>` split in its two variable parts.
 fn parts(token: &str) -> (&str, &str) {
     let rest = token.strip_prefix("SHTKN-1-").unwrap_or_else(|| panic!("not a token: {token}"));
@@ -74,14 +86,7 @@ fn wrong_tokens_a_wrong_ca_and_plaintext_are_refused() {
     let (out, joined) = join_with(&c, &format!("SHTKN-1-{other}-{secret}"), 32);
     assert!(out.stderr.contains("the manager's CA does not match the join token"), "{out}");
     assert!(!joined);
-    wait_for(Duration::from_secs(10), "node1 to log the failed handshake", || {
-        let log = node1_log(&c);
-        if log.contains("refused a connection: TLS handshake failed") {
-            Ok(())
-        } else {
-            Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
-        }
-    });
+    wait_node1_logs(&c, "node1 to log the failed handshake", "refused a connection: TLS handshake failed");
 
     // A plaintext hello (the frame the cluster port took before TLS: a
     // length prefix and MessagePack `{"Hello": {"Session": {"node_id": "x"}}}`)
@@ -100,21 +105,12 @@ fn wrong_tokens_a_wrong_ca_and_plaintext_are_refused() {
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
     };
     assert!(closed && answer.is_empty(), "closed without an answer: {read:?} {answer:?}");
-    wait_for(Duration::from_secs(10), "node1 to log the plaintext connection", || {
-        let log = node1_log(&c);
-        if log.contains("refused a connection without TLS") {
-            Ok(())
-        } else {
-            Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
-        }
-    });
+    wait_node1_logs(&c, "node1 to log the plaintext connection", "refused a connection without TLS");
 
     // Nothing was admitted and the cluster is unharmed.
     let ls = c.shoal_ok(&["node", "ls"]);
     assert!(!ls.contains("intruder"), "{ls}");
-    c.wait_nodes_ready(&[1, 2], CONVERGE);
-    c.shoal_ok(&["service", "create", "--name", "after", "--replicas", "2", busybox_image(), "sleep", "100000"]);
-    c.wait_running("after", 2, CONVERGE);
+    c.assert_unharmed(&[1, 2], CONVERGE);
 }
 
 #[test]

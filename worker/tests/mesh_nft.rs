@@ -16,7 +16,7 @@ use actix::prelude::*;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
-use common::ids::{NodeId, ServiceId};
+use common::ids::NodeId;
 use common::mesh::{MeshEntry, MeshTable, Protocol};
 use mesh_common::*;
 use worker::mesh::nft::{self, NftTable};
@@ -62,16 +62,6 @@ struct DropTable(NftTable);
 impl Drop for DropTable {
     fn drop(&mut self) {
         let _ = nft::run_blocking(&self.0.teardown());
-    }
-}
-
-fn entry(protocol: Protocol, published: u16, backends: &[SocketAddr]) -> MeshEntry {
-    MeshEntry {
-        service_id: ServiceId::from("svc"),
-        service_name: "web".into(),
-        protocol,
-        published,
-        backends: backends.to_vec(),
     }
 }
 

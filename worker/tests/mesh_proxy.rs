@@ -10,8 +10,8 @@ use actix::prelude::*;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
-use common::ids::{NodeId, ServiceId};
-use common::mesh::{MeshEntry, MeshTable, Protocol};
+use common::ids::NodeId;
+use common::mesh::{MeshTable, Protocol};
 use mesh_common::*;
 use worker::mesh::plan::PortKey;
 use worker::mesh::proxy::{Proxy, ProxyConfig};
@@ -154,16 +154,6 @@ async fn udp_flows_idle_out() {
     .await;
     // The same client now starts a new flow: the next backend.
     assert_eq!(udp_which(&s, at).await.expect("answer"), "b");
-}
-
-fn entry(protocol: Protocol, published: u16, backends: &[SocketAddr]) -> MeshEntry {
-    MeshEntry {
-        service_id: ServiceId::from("svc"),
-        service_name: "web".into(),
-        protocol,
-        published,
-        backends: backends.to_vec(),
-    }
 }
 
 #[actix::test]

@@ -193,6 +193,11 @@ fn node_info(state: &ApiState, m: &Manager, id: &NodeId, key: &str) -> Result<No
     node_infos(state, m).into_iter().find(|n| &n.node.id == id).ok_or_else(|| Error::not_found("node", key))
 }
 
+/// The id of the node `key` (an id, an id prefix or a hostname) names.
+fn find_node_id(m: &Manager, key: &str) -> Result<NodeId> {
+    m.store.read().find_node(key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", key))
+}
+
 fn find_service(m: &Manager, key: &str) -> Result<Service> {
     m.store.read().find_service(key).cloned().ok_or_else(|| Error::not_found("service", key))
 }

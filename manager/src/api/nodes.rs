@@ -7,7 +7,7 @@ use common::api::{Info, JoinTokens, NodeUpdate};
 use common::node::{NodeStatus, Role};
 use common::time::now_ms;
 
-use super::{manager, node_info, node_infos, propose, ApiState, Error, Result};
+use super::{find_node_id, manager, node_info, node_infos, propose, ApiState, Error, Result};
 use crate::roles;
 use crate::store::Command;
 
@@ -32,7 +32,7 @@ pub(super) async fn list_nodes(state: web::Data<ApiState>) -> Result<HttpRespons
 
 pub(super) async fn get_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
-    let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+    let id = find_node_id(m, &key)?;
     let info = node_info(&state, m, &id, &key)?;
     Ok(HttpResponse::Ok().json(info))
 }
@@ -67,7 +67,7 @@ pub(super) async fn update_node(
     u: web::Json<NodeUpdate>,
 ) -> Result<HttpResponse> {
     let m = manager(&state)?;
-    let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+    let id = find_node_id(m, &key)?;
     let at = now_ms();
     let mut cmds = Vec::new();
     if let Some(a) = u.availability {
@@ -130,7 +130,7 @@ pub(super) async fn remove_node(
 ) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let info = {
-        let id = m.store.read().find_node(&key).map(|n| n.id.clone()).ok_or_else(|| Error::not_found("node", &key))?;
+        let id = find_node_id(m, &key)?;
         node_info(&state, m, &id, &key)?
     };
     if info.node.id == state.node_id {

@@ -98,6 +98,13 @@ pub(super) async fn create_service(state: web::Data<ApiState>, spec: web::Json<S
     Ok(HttpResponse::Created().json(info))
 }
 
+/// The service `id` as it is now, after a change to it was committed.
+fn current_info(m: &Manager, id: &ServiceId, key: &str) -> Result<HttpResponse> {
+    let store = m.store.read();
+    let svc = store.services.get(id).ok_or_else(|| Error::not_found("service", key))?;
+    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+}
+
 pub(super) async fn update_service(
     state: web::Data<ApiState>,
     key: web::Path<String>,
@@ -111,9 +118,7 @@ pub(super) async fn update_service(
         propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() })
             .await?;
     }
-    let store = m.store.read();
-    let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
-    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+    current_info(m, &svc.id, &key)
 }
 
 pub(super) async fn rollback_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
@@ -124,9 +129,7 @@ pub(super) async fn rollback_service(state: web::Data<ApiState>, key: web::Path<
         Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason: "manually requested rollback".into() },
     )
     .await?;
-    let store = m.store.read();
-    let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
-    Ok(HttpResponse::Ok().json(service_info(&store, svc)))
+    current_info(m, &svc.id, &key)
 }
 
 pub(super) async fn remove_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {

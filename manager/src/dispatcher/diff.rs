@@ -27,23 +27,8 @@ pub fn diff(sent: &BTreeMap<TaskId, Task>, now: &BTreeMap<TaskId, Task>) -> Diff
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::spec::TaskTemplate;
-    use common::task::{TaskState, TaskStatus};
-
-    fn task(id: &str, state: TaskState) -> Task {
-        Task {
-            id: id.into(),
-            service_id: "s".into(),
-            service_name: "s".into(),
-            slot: 1,
-            node_id: Some("n".into()),
-            spec: TaskTemplate::new("i"),
-            desired_state: TaskState::Running,
-            status: TaskStatus::new(state, 0, ""),
-            created_at: 0,
-            attempt: 0,
-        }
-    }
+    use crate::testing::task;
+    use common::task::TaskState;
 
     fn map(ts: Vec<Task>) -> BTreeMap<TaskId, Task> {
         ts.into_iter().map(|t| (t.id.clone(), t)).collect()

@@ -15,8 +15,8 @@ use common::task::{Task, TaskState};
 use common::time::Millis;
 use common::{NodeId, TaskId};
 
-use super::task::{self, evict, keep_newest, lost, prune, restart_after, roll, Batch, NodeHealth, Params, Unit};
-use crate::store::{Service, Store};
+use super::task::{self, evict, keep_newest, lost, prune, restart_after, roll, Batch, Pass, Unit};
+use crate::store::Service;
 
 /// Global tasks have no slot; their name is `service.node-id`.
 pub const GLOBAL_SLOT: u64 = 0;
@@ -25,17 +25,8 @@ fn new_task(svc: &Service, node: &NodeId, attempt: u64, now: Millis, id: TaskId)
     task::new_task(svc, GLOBAL_SLOT, Some(node), attempt, now, id)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn reconcile_service(
-    store: &Store,
-    health: &NodeHealth,
-    svc: &Service,
-    tasks: &[&Task],
-    now: Millis,
-    params: &Params,
-    new_id: &mut dyn FnMut() -> TaskId,
-    b: &mut Batch,
-) {
+pub fn reconcile_service(pass: &mut Pass, svc: &Service, tasks: &[&Task], b: &mut Batch) {
+    let Pass { store, health, now, params, ref mut new_id } = *pass;
     let mut by_node: BTreeMap<&NodeId, Vec<&Task>> = BTreeMap::new();
     for t in tasks {
         if let Some(n) = &t.node_id {

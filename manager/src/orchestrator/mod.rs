@@ -27,7 +27,7 @@ use common::{ServiceId, TaskId};
 
 use crate::control::{Decide, LoopCtx};
 use crate::store::{Command, Store};
-use task::{Batch, NodeHealth, Params};
+use task::{Batch, NodeHealth, Params, Pass};
 
 /// How long a node may be missing from gossip before its tasks are
 /// replaced elsewhere — counted from when the node joined and from when
@@ -76,12 +76,13 @@ pub fn reconcile(
     for t in store.tasks.values() {
         by_service.entry(&t.service_id).or_default().push(t);
     }
+    let mut pass = Pass { store, health, now, params, new_id };
     for svc in store.services.values() {
         let tasks = by_service.remove(&svc.id).unwrap_or_default();
         if svc.spec.mode.is_global() {
-            global::reconcile_service(store, health, svc, &tasks, now, params, new_id, &mut b);
+            global::reconcile_service(&mut pass, svc, &tasks, &mut b);
         } else {
-            replicated::reconcile_service(store, health, svc, &tasks, now, params, new_id, &mut b);
+            replicated::reconcile_service(&mut pass, svc, &tasks, &mut b);
         }
     }
     b.into_decision()

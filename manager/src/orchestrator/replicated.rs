@@ -11,24 +11,15 @@ use common::task::{Task, TaskState};
 use common::time::Millis;
 use common::{NodeId, TaskId};
 
-use super::task::{self, evict, keep_newest, lost, prune, restart_after, roll, Batch, NodeHealth, Params, Unit};
-use crate::store::{Service, Store};
+use super::task::{self, evict, keep_newest, lost, prune, restart_after, roll, Batch, Pass, Unit};
+use crate::store::Service;
 
 fn new_task(svc: &Service, slot: u64, attempt: u64, now: Millis, id: TaskId) -> Task {
     task::new_task(svc, slot, None, attempt, now, id)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn reconcile_service(
-    store: &Store,
-    health: &NodeHealth,
-    svc: &Service,
-    tasks: &[&Task],
-    now: Millis,
-    params: &Params,
-    new_id: &mut dyn FnMut() -> TaskId,
-    b: &mut Batch,
-) {
+pub fn reconcile_service(pass: &mut Pass, svc: &Service, tasks: &[&Task], b: &mut Batch) {
+    let Pass { store, health, now, params, ref mut new_id } = *pass;
     let replicas = svc.spec.mode.replicas() as usize;
     let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
     for t in tasks {

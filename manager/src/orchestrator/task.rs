@@ -37,6 +37,16 @@ pub struct NodeHealth {
     pub down: BTreeSet<NodeId>,
 }
 
+/// What one reconcile pass reads, and where its new task ids come from:
+/// the same for every service.
+pub struct Pass<'a> {
+    pub store: &'a Store,
+    pub health: &'a NodeHealth,
+    pub now: Millis,
+    pub params: &'a Params,
+    pub new_id: &'a mut dyn FnMut() -> TaskId,
+}
+
 /// A new task, NEW: a replicated one (`node` None) waits for the scheduler
 /// to place it; a global one carries the node it is meant for and waits for
 /// the scheduler to admit it there.

@@ -148,16 +148,11 @@ mod tests {
 
     fn task(id: &str, image: &str, state: TaskState, created_at: Millis, at: Millis) -> Task {
         Task {
-            id: id.into(),
-            service_id: "s".into(),
-            service_name: "s".into(),
-            slot: 1,
-            node_id: Some("n".into()),
             spec: TaskTemplate::new(image),
             desired_state: if state.is_terminal() { TaskState::Shutdown } else { TaskState::Running },
             status: TaskStatus::new(state, at, ""),
             created_at,
-            attempt: 0,
+            ..crate::testing::task(id, state)
         }
     }
 

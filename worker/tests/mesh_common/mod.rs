@@ -8,6 +8,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use common::ids::ServiceId;
+use common::mesh::{MeshEntry, Protocol};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -143,4 +145,15 @@ pub fn assert_round_robin(got: &[String], backends: &[&str]) {
         backends.iter().position(|b| *b == got[0]).unwrap_or_else(|| panic!("{} is not a backend: {got:?}", got[0]));
     let want: Vec<String> = (0..got.len()).map(|i| backends[(start + i) % backends.len()].to_string()).collect();
     assert_eq!(got, want, "round robin over {backends:?}");
+}
+
+/// A mesh entry of service `web` publishing `published` to `backends`.
+pub fn entry(protocol: Protocol, published: u16, backends: &[SocketAddr]) -> MeshEntry {
+    MeshEntry {
+        service_id: ServiceId::from("svc"),
+        service_name: "web".into(),
+        protocol,
+        published,
+        backends: backends.to_vec(),
+    }
 }
