@@ -2,7 +2,7 @@
 //! the committed raft log, and the commands that change it.
 //!
 //! Layout: this file holds the commands, how they are written into log
-//! entries, and [`Store::apply`]; [`tasks`] holds the task table with its
+//! entries, and [`Store::apply`]; `tasks` holds the task table with its
 //! indexes by service and by node.
 //!
 //! # Rules for applying
@@ -382,7 +382,7 @@ impl Store {
     /// anything, so a failing one leaves the store as it was. A batch is made
     /// all or nothing with an undo log: before each of its commands, the
     /// entries that command may write (named by the command, see
-    /// [`Undo::save`]) are copied, and if a later one fails they are put back,
+    /// `Undo::save`) are copied, and if a later one fails they are put back,
     /// newest first. That costs a copy of what the batch touches, never of
     /// the store. A separate check phase would have to restate every failure
     /// rule of apply while tracking the effect of the batch's earlier

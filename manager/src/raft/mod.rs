@@ -1,6 +1,6 @@
 //! RaftLog: the replicated log (raft-rs) and the store it builds.
 //!
-//! [`core::RaftCore`] owns the raft node, the store and this node's pending
+//! `core::RaftCore` owns the raft node, the store and this node's pending
 //! proposals, and does no I/O beyond its own disk log; [`RaftLog`] is the
 //! actor around it (ticks, peers' messages, proposers' waiters, status and
 //! events). The actor runs on its own arbiter (thread): fsync stalls it, not
@@ -142,7 +142,7 @@ pub type SharedStore = Arc<RwLock<Store>>;
 
 type Waiter = oneshot::Sender<Result<(), ProposeError>>;
 
-/// The actor around a [`RaftCore`]: it ticks it, feeds it peers' messages and
+/// The actor around a `RaftCore`: it ticks it, feeds it peers' messages and
 /// proposals, sends what it says to send, and passes on what it reports.
 pub struct RaftLog {
     core: RaftCore,
