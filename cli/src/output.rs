@@ -767,6 +767,7 @@ mod tests {
             slot,
             task_name: format!("web.{slot}"),
             node: node.into(),
+            node_id: None,
             timestamp: "2023-11-14T22:13:20.000000000Z".into(),
             line: line.into(),
         }

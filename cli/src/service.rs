@@ -358,6 +358,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             ports: parse_ports(&a.publish)?,
             force_update: 0,
         },
+        engine_spec: None,
     };
     spec.validate()?;
     Ok(spec)

@@ -121,6 +121,9 @@ pub struct LogEntry {
     #[serde(default)]
     pub task_name: String,
     pub node: String,
+    /// The node's id (the Engine API's log details carry it).
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
     pub timestamp: String,
     pub line: String,
 }

@@ -24,6 +24,13 @@ pub struct ServiceSpec {
     /// How a rollback rolls over the tasks.
     #[serde(default)]
     pub rollback: UpdateConfig,
+    /// The Docker Engine API's ServiceSpec as a client of that API sent it
+    /// (JSON, keys in Docker's casing), kept so that inspecting the service
+    /// there returns what was sent, fields shoal does not act on included.
+    /// shoal acts only on the typed fields above; `None` for services made
+    /// through shoal's own API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_spec: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -375,6 +382,7 @@ impl ServiceSpec {
             task,
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            engine_spec: None,
         }
     }
 

@@ -93,6 +93,7 @@ mod tests {
             task: t,
             update: Default::default(),
             rollback: Default::default(),
+            engine_spec: None,
         };
         s.apply(Command::CreateService(Service::new("web".into(), spec, 0))).unwrap();
         s.apply(Command::CreateTasks(vec![

@@ -136,6 +136,10 @@ pub enum Command {
         id: ServiceId,
         spec: ServiceSpec,
         at: Millis,
+        /// Apply only if the service is still at this version (the Engine
+        /// API's `?version=N`); `None`: whatever it is at.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_version: Option<u64>,
     },
     RemoveService(ServiceId),
     /// Restore the previous spec; `reason` is shown in the update status.
@@ -189,7 +193,8 @@ pub enum StoreError {
     NoSuchNode(String),
     #[error("the cluster is already initialised")]
     AlreadyInitialised,
-    #[error("service {0} was changed by someone else (version {1}, expected {2})")]
+    /// Docker's clients (the Python SDK) retry on this message's last words.
+    #[error("service {0} is at version {1}, not {2}: update out of sequence")]
     Conflict(ServiceId, u64, u64),
     #[error("port {port}/{protocol} is already published by service {service}")]
     PortInUse { port: u16, protocol: Protocol, service: String },
@@ -455,14 +460,15 @@ impl Store {
                 changes.push(Change::Service { id: svc.id.clone(), action: "create" });
                 self.services.insert(svc.id.clone(), svc);
             }
-            Command::UpdateService { id, spec, at } => {
+            Command::UpdateService { id, spec, at, expect_version } => {
                 if let Some(other) = self.service_by_name(&spec.name) {
                     if other.id != id {
                         return Err(StoreError::NameInUse(spec.name.clone(), other.id.clone()));
                     }
                 }
-                if !self.services.contains_key(&id) {
-                    return Err(StoreError::NoSuchService(id.to_string()));
+                let current = self.services.get(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                if let Some(v) = expect_version.filter(|v| *v != current.version) {
+                    return Err(StoreError::Conflict(id, current.version, v));
                 }
                 self.check_ports(&id, &spec.task.ports)?;
                 let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;

@@ -8,8 +8,10 @@
 //! handlers share and the router; the handlers sit by what they serve:
 //! `services` (services and their tasks), `nodes` (nodes, `/v1/info`,
 //! join tokens), `logs`, `events`, `ui` (the web view's page and streams)
-//! and `metrics`.
+//! and `metrics`; `docker` answers the Docker Engine API on the same port,
+//! over the same functions.
 
+pub mod docker;
 mod events;
 mod logs;
 mod metrics;
@@ -86,6 +88,9 @@ pub enum Error {
     MalformedQuery(QueryPayloadError),
     #[error("no such endpoint")]
     NoSuchEndpoint,
+    /// The Engine API's node update for a version that is not the node's.
+    #[error("node {0} is at version {1}, not {2}: update out of sequence")]
+    NodeOutOfSequence(String, u64, u64),
 }
 
 impl Error {
@@ -137,7 +142,7 @@ impl ResponseError for Error {
             | Error::RemoveManager(_)
             | Error::MalformedBody(_)
             | Error::MalformedQuery(_) => StatusCode::BAD_REQUEST,
-            Error::RemoveReady(_) => StatusCode::CONFLICT,
+            Error::RemoveReady(_) | Error::NodeOutOfSequence(..) => StatusCode::CONFLICT,
             Error::PromotePending(_) | Error::DemotePending(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -255,6 +260,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ui/", web::get().to(ui::ui_page))
         .route("/ui/app.js", web::get().to(ui::ui_js))
         .route("/ui/style.css", web::get().to(ui::ui_css))
+        .configure(docker::configure)
         .default_service(web::to(not_found));
 }
 

@@ -1,15 +1,18 @@
 //! Nodes, this node's `/v1/info` and the join tokens.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use common::api::{Info, JoinTokens, NodeUpdate};
-use common::node::{NodeStatus, Role};
+use common::api::{Info, JoinTokens, NodeInfo, NodeUpdate};
+use common::node::{Availability, NodeStatus, Role};
 use common::time::now_ms;
+use common::NodeId;
 
 use super::{find_node_id, manager, node_info, node_infos, propose, ApiState, Error, Result};
 use crate::roles;
 use crate::store::Command;
+use crate::Manager;
 
 pub(super) async fn info(state: web::Data<ApiState>) -> Result<HttpResponse> {
     let (is_leader, cluster_id) = match &state.manager {
@@ -68,19 +71,32 @@ pub(super) async fn update_node(
 ) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let id = find_node_id(m, &key)?;
+    update(m, &id, u.availability, u.label_add.clone(), u.label_rm.clone()).await?;
+    let info = node_info(&state, m, &id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Sets a node's availability and changes its labels, in one entry: what
+/// both APIs' node updates call.
+pub(super) async fn update(
+    m: &Manager,
+    id: &NodeId,
+    availability: Option<Availability>,
+    add: BTreeMap<String, String>,
+    rm: Vec<String>,
+) -> Result<()> {
     let at = now_ms();
     let mut cmds = Vec::new();
-    if let Some(a) = u.availability {
-        cmds.push(Command::SetNodeAvailability { id: id.clone(), availability: a, at });
+    if let Some(availability) = availability {
+        cmds.push(Command::SetNodeAvailability { id: id.clone(), availability, at });
     }
-    if !u.label_add.is_empty() || !u.label_rm.is_empty() {
-        cmds.push(Command::UpdateNodeLabels { id: id.clone(), add: u.label_add.clone(), rm: u.label_rm.clone(), at });
+    if !add.is_empty() || !rm.is_empty() {
+        cmds.push(Command::UpdateNodeLabels { id: id.clone(), add, rm, at });
     }
     if !cmds.is_empty() {
         propose(m, Command::Batch(cmds)).await?;
     }
-    let info = node_info(&state, m, &id, &key)?;
-    Ok(HttpResponse::Ok().json(info))
+    Ok(())
 }
 
 /// How long `node promote`/`demote` wait for raft's membership to follow.
@@ -88,21 +104,34 @@ const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(10);
 
 pub(super) async fn promote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
-    let node = roles::check_promote(&m.store.read(), &state.live.borrow(), &key)?;
+    let id = promote(&state, m, &key).await?;
+    let info = node_info(&state, m, &id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Makes the node `key` names a manager and waits for raft to add it.
+pub(super) async fn promote(state: &ApiState, m: &Manager, key: &str) -> Result<NodeId> {
+    let node = roles::check_promote(&m.store.read(), &state.live.borrow(), key)?;
     propose(m, Command::SetNodeRole { id: node.id.clone(), role: Role::Manager, at: now_ms() }).await?;
     let mut status = m.status.clone();
     let joined = tokio::time::timeout(ROLE_CHANGE_WAIT, status.wait_for(|s| s.voters.contains(&node.raft_id))).await;
     if !matches!(joined, Ok(Ok(_))) {
         return Err(Error::PromotePending(node.hostname));
     }
-    let info = node_info(&state, m, &node.id, &key)?;
-    Ok(HttpResponse::Ok().json(info))
+    Ok(node.id)
 }
 
 pub(super) async fn demote_node(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
+    let id = demote(&state, m, &key).await?;
+    let info = node_info(&state, m, &id, &key)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Makes the manager `key` names a worker and waits for raft to remove it.
+pub(super) async fn demote(state: &ApiState, m: &Manager, key: &str) -> Result<NodeId> {
     let voters = m.status.borrow().voters.clone();
-    let node = roles::check_demote(&m.store.read(), &voters, &state.live.borrow(), &key)?;
+    let node = roles::check_demote(&m.store.read(), &voters, &state.live.borrow(), key)?;
     propose(m, Command::SetNodeRole { id: node.id.clone(), role: Role::Worker, at: now_ms() }).await?;
     // A manager demoting itself may never see its own removal applied (the
     // leader stops talking to it): the committed role is enough then.
@@ -113,8 +142,7 @@ pub(super) async fn demote_node(state: web::Data<ApiState>, key: web::Path<Strin
             return Err(Error::DemotePending(node.hostname));
         }
     }
-    let info = node_info(&state, m, &node.id, &key)?;
-    Ok(HttpResponse::Ok().json(info))
+    Ok(node.id)
 }
 
 #[derive(serde::Deserialize)]
@@ -129,9 +157,16 @@ pub(super) async fn remove_node(
     q: web::Query<RemoveNodeQuery>,
 ) -> Result<HttpResponse> {
     let m = manager(&state)?;
+    let info = remove(&state, m, &key, q.force).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Removes the node `key` names: never this node or a manager, and a node
+/// still up only with `force`.
+pub(super) async fn remove(state: &ApiState, m: &Manager, key: &str, force: bool) -> Result<NodeInfo> {
     let info = {
-        let id = find_node_id(m, &key)?;
-        node_info(&state, m, &id, &key)?
+        let id = find_node_id(m, key)?;
+        node_info(state, m, &id, key)?
     };
     if info.node.id == state.node_id {
         return Err(Error::RemoveSelf);
@@ -139,9 +174,9 @@ pub(super) async fn remove_node(
     if info.node.role == Role::Manager {
         return Err(Error::RemoveManager(info.node.hostname));
     }
-    if info.status == NodeStatus::Ready && !q.force {
+    if info.status == NodeStatus::Ready && !force {
         return Err(Error::RemoveReady(info.node.hostname));
     }
     propose(m, Command::RemoveNode(info.node.id.clone())).await?;
-    Ok(HttpResponse::Ok().json(info))
+    Ok(info)
 }

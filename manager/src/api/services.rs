@@ -24,7 +24,8 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
     ServiceInfo {
         id: svc.id.clone(),
         version: svc.version,
-        spec: svc.spec.clone(),
+        // The Engine API's document is that API's to show.
+        spec: ServiceSpec { engine_spec: None, ..svc.spec.clone() },
         created_at: svc.created_at,
         updated_at: svc.updated_at,
         running,
@@ -87,15 +88,57 @@ pub(super) async fn propose_with_ports(
 
 pub(super) async fn create_service(state: web::Data<ApiState>, spec: web::Json<ServiceSpec>) -> Result<HttpResponse> {
     let m = manager(&state)?;
-    let spec = spec.into_inner();
+    let svc = create(m, spec.into_inner()).await?;
+    let info = service_info(&m.store.read(), &svc);
+    Ok(HttpResponse::Created().json(info))
+}
+
+/// Checks and creates a service, numbering its unnumbered ports: what
+/// both APIs' create calls.
+pub(super) async fn create(m: &Manager, spec: ServiceSpec) -> Result<Service> {
     spec.validate()?;
     let now = now_ms();
     let id = ServiceId::random();
     let spec =
         propose_with_ports(m, &id, spec, |spec| Command::CreateService(Service::new(id.clone(), spec, now))).await?;
-    let svc = Service::new(id, spec, now);
-    let info = service_info(&m.store.read(), &svc);
-    Ok(HttpResponse::Created().json(info))
+    Ok(Service::new(id, spec, now))
+}
+
+/// Replaces `svc`'s spec with `spec` (if it differs), if the service is
+/// still at `expect_version` when given. A port left unnumbered keeps the
+/// number it has now, as in Swarm.
+pub(super) async fn update(
+    m: &Manager,
+    svc: &Service,
+    mut spec: ServiceSpec,
+    expect_version: Option<u64>,
+) -> Result<()> {
+    spec.validate()?;
+    for p in spec.task.ports.iter_mut().filter(|p| p.published.is_none()) {
+        let same = |q: &&common::mesh::PortConfig| (q.target, q.protocol, q.mode) == (p.target, p.protocol, p.mode);
+        p.published = svc.spec.task.ports.iter().find(same).and_then(|q| q.published);
+    }
+    if spec == svc.spec {
+        return match expect_version {
+            Some(v) if v != svc.version => Err(StoreError::Conflict(svc.id.clone(), svc.version, v).into()),
+            _ => Ok(()),
+        };
+    }
+    let id = svc.id.clone();
+    propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService {
+        id: id.clone(),
+        spec,
+        at: now_ms(),
+        expect_version,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Restores `svc`'s previous spec.
+pub(super) async fn rollback(m: &Manager, svc: &Service) -> Result<()> {
+    let reason = "manually requested rollback".to_string();
+    propose(m, Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason }).await
 }
 
 /// The service `id` as it is now, after a change to it was committed.
@@ -113,22 +156,14 @@ pub(super) async fn update_service(
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
     let spec = update.apply(&svc.spec)?;
-    if spec != svc.spec {
-        let id = svc.id.clone();
-        propose_with_ports(m, &svc.id, spec, |spec| Command::UpdateService { id: id.clone(), spec, at: now_ms() })
-            .await?;
-    }
+    self::update(m, &svc, spec, None).await?;
     current_info(m, &svc.id, &key)
 }
 
 pub(super) async fn rollback_service(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
-    propose(
-        m,
-        Command::RollbackService { id: svc.id.clone(), at: now_ms(), reason: "manually requested rollback".into() },
-    )
-    .await?;
+    rollback(m, &svc).await?;
     current_info(m, &svc.id, &key)
 }
 

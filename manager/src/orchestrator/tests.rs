@@ -18,6 +18,7 @@ fn spec(replicas: u64) -> ServiceSpec {
         task: TaskTemplate::new("img"),
         update: Default::default(),
         rollback: Default::default(),
+        engine_spec: None,
     }
 }
 
@@ -231,7 +232,7 @@ impl Harness {
     fn update(&mut self, at: Millis, f: impl FnOnce(&mut ServiceSpec)) {
         let mut spec = self.svc().spec.clone();
         f(&mut spec);
-        self.store.apply(Command::UpdateService { id: "svc".into(), spec, at }).unwrap();
+        self.store.apply(Command::UpdateService { id: "svc".into(), spec, at, expect_version: None }).unwrap();
     }
     fn status(&mut self) -> Option<common::spec::UpdateState> {
         self.svc().update_status.as_ref().map(|s| s.state)

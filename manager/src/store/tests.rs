@@ -192,7 +192,7 @@ fn history() -> Vec<Command> {
             task_id: "t1".into(),
             status: TaskStatus::new(TaskState::Running, 15, "started"),
         }]),
-        Command::UpdateService { id: "web".into(), spec: web2, at: 16 },
+        Command::UpdateService { id: "web".into(), spec: web2, at: 16, expect_version: None },
         Command::SetUpdateStatus {
             id: "web".into(),
             status: UpdateStatus {
@@ -344,7 +344,7 @@ fn a_batch_sees_its_earlier_commands() {
     let svc = Service::new("a".into(), spec("a", 1), 0);
     s.apply(Command::Batch(vec![
         Command::CreateService(svc),
-        Command::UpdateService { id: "a".into(), spec: spec("a", 3), at: 1 },
+        Command::UpdateService { id: "a".into(), spec: spec("a", 3), at: 1, expect_version: None },
         Command::CreateTasks(vec![task("t1", "a", None)]),
     ]))
     .unwrap();
@@ -403,7 +403,12 @@ impl Gen {
                 Command::CreateService(Service::new(id, spec(name, 1), 0))
             }
             1 => Command::RemoveService(self.service_id()),
-            2 => Command::UpdateService { id: self.service_id(), spec: spec(self.pick(&["a", "b", "c"]), 2), at: 1 },
+            2 => Command::UpdateService {
+                id: self.service_id(),
+                spec: spec(self.pick(&["a", "b", "c"]), 2),
+                at: 1,
+                expect_version: None,
+            },
             3 => Command::AddNode(self.node()),
             4 => Command::RemoveNode(self.node_id()),
             5 => Command::SetNodeAvailability { id: self.node_id(), availability: Availability::Drain, at: 1 },
@@ -517,4 +522,17 @@ fn changing_a_task_in_place_moves_it_in_the_indexes() {
     assert_eq!(ids(&mut tasks.of_service(&"b".into())), ["t2"]);
     assert!(tasks.remove(&"t1".into()).is_some());
     assert!(tasks.indexes_match_a_scan());
+}
+
+#[test]
+fn an_update_for_a_stale_version_is_refused_and_changes_nothing() {
+    let mut s = Store::default();
+    s.apply(Command::CreateService(Service::new("web".into(), spec("web", 1), 0))).unwrap();
+    let up = |v| Command::UpdateService { id: "web".into(), spec: spec("web", 2), at: 1, expect_version: Some(v) };
+    s.apply(up(1)).unwrap();
+    assert_eq!(s.services[&ServiceId::from("web")].version, 2);
+    let before = s.clone();
+    let err = s.apply(up(1)).unwrap_err();
+    assert_eq!(err.to_string(), "service web is at version 2, not 1: update out of sequence");
+    assert_eq!(s, before);
 }

@@ -1,0 +1,264 @@
+//! `/services`: list, create, inspect, update (and rollback), remove, logs.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use common::api::LogEntry;
+use common::spec::ServiceMode;
+use common::TaskId;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::filters::Filters;
+use super::{body, manager, objects, spec, truthy, ApiState, Error, IdPath, Result};
+use crate::api::services::{self as shoal, service_info};
+use crate::api::{find_service, logs, propose};
+use crate::store::{Command, Service, StoreError};
+use crate::Manager;
+
+#[derive(serde::Deserialize)]
+pub(super) struct ListQuery {
+    filters: Option<String>,
+    status: Option<String>,
+}
+
+fn mode_name(m: &ServiceMode) -> &'static str {
+    match m {
+        ServiceMode::Replicated { .. } => "replicated",
+        ServiceMode::Global => "global",
+    }
+}
+
+pub(super) async fn list(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let f = Filters::parse(q.filters.as_deref()).map_err(Error::BadRequest)?;
+    f.only(&["id", "name", "label", "mode"]).map_err(Error::BadRequest)?;
+    let status = truthy(&q.status);
+    let store = m.store.read();
+    let list: Vec<Value> = store
+        .services
+        .values()
+        .filter(|s| {
+            f.any("id", |x| s.id.as_str().starts_with(x))
+                && f.any("name", |x| s.spec.name.starts_with(x))
+                && f.labels("label", &s.spec.labels)
+                && f.any("mode", |x| x == mode_name(&s.spec.mode))
+        })
+        .map(|s| objects::service(s, &service_info(&store, s), status))
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// The warnings of an answer: what the document asks for that shoal does not do.
+fn warnings(doc: &Value) -> Value {
+    let ignored = spec::ignored(doc);
+    if ignored.is_empty() {
+        return Value::Null;
+    }
+    json!(ignored.iter().map(|p| format!("shoal does not act on {p} yet (kept in the spec)")).collect::<Vec<_>>())
+}
+
+pub(super) async fn create(state: web::Data<ApiState>, payload: web::Payload) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let doc = body(payload).await?;
+    let spec = spec::from_engine(&doc)?;
+    let svc = shoal::create(m, spec).await?;
+    Ok(HttpResponse::Created().json(json!({"ID": svc.id, "Warnings": warnings(&doc)})))
+}
+
+pub(super) async fn inspect(state: web::Data<ApiState>, path: web::Path<IdPath>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &path.id)?;
+    let store = m.store.read();
+    Ok(HttpResponse::Ok().json(objects::service(&svc, &service_info(&store, &svc), false)))
+}
+
+pub(super) async fn remove(state: web::Data<ApiState>, path: web::Path<IdPath>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &path.id)?;
+    propose(m, Command::RemoveService(svc.id.clone())).await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct UpdateQuery {
+    version: Option<String>,
+    rollback: Option<String>,
+}
+
+fn out_of_sequence(svc: &Service, expect: u64) -> Error {
+    Error::Api(StoreError::Conflict(svc.id.clone(), svc.version, expect).into())
+}
+
+/// The whole spec replaces the service's (absent fields mean removed);
+/// `rollback=previous` restores the previous spec instead.
+pub(super) async fn update(
+    state: web::Data<ApiState>,
+    path: web::Path<IdPath>,
+    q: web::Query<UpdateQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &path.id)?;
+    let version = match q.version.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| Error::BadRequest(format!("invalid service version '{v}'")))?),
+    };
+    match q.rollback.as_deref() {
+        Some("previous") => {
+            if let Some(v) = version.filter(|v| *v != svc.version) {
+                return Err(out_of_sequence(&svc, v));
+            }
+            shoal::rollback(m, &svc).await?;
+            return Ok(HttpResponse::Ok().json(json!({"Warnings": null})));
+        }
+        None | Some("") => {}
+        Some(other) => return Err(Error::BadRequest(format!("unrecognized rollback option {other}"))),
+    }
+    let doc = body(payload).await?;
+    let spec = spec::from_engine(&doc)?;
+    if spec.name != svc.spec.name {
+        return Err(Error::BadRequest("renaming services is not supported".into()));
+    }
+    shoal::update(m, &svc, spec, version).await?;
+    Ok(HttpResponse::Ok().json(json!({"Warnings": warnings(&doc)})))
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct LogsQuery {
+    follow: Option<String>,
+    tail: Option<String>,
+    since: Option<String>,
+    timestamps: Option<String>,
+    details: Option<String>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+}
+
+pub(super) async fn logs(
+    state: web::Data<ApiState>,
+    path: web::Path<IdPath>,
+    q: web::Query<LogsQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    let svc = find_service(m, &path.id)?;
+    stream_logs(m, &svc, None, &q, &req).await
+}
+
+/// A service's (or one task's) logs in Docker's multiplexed framing.
+pub(super) async fn stream_logs(
+    m: &Manager,
+    svc: &Service,
+    task: Option<&TaskId>,
+    q: &LogsQuery,
+    req: &HttpRequest,
+) -> Result<HttpResponse> {
+    if !truthy(&q.stdout) && !truthy(&q.stderr) {
+        return Err(Error::BadRequest("Bad parameters: you must choose at least one stream".into()));
+    }
+    let tail = match q.tail.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(n) => Some(n.parse::<u64>().map_err(|_| Error::BadRequest(format!("invalid tail {n:?}")))?),
+    };
+    let since = match q.since.as_deref().filter(|s| !s.is_empty() && *s != "0") {
+        Some(s) => Some(since_time(s)?),
+        None => None,
+    };
+    let follow = truthy(&q.follow);
+    let format = Format { timestamps: truthy(&q.timestamps), details: truthy(&q.details), service: svc.id.to_string() };
+    // Docker's content type for this framing from API 1.42 on.
+    let minor = req.match_info().get("api_version").and_then(|v| v.strip_prefix("v1.")?.parse::<u32>().ok());
+    let content_type = match minor {
+        Some(m) if m < 42 => "application/vnd.docker.raw-stream",
+        _ => "application/vnd.docker.multiplexed-stream",
+    };
+    let keep = move |e: &LogEntry| since.is_none_or(|s| line_time(&e.timestamp).is_none_or(|t| t >= s));
+    let mut rx = logs::fetch(m, svc, task, follow, tail);
+    if follow {
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .filter(move |e| std::future::ready(keep(e)))
+            .map(move |e| Ok::<_, actix_web::Error>(web::Bytes::from(format.frame(&e))));
+        return Ok(HttpResponse::Ok().content_type(content_type).streaming(stream));
+    }
+    let all = logs::collect_sorted(rx).await;
+    let body: Vec<u8> = all.iter().filter(|e| keep(e)).flat_map(|e| format.frame(e)).collect();
+    Ok(HttpResponse::Ok().content_type(content_type).body(body))
+}
+
+/// `since` as the CLI sends it (`secs.nanos`) as a system time.
+fn since_time(s: &str) -> Result<std::time::SystemTime> {
+    let bad = || Error::BadRequest(format!("invalid since {s:?}: expected seconds since the epoch"));
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: u64 = secs.parse().map_err(|_| bad())?;
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        frac.chars().chain(std::iter::repeat('0')).take(9).collect::<String>().parse().map_err(|_| bad())?
+    };
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+fn line_time(ts: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(ts.trim_end_matches('Z')).ok()
+}
+
+/// How lines are written: `[TIMESTAMP ][DETAILS ]LINE`, each in a frame
+/// whose 8-byte header says stdout and the length.
+struct Format {
+    timestamps: bool,
+    details: bool,
+    service: String,
+}
+
+impl Format {
+    fn frame(&self, e: &LogEntry) -> Vec<u8> {
+        let mut payload = String::new();
+        if self.timestamps {
+            payload.push_str(&e.timestamp);
+            payload.push(' ');
+        }
+        if self.details {
+            let node = e.node_id.as_ref().map(|n| n.to_string()).unwrap_or_default();
+            payload.push_str(&format!(
+                "com.docker.swarm.node.id={node},com.docker.swarm.service.id={},com.docker.swarm.task.id={} ",
+                self.service, e.task_id
+            ));
+        }
+        payload.push_str(&e.line);
+        if !payload.ends_with('\n') {
+            payload.push('\n');
+        }
+        let mut out = Vec::with_capacity(8 + payload.len());
+        out.extend_from_slice(&[1, 0, 0, 0]);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload.as_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_is_framed_with_its_details() {
+        let e = LogEntry {
+            task_id: "t1".into(),
+            service_name: "web".into(),
+            slot: 1,
+            task_name: "web.1".into(),
+            node: "node1".into(),
+            node_id: Some("n1".to_string().into()),
+            timestamp: "2023-11-14T22:13:20.000000001Z".into(),
+            line: "hello".into(),
+        };
+        let f = Format { timestamps: true, details: true, service: "s1".into() };
+        let frame = f.frame(&e);
+        let text = "2023-11-14T22:13:20.000000001Z com.docker.swarm.node.id=n1,com.docker.swarm.service.id=s1,com.docker.swarm.task.id=t1 hello\n";
+        assert_eq!(&frame[..4], &[1, 0, 0, 0]);
+        assert_eq!(u32::from_be_bytes(frame[4..8].try_into().unwrap()) as usize, text.len());
+        assert_eq!(&frame[8..], text.as_bytes());
+        let t = line_time(&e.timestamp).unwrap();
+        assert!(t >= since_time("1700000000").unwrap());
+        assert!(t < since_time("1700000000.5").unwrap());
+    }
+}

@@ -1,0 +1,703 @@
+//! Docker's ServiceSpec and shoal's, both ways: [`from_engine`] reads what
+//! an Engine API client sent (after [`super::json::canonical`]) into shoal's
+//! typed spec, keeping the document itself in `engine_spec`; [`to_engine`]
+//! renders a shoal spec as Docker's, and [`engine_view`] answers `inspect`
+//! with the document a client sent whenever shoal's spec is still the one
+//! it made (else the document with the fields shoal owns brought up to
+//! date). [`ignored`] names what a document asks for that shoal does not do
+//! yet, for the `Warnings` of the answer.
+//!
+//! Pure: no I/O, no store.
+
+use std::collections::BTreeMap;
+
+use common::constraint::Constraint;
+use common::mesh::{PortConfig, Protocol, PublishMode};
+use common::spec::{
+    FailureAction, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
+    UpdateOrder,
+};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Map, Value};
+
+use super::json::FREE_MAPS;
+
+/// Why a document is not a spec shoal can run; the text is what the docker
+/// CLI prints after "Error response from daemon:".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineSpecError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} is not supported by shoal yet")]
+    Unsupported(String),
+}
+
+/// Go's `null` for an empty slice or map: the empty value.
+fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerServiceSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    task_template: Option<DockerTaskSpec>,
+    #[serde(default)]
+    mode: Option<DockerMode>,
+    #[serde(default)]
+    update_config: Option<DockerUpdateConfig>,
+    #[serde(default)]
+    rollback_config: Option<DockerUpdateConfig>,
+    #[serde(default)]
+    endpoint_spec: Option<DockerEndpointSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerMode {
+    #[serde(default)]
+    replicated: Option<DockerReplicated>,
+    #[serde(default)]
+    global: Option<Value>,
+    #[serde(default)]
+    replicated_job: Option<Value>,
+    #[serde(default)]
+    global_job: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerReplicated {
+    #[serde(default)]
+    replicas: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerTaskSpec {
+    #[serde(default)]
+    container_spec: Option<DockerContainerSpec>,
+    #[serde(default)]
+    restart_policy: Option<DockerRestartPolicy>,
+    #[serde(default)]
+    placement: Option<DockerPlacement>,
+    #[serde(default, deserialize_with = "nullable")]
+    force_update: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerContainerSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    image: String,
+    #[serde(default, deserialize_with = "nullable")]
+    args: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    env: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    mounts: Vec<DockerMount>,
+    /// Nanoseconds.
+    #[serde(default)]
+    stop_grace_period: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerMount {
+    #[serde(default, deserialize_with = "nullable")]
+    r#type: String,
+    #[serde(default, deserialize_with = "nullable")]
+    source: String,
+    #[serde(default, deserialize_with = "nullable")]
+    target: String,
+    #[serde(default, deserialize_with = "nullable")]
+    read_only: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerRestartPolicy {
+    #[serde(default, deserialize_with = "nullable")]
+    condition: String,
+    #[serde(default)]
+    delay: Option<i64>,
+    #[serde(default)]
+    max_attempts: Option<u64>,
+    #[serde(default)]
+    window: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerPlacement {
+    #[serde(default, deserialize_with = "nullable")]
+    constraints: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerUpdateConfig {
+    #[serde(default, deserialize_with = "nullable")]
+    parallelism: u64,
+    #[serde(default, deserialize_with = "nullable")]
+    delay: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    failure_action: String,
+    #[serde(default, deserialize_with = "nullable")]
+    monitor: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    max_failure_ratio: f64,
+    #[serde(default, deserialize_with = "nullable")]
+    order: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerEndpointSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    mode: String,
+    #[serde(default, deserialize_with = "nullable")]
+    ports: Vec<DockerPort>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerPort {
+    #[serde(default, deserialize_with = "nullable")]
+    protocol: String,
+    #[serde(default, deserialize_with = "nullable")]
+    target_port: u32,
+    #[serde(default, deserialize_with = "nullable")]
+    published_port: u32,
+    #[serde(default, deserialize_with = "nullable")]
+    publish_mode: String,
+}
+
+fn invalid(msg: impl Into<String>) -> EngineSpecError {
+    EngineSpecError::Invalid(msg.into())
+}
+
+/// Nanoseconds (Go's `time.Duration`) as milliseconds; negative is refused.
+fn ns_to_ms(ns: i64, what: &str) -> Result<u64, EngineSpecError> {
+    u64::try_from(ns).map(|n| n / 1_000_000).map_err(|_| invalid(format!("{what} must not be negative")))
+}
+
+fn ms_to_ns(ms: u64) -> i64 {
+    i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// Swarm's default when a service sends no update or rollback config.
+fn swarm_update_default() -> UpdateConfig {
+    UpdateConfig::default()
+}
+
+fn update_config(c: Option<DockerUpdateConfig>, what: &str) -> Result<UpdateConfig, EngineSpecError> {
+    let Some(c) = c else { return Ok(swarm_update_default()) };
+    let failure_action = match c.failure_action.as_str() {
+        "" | "pause" => FailureAction::Pause,
+        "continue" => FailureAction::Continue,
+        "rollback" => FailureAction::Rollback,
+        other => {
+            return Err(invalid(format!(
+                "invalid {what}.FailureAction {other:?}: expected pause, continue or rollback"
+            )))
+        }
+    };
+    let order = match c.order.as_str() {
+        "" | "stop-first" => UpdateOrder::StopFirst,
+        "start-first" => UpdateOrder::StartFirst,
+        other => return Err(invalid(format!("invalid {what}.Order {other:?}: expected stop-first or start-first"))),
+    };
+    if !(0.0..=1.0).contains(&c.max_failure_ratio) {
+        return Err(invalid(format!("{what}.MaxFailureRatio must be between 0 and 1")));
+    }
+    Ok(UpdateConfig {
+        parallelism: c.parallelism,
+        delay_ms: ns_to_ms(c.delay, &format!("{what}.Delay"))?,
+        order,
+        failure_action,
+        monitor_ms: ns_to_ms(c.monitor, &format!("{what}.Monitor"))?,
+        max_failure_ratio: Ratio(c.max_failure_ratio),
+    })
+}
+
+fn restart_policy(p: Option<DockerRestartPolicy>) -> Result<RestartPolicy, EngineSpecError> {
+    let Some(p) = p else { return Ok(RestartPolicy::default()) };
+    let condition = match p.condition.as_str() {
+        "" | "any" => RestartCondition::Any,
+        "on-failure" => RestartCondition::OnFailure,
+        "none" => RestartCondition::None,
+        other => {
+            return Err(invalid(format!("invalid RestartPolicy.Condition {other:?}: expected none, on-failure or any")))
+        }
+    };
+    let default = RestartPolicy::default();
+    Ok(RestartPolicy {
+        condition,
+        delay_ms: match p.delay {
+            Some(ns) => ns_to_ms(ns, "RestartPolicy.Delay")?,
+            None => default.delay_ms,
+        },
+        // Swarm: 0 attempts means no limit.
+        max_attempts: p.max_attempts.filter(|n| *n > 0),
+        window_ms: match p.window {
+            Some(ns) if ns != 0 => Some(ns_to_ms(ns, "RestartPolicy.Window")?),
+            _ => None,
+        },
+    })
+}
+
+fn mount(m: DockerMount) -> Result<Mount, EngineSpecError> {
+    match m.r#type.as_str() {
+        "bind" => {}
+        "" => return Err(invalid("mount type is missing")),
+        other => return Err(EngineSpecError::Unsupported(format!("mount type {other:?}"))),
+    }
+    if !m.source.starts_with('/') {
+        return Err(invalid(format!(
+            "invalid mount config for type \"bind\": invalid mount path: '{}' mount path must be absolute",
+            m.source
+        )));
+    }
+    if !m.target.starts_with('/') {
+        return Err(invalid(format!(
+            "invalid mount config for type \"bind\": invalid mount path: '{}' mount path must be absolute",
+            m.target
+        )));
+    }
+    Ok(Mount { source: m.source, target: m.target, readonly: m.read_only })
+}
+
+fn port(p: DockerPort) -> Result<PortConfig, EngineSpecError> {
+    let protocol = match p.protocol.as_str() {
+        "" | "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => return Err(EngineSpecError::Unsupported(format!("protocol {other:?}"))),
+    };
+    let mode = match p.publish_mode.as_str() {
+        "" | "ingress" => PublishMode::Ingress,
+        "host" => PublishMode::Host,
+        other => return Err(invalid(format!("invalid PublishMode {other:?}: expected ingress or host"))),
+    };
+    let target = u16::try_from(p.target_port)
+        .ok()
+        .filter(|t| *t > 0)
+        .ok_or_else(|| invalid(format!("invalid TargetPort {}: expected 1-65535", p.target_port)))?;
+    let published = match p.published_port {
+        0 => None,
+        n => Some(u16::try_from(n).map_err(|_| invalid(format!("invalid PublishedPort {n}: expected 1-65535")))?),
+    };
+    Ok(PortConfig { protocol, target, published, mode })
+}
+
+/// The shoal spec a Docker ServiceSpec (already [`canonical`](super::json::canonical)) asks
+/// for, with the document kept in `engine_spec`.
+pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
+    if !doc.is_object() {
+        return Err(EngineSpecError::Json("a ServiceSpec must be a JSON object".into()));
+    }
+    let d: DockerServiceSpec = serde_json::from_value(doc.clone()).map_err(|e| EngineSpecError::Json(e.to_string()))?;
+    let task = d.task_template.unwrap_or_default();
+    let container = task.container_spec.unwrap_or_default();
+    let mode = match d.mode {
+        None => ServiceMode::Replicated { replicas: 1 },
+        Some(m) if m.replicated_job.is_some() || m.global_job.is_some() => {
+            return Err(EngineSpecError::Unsupported("job mode (replicated-job, global-job)".into()))
+        }
+        Some(DockerMode { global: Some(_), replicated: None, .. }) => ServiceMode::Global,
+        Some(DockerMode { global: None, replicated, .. }) => {
+            ServiceMode::Replicated { replicas: replicated.and_then(|r| r.replicas).unwrap_or(1) }
+        }
+        Some(_) => return Err(invalid("a service can be replicated or global, not both")),
+    };
+    let constraints = task
+        .placement
+        .unwrap_or_default()
+        .constraints
+        .iter()
+        .map(|c| Constraint::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    let endpoint = d.endpoint_spec.unwrap_or_default();
+    if !matches!(endpoint.mode.as_str(), "" | "vip" | "dnsrr") {
+        return Err(invalid(format!("invalid EndpointSpec.Mode {:?}: expected vip or dnsrr", endpoint.mode)));
+    }
+    let ports = endpoint.ports.into_iter().map(port).collect::<Result<Vec<_>, _>>()?;
+    let spec = ServiceSpec {
+        name: d.name,
+        labels: d.labels,
+        mode,
+        task: TaskTemplate {
+            image: container.image,
+            args: container.args,
+            env: container.env,
+            mounts: container.mounts.into_iter().map(mount).collect::<Result<_, _>>()?,
+            constraints,
+            restart: restart_policy(task.restart_policy)?,
+            stop_grace_ms: match container.stop_grace_period {
+                Some(ns) => ns_to_ms(ns, "StopGracePeriod")?,
+                None => TaskTemplate::new("").stop_grace_ms,
+            },
+            ports,
+            force_update: task.force_update,
+        },
+        update: update_config(d.update_config, "UpdateConfig")?,
+        rollback: update_config(d.rollback_config, "RollbackConfig")?,
+        engine_spec: Some(doc.to_string()),
+    };
+    spec.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(spec)
+}
+
+fn update_doc(c: &UpdateConfig) -> Value {
+    json!({
+        "Parallelism": c.parallelism,
+        "Delay": ms_to_ns(c.delay_ms),
+        "FailureAction": match c.failure_action {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        },
+        "Monitor": ms_to_ns(c.monitor_ms),
+        "MaxFailureRatio": c.max_failure_ratio.0,
+        "Order": match c.order {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        },
+    })
+}
+
+/// Docker's TaskSpec for a shoal task template.
+pub fn task_to_engine(t: &TaskTemplate) -> Value {
+    let mut container = Map::new();
+    container.insert("Image".into(), json!(t.image));
+    if !t.args.is_empty() {
+        container.insert("Args".into(), json!(t.args));
+    }
+    if !t.env.is_empty() {
+        container.insert("Env".into(), json!(t.env));
+    }
+    if !t.mounts.is_empty() {
+        let mounts: Vec<Value> = t
+            .mounts
+            .iter()
+            .map(|m| {
+                let mut v = json!({"Type": "bind", "Source": m.source, "Target": m.target});
+                if m.readonly {
+                    v["ReadOnly"] = json!(true);
+                }
+                v
+            })
+            .collect();
+        container.insert("Mounts".into(), Value::Array(mounts));
+    }
+    container.insert("StopGracePeriod".into(), json!(ms_to_ns(t.stop_grace_ms)));
+    let mut restart = json!({
+        "Condition": t.restart.condition.to_string(),
+        "Delay": ms_to_ns(t.restart.delay_ms),
+        "MaxAttempts": t.restart.max_attempts.unwrap_or(0),
+    });
+    if let Some(w) = t.restart.window_ms {
+        restart["Window"] = json!(ms_to_ns(w));
+    }
+    let mut placement = Map::new();
+    if !t.constraints.is_empty() {
+        placement.insert("Constraints".into(), json!(t.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>()));
+    }
+    json!({
+        "ContainerSpec": container,
+        "RestartPolicy": restart,
+        "Placement": placement,
+        "ForceUpdate": t.force_update,
+        "Runtime": "container",
+    })
+}
+
+/// Docker's `Ports` of an EndpointSpec (and of a service's Endpoint).
+pub fn ports_to_engine(ports: &[PortConfig]) -> Value {
+    Value::Array(
+        ports
+            .iter()
+            .map(|p| {
+                let mut v = json!({
+                    "Protocol": p.protocol.to_string(),
+                    "TargetPort": p.target,
+                    "PublishMode": p.mode.to_string(),
+                });
+                if let Some(n) = p.published {
+                    v["PublishedPort"] = json!(n);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// Docker's ServiceSpec for a shoal spec (what shoal acts on, nothing more).
+pub fn to_engine(spec: &ServiceSpec) -> Value {
+    let mode = match spec.mode {
+        ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
+        ServiceMode::Global => json!({"Global": {}}),
+    };
+    let mut endpoint = json!({"Mode": "vip"});
+    if !spec.task.ports.is_empty() {
+        endpoint["Ports"] = ports_to_engine(&spec.task.ports);
+    }
+    json!({
+        "Name": spec.name,
+        "Labels": spec.labels,
+        "TaskTemplate": task_to_engine(&spec.task),
+        "Mode": mode,
+        "UpdateConfig": update_doc(&spec.update),
+        "RollbackConfig": update_doc(&spec.rollback),
+        "EndpointSpec": endpoint,
+    })
+}
+
+/// What shoal owns in a document: on a change made through shoal's own
+/// API, these paths of the kept document are brought up to date.
+const OWNED: &[&[&str]] = &[
+    &["Name"],
+    &["Labels"],
+    &["Mode"],
+    &["TaskTemplate", "ContainerSpec", "Image"],
+    &["TaskTemplate", "ContainerSpec", "Args"],
+    &["TaskTemplate", "ContainerSpec", "Env"],
+    &["TaskTemplate", "ContainerSpec", "Mounts"],
+    &["TaskTemplate", "ContainerSpec", "StopGracePeriod"],
+    &["TaskTemplate", "RestartPolicy"],
+    &["TaskTemplate", "Placement", "Constraints"],
+    &["TaskTemplate", "ForceUpdate"],
+    &["UpdateConfig"],
+    &["RollbackConfig"],
+    &["EndpointSpec", "Ports"],
+];
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+/// Sets (or, with `None`, removes) `path` in `v`, making objects on the way.
+fn set(v: &mut Value, path: &[&str], new: Option<Value>) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = v;
+    for k in parents {
+        if !cur.get(*k).is_some_and(Value::is_object) {
+            if new.is_none() {
+                return;
+            }
+            cur[*k] = json!({});
+        }
+        cur = &mut cur[*k];
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        match new {
+            Some(n) => {
+                obj.insert(last.to_string(), n);
+            }
+            None => {
+                obj.remove(*last);
+            }
+        }
+    }
+}
+
+/// Is `spec` still what `doc` asked for? Ports the managers numbered (the
+/// document left `PublishedPort` out) count as asked for.
+fn still_matches(doc: &Value, spec: &ServiceSpec) -> bool {
+    let Ok(mut asked) = from_engine(doc) else { return false };
+    if asked.task.ports.len() == spec.task.ports.len() {
+        for (a, s) in asked.task.ports.iter_mut().zip(&spec.task.ports) {
+            if a.published.is_none() && (a.target, a.protocol, a.mode) == (s.target, s.protocol, s.mode) {
+                a.published = s.published;
+            }
+        }
+    }
+    asked.engine_spec = None;
+    let mut ours = spec.clone();
+    ours.engine_spec = None;
+    asked == ours
+}
+
+/// The ServiceSpec `inspect` answers through the Engine API.
+pub fn engine_view(spec: &ServiceSpec) -> Value {
+    let ours = to_engine(spec);
+    let Some(doc) = spec.engine_spec.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+        return ours;
+    };
+    if still_matches(&doc, spec) {
+        return doc;
+    }
+    let mut doc = doc;
+    for path in OWNED {
+        set(&mut doc, path, get(&ours, path).cloned());
+    }
+    doc
+}
+
+/// Is this value Go's zero (what a client sends for "not set")?
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_zero),
+    }
+}
+
+/// Values clients send that ask for nothing beyond what shoal does.
+fn harmless(path: &str, v: &Value) -> bool {
+    matches!(
+        (path, v.as_str()),
+        ("TaskTemplate.Runtime", Some("container"))
+            | ("TaskTemplate.ContainerSpec.Isolation", Some("default"))
+            | ("EndpointSpec.Mode", Some("vip"))
+    )
+}
+
+/// The set fields of `doc` that shoal does not act on (yet), as dotted paths.
+pub fn ignored(doc: &Value) -> Vec<String> {
+    let Ok(spec) = from_engine(doc) else { return vec![] };
+    let ours = to_engine(&spec);
+    let mut out = Vec::new();
+    walk_ignored(doc, &ours, &mut Vec::new(), &mut out);
+    out
+}
+
+fn walk_ignored(v: &Value, ours: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
+    let dotted = path.join(".");
+    match v {
+        Value::Object(map) if !map.is_empty() && !path.last().is_some_and(|k| FREE_MAPS.contains(&k.as_str())) => {
+            for (k, child) in map {
+                path.push(k.clone());
+                walk_ignored(child, ours, path, out);
+                path.pop();
+            }
+        }
+        _ => {
+            let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+            if !is_zero(v) && !harmless(&dotted, v) && get(ours, &keys).is_none() {
+                out.push(dotted);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::json::canonical;
+    use super::*;
+
+    fn doc(v: Value) -> Value {
+        canonical(v)
+    }
+
+    /// What docker 28's `service create --name web --replicas 3 -p 8080:80 img sh -c x` sends.
+    fn cli_create() -> Value {
+        doc(json!({
+            "Name": "web", "Labels": {},
+            "TaskTemplate": {
+                "ContainerSpec": {"Image": "img", "Args": ["sh", "-c", "x"], "Init": false,
+                                  "StopGracePeriod": 10_000_000_000i64, "DNSConfig": {}, "Isolation": "default"},
+                "Resources": {"Limits": {}, "Reservations": {}},
+                "RestartPolicy": {"Condition": "any", "Delay": 5_000_000_000i64, "MaxAttempts": 0},
+                "Placement": {}, "ForceUpdate": 0, "Runtime": "container"
+            },
+            "Mode": {"Replicated": {"Replicas": 3}},
+            "UpdateConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000i64,
+                             "MaxFailureRatio": 0, "Order": "stop-first"},
+            "RollbackConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000i64,
+                               "MaxFailureRatio": 0, "Order": "stop-first"},
+            "EndpointSpec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                                                       "PublishMode": "ingress"}]}
+        }))
+    }
+
+    #[test]
+    fn a_cli_create_becomes_the_spec_shoal_runs() {
+        let spec = from_engine(&cli_create()).unwrap();
+        assert_eq!(spec.name, "web");
+        assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 3 });
+        assert_eq!(spec.task.image, "img");
+        assert_eq!(spec.task.args, ["sh", "-c", "x"]);
+        assert_eq!(spec.task.stop_grace_ms, 10_000);
+        assert_eq!(spec.task.restart, RestartPolicy::default());
+        assert_eq!(spec.task.ports, vec!["8080:80".parse::<PortConfig>().unwrap()]);
+        assert_eq!(spec.update, UpdateConfig::default());
+        assert_eq!(ignored(&cli_create()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn inspect_returns_the_document_sent_until_shoal_changes_the_spec() {
+        let sent = cli_create();
+        let spec = from_engine(&sent).unwrap();
+        assert_eq!(engine_view(&spec), sent);
+        let mut scaled = spec.clone();
+        scaled.mode = ServiceMode::Replicated { replicas: 5 };
+        let view = engine_view(&scaled);
+        assert_eq!(view["Mode"], json!({"Replicated": {"Replicas": 5}}));
+        assert_eq!(view["TaskTemplate"]["Resources"], sent["TaskTemplate"]["Resources"], "kept");
+        assert_eq!(from_engine(&view).unwrap().mode, scaled.mode);
+    }
+
+    #[test]
+    fn numbered_ports_still_match_the_document() {
+        let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}},
+                              "EndpointSpec": {"Ports": [{"TargetPort": 80}]}}));
+        let mut spec = from_engine(&sent).unwrap();
+        spec.task.ports[0].published = Some(30000);
+        assert_eq!(engine_view(&spec), sent);
+    }
+
+    #[test]
+    fn the_python_sdks_casing_and_shoal_rendering_round_trip() {
+        let sent = doc(json!({"Name": "p", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Env": ["A=1"]}},
+                              "Mode": {"global": {}}}));
+        let spec = from_engine(&sent).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Global);
+        assert!(sent["Mode"].get("Global").is_some());
+        let mut plain = spec.clone();
+        plain.engine_spec = None;
+        let mut back = from_engine(&to_engine(&plain)).unwrap();
+        back.engine_spec = None;
+        assert_eq!(back, plain);
+    }
+
+    #[test]
+    fn what_shoal_does_not_do_is_named_and_bad_specs_refused() {
+        let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "User": "nobody",
+            "Command": ["/bin/sh"]}, "Resources": {"Limits": {"MemoryBytes": 1024}}}}));
+        assert_eq!(
+            ignored(&sent),
+            [
+                "TaskTemplate.ContainerSpec.Command",
+                "TaskTemplate.ContainerSpec.User",
+                "TaskTemplate.Resources.Limits.MemoryBytes"
+            ]
+        );
+        let bad = |v: Value| from_engine(&doc(v)).unwrap_err().to_string();
+        assert_eq!(
+            bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": ""}}})),
+            "invalid image: the image name must not be empty"
+        );
+        assert_eq!(
+            bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}, "Mode": {"ReplicatedJob": {}}})),
+            "job mode (replicated-job, global-job) is not supported by shoal yet"
+        );
+        assert!(bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Mounts": [
+            {"Type": "volume", "Source": "v", "Target": "/d"}]}}}))
+        .contains("mount type \"volume\""));
+        assert!(bad(json!({"Name": "w", "Mode": {"Replicated": {"Replicas": -1}}})).starts_with("invalid JSON"));
+        assert!(bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}},
+            "EndpointSpec": {"Ports": [{"TargetPort": 70000}]}}))
+        .contains("TargetPort 70000"));
+    }
+}
