@@ -35,6 +35,10 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq chromium fonts-dejavu-core)
 command -v node >/dev/null 2>&1 || want+=(nodejs)
 command -v npm >/dev/null 2>&1 || want+=(npm)
+# python3 and pip: the Docker SDK for Python (from PyPI, below) drives the
+# Engine API tests.
+command -v python3 >/dev/null 2>&1 || want+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || want+=(pkg-config)
 
@@ -93,6 +97,17 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   quiet sh "$rustup_sh" -y --profile minimal
   rm -f "$rustup_sh"
   echo "install-deps: installed Rust ($("$HOME/.cargo/bin/cargo" --version))"
+fi
+
+# The Docker SDK for Python, from PyPI (not Debian's older python3-docker):
+# the Engine API tests drive a shoal manager with it. Debian's own python3
+# refuses pip installs into it unless told (PEP 668).
+DOCKER_SDK=docker==7.1.0
+if ! python3 -c 'import docker' >/dev/null 2>&1; then
+  if ! python3 -m pip install -q "$DOCKER_SDK" >>"$log" 2>&1; then
+    quiet python3 -m pip install -q --break-system-packages "$DOCKER_SDK"
+  fi
+  echo "install-deps: installed the Docker SDK for Python ($DOCKER_SDK)"
 fi
 
 # rustfmt and clippy: CI checks formatting and lints before the tests (the

@@ -349,6 +349,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         rollback,
         task: TaskTemplate {
             image: a.image.clone(),
+            entrypoint: vec![],
             args: a.command.clone(),
             env: a.env.clone(),
             mounts,

@@ -163,6 +163,10 @@ impl FromStr for ServiceMode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskTemplate {
     pub image: String,
+    /// Replaces the image's entrypoint (Docker's `ContainerSpec.Command`,
+    /// `--entrypoint`); empty keeps the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
     /// Command and arguments; empty means the image's default.
     #[serde(default)]
     pub args: Vec<String>,
@@ -197,6 +201,7 @@ impl TaskTemplate {
     pub fn new(image: &str) -> Self {
         TaskTemplate {
             image: image.to_string(),
+            entrypoint: vec![],
             args: vec![],
             env: vec![],
             mounts: vec![],

@@ -11,10 +11,12 @@
 //! - [`wait_for`] polls a condition until a deadline and fails with what it
 //!   last saw.
 //! - [`containers_with_label`], [`docker_kill`]: Docker through its CLI.
+//! - [`EngineCli`], [`http`], [`require_python_sdk`]: the Docker Engine
+//!   API's clients (docker CLIs, raw HTTP, the Python SDK) against a manager.
 //! - [`shoal_bin`], [`require_docker`], [`busybox_image`]: the environment.
 //!
 //! Layout: [`cluster`] (the cluster and its nodes), [`process`] (commands
-//! with a time limit, daemons that die with the test process), [`docker`],
+//! with a time limit, daemons that die with the test process), [`docker`], [`engine`],
 //! [`wait`], [`json`] (reading the CLI's JSON), [`env`] (binary, image, CI);
 //! everything is re-exported here, so tests `use tests::…`.
 //!
@@ -42,6 +44,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod engine;
 pub mod env;
 pub mod json;
 pub mod process;
@@ -49,6 +52,7 @@ pub mod wait;
 
 pub use cluster::*;
 pub use docker::*;
+pub use engine::*;
 pub use env::*;
 pub use json::*;
 pub use process::*;

@@ -57,6 +57,11 @@ pub struct DaemonArgs {
     /// Where the HTTP API listens (default 127.0.0.1:4243).
     #[arg(long, value_name = "IP:PORT")]
     api_addr: Option<SocketAddr>,
+    /// Also serve the Docker Engine API on this unix socket (a container can
+    /// mount it at /var/run/docker.sock). Managers answer everything; a
+    /// worker answers `/_ping` and says it is not a manager.
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
     /// The node's state: identity, raft log.
     #[arg(long, default_value = "/var/lib/shoal")]
     data_dir: PathBuf,
@@ -207,6 +212,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         snapshot_interval: args.snapshot_interval,
         mesh: args.mesh.0,
         open_files: raise_open_file_limit(),
+        docker_socket: args.docker_socket.clone(),
         launch,
     };
     actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))

@@ -124,6 +124,8 @@ pub(crate) struct RunOptions {
     pub mesh: Option<DataPath>,
     /// The soft limit on open files, once raised.
     pub open_files: u64,
+    /// `--docker-socket`: the API on a unix socket as well.
+    pub docker_socket: Option<PathBuf>,
     pub launch: Launch,
 }
 
@@ -282,9 +284,13 @@ pub(crate) async fn run_node(
 
     let server = api::serve(
         state.api_addr,
+        opts.docker_socket.as_deref(),
         ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live },
     )
-    .with_context(|| format!("cannot listen for the API on {}", state.api_addr))?;
+    .with_context(|| match &opts.docker_socket {
+        Some(p) => format!("cannot listen for the API on {} and {}", state.api_addr, p.display()),
+        None => format!("cannot listen for the API on {}", state.api_addr),
+    })?;
     let handle = server.handle();
     actix::spawn(server);
     tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");

@@ -21,6 +21,7 @@ mod ui;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
@@ -264,15 +265,39 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// Binds the API; fails at once (a clear error) if the address is taken.
-pub fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<actix_web::dev::Server> {
+/// Binds the API on `addr` (and on the unix socket `socket`, replacing a
+/// stale socket file there); fails at once (a clear error) if the address
+/// is taken.
+pub fn serve(addr: SocketAddr, socket: Option<&Path>, state: ApiState) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::new(state);
-    let server = actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(configure))
-        .workers(1)
-        .shutdown_timeout(1)
-        .bind(addr)?
-        .run();
-    Ok(server)
+    let mut server =
+        actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(configure))
+            .workers(1)
+            .shutdown_timeout(1)
+            .bind(addr)?;
+    if let Some(path) = socket {
+        remove_stale_socket(path)?;
+        server = server.bind_uds(path)?;
+    }
+    Ok(server.run())
+}
+
+/// A socket file nobody listens on (left by a node that was killed) is
+/// removed; one in use, or any other file, is left and binding fails.
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another process", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

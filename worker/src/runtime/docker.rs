@@ -225,6 +225,7 @@ fn container_body(node: &NodeId, task: &Task, host_ip: Option<IpAddr>) -> Contai
         .collect();
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(spec.env.clone()),
         labels: Some(task_labels(node, task)),

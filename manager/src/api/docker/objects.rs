@@ -11,7 +11,7 @@ use common::task::Task;
 use common::time::Millis;
 use serde_json::{json, Map, Value};
 
-use super::spec::{engine_view, ports_to_engine, task_to_engine};
+use super::spec::{engine_view, engine_view_with_defaults, ports_to_engine, task_to_engine};
 use crate::store::{ClusterInfo, Service};
 
 /// RFC 3339 with nanoseconds, as Docker writes times.
@@ -48,26 +48,36 @@ fn update_status(u: &UpdateStatus) -> Value {
     v
 }
 
-/// A service; `status` adds `ServiceStatus` (`GET /services?status=true`).
-pub fn service(svc: &Service, info: &ServiceInfo, status: bool) -> Value {
+/// What a service's rendering includes beyond the basics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServiceView {
+    /// `ServiceStatus` (`GET /services?status=true`).
+    pub status: bool,
+    /// The settings the spec left out (`?insertDefaults=true`).
+    pub defaults: bool,
+}
+
+/// A service as `inspect` and `ls` show it.
+pub fn service(svc: &Service, info: &ServiceInfo, view: ServiceView) -> Value {
+    let spec = |s| if view.defaults { engine_view_with_defaults(s) } else { engine_view(s) };
     let mut v = json!({
         "ID": svc.id,
         "Version": {"Index": svc.version},
         "CreatedAt": timestamp(svc.created_at),
         "UpdatedAt": timestamp(svc.updated_at),
-        "Spec": engine_view(&svc.spec),
+        "Spec": spec(&svc.spec),
         "Endpoint": {
             "Spec": {"Mode": "vip", "Ports": ports_to_engine(&svc.spec.task.ports)},
             "Ports": ports_to_engine(&svc.spec.task.ports),
         },
     });
     if let Some(prev) = &svc.previous_spec {
-        v["PreviousSpec"] = engine_view(prev);
+        v["PreviousSpec"] = spec(prev);
     }
     if let Some(u) = &svc.update_status {
         v["UpdateStatus"] = update_status(u);
     }
-    if status {
+    if view.status {
         v["ServiceStatus"] = json!({"RunningTasks": info.running, "DesiredTasks": info.desired, "CompletedTasks": 0});
     }
     v

@@ -8,7 +8,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::filters::Filters;
-use super::{body, manager, objects, spec, truthy, ApiState, Error, IdPath, Result};
+use super::objects::{self, ServiceView};
+use super::{body, manager, spec, truthy, ApiState, Error, IdPath, Result};
 use crate::api::services::{self as shoal, service_info};
 use crate::api::{find_service, logs, propose};
 use crate::store::{Command, Service, StoreError};
@@ -42,7 +43,7 @@ pub(super) async fn list(state: web::Data<ApiState>, q: web::Query<ListQuery>) -
                 && f.labels("label", &s.spec.labels)
                 && f.any("mode", |x| x == mode_name(&s.spec.mode))
         })
-        .map(|s| objects::service(s, &service_info(&store, s), status))
+        .map(|s| objects::service(s, &service_info(&store, s), ServiceView { status, defaults: false }))
         .collect();
     Ok(HttpResponse::Ok().json(list))
 }
@@ -64,11 +65,22 @@ pub(super) async fn create(state: web::Data<ApiState>, payload: web::Payload) ->
     Ok(HttpResponse::Created().json(json!({"ID": svc.id, "Warnings": warnings(&doc)})))
 }
 
-pub(super) async fn inspect(state: web::Data<ApiState>, path: web::Path<IdPath>) -> Result<HttpResponse> {
+#[derive(serde::Deserialize)]
+pub(super) struct InspectQuery {
+    #[serde(rename = "insertDefaults")]
+    insert_defaults: Option<String>,
+}
+
+pub(super) async fn inspect(
+    state: web::Data<ApiState>,
+    path: web::Path<IdPath>,
+    q: web::Query<InspectQuery>,
+) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let svc = find_service(m, &path.id)?;
     let store = m.store.read();
-    Ok(HttpResponse::Ok().json(objects::service(&svc, &service_info(&store, &svc), false)))
+    let view = ServiceView { status: false, defaults: truthy(&q.insert_defaults) };
+    Ok(HttpResponse::Ok().json(objects::service(&svc, &service_info(&store, &svc), view)))
 }
 
 pub(super) async fn remove(state: web::Data<ApiState>, path: web::Path<IdPath>) -> Result<HttpResponse> {

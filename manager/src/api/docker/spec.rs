@@ -97,6 +97,8 @@ struct DockerContainerSpec {
     #[serde(default, deserialize_with = "nullable")]
     image: String,
     #[serde(default, deserialize_with = "nullable")]
+    command: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
     args: Vec<String>,
     #[serde(default, deserialize_with = "nullable")]
     env: Vec<String>,
@@ -335,6 +337,7 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
         mode,
         task: TaskTemplate {
             image: container.image,
+            entrypoint: container.command,
             args: container.args,
             env: container.env,
             mounts: container.mounts.into_iter().map(mount).collect::<Result<_, _>>()?,
@@ -377,6 +380,9 @@ fn update_doc(c: &UpdateConfig) -> Value {
 pub fn task_to_engine(t: &TaskTemplate) -> Value {
     let mut container = Map::new();
     container.insert("Image".into(), json!(t.image));
+    if !t.entrypoint.is_empty() {
+        container.insert("Command".into(), json!(t.entrypoint));
+    }
     if !t.args.is_empty() {
         container.insert("Args".into(), json!(t.args));
     }
@@ -467,6 +473,7 @@ const OWNED: &[&[&str]] = &[
     &["Labels"],
     &["Mode"],
     &["TaskTemplate", "ContainerSpec", "Image"],
+    &["TaskTemplate", "ContainerSpec", "Command"],
     &["TaskTemplate", "ContainerSpec", "Args"],
     &["TaskTemplate", "ContainerSpec", "Env"],
     &["TaskTemplate", "ContainerSpec", "Mounts"],
@@ -537,6 +544,29 @@ pub fn engine_view(spec: &ServiceSpec) -> Value {
     let mut doc = doc;
     for path in OWNED {
         set(&mut doc, path, get(&ours, path).cloned());
+    }
+    doc
+}
+
+/// What Docker fills in for `inspect --insertDefaults` (what the CLI's
+/// `service inspect` asks for): the settings a document left out, as shoal
+/// runs them.
+const DEFAULTS: &[&[&str]] = &[
+    &["UpdateConfig"],
+    &["RollbackConfig"],
+    &["TaskTemplate", "RestartPolicy"],
+    &["TaskTemplate", "ContainerSpec", "StopGracePeriod"],
+    &["EndpointSpec", "Mode"],
+];
+
+/// [`engine_view`] with the left-out settings filled in.
+pub fn engine_view_with_defaults(spec: &ServiceSpec) -> Value {
+    let ours = to_engine(spec);
+    let mut doc = engine_view(spec);
+    for path in DEFAULTS {
+        if get(&doc, path).is_none() {
+            set(&mut doc, path, get(&ours, path).cloned());
+        }
     }
     doc
 }
@@ -646,6 +676,11 @@ mod tests {
         assert_eq!(view["Mode"], json!({"Replicated": {"Replicas": 5}}));
         assert_eq!(view["TaskTemplate"]["Resources"], sent["TaskTemplate"]["Resources"], "kept");
         assert_eq!(from_engine(&view).unwrap().mode, scaled.mode);
+        let minimal = doc(json!({"Name": "m", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}}));
+        let full = engine_view_with_defaults(&from_engine(&minimal).unwrap());
+        assert_eq!(full["RollbackConfig"]["Order"], "stop-first");
+        assert_eq!(full["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"], 10_000_000_000i64);
+        assert_eq!(from_engine(&full).unwrap().task, from_engine(&minimal).unwrap().task);
     }
 
     #[test]
@@ -675,14 +710,8 @@ mod tests {
     fn what_shoal_does_not_do_is_named_and_bad_specs_refused() {
         let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "User": "nobody",
             "Command": ["/bin/sh"]}, "Resources": {"Limits": {"MemoryBytes": 1024}}}}));
-        assert_eq!(
-            ignored(&sent),
-            [
-                "TaskTemplate.ContainerSpec.Command",
-                "TaskTemplate.ContainerSpec.User",
-                "TaskTemplate.Resources.Limits.MemoryBytes"
-            ]
-        );
+        assert_eq!(ignored(&sent), ["TaskTemplate.ContainerSpec.User", "TaskTemplate.Resources.Limits.MemoryBytes"]);
+        assert_eq!(from_engine(&sent).unwrap().task.entrypoint, ["/bin/sh"]);
         let bad = |v: Value| from_engine(&doc(v)).unwrap_err().to_string();
         assert_eq!(
             bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": ""}}})),
