@@ -12,8 +12,12 @@
 //!   last saw.
 //! - [`containers_with_label`], [`docker_kill`]: Docker through its CLI.
 //! - [`shoal_bin`], [`require_docker`], [`busybox_image`]: the environment.
+//! - [`Hosts`]: a cluster on real hosts (`deploy/hosts.sh`: a network
+//!   namespace and a Docker engine per node), for data-plane and partition
+//!   tests; [`require_hosts`] says whether this machine can run it.
 //!
-//! Layout: [`cluster`] (the cluster and its nodes), [`process`] (commands
+//! Layout: [`cluster`] (the cluster and its nodes), [`hosts`] (the host
+//! harness), [`process`] (commands
 //! with a time limit, daemons that die with the test process), [`docker`],
 //! [`wait`], [`json`] (reading the CLI's JSON), [`env`] (binary, image, CI);
 //! everything is re-exported here, so tests `use tests::…`.
@@ -43,6 +47,7 @@
 pub mod cluster;
 pub mod docker;
 pub mod env;
+pub mod hosts;
 pub mod json;
 pub mod process;
 pub mod wait;
@@ -50,6 +55,7 @@ pub mod wait;
 pub use cluster::*;
 pub use docker::*;
 pub use env::*;
+pub use hosts::*;
 pub use json::*;
 pub use process::*;
 pub use wait::*;
