@@ -14,9 +14,13 @@
 //! - [`EngineCli`], [`http`], [`require_python_sdk`]: the Docker Engine
 //!   API's clients (docker CLIs, raw HTTP, the Python SDK) against a manager.
 //! - [`shoal_bin`], [`require_docker`], [`busybox_image`]: the environment.
+//! - [`Hosts`]: a cluster on real hosts (`deploy/hosts.sh`: a network
+//!   namespace and a Docker engine per node), for data-plane and partition
+//!   tests; [`require_hosts`] says whether this machine can run it.
 //!
-//! Layout: [`cluster`] (the cluster and its nodes), [`process`] (commands
-//! with a time limit, daemons that die with the test process), [`docker`], [`engine`],
+//! Layout: [`cluster`] (the cluster and its nodes), [`hosts`] (the host
+//! harness), [`process`] (commands with a time limit, daemons that die with
+//! the test process), [`docker`], [`engine`],
 //! [`wait`], [`json`] (reading the CLI's JSON), [`env`] (binary, image, CI);
 //! everything is re-exported here, so tests `use tests::…`.
 //!
@@ -46,6 +50,7 @@ pub mod cluster;
 pub mod docker;
 pub mod engine;
 pub mod env;
+pub mod hosts;
 pub mod json;
 pub mod process;
 pub mod wait;
@@ -54,6 +59,7 @@ pub use cluster::*;
 pub use docker::*;
 pub use engine::*;
 pub use env::*;
+pub use hosts::*;
 pub use json::*;
 pub use process::*;
 pub use wait::*;

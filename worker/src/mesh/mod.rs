@@ -8,6 +8,8 @@
 //!   programmed ([`plan::diff`]).
 //! - [`nft`]: the in-kernel data path, nftables DNAT with `numgen inc`, in a
 //!   table of this node's own.
+//! - [`forward`]: what the kernel path needs from the host to forward to
+//!   other nodes: IP forwarding on, an accept in Docker's `DOCKER-USER` chain.
 //! - [`proxy`]: the userspace data path, a TCP/UDP proxy in this process.
 //! - [`MeshProgrammer`]: the actor. It takes [`SetTable`] from the agent,
 //!   applies only the difference to the chosen [`DataPath`], and on
@@ -21,6 +23,7 @@
 //! published port, as kube-proxy did for node ports, so both paths detect a
 //! taken port the same way and nobody takes it while the mesh owns it.
 
+pub mod forward;
 pub mod nft;
 pub mod plan;
 pub mod proxy;
@@ -54,6 +57,9 @@ pub enum MeshError {
     /// nft ran and failed; nft's first line of complaint.
     #[error("{0}")]
     Nft(String),
+    /// IP forwarding or the FORWARD chain's accept could not be set up.
+    #[error("{0}")]
+    Forward(String),
     #[error("{0}")]
     Io(String),
 }
@@ -96,13 +102,23 @@ impl FromStr for DataPath {
     }
 }
 
-/// Can `path` work here? For the kernel path: nft is installed and this
-/// process may program nftables. The daemon calls it at start to fail with a
-/// clear error instead of serving nothing.
+/// Can `path` work here? For the kernel path: nft is installed, this
+/// process may program nftables, and IP forwarding is on (turned on here if
+/// it was off). The daemon calls it at start to fail with a clear error
+/// instead of serving nothing.
 pub async fn preflight(path: DataPath, node_id: &NodeId, addr: IpAddr) -> Result<(), MeshError> {
     match path {
         DataPath::Userspace => Ok(()),
-        DataPath::Kernel => nft::probe(&NftTable::for_node(node_id, addr)).await,
+        DataPath::Kernel => {
+            nft::probe(&NftTable::for_node(node_id, addr)).await?;
+            if forward::enable_forwarding(addr)? {
+                tracing::warn!(
+                    sysctl = forward::forwarding_sysctl(addr).0,
+                    "mesh: turned IP forwarding on: the kernel mesh forwards connections to tasks on other nodes"
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -121,6 +137,9 @@ pub async fn choose(requested: Option<DataPath>, node_id: &NodeId, addr: IpAddr)
         },
     }
 }
+
+/// How often the kernel path checks that its FORWARD accept is still there.
+const ACCEPT_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -441,12 +460,27 @@ impl MeshProgrammer {
         g.set("udp_dropped", get(&s.udp_dropped));
     }
 
+    /// Logs what [`forward::ensure_accept`] did. A failure is not fatal:
+    /// ports still work from this node's own tasks and from local clients.
+    fn log_accept(&mut self, accept: Result<forward::Accept, MeshError>) {
+        match accept {
+            Ok(forward::Accept::Added(chain)) => {
+                tracing::info!(chain, addr = %self.config.addr, "mesh: accepting forwarded mesh connections in the filter table")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "mesh: connections to tasks on other nodes may be dropped by the host firewall")
+            }
+        }
+    }
+
     /// The rules are the node's to remove; the ports held go with them.
     fn teardown_blocking(&mut self) {
         if let Path::Kernel { table, ready, held } = &mut self.path {
             if let Err(e) = nft::run_blocking(&table.teardown()) {
                 tracing::warn!(table = %table.qualified(), error = %e, "mesh: removing the nft table failed");
             }
+            forward::remove_accept(self.config.addr);
             *ready = false;
             held.clear();
         }
@@ -471,16 +505,18 @@ impl Actor for MeshProgrammer {
             ctx.wait(
                 async move {
                     nft::probe(&table).await?;
-                    nft::remove_stale_tables(&table, addr).await
+                    let stale = nft::remove_stale_tables(&table, addr).await?;
+                    Ok::<_, MeshError>((stale, forward::ensure_accept(addr).await))
                 }
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.busy = false;
                     match res {
-                        Ok(stale) => {
+                        Ok((stale, accept)) => {
                             for name in stale {
                                 tracing::warn!(table = %name, "mesh: removed a stale nft table left on this address");
                             }
+                            act.log_accept(accept);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "mesh: the kernel data path does not work here");
@@ -501,6 +537,21 @@ impl Actor for MeshProgrammer {
             }
         });
         ctx.run_interval(Duration::from_secs(2), |act, _| act.export_proxy_stats());
+        if matches!(self.path, Path::Kernel { .. }) && forward::applies_to(self.config.addr) {
+            // A restarted firewall or Docker engine may have taken the
+            // accept away: look again now and then.
+            ctx.run_interval(ACCEPT_CHECK_EVERY, |act, ctx| {
+                if act.done {
+                    return;
+                }
+                let addr = act.config.addr;
+                ctx.spawn(
+                    async move { forward::ensure_accept(addr).await }
+                        .into_actor(act)
+                        .map(|accept, act, _| act.log_accept(accept)),
+                );
+            });
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -549,10 +600,14 @@ impl Handler<Shutdown> for MeshProgrammer {
         self.current = DesiredMesh::empty(self.config.addr);
         self.failures.clear();
         self.publish();
+        let addr = self.config.addr;
         Box::pin(
             async move {
                 match script {
-                    Some(s) => nft::run(&s).await,
+                    Some(s) => {
+                        let _ = tokio::task::spawn_blocking(move || forward::remove_accept(addr)).await;
+                        nft::run(&s).await
+                    }
                     None => Ok(()),
                 }
             }

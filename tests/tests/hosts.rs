@@ -1,0 +1,216 @@
+//! Real hosts (`deploy/hosts.sh`): every node in its own network namespace
+//! with its own Docker engine. Each test shares one harness between several
+//! checks, in order, to keep engine start-ups few.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tests::{busybox_image, require_hosts, wait_for, Hosts, Mesh};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+const SEARCH: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// `service create -d --name NAME FLAGS… busybox COMMAND…` through host 1.
+fn create(h: &Hosts, via: usize, name: &str, flags: &[&str], command: &[&str]) {
+    let mut args = vec!["service", "create", "-d", "--name", name];
+    args.extend_from_slice(flags);
+    args.push(busybox_image());
+    args.extend_from_slice(command);
+    h.shoal_ok(via, &args);
+}
+
+/// `n` requests from host `from`'s namespace to `to`'s address on `port`:
+/// the answers (each task serves its container's hostname).
+fn curl_from(h: &Hosts, from: usize, to: usize, port: u16, n: usize) -> Vec<String> {
+    let url = format!("http://{}:{port}/", h.addr(to));
+    (0..n)
+        .map(|_| {
+            let out = h.exec(from, Path::new("curl"), &["-sS", "-m", "3", &url], Duration::from_secs(10));
+            assert!(out.success(), "request from host{from} to {url} failed: {out}");
+            out.stdout.trim().to_string()
+        })
+        .collect()
+}
+
+/// The mesh from host3 to host1 reaches several tasks on several hosts.
+fn assert_mesh_spreads(h: &Hosts) {
+    create(h, 1, "search", &["--publish", "9200:80", "--replicas", "5"], &["sh", "-c", SEARCH]);
+    h.wait_running(1, "search", 5, CONVERGE);
+    // Container hostname (the first 12 of its id) → its host.
+    let mut host_of = BTreeMap::new();
+    for (i, rows) in h.running("search") {
+        for c in rows {
+            host_of.insert(c.id[..12].to_string(), i);
+        }
+    }
+    assert_eq!(host_of.len(), 5, "{host_of:?}");
+    // The first connections may race the mesh table reaching host1.
+    wait_for(Duration::from_secs(20), "host1 to serve 9200", || {
+        let url = format!("http://{}:9200/", h.addr(1));
+        let out = h.exec(3, Path::new("curl"), &["-sS", "-m", "2", &url], Duration::from_secs(5));
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let answers = curl_from(h, 3, 1, 9200, 10);
+    let tasks: BTreeSet<&String> = answers.iter().collect();
+    let hosts: BTreeSet<usize> = answers.iter().filter_map(|a| host_of.get(a).copied()).collect();
+    assert!(tasks.len() >= 3, "10 requests reached only {tasks:?}");
+    assert!(hosts.len() >= 2, "10 requests reached tasks on hosts {hosts:?} only: {answers:?} ({host_of:?})");
+    assert!(answers.iter().all(|a| host_of.contains_key(a)), "an answer from no task: {answers:?} {host_of:?}");
+}
+
+/// Every slot of `svc` runs exactly once over all engines, `n` slots.
+fn wait_one_per_slot(h: &Hosts, svc: &str, n: usize) {
+    wait_for(CONVERGE, &format!("one running container per slot of {svc}"), || {
+        let per = h.running_per_slot(svc);
+        if per.len() == n && per.values().all(|&c| c == 1) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+}
+
+/// Running container ids and start times of `svc`, over every engine.
+fn started(h: &Hosts, svc: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for i in 1..=h.len() {
+        let out = h.docker(
+            i,
+            &["ps", "-q", "--no-trunc", "--filter", &format!("label=shoal.service.name={svc}"), "--format", "{{.ID}}"],
+        );
+        for id in out.stdout.split_whitespace() {
+            let at = h.docker(i, &["inspect", "-f", "{{.State.StartedAt}}", id]).ok();
+            m.insert(id.to_string(), at.stdout.trim().to_string());
+        }
+    }
+    m
+}
+
+#[test]
+fn three_real_hosts_kernel_mesh_restarts_and_a_dead_host() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(3, 1, Mesh::Kernel);
+
+    // pingpong ×6: two per host, in the hosts' own engines, logs from all.
+    create(&h, 1, "pingpong", &["--replicas", "6"], &["ping", "127.0.0.1"]);
+    h.wait_running(1, "pingpong", 6, CONVERGE);
+    let per_host: Vec<usize> = h.running("pingpong").values().map(Vec::len).collect();
+    assert_eq!(per_host, vec![2, 2, 2], "containers per host engine");
+    wait_for(Duration::from_secs(20), "logs from every host", || {
+        let out = h.shoal(1, &["service", "logs", "pingpong", "--tail", "1"]);
+        let from: BTreeSet<&str> =
+            ["@host1", "@host2", "@host3"].into_iter().filter(|s| out.stdout.contains(s)).collect();
+        if from.len() == 3 && out.stdout.contains("bytes from 127.0.0.1") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+
+    // The routing mesh forwards from one host's kernel to tasks on others.
+    assert_mesh_spreads(&h);
+
+    // Whole-cluster restart: the same containers, none restarted.
+    let before = started(&h, "pingpong");
+    assert_eq!(before.len(), 6);
+    for i in 1..=3 {
+        h.script_ok(&["stop", &i.to_string()]);
+    }
+    for i in 1..=3 {
+        h.script_ok(&["start", &i.to_string()]);
+    }
+    h.wait_status(1, &[1, 2, 3], "ready", CONVERGE);
+    h.wait_running(1, "pingpong", 6, CONVERGE);
+    h.wait_running(1, "search", 5, CONVERGE);
+    assert_eq!(started(&h, "pingpong"), before, "container ids and start times after a whole-cluster restart");
+
+    // Host3's dockerd restarted under the running cluster (its containers
+    // die with it): every replica back, none twice.
+    h.script_ok(&["docker-restart", "3"]);
+    h.wait_running(1, "pingpong", 6, CONVERGE);
+    h.wait_running(1, "search", 5, CONVERGE);
+    wait_one_per_slot(&h, "pingpong", 6);
+    wait_one_per_slot(&h, "search", 5);
+
+    // kill -9 of host2's shoal: its tasks are replaced on the other hosts.
+    let t = Instant::now();
+    h.script_ok(&["kill", "2"]);
+    h.wait_running_where(1, "pingpong", 6, CONVERGE, |i| i != 2);
+    eprintln!("host2's shoal killed -> pingpong replaced elsewhere in {:.2} s", t.elapsed().as_secs_f64());
+    // Back: it stops what it no longer holds, so no slot runs twice.
+    h.script_ok(&["start", "2"]);
+    h.wait_status(1, &[2], "ready", CONVERGE);
+    wait_one_per_slot(&h, "pingpong", 6);
+    wait_one_per_slot(&h, "search", 5);
+}
+
+#[test]
+fn three_real_hosts_userspace_mesh() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(3, 1, Mesh::Userspace);
+    assert_mesh_spreads(&h);
+}
+
+#[test]
+fn real_partitions_an_isolated_leader_host() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(5, 3, Mesh::Kernel);
+    create(&h, 1, "part", &["--replicas", "5"], &["sleep", "100000"]);
+    let tasks = h.wait_running(1, "part", 5, CONVERGE);
+    let leader = h.leader_seen_from(1).expect("a leader");
+    assert_eq!(leader, 1, "host1 inits the cluster");
+    let on_leader = h.running("part")[&leader].clone();
+    assert_eq!(on_leader.len(), 1, "one task per host: {tasks:?}");
+
+    // Isolate the leader's host: the majority elects a new leader and
+    // accepts writes.
+    let t = Instant::now();
+    h.script_ok(&["isolate", &leader.to_string()]);
+    let (new_leader, via) = wait_for(Duration::from_secs(10), "a write accepted by the majority", || {
+        for via in [2, 3] {
+            let out =
+                h.shoal_timeout(via, Duration::from_secs(3), &["node", "update", "--label-add", "cut=1", "host4"]);
+            if out.success() {
+                return h.leader_seen_from(via).map(|l| (l, via));
+            }
+        }
+        Err("no write accepted yet".to_string())
+    });
+    eprintln!("leader's host isolated -> first write accepted by the majority in {:.2} s", t.elapsed().as_secs_f64());
+    assert_ne!(new_leader, leader);
+    assert!([2, 3].contains(&new_leader), "the new leader is a manager of the majority: host{new_leader}");
+    // The isolated manager refuses writes, and its container keeps running.
+    wait_for(Duration::from_secs(20), "the isolated manager to refuse writes with no quorum", || {
+        let out = h.shoal_timeout(leader, Duration::from_secs(15), &["node", "update", "--label-add", "x=1", "host5"]);
+        if !out.success() && out.stderr.contains("no quorum") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // Its task is replaced elsewhere.
+    h.wait_running_where(via, "part", 5, CONVERGE, |i| i != leader);
+    let still: Vec<String> = h.running("part")[&leader].iter().map(|c| c.id.clone()).collect();
+    assert_eq!(still, vec![on_leader[0].id.clone()], "the isolated host's container keeps running");
+
+    // Rejoin: the old leader follows, and no slot runs twice.
+    h.script_ok(&["rejoin", &leader.to_string()]);
+    h.wait_status(via, &[leader], "ready", CONVERGE);
+    wait_for(CONVERGE, "the old leader to follow the new one", || match h.leader_seen_from(leader) {
+        Ok(l) if l == new_leader => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    wait_one_per_slot(&h, "part", 5);
+}
