@@ -55,6 +55,9 @@ pub struct ManagerConfig<'a> {
     pub peers: Vec<PeerInfo>,
     pub live: LiveNodes,
     pub compact_every: u64,
+    /// `--storage-quota`: at most this many bytes of raft files; `None`
+    /// takes [`raft::storage::default_quota`].
+    pub storage_quota: Option<u64>,
     /// This node's TLS identity, for the connections the manager dials.
     pub tls: Tls,
 }
@@ -80,13 +83,20 @@ impl Manager {
     pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::Sender<Inbound>), raft::RaftError> {
         let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
+        let raft_dir = cfg.data_dir.join("raft");
+        let quota = cfg.storage_quota.or_else(|| raft::storage::default_quota(&raft_dir));
+        match quota {
+            Some(bytes) => tracing::info!(bytes, dir = %raft_dir.display(), "raft storage quota"),
+            None => tracing::warn!(dir = %raft_dir.display(), "cannot read the free space: no raft storage quota"),
+        }
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
-            &cfg.data_dir.join("raft"),
+            &raft_dir,
             RaftOptions {
                 raft_id: cfg.raft_id,
                 bootstrap: cfg.bootstrap,
                 compact_every: cfg.compact_every,
                 events: hub.clone(),
+                quota,
             },
             transport,
         )?;

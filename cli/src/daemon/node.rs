@@ -121,6 +121,7 @@ async fn wait_for_signal() {
 
 pub(crate) struct RunOptions {
     pub snapshot_interval: u64,
+    pub storage_quota: Option<u64>,
     pub mesh: Option<DataPath>,
     /// The soft limit on open files, once raised.
     pub open_files: u64,
@@ -210,6 +211,7 @@ pub(crate) async fn run_node(
             peers,
             live: live.clone(),
             compact_every: snapshot_interval,
+            storage_quota: opts.storage_quota,
             tls: tls.clone(),
         })
         .map_err(|e| anyhow!(e))?;

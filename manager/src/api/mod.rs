@@ -123,6 +123,7 @@ impl ResponseError for Error {
                 ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped,
             )
             | Error::NotManager { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Propose(ProposeError::NoSpace { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Propose(ProposeError::Storage(_)) | Error::RaftUnreachable(_) | Error::Ca(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -304,6 +305,11 @@ mod tests {
                 "timed out waiting for the change to commit: it may or may not have been applied",
             ),
             (ProposeError::Storage("disk full".into()).into(), 500, "storage failure: disk full"),
+            (
+                ProposeError::NoSpace { dir: "/var/lib/shoal".into() }.into(),
+                507,
+                "no space left on the manager's disk (/var/lib/shoal): writes are refused until space is freed",
+            ),
             (RoleError::NoSuchNode("n".into()).into(), 404, "node n not found"),
             (RoleError::AlreadyManager("n".into()).into(), 400, "node n is already a manager"),
             (SpecError::EmptyImage.into(), 400, "invalid image: the image name must not be empty"),
