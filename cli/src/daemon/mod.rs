@@ -91,7 +91,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}: expected a number, e.g. 64MiB"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+    let unit = unit.trim();
+    let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
