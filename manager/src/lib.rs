@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, watch};
 use worker::node::net::{self, Inbound};
 use worker::node::tls::Tls;
 
-use control::{ControlLoop, LiveNodes};
+use control::{ControlLoop, DiskAlarms, LiveNodes};
 use dispatcher::Dispatcher;
 use raft::{RaftHandles, RaftLog, RaftOptions, RaftStatus, SharedStore};
 
@@ -54,6 +54,8 @@ pub struct ManagerConfig<'a> {
     pub bootstrap: bool,
     pub peers: Vec<PeerInfo>,
     pub live: LiveNodes,
+    /// Nodes whose disk alarm gossip shows raised.
+    pub disk_alarms: DiskAlarms,
     pub compact_every: u64,
     /// `--storage-quota`: at most this many bytes of raft files; `None`
     /// takes [`raft::storage::default_quota`].
@@ -109,6 +111,18 @@ impl Manager {
                     let after = live.borrow_and_update().clone();
                     let evs = events::liveness_events(&before, &after, &store.read(), common::time::now_ms());
                     hub.publish(evs);
+                    before = after;
+                }
+            });
+        }
+        // Disk alarms raised and cleared, as this manager's gossip sees them.
+        {
+            let (hub, store, mut alarms) = (hub.clone(), store.clone(), cfg.disk_alarms.clone());
+            actix::spawn(async move {
+                let mut before = alarms.borrow_and_update().clone();
+                while alarms.changed().await.is_ok() {
+                    let after = alarms.borrow_and_update().clone();
+                    hub.publish(events::disk_alarm_events(&before, &after, &store.read(), common::time::now_ms()));
                     before = after;
                 }
             });

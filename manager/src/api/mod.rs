@@ -17,7 +17,7 @@ mod nodes;
 mod services;
 mod ui;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
@@ -30,7 +30,7 @@ use common::NodeId;
 use tokio::sync::mpsc;
 use worker::node::tls::TlsError;
 
-use crate::control::LiveNodes;
+use crate::control::{DiskAlarms, LiveNodes};
 use crate::raft::{Propose, ProposeError};
 use crate::roles::RoleError;
 use crate::store::{Command, Service, Store, StoreError};
@@ -41,6 +41,8 @@ pub struct ApiState {
     pub hostname: String,
     pub manager: Option<Manager>,
     pub live: LiveNodes,
+    /// Nodes whose disk alarm is raised, from gossip.
+    pub disk_alarms: DiskAlarms,
 }
 
 /// Why an API call failed. The variant decides the status code; the text is
@@ -160,9 +162,15 @@ async fn propose(m: &Manager, cmd: Command) -> Result<()> {
     Ok(m.raft.send(Propose(cmd)).await??)
 }
 
-/// Every node as the API reports it: `live` is what gossip sees, `leader_id`
-/// the raft id of the leader, `self_id` the node answering.
-pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id: &NodeId) -> Vec<NodeInfo> {
+/// Every node as the API reports it: `live` and `alarms` are what gossip
+/// sees, `leader_id` the raft id of the leader, `self_id` the node answering.
+pub fn node_list(
+    store: &Store,
+    live: &BTreeSet<NodeId>,
+    alarms: &BTreeMap<NodeId, String>,
+    leader_id: u64,
+    self_id: &NodeId,
+) -> Vec<NodeInfo> {
     store
         .nodes
         .values()
@@ -179,6 +187,7 @@ pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id
                 status: if ready { NodeStatus::Ready } else { NodeStatus::Down },
                 manager_status,
                 is_self: &n.id == self_id,
+                disk_alarm: alarms.get(&n.id).cloned(),
             }
         })
         .collect()
@@ -186,7 +195,7 @@ pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id
 
 fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
     let leader = m.status.borrow().leader_id;
-    node_list(&m.store.read(), &state.live.borrow(), leader, &state.node_id)
+    node_list(&m.store.read(), &state.live.borrow(), &state.disk_alarms.borrow(), leader, &state.node_id)
 }
 
 /// One node as `node_infos` shows it; `key` (what the caller asked for) names it in the error.
