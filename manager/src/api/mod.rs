@@ -125,7 +125,9 @@ impl ResponseError for Error {
                 ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped,
             )
             | Error::NotManager { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Propose(ProposeError::NoSpace { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Propose(ProposeError::NoSpace { .. } | ProposeError::NoSpaceInFlight { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             Error::Propose(ProposeError::Storage(_)) | Error::RaftUnreachable(_) | Error::Ca(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -256,8 +256,12 @@ impl RaftCore {
     }
 
     fn no_space(&self) -> ProposeError {
-        let shown = self.dir.parent().unwrap_or(&self.dir);
-        ProposeError::NoSpace { dir: shown.display().to_string() }
+        ProposeError::NoSpace { dir: self.shown_dir() }
+    }
+
+    /// The data directory (the raft files are in its `raft/`), as refusals name it.
+    fn shown_dir(&self) -> String {
+        self.dir.parent().unwrap_or(&self.dir).display().to_string()
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -476,10 +480,11 @@ impl RaftCore {
     }
 
     /// A write failed for lack of space: raises the alarm and rebuilds the
-    /// raft node from the files (see the module doc). Proposals that cannot
-    /// have reached any log are refused; the others stay pending, since they
-    /// may still commit (through the other managers, or here once the
-    /// entries already on disk commit). An error is fatal.
+    /// raft node from the files (see the module doc). Pending proposals are
+    /// answered at once: those that cannot have reached any log are refused
+    /// ([`ProposeError::NoSpace`]); the others may still commit (through
+    /// the other managers, or here once the entries already on disk do) and
+    /// say so ([`ProposeError::NoSpaceInFlight`]). An error is fatal.
     fn disk_full(&mut self, err: RaftError, now: Instant) -> Result<(), RaftError> {
         let reason = err.to_string();
         tracing::error!(
@@ -506,16 +511,13 @@ impl RaftCore {
                 .map(|(_, _, n)| n)
                 .collect()
         };
-        let mut lost: Vec<ProposalNo> = self
-            .pending
-            .iter()
-            .filter(|(n, p)| p.proposed.is_none() || (lone && !on_disk.contains(&n.0)))
-            .map(|(n, _)| *n)
-            .collect();
-        lost.sort_unstable();
-        for n in lost {
-            self.pending.remove(&n);
-            self.resolved.push((n, Err(self.no_space())));
+        let mut pending: Vec<(ProposalNo, Pending)> = self.pending.drain().collect();
+        pending.sort_unstable_by_key(|(n, _)| *n);
+        let dir = self.shown_dir();
+        for (n, p) in pending {
+            let lost = p.proposed.is_none() || (lone && !on_disk.contains(&n.0));
+            let e = if lost { self.no_space() } else { ProposeError::NoSpaceInFlight { dir: dir.clone() } };
+            self.resolved.push((n, Err(e)));
         }
         Ok(())
     }

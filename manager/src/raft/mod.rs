@@ -76,6 +76,14 @@ pub enum ProposeError {
     /// `--storage-quota`); `dir` is the data directory.
     #[error("no space left on the manager's disk ({dir}): writes are refused until space is freed")]
     NoSpace { dir: String },
+    /// The disk filled while this change was in flight: it reached a log
+    /// (this one or another manager's) and may still be applied.
+    #[error(
+        "no space left on the manager's disk ({dir}): writes are refused until space is freed; this change \
+         had reached the raft log and may still be applied (once space is back, or by the other managers): \
+         check before retrying"
+    )]
+    NoSpaceInFlight { dir: String },
 }
 
 /// Why the raft log cannot open or cannot go on. Past the open, every one

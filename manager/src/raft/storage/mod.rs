@@ -412,10 +412,12 @@ impl DiskStorage {
     }
 
     /// Whether there is room to write again: under the quota by at least
-    /// [`RESUME_HEADROOM`], and [`RESUME_HEADROOM`] bytes can be written
-    /// (and fsynced) in the directory. The error says why not.
+    /// [`RESUME_HEADROOM`] (an eighth of a smaller quota), and
+    /// [`RESUME_HEADROOM`] bytes can be written (and fsynced) in the
+    /// directory. The error says why not.
     pub fn probe_space(&self) -> Result<()> {
-        self.check_quota(self.disk_bytes(), RESUME_HEADROOM)?;
+        let headroom = self.quota.map_or(RESUME_HEADROOM, |q| RESUME_HEADROOM.min(q / 8));
+        self.check_quota(self.disk_bytes(), headroom)?;
         probe_space(&self.dir, RESUME_HEADROOM as usize)
     }
 
