@@ -243,7 +243,8 @@ fn with_three_managers_a_full_leader_disk_leaves_writes_to_the_others() {
             Err(s)
         }
     });
-    assert_eq!(service_names(&c, 1), ["before"], "node1 still answers reads, from what it had");
+    // node1 still answers reads, from what it applied before its disk filled.
+    assert!(service_names(&c, 1).contains(&"before".to_string()));
 
     // Space back: node1 catches up and takes writes again.
     std::fs::remove_file(&filler).unwrap();
@@ -263,7 +264,14 @@ fn with_three_managers_a_full_leader_disk_leaves_writes_to_the_others() {
             Err(out)
         }
     });
-    assert_eq!(manager_status(&c, 2, 1), "Reachable");
+    wait_for(DEADLINE, "node1's alarm cleared in node2's node ls", || {
+        let s = manager_status(&c, 2, 1);
+        if s == "Reachable" {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
     assert_eq!(service_names(&c, 3), ["before", "via-node1", "via-node2", "via-node3"]);
 }
 
@@ -294,8 +302,14 @@ fn a_storage_quota_compacts_first_then_refuses_writes_before_the_disk_fills() {
     assert!(gauge(&c, 1, "shoal_raft_compactions").is_some_and(|n| n >= 1), "{}", metrics(&c, 1));
     assert!(gauge(&c, 1, "shoal_raft_storage_bytes").is_some_and(|b| b <= 1 << 20), "{}", metrics(&c, 1));
     assert_eq!(gauge(&c, 1, "shoal_disk_alarm"), Some(1));
-    let inspect = c.shoal_ok(&["node", "inspect", "--pretty", "node1"]);
-    assert!(inspect.contains("storage quota of 1048576 bytes"), "{inspect}");
+    wait_for(DEADLINE, "the quota alarm in node inspect", || {
+        let inspect = c.shoal_ok(&["node", "inspect", "--pretty", "node1"]);
+        if inspect.contains("Disk alarm:") && inspect.contains("the storage quota of 1048576 bytes would be exceeded") {
+            Ok(())
+        } else {
+            Err(inspect)
+        }
+    });
     assert_eq!(service_names(&c, 1).len(), accepted, "reads answer");
     let log = std::fs::read_to_string(c.log_path(1)).unwrap();
     assert!(!log.contains("No space left on device"), "ENOSPC was reached");
