@@ -904,7 +904,7 @@ mod tests {
         assert!(!core.status().is_leader, "a leader that cannot write is one no more");
         assert_eq!(core.propose(create("c"), Instant::now()).map(|_| ()), refused);
         assert_eq!(
-            refused.unwrap_err().to_string(),
+            ProposeError::NoSpace { dir: shown.clone() }.to_string(),
             format!("no space left on the manager's disk ({shown}): writes are refused until space is freed")
         );
         let names = |c: &RaftCore| c.store().read().services.values().map(|s| s.spec.name.clone()).collect::<Vec<_>>();

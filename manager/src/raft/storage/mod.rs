@@ -105,7 +105,7 @@ pub const DEFAULT_QUOTA_CAP: u64 = 8 << 30;
 pub fn default_quota(dir: &Path) -> Option<u64> {
     let _ = std::fs::create_dir_all(dir);
     let stat = nix::sys::statvfs::statvfs(dir).ok()?;
-    let free = u64::from(stat.blocks_available()).saturating_mul(stat.fragment_size() as u64);
+    let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
     let used: u64 = [LOG_FILE, HARDSTATE_FILE, SNAPSHOT_FILE]
         .iter()
         .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
