@@ -126,6 +126,9 @@ fn pretty_node(n: &NodeInfo) -> String {
     if !n.manager_status.is_empty() {
         s.push_str(&format!("Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n", n.node.addr, n.manager_status));
     }
+    if let Some(why) = &n.disk_alarm {
+        s.push_str(&format!("Disk alarm:\t\t{why}\n"));
+    }
     s.push_str(&format!("Role:\t\t\t{}\n", n.node.role));
     if !n.node.labels.is_empty() {
         s.push_str("Labels:\n");

@@ -166,7 +166,12 @@ pub fn node_ls(nodes: &[NodeInfo]) -> String {
                 n.node.hostname.clone(),
                 n.status.to_string(),
                 n.node.availability.to_string(),
-                n.manager_status.clone(),
+                match &n.disk_alarm {
+                    // Where an operator looks for a manager's trouble.
+                    Some(_) if n.manager_status.is_empty() => "(disk full)".to_string(),
+                    Some(_) => format!("{} (disk full)", n.manager_status),
+                    None => n.manager_status.clone(),
+                },
             ]
         })
         .collect();
@@ -487,7 +492,24 @@ mod tests {
             status,
             manager_status: manager.into(),
             is_self,
+            disk_alarm: None,
         }
+    }
+
+    #[test]
+    fn node_ls_marks_a_node_whose_disk_is_full() {
+        let mut nodes = nodes();
+        nodes[2].disk_alarm = Some("no space left on device".into());
+        nodes[0].disk_alarm = Some("storage quota".into());
+        assert_eq!(
+            node_ls(&nodes),
+            text(&[
+                "ID                            HOSTNAME   STATUS    AVAILABILITY   MANAGER STATUS",
+                "abcdefghijklmnopqrstuvwxy *   node-1     Ready     Active         Leader (disk full)",
+                "cdefghijklmnopqrstuvwxyz0     node-2     Down      Active         Reachable",
+                "bcdefghijklmnopqrstuvwxyz     node-10    Ready     Drain          (disk full)",
+            ])
+        );
     }
 
     fn template(image: &str) -> TaskTemplate {

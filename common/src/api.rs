@@ -64,6 +64,10 @@ pub struct NodeInfo {
     pub manager_status: String,
     /// The node answering this request.
     pub is_self: bool,
+    /// Set while the node's disk alarm is raised (a manager whose raft
+    /// files cannot be written): why. From gossip, as this manager sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_alarm: Option<String>,
 }
 
 /// `node update` flags.

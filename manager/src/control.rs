@@ -23,6 +23,8 @@ use crate::store::{Command, Store};
 use worker::node::metrics::{metrics, ActorMetrics};
 
 pub type LiveNodes = watch::Receiver<BTreeSet<NodeId>>;
+/// The nodes whose disk alarm is raised, with the reason, from gossip.
+pub type DiskAlarms = watch::Receiver<std::collections::BTreeMap<NodeId, String>>;
 
 /// Wakes an actor when something it watches changed, with at most one
 /// wake-up queued at a time and none ever lost: a change while one is

@@ -1,8 +1,8 @@
 //! The cluster's events: what applied commands changed (from the store) and
-//! which nodes gossip sees come and go, as a numbered stream with a bounded
+//! which nodes gossip sees come and go (and raise or clear a disk alarm), as a numbered stream with a bounded
 //! history, for `shoal events` and the web view.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use common::api::Event;
@@ -79,6 +79,36 @@ pub fn liveness_events(before: &BTreeSet<NodeId>, after: &BTreeSet<NodeId>, stor
             name: n.hostname.clone(),
             node: None,
             message: String::new(),
+        });
+    }
+    out
+}
+
+/// Pure: nodes whose disk alarm gossip shows raised or cleared since the last
+/// look (only nodes the store knows): `disk_alarm` with the reason, then
+/// `disk_alarm_cleared`.
+pub fn disk_alarm_events(
+    before: &BTreeMap<NodeId, String>,
+    after: &BTreeMap<NodeId, String>,
+    store: &Store,
+    now: Millis,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    for n in store.nodes.values() {
+        let (action, message) = match (before.get(&n.id), after.get(&n.id)) {
+            (None, Some(why)) => ("disk_alarm", why.clone()),
+            (Some(_), None) => ("disk_alarm_cleared", String::new()),
+            _ => continue,
+        };
+        out.push(Event {
+            seq: 0,
+            time: now,
+            kind: "node".into(),
+            action: action.into(),
+            id: n.id.to_string(),
+            name: n.hostname.clone(),
+            node: None,
+            message,
         });
     }
     out
@@ -207,5 +237,22 @@ mod tests {
         assert_eq!(past.len(), 1);
         assert_eq!((past[0].seq, past[0].action.as_str()), (2, "up"));
         assert!(hub.since(None).0.is_empty());
+    }
+
+    #[test]
+    fn disk_alarms_raised_and_cleared() {
+        let mut s = Store::default();
+        s.apply(Command::AddNode(node("n1"))).unwrap();
+        s.apply(Command::AddNode(node("n2"))).unwrap();
+        let none = BTreeMap::new();
+        let full: BTreeMap<NodeId, String> = [("n2".into(), "no space left on device".to_string())].into();
+        let raised = disk_alarm_events(&none, &full, &s, 9);
+        let seen: Vec<_> =
+            raised.iter().map(|e| (e.kind.as_str(), e.action.as_str(), e.name.as_str(), e.message.as_str())).collect();
+        assert_eq!(seen, [("node", "disk_alarm", "host-n2", "no space left on device")]);
+        let cleared = disk_alarm_events(&full, &none, &s, 10);
+        let seen: Vec<_> = cleared.iter().map(|e| (e.action.as_str(), e.name.as_str(), e.message.as_str())).collect();
+        assert_eq!(seen, [("disk_alarm_cleared", "host-n2", "")]);
+        assert!(disk_alarm_events(&full, &full, &s, 11).is_empty());
     }
 }

@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, watch};
 use worker::node::net::{self, Inbound};
 use worker::node::tls::Tls;
 
-use control::{ControlLoop, LiveNodes};
+use control::{ControlLoop, DiskAlarms, LiveNodes};
 use dispatcher::Dispatcher;
 use raft::{RaftHandles, RaftLog, RaftOptions, RaftStatus, SharedStore};
 
@@ -54,7 +54,12 @@ pub struct ManagerConfig<'a> {
     pub bootstrap: bool,
     pub peers: Vec<PeerInfo>,
     pub live: LiveNodes,
+    /// Nodes whose disk alarm gossip shows raised.
+    pub disk_alarms: DiskAlarms,
     pub compact_every: u64,
+    /// `--storage-quota`: at most this many bytes of raft files; `None`
+    /// takes [`raft::storage::default_quota`].
+    pub storage_quota: Option<u64>,
     /// This node's TLS identity, for the connections the manager dials.
     pub tls: Tls,
 }
@@ -80,13 +85,20 @@ impl Manager {
     pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::Sender<Inbound>), raft::RaftError> {
         let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
+        let raft_dir = cfg.data_dir.join("raft");
+        let quota = cfg.storage_quota.or_else(|| raft::storage::default_quota(&raft_dir));
+        match quota {
+            Some(bytes) => tracing::info!(bytes, dir = %raft_dir.display(), "raft storage quota"),
+            None => tracing::warn!(dir = %raft_dir.display(), "cannot read the free space: no raft storage quota"),
+        }
         let RaftHandles { addr, store, status, applied } = RaftLog::start(
-            &cfg.data_dir.join("raft"),
+            &raft_dir,
             RaftOptions {
                 raft_id: cfg.raft_id,
                 bootstrap: cfg.bootstrap,
                 compact_every: cfg.compact_every,
                 events: hub.clone(),
+                quota,
             },
             transport,
         )?;
@@ -99,6 +111,18 @@ impl Manager {
                     let after = live.borrow_and_update().clone();
                     let evs = events::liveness_events(&before, &after, &store.read(), common::time::now_ms());
                     hub.publish(evs);
+                    before = after;
+                }
+            });
+        }
+        // Disk alarms raised and cleared, as this manager's gossip sees them.
+        {
+            let (hub, store, mut alarms) = (hub.clone(), store.clone(), cfg.disk_alarms.clone());
+            actix::spawn(async move {
+                let mut before = alarms.borrow_and_update().clone();
+                while alarms.changed().await.is_ok() {
+                    let after = alarms.borrow_and_update().clone();
+                    hub.publish(events::disk_alarm_events(&before, &after, &store.read(), common::time::now_ms()));
                     before = after;
                 }
             });

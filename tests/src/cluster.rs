@@ -90,12 +90,22 @@ pub struct ClusterSpec {
     pub daemon_args: Vec<String>,
     /// Extra environment for every `shoal daemon`.
     pub env: Vec<(String, String)>,
+    /// Node i's `--data-dir`, instead of `nodeI` in the cluster's temp dir
+    /// (say, on a small tmpfs the test fills).
+    pub data_dirs: BTreeMap<usize, PathBuf>,
 }
 
 impl ClusterSpec {
     pub fn new(managers: usize, workers: usize) -> Self {
         assert!(managers >= 1, "a cluster needs a manager");
-        ClusterSpec { managers, workers, subnet: None, daemon_args: Vec::new(), env: Vec::new() }
+        ClusterSpec {
+            managers,
+            workers,
+            subnet: None,
+            daemon_args: Vec::new(),
+            env: Vec::new(),
+            data_dirs: BTreeMap::new(),
+        }
     }
 }
 
@@ -139,7 +149,7 @@ impl Cluster {
             .map(|i| Node {
                 role: if i <= spec.managers { Role::Manager } else { Role::Worker },
                 addr: node_ip(subnet, i),
-                data_dir: dir.path().join(format!("node{i}")),
+                data_dir: spec.data_dirs.get(&i).cloned().unwrap_or_else(|| dir.path().join(format!("node{i}"))),
                 log: dir.path().join(format!("node{i}.log")),
                 child: None,
                 id: None,

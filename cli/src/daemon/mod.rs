@@ -81,6 +81,31 @@ pub struct DaemonArgs {
     /// lost for good. The other managers become workers.
     #[arg(long, conflicts_with_all = ["init", "join"])]
     force_new_cluster: bool,
+    /// Managers: at most this much raft log and snapshot under DATA_DIR/raft
+    /// (`64MiB`, `1G`, bytes). The log is compacted as it nears the quota;
+    /// past it writes are refused (the disk alarm). Default: half the free
+    /// space at start, at most 8 GiB more than the raft files already take.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    storage_quota: Option<u64>,
+}
+
+/// A size: bytes, or a number with a unit (`k`/`KiB`/`KB`, `M`, `G`, `T`;
+/// all powers of 1024, as Docker's sizes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}: expected a number, e.g. 64MiB"))?;
+    let unit = unit.trim();
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?} (use k, M, G or T)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
 /// `--mesh`: a data path, or `auto` (decided at start by what works here).
@@ -210,6 +235,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     let data_dir = args.data_dir.clone();
     let opts = RunOptions {
         snapshot_interval: args.snapshot_interval,
+        storage_quota: args.storage_quota,
         mesh: args.mesh.0,
         open_files: raise_open_file_limit(),
         docker_socket: args.docker_socket.clone(),
@@ -242,5 +268,25 @@ fn raise_open_file_limit() -> u64 {
             tracing::warn!(limit = soft, error = %e, "cannot raise the open-file limit");
             soft
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("2 GB"), Ok(2 << 30));
+        assert_eq!(parse_size("MiB"), Err("invalid size \"MiB\": expected a number, e.g. 64MiB".to_string()));
+        assert_eq!(
+            parse_size("3 parsecs"),
+            Err("invalid size \"3 parsecs\": unknown unit \"parsecs\" (use k, M, G or T)".to_string())
+        );
+        assert!(parse_size("99999999999T").is_err());
     }
 }

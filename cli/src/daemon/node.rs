@@ -121,6 +121,7 @@ async fn wait_for_signal() {
 
 pub(crate) struct RunOptions {
     pub snapshot_interval: u64,
+    pub storage_quota: Option<u64>,
     pub mesh: Option<DataPath>,
     /// The soft limit on open files, once raised.
     pub open_files: u64,
@@ -171,6 +172,7 @@ pub(crate) async fn run_node(
         (fact::CLUSTER_ADDR.to_string(), cluster_addr.to_string()),
     ]
     .into();
+    let base_facts = facts.clone();
     let (membership, live_set) = membership::start(MembershipConfig {
         node_id: state.node_id.clone(),
         cluster_id: state.cluster_id.clone(),
@@ -182,12 +184,19 @@ pub(crate) async fn run_node(
     .await
     .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
     let (live_tx, live) = watch::channel(live_set.borrow().nodes.keys().cloned().collect());
+    let disk_alarms_of = |set: &membership::LiveSet| -> BTreeMap<NodeId, String> {
+        let alarms = set.nodes.iter().filter_map(|(id, m)| m.get(fact::DISK_ALARM).map(|why| (id.clone(), why)));
+        alarms.map(|(id, why)| (id, why.to_string())).collect()
+    };
+    let (alarms_tx, disk_alarms) = watch::channel(disk_alarms_of(&live_set.borrow()));
     {
         let mut live_set = live_set.clone();
         actix::spawn(async move {
             while live_set.changed().await.is_ok() {
                 let ids = live_set.borrow().nodes.keys().cloned().collect();
                 live_tx.send_replace(ids);
+                let alarms = disk_alarms_of(&live_set.borrow());
+                alarms_tx.send_if_modified(|old| std::mem::replace(old, alarms.clone()) != alarms);
             }
             tracing::error!("membership stopped; exiting");
             std::process::exit(70);
@@ -211,11 +220,14 @@ pub(crate) async fn run_node(
             bootstrap: fresh_init,
             peers,
             live: live.clone(),
+            disk_alarms: disk_alarms.clone(),
             compact_every: snapshot_interval,
+            storage_quota: opts.storage_quota,
             tls: tls.clone(),
         })
         .map_err(|e| anyhow!(e))?;
         router.set_manager(inbound);
+        publish_disk_alarm(m.status.clone(), membership.clone(), base_facts);
         mgr = Some(m);
     }
     let limits = net::ServeConfig::default().fit_to(opts.open_files);
@@ -285,7 +297,7 @@ pub(crate) async fn run_node(
     let server = api::serve(
         state.api_addr,
         opts.docker_socket.as_deref(),
-        ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live },
+        ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms },
     )
     .with_context(|| match &opts.docker_socket {
         Some(p) => format!("cannot listen for the API on {} and {}", state.api_addr, p.display()),
@@ -337,6 +349,37 @@ pub(crate) async fn run_node(
     }
     handle.stop(true).await;
     Ok(Outcome::Stopped)
+}
+
+/// Gossips this manager's disk alarm (the [`fact::DISK_ALARM`] key beside
+/// `facts`) whenever raft raises or clears it, so every manager's `node ls`
+/// and event stream show it, even while this one cannot write to raft.
+fn publish_disk_alarm(
+    mut status: watch::Receiver<manager::raft::RaftStatus>,
+    membership: actix::Addr<membership::Membership>,
+    facts: BTreeMap<String, String>,
+) {
+    actix::spawn(async move {
+        let mut shown: Option<String> = None;
+        loop {
+            let alarm = status.borrow_and_update().disk_alarm.clone();
+            if alarm != shown {
+                let mut facts = facts.clone();
+                if let Some(why) = &alarm {
+                    facts.insert(fact::DISK_ALARM.to_string(), why.clone());
+                }
+                match membership.send(membership::SetFacts(facts)).await {
+                    Ok(Ok(())) => shown = alarm,
+                    // Gossip restarting: the next status change (a tick) retries.
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot gossip the disk alarm yet"),
+                    Err(_) => return,
+                }
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// The first manager commits the cluster's identity and itself.

@@ -19,7 +19,7 @@ mod nodes;
 mod services;
 mod ui;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ use common::NodeId;
 use tokio::sync::mpsc;
 use worker::node::tls::TlsError;
 
-use crate::control::LiveNodes;
+use crate::control::{DiskAlarms, LiveNodes};
 use crate::raft::{Propose, ProposeError};
 use crate::roles::RoleError;
 use crate::store::{Command, Service, Store, StoreError};
@@ -44,6 +44,8 @@ pub struct ApiState {
     pub hostname: String,
     pub manager: Option<Manager>,
     pub live: LiveNodes,
+    /// Nodes whose disk alarm is raised, from gossip.
+    pub disk_alarms: DiskAlarms,
 }
 
 /// Why an API call failed. The variant decides the status code; the text is
@@ -129,6 +131,9 @@ impl ResponseError for Error {
                 ProposeError::NoLeader | ProposeError::Unconfirmed | ProposeError::Timeout | ProposeError::Stopped,
             )
             | Error::NotManager { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Propose(ProposeError::NoSpace { .. } | ProposeError::NoSpaceInFlight { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             Error::Propose(ProposeError::Storage(_)) | Error::RaftUnreachable(_) | Error::Ca(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -165,9 +170,15 @@ async fn propose(m: &Manager, cmd: Command) -> Result<()> {
     Ok(m.raft.send(Propose(cmd)).await??)
 }
 
-/// Every node as the API reports it: `live` is what gossip sees, `leader_id`
-/// the raft id of the leader, `self_id` the node answering.
-pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id: &NodeId) -> Vec<NodeInfo> {
+/// Every node as the API reports it: `live` and `alarms` are what gossip
+/// sees, `leader_id` the raft id of the leader, `self_id` the node answering.
+pub fn node_list(
+    store: &Store,
+    live: &BTreeSet<NodeId>,
+    alarms: &BTreeMap<NodeId, String>,
+    leader_id: u64,
+    self_id: &NodeId,
+) -> Vec<NodeInfo> {
     store
         .nodes
         .values()
@@ -184,6 +195,7 @@ pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id
                 status: if ready { NodeStatus::Ready } else { NodeStatus::Down },
                 manager_status,
                 is_self: &n.id == self_id,
+                disk_alarm: alarms.get(&n.id).cloned(),
             }
         })
         .collect()
@@ -191,7 +203,7 @@ pub fn node_list(store: &Store, live: &BTreeSet<NodeId>, leader_id: u64, self_id
 
 fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
     let leader = m.status.borrow().leader_id;
-    node_list(&m.store.read(), &state.live.borrow(), leader, &state.node_id)
+    node_list(&m.store.read(), &state.live.borrow(), &state.disk_alarms.borrow(), leader, &state.node_id)
 }
 
 /// One node as `node_infos` shows it; `key` (what the caller asked for) names it in the error.
@@ -335,6 +347,11 @@ mod tests {
                 "timed out waiting for the change to commit: it may or may not have been applied",
             ),
             (ProposeError::Storage("disk full".into()).into(), 500, "storage failure: disk full"),
+            (
+                ProposeError::NoSpace { dir: "/var/lib/shoal".into() }.into(),
+                507,
+                "no space left on the manager's disk (/var/lib/shoal): writes are refused until space is freed",
+            ),
             (RoleError::NoSuchNode("n".into()).into(), 404, "node n not found"),
             (RoleError::AlreadyManager("n".into()).into(), 400, "node n is already a manager"),
             (SpecError::EmptyImage.into(), 400, "invalid image: the image name must not be empty"),

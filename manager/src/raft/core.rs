@@ -5,11 +5,27 @@
 //! deadlines depend on it and a sink for outgoing messages. [`super::RaftLog`]
 //! is the actor around it; the tests in `sim.rs` drive several cores over a
 //! simulated network.
+//!
+//! A full disk (see [`DiskFull`]): when a write of the ready loop fails for
+//! lack of space, the core drops its in-memory raft state and rebuilds the
+//! raft node from the files, exactly as a restart after a crash at that
+//! point would (the storage cut any partial write back, so the files are a
+//! state raft-rs is built to restart from). Nothing that was not durable
+//! was acknowledged: the votes and append responses of that ready are
+//! "persisted messages", sent only after the writes succeed. While the disk
+//! is full the core is frozen: no ticks (so it does not campaign), peers'
+//! messages are dropped (a follower does not acknowledge entries it cannot
+//! store; the leader keeps retrying), proposals are refused, and reads of
+//! the store go on. A leader that cannot persist its own entries thereby
+//! stops being one: it is rebuilt as a follower, never counts itself for
+//! entries it did not store, and the others elect a leader after their
+//! election timeout. Every [`DISK_RETRY`] the core probes for space and,
+//! once there is some, thaws (a lone voter campaigns at once).
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::api::Event;
 use parking_lot::RwLock;
@@ -17,7 +33,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
-use super::storage::DiskStorage;
+use super::storage::{DiskStorage, Failure};
 use super::{
     ProposeError, RaftError, RaftStatus, SharedStore, CAUGHT_UP_WITHIN, ELECTION_TICKS, HEARTBEAT_TICKS, LEADER_WAIT,
     REPROPOSE_AFTER,
@@ -48,6 +64,29 @@ pub struct CoreOptions {
     pub compact_every: u64,
     /// Makes this process's proposal ids unique across restarts.
     pub boot: u64,
+    /// At most this many bytes of raft files (`--storage-quota`); compaction
+    /// starts at [`COMPACT_AT_QUOTA_PERCENT`] of it.
+    pub quota: Option<u64>,
+}
+
+/// How often a core whose disk is full probes for space again.
+pub const DISK_RETRY: Duration = Duration::from_secs(1);
+/// With a quota, the log is compacted once the files take this share of
+/// it (and the log itself at least [`COMPACT_LOG_QUOTA_PERCENT`]), well
+/// before writes are refused.
+pub const COMPACT_AT_QUOTA_PERCENT: u64 = 75;
+pub const COMPACT_LOG_QUOTA_PERCENT: u64 = 12;
+
+/// The raft files could not be written for lack of space: writes are
+/// refused until [`RaftCore::tick`] finds space again.
+struct DiskFull {
+    /// The storage error, for logs and the alarm.
+    reason: String,
+    retry_at: Instant,
+    /// The raft node could not be rebuilt from the files yet (opening them
+    /// needed space for a repair): it is the one that failed, not to be
+    /// touched, and says nothing about leadership.
+    stale_node: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +144,16 @@ pub struct RaftCore {
     skipped: u64,
     /// Set by a fatal error; the core then does nothing more.
     stopped: Option<String>,
+    /// A fatal error met outside the ready loop (while probing for space),
+    /// returned by the next [`RaftCore::handle_ready`].
+    fatal: Option<RaftError>,
+    /// The raft files' directory, and its parent (the data directory) that
+    /// the refusal names.
+    dir: PathBuf,
+    quota: Option<u64>,
+    disk_full: Option<DiskFull>,
+    /// Compactions since start.
+    compactions: u64,
 }
 
 fn logger() -> slog::Logger {
@@ -141,6 +190,7 @@ impl RaftCore {
     pub fn open(dir: &Path, opts: CoreOptions, now: Instant) -> Result<RaftCore, RaftError> {
         let mut storage =
             DiskStorage::open(dir).map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
+        storage.set_quota(opts.quota);
         if opts.bootstrap && storage.initial_state_is_empty() {
             // A new cluster starts from a snapshot at index 1 that names
             // this node the only voter (as raft-rs's examples do): a manager
@@ -187,7 +237,31 @@ impl RaftCore {
             events: Vec::new(),
             skipped: 0,
             stopped: None,
+            fatal: None,
+            dir: dir.to_path_buf(),
+            quota: opts.quota,
+            disk_full: None,
+            compactions: 0,
         })
+    }
+
+    /// Why writes are refused, while the disk is full.
+    pub fn disk_alarm(&self) -> Option<&str> {
+        self.disk_full.as_ref().map(|d| d.reason.as_str())
+    }
+
+    /// Bytes of raft files, and compactions since start.
+    pub fn storage_figures(&self) -> (u64, u64) {
+        (self.node.store().disk_bytes(), self.compactions)
+    }
+
+    fn no_space(&self) -> ProposeError {
+        ProposeError::NoSpace { dir: self.shown_dir() }
+    }
+
+    /// The data directory (the raft files are in its `raft/`), as refusals name it.
+    fn shown_dir(&self) -> String {
+        self.dir.parent().unwrap_or(&self.dir).display().to_string()
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -210,6 +284,10 @@ impl RaftCore {
         if self.stopped.is_some() {
             return false;
         }
+        if self.disk_full.is_some() {
+            self.retry_space(now);
+            return false;
+        }
         let ready = self.node.tick();
         self.retry_pending(now);
         ready
@@ -217,7 +295,8 @@ impl RaftCore {
 
     /// A raft message from a peer.
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
-        if self.stopped.is_some() {
+        // With a full disk, dropped: the sender retries.
+        if self.stopped.is_some() || self.disk_full.is_some() {
             return Ok(());
         }
         self.node.step(m)
@@ -225,6 +304,9 @@ impl RaftCore {
 
     /// Hand leadership to another voter (a follower forwards it to the leader).
     pub fn transfer_leader(&mut self, to: u64) {
+        if self.disk_full.is_some() {
+            return;
+        }
         self.node.transfer_leader(to);
     }
 
@@ -235,6 +317,9 @@ impl RaftCore {
     pub fn propose(&mut self, what: Proposal, now: Instant) -> Result<ProposalNo, ProposeError> {
         if self.stopped.is_some() {
             return Err(ProposeError::Stopped);
+        }
+        if self.disk_full.is_some() {
+            return Err(self.no_space());
         }
         let leaderless_too_long = self.leaderless_since.is_some_and(|t| now.duration_since(t) >= LEADER_WAIT);
         if leaderless_too_long {
@@ -263,13 +348,23 @@ impl RaftCore {
         now: Instant,
         send: &mut dyn FnMut(Message) -> bool,
     ) -> Result<ReadyOutput, RaftError> {
+        if let Some(e) = self.fatal.take() {
+            self.stopped = Some(e.to_string());
+            return Err(e);
+        }
         if let Some(reason) = &self.stopped {
             return Err(RaftError::Stopped(reason.clone()));
         }
-        if self.node.has_ready() {
+        if self.disk_full.is_none() && self.node.has_ready() {
             if let Err(e) = self.on_ready(now, send) {
-                self.stopped = Some(e.to_string());
-                return Err(e);
+                let e = match e.failure() {
+                    Failure::Space => self.disk_full(e, now).err(),
+                    _ => Some(e),
+                };
+                if let Some(e) = e {
+                    self.stopped = Some(e.to_string());
+                    return Err(e);
+                }
             }
         }
         Ok(ReadyOutput { resolved: std::mem::take(&mut self.resolved), events: std::mem::take(&mut self.events) })
@@ -277,11 +372,12 @@ impl RaftCore {
 
     pub fn status(&self) -> RaftStatus {
         let r = &self.node.raft;
-        let is_leader = r.state == StateRole::Leader;
+        let stale = self.disk_full.as_ref().is_some_and(|d| d.stale_node);
+        let is_leader = r.state == StateRole::Leader && !stale;
         let learners = r.prs().conf().to_conf_state().learners;
         RaftStatus {
             raft_id: self.raft_id,
-            leader_id: r.leader_id,
+            leader_id: if stale { 0 } else { r.leader_id },
             term: r.term,
             commit: r.raft_log.committed,
             applied: self.applied,
@@ -301,7 +397,15 @@ impl RaftCore {
             } else {
                 Vec::new()
             },
+            disk_alarm: self.disk_alarm().map(str::to_owned),
         }
+    }
+
+    /// Sets the storage quota (a test's way to fill the disk).
+    #[cfg(test)]
+    pub(crate) fn set_quota(&mut self, quota: Option<u64>) {
+        self.quota = quota;
+        self.node.mut_store().set_quota(quota);
     }
 
     /// The raft node, for tests that look at the log itself.
@@ -370,9 +474,109 @@ impl RaftCore {
             let status = if sent { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
             self.node.report_snapshot(to, status);
         }
-        self.maybe_compact();
+        self.maybe_compact()?;
         self.retry_pending(now);
         Ok(())
+    }
+
+    /// A write failed for lack of space: raises the alarm and rebuilds the
+    /// raft node from the files (see the module doc). Pending proposals are
+    /// answered at once: those that cannot have reached any log are refused
+    /// ([`ProposeError::NoSpace`]); the others may still commit (through
+    /// the other managers, or here once the entries already on disk do) and
+    /// say so ([`ProposeError::NoSpaceInFlight`]). An error is fatal.
+    fn disk_full(&mut self, err: RaftError, now: Instant) -> Result<(), RaftError> {
+        let reason = err.to_string();
+        tracing::error!(
+            error = %reason,
+            dir = %self.dir.display(),
+            "no space for the raft log: writes are refused until space is freed (retrying every {DISK_RETRY:?})"
+        );
+        let stale_node = match self.rebuild() {
+            Ok(()) => false,
+            Err(e) if e.failure() == Failure::Space => true,
+            Err(e) => return Err(e),
+        };
+        self.disk_full = Some(DiskFull { reason, retry_at: now + DISK_RETRY, stale_node });
+        let lone = !stale_node && self.voters() == [self.raft_id];
+        let on_disk: HashSet<u64> = if stale_node {
+            HashSet::new()
+        } else {
+            self.node
+                .store()
+                .stored_entries()
+                .iter()
+                .filter_map(|e| parse_context(&e.context))
+                .filter(|(origin, boot, _)| *origin == self.raft_id && *boot == self.boot)
+                .map(|(_, _, n)| n)
+                .collect()
+        };
+        let mut pending: Vec<(ProposalNo, Pending)> = self.pending.drain().collect();
+        pending.sort_unstable_by_key(|(n, _)| *n);
+        let dir = self.shown_dir();
+        for (n, p) in pending {
+            let lost = p.proposed.is_none() || (lone && !on_disk.contains(&n.0));
+            let e = if lost { self.no_space() } else { ProposeError::NoSpaceInFlight { dir: dir.clone() } };
+            self.resolved.push((n, Err(e)));
+        }
+        Ok(())
+    }
+
+    /// Replaces the raft node with one opened from the files, as a restart
+    /// would; the store keeps what it applied (entries raft hands over
+    /// again are skipped).
+    fn rebuild(&mut self) -> Result<(), RaftError> {
+        let mut storage = DiskStorage::open(&self.dir)?;
+        storage.set_quota(self.quota);
+        // The snapshot and the durable commit index bound what raft may
+        // be told was applied.
+        let applied = self.applied.min(storage.hard_state().commit);
+        self.node = RawNode::new(&config(self.raft_id, applied), storage, &logger())?;
+        let snapshot_index = raft::Storage::first_index(self.node.store()).unwrap_or(1) - 1;
+        self.snapshot_index = self.snapshot_index.max(snapshot_index);
+        Ok(())
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        self.node.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    /// While the disk is full, every [`DISK_RETRY`]: rebuilds the node if
+    /// that failed before, compacts if the quota is what is full, probes
+    /// for space, and thaws once there is some.
+    fn retry_space(&mut self, now: Instant) {
+        let Some(full) = &mut self.disk_full else { return };
+        if now < full.retry_at {
+            return;
+        }
+        full.retry_at = now + DISK_RETRY;
+        let stale = full.stale_node;
+        match self.find_space(stale) {
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "space for the raft log is back: writes resume");
+                self.disk_full = None;
+                // Writes wait for a leader from now on, not from before.
+                self.leaderless_since = Some(now);
+                if self.voters() == [self.raft_id] {
+                    let _ = self.node.campaign();
+                }
+            }
+            Err(e) if e.failure() == Failure::Space => {
+                tracing::debug!(error = %e, "still no space for the raft log");
+            }
+            Err(e) => self.fatal = Some(e),
+        }
+    }
+
+    fn find_space(&mut self, stale: bool) -> Result<(), RaftError> {
+        if stale {
+            self.rebuild()?;
+            if let Some(full) = &mut self.disk_full {
+                full.stale_node = false;
+            }
+        }
+        self.maybe_compact()?;
+        Ok(self.node.store().probe_space()?)
     }
 
     /// Applies committed entries in order. An entry this version cannot
@@ -380,6 +584,10 @@ impl RaftCore {
     /// stops before it, with the error (the rules are in [`crate::store`]).
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         for e in entries {
+            if e.index <= self.applied {
+                // Handed over again after a rebuild from the files.
+                continue;
+            }
             let id = parse_context(&e.context);
             let result = match e.get_entry_type() {
                 // An empty normal entry is the new leader's no-op.
@@ -444,21 +652,39 @@ impl RaftCore {
         Ok(())
     }
 
-    fn maybe_compact(&mut self) {
+    /// Compacts every `compact_every` entries, when a peer needs a newer
+    /// snapshot, or when the files near the quota. Only a lack of space
+    /// is returned (it raises the disk alarm); other failures are logged.
+    fn maybe_compact(&mut self) -> Result<(), RaftError> {
         // A peer needs a snapshot newer than the stored one (e.g. a manager
         // added since): take one now.
         let wanted = self.node.store().take_snapshot_wanted() && self.applied > self.snapshot_index;
-        if !wanted && self.applied < self.snapshot_index + self.compact_every {
-            return;
+        let storage = self.node.store();
+        let near_quota = self.quota.is_some_and(|q| {
+            storage.disk_bytes() >= q / 100 * COMPACT_AT_QUOTA_PERCENT
+                && storage.log_bytes() >= q / 100 * COMPACT_LOG_QUOTA_PERCENT
+        });
+        // Applied is also committed on disk, except right after a rebuild.
+        let index = self.applied.min(storage.hard_state().commit);
+        if index <= self.snapshot_index
+            || (!wanted && !near_quota && self.applied < self.snapshot_index + self.compact_every)
+        {
+            return Ok(());
         }
         let data = self.store.read().to_snapshot();
         let cs = self.node.raft.prs().conf().to_conf_state();
-        match self.node.mut_store().compact(self.applied, data, cs) {
+        match self.node.mut_store().compact(index, data, cs) {
             Ok(()) => {
-                tracing::debug!(index = self.applied, "log compacted by snapshot");
-                self.snapshot_index = self.applied;
+                tracing::debug!(index, near_quota, "log compacted by snapshot");
+                self.snapshot_index = index;
+                self.compactions += 1;
+                Ok(())
             }
-            Err(e) => tracing::error!(error = %e, "compaction failed"),
+            Err(e) if e.failure() == Failure::Space => Err(e.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "compaction failed");
+                Ok(())
+            }
         }
     }
 
@@ -545,7 +771,11 @@ mod tests {
     use raft::eraftpb::{HardState, Snapshot};
 
     fn lone_core(dir: &Path, bootstrap: bool) -> Result<RaftCore, RaftError> {
-        RaftCore::open(dir, CoreOptions { raft_id: 1, bootstrap, compact_every: 1000, boot: 7 }, Instant::now())
+        RaftCore::open(
+            dir,
+            CoreOptions { raft_id: 1, bootstrap, compact_every: 1000, boot: 7, quota: None },
+            Instant::now(),
+        )
     }
 
     type Resolved = Vec<(ProposalNo, Result<(), ProposeError>)>;
@@ -654,6 +884,78 @@ mod tests {
         assert_eq!(store.to_snapshot(), SNAPSHOT_V0);
         assert!(store.tasks.indexes_match_a_scan());
         assert_eq!(store.tasks_on(&"w1".into()).count(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_keeps_reads_and_resumes_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = lone_core(dir.path(), true).unwrap();
+        run_until(&mut core, |c| c.status().is_leader).unwrap();
+        assert_eq!(commit(&mut core, create("a")).unwrap(), Ok(()));
+
+        // The next append does not fit: that write is refused, nothing stops.
+        let full = core.storage_figures().0 + 10;
+        core.set_quota(Some(full));
+        let shown = dir.path().parent().unwrap().display().to_string();
+        let refused = Err(ProposeError::NoSpace { dir: shown.clone() });
+        assert_eq!(commit(&mut core, create("b")).unwrap(), refused);
+        let alarm = core.status().disk_alarm.expect("the alarm is raised");
+        assert!(alarm.contains("storage quota"), "{alarm}");
+        assert!(!core.status().is_leader, "a leader that cannot write is one no more");
+        assert_eq!(core.propose(create("c"), Instant::now()).map(|_| ()), refused);
+        assert_eq!(
+            ProposeError::NoSpace { dir: shown.clone() }.to_string(),
+            format!("no space left on the manager's disk ({shown}): writes are refused until space is freed")
+        );
+        let names = |c: &RaftCore| c.store().read().services.values().map(|s| s.spec.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&core), ["a"], "reads go on");
+        // Still full a few retries later.
+        let mut now = Instant::now();
+        for _ in 0..100 {
+            now += TICK;
+            core.tick(now);
+            assert!(core.handle_ready(now, &mut |_| true).unwrap().resolved.is_empty());
+        }
+        assert!(core.status().disk_alarm.is_some());
+
+        // Space again: within a retry the alarm clears and writes resume.
+        core.set_quota(None);
+        run_until(&mut core, |c| c.status().disk_alarm.is_none() && c.status().is_leader).unwrap();
+        assert_eq!(commit(&mut core, create("d")).unwrap(), Ok(()));
+        let mut after = names(&core);
+        after.sort();
+        assert_eq!(after, ["a", "d"]);
+        drop(core);
+        let mut again = lone_core(dir.path(), false).unwrap();
+        run_until(&mut again, |c| c.applied() > 1 && c.status().is_leader).unwrap();
+        let mut restored = names(&again);
+        restored.sort();
+        assert_eq!(restored, ["a", "d"], "every acknowledged write, and nothing refused");
+    }
+
+    #[test]
+    fn what_stops_the_node_says_why_in_its_exit_status() {
+        use crate::raft::storage::StorageError;
+        use crate::raft::{exit_reason, EXIT_CORRUPT, EXIT_FSYNC_FAILED, EXIT_RAFT_FAILED};
+        let io = |op, errno| StorageError::Durability {
+            op,
+            path: "/d/raft/log".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let fsync = RaftError::Storage(io("fsync", 5));
+        assert_eq!(
+            exit_reason(&fsync),
+            (
+                "fsync of the raft log failed: the page cache can no longer be trusted; stopping the node",
+                EXIT_FSYNC_FAILED
+            )
+        );
+        let corrupt = RaftError::Storage(StorageError::Corrupt("log record at byte 9 fails its checksum".into()));
+        assert_eq!(exit_reason(&corrupt), ("the raft log is corrupt; stopping the node", EXIT_CORRUPT));
+        assert_eq!(exit_reason(&RaftError::Storage(io("rename", 5))).1, EXIT_RAFT_FAILED);
+        let unreadable =
+            RaftError::UnreadableEntry { index: 3, source: Unreadable { ignorable: false, reason: "x".into() } };
+        assert_eq!(exit_reason(&unreadable), ("cannot apply the raft log; stopping the node", EXIT_RAFT_FAILED));
     }
 
     #[test]

@@ -72,6 +72,18 @@ pub enum ProposeError {
     Stopped,
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The raft files could not be written for lack of space (or past
+    /// `--storage-quota`); `dir` is the data directory.
+    #[error("no space left on the manager's disk ({dir}): writes are refused until space is freed")]
+    NoSpace { dir: String },
+    /// The disk filled while this change was in flight: it reached a log
+    /// (this one or another manager's) and may still be applied.
+    #[error(
+        "no space left on the manager's disk ({dir}): writes are refused until space is freed; this change \
+         had reached the raft log and may still be applied (once space is back, or by the other managers): \
+         check before retrying"
+    )]
+    NoSpaceInFlight { dir: String },
 }
 
 /// Why the raft log cannot open or cannot go on. Past the open, every one
@@ -113,6 +125,17 @@ pub enum RaftError {
     NotAManager,
 }
 
+impl RaftError {
+    /// What the error means for the node (see [`storage::Failure`]).
+    pub fn failure(&self) -> storage::Failure {
+        match self {
+            RaftError::Open { source, .. } | RaftError::Storage(source) => source.failure(),
+            RaftError::CorruptSnapshot { .. } => storage::Failure::Corrupt,
+            _ => storage::Failure::Other,
+        }
+    }
+}
+
 impl ProposeError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProposeError::NoLeader | ProposeError::Timeout | ProposeError::Unconfirmed)
@@ -133,6 +156,9 @@ pub struct RaftStatus {
     /// On the leader: learners whose log is close enough to the leader's
     /// to be made voters without stalling commits.
     pub caught_up: Vec<u64>,
+    /// Set while this manager's disk is full: why its raft files cannot be
+    /// written. Writes are refused meanwhile; reads go on.
+    pub disk_alarm: Option<String>,
 }
 
 /// A learner this close to the commit index may become a voter.
@@ -173,6 +199,28 @@ pub struct RaftOptions {
     pub compact_every: u64,
     /// Where applied changes are announced.
     pub events: Arc<crate::events::EventHub>,
+    /// At most this many bytes of raft files (see [`storage::default_quota`]).
+    pub quota: Option<u64>,
+}
+
+/// Exit status of a manager stopped by a failed fsync (EX_IOERR).
+pub const EXIT_FSYNC_FAILED: i32 = 74;
+/// Exit status of a manager stopped by corrupt raft files (EX_DATAERR).
+pub const EXIT_CORRUPT: i32 = 65;
+/// Exit status of any other fatal raft failure (EX_SOFTWARE).
+pub const EXIT_RAFT_FAILED: i32 = 70;
+
+/// What the node logs, and its exit status, when `e` stops it.
+pub fn exit_reason(e: &RaftError) -> (&'static str, i32) {
+    match (e, e.failure()) {
+        (RaftError::UnreadableEntry { .. }, _) => ("cannot apply the raft log; stopping the node", EXIT_RAFT_FAILED),
+        (_, storage::Failure::Fsync) => (
+            "fsync of the raft log failed: the page cache can no longer be trusted; stopping the node",
+            EXIT_FSYNC_FAILED,
+        ),
+        (_, storage::Failure::Corrupt) => ("the raft log is corrupt; stopping the node", EXIT_CORRUPT),
+        _ => ("raft storage failed; stopping the node", EXIT_RAFT_FAILED),
+    }
 }
 
 impl RaftLog {
@@ -183,6 +231,7 @@ impl RaftLog {
             bootstrap: opts.bootstrap,
             compact_every: opts.compact_every,
             boot: rand::random(),
+            quota: opts.quota,
         };
         let core = RaftCore::open(dir, core_opts, Instant::now())?;
         let store = core.store().clone();
@@ -234,6 +283,11 @@ impl RaftLog {
         m.gauge("shoal_raft_leader_id", "raft id of the current leader (0: none)").set(status.leader_id as i64);
         m.gauge("shoal_raft_skipped_entries", "log entries skipped as ignorable and unreadable by this version")
             .set(self.core.skipped_entries() as i64);
+        let (bytes, compactions) = self.core.storage_figures();
+        m.gauge("shoal_raft_storage_bytes", "bytes of raft files (log, hard state, snapshot)").set(bytes as i64);
+        m.gauge("shoal_raft_compactions", "log compactions (snapshots taken) since start").set(compactions as i64);
+        m.gauge("shoal_disk_alarm", "1 while this manager's disk (or storage quota) is full and writes are refused")
+            .set(status.disk_alarm.is_some() as i64);
         self.status_tx.send_if_modified(|s| {
             if *s != status {
                 *s = status;
@@ -268,12 +322,9 @@ impl RaftLog {
                 // Without durable storage this node must not go on
                 // acknowledging; past an entry it cannot apply, its store
                 // would differ from the other managers'.
-                let what = match e {
-                    RaftError::UnreadableEntry { .. } => "cannot apply the raft log; stopping the node",
-                    _ => "raft storage failed; stopping the node",
-                };
-                tracing::error!(error = %e, "{what}");
-                std::process::exit(70);
+                let (what, code) = exit_reason(&e);
+                tracing::error!(error = %e, exit_status = code, "{what}");
+                std::process::exit(code);
             }
         };
         if !out.events.is_empty() {

@@ -109,7 +109,7 @@ impl Sim {
 
     fn add(&mut self, id: u64, dir: TempDir, bootstrap: bool) {
         let boot = id * 1000;
-        let opts = CoreOptions { raft_id: id, bootstrap, compact_every: self.compact_every, boot };
+        let opts = CoreOptions { raft_id: id, bootstrap, compact_every: self.compact_every, boot, quota: None };
         let core = RaftCore::open(dir.path(), opts, self.now).unwrap();
         self.nodes.insert(id, SimNode { core: Some(core), dir, boot });
     }
@@ -123,7 +123,8 @@ impl Sim {
         let n = self.nodes.get_mut(&id).unwrap();
         assert!(n.core.is_none(), "{id} is running");
         n.boot += 1;
-        let opts = CoreOptions { raft_id: id, bootstrap: false, compact_every: self.compact_every, boot: n.boot };
+        let opts =
+            CoreOptions { raft_id: id, bootstrap: false, compact_every: self.compact_every, boot: n.boot, quota: None };
         n.core = Some(RaftCore::open(n.dir.path(), opts, self.now).unwrap());
     }
 
@@ -581,4 +582,72 @@ fn a_batch_that_fails_midway_is_refused_whole_on_every_node() {
         assert_eq!(names(&s), ["web"], "on {id}");
         assert_eq!((&s.services, &s.tasks, &s.nodes), (&before.services, &before.tasks, &before.nodes), "on {id}");
     }
+}
+
+/// Fills `id`'s disk (a quota it is already at); `None` frees it.
+fn fill_disk(sim: &mut Sim, id: u64, full: bool) {
+    let core = sim.core_mut(id);
+    let quota = full.then(|| core.storage_figures().0);
+    core.set_quota(quota);
+}
+
+const DISK_RETRY_TICKS: u64 = (super::core::DISK_RETRY.as_millis() / TICK.as_millis()) as u64;
+
+#[test]
+fn a_follower_whose_disk_is_full_does_not_acknowledge_and_catches_up_after() {
+    let mut sim = Sim::voters(3);
+    let leader = sim.elect(&[1, 2, 3]);
+    let full = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    fill_disk(&mut sim, full, true);
+
+    // Committed by the other two; the full one stores and acknowledges nothing.
+    assert_eq!(sim.commit(leader, Proposal::Command(encode_command(&service("a")))), Ok(()));
+    assert!(sim.status(full).disk_alarm.is_some());
+    let n = ProposalNo(1);
+    assert_eq!(sim.copies_in_log(leader, leader, n), 1);
+    assert_eq!(sim.copies_in_log(full, leader, n), 0, "no entry it could not store");
+    assert!(names(&sim.store(full)).is_empty());
+    assert!(matches!(
+        sim.propose(full, Proposal::Command(encode_command(&service("b")))),
+        Err(ProposeError::NoSpace { .. })
+    ));
+    sim.ticks(2 * ELECTION_MAX);
+    assert_eq!(sim.leader_of(&[1, 2, 3].into_iter().filter(|&id| id != full).collect::<Vec<_>>()), Some(leader));
+
+    fill_disk(&mut sim, full, false);
+    sim.tick_until(DISK_RETRY_TICKS + 5 * ELECTION_MAX, "the full follower caught up", |s| {
+        s.status(full).disk_alarm.is_none() && s.converged()
+    });
+    assert_eq!(names(&sim.store(full)), ["a"]);
+    assert_eq!(sim.commit(full, Proposal::Command(encode_command(&service("b")))), Ok(()));
+}
+
+#[test]
+fn a_leader_whose_disk_is_full_steps_down_and_the_others_go_on() {
+    let mut sim = Sim::voters(3);
+    let old = sim.elect(&[1, 2, 3]);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    fill_disk(&mut sim, old, true);
+
+    // Its entry went out before its own append failed: the others may
+    // commit it, and its proposer is told so.
+    let n = sim.propose_cmd(old, service("in-flight"));
+    sim.settle();
+    assert!(sim.status(old).disk_alarm.is_some());
+    assert!(!sim.status(old).is_leader);
+    assert!(matches!(sim.result(old, n), Some(Err(ProposeError::NoSpaceInFlight { .. }))));
+
+    let new = sim.elect(&others);
+    assert_ne!(new, old);
+    assert_eq!(sim.commit(new, Proposal::Command(encode_command(&service("after")))), Ok(()));
+
+    fill_disk(&mut sim, old, false);
+    sim.tick_until(DISK_RETRY_TICKS + 5 * ELECTION_MAX, "the old leader caught up", |s| {
+        s.status(old).disk_alarm.is_none() && s.converged()
+    });
+    // Applied, once.
+    let mut all = names(&sim.store(old));
+    all.sort();
+    assert_eq!(all, ["after", "in-flight"]);
+    assert_eq!(sim.leader_of(&[1, 2, 3]), Some(new));
 }

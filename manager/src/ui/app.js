@@ -5,7 +5,7 @@
 // The DOM is changed in place: a patch touches only the cards it names and
 // re-sorts only the columns it changed, so 50 nodes and 500 tasks stay smooth.
 // Elements carry data attributes for tests and scripts:
-//   column [data-node-id][data-hostname][data-role][data-status][data-availability][data-leader]
+//   column [data-node-id][data-hostname][data-role][data-status][data-availability][data-leader][data-disk-alarm]
 //   card   [data-task-id][data-service][data-slot][data-state][data-desired][data-node] (its node's id)
 // `?synthetic=50x500` draws made-up data instead (and times it): see synthetic().
 'use strict';
@@ -116,6 +116,12 @@
     if (n.manager_status && !leader) badges.append(el('span', 'badge', n.manager_status));
     badges.append(el('span', 'badge ' + (n.status === 'ready' ? 'ready' : 'down'), n.status));
     if (n.availability !== 'active') badges.append(el('span', 'badge ' + n.availability, n.availability));
+    d.diskAlarm = String(!!n.disk_alarm);
+    if (n.disk_alarm) {
+      const b = el('span', 'badge disk-alarm', 'disk full');
+      b.title = n.disk_alarm + ' (writes are refused until space is freed)';
+      badges.append(b);
+    }
     for (const [k, v] of Object.entries(n.labels || {})) {
       const b = el('span', 'badge label', k + '=' + v);
       b.title = k + '=' + v;

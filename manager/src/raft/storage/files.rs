@@ -52,3 +52,23 @@ pub(super) fn read_sealed(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::durability("fsync dir", dir, e))
 }
+
+/// The file [`probe_space`] writes (and removes again).
+pub(super) const PROBE_FILE: &str = "space-probe";
+
+/// Whether `bytes` more fit in `dir`: writes a file that size, fsyncs it
+/// and removes it. The error is what that write met (ENOSPC when full).
+pub(super) fn probe_space(dir: &Path, bytes: usize) -> Result<()> {
+    let path = dir.join(PROBE_FILE);
+    let written = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; bytes])?;
+        Ok(f)
+    });
+    let result = match written {
+        Ok(f) => f.sync_all().map_err(|e| StorageError::io("fsync", &path, e)),
+        Err(e) => Err(StorageError::io("write", &path, e)),
+    };
+    // Removing gives the space back whatever happened.
+    let _ = fs::remove_file(&path);
+    result
+}

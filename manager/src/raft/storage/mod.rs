@@ -22,6 +22,12 @@
 //! (failed fsync, rename, or a step after the first durable one) is
 //! `StorageError::Durability`; the storage then refuses further writes and the
 //! process should restart, which replays the files.
+//!
+//! What an error means for the node is [`StorageError::failure`]: a lack of
+//! space (ENOSPC, EDQUOT, or the storage quota) leaves the files a state that
+//! opening them recovers (a failed append is cut back to the last good
+//! offset; the multi-file operations are crash-safe), so the node raises a
+//! disk alarm and waits for space; a failed fsync or corruption stops it.
 
 mod files;
 mod format;
@@ -37,12 +43,16 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use files::write_atomic;
+use files::{probe_space, write_atomic};
 use format::{encode_entries, encode_hardstate, encode_snapshot, SnapshotOrigin};
 
 const LOG_FILE: &str = "log";
 const HARDSTATE_FILE: &str = "hardstate";
 const SNAPSHOT_FILE: &str = "snapshot";
+
+/// The room [`DiskStorage::probe_space`] asks for before writes resume:
+/// one raft message's worth of entries (`max_size_per_msg`).
+pub const RESUME_HEADROOM: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -75,6 +85,53 @@ pub enum StorageError {
     SnapshotOutOfDate { index: u64, first_index: u64 },
     #[error("raft storage unusable after an earlier durability failure")]
     Poisoned,
+    /// The write would take the storage files past `--storage-quota`.
+    /// Nothing was written.
+    #[error("raft storage in {}: the storage quota of {quota} bytes would be exceeded ({used} bytes used, {wanted} more wanted)", dir.display())]
+    QuotaReached { dir: PathBuf, used: u64, wanted: u64, quota: u64 },
+}
+
+/// The quota when `--storage-quota` is not given: the raft files may grow
+/// by half the space free when the manager starts, by at most
+/// [`DEFAULT_QUOTA_CAP`] (etcd's suggested maximum database size).
+pub fn quota_for(used: u64, free: u64) -> u64 {
+    used + (free / 2).min(DEFAULT_QUOTA_CAP)
+}
+
+pub const DEFAULT_QUOTA_CAP: u64 = 8 << 30;
+
+/// [`quota_for`] this directory's filesystem (created if missing); `None`
+/// if its free space cannot be read.
+pub fn default_quota(dir: &Path) -> Option<u64> {
+    let _ = std::fs::create_dir_all(dir);
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    let used: u64 = [LOG_FILE, HARDSTATE_FILE, SNAPSHOT_FILE]
+        .iter()
+        .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
+        .map(|m| m.len())
+        .sum();
+    Some(quota_for(used, free))
+}
+
+/// What a storage error means for the node (see [`StorageError::failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No space (ENOSPC, EDQUOT, the quota): the files hold a state that
+    /// opening them recovers; wait for space, refusing writes meanwhile.
+    Space,
+    /// An fsync failed: after that the page cache cannot be trusted (the
+    /// kernel may have dropped the dirty pages), so the node must stop.
+    Fsync,
+    /// The files are damaged: stop, an operator must look.
+    Corrupt,
+    /// Anything else (an I/O error, a broken contract): stop.
+    Other,
+}
+
+/// The raw OS errors that mean "no space": ENOSPC, and EDQUOT (a quota).
+pub fn is_space_errno(errno: Option<i32>) -> bool {
+    matches!(errno, Some(28 | 122))
 }
 
 impl StorageError {
@@ -82,11 +139,34 @@ impl StorageError {
     /// durability failures, replay recovers) or operator action (corruption).
     pub fn is_fatal(&self) -> bool {
         match self {
-            StorageError::Io { .. } | StorageError::SnapshotOutOfDate { .. } => false,
+            StorageError::Io { .. } | StorageError::SnapshotOutOfDate { .. } | StorageError::QuotaReached { .. } => {
+                false
+            }
             StorageError::Durability { .. }
             | StorageError::Corrupt(_)
             | StorageError::Invalid(_)
             | StorageError::Poisoned => true,
+        }
+    }
+
+    /// Classifies the error. A failed fsync wins over its errno (an fsync
+    /// can fail with ENOSPC on some filesystems, and is fatal all the same).
+    pub fn failure(&self) -> Failure {
+        match self {
+            StorageError::Io { op, source, .. } | StorageError::Durability { op, source, .. } => {
+                if op.starts_with("fsync") {
+                    Failure::Fsync
+                } else if is_space_errno(source.raw_os_error()) {
+                    Failure::Space
+                } else {
+                    Failure::Other
+                }
+            }
+            StorageError::QuotaReached { .. } => Failure::Space,
+            StorageError::Corrupt(_) => Failure::Corrupt,
+            StorageError::Invalid(_) | StorageError::SnapshotOutOfDate { .. } | StorageError::Poisoned => {
+                Failure::Other
+            }
         }
     }
 
@@ -127,6 +207,8 @@ pub struct DiskStorage {
     /// `entries[i].index == snapshot index + 1 + i`.
     entries: Vec<Entry>,
     poisoned: bool,
+    /// At most this many bytes of storage files (`--storage-quota`).
+    quota: Option<u64>,
     /// Set when raft asked for a snapshot the stored one cannot serve (it
     /// predates the peer's membership); the owner compacts then.
     snapshot_wanted: std::sync::atomic::AtomicBool,
@@ -169,6 +251,7 @@ impl DiskStorage {
         }
 
         let buf = encode_entries(entries)?;
+        self.check_quota(self.disk_bytes(), buf.len() as u64)?;
         self.write_log(&buf)?;
         let keep = (first_new - self.first_log_index()) as usize;
         self.entries.truncate(keep);
@@ -306,6 +389,52 @@ impl DiskStorage {
         self.log_bytes + self.hardstate_bytes + self.snapshot_bytes
     }
 
+    /// Size of the log file: what a compaction can reclaim.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// The directory the files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Caps the storage files at `quota` bytes: appends and hard-state
+    /// writes past it fail with [`StorageError::QuotaReached`], having
+    /// written nothing. Snapshots (compaction, or one received from the
+    /// leader) are never refused: they replace the log.
+    pub fn set_quota(&mut self, quota: Option<u64>) {
+        self.quota = quota;
+    }
+
+    pub fn quota(&self) -> Option<u64> {
+        self.quota
+    }
+
+    /// Whether there is room to write again: under the quota by at least
+    /// [`RESUME_HEADROOM`] (an eighth of a smaller quota), and
+    /// [`RESUME_HEADROOM`] bytes can be written (and fsynced) in the
+    /// directory. The error says why not.
+    pub fn probe_space(&self) -> Result<()> {
+        let headroom = self.quota.map_or(RESUME_HEADROOM, |q| RESUME_HEADROOM.min(q / 8));
+        self.check_quota(self.disk_bytes(), headroom)?;
+        probe_space(&self.dir, RESUME_HEADROOM as usize)
+    }
+
+    /// The stored log entries (after the snapshot).
+    pub fn stored_entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    fn check_quota(&self, kept: u64, wanted: u64) -> Result<()> {
+        match self.quota {
+            Some(quota) if kept + wanted > quota => {
+                Err(StorageError::QuotaReached { dir: self.dir.clone(), used: self.disk_bytes(), wanted, quota })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn first_log_index(&self) -> u64 {
         self.snapshot.get_metadata().index + 1
     }
@@ -334,6 +463,7 @@ impl DiskStorage {
 
     fn write_state(&mut self, hs: &HardState, cs: &ConfState) -> Result<()> {
         let body = encode_hardstate(hs, cs, self.snapshot.get_metadata().index)?;
+        self.check_quota(self.disk_bytes() - self.hardstate_bytes, body.len() as u64)?;
         let written = write_atomic(&self.dir, HARDSTATE_FILE, &body);
         self.hardstate_bytes = self.guard(written)?;
         Ok(())

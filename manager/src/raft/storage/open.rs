@@ -21,7 +21,7 @@ use std::path::Path;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
-use super::files::{read_sealed, sync_dir, tmp_path, write_atomic};
+use super::files::{read_sealed, sync_dir, tmp_path, write_atomic, PROBE_FILE};
 use super::format::{
     decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate, BadRecord, SnapshotOrigin,
 };
@@ -31,6 +31,8 @@ impl DiskStorage {
     /// Opens (creating if missing) the storage in `dir` and replays its files.
     pub fn open(dir: &Path) -> Result<DiskStorage> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
+        // Left by a crash during a space probe.
+        let _ = fs::remove_file(dir.join(PROBE_FILE));
         for name in [LOG_FILE, HARDSTATE_FILE, SNAPSHOT_FILE] {
             // A leftover tmp file is a write that never reached its rename.
             let tmp = tmp_path(dir, name);
@@ -157,6 +159,7 @@ impl DiskStorage {
             snapshot,
             entries,
             poisoned: false,
+            quota: None,
             snapshot_wanted: Default::default(),
         };
         tracing::info!(

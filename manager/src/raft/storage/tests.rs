@@ -466,3 +466,71 @@ fn raw_node_restarts_from_disk_without_reapplying() {
     assert_eq!(normal_data(&after), [b"put 4".to_vec()]);
     assert_eq!(node.raft.term, 3);
 }
+
+#[test]
+fn errors_are_classified_space_fsync_corruption_or_other() {
+    use super::Failure::*;
+    let os = |errno| io::Error::from_raw_os_error(errno);
+    let path = PathBuf::from("/d/raft/log");
+    let io_err = |op, errno| StorageError::Io { op, path: path.clone(), source: os(errno) };
+    let durable = |op, errno| StorageError::Durability { op, path: path.clone(), source: os(errno) };
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    const EIO: i32 = 5;
+    let cases = [
+        (io_err("write", ENOSPC), Space),
+        (io_err("write", EDQUOT), Space),
+        // A step after the first durable one: the files are still a state open recovers.
+        (durable("write", ENOSPC), Space),
+        (durable("rename", ENOSPC), Space),
+        (StorageError::QuotaReached { dir: path.clone(), used: 10, wanted: 5, quota: 12 }, Space),
+        // A failed fsync is fatal whatever its errno.
+        (durable("fsync", ENOSPC), Fsync),
+        (durable("fsync", EIO), Fsync),
+        (durable("fsync dir", EIO), Fsync),
+        (io_err("fsync", EIO), Fsync),
+        (StorageError::Corrupt("log record at byte 9 fails its checksum".into()), Corrupt),
+        (io_err("write", EIO), Other),
+        (durable("rename", EIO), Other),
+        (StorageError::Poisoned, Other),
+        (StorageError::Invalid("gap".into()), Other),
+    ];
+    for (err, want) in cases {
+        assert_eq!(err.failure(), want, "{err}");
+    }
+}
+
+#[test]
+fn a_write_past_the_quota_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DiskStorage::open(dir.path()).unwrap();
+    s.append(&entries(1..=3, 1)).unwrap();
+    s.set_hardstate(hard_state(1, 1, 2)).unwrap();
+    let used = s.disk_bytes();
+    s.set_quota(Some(used + 10));
+    let err = s.append(&entries(4..=6, 1)).unwrap_err();
+    assert!(
+        matches!(err, StorageError::QuotaReached { used: u, quota: q, .. } if u == used && q == used + 10),
+        "{err}"
+    );
+    assert_eq!(err.failure(), super::Failure::Space);
+    assert!(s.probe_space().is_err(), "no room under the quota");
+    assert_eq!(s.disk_bytes(), used);
+    // Nothing changed: still usable, and a reopen reads the same.
+    assert_eq!(s.last_index().unwrap(), 3);
+    s.set_quota(None);
+    s.probe_space().unwrap();
+    assert!(!dir.path().join("space-probe").exists(), "the probe cleans up");
+    s.append(&entries(4..=4, 1)).unwrap();
+    drop(s);
+    let s = DiskStorage::open(dir.path()).unwrap();
+    assert_eq!(all_entries(&s).len(), 4);
+}
+
+#[test]
+fn the_default_quota_is_half_the_free_space_capped() {
+    assert_eq!(super::quota_for(1000, 24 << 20), 1000 + (12 << 20));
+    assert_eq!(super::quota_for(0, 1 << 40), super::DEFAULT_QUOTA_CAP);
+    let dir = tempfile::tempdir().unwrap();
+    assert!(super::default_quota(dir.path()).is_some_and(|q| q > 0));
+}

@@ -15,6 +15,9 @@ pub mod fact {
     pub const CLUSTER_ADDR: &str = "cluster_addr";
     /// `true` once the node can take tasks.
     pub const READY: &str = "ready";
+    /// Set (to the reason) while a manager's disk alarm is raised: its raft
+    /// files cannot be written, so it refuses writes.
+    pub const DISK_ALARM: &str = "disk_alarm";
 }
 
 /// Keys starting with this are the module's own and never reach callers.
