@@ -35,6 +35,8 @@ if ! "$BIN" service inspect web >/dev/null 2>&1; then
     sh -c 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www'
 fi
 "$BIN" service ps demo
+# The same cluster through the Docker Engine API, with the stock docker CLI.
+DOCKER_HOST=tcp://127.0.0.11:4243 docker service ls
 cat <<MSG
 
 The cluster is up: node1 (manager) at 127.0.0.11, workers at 127.0.0.12-$((10 + NODES)).
@@ -45,6 +47,8 @@ Try:
   $BIN service scale demo=9
   open http://127.0.0.11:4243/ui in a browser           # the live web view of tasks on nodes
   $BIN events                   # the cluster's events as they happen (Ctrl-C to stop)
+  export DOCKER_HOST=tcp://127.0.0.11:4243                # the docker CLI, unchanged:
+  docker node ls; docker service ps web; docker service logs demo --tail 1
   $BIN service rm demo web
   deploy/cluster.sh down        # stop the nodes and remove their containers
 MSG

@@ -2,6 +2,9 @@
 # How long until 30 replicas run, side by side:
 #   shoal  `shoal service create -d --replicas 30` on a fresh local 3-node
 #          cluster, until `service ps` shows 30 tasks running;
+#   engine `docker service create -d --replicas 30` with the stock docker CLI
+#          against that same shoal cluster (its Docker Engine API), until 30
+#          tasks run;
 #   floor  the same 30 containers through Docker directly (`docker run -d`,
 #          all 30 in parallel), until all run: no orchestrator can beat it;
 #   swarm  `docker service create --replicas 30` on a single-node Docker Swarm
@@ -12,7 +15,7 @@
 #
 # usage: deploy/bench-create.sh [ROUNDS]      (default 3)
 #   REPLICAS=30               replicas per run
-#   BENCH_PARTS=shoal,floor,swarm   which to run
+#   BENCH_PARTS=shoal,engine,floor,swarm   which to run (engine needs shoal)
 #   BENCH_NET=127.0.250       the cluster's addresses ($BENCH_NET.11-13)
 #   BENCH_DEADLINE=300        seconds before a run counts as failed
 #   SHOAL_BIN                 default <repo>/target/release/shoal
@@ -21,7 +24,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=${1:-3}
 REPLICAS=${REPLICAS:-30}
-PARTS=${BENCH_PARTS:-shoal,floor,swarm}
+PARTS=${BENCH_PARTS:-shoal,engine,floor,swarm}
 DEADLINE=${BENCH_DEADLINE:-300}
 IMAGE=shoal/busybox:latest
 export SHOAL_BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
@@ -92,6 +95,7 @@ trap 'exit 130' INT TERM
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 rss_line=""
+if has_part engine && ! has_part shoal; then die "the engine part runs against the shoal cluster: add shoal to BENCH_PARTS"; fi
 if has_part shoal; then
   [ -x "$SHOAL_BIN" ] || die "no shoal binary at $SHOAL_BIN (cargo build --release -p cli)"
   STATE=$(mktemp -d /tmp/shoal-bench.XXXXXX)
@@ -149,6 +153,17 @@ run_shoal() { # round
   echo "$ms"
 }
 
+run_engine() { # round
+  local svc="bench-engine-r$1" t0 ms
+  t0=$(now_ms)
+  # The stock docker CLI, talking to the shoal manager's Engine API.
+  docker -H "tcp://$API" service create -d -q --name "$svc" --replicas "$REPLICAS" "$IMAGE" sleep 100000 >/dev/null
+  ms=$(wait_count "$REPLICAS" "$t0" "engine $svc" shoal_running "$svc")
+  docker -H "tcp://$API" service rm "$svc" >/dev/null
+  wait_gone "shoal.service.name=$svc"
+  echo "$ms"
+}
+
 run_floor() { # round
   local t0 ms
   t0=$(now_ms)
@@ -175,7 +190,7 @@ run_swarm() { # round
 results=$(mktemp)
 for ((r = 1; r <= ROUNDS; r++)); do
   line="round $r:"
-  for part in shoal floor swarm; do
+  for part in shoal engine floor swarm; do
     has_part "$part" || continue
     [ "$part" = swarm ] && [ -n "$swarm_note" ] && continue
     ms=$("run_$part" "$r")
@@ -189,6 +204,7 @@ done
 
 med() { awk -v p="$1" '$1 == p { print $2 }' "$results" | median; }
 shoal_ms=$(med shoal)
+engine_ms=$(med engine)
 floor_ms=$(med floor)
 swarm_ms=$(med swarm)
 rm -f "$results"
@@ -198,6 +214,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 echo
 echo "median of $ROUNDS round(s), $REPLICAS replicas of $IMAGE (sleep 100000):"
 [ -n "$shoal_ms" ] && echo "  shoal  $(secs "$shoal_ms")   service create on 3 nodes → $REPLICAS running"
+[ -n "$engine_ms" ] && echo "  engine $(secs "$engine_ms")   docker service create (Engine API) on the same cluster → $REPLICAS running"
 [ -n "$floor_ms" ] && echo "  floor  $(secs "$floor_ms")   $REPLICAS × docker run -d in parallel"
 if [ -n "$swarm_ms" ]; then
   echo "  swarm  $(secs "$swarm_ms")   docker service create on 1 node → $REPLICAS running"
@@ -207,5 +224,9 @@ fi
 if [ -n "$shoal_ms" ]; then
   [ -n "$floor_ms" ] && echo "  shoal/floor  $(ratio "$shoal_ms" "$floor_ms")"
   [ -n "$swarm_ms" ] && echo "  shoal/swarm  $(ratio "$shoal_ms" "$swarm_ms")"
+fi
+if [ -n "$engine_ms" ]; then
+  [ -n "$swarm_ms" ] && echo "  engine/swarm $(ratio "$engine_ms" "$swarm_ms")"
+  echo "  engine/shoal $(ratio "$engine_ms" "$shoal_ms")"
 fi
 if [ -n "$rss_line" ]; then echo "  $rss_line"; fi
