@@ -157,7 +157,7 @@ run_engine() { # round
   local svc="bench-engine-r$1" t0 ms
   t0=$(now_ms)
   # The stock docker CLI, talking to the shoal manager's Engine API.
-  docker -H "tcp://$API" service create -d -q --name "$svc" --replicas "$REPLICAS" "$IMAGE" sleep 100000 >/dev/null
+  docker -H "tcp://$API" service create -d -q --no-resolve-image --name "$svc" --replicas "$REPLICAS" "$IMAGE" sleep 100000 >/dev/null
   ms=$(wait_count "$REPLICAS" "$t0" "engine $svc" shoal_running "$svc")
   docker -H "tcp://$API" service rm "$svc" >/dev/null
   wait_gone "shoal.service.name=$svc"

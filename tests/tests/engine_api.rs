@@ -279,6 +279,22 @@ fn every_docker_cli_on_the_machine_works_and_bad_calls_get_dockers_errors() {
                 Err(format!("{n}"))
             }
         });
+        // The cluster's events, as `docker events` shows them (bounded by --until).
+        let until =
+            format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1);
+        let events = d.ok(&[
+            "events",
+            "--since",
+            "10m",
+            "--until",
+            &until,
+            "--filter",
+            "type=service",
+            "--format",
+            "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+        ]);
+        assert!(events.lines().any(|l| l == format!("service create {name}")), "{events}");
+        assert!(!events.lines().any(|l| l.starts_with("node ")), "filtered to services: {events}");
         let ps = d.ok(&["service", "ps", &name]);
         assert_eq!(ps.lines().filter(|l| l.contains("Running")).count(), 2, "{ps}");
         wait_for(Duration::from_secs(30), "its logs", || {
