@@ -9,8 +9,8 @@ use common::api::{LogEntry, RestartPatch, ServiceInfo, ServiceUpdate, TaskInfo, 
 use common::constraint::Constraint;
 use common::mesh::PortConfig;
 use common::spec::{
-    parse_label, parse_replicas, validate_env, FailureAction, Mount, RestartPolicy, ServiceMode, ServiceSpec,
-    TaskTemplate, UpdateConfig,
+    parse_key_value, parse_label, parse_replicas, validate_env, ContainerOptions, FailureAction, Limits, Mount,
+    RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
 };
 use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
@@ -115,10 +115,169 @@ pub struct CreateArgs {
     #[arg(long, default_value = "10s")]
     stop_grace_period: String,
     #[command(flatten)]
+    container: ContainerFlags,
+    #[command(flatten)]
     detach: Detach,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// What `docker service create` passes to each container, same names.
+#[derive(Args, Default)]
+pub struct ContainerFlags {
+    /// Container hostname; may use templates like {{.Service.Name}}-{{.Task.Slot}}
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Set one or more supplementary user groups for the container
+    #[arg(long)]
+    group: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image (split at spaces)
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Use an init inside each service container to forward signals and reap processes
+    #[arg(long)]
+    init: bool,
+    /// Mount the container's root filesystem as read only
+    #[arg(long)]
+    read_only: bool,
+    /// Signal to stop the container
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// Add Linux capabilities
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// Sysctl options (KEY=VALUE)
+    #[arg(long)]
+    sysctl: Vec<String>,
+    /// Set custom DNS servers
+    #[arg(long)]
+    dns: Vec<String>,
+    /// Set custom DNS search domains
+    #[arg(long)]
+    dns_search: Vec<String>,
+    /// Set DNS options
+    #[arg(long)]
+    dns_option: Vec<String>,
+    /// Set one or more custom host-to-IP mappings (host:ip)
+    #[arg(long)]
+    host: Vec<String>,
+    /// Container labels (KEY=VALUE)
+    #[arg(long)]
+    container_label: Vec<String>,
+    /// Limit CPUs
+    #[arg(long)]
+    limit_cpu: Option<String>,
+    /// Limit Memory (e.g. 64MiB, 1g)
+    #[arg(long)]
+    limit_memory: Option<String>,
+    /// Limit maximum number of processes (default 0 = unlimited)
+    #[arg(long)]
+    limit_pids: Option<String>,
+}
+
+impl ContainerFlags {
+    fn options(&self) -> Result<(ContainerOptions, Limits)> {
+        let sysctls = self
+            .sysctl
+            .iter()
+            .map(|kv| {
+                parse_key_value(kv)
+                    .ok_or_else(|| anyhow!("invalid argument {kv:?} for \"--sysctl\" flag: expected KEY=VALUE"))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        let hosts = self
+            .host
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((name, ip)) if !name.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {
+                    Ok(format!("{ip} {name}"))
+                }
+                _ => Err(anyhow!("invalid argument {h:?} for \"--host\" flag: bad format for add-host: {h:?}")),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = ContainerOptions {
+            hostname: self.hostname.clone(),
+            user: self.user.clone(),
+            groups: self.group.clone(),
+            workdir: self.workdir.clone(),
+            tty: self.tty,
+            init: self.init.then_some(true),
+            read_only: self.read_only,
+            stop_signal: self.stop_signal.clone(),
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            sysctls,
+            dns: self.dns.clone(),
+            dns_search: self.dns_search.clone(),
+            dns_options: self.dns_option.clone(),
+            hosts,
+            labels: parse_labels(&self.container_label)?,
+        };
+        let limits = Limits {
+            nano_cpus: self.limit_cpu.as_deref().map(parse_cpus).transpose()?.unwrap_or(0),
+            memory_bytes: self.limit_memory.as_deref().map(parse_memory).transpose()?.unwrap_or(0),
+            pids: match self.limit_pids.as_deref() {
+                Some(p) => p
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("invalid argument {p:?} for \"--limit-pids\" flag: expected a number"))?,
+                None => 0,
+            },
+        };
+        Ok((options, limits))
+    }
+
+    fn entrypoint(&self) -> Vec<String> {
+        self.entrypoint.as_deref().map(|e| e.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+    }
+}
+
+/// `0.5`, `2` CPUs as nano-CPUs, exactly (no floating point).
+fn parse_cpus(s: &str) -> Result<u64> {
+    let bad = || anyhow!("invalid argument {s:?} for \"--limit-cpu\" flag: expected a number of CPUs, e.g. 0.5");
+    let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    if frac.len() > 9 || (whole.is_empty() && frac.is_empty()) || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let frac: u64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
+    whole.checked_mul(1_000_000_000).and_then(|w| w.checked_add(frac)).ok_or_else(bad)
+}
+
+/// `64m`, `64MiB`, `1.5g`, `1024` (bytes), as docker reads memory sizes
+/// (powers of 1024).
+fn parse_memory(s: &str) -> Result<u64> {
+    let bad = || anyhow!("invalid argument {s:?} for \"--limit-memory\" flag: invalid size: '{s}'");
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Args)]
@@ -341,6 +500,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             format!("{base}-{}", &common::ServiceId::random().as_str()[..6])
         }
     };
+    let (container, limits) = a.container.options()?;
     let spec = ServiceSpec {
         name,
         labels: parse_labels(&a.label)?,
@@ -349,7 +509,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         rollback,
         task: TaskTemplate {
             image: a.image.clone(),
-            entrypoint: vec![],
+            entrypoint: a.container.entrypoint(),
             args: a.command.clone(),
             env: a.env.clone(),
             mounts,
@@ -358,6 +518,8 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             stop_grace_ms: ms(&a.stop_grace_period, "--stop-grace-period")?,
             ports: parse_ports(&a.publish)?,
             force_update: 0,
+            container,
+            limits,
         },
         engine_spec: None,
     };
@@ -601,4 +763,26 @@ fn pretty_service(s: &ServiceInfo) -> String {
     }
     out.push_str(&format!("Running:\t{}/{}\n", s.running, s.desired));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus_and_memory_parse_as_docker_reads_them() {
+        assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
+        assert_eq!(parse_cpus("2").unwrap(), 2_000_000_000);
+        assert_eq!(parse_cpus(".25").unwrap(), 250_000_000);
+        assert!(parse_cpus("x").is_err());
+        assert!(parse_cpus("0.0000000001").is_err());
+        assert_eq!(parse_memory("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_memory("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_memory("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_memory("1024").unwrap(), 1024);
+        assert_eq!(
+            parse_memory("lots").unwrap_err().to_string(),
+            "invalid argument \"lots\" for \"--limit-memory\" flag: invalid size: 'lots'"
+        );
+    }
 }

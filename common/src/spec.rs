@@ -189,6 +189,130 @@ pub struct TaskTemplate {
     /// rolls although nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// The container's own settings, passed to Docker as they are.
+    #[serde(default, skip_serializing_if = "ContainerOptions::is_default")]
+    pub container: ContainerOptions,
+    /// Resource limits, enforced by Docker (cgroups).
+    #[serde(default, skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
+}
+
+/// Swarm's ContainerSpec settings beyond image, command, env and mounts:
+/// Docker applies them to each task's container. `hostname` may use
+/// Swarm's templates (`{{.Service.Name}}`, `{{.Task.Slot}}`,
+/// `{{.Node.Hostname}}`, …), expanded on the node (see [`expand_template`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `user`, `user:group`, `uid` or `uid:gid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Extra groups (`--group`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// `Some(true)`: an init process as PID 1; `None`: Docker's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// DNS servers, search domains and resolver options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
+    /// Extra `/etc/hosts` lines, Swarm's way: `IP HOSTNAME [ALIAS…]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Labels on the container (`--container-label`); shoal's own
+    /// `shoal.*` labels take precedence.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerOptions {
+    pub fn is_default(&self) -> bool {
+        *self == ContainerOptions::default()
+    }
+}
+
+/// Limits on a task's container; 0 means none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPUs in units of 10⁻⁹ (`--limit-cpu 0.5` is 500,000,000).
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub pids: u64,
+}
+
+impl Limits {
+    pub fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// What a template may name about the task it is expanded for.
+#[derive(Clone, Debug, Default)]
+pub struct TemplateContext<'a> {
+    pub service_id: &'a str,
+    pub service_name: &'a str,
+    pub task_id: &'a str,
+    /// `name.slot.id` (`name.node.id` for a global task), as Swarm names containers.
+    pub task_name: &'a str,
+    pub slot: u64,
+    pub node_id: &'a str,
+    pub node_hostname: &'a str,
+}
+
+/// Expands Swarm's templates (`{{.Service.ID}}`, `{{.Service.Name}}`,
+/// `{{.Task.ID}}`, `{{.Task.Name}}`, `{{.Task.Slot}}`, `{{.Node.ID}}`,
+/// `{{.Node.Hostname}}`, spaces inside the braces allowed) in `s`; anything
+/// else between braces is left as it is.
+pub fn expand_template(s: &str, cx: &TemplateContext) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let value = match after[..end].trim() {
+            ".Service.ID" => Some(cx.service_id.to_string()),
+            ".Service.Name" => Some(cx.service_name.to_string()),
+            ".Task.ID" => Some(cx.task_id.to_string()),
+            ".Task.Name" => Some(cx.task_name.to_string()),
+            ".Task.Slot" => Some(cx.slot.to_string()),
+            ".Node.ID" => Some(cx.node_id.to_string()),
+            ".Node.Hostname" => Some(cx.node_hostname.to_string()),
+            _ => None,
+        };
+        match value {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -210,6 +334,8 @@ impl TaskTemplate {
             stop_grace_ms: default_stop_grace_ms(),
             ports: vec![],
             force_update: 0,
+            container: ContainerOptions::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -470,6 +596,26 @@ pub struct UpdateStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_expand_what_swarm_names_and_keep_the_rest() {
+        let cx = TemplateContext {
+            service_id: "s1",
+            service_name: "web",
+            task_id: "t1",
+            task_name: "web.2.t1",
+            slot: 2,
+            node_id: "n1",
+            node_hostname: "node1",
+        };
+        assert_eq!(expand_template("{{.Service.Name}}-{{ .Task.Slot }}@{{.Node.Hostname}}", &cx), "web-2@node1");
+        assert_eq!(
+            expand_template("{{.Node.ID}}/{{.Task.ID}}/{{.Service.ID}}/{{.Task.Name}}", &cx),
+            "n1/t1/s1/web.2.t1"
+        );
+        assert_eq!(expand_template("{{.Other}} {{ open", &cx), "{{.Other}} {{ open");
+        assert_eq!(expand_template("plain", &cx), "plain");
+    }
 
     #[test]
     fn mounts_parse_and_refuse() {

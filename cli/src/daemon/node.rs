@@ -153,7 +153,8 @@ pub(crate) async fn run_node(
                 .map_err(|e| {
                     anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)")
                 })?
-                .publish_on(state.advertise_addr),
+                .publish_on(state.advertise_addr)
+                .node_hostname(&state.hostname),
         ),
     };
     let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));

@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use common::ids::{NodeId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
+use common::spec::{expand_template, TemplateContext};
 use common::task::Task;
 use common::wire::LogLine;
 
@@ -34,6 +35,8 @@ pub struct DockerRuntime {
     /// `None`: on every address (Docker's default), which several nodes
     /// sharing one machine cannot do for host-mode ports.
     host_ip: Option<IpAddr>,
+    /// The node's hostname, for `{{.Node.Hostname}}` in templates.
+    node_hostname: String,
     /// Inspect results by (container id, state as listed): a container is
     /// inspected once per state it is seen in, not on every list.
     inspected: Mutex<HashMap<(String, ContainerState), ContainerInfo>>,
@@ -49,7 +52,13 @@ impl DockerRuntime {
 
     pub async fn with_client(docker: Docker) -> Result<Self, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(DockerRuntime { docker, host_ip: None, inspected: Mutex::new(HashMap::new()) })
+        Ok(DockerRuntime { docker, host_ip: None, node_hostname: String::new(), inspected: Mutex::new(HashMap::new()) })
+    }
+
+    /// The node's hostname, for `{{.Node.Hostname}}` in task templates.
+    pub fn node_hostname(mut self, hostname: &str) -> Self {
+        self.node_hostname = hostname.to_string();
+        self
     }
 
     /// Publishes task ports on `ip` (the node's advertise address) instead
@@ -210,7 +219,16 @@ fn is_port_conflict(message: &str) -> bool {
     message.contains("port is already allocated") || message.contains("address already in use")
 }
 
-fn container_body(node: &NodeId, task: &Task, host_ip: Option<IpAddr>) -> ContainerCreateBody {
+/// Swarm's `IP HOSTNAME [ALIAS…]` hosts line as Docker's `HOSTNAME:IP`
+/// (aliases become lines of their own).
+fn extra_host(line: &str) -> Option<Vec<String>> {
+    let mut words = line.split_whitespace();
+    let ip = words.next()?;
+    let names: Vec<String> = words.map(|n| format!("{n}:{ip}")).collect();
+    (!names.is_empty()).then_some(names)
+}
+
+fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Option<IpAddr>) -> ContainerCreateBody {
     let spec = &task.spec;
     let mounts: Vec<DockerMount> = spec
         .mounts
@@ -223,12 +241,33 @@ fn container_body(node: &NodeId, task: &Task, host_ip: Option<IpAddr>) -> Contai
             ..Default::default()
         })
         .collect();
+    let c = &spec.container;
+    let (task_id, node_id) = (task.id.to_string(), node.to_string());
+    let task_name = container_name(task);
+    let cx = TemplateContext {
+        service_id: task.service_id.as_str(),
+        service_name: &task.service_name,
+        task_id: &task_id,
+        task_name: &task_name,
+        slot: task.slot,
+        node_id: &node_id,
+        node_hostname,
+    };
+    let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
+    labels.extend(task_labels(node, task));
+    let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let limit = |n: u64| (n > 0).then(|| i64::try_from(n).unwrap_or(i64::MAX));
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: Some(spec.env.clone()),
-        labels: Some(task_labels(node, task)),
+        env: Some(spec.env.iter().map(|e| expand_template(e, &cx)).collect()),
+        labels: Some(labels),
+        hostname: c.hostname.as_ref().map(|h| expand_template(h, &cx)),
+        user: c.user.clone(),
+        working_dir: c.workdir.clone(),
+        tty: c.tty.then_some(true),
+        stop_signal: c.stop_signal.clone(),
         exposed_ports: (!task.spec.ports.is_empty())
             .then(|| task.spec.ports.iter().map(|pc| port_key(pc.protocol, pc.target)).collect()),
         // So that a hand-run `docker stop` honours the service's grace too.
@@ -236,6 +275,20 @@ fn container_body(node: &NodeId, task: &Task, host_ip: Option<IpAddr>) -> Contai
         host_config: Some(HostConfig {
             mounts: Some(mounts),
             port_bindings: (!task.spec.ports.is_empty()).then(|| port_bindings(task, host_ip)),
+            init: c.init,
+            readonly_rootfs: c.read_only.then_some(true),
+            group_add: some_vec(&c.groups),
+            cap_add: some_vec(&c.cap_add),
+            cap_drop: some_vec(&c.cap_drop),
+            sysctls: (!c.sysctls.is_empty()).then(|| c.sysctls.clone().into_iter().collect()),
+            dns: some_vec(&c.dns),
+            dns_search: some_vec(&c.dns_search),
+            dns_options: some_vec(&c.dns_options),
+            extra_hosts: (!c.hosts.is_empty())
+                .then(|| c.hosts.iter().filter_map(|h| extra_host(h)).flatten().collect()),
+            nano_cpus: limit(spec.limits.nano_cpus),
+            memory: limit(spec.limits.memory_bytes),
+            pids_limit: limit(spec.limits.pids),
             ..Default::default()
         }),
         ..Default::default()
@@ -275,7 +328,7 @@ impl Runtime for DockerRuntime {
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = self
             .docker
-            .create_container(Some(opts), container_body(node, task, self.host_ip))
+            .create_container(Some(opts), container_body(node, &self.node_hostname, task, self.host_ip))
             .await
             .map_err(map_err)?;
         for w in created.warnings.iter().filter(|w| !w.is_empty()) {
@@ -405,12 +458,12 @@ mod tests {
         assert_eq!(map["80/tcp"], b(None));
         assert_eq!(map["5353/udp"], b(None));
         assert_eq!(map["90/tcp"], b(Some("9000")));
-        let body = container_body(&NodeId::from("n1"), &t, Some(ip));
+        let body = container_body(&NodeId::from("n1"), "node1", &t, Some(ip));
         let mut exposed = body.exposed_ports.expect("exposed");
         exposed.sort();
         assert_eq!(exposed, vec!["5353/udp", "80/tcp", "90/tcp"]);
         // No ports, no port fields at all.
-        let body = container_body(&NodeId::from("n1"), &task_with_ports(&[]), Some(ip));
+        let body = container_body(&NodeId::from("n1"), "node1", &task_with_ports(&[]), Some(ip));
         assert!(body.exposed_ports.is_none());
         assert!(body.host_config.and_then(|h| h.port_bindings).is_none());
     }

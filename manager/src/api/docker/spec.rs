@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use common::constraint::Constraint;
 use common::mesh::{PortConfig, Protocol, PublishMode};
 use common::spec::{
-    FailureAction, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
-    UpdateOrder,
+    ContainerOptions, FailureAction, Limits, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
+    TaskTemplate, UpdateConfig, UpdateOrder,
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
@@ -87,6 +87,8 @@ struct DockerTaskSpec {
     restart_policy: Option<DockerRestartPolicy>,
     #[serde(default)]
     placement: Option<DockerPlacement>,
+    #[serde(default)]
+    resources: Option<DockerResources>,
     #[serde(default, deserialize_with = "nullable")]
     force_update: u64,
 }
@@ -107,6 +109,63 @@ struct DockerContainerSpec {
     /// Nanoseconds.
     #[serde(default)]
     stop_grace_period: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    hostname: String,
+    #[serde(default, deserialize_with = "nullable")]
+    user: String,
+    #[serde(default, deserialize_with = "nullable")]
+    groups: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    dir: String,
+    #[serde(default, rename = "TTY", deserialize_with = "nullable")]
+    tty: bool,
+    #[serde(default)]
+    init: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    read_only: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    stop_signal: String,
+    #[serde(default, deserialize_with = "nullable")]
+    capability_add: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    capability_drop: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    sysctls: BTreeMap<String, String>,
+    #[serde(default, rename = "DNSConfig")]
+    dns_config: Option<DockerDnsConfig>,
+    #[serde(default, deserialize_with = "nullable")]
+    hosts: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerDnsConfig {
+    #[serde(default, deserialize_with = "nullable")]
+    nameservers: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    search: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    options: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerResources {
+    #[serde(default)]
+    limits: Option<DockerLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerLimits {
+    #[serde(default, rename = "NanoCPUs", deserialize_with = "nullable")]
+    nano_cpus: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    memory_bytes: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    pids: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +390,35 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
         return Err(invalid(format!("invalid EndpointSpec.Mode {:?}: expected vip or dnsrr", endpoint.mode)));
     }
     let ports = endpoint.ports.into_iter().map(port).collect::<Result<Vec<_>, _>>()?;
+    let limits = task.resources.unwrap_or_default().limits.unwrap_or_default();
+    let non_negative = |n: i64, what: &str| {
+        u64::try_from(n).map_err(|_| invalid(format!("Resources.Limits.{what} must not be negative")))
+    };
+    let limits = Limits {
+        nano_cpus: non_negative(limits.nano_cpus, "NanoCPUs")?,
+        memory_bytes: non_negative(limits.memory_bytes, "MemoryBytes")?,
+        pids: non_negative(limits.pids, "Pids")?,
+    };
+    let dns = container.dns_config.unwrap_or_default();
+    let nonempty = |s: String| (!s.is_empty()).then_some(s);
+    let options = ContainerOptions {
+        hostname: nonempty(container.hostname),
+        user: nonempty(container.user),
+        groups: container.groups,
+        workdir: nonempty(container.dir),
+        tty: container.tty,
+        init: container.init,
+        read_only: container.read_only,
+        stop_signal: nonempty(container.stop_signal),
+        cap_add: container.capability_add,
+        cap_drop: container.capability_drop,
+        sysctls: container.sysctls,
+        dns: dns.nameservers,
+        dns_search: dns.search,
+        dns_options: dns.options,
+        hosts: container.hosts,
+        labels: container.labels,
+    };
     let spec = ServiceSpec {
         name: d.name,
         labels: d.labels,
@@ -349,6 +437,8 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
             },
             ports,
             force_update: task.force_update,
+            container: options,
+            limits,
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
@@ -404,6 +494,35 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
         container.insert("Mounts".into(), Value::Array(mounts));
     }
     container.insert("StopGracePeriod".into(), json!(ms_to_ns(t.stop_grace_ms)));
+    let c = &t.container;
+    let mut put = |k: &str, v: Value| {
+        if !is_zero(&v) {
+            container.insert(k.into(), v);
+        }
+    };
+    put("Hostname", json!(c.hostname));
+    put("User", json!(c.user));
+    put("Groups", json!(c.groups));
+    put("Dir", json!(c.workdir));
+    put("TTY", json!(c.tty));
+    put("ReadOnly", json!(c.read_only));
+    put("StopSignal", json!(c.stop_signal));
+    put("CapabilityAdd", json!(c.cap_add));
+    put("CapabilityDrop", json!(c.cap_drop));
+    put("Sysctls", json!(c.sysctls));
+    put("Hosts", json!(c.hosts));
+    put("Labels", json!(c.labels));
+    put("DNSConfig", json!({"Nameservers": c.dns, "Search": c.dns_search, "Options": c.dns_options}));
+    if let Some(init) = c.init {
+        container.insert("Init".into(), json!(init));
+    }
+    let l = &t.limits;
+    let mut limits = Map::new();
+    for (k, n) in [("NanoCPUs", l.nano_cpus), ("MemoryBytes", l.memory_bytes), ("Pids", l.pids)] {
+        if n > 0 {
+            limits.insert(k.into(), json!(n));
+        }
+    }
     let mut restart = json!({
         "Condition": t.restart.condition.to_string(),
         "Delay": ms_to_ns(t.restart.delay_ms),
@@ -416,13 +535,17 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     if !t.constraints.is_empty() {
         placement.insert("Constraints".into(), json!(t.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>()));
     }
-    json!({
+    let mut task = json!({
         "ContainerSpec": container,
         "RestartPolicy": restart,
         "Placement": placement,
         "ForceUpdate": t.force_update,
         "Runtime": "container",
-    })
+    });
+    if !limits.is_empty() {
+        task["Resources"] = json!({"Limits": limits});
+    }
+    task
 }
 
 /// Docker's `Ports` of an EndpointSpec (and of a service's Endpoint).
@@ -478,6 +601,21 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "ContainerSpec", "Env"],
     &["TaskTemplate", "ContainerSpec", "Mounts"],
     &["TaskTemplate", "ContainerSpec", "StopGracePeriod"],
+    &["TaskTemplate", "ContainerSpec", "Hostname"],
+    &["TaskTemplate", "ContainerSpec", "User"],
+    &["TaskTemplate", "ContainerSpec", "Groups"],
+    &["TaskTemplate", "ContainerSpec", "Dir"],
+    &["TaskTemplate", "ContainerSpec", "TTY"],
+    &["TaskTemplate", "ContainerSpec", "Init"],
+    &["TaskTemplate", "ContainerSpec", "ReadOnly"],
+    &["TaskTemplate", "ContainerSpec", "StopSignal"],
+    &["TaskTemplate", "ContainerSpec", "CapabilityAdd"],
+    &["TaskTemplate", "ContainerSpec", "CapabilityDrop"],
+    &["TaskTemplate", "ContainerSpec", "Sysctls"],
+    &["TaskTemplate", "ContainerSpec", "DNSConfig"],
+    &["TaskTemplate", "ContainerSpec", "Hosts"],
+    &["TaskTemplate", "ContainerSpec", "Labels"],
+    &["TaskTemplate", "Resources", "Limits"],
     &["TaskTemplate", "RestartPolicy"],
     &["TaskTemplate", "Placement", "Constraints"],
     &["TaskTemplate", "ForceUpdate"],
@@ -543,7 +681,13 @@ pub fn engine_view(spec: &ServiceSpec) -> Value {
     }
     let mut doc = doc;
     for path in OWNED {
-        set(&mut doc, path, get(&ours, path).cloned());
+        match get(&ours, path) {
+            Some(v) => set(&mut doc, path, Some(v.clone())),
+            // What shoal renders as absent is its zero: a zero the client
+            // wrote (`"Limits": {}`) stays as written.
+            None if get(&doc, path).is_some_and(is_zero) => {}
+            None => set(&mut doc, path, None),
+        }
     }
     doc
 }
@@ -708,9 +852,12 @@ mod tests {
 
     #[test]
     fn what_shoal_does_not_do_is_named_and_bad_specs_refused() {
-        let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "User": "nobody",
-            "Command": ["/bin/sh"]}, "Resources": {"Limits": {"MemoryBytes": 1024}}}}));
-        assert_eq!(ignored(&sent), ["TaskTemplate.ContainerSpec.User", "TaskTemplate.Resources.Limits.MemoryBytes"]);
+        let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Healthcheck":
+            {"Test": ["CMD", "true"]}, "Command": ["/bin/sh"]}, "Resources": {"Reservations": {"MemoryBytes": 1024}}}}));
+        assert_eq!(
+            ignored(&sent),
+            ["TaskTemplate.ContainerSpec.HealthCheck.Test", "TaskTemplate.Resources.Reservations.MemoryBytes"]
+        );
         assert_eq!(from_engine(&sent).unwrap().task.entrypoint, ["/bin/sh"]);
         let bad = |v: Value| from_engine(&doc(v)).unwrap_err().to_string();
         assert_eq!(
@@ -728,5 +875,32 @@ mod tests {
         assert!(bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}},
             "EndpointSpec": {"Ports": [{"TargetPort": 70000}]}}))
         .contains("TargetPort 70000"));
+    }
+
+    #[test]
+    fn container_options_and_limits_are_acted_on_and_round_trip() {
+        let sent = doc(json!({"Name": "c", "TaskTemplate": {
+            "ContainerSpec": {"Image": "i", "Hostname": "{{.Service.Name}}-{{.Task.Slot}}", "User": "1000:1000",
+                "Groups": ["audio"], "Dir": "/bin", "TTY": true, "Init": true, "ReadOnly": true, "StopSignal": "SIGINT",
+                "CapabilityAdd": ["NET_ADMIN"], "CapabilityDrop": ["MKNOD"], "Sysctls": {"net.core.somaxconn": "1024"},
+                "DNSConfig": {"Nameservers": ["10.0.0.2"], "Search": ["example.org"], "Options": ["ndots:2"]},
+                "Hosts": ["10.0.0.9 db"], "Labels": {"team": "a"}},
+            "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67_108_864, "Pids": 50}}}}));
+        let spec = from_engine(&sent).unwrap();
+        let c = &spec.task.container;
+        assert_eq!(c.hostname.as_deref(), Some("{{.Service.Name}}-{{.Task.Slot}}"));
+        assert_eq!((c.tty, c.init, c.read_only), (true, Some(true), true));
+        assert_eq!(c.dns_options, ["ndots:2"]);
+        assert_eq!(spec.task.limits, Limits { nano_cpus: 500_000_000, memory_bytes: 67_108_864, pids: 50 });
+        assert_eq!(ignored(&sent), Vec::<String>::new(), "all acted on");
+        assert_eq!(engine_view(&spec), sent);
+        let mut plain = spec.clone();
+        plain.engine_spec = None;
+        let mut back = from_engine(&to_engine(&plain)).unwrap();
+        back.engine_spec = None;
+        assert_eq!(back, plain, "shoal's rendering reads back the same");
+        let reserved = doc(json!({"Name": "c", "TaskTemplate": {"ContainerSpec": {"Image": "i"},
+            "Resources": {"Reservations": {"MemoryBytes": 1}}}}));
+        assert_eq!(ignored(&reserved), ["TaskTemplate.Resources.Reservations.MemoryBytes"]);
     }
 }
