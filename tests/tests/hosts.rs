@@ -236,6 +236,7 @@ fn tasks_failing_on_one_host_are_placed_on_the_others() {
 
     // `service ps`: every task host2 got was rejected with Docker's error.
     let table = h.shoal_ok(1, &["service", "ps", "spill"]);
+    eprintln!("{table}");
     let on_host2: Vec<&str> = table.lines().filter(|l| l.contains(" host2 ")).collect();
     assert!(on_host2.len() >= 5, "at least 5 failures on host2 before it is avoided:\n{table}");
     for row in &on_host2 {
@@ -258,6 +259,9 @@ fn tasks_failing_on_one_host_are_placed_on_the_others() {
         let err = t.pointer("/status/err").and_then(Value::as_str).unwrap_or("");
         let docker = err.strip_prefix("No such image: shoal/busybox:latest: ").unwrap_or("");
         assert!(!docker.trim().is_empty(), "Docker's own words after shoal's: {err:?}");
+    }
+    if let Some(err) = before.iter().find(|t| task_host(t) == Some(2)).and_then(|t| t.pointer("/status/err")) {
+        eprintln!("host2's error in full: {err}");
     }
 
     // Scaled up while host2's failures are recent: the new tasks avoid it.
