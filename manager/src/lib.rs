@@ -136,7 +136,7 @@ impl Manager {
             cfg.live.clone(),
         );
         ControlLoop::start(
-            scheduler::Scheduler,
+            scheduler::Scheduler::default(),
             addr.clone(),
             store.clone(),
             status.clone(),

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tests::{busybox_image, require_hosts, wait_for, Hosts, Mesh};
+use serde_json::Value;
+use tests::{busybox_image, require_hosts, task_host, wait_for, Hosts, Mesh};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -213,4 +214,60 @@ fn real_partitions_an_isolated_leader_host() {
         other => Err(format!("{other:?}")),
     });
     wait_one_per_slot(&h, "part", 5);
+}
+
+/// Issue 17, the worker side: a host whose engine cannot run a service's
+/// tasks (its copy of the image is gone and no registry is reachable, as
+/// when a full disk makes Docker fail) reports Docker's error for each of
+/// them, and once the service failed there 5 times (the scheduler's
+/// `MAX_FAILURES`) its tasks go to the other hosts, new ones too.
+#[test]
+fn tasks_failing_on_one_host_are_placed_on_the_others() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(3, 1, Mesh::Userspace);
+    h.docker(2, &["rmi", busybox_image()]).ok();
+
+    let t = Instant::now();
+    create(&h, 1, "spill", &["--replicas", "6", "--restart-delay", "1s"], &["sleep", "100000"]);
+    h.wait_running_where(1, "spill", 6, Duration::from_secs(30), |i| i != 2);
+    eprintln!("6 replicas running on host1 and host3 in {:.2} s", t.elapsed().as_secs_f64());
+
+    // `service ps`: every task host2 got was rejected with Docker's error.
+    let table = h.shoal_ok(1, &["service", "ps", "spill"]);
+    eprintln!("{table}");
+    let on_host2: Vec<&str> = table.lines().filter(|l| l.contains(" host2 ")).collect();
+    assert!(on_host2.len() >= 5, "at least 5 failures on host2 before it is avoided:\n{table}");
+    for row in &on_host2 {
+        assert!(
+            row.contains(" Shutdown ")
+                && row.contains(" Rejected ")
+                && row.contains(r#""No such image: shoal/busybox:…""#),
+            "a task host2 got:\n{row}\nin\n{table}"
+        );
+    }
+    let tasks = |h: &Hosts| -> Vec<Value> {
+        let out = h.shoal_ok(1, &["service", "ps", "spill", "--no-trunc", "--format", "json"]);
+        serde_json::from_str::<Value>(&out).expect("service ps json").as_array().cloned().unwrap_or_default()
+    };
+    let host2_ids = |tasks: &[Value]| -> BTreeSet<String> {
+        tasks.iter().filter(|t| task_host(t) == Some(2)).filter_map(|t| t["id"].as_str().map(String::from)).collect()
+    };
+    let before = tasks(&h);
+    for t in before.iter().filter(|t| task_host(t) == Some(2)) {
+        let err = t.pointer("/status/err").and_then(Value::as_str).unwrap_or("");
+        let docker = err.strip_prefix("No such image: shoal/busybox:latest: ").unwrap_or("");
+        assert!(!docker.trim().is_empty(), "Docker's own words after shoal's: {err:?}");
+    }
+    if let Some(err) = before.iter().find(|t| task_host(t) == Some(2)).and_then(|t| t.pointer("/status/err")) {
+        eprintln!("host2's error in full: {err}");
+    }
+
+    // Scaled up while host2's failures are recent: the new tasks avoid it.
+    h.shoal_ok(1, &["service", "scale", "-d", "spill=8"]);
+    h.wait_running_where(1, "spill", 8, Duration::from_secs(20), |i| i != 2);
+    let after = host2_ids(&tasks(&h));
+    assert!(after.is_subset(&host2_ids(&before)), "no new task on host2: {after:?}");
+    assert_eq!(h.running("spill")[&2].len(), 0, "nothing of spill runs in host2's engine");
 }

@@ -81,7 +81,7 @@ impl Harness {
         let p = {
             let views: Vec<NodeView> =
                 self.store.nodes.values().map(|n| NodeView::new(n, !self.health.down.contains(&n.id))).collect();
-            plan::plan(&views, &self.store.tasks)
+            plan::plan(&views, &self.store.tasks, &plan::RecentFailures::default())
         };
         let preassigned = |id: &TaskId| self.store.tasks[id].node_id.is_some();
         let assign: Vec<Assignment> = p
@@ -499,7 +499,7 @@ fn a_second_global_service_on_a_taken_host_port_waits_pending_until_the_first_go
     // Nothing more to say while nothing changes.
     assert_eq!(h.step(3), Decision::default());
     let views: Vec<NodeView> = h.store.nodes.values().map(|n| NodeView::new(n, true)).collect();
-    assert_eq!(plan::plan(&views, &h.store.tasks), plan::Plan::default());
+    assert_eq!(plan::plan(&views, &h.store.tasks, &plan::RecentFailures::default()), plan::Plan::default());
 
     h.store.apply(Command::RemoveService("first".into())).unwrap();
     h.step(4);

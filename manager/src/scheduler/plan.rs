@@ -4,8 +4,10 @@
 //! A pipeline of filters decides which nodes can take a task; each filter
 //! can say why it refused, which is how a user learns
 //! `no suitable node (scheduling constraints not satisfied on 3 nodes)`.
-//! Among the nodes left, spread: fewest tasks of this service, then fewest
-//! tasks overall, then node ID (so the plan is deterministic). A task that
+//! Among the nodes left, spread: first away from nodes where this service's
+//! tasks keep failing ([`RecentFailures`]), then fewest tasks of this
+//! service, then fewest tasks overall, then node ID (so the plan is
+//! deterministic). A task that
 //! names its node meets the same pipeline over that node alone (swarmkit's
 //! `taskFitNode`): admitted, it is assigned there; refused, it stays PENDING
 //! with the reason and is looked at again on the next change.
@@ -15,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::constraint::all_match;
 use common::mesh::{Protocol, PublishMode};
 use common::node::{Availability, Node};
+use common::spec::TaskTemplate;
 use common::task::{Task, TaskState};
+use common::time::Millis;
 use common::{NodeId, ServiceId, TaskId};
 
 /// What the scheduler sees of one node.
@@ -168,7 +172,99 @@ impl<'a> Load<'a> {
     }
 }
 
-pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>) -> Plan {
+/// Failures of one service on one node within [`FAILURE_WINDOW_MS`] from
+/// which the scheduler places that service's tasks on other nodes when any
+/// fits (swarmkit's `maxFailures`).
+pub const MAX_FAILURES: usize = 5;
+
+/// How long a task's failure counts against its node (swarmkit's
+/// `monitorFailures`, 5 minutes).
+pub const FAILURE_WINDOW_MS: Millis = 5 * 60 * 1000;
+
+/// The tasks that failed lately, per service version and node: what makes
+/// the scheduler prefer other nodes for a service whose tasks keep failing
+/// on one (a full disk, an image missing from that engine), as swarmkit's
+/// `NodeInfo.recentFailures` does. A failure is a task that ended FAILED or
+/// REJECTED on its node; tasks shut down on purpose, completed or orphaned
+/// with their node do not count. A version is the task template, so an
+/// updated service starts with a clean slate.
+///
+/// Derived from the store's tasks by [`RecentFailures::observe`] and kept
+/// by the scheduler, never serialised: each task counts once, when it is
+/// first seen failed, at the time of its status, so the old failed tasks a
+/// new leader finds in the history count as they did, and a failure still
+/// counts after its task was pruned from the history.
+#[derive(Debug, Default)]
+pub struct RecentFailures {
+    /// Failed tasks already counted, with the time of their failure.
+    seen: BTreeMap<TaskId, Millis>,
+    by_service: BTreeMap<ServiceId, Vec<VersionFailures>>,
+}
+
+#[derive(Debug)]
+struct VersionFailures {
+    template: TaskTemplate,
+    /// When each failure happened, per node.
+    per_node: BTreeMap<NodeId, Vec<Millis>>,
+}
+
+impl RecentFailures {
+    /// Counts the tasks of `tasks` that failed within the window and were
+    /// not counted yet, and forgets failures older than the window. Returns
+    /// the (service, node) pairs that reached [`MAX_FAILURES`] with this call.
+    pub fn observe(&mut self, tasks: &BTreeMap<TaskId, Task>, now: Millis) -> Vec<(ServiceId, NodeId)> {
+        let recent = |at: Millis| now.saturating_sub(at) < FAILURE_WINDOW_MS;
+        self.seen.retain(|_, at| recent(*at));
+        for versions in self.by_service.values_mut() {
+            for v in versions.iter_mut() {
+                v.per_node.retain(|_, times| {
+                    times.retain(|at| recent(*at));
+                    !times.is_empty()
+                });
+            }
+            versions.retain(|v| !v.per_node.is_empty());
+        }
+        self.by_service.retain(|_, versions| !versions.is_empty());
+
+        let mut reached = Vec::new();
+        for t in tasks.values().filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected)) {
+            let Some(node) = t.assigned_node() else { continue };
+            // A clock ahead of ours would make the failure count for longer.
+            let at = t.status.timestamp.min(now);
+            if !recent(at) || self.seen.contains_key(&t.id) {
+                continue;
+            }
+            self.seen.insert(t.id.clone(), at);
+            let versions = self.by_service.entry(t.service_id.clone()).or_default();
+            let i = match versions.iter().position(|v| v.template == t.spec) {
+                Some(i) => i,
+                None => {
+                    versions.push(VersionFailures { template: t.spec.clone(), per_node: BTreeMap::new() });
+                    versions.len() - 1
+                }
+            };
+            let times = versions[i].per_node.entry(node.clone()).or_default();
+            times.push(at);
+            if times.len() == MAX_FAILURES {
+                reached.push((t.service_id.clone(), node.clone()));
+            }
+        }
+        reached
+    }
+
+    /// The nodes that reached [`MAX_FAILURES`] for `t`'s service version.
+    fn failing_for(&self, t: &Task) -> BTreeSet<&NodeId> {
+        self.by_service
+            .get(&t.service_id)
+            .and_then(|versions| versions.iter().find(|v| v.template == t.spec))
+            .map(|v| v.per_node.iter().filter(|(_, times)| times.len() >= MAX_FAILURES).map(|(n, _)| n).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Places the waiting tasks of `tasks` on `nodes`, avoiding (not refusing)
+/// the nodes `failures` marks for a task's service.
+pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failures: &RecentFailures) -> Plan {
     let mut load = Load::new(nodes, tasks);
     let (mut preassigned, mut pending): (Vec<&Task>, Vec<&Task>) =
         tasks.values().filter(|t| waiting(t)).partition(|t| t.node_id.is_some());
@@ -194,10 +290,14 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>) -> Pl
     for t in pending {
         match eligible(&load.nodes, t) {
             Ok(candidates) => {
+                // A ranking, not a filter: a failing node still takes the
+                // task when no other node fits (a one-node cluster).
+                let failing = failures.failing_for(t);
                 let best = candidates
                     .into_iter()
                     .min_by_key(|n| {
                         (
+                            failing.contains(&n.id),
                             load.per_service.get(&(&t.service_id, &n.id)).copied().unwrap_or(0),
                             load.total.get(&n.id).copied().unwrap_or(0),
                             &n.id,
@@ -283,7 +383,7 @@ mod tests {
         let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
         let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
         let ts = tasks((1..=6).map(|s| task("web", s, None, &[])).collect());
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(hosts(&p), ["n1", "n2", "n3", "n1", "n2", "n3"]);
         assert!(p.unplaceable.is_empty());
     }
@@ -301,7 +401,7 @@ mod tests {
             task("web", 3, None, &[]),
             task("web", 4, None, &[]),
         ]);
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         // Slot 3 goes to n3 (no web there); slot 4 to n1 (1 web, 1 total) not n3.
         assert_eq!(hosts(&p), ["n3", "n1"]);
     }
@@ -315,7 +415,7 @@ mod tests {
             task("a", 2, None, &["node.role==manager"]),
             task("b", 1, None, &["node.labels.zone==mars"]),
         ]);
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(hosts(&p), ["n1", "n1"]);
         assert_eq!(
             p.unplaceable,
@@ -330,7 +430,7 @@ mod tests {
         let ns = [node("n1", Role::Manager), paused, node("n3", Role::Worker)];
         let views = vec![NodeView::new(&ns[0], false), NodeView::new(&ns[1], true), NodeView::new(&ns[2], true)];
         let ts = tasks(vec![task("a", 1, None, &[]), task("b", 1, None, &["node.hostname==n1"])]);
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(hosts(&p), ["n3"]);
         assert_eq!(
             p.unplaceable[0].1,
@@ -346,10 +446,10 @@ mod tests {
         t.status.state = TaskState::Pending;
         t.status.err = Some("no suitable node (scheduling constraints not satisfied on 1 node)".into());
         let ts = tasks(vec![t]);
-        assert_eq!(plan(&views, &ts), Plan::default());
+        assert_eq!(plan(&views, &ts, &RecentFailures::default()), Plan::default());
         let m = [node("n1", Role::Manager)];
         let views: Vec<_> = m.iter().map(|n| NodeView::new(n, true)).collect();
-        assert_eq!(hosts(&plan(&views, &ts)), ["n1"]);
+        assert_eq!(hosts(&plan(&views, &ts, &RecentFailures::default())), ["n1"]);
     }
 
     #[test]
@@ -360,7 +460,7 @@ mod tests {
         for t in &mut list {
             t.spec.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
         }
-        let p = plan(&views, &tasks(list));
+        let p = plan(&views, &tasks(list), &RecentFailures::default());
         assert_eq!(hosts(&p), ["n1", "n2"]);
         assert_eq!(p.unplaceable[0].1, "no suitable node (host-mode port already in use on 2 nodes)");
     }
@@ -390,7 +490,7 @@ mod tests {
         // Spreading would pick n1 (empty); the task names n2, which runs a
         // task already.
         let ts = tasks(vec![task("busy", 1, Some("n2"), &[]), global("mon", "n2", Some(9000), 5)]);
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(p.assign, vec![("mon-n2".into(), "id-n2".into())]);
         assert!(p.unplaceable.is_empty());
     }
@@ -412,7 +512,7 @@ mod tests {
             global("mon", "n3", Some(9000), 5),
             on_n4,
         ]);
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(p.assign, vec![], "each refused on its node, none moved to another");
         let mut why = p.unplaceable.clone();
         why.sort();
@@ -435,10 +535,10 @@ mod tests {
         waiting.status.state = TaskState::Pending;
         waiting.status.err = Some("no suitable node (host-mode port already in use on 1 node)".into());
         let ts = tasks(vec![running(global("edge", "n1", Some(9000), 0)), waiting.clone()]);
-        assert_eq!(plan(&views, &ts), Plan::default(), "same reason: nothing new to say");
+        assert_eq!(plan(&views, &ts, &RecentFailures::default()), Plan::default(), "same reason: nothing new to say");
         // The other service goes: its own port does not hold the task back.
         let ts = tasks(vec![waiting]);
-        assert_eq!(plan(&views, &ts).assign, vec![("mon-n1".into(), "id-n1".into())]);
+        assert_eq!(plan(&views, &ts, &RecentFailures::default()).assign, vec![("mon-n1".into(), "id-n1".into())]);
     }
 
     #[test]
@@ -451,7 +551,7 @@ mod tests {
         let mut replica = task("web", 1, None, &[]);
         replica.spec.ports = vec!["published=9000,target=80,mode=host".parse().unwrap()];
         let ts = tasks(vec![global("b", "n1", Some(9000), 7), global("a", "n1", Some(9000), 3), replica]);
-        let p = plan(&views, &ts);
+        let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(p.assign, vec![("a-n1".into(), "id-n1".into()), ("web-1".into(), "id-n2".into())]);
         assert_eq!(
             p.unplaceable,
@@ -463,13 +563,161 @@ mod tests {
     fn a_task_naming_a_removed_node_is_left_to_the_orchestrator() {
         let ns = [node("n1", Role::Manager)];
         let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
-        assert_eq!(plan(&views, &tasks(vec![global("mon", "gone", None, 0)])), Plan::default());
+        assert_eq!(
+            plan(&views, &tasks(vec![global("mon", "gone", None, 0)]), &RecentFailures::default()),
+            Plan::default()
+        );
+    }
+
+    /// The `n`th finished task of `svc` on `node`, ended `state` at `at`.
+    fn ended(svc: &str, n: u64, node: &str, state: TaskState, at: Millis) -> Task {
+        let mut t = task(svc, 1, Some(node), &[]);
+        t.id = format!("{svc}-{node}-{n}").as_str().into();
+        t.desired_state = TaskState::Shutdown;
+        t.status = TaskStatus::new(state, at, "");
+        t
+    }
+
+    /// Web's slots 2 and 3 run on n1 and n3, slot 1 waits: spreading alone
+    /// puts it on n2, where `history` happened.
+    fn web_waiting_with(history: Vec<Task>) -> BTreeMap<TaskId, Task> {
+        let mut list =
+            vec![task("web", 1, None, &[]), task("web", 2, Some("n1"), &[]), task("web", 3, Some("n3"), &[])];
+        list.extend(history);
+        tasks(list)
+    }
+
+    fn failures_on(node: &str, svc: &str, n: u64, state: TaskState, at: Millis) -> Vec<Task> {
+        (0..n).map(|i| ended(svc, i, node, state, at + i)).collect()
+    }
+
+    #[test]
+    fn a_node_where_the_service_keeps_failing_is_avoided_once_over_the_threshold() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let now = 10_000;
+        let below = MAX_FAILURES as u64 - 1;
+        let mut f = RecentFailures::default();
+        let ts = web_waiting_with(failures_on("n2", "web", below, TaskState::Rejected, 1_000));
+        assert_eq!(f.observe(&ts, now), vec![]);
+        // Seen again on the next change: each failure counts once.
+        assert_eq!(f.observe(&ts, now + 1), vec![]);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n2"], "below the threshold: spread as usual");
+
+        // One more failure (FAILED counts like REJECTED) reaches it.
+        let mut history = failures_on("n2", "web", below, TaskState::Rejected, 1_000);
+        history.push(ended("web", 99, "n2", TaskState::Failed, 2_000));
+        let ts = web_waiting_with(history);
+        assert_eq!(f.observe(&ts, now + 2), vec![("web".into(), "id-n2".into())]);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n1"], "the failing node last; then spread (n1 by id)");
+        assert_eq!(f.observe(&ts, now + 3), vec![], "reached once");
+    }
+
+    #[test]
+    fn tasks_shut_down_completed_or_orphaned_are_not_failures() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut history = Vec::new();
+        for (i, state) in [TaskState::Shutdown, TaskState::Complete, TaskState::Orphaned].into_iter().enumerate() {
+            history.extend(failures_on("n2", &format!("web{i}"), MAX_FAILURES as u64, state, 1_000));
+        }
+        for t in &mut history {
+            t.service_id = "web".into();
+        }
+        let ts = web_waiting_with(history);
+        let mut f = RecentFailures::default();
+        f.observe(&ts, 2_000);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n2"]);
+    }
+
+    #[test]
+    fn a_failing_node_is_used_when_it_is_the_only_fit() {
+        // One node: the service restarts there however often it fails.
+        let ns = [node("n1", Role::Manager)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut list = failures_on("n1", "web", MAX_FAILURES as u64 + 3, TaskState::Failed, 1_000);
+        list.push(task("web", 1, None, &[]));
+        let ts = tasks(list);
+        let mut f = RecentFailures::default();
+        f.observe(&ts, 2_000);
+        let p = plan(&views, &ts, &f);
+        assert_eq!(hosts(&p), ["n1"]);
+        assert!(p.unplaceable.is_empty());
+        // The others do not fit: n2 is paused, n3 fails the constraint.
+        let mut paused = node("n2", Role::Worker);
+        paused.availability = Availability::Pause;
+        let ns = [node("n1", Role::Manager), paused, node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut list = failures_on("n1", "web", MAX_FAILURES as u64, TaskState::Rejected, 1_000);
+        list.push(task("web", 1, None, &["node.role==manager"]));
+        for t in &mut list {
+            t.spec.constraints = vec![Constraint::parse("node.role==manager").unwrap()];
+        }
+        let ts = tasks(list);
+        let mut f = RecentFailures::default();
+        f.observe(&ts, 2_000);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n1"]);
+    }
+
+    #[test]
+    fn failures_are_forgotten_after_the_window() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        // All at 1_000 so that they age together.
+        let history: Vec<Task> =
+            (0..MAX_FAILURES as u64).map(|i| ended("web", i, "n2", TaskState::Failed, 1_000)).collect();
+        let ts = web_waiting_with(history);
+        let mut f = RecentFailures::default();
+        f.observe(&ts, 1_000);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n1"]);
+        f.observe(&ts, 1_000 + FAILURE_WINDOW_MS - 1);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n1"], "still within the window");
+        f.observe(&ts, 1_000 + FAILURE_WINDOW_MS);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n2"], "forgotten, though still in the history");
+        // A new leader's scheduler finds the old failures in the history and
+        // does not count them either.
+        let mut fresh = RecentFailures::default();
+        fresh.observe(&ts, 1_000 + FAILURE_WINDOW_MS);
+        assert_eq!(hosts(&plan(&views, &ts, &fresh)), ["n2"]);
+    }
+
+    #[test]
+    fn a_failure_still_counts_after_its_task_left_the_history() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut f = RecentFailures::default();
+        for i in 0..MAX_FAILURES as u64 {
+            // The history keeps one failed task at a time.
+            f.observe(&web_waiting_with(vec![ended("web", i, "n2", TaskState::Failed, 1_000 + i)]), 2_000);
+        }
+        assert_eq!(hosts(&plan(&views, &web_waiting_with(vec![]), &f)), ["n1"]);
+    }
+
+    #[test]
+    fn failures_count_per_service_and_version() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        // Another service failed on n2 as often as can be: web is not affected.
+        let ts = web_waiting_with(failures_on("n2", "db", 2 * MAX_FAILURES as u64, TaskState::Failed, 1_000));
+        let mut f = RecentFailures::default();
+        assert_eq!(f.observe(&ts, 2_000), vec![("db".into(), "id-n2".into())]);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n2"]);
+
+        // Web's old template failed on n2; its updated one is placed as usual.
+        let mut old = failures_on("n2", "web", MAX_FAILURES as u64, TaskState::Rejected, 1_000);
+        for t in &mut old {
+            t.spec.image = "img:broken".into();
+        }
+        let ts = web_waiting_with(old);
+        let mut f = RecentFailures::default();
+        f.observe(&ts, 2_000);
+        assert_eq!(hosts(&plan(&views, &ts, &f)), ["n2"]);
     }
 
     #[test]
     fn no_nodes_at_all() {
         let ts = tasks(vec![task("a", 1, None, &[])]);
-        let p = plan(&[], &ts);
+        let p = plan(&[], &ts, &RecentFailures::default());
         assert_eq!(p.unplaceable[0].1, "no suitable node (no nodes in the cluster)");
     }
 }
