@@ -22,8 +22,9 @@ use cli::daemon;
 #[derive(Parser)]
 #[command(name = "shoal", version, about = "A container orchestrator that does what Docker Swarm mode does")]
 struct Cli {
-    /// Manager API to talk to (IP:PORT).
-    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", default_value = "127.0.0.1:4243", global = true)]
+    /// Manager API to talk to (IP:PORT); before the subcommand, as with `docker -H`
+    /// (after it, `--host` is `service create --host HOST:IP`).
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", default_value = "127.0.0.1:4243")]
     host: String,
     #[command(subcommand)]
     command: Command,

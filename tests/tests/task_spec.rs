@@ -1,0 +1,138 @@
+//! What a service says about its containers reaches Docker: the same
+//! `docker service create` flags through shoal's CLI and through the stock
+//! docker CLI (the Engine API), checked with `docker inspect` of the
+//! containers each one made.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::{
+    busybox_image, containers_with_label, docker, docker_clients, require_docker, wait_for, Cluster, EngineCli,
+};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// The flags, as both CLIs take them.
+fn flags(name: &str) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--replicas",
+        "1",
+        "--hostname",
+        "{{.Service.Name}}-{{.Task.Slot}}-{{.Node.Hostname}}",
+        "--user",
+        "1000:1000",
+        "--group",
+        "29",
+        "--workdir",
+        "/bin",
+        "--tty",
+        "--init",
+        "--read-only",
+        "--stop-signal",
+        "SIGINT",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-drop",
+        "MKNOD",
+        "--sysctl",
+        "net.core.somaxconn=1024",
+        "--dns",
+        "10.0.0.2",
+        "--dns-search",
+        "example.org",
+        "--dns-option",
+        "ndots:2",
+        "--host",
+        "db:10.0.0.9",
+        "--container-label",
+        "team=a",
+        "--limit-cpu",
+        "0.5",
+        "--limit-memory",
+        "64MiB",
+        "--limit-pids",
+        "50",
+        "--env",
+        "WHO={{.Service.Name}}.{{.Task.Slot}}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The one running container of `name`, inspected.
+fn inspect(name: &str) -> Value {
+    let id = wait_for(CONVERGE, &format!("a running container of {name}"), || {
+        let rows: Vec<_> =
+            containers_with_label("shoal.service.name", name).into_iter().filter(|r| r.state == "running").collect();
+        match rows.as_slice() {
+            [one] => Ok(one.id.clone()),
+            other => Err(format!("{} running", other.len())),
+        }
+    });
+    let out = docker(&["inspect", &id]).ok();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    v[0].clone()
+}
+
+fn assert_applied(c: &Value, name: &str) {
+    let cfg = &c["Config"];
+    let host = &c["HostConfig"];
+    assert_eq!(cfg["Hostname"], format!("{name}-1-node1"), "hostname template");
+    assert_eq!(cfg["User"], "1000:1000");
+    assert_eq!(cfg["WorkingDir"], "/bin");
+    assert_eq!(cfg["Tty"], true);
+    assert_eq!(cfg["StopSignal"], "SIGINT");
+    assert_eq!(cfg["Labels"]["team"], "a");
+    assert!(cfg["Env"].as_array().unwrap().contains(&json!(format!("WHO={name}.1"))), "env template: {}", cfg["Env"]);
+    assert_eq!(host["Init"], true);
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert_eq!(host["GroupAdd"], json!(["29"]));
+    // The docker CLI writes capabilities as CAP_NET_ADMIN; Docker takes both.
+    let caps = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|c| c.as_str().unwrap().trim_start_matches("CAP_").to_string()).collect()
+    };
+    assert_eq!(caps(&host["CapAdd"]), ["NET_ADMIN"]);
+    assert_eq!(caps(&host["CapDrop"]), ["MKNOD"]);
+    assert_eq!(host["Sysctls"], json!({"net.core.somaxconn": "1024"}));
+    assert_eq!(host["Dns"], json!(["10.0.0.2"]));
+    assert_eq!(host["DnsSearch"], json!(["example.org"]));
+    assert_eq!(host["DnsOptions"], json!(["ndots:2"]));
+    assert_eq!(host["ExtraHosts"], json!(["db:10.0.0.9"]));
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(host["Memory"], 64 * 1024 * 1024);
+    assert_eq!(host["PidsLimit"], 50);
+}
+
+#[test]
+fn container_options_and_limits_reach_docker_through_both_clis() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let mut args: Vec<String> = vec!["service".into(), "create".into(), "-d".into()];
+    args.extend(flags("opts"));
+    args.extend([busybox_image().to_string(), "sleep".into(), "100000".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.shoal_ok(&refs);
+    assert_applied(&inspect("opts"), "opts");
+
+    let bin = docker_clients().into_iter().next().expect("a docker CLI");
+    let d = EngineCli::new(&bin, &format!("tcp://{}", c.api_addr(1)));
+    let mut args: Vec<String> = vec!["service".into(), "create".into(), "-d".into(), "--no-resolve-image".into()];
+    args.extend(flags("dopts"));
+    args.extend([busybox_image().to_string(), "sleep".into(), "100000".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = d.run(&refs);
+    assert!(out.success(), "{out}");
+    assert!(!out.stderr.contains("shoal does not act on"), "every flag is acted on: {out}");
+    assert_applied(&inspect("dopts"), "dopts");
+
+    // Bad values get the flag's name and a non-zero exit; nothing is made.
+    c.shoal_fails(&["service", "create", "--limit-memory", "lots", busybox_image()], "--limit-memory");
+    c.shoal_fails(&["service", "create", "--host", "nocolon", busybox_image()], "--host");
+    let ls = c.shoal_ok(&["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 2, "{ls}");
+}
