@@ -30,7 +30,7 @@ pub struct Detach {
 #[derive(Subcommand)]
 pub enum ServiceCmd {
     /// Create a new service.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services.
     #[command(alias = "list")]
     Ls(ListFlags),
@@ -67,7 +67,7 @@ pub enum ServiceCmd {
         detach: Detach,
     },
     /// Update a service.
-    Update(UpdateArgs),
+    Update(Box<UpdateArgs>),
     /// Restore the service's previous spec.
     Rollback {
         service: String,
