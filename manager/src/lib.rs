@@ -223,7 +223,8 @@ impl Manager {
             }
             Hello::Raft { .. } => raft::transport::serve_peer(conn, self.raft.clone()).await,
             Hello::Session { node_id } => {
-                dispatcher::session::serve(conn, node_id, &self.dispatcher, &self.heard, &self.store, &self.status).await
+                dispatcher::session::serve(conn, node_id, &self.dispatcher, &self.heard, &self.store, &self.status)
+                    .await
             }
             Hello::Logs(_) => Err(net::NetError::Unexpected("logs hello at the manager".into())),
             Hello::Renew { node_id, csr } => self.renew(conn, node_id, csr).await,

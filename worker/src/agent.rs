@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn the_manager_whose_session_ended_is_dialled_last() {
-        let [a, b, c]: [SocketAddr; 3] = ["10.0.0.1:4242", "10.0.0.2:4242", "10.0.0.3:4242"].map(|s| s.parse().unwrap());
+        let [a, b, c]: [SocketAddr; 3] =
+            ["10.0.0.1:4242", "10.0.0.2:4242", "10.0.0.3:4242"].map(|s| s.parse().unwrap());
         assert_eq!(dial_order(&[a, b, c], Some(a)), vec![b, c, a]);
         assert_eq!(dial_order(&[a, b, c], Some(b)), vec![a, c, b]);
         assert_eq!(dial_order(&[a, b, c], None), vec![a, b, c]);

@@ -60,7 +60,8 @@ pub async fn serve(
     // faster than it handles them is slowed down by TCP, not queued for.
     let reader = async {
         loop {
-            let frame = tokio::time::timeout(SESSION_TIMEOUT, stream.next()).await.map_err(|_| net::NetError::Timeout)?;
+            let frame =
+                tokio::time::timeout(SESSION_TIMEOUT, stream.next()).await.map_err(|_| net::NetError::Timeout)?;
             let Some(frame) = frame else { break };
             let frame = frame?;
             heard.note(&node, now_ms());
