@@ -6,6 +6,9 @@
 //! keep up is dropped, not buffered for without limit, and gets its full
 //! set again when it reconnects.
 //!
+//! When the leader last heard from each node's session is kept in [`Heard`],
+//! which the liveness rule reads (`crate::liveness`).
+//!
 //! Layout: this file is the actor; [`session`] serves one node's session
 //! connection (hello answer, frames out, reports in) against it; [`diff`]
 //! computes what changed in a node's assignment set.
