@@ -87,7 +87,8 @@ impl WakeUp {
 
 /// What a control loop knows besides the store.
 pub struct LoopCtx<'a> {
-    /// Nodes alive through gossip, as this manager sees them.
+    /// The live nodes as this manager sees them ([`crate::liveness`]:
+    /// gossip and, on the leader, a session with it).
     pub live: &'a BTreeSet<NodeId>,
     /// When this manager became the leader (gossip needs a moment after
     /// that before "not alive" means "down").

@@ -7,6 +7,8 @@
 //!   ([`control`]) over pure cores.
 //! - [`dispatcher`]: sessions with every node: assignments out, status in
 //!   (the session connection itself is served by [`dispatcher::session`]).
+//! - [`liveness`]: which nodes count as live (gossip and, for nodes the
+//!   store knows, a session with the leader).
 //! - [`join`]: admitting nodes by token; [`ca`]: the cluster CA that signs
 //!   their certificates and makes the tokens (only managers hold it).
 //! - [`roles`]: promotions and demotions through raft membership.
@@ -24,6 +26,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod events;
 pub mod join;
+pub mod liveness;
 pub mod mesh;
 pub mod orchestrator;
 pub mod raft;
@@ -53,7 +56,8 @@ pub struct ManagerConfig<'a> {
     pub data_dir: &'a Path,
     pub bootstrap: bool,
     pub peers: Vec<PeerInfo>,
-    pub live: LiveNodes,
+    /// Nodes alive in gossip, as this node sees them.
+    pub gossip: LiveNodes,
     /// Nodes whose disk alarm gossip shows raised.
     pub disk_alarms: DiskAlarms,
     pub compact_every: u64,
@@ -71,6 +75,11 @@ pub struct Manager {
     pub status: watch::Receiver<RaftStatus>,
     pub applied: watch::Receiver<u64>,
     pub dispatcher: Addr<Dispatcher>,
+    /// When the leader last heard from each node's session.
+    pub heard: dispatcher::Heard,
+    /// The live nodes ([`liveness`]): what `node ls` calls Ready and the
+    /// leader's loops treat as up.
+    pub live: LiveNodes,
     /// Held while a raft membership change is in flight.
     pub conf_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub events: std::sync::Arc<events::EventHub>,
@@ -102,9 +111,18 @@ impl Manager {
             },
             transport,
         )?;
-        // Nodes coming and going, as this manager's gossip sees them.
+        let heard = dispatcher::Heard::default();
+        let live = liveness::start(
+            cfg.gossip.clone(),
+            store.clone(),
+            status.clone(),
+            applied.clone(),
+            heard.clone(),
+            addr.clone(),
+        );
+        // Nodes coming and going, as this manager sees them.
         {
-            let (hub, store, mut live) = (hub.clone(), store.clone(), cfg.live.clone());
+            let (hub, store, mut live) = (hub.clone(), store.clone(), live.clone());
             actix::spawn(async move {
                 let mut before = live.borrow_and_update().clone();
                 while live.changed().await.is_ok() {
@@ -133,7 +151,7 @@ impl Manager {
             store.clone(),
             status.clone(),
             applied.clone(),
-            cfg.live.clone(),
+            live.clone(),
         );
         ControlLoop::start(
             scheduler::Scheduler::default(),
@@ -141,20 +159,24 @@ impl Manager {
             store.clone(),
             status.clone(),
             applied.clone(),
-            cfg.live.clone(),
+            live.clone(),
         );
-        let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone());
+        let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone(), heard.clone());
         let manager = Manager {
             raft: addr,
             store,
             status,
             applied,
             dispatcher,
+            heard,
+            live,
             conf_lock: Default::default(),
             events: hub,
             tls: cfg.tls,
         };
-        roles::RoleManager::start(manager.clone(), cfg.live.clone());
+        // Raft membership goes by gossip: whether a manager can vote is
+        // about its raft links, not its session with the dispatcher.
+        roles::RoleManager::start(manager.clone(), cfg.gossip.clone());
         let (tx, mut rx) = mpsc::channel::<Inbound>(net::INBOUND_QUEUE);
         let m = manager.clone();
         actix::spawn(async move {
@@ -201,7 +223,8 @@ impl Manager {
             }
             Hello::Raft { .. } => raft::transport::serve_peer(conn, self.raft.clone()).await,
             Hello::Session { node_id } => {
-                dispatcher::session::serve(conn, node_id, &self.dispatcher, &self.store, &self.status).await
+                dispatcher::session::serve(conn, node_id, &self.dispatcher, &self.heard, &self.store, &self.status)
+                    .await
             }
             Hello::Logs(_) => Err(net::NetError::Unexpected("logs hello at the manager".into())),
             Hello::Renew { node_id, csr } => self.renew(conn, node_id, csr).await,

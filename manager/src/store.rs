@@ -33,7 +33,9 @@
 //!   command, so a new command has to choose; the answer for a new one is
 //!   no): only a command whose loss cannot change what any later command
 //!   does, nor what the leader's loops decide from the store. Today that is
-//!   [`Command::MarkUnplaceable`] alone: it only moves an unassigned task
+//!   [`Command::SetNoSession`] (only followers read it, to show the
+//!   leader's view of liveness; the next leader writes its own) and
+//!   [`Command::MarkUnplaceable`]: it only moves an unassigned task
 //!   from NEW to PENDING with the scheduler's explanation, no apply rule
 //!   tells NEW from PENDING apart (both may be assigned, no worker reports
 //!   on an unassigned task, and the assignment replaces the whole status),
@@ -53,7 +55,7 @@
 
 mod tasks;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node, Role};
@@ -181,6 +183,9 @@ pub enum Command {
         role: Role,
         token: String,
     },
+    /// The leader's list of the nodes gossip shows alive that hold no
+    /// session with it (see [`Store::no_session`]); replaces the last one.
+    SetNoSession(BTreeSet<NodeId>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -212,7 +217,9 @@ impl Command {
     /// one has to choose, and the answer for a new command is false.
     pub fn ignorable(&self) -> bool {
         match self {
-            Command::MarkUnplaceable(_) => true,
+            // Only followers read it (to show what the leader shows); the
+            // leader's loops decide from the leader's own sessions.
+            Command::MarkUnplaceable(_) | Command::SetNoSession(_) => true,
             Command::Batch(cmds) => cmds.iter().all(Command::ignorable),
             Command::InitCluster(_)
             | Command::AddNode(_)
@@ -302,6 +309,12 @@ pub struct Store {
     /// Which proposals were applied lately (see [`Store::apply_once`]).
     #[serde(default)]
     pub applied_proposals: RecentProposals,
+    /// Nodes that gossip shows alive but that hold no session with the
+    /// leader, as the leader last wrote them: a follower counts them down
+    /// (`crate::liveness`). May name nodes removed since. Not written when
+    /// empty, so snapshots without it keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub no_session: BTreeSet<NodeId>,
 }
 
 /// Who proposed an entry: (raft id, process start nonce, counter). A
@@ -609,6 +622,7 @@ impl Store {
                 Role::Worker => self.cluster.worker_token = token,
                 Role::Manager => self.cluster.manager_token = token,
             },
+            Command::SetNoSession(nodes) => self.no_session = nodes,
         }
         Ok(())
     }
@@ -736,6 +750,7 @@ enum Saved {
     Node(NodeId, Option<Node>),
     Service(ServiceId, Option<Box<Service>>),
     Task(TaskId, Option<Box<Task>>),
+    NoSession(BTreeSet<NodeId>),
 }
 
 impl Undo {
@@ -769,6 +784,7 @@ impl Undo {
                 self.saved.extend(tasks.iter().map(task))
             }
             Command::UpdateTaskStatus(updates) => self.saved.extend(updates.iter().map(|u| task(&u.task_id))),
+            Command::SetNoSession(_) => self.saved.push(Saved::NoSession(store.no_session.clone())),
             // Its commands are saved one by one as they apply.
             Command::Batch(_) => {}
         }
@@ -784,6 +800,7 @@ impl Undo {
                 Saved::Service(id, None) => drop(store.services.remove(&id)),
                 Saved::Task(_, Some(t)) => drop(store.tasks.insert(*t)),
                 Saved::Task(id, None) => drop(store.tasks.remove(&id)),
+                Saved::NoSession(nodes) => store.no_session = nodes,
             }
         }
     }

@@ -39,6 +39,13 @@ pub struct Agent {
     pub tls: Tls,
 }
 
+/// The managers in the order to dial them: as known, but `last` at the end.
+fn dial_order(managers: &[SocketAddr], last: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let (mut rest, at_end): (Vec<SocketAddr>, Vec<SocketAddr>) = managers.iter().partition(|a| Some(**a) != last);
+    rest.extend(at_end);
+    rest
+}
+
 impl Agent {
     /// Runs forever: sessions, one after the other.
     pub async fn run(
@@ -48,11 +55,15 @@ impl Agent {
         mut mesh_status: watch::Receiver<Vec<MeshFailure>>,
     ) {
         let mut next: Option<SocketAddr> = None;
+        // The manager whose session just ended is dialled last: it may be
+        // cut off (its address then takes a whole handshake timeout), and
+        // if it still leads, the others redirect to it.
+        let mut ended: Option<SocketAddr> = None;
         let mut retries = RECONNECT_BACKOFF.retries();
         loop {
             let candidates: Vec<SocketAddr> = match next.take() {
                 Some(a) => vec![a],
-                None => self.managers.read().clone(),
+                None => dial_order(&self.managers.read(), ended.take()),
             };
             let mut progressed = false;
             for addr in candidates {
@@ -62,6 +73,7 @@ impl Agent {
                         retries.reset();
                         let r = self.session(conn, &sink, &mut reports, &mut mesh_status).await;
                         tracing::warn!(manager = %addr, result = ?r.err(), "session with the leader ended");
+                        ended = Some(addr);
                         progressed = true;
                         break;
                     }
@@ -140,5 +152,20 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manager_whose_session_ended_is_dialled_last() {
+        let [a, b, c]: [SocketAddr; 3] =
+            ["10.0.0.1:4242", "10.0.0.2:4242", "10.0.0.3:4242"].map(|s| s.parse().unwrap());
+        assert_eq!(dial_order(&[a, b, c], Some(a)), vec![b, c, a]);
+        assert_eq!(dial_order(&[a, b, c], Some(b)), vec![a, c, b]);
+        assert_eq!(dial_order(&[a, b, c], None), vec![a, b, c]);
+        assert_eq!(dial_order(&[a, b], Some(c)), vec![a, b], "one no longer a manager is not dialled");
     }
 }

@@ -220,7 +220,7 @@ pub(crate) async fn run_node(
             data_dir: &data_dir,
             bootstrap: fresh_init,
             peers,
-            live: live.clone(),
+            gossip: live.clone(),
             disk_alarms: disk_alarms.clone(),
             compact_every: snapshot_interval,
             storage_quota: opts.storage_quota,

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub node_id: NodeId,
     pub hostname: String,
     pub manager: Option<Manager>,
+    /// Nodes alive in gossip (the manager's [`Manager::live`] is what
+    /// counts as Ready).
     pub live: LiveNodes,
     /// Nodes whose disk alarm is raised, from gossip.
     pub disk_alarms: DiskAlarms,
@@ -170,8 +172,8 @@ async fn propose(m: &Manager, cmd: Command) -> Result<()> {
     Ok(m.raft.send(Propose(cmd)).await??)
 }
 
-/// Every node as the API reports it: `live` and `alarms` are what gossip
-/// sees, `leader_id` the raft id of the leader, `self_id` the node answering.
+/// Every node as the API reports it: `live` is who counts as live
+/// ([`crate::liveness`]), `alarms` what gossip sees, `leader_id` the raft id of the leader, `self_id` the node answering.
 pub fn node_list(
     store: &Store,
     live: &BTreeSet<NodeId>,
@@ -203,7 +205,7 @@ pub fn node_list(
 
 fn node_infos(state: &ApiState, m: &Manager) -> Vec<NodeInfo> {
     let leader = m.status.borrow().leader_id;
-    node_list(&m.store.read(), &state.live.borrow(), &state.disk_alarms.borrow(), leader, &state.node_id)
+    node_list(&m.store.read(), &m.live.borrow(), &state.disk_alarms.borrow(), leader, &state.node_id)
 }
 
 /// One node as `node_infos` shows it; `key` (what the caller asked for) names it in the error.

@@ -6,6 +6,9 @@
 //! keep up is dropped, not buffered for without limit, and gets its full
 //! set again when it reconnects.
 //!
+//! When the leader last heard from each node's session is kept in [`Heard`],
+//! which the liveness rule reads (`crate::liveness`).
+//!
 //! Layout: this file is the actor; [`session`] serves one node's session
 //! connection (hello answer, frames out, reports in) against it; [`diff`]
 //! computes what changed in a node's assignment set.
@@ -14,14 +17,16 @@ pub mod diff;
 pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use common::mesh::{MeshFailure, MeshTable};
 use common::task::{Task, TaskState, TaskStatusUpdate};
+use common::time::{now_ms, Millis};
 use common::wire::Frame;
 use common::{NodeId, TaskId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use worker::node::metrics::{metrics, ActorMetrics};
 
 use crate::control::WakeUp;
@@ -39,6 +44,44 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const SESSION_QUEUE: usize = 512;
 /// How long writing one frame to a node may take before its session ends.
 pub const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When the leader last heard from each node over its session (any frame,
+/// or the session opening), shared by the session connections, which note
+/// it, and the liveness rule (`crate::liveness`), which reads it. A shared
+/// map rather than messages, so that a busy dispatcher mailbox does not
+/// make nodes look silent.
+#[derive(Clone, Default)]
+pub struct Heard {
+    at: Arc<parking_lot::Mutex<HashMap<NodeId, Millis>>>,
+    /// Signalled when a session opens (a node may have come back).
+    opened: Arc<Notify>,
+}
+
+impl Heard {
+    pub fn note(&self, node: &NodeId, now: Millis) {
+        self.at.lock().insert(node.clone(), now);
+    }
+
+    fn opened(&self, node: &NodeId, now: Millis) {
+        self.note(node, now);
+        self.opened.notify_one();
+    }
+
+    /// Forgets every node: this manager no longer leads.
+    fn clear(&self) {
+        self.at.lock().clear();
+    }
+
+    pub fn snapshot(&self) -> HashMap<NodeId, Millis> {
+        self.at.lock().clone()
+    }
+
+    /// Resolves once a session opened since the last call (a wake-up is
+    /// never lost: one that came with nobody waiting is kept).
+    pub async fn session_opened(&self) {
+        self.opened.notified().await
+    }
+}
 
 /// The dispatcher's end of a session's bounded queue. When a frame does
 /// not fit, the session is dropped rather than buffered for without limit:
@@ -103,6 +146,7 @@ pub struct Dispatcher {
     mesh_failures: BTreeMap<NodeId, Vec<MeshFailure>>,
     metrics: ActorMetrics,
     wake: WakeUp,
+    heard: Heard,
 }
 
 impl Dispatcher {
@@ -111,6 +155,7 @@ impl Dispatcher {
         store: SharedStore,
         status: watch::Receiver<RaftStatus>,
         applied: watch::Receiver<u64>,
+        heard: Heard,
     ) -> Addr<Self> {
         let wake = WakeUp::default();
         let addr = Dispatcher {
@@ -126,6 +171,7 @@ impl Dispatcher {
             mesh_failures: BTreeMap::new(),
             metrics: metrics().actor("dispatcher"),
             wake: wake.clone(),
+            heard,
         }
         .start();
         let a = addr.clone();
@@ -242,6 +288,7 @@ impl Actor for Dispatcher {
             if !this.status.borrow().is_leader {
                 // Sessions belong to the leader: drop them so nodes reconnect.
                 this.sessions.clear();
+                this.heard.clear();
                 return;
             }
             for s in this.sessions.values_mut() {
@@ -286,6 +333,7 @@ impl Handler<Register> for Dispatcher {
         let id = self.next_session;
         self.next_session += 1;
         tracing::info!(node = %msg.node, session = id, "node session opened");
+        self.heard.opened(&msg.node, now_ms());
         self.sessions.insert(msg.node, Session { id, tx: SessionTx::new(msg.tx), sent: None, mesh_sent: false });
         self.push_all();
         self.drop_ended();

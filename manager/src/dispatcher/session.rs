@@ -1,16 +1,21 @@
 //! A node's session connection, served on the leader: the answer to its
 //! hello (`Redirect` to the leader, `Refused` for a node the store does not
 //! know, `Welcome`), then frames from the [`Dispatcher`] written out and the
-//! node's status and mesh reports fed in, until either side ends it.
+//! node's status and mesh reports fed in, until either side ends it. A
+//! node answers each heartbeat, so a session silent for
+//! [`SESSION_TIMEOUT`] is over (a node cut off without a word); every frame
+//! from the node is noted in [`Heard`].
 
 use actix::Addr;
+use common::time::now_ms;
 use common::wire::Frame;
 use common::NodeId;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
+use worker::agent::SESSION_TIMEOUT;
 use worker::node::net;
 
-use super::{Dispatcher, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT};
+use super::{Dispatcher, Heard, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT};
 use crate::raft::{RaftStatus, SharedStore};
 
 /// Serves `node`'s session on `conn` until it ends; the session is
@@ -19,6 +24,7 @@ pub async fn serve(
     mut conn: net::Conn,
     node: NodeId,
     dispatcher: &Addr<Dispatcher>,
+    heard: &Heard,
     store: &SharedStore,
     status: &watch::Receiver<RaftStatus>,
 ) -> Result<(), net::NetError> {
@@ -53,8 +59,13 @@ pub async fn serve(
     // Reports wait for the dispatcher to take them: a node sending
     // faster than it handles them is slowed down by TCP, not queued for.
     let reader = async {
-        while let Some(frame) = stream.next().await {
-            let taken = match frame? {
+        loop {
+            let frame =
+                tokio::time::timeout(SESSION_TIMEOUT, stream.next()).await.map_err(|_| net::NetError::Timeout)?;
+            let Some(frame) = frame else { break };
+            let frame = frame?;
+            heard.note(&node, now_ms());
+            let taken = match frame {
                 Frame::Status(updates) => dispatcher.send(Reports { node: node.clone(), updates }).await,
                 Frame::MeshStatus(failures) => dispatcher.send(MeshReport { node: node.clone(), failures }).await,
                 Frame::Heartbeat => Ok(()),

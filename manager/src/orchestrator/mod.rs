@@ -29,7 +29,8 @@ use crate::control::{Decide, LoopCtx};
 use crate::store::{Command, Store};
 use task::{Batch, NodeHealth, Params, Pass};
 
-/// How long a node may be missing from gossip before its tasks are
+/// How long a node may be missing from the live set (gossip, and a session
+/// with the leader: [`crate::liveness`]) before its tasks are
 /// replaced elsewhere — counted from when the node joined and from when
 /// this manager became the leader, so that a fresh leader, whose gossip
 /// has not yet heard everyone, does not call live nodes dead.

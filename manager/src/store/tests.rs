@@ -268,6 +268,24 @@ fn only_ignorable_commands_get_an_envelope() {
 }
 
 #[test]
+fn the_sessionless_set_is_ignorable_undone_by_a_failed_batch_and_not_written_when_empty() {
+    let set = Command::SetNoSession(["a".into(), "b".into()].into());
+    let bytes = encode_command(&set);
+    assert_eq!(bytes[..2], [0xc1, IGNORABLE], "only followers read it");
+    assert_eq!(decode_command(&bytes).unwrap(), set);
+    let mut s = Store::default();
+    let empty = s.to_snapshot();
+    s.apply(set).unwrap();
+    assert_eq!(s.no_session.len(), 2);
+    assert_eq!(Store::from_snapshot(&s.to_snapshot()).unwrap().no_session, s.no_session);
+    let failing = Command::Batch(vec![Command::SetNoSession(Default::default()), Command::RemoveService("x".into())]);
+    assert!(s.apply(failing).is_err());
+    assert_eq!(s.no_session.len(), 2, "a failed batch leaves the set as it was");
+    s.apply(Command::SetNoSession(Default::default())).unwrap();
+    assert_eq!(s.to_snapshot(), empty, "an empty set is not written");
+}
+
+#[test]
 fn an_unknown_command_is_skippable_only_when_marked() {
     // A command from a newer version, as it would encode it.
     let future = b"\x81\xa9NotAThing\xc0";
