@@ -8,6 +8,7 @@
 
 mod client;
 mod events;
+mod files;
 mod list;
 mod node;
 mod output;
@@ -65,6 +66,12 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage secrets (values mounted into tasks under /run/secrets, never shown).
+    #[command(subcommand)]
+    Secret(files::FileCmd),
+    /// Manage configs (values mounted into tasks as files).
+    #[command(subcommand)]
+    Config(files::FileCmd),
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -94,6 +101,8 @@ fn main() -> ExitCode {
             events::run(&client::Client::new(&cli.host), since, filter, format)
         }
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
+        Command::Secret(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Secret, cmd),
+        Command::Config(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Config, cmd),
     };
     match result {
         Ok(code) => code,
@@ -127,6 +136,10 @@ mod tests {
             vec!["shoal", "node", "update", "--availability", "drain", "n1"],
             vec!["shoal", "events", "--since", "10m", "--filter", "type=task", "--format", "json"],
             vec!["shoal", "join-token", "--rotate", "-q", "worker"],
+            vec!["shoal", "secret", "create", "-l", "a=b", "pw", "-"],
+            vec!["shoal", "config", "ls", "-q"],
+            vec!["shoal", "service", "create", "--secret", "pw", "--config", "source=c,target=/c", "img"],
+            vec!["shoal", "service", "update", "--secret-add", "pw", "--secret-rm", "old", "a"],
             vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

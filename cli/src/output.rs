@@ -15,7 +15,8 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::api::{LogEntry, NodeInfo, ServiceInfo, TaskInfo};
+use common::api::{FileInfo, LogEntry, NodeInfo, ServiceInfo, TaskInfo};
+use common::secret::Kind;
 use common::spec::ServiceMode;
 use common::task::{Task, TaskState};
 use common::time::{human_duration, Millis};
@@ -190,6 +191,29 @@ fn sorted_nodes(nodes: &[NodeInfo]) -> Vec<&NodeInfo> {
 }
 
 /// `docker service ls`: short IDs, sorted by name; PORTS as `*:8080->80/tcp`.
+/// `docker secret ls` (`ID NAME DRIVER CREATED UPDATED`) and `docker
+/// config ls` (no DRIVER), by name.
+pub fn files_ls(kind: Kind, items: &[FileInfo], now: Millis) -> String {
+    let ago = |at: Millis| format!("{} ago", human_duration(Duration::from_millis(now.saturating_sub(at))));
+    let mut sorted: Vec<&FileInfo> = items.iter().collect();
+    sorted.sort_by(|a, b| if natural_less(&a.name, &b.name) { Ordering::Less } else { Ordering::Greater });
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|f| match kind {
+            Kind::Secret => vec![f.id.clone(), f.name.clone(), String::new(), ago(f.created_at), ago(f.updated_at)],
+            Kind::Config => vec![f.id.clone(), f.name.clone(), ago(f.created_at), ago(f.updated_at)],
+        })
+        .collect();
+    match kind {
+        Kind::Secret => table(&["ID", "NAME", "DRIVER", "CREATED", "UPDATED"], &rows),
+        Kind::Config => table(&["ID", "NAME", "CREATED", "UPDATED"], &rows),
+    }
+}
+
+pub fn files_ls_quiet(items: &[FileInfo]) -> String {
+    lines(items.iter().map(|f| f.id.as_str()))
+}
+
 pub fn service_ls(services: &[ServiceInfo]) -> String {
     let rows: Vec<Vec<String>> = sorted_services(services)
         .into_iter()
@@ -450,6 +474,30 @@ fn trunc_error(err: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_and_config_ls_print_as_docker_does() {
+        let f = |id: &str, name: &str, at| FileInfo {
+            id: id.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            created_at: at,
+            updated_at: at,
+            version: 1,
+            size: 3,
+            data: None,
+            services: vec![],
+        };
+        let now = 1_000_000;
+        let items = [f("x1d2g3h4j5k6l7m8n9p0q1r2s", "db_pw", now - 5_000), f("a9b8c7d6e5f4g3h2i1j0k9l8m", "api-key", now - 3_600_000)];
+        assert_eq!(
+            files_ls(Kind::Secret, &items, now),
+            "ID                          NAME      DRIVER    CREATED          UPDATED\n\
+             a9b8c7d6e5f4g3h2i1j0k9l8m   api-key             About an hour ago   About an hour ago\n\
+             x1d2g3h4j5k6l7m8n9p0q1r2s   db_pw               5 seconds ago    5 seconds ago\n"
+        );
+        assert!(files_ls(Kind::Config, &items, now).starts_with("ID                          NAME      CREATED"));
+    }
+
     use std::collections::BTreeMap;
 
     use common::api::{LogEntry, NodeInfo, ServiceInfo, TaskInfo};

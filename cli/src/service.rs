@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use common::api::{LogEntry, RestartPatch, ServiceInfo, ServiceUpdate, TaskInfo, UpdateConfigPatch};
 use common::constraint::Constraint;
 use common::mesh::PortConfig;
+use common::secret::{self, FileRef, Kind};
 use common::spec::{
     parse_key_value, parse_label, parse_replicas, validate_env, ContainerOptions, FailureAction, Limits, Mount,
     RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
@@ -116,6 +117,8 @@ pub struct CreateArgs {
     stop_grace_period: String,
     #[command(flatten)]
     container: ContainerFlags,
+    #[command(flatten)]
+    files: FileFlags,
     #[command(flatten)]
     detach: Detach,
     image: String,
@@ -313,8 +316,48 @@ pub struct UpdateArgs {
     #[arg(long)]
     force: bool,
     #[command(flatten)]
+    files: FileUpdateFlags,
+    #[command(flatten)]
     detach: Detach,
     service: String,
+}
+
+/// `--secret` and `--config` on create, docker's forms.
+#[derive(Args, Default)]
+pub struct FileFlags {
+    /// Specify secrets to expose to the service (NAME or source=NAME,target=…,uid=…,gid=…,mode=…)
+    #[arg(long)]
+    secret: Vec<String>,
+    /// Specify configurations to expose to the service (same forms as --secret)
+    #[arg(long)]
+    config: Vec<String>,
+}
+
+/// Their `-add`/`-rm` forms on update.
+#[derive(Args, Default)]
+pub struct FileUpdateFlags {
+    /// Add or update a secret on a service
+    #[arg(long)]
+    secret_add: Vec<String>,
+    /// Remove a secret (by name)
+    #[arg(long)]
+    secret_rm: Vec<String>,
+    /// Add or update a config file on a service
+    #[arg(long)]
+    config_add: Vec<String>,
+    /// Remove a configuration file (by name)
+    #[arg(long)]
+    config_rm: Vec<String>,
+}
+
+/// One kind's references, each checked as docker's flag parser does.
+fn parse_refs<Id: From<String>>(kind: Kind, flag: &str, values: &[String]) -> Result<Vec<FileRef<Id>>> {
+    values
+        .iter()
+        .map(|v| {
+            secret::parse_ref(kind, v).map_err(|e| anyhow!("invalid argument {v:?} for \"--{flag}\" flag: {e}"))
+        })
+        .collect()
 }
 
 /// The policy flags `create` and `update` share; each sets only what is given.
@@ -520,6 +563,8 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             force_update: 0,
             container,
             limits,
+            secrets: parse_refs(Kind::Secret, "secret", &a.files.secret)?,
+            configs: parse_refs(Kind::Config, "config", &a.files.config)?,
         },
         engine_spec: None,
     };
@@ -650,6 +695,10 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 rollback_config: a.policies.rollback.patch()?,
                 restart: a.policies.restart.patch()?,
                 force: a.force,
+                secret_add: parse_refs(Kind::Secret, "secret-add", &a.files.secret_add)?,
+                secret_rm: a.files.secret_rm.clone(),
+                config_add: parse_refs(Kind::Config, "config-add", &a.files.config_add)?,
+                config_rm: a.files.config_rm.clone(),
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;

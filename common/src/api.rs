@@ -19,6 +19,10 @@
 //! | GET | `/v1/services/{id-or-name}/tasks` | → `[TaskInfo]` |
 //! | GET | `/v1/services/{id-or-name}/logs?follow&tail=N` | → NDJSON of [`LogEntry`] |
 //! | GET | `/v1/events?since=MS&type=service,task,node` | → NDJSON of [`Event`], kept then live |
+//! | GET | `/v1/secrets`, `/v1/configs` | → `[FileInfo]` |
+//! | POST | `/v1/secrets`, `/v1/configs` | [`FileCreate`] → [`FileInfo`] |
+//! | GET | `/v1/secrets/{id-or-name}`, `/v1/configs/…` | → [`FileInfo`] (a secret's value never) |
+//! | DELETE | `/v1/secrets/{id-or-name}`, `/v1/configs/…` | → [`FileInfo`] |
 //! | GET | `/v1/ui/state` | → [`UiState`] |
 //! | GET | `/v1/ui/stream` | → server-sent events: `snapshot` ([`UiState`]), then `patch` ([`UiPatch`]) |
 //! | GET | `/ui` (`/` redirects there) | → the web view (page, `/ui/app.js`, `/ui/style.css`) |
@@ -31,6 +35,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
+use crate::secret::{ConfigRef, FileRef, SecretRef};
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
@@ -190,6 +195,46 @@ pub struct ServiceUpdate {
     /// Roll every task even if nothing else changed.
     #[serde(default)]
     pub force: bool,
+    /// References to add (ids left empty: looked up by name); one with the
+    /// target of an existing one replaces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_add: Vec<SecretRef>,
+    /// Secret names (or ids) whose references go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_rm: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_add: Vec<ConfigRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_rm: Vec<String>,
+}
+
+/// `POST /v1/secrets` or `/v1/configs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCreate {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The value, base64 (standard alphabet, padded).
+    pub data: String,
+}
+
+/// A secret or config as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub version: u64,
+    /// Bytes of the value.
+    pub size: usize,
+    /// A config's value, base64; never a secret's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Names of the services that use it.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// Fields of an [`UpdateConfig`] to change; absent ones stay.
@@ -252,6 +297,16 @@ impl RestartPatch {
     }
 }
 
+/// docker's `--secret-rm NAME` / `--secret-add REF`: removes by name or id,
+/// then adds, an added reference replacing one with the same target.
+fn update_refs<Id: Clone + AsRef<str>>(refs: &mut Vec<FileRef<Id>>, add: &[FileRef<Id>], rm: &[String]) {
+    refs.retain(|r| !rm.iter().any(|k| *k == r.name || k == r.id.as_ref()));
+    for a in add {
+        refs.retain(|r| r.target != a.target);
+        refs.push(a.clone());
+    }
+}
+
 impl ServiceUpdate {
     /// The spec after this update, checked.
     pub fn apply(&self, spec: &ServiceSpec) -> Result<ServiceSpec, SpecError> {
@@ -275,6 +330,8 @@ impl ServiceUpdate {
             s.task.args = args.clone();
         }
         update_env(&mut s.task.env, &self.env_add, &self.env_rm);
+        update_refs(&mut s.task.secrets, &self.secret_add, &self.secret_rm);
+        update_refs(&mut s.task.configs, &self.config_add, &self.config_rm);
         for k in &self.label_rm {
             s.labels.remove(k);
         }

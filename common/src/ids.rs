@@ -34,6 +34,12 @@ macro_rules! typed_id {
             }
         }
 
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl From<String> for $name {
             fn from(s: String) -> Self {
                 Self(s)
@@ -63,6 +69,8 @@ macro_rules! typed_id {
 typed_id!(NodeId);
 typed_id!(ServiceId);
 typed_id!(TaskId);
+typed_id!(SecretId);
+typed_id!(ConfigId);
 
 #[cfg(test)]
 mod tests {

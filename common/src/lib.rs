@@ -6,6 +6,7 @@
 //! - [`task`]: tasks and their forward-only state machine.
 //! - [`node`]: nodes, roles and availability.
 //! - [`mesh`]: published ports and the routing-mesh table.
+//! - [`secret`]: secrets and configs, and the files they become in a task.
 //! - [`constraint`]: placement constraints, parsed and matched.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
@@ -18,9 +19,10 @@ pub mod constraint;
 pub mod ids;
 pub mod mesh;
 pub mod node;
+pub mod secret;
 pub mod spec;
 pub mod task;
 pub mod time;
 pub mod wire;
 
-pub use ids::{NodeId, ServiceId, TaskId};
+pub use ids::{ConfigId, NodeId, SecretId, ServiceId, TaskId};

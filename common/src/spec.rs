@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
 use crate::mesh::PortConfig;
+use crate::secret::{ConfigRef, SecretRef};
 use crate::time::Millis;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +196,12 @@ pub struct TaskTemplate {
     /// Resource limits, enforced by Docker (cgroups).
     #[serde(default, skip_serializing_if = "Limits::is_default")]
     pub limits: Limits,
+    /// Secrets mounted into each task as files (see [`crate::secret`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+    /// Configs mounted into each task as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigRef>,
 }
 
 /// Swarm's ContainerSpec settings beyond image, command, env and mounts:
@@ -336,6 +343,8 @@ impl TaskTemplate {
             force_update: 0,
             container: ContainerOptions::default(),
             limits: Limits::default(),
+            secrets: vec![],
+            configs: vec![],
         }
     }
 }
@@ -414,6 +423,8 @@ pub enum SpecError {
     RestartCondition(String),
     #[error("invalid replicas {0:?}: expected a number of replicas, 0 or more")]
     Replicas(String),
+    #[error(transparent)]
+    File(#[from] crate::secret::SecretError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -520,6 +531,8 @@ impl ServiceSpec {
     /// Checks everything that can be checked without the cluster.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
+        crate::secret::validate_refs(crate::secret::Kind::Secret, &self.task.secrets)?;
+        crate::secret::validate_refs(crate::secret::Kind::Config, &self.task.configs)?;
         if self.task.image.trim().is_empty() {
             return Err(SpecError::EmptyImage);
         }

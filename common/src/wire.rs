@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{NodeId, TaskId};
 use crate::mesh::{MeshFailure, MeshTable};
 use crate::node::Role;
+use crate::secret::FileData;
 use crate::task::{Task, TaskStatusUpdate};
 
 /// Hard limit on one frame (raft snapshots of the store travel in one frame).
@@ -138,6 +139,11 @@ pub enum Frame {
         certificate: String,
         ca_certificate: String,
     },
+    /// Dispatcher → node: the values of every secret and config the node's
+    /// assigned tasks use — the whole set, sent whenever it changes and
+    /// before the assignments that need it. Never sent to a node whose
+    /// tasks use none.
+    Files(Vec<FileData>),
 }
 
 #[derive(Debug, thiserror::Error)]

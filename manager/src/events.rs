@@ -58,6 +58,7 @@ pub fn event_of(change: &Change, store: &Store, now: Millis) -> Option<Event> {
             ev
         }
         Change::NodeRemoved { id, hostname } => e("node", "remove", id.to_string(), hostname.clone()),
+        Change::File { kind, id, name, action } => e(&kind.to_string(), action, id.clone(), name.clone()),
     })
 }
 

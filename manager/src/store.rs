@@ -53,6 +53,7 @@
 //!   are never serialised and are rebuilt whenever a store is decoded, so
 //!   snapshots keep their format.
 
+mod files;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -63,9 +64,11 @@ use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
 use common::wire::PeerInfo;
-use common::{NodeId, ServiceId, TaskId};
+use common::secret::{Config, Kind, Secret};
+use common::{ConfigId, NodeId, SecretId, ServiceId, TaskId};
 use serde::{Deserialize, Serialize};
 
+pub use files::LabelsUpdate;
 pub use tasks::{TaskMut, Tasks};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +189,13 @@ pub enum Command {
     /// The leader's list of the nodes gossip shows alive that hold no
     /// session with it (see [`Store::no_session`]); replaces the last one.
     SetNoSession(BTreeSet<NodeId>),
+    /// Secrets and configs (see `store::files` for their rules).
+    CreateSecret(Secret),
+    UpdateSecret(LabelsUpdate<SecretId>),
+    RemoveSecret(SecretId),
+    CreateConfig(Config),
+    UpdateConfig(LabelsUpdate<ConfigId>),
+    RemoveConfig(ConfigId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -209,6 +219,15 @@ pub enum StoreError {
     NoPreviousSpec(String),
     #[error("no free port left in {}-{} to publish", DYNAMIC_PORTS.start(), DYNAMIC_PORTS.end())]
     NoFreePort,
+    /// swarmkit's wording for secrets and configs.
+    #[error("{0} {1} already exists")]
+    FileNameInUse(Kind, String),
+    #[error("{0} not found: {1}")]
+    NoSuchFile(Kind, String),
+    #[error("{kind} '{name}' is in use by the following service{}: {}", if services.len() > 1 { "s" } else { "" }, services.join(", "))]
+    FileInUse { kind: Kind, name: String, services: Vec<String> },
+    #[error("{0} {1} is at version {2}, not {3}: update out of sequence")]
+    FileConflict(Kind, String, u64, u64),
 }
 
 impl Command {
@@ -237,7 +256,13 @@ impl Command {
             | Command::SetDesiredState { .. }
             | Command::UpdateTaskStatus(_)
             | Command::DeleteTasks(_)
-            | Command::RotateJoinToken { .. } => false,
+            | Command::RotateJoinToken { .. }
+            | Command::CreateSecret(_)
+            | Command::UpdateSecret(_)
+            | Command::RemoveSecret(_)
+            | Command::CreateConfig(_)
+            | Command::UpdateConfig(_)
+            | Command::RemoveConfig(_) => false,
         }
     }
 }
@@ -297,6 +322,8 @@ pub enum Change {
     TaskRemoved { id: TaskId, name: String, node: Option<NodeId> },
     Node { id: NodeId, action: &'static str },
     NodeRemoved { id: NodeId, hostname: String },
+    /// A secret or config created, updated or removed.
+    File { kind: Kind, id: String, name: String, action: &'static str },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -315,6 +342,11 @@ pub struct Store {
     /// empty, so snapshots without it keep their bytes.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub no_session: BTreeSet<NodeId>,
+    /// Not written when empty, so snapshots without any keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: files::Table<SecretId>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: files::Table<ConfigId>,
 }
 
 /// Who proposed an entry: (raft id, process start nonce, counter). A
@@ -470,6 +502,7 @@ impl Store {
                     return Err(StoreError::NameInUse(svc.spec.name.clone(), other.id.clone()));
                 }
                 self.check_ports(&svc.id, &svc.spec.task.ports)?;
+                self.check_files(&svc.spec)?;
                 changes.push(Change::Service { id: svc.id.clone(), action: "create" });
                 self.services.insert(svc.id.clone(), svc);
             }
@@ -484,6 +517,7 @@ impl Store {
                     return Err(StoreError::Conflict(id, current.version, v));
                 }
                 self.check_ports(&id, &spec.task.ports)?;
+                self.check_files(&spec)?;
                 let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
                 // A new task template rolls over the tasks; other changes
                 // (replicas, labels) do not.
@@ -623,8 +657,52 @@ impl Store {
                 Role::Manager => self.cluster.manager_token = token,
             },
             Command::SetNoSession(nodes) => self.no_session = nodes,
+            Command::CreateSecret(item) => {
+                let (id, name) = (item.id.to_string(), item.name.clone());
+                files::create(&mut self.secrets, Kind::Secret, item)?;
+                changes.push(Change::File { kind: Kind::Secret, id, name, action: "create" });
+            }
+            Command::UpdateSecret(u) => {
+                let name = files::update_labels(&mut self.secrets, Kind::Secret, &u.id, u.labels, u.at, u.expect_version)?;
+                changes.push(Change::File { kind: Kind::Secret, id: u.id.to_string(), name, action: "update" });
+            }
+            Command::RemoveSecret(id) => {
+                let name =
+                    files::remove(&mut self.secrets, Kind::Secret, &id, self.services.values(), |s| &s.spec.task.secrets)?;
+                changes.push(Change::File { kind: Kind::Secret, id: id.to_string(), name, action: "remove" });
+            }
+            Command::CreateConfig(item) => {
+                let (id, name) = (item.id.to_string(), item.name.clone());
+                files::create(&mut self.configs, Kind::Config, item)?;
+                changes.push(Change::File { kind: Kind::Config, id, name, action: "create" });
+            }
+            Command::UpdateConfig(u) => {
+                let name = files::update_labels(&mut self.configs, Kind::Config, &u.id, u.labels, u.at, u.expect_version)?;
+                changes.push(Change::File { kind: Kind::Config, id: u.id.to_string(), name, action: "update" });
+            }
+            Command::RemoveConfig(id) => {
+                let name =
+                    files::remove(&mut self.configs, Kind::Config, &id, self.services.values(), |s| &s.spec.task.configs)?;
+                changes.push(Change::File { kind: Kind::Config, id: id.to_string(), name, action: "remove" });
+            }
         }
         Ok(())
+    }
+
+    /// The secrets and configs a spec names all exist.
+    fn check_files(&self, spec: &ServiceSpec) -> Result<(), StoreError> {
+        files::check_refs(&self.secrets, Kind::Secret, &spec.task.secrets)?;
+        files::check_refs(&self.configs, Kind::Config, &spec.task.configs)
+    }
+
+    /// A secret by full id, name or unique id prefix.
+    pub fn find_secret(&self, key: &str) -> Option<&Secret> {
+        files::find(&self.secrets, key)
+    }
+
+    /// A config by full id, name or unique id prefix.
+    pub fn find_config(&self, key: &str) -> Option<&Config> {
+        files::find(&self.configs, key)
     }
 
     /// Published ports are unique per protocol across services, except that
@@ -751,6 +829,8 @@ enum Saved {
     Service(ServiceId, Option<Box<Service>>),
     Task(TaskId, Option<Box<Task>>),
     NoSession(BTreeSet<NodeId>),
+    Secret(SecretId, Option<Box<Secret>>),
+    Config(ConfigId, Option<Box<Config>>),
 }
 
 impl Undo {
@@ -785,6 +865,16 @@ impl Undo {
             }
             Command::UpdateTaskStatus(updates) => self.saved.extend(updates.iter().map(|u| task(&u.task_id))),
             Command::SetNoSession(_) => self.saved.push(Saved::NoSession(store.no_session.clone())),
+            Command::CreateSecret(Secret { id, .. })
+            | Command::UpdateSecret(LabelsUpdate { id, .. })
+            | Command::RemoveSecret(id) => {
+                self.saved.push(Saved::Secret(id.clone(), store.secrets.get(id).cloned().map(Box::new)))
+            }
+            Command::CreateConfig(Config { id, .. })
+            | Command::UpdateConfig(LabelsUpdate { id, .. })
+            | Command::RemoveConfig(id) => {
+                self.saved.push(Saved::Config(id.clone(), store.configs.get(id).cloned().map(Box::new)))
+            }
             // Its commands are saved one by one as they apply.
             Command::Batch(_) => {}
         }
@@ -801,6 +891,10 @@ impl Undo {
                 Saved::Task(_, Some(t)) => drop(store.tasks.insert(*t)),
                 Saved::Task(id, None) => drop(store.tasks.remove(&id)),
                 Saved::NoSession(nodes) => store.no_session = nodes,
+                Saved::Secret(id, Some(s)) => drop(store.secrets.insert(id, *s)),
+                Saved::Secret(id, None) => drop(store.secrets.remove(&id)),
+                Saved::Config(id, Some(c)) => drop(store.configs.insert(id, *c)),
+                Saved::Config(id, None) => drop(store.configs.remove(&id)),
             }
         }
     }

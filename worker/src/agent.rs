@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::backoff::Backoff;
 use common::mesh::{MeshFailure, MeshTable};
+use common::secret::FileData;
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, Hello, PeerInfo};
 use common::{NodeId, TaskId};
@@ -30,6 +31,8 @@ pub trait AgentSink: Send + Sync + 'static {
     fn managers(&self, managers: Vec<PeerInfo>);
     /// The routing mesh as the leader computed it.
     fn mesh(&self, table: MeshTable);
+    /// The values of the secrets and configs this node's tasks use.
+    fn files(&self, _files: Vec<FileData>) {}
 }
 
 pub struct Agent {
@@ -124,6 +127,7 @@ impl Agent {
                             sink.assign(full, tasks, removed);
                         }
                         Frame::Mesh(table) => sink.mesh(table),
+                        Frame::Files(files) => sink.files(files),
                         Frame::Heartbeat => tx.send(Frame::Heartbeat).await?,
                         other => tracing::debug!(frame = ?other, "unexpected frame in session"),
                     }

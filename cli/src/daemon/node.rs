@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use common::mesh::{MeshFailure, MeshTable};
+use common::secret::FileData;
 use common::node::{Node, Role};
 use common::task::{Task, TaskStatusUpdate};
 use common::time::now_ms;
@@ -29,6 +30,7 @@ use worker::node::membership::{self, fact, MembershipConfig};
 use worker::node::net::{self, Router};
 use worker::node::tls::Tls;
 use worker::runtime::docker::DockerRuntime;
+use worker::runtime::files::TaskFiles;
 use worker::runtime::Runtime;
 use worker::supervisor::{Assign, TaskSupervisor};
 
@@ -50,6 +52,8 @@ struct Sink {
     /// Told when the node's role changed (and which managers can certify
     /// it): the process restarts in its new role.
     role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
+    /// Where the tasks' secrets and configs are written.
+    files: Arc<TaskFiles>,
 }
 
 impl AgentSink for Sink {
@@ -57,7 +61,17 @@ impl AgentSink for Sink {
         self.mesh.do_send(SetTable(table));
     }
     fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
+        // A task no longer here takes its files with it.
+        if full {
+            self.files.retain(&tasks.iter().map(|t| t.id.clone()).collect());
+        }
+        for id in &removed {
+            self.files.forget(id);
+        }
         self.supervisor.do_send(Assign { full, tasks, removed });
+    }
+    fn files(&self, files: Vec<FileData>) {
+        self.files.set_values(files);
     }
     fn managers(&self, managers: Vec<PeerInfo>) {
         let mut s = self.state.write();
@@ -145,6 +159,7 @@ pub(crate) async fn run_node(
     let listener = tokio::net::TcpListener::bind(cluster_addr)
         .await
         .with_context(|| format!("cannot listen on the cluster port {cluster_addr}"))?;
+    let task_files = Arc::new(TaskFiles::new(TaskFiles::default_dir(&state.node_id)));
     let runtime: Arc<dyn Runtime> = match opts.launch.runtime {
         Some(r) => r,
         None => Arc::new(
@@ -154,7 +169,8 @@ pub(crate) async fn run_node(
                     anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)")
                 })?
                 .publish_on(state.advertise_addr)
-                .node_hostname(&state.hostname),
+                .node_hostname(&state.hostname)
+                .task_files(task_files.clone()),
         ),
     };
     let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));
@@ -263,6 +279,7 @@ pub(crate) async fn run_node(
     let (role_tx, mut role_rx) = mpsc::unbounded_channel();
     let role_retry = role_tx.clone();
     let sink = Arc::new(Sink {
+        files: task_files,
         role_changed: role_tx,
         supervisor,
         data_dir: data_dir.clone(),

@@ -9,7 +9,7 @@ use super::{async_stream, manager, ApiState, Error, Result};
 pub(super) struct EventsQuery {
     /// Milliseconds since the epoch: replay kept events from then on.
     since: Option<u64>,
-    /// `service`, `task` or `node` (comma-separated for several).
+    /// `service`, `task`, `node`, `secret` or `config` (comma-separated for several).
     #[serde(rename = "type")]
     kind: Option<String>,
 }
@@ -18,7 +18,7 @@ pub(super) struct EventsQuery {
 pub(super) async fn events(state: web::Data<ApiState>, q: web::Query<EventsQuery>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let kinds: Option<Vec<String>> = q.kind.as_ref().map(|k| k.split(',').map(|s| s.trim().to_string()).collect());
-    if let Some(bad) = kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node")) {
+    if let Some(bad) = kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node" | "secret" | "config")) {
         return Err(Error::InvalidEventType(bad.clone()));
     }
     let wanted = move |e: &common::api::Event| kinds.as_ref().is_none_or(|k| k.contains(&e.kind));

@@ -13,6 +13,7 @@
 
 pub mod docker;
 mod events;
+pub mod files;
 mod logs;
 mod metrics;
 mod nodes;
@@ -29,7 +30,7 @@ use actix_web::{web, HttpResponse, ResponseError};
 use common::api::{ApiError, NodeInfo};
 use common::node::{NodeStatus, Role};
 use common::spec::SpecError;
-use common::NodeId;
+use common::{ConfigId, NodeId, SecretId};
 use tokio::sync::mpsc;
 use worker::node::tls::TlsError;
 
@@ -74,7 +75,7 @@ pub enum Error {
     NotManager { hostname: String, node_id: NodeId },
     #[error("invalid role {0:?}: expected worker or manager")]
     InvalidRole(String),
-    #[error("invalid event type {0:?}: expected service, task or node")]
+    #[error("invalid event type {0:?}: expected service, task, node, secret or config")]
     InvalidEventType(String),
     /// Committed, but raft's membership did not follow in time (hostname).
     #[error("{0} is a manager now, but raft has not added it yet; `shoal node ls` shows when it is Reachable")]
@@ -96,6 +97,8 @@ pub enum Error {
     /// The Engine API's node update for a version that is not the node's.
     #[error("node {0} is at version {1}, not {2}: update out of sequence")]
     NodeOutOfSequence(String, u64, u64),
+    #[error("invalid data: not base64: {0}")]
+    InvalidData(String),
 }
 
 impl Error {
@@ -119,9 +122,13 @@ fn store_status(e: &StoreError) -> StatusCode {
         | StoreError::Conflict(..)
         | StoreError::PortInUse { .. }
         | StoreError::PortTwice { .. }
-        | StoreError::NoFreePort => StatusCode::CONFLICT,
-        StoreError::NoSuchService(_) | StoreError::NoSuchNode(_) => StatusCode::NOT_FOUND,
-        StoreError::AlreadyInitialised | StoreError::NoPreviousSpec(_) => StatusCode::BAD_REQUEST,
+        | StoreError::NoFreePort
+        | StoreError::FileNameInUse(..)
+        | StoreError::FileConflict(..) => StatusCode::CONFLICT,
+        StoreError::NoSuchService(_) | StoreError::NoSuchNode(_) | StoreError::NoSuchFile(..) => StatusCode::NOT_FOUND,
+        StoreError::AlreadyInitialised | StoreError::NoPreviousSpec(_) | StoreError::FileInUse { .. } => {
+            StatusCode::BAD_REQUEST
+        }
     }
 }
 
@@ -149,7 +156,8 @@ impl ResponseError for Error {
             | Error::RemoveSelf
             | Error::RemoveManager(_)
             | Error::MalformedBody(_)
-            | Error::MalformedQuery(_) => StatusCode::BAD_REQUEST,
+            | Error::MalformedQuery(_)
+            | Error::InvalidData(_) => StatusCode::BAD_REQUEST,
             Error::RemoveReady(_) | Error::NodeOutOfSequence(..) => StatusCode::CONFLICT,
             Error::PromotePending(_) | Error::DemotePending(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -268,6 +276,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/services/{key}/rollback", web::post().to(services::rollback_service))
         .route("/v1/services/{key}/tasks", web::get().to(services::service_tasks))
         .route("/v1/services/{key}/logs", web::get().to(logs::service_logs))
+        .route("/v1/secrets", web::get().to(files::list::<SecretId>))
+        .route("/v1/secrets", web::post().to(files::post::<SecretId>))
+        .route("/v1/secrets/{key}", web::get().to(files::get::<SecretId>))
+        .route("/v1/secrets/{key}", web::delete().to(files::delete::<SecretId>))
+        .route("/v1/configs", web::get().to(files::list::<ConfigId>))
+        .route("/v1/configs", web::post().to(files::post::<ConfigId>))
+        .route("/v1/configs/{key}", web::get().to(files::get::<ConfigId>))
+        .route("/v1/configs/{key}", web::delete().to(files::delete::<ConfigId>))
         .route("/v1/ui/state", web::get().to(ui::ui_snapshot))
         .route("/v1/ui/stream", web::get().to(ui::ui_stream))
         .route("/", web::get().to(ui::to_ui))
@@ -364,7 +380,7 @@ mod tests {
                 "node w1 (abc) is a worker, not a manager: point -H or SHOAL_HOST at a manager's API",
             ),
             (Error::InvalidRole("boss".into()), 400, "invalid role \"boss\": expected worker or manager"),
-            (Error::InvalidEventType("x".into()), 400, "invalid event type \"x\": expected service, task or node"),
+            (Error::InvalidEventType("x".into()), 400, "invalid event type \"x\": expected service, task, node, secret or config"),
             (
                 Error::PromotePending("n2".into()),
                 504,

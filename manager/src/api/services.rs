@@ -95,8 +95,9 @@ pub(super) async fn create_service(state: web::Data<ApiState>, spec: web::Json<S
 
 /// Checks and creates a service, numbering its unnumbered ports: what
 /// both APIs' create calls.
-pub(super) async fn create(m: &Manager, spec: ServiceSpec) -> Result<Service> {
+pub(super) async fn create(m: &Manager, mut spec: ServiceSpec) -> Result<Service> {
     spec.validate()?;
+    super::files::resolve_refs(&m.store.read(), &mut spec)?;
     let now = now_ms();
     let id = ServiceId::random();
     let spec =
@@ -114,6 +115,7 @@ pub(super) async fn update(
     expect_version: Option<u64>,
 ) -> Result<()> {
     spec.validate()?;
+    super::files::resolve_refs(&m.store.read(), &mut spec)?;
     for p in spec.task.ports.iter_mut().filter(|p| p.published.is_none()) {
         let same = |q: &&common::mesh::PortConfig| (q.target, q.protocol, q.mode) == (p.target, p.protocol, p.mode);
         p.published = svc.spec.task.ports.iter().find(same).and_then(|q| q.published);

@@ -16,12 +16,13 @@
 pub mod diff;
 pub mod session;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use common::mesh::{MeshFailure, MeshTable};
+use common::secret::{FileData, Kind};
 use common::task::{Task, TaskState, TaskStatusUpdate};
 use common::time::{now_ms, Millis};
 use common::wire::Frame;
@@ -130,6 +131,8 @@ struct Session {
     sent: Option<BTreeMap<TaskId, Task>>,
     /// The mesh table went out (it is resent to all when it changes).
     mesh_sent: bool,
+    /// The secrets and configs whose values this node was last sent.
+    files_sent: BTreeSet<(Kind, String)>,
 }
 
 pub struct Dispatcher {
@@ -239,6 +242,12 @@ impl Dispatcher {
                 .filter(|t| t.status.state != TaskState::Orphaned && t.assigned_node().is_some())
                 .map(|t| (t.id.clone(), t.clone()))
                 .collect();
+            // The values the tasks need go before the tasks.
+            let files = files_needed(now.values());
+            if files != session.files_sent {
+                let _ = session.tx.send(Frame::Files(file_data(&store, &files)));
+                session.files_sent = files;
+            }
             let frame = match &session.sent {
                 None => Some(Frame::Assignments {
                     full: true,
@@ -279,6 +288,31 @@ impl Dispatcher {
             }
         });
     }
+}
+
+/// The secrets and configs these tasks use.
+fn files_needed<'a>(tasks: impl Iterator<Item = &'a Task>) -> BTreeSet<(Kind, String)> {
+    let mut out = BTreeSet::new();
+    for t in tasks {
+        out.extend(t.spec.secrets.iter().map(|r| (Kind::Secret, r.id.to_string())));
+        out.extend(t.spec.configs.iter().map(|r| (Kind::Config, r.id.to_string())));
+    }
+    out
+}
+
+/// Their values, from the store (one removed meanwhile is left out: a
+/// service that names it cannot exist).
+fn file_data(store: &crate::store::Store, files: &BTreeSet<(Kind, String)>) -> Vec<FileData> {
+    files
+        .iter()
+        .filter_map(|(kind, id)| {
+            let data = match kind {
+                Kind::Secret => &store.secrets.get(&common::SecretId::from(id.as_str()))?.data,
+                Kind::Config => &store.configs.get(&common::ConfigId::from(id.as_str()))?.data,
+            };
+            Some(FileData { kind: *kind, id: id.clone(), data: data.clone() })
+        })
+        .collect()
 }
 
 impl Actor for Dispatcher {
@@ -334,7 +368,13 @@ impl Handler<Register> for Dispatcher {
         self.next_session += 1;
         tracing::info!(node = %msg.node, session = id, "node session opened");
         self.heard.opened(&msg.node, now_ms());
-        self.sessions.insert(msg.node, Session { id, tx: SessionTx::new(msg.tx), sent: None, mesh_sent: false });
+        self.sessions.insert(msg.node, Session {
+                id,
+                tx: SessionTx::new(msg.tx),
+                sent: None,
+                mesh_sent: false,
+                files_sent: BTreeSet::new(),
+            });
         self.push_all();
         self.drop_ended();
         self.metrics.handled(started, true);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +26,8 @@ use super::{
     LogStream, Runtime, RuntimeError, LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
 };
 
+use super::files::{FilesError, TaskFiles};
+
 /// How many containers `list` inspects at once.
 const INSPECT_CONCURRENCY: usize = 8;
 
@@ -40,6 +42,9 @@ pub struct DockerRuntime {
     /// Inspect results by (container id, state as listed): a container is
     /// inspected once per state it is seen in, not on every list.
     inspected: Mutex<HashMap<(String, ContainerState), ContainerInfo>>,
+    /// Where tasks' secrets and configs are written for Docker to mount;
+    /// `None`: a task that has any fails.
+    files: Option<Arc<TaskFiles>>,
 }
 
 impl DockerRuntime {
@@ -52,12 +57,24 @@ impl DockerRuntime {
 
     pub async fn with_client(docker: Docker) -> Result<Self, RuntimeError> {
         let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(DockerRuntime { docker, host_ip: None, node_hostname: String::new(), inspected: Mutex::new(HashMap::new()) })
+        Ok(DockerRuntime {
+            docker,
+            host_ip: None,
+            node_hostname: String::new(),
+            inspected: Mutex::new(HashMap::new()),
+            files: None,
+        })
     }
 
     /// The node's hostname, for `{{.Node.Hostname}}` in task templates.
     pub fn node_hostname(mut self, hostname: &str) -> Self {
         self.node_hostname = hostname.to_string();
+        self
+    }
+
+    /// Mounts tasks' secrets and configs from `files`.
+    pub fn task_files(mut self, files: Arc<TaskFiles>) -> Self {
+        self.files = Some(files);
         self
     }
 
@@ -326,11 +343,23 @@ impl Runtime for DockerRuntime {
         let name = container_name(task);
         check_host_ports(task, self.host_ip)?;
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = self
-            .docker
-            .create_container(Some(opts), container_body(node, &self.node_hostname, task, self.host_ip))
-            .await
-            .map_err(map_err)?;
+        let mut body = container_body(node, &self.node_hostname, task, self.host_ip);
+        let files = match &self.files {
+            Some(f) => f.materialise(task),
+            None if task.spec.secrets.is_empty() && task.spec.configs.is_empty() => Ok(vec![]),
+            None => Err(FilesError::NoTmpfs("this node keeps no task files".into())),
+        };
+        let files = files.map_err(|e| RuntimeError::Other(e.to_string()))?;
+        if let Some(hc) = body.host_config.as_mut() {
+            hc.mounts.get_or_insert_with(Vec::new).extend(files.into_iter().map(|f| DockerMount {
+                source: Some(f.source.to_string_lossy().into_owned()),
+                target: Some(f.target),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }));
+        }
+        let created = self.docker.create_container(Some(opts), body).await.map_err(map_err)?;
         for w in created.warnings.iter().filter(|w| !w.is_empty()) {
             tracing::warn!(container = %name, warning = %w, "docker warning on create");
         }

@@ -18,6 +18,7 @@ use common::time::Millis;
 use common::wire::LogLine;
 
 pub mod docker;
+pub mod files;
 /// Test double only: built for this crate's tests and, through the
 /// `test-util` feature, for other crates' tests (and, later, the scale
 /// simulation); a node built without it cannot use it.

@@ -13,11 +13,13 @@
 //!   client sent is kept beside the typed spec, so inspect returns it.
 //! - `objects`: services, tasks, nodes, the swarm and `/info` as Docker's.
 //! - `filters`: the `filters` parameter in both clients' forms.
-//! - `system`, `services`, `tasks`, `nodes`: the handlers.
+//! - `system`, `services`, `tasks`, `nodes`, `files` (secrets and
+//!   configs): the handlers.
 //!
 //! Facts about the clients this follows: `/work/shared/engine-api.md`
 //! (summarised in the README's "Docker Engine API" section).
 
+mod files;
 mod filters;
 pub(crate) mod json;
 mod nodes;
@@ -34,6 +36,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError, Route};
 use common::api::ApiError;
+use common::{ConfigId, SecretId};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -47,8 +50,9 @@ const MAX_MINOR: u32 = 47;
 /// The oldest version accepted, as moby's default minimum.
 pub const MIN_VERSION: &str = "1.24";
 const MIN_MINOR: u32 = 24;
-/// The largest request body accepted (a spec is a few KiB).
-pub const BODY_LIMIT: usize = 1024 * 1024;
+/// The largest request body accepted (a spec is a few KiB; a config's
+/// value, up to 1000 KiB, comes base64).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Why an Engine API call failed; the text is what the docker CLI prints
 /// after "Error response from daemon:".
@@ -188,6 +192,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     add(cfg, "/tasks", vec![web::get().to(tasks::list)]);
     add(cfg, "/tasks/{id}", vec![web::get().to(tasks::inspect)]);
     add(cfg, "/tasks/{id}/logs", vec![web::get().to(tasks::logs)]);
+    add(cfg, "/secrets", vec![web::get().to(files::list::<SecretId>)]);
+    add(cfg, "/secrets/create", vec![web::post().to(files::create::<SecretId>)]);
+    add(cfg, "/secrets/{id}", vec![web::get().to(files::inspect::<SecretId>), web::delete().to(files::remove::<SecretId>)]);
+    add(cfg, "/secrets/{id}/update", vec![web::post().to(files::update::<SecretId>)]);
+    add(cfg, "/configs", vec![web::get().to(files::list::<ConfigId>)]);
+    add(cfg, "/configs/create", vec![web::post().to(files::create::<ConfigId>)]);
+    add(cfg, "/configs/{id}", vec![web::get().to(files::inspect::<ConfigId>), web::delete().to(files::remove::<ConfigId>)]);
+    add(cfg, "/configs/{id}/update", vec![web::post().to(files::update::<ConfigId>)]);
     add(cfg, "/nodes", vec![web::get().to(nodes::list)]);
     add(cfg, "/nodes/{id}", vec![web::get().to(nodes::inspect), web::delete().to(nodes::remove)]);
     add(cfg, "/nodes/{id}/update", vec![web::post().to(nodes::update)]);

@@ -17,6 +17,7 @@ use common::spec::{
     ContainerOptions, FailureAction, Limits, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
     TaskTemplate, UpdateConfig, UpdateOrder,
 };
+use common::secret::{self, FileRef, Kind};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 
@@ -137,6 +138,77 @@ struct DockerContainerSpec {
     hosts: Vec<String>,
     #[serde(default, deserialize_with = "nullable")]
     labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    secrets: Vec<DockerFileRef>,
+    #[serde(default, deserialize_with = "nullable")]
+    configs: Vec<DockerFileRef>,
+}
+
+/// A SecretReference or ConfigReference.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerFileRef {
+    #[serde(default)]
+    file: Option<DockerFileTarget>,
+    #[serde(default, rename = "SecretID", alias = "ConfigID", deserialize_with = "nullable")]
+    id: String,
+    #[serde(default, rename = "SecretName", alias = "ConfigName", deserialize_with = "nullable")]
+    name: String,
+    #[serde(default)]
+    runtime: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerFileTarget {
+    #[serde(default, deserialize_with = "nullable")]
+    name: String,
+    #[serde(default, rename = "UID", deserialize_with = "nullable")]
+    uid: String,
+    #[serde(default, rename = "GID", deserialize_with = "nullable")]
+    gid: String,
+    #[serde(default)]
+    mode: Option<u32>,
+}
+
+/// A reference from the document; one with an empty id is looked up by
+/// name when the spec is proposed.
+fn file_ref<Id: From<String>>(kind: Kind, r: DockerFileRef) -> Result<FileRef<Id>, EngineSpecError> {
+    if r.runtime.is_some() && r.file.is_none() {
+        return Err(EngineSpecError::Unsupported(format!("a {kind} reference with a Runtime target")));
+    }
+    let f = r.file.ok_or_else(|| invalid(format!("{kind} reference {:?} has no File target", r.name)))?;
+    if r.id.is_empty() && r.name.is_empty() {
+        return Err(invalid(format!("a {kind} reference needs a {kind} ID or name")));
+    }
+    let target = if f.name.is_empty() { r.name.clone() } else { f.name };
+    secret::validate_target(kind, &target).map_err(|e| invalid(e.to_string()))?;
+    Ok(FileRef {
+        id: Id::from(r.id),
+        name: r.name,
+        target,
+        uid: if f.uid.is_empty() { "0".into() } else { f.uid },
+        gid: if f.gid.is_empty() { "0".into() } else { f.gid },
+        mode: f.mode.unwrap_or(secret::DEFAULT_MODE),
+    })
+}
+
+fn file_refs_to_engine<Id: std::fmt::Display>(kind: Kind, refs: &[FileRef<Id>]) -> Value {
+    let (id_key, name_key) = match kind {
+        Kind::Secret => ("SecretID", "SecretName"),
+        Kind::Config => ("ConfigID", "ConfigName"),
+    };
+    Value::Array(
+        refs.iter()
+            .map(|r| {
+                json!({
+                    "File": {"Name": r.target, "UID": r.uid, "GID": r.gid, "Mode": r.mode},
+                    id_key: r.id.to_string(),
+                    name_key: r.name,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,6 +511,8 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
             force_update: task.force_update,
             container: options,
             limits,
+            secrets: container.secrets.into_iter().map(|r| file_ref(Kind::Secret, r)).collect::<Result<_, _>>()?,
+            configs: container.configs.into_iter().map(|r| file_ref(Kind::Config, r)).collect::<Result<_, _>>()?,
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
@@ -513,6 +587,8 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     put("Hosts", json!(c.hosts));
     put("Labels", json!(c.labels));
     put("DNSConfig", json!({"Nameservers": c.dns, "Search": c.dns_search, "Options": c.dns_options}));
+    put("Secrets", file_refs_to_engine(Kind::Secret, &t.secrets));
+    put("Configs", file_refs_to_engine(Kind::Config, &t.configs));
     if let Some(init) = c.init {
         container.insert("Init".into(), json!(init));
     }
@@ -612,6 +688,8 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "ContainerSpec", "CapabilityAdd"],
     &["TaskTemplate", "ContainerSpec", "CapabilityDrop"],
     &["TaskTemplate", "ContainerSpec", "Sysctls"],
+    &["TaskTemplate", "ContainerSpec", "Secrets"],
+    &["TaskTemplate", "ContainerSpec", "Configs"],
     &["TaskTemplate", "ContainerSpec", "DNSConfig"],
     &["TaskTemplate", "ContainerSpec", "Hosts"],
     &["TaskTemplate", "ContainerSpec", "Labels"],
