@@ -487,13 +487,16 @@ mod tests {
             data: None,
             services: vec![],
         };
-        let now = 1_000_000;
-        let items = [f("x1d2g3h4j5k6l7m8n9p0q1r2s", "db_pw", now - 5_000), f("a9b8c7d6e5f4g3h2i1j0k9l8m", "api-key", now - 3_600_000)];
+        let now = 100_000_000;
+        let items = [
+            f("x1d2g3h4j5k6l7m8n9p0q1r2s", "db_pw", now - 5_000),
+            f("a9b8c7d6e5f4g3h2i1j0k9l8m", "api-key", now - 3_600_000),
+        ];
         assert_eq!(
             files_ls(Kind::Secret, &items, now),
-            "ID                          NAME      DRIVER    CREATED          UPDATED\n\
+            "ID                          NAME      DRIVER    CREATED             UPDATED\n\
              a9b8c7d6e5f4g3h2i1j0k9l8m   api-key             About an hour ago   About an hour ago\n\
-             x1d2g3h4j5k6l7m8n9p0q1r2s   db_pw               5 seconds ago    5 seconds ago\n"
+             x1d2g3h4j5k6l7m8n9p0q1r2s   db_pw               5 seconds ago       5 seconds ago\n"
         );
         assert!(files_ls(Kind::Config, &items, now).starts_with("ID                          NAME      CREATED"));
     }

@@ -354,9 +354,7 @@ pub struct FileUpdateFlags {
 fn parse_refs<Id: From<String>>(kind: Kind, flag: &str, values: &[String]) -> Result<Vec<FileRef<Id>>> {
     values
         .iter()
-        .map(|v| {
-            secret::parse_ref(kind, v).map_err(|e| anyhow!("invalid argument {v:?} for \"--{flag}\" flag: {e}"))
-        })
+        .map(|v| secret::parse_ref(kind, v).map_err(|e| anyhow!("invalid argument {v:?} for \"--{flag}\" flag: {e}")))
         .collect()
 }
 

@@ -35,10 +35,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
-use crate::secret::{ConfigRef, FileRef, SecretRef};
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
+use crate::secret::{ConfigRef, FileRef, SecretRef};
 use crate::spec::{
     update_env, FailureAction, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, SpecError,
     UpdateConfig, UpdateOrder, UpdateStatus,

@@ -133,7 +133,9 @@ impl fmt::Debug for FileData {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum SecretError {
     /// swarmkit's wording.
-    #[error("invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]")]
+    #[error(
+        "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]"
+    )]
     Name,
     #[error("{kind} data must be larger than 0 and less than {max} bytes")]
     Size { kind: Kind, max: usize },
@@ -314,7 +316,10 @@ mod tests {
         assert_eq!(e("source=a,oops"), "invalid field 'oops' must be a key=value pair");
         assert_eq!(e("source=a,colour=red"), "invalid field in secret request: colour");
         assert_eq!(e("source=a,mode=rw"), "invalid mode specified: strconv.ParseUint: parsing \"rw\": invalid syntax");
-        assert_eq!(e("source=a,mode=0999"), "invalid mode specified: strconv.ParseUint: parsing \"0999\": invalid syntax");
+        assert_eq!(
+            e("source=a,mode=0999"),
+            "invalid mode specified: strconv.ParseUint: parsing \"0999\": invalid syntax"
+        );
     }
 
     #[test]

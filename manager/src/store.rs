@@ -60,11 +60,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node, Role};
+use common::secret::{Config, Kind, Secret};
 use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
 use common::wire::PeerInfo;
-use common::secret::{Config, Kind, Secret};
 use common::{ConfigId, NodeId, SecretId, ServiceId, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -316,14 +316,37 @@ pub fn decode_command(entry: &[u8]) -> Result<Command, Unreadable> {
 /// the names, which the store no longer has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Service { id: ServiceId, action: &'static str },
-    ServiceRemoved { id: ServiceId, name: String },
-    Task { id: TaskId },
-    TaskRemoved { id: TaskId, name: String, node: Option<NodeId> },
-    Node { id: NodeId, action: &'static str },
-    NodeRemoved { id: NodeId, hostname: String },
+    Service {
+        id: ServiceId,
+        action: &'static str,
+    },
+    ServiceRemoved {
+        id: ServiceId,
+        name: String,
+    },
+    Task {
+        id: TaskId,
+    },
+    TaskRemoved {
+        id: TaskId,
+        name: String,
+        node: Option<NodeId>,
+    },
+    Node {
+        id: NodeId,
+        action: &'static str,
+    },
+    NodeRemoved {
+        id: NodeId,
+        hostname: String,
+    },
     /// A secret or config created, updated or removed.
-    File { kind: Kind, id: String, name: String, action: &'static str },
+    File {
+        kind: Kind,
+        id: String,
+        name: String,
+        action: &'static str,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -663,12 +686,14 @@ impl Store {
                 changes.push(Change::File { kind: Kind::Secret, id, name, action: "create" });
             }
             Command::UpdateSecret(u) => {
-                let name = files::update_labels(&mut self.secrets, Kind::Secret, &u.id, u.labels, u.at, u.expect_version)?;
+                let name =
+                    files::update_labels(&mut self.secrets, Kind::Secret, &u.id, u.labels, u.at, u.expect_version)?;
                 changes.push(Change::File { kind: Kind::Secret, id: u.id.to_string(), name, action: "update" });
             }
             Command::RemoveSecret(id) => {
-                let name =
-                    files::remove(&mut self.secrets, Kind::Secret, &id, self.services.values(), |s| &s.spec.task.secrets)?;
+                let name = files::remove(&mut self.secrets, Kind::Secret, &id, self.services.values(), |s| {
+                    &s.spec.task.secrets
+                })?;
                 changes.push(Change::File { kind: Kind::Secret, id: id.to_string(), name, action: "remove" });
             }
             Command::CreateConfig(item) => {
@@ -677,12 +702,14 @@ impl Store {
                 changes.push(Change::File { kind: Kind::Config, id, name, action: "create" });
             }
             Command::UpdateConfig(u) => {
-                let name = files::update_labels(&mut self.configs, Kind::Config, &u.id, u.labels, u.at, u.expect_version)?;
+                let name =
+                    files::update_labels(&mut self.configs, Kind::Config, &u.id, u.labels, u.at, u.expect_version)?;
                 changes.push(Change::File { kind: Kind::Config, id: u.id.to_string(), name, action: "update" });
             }
             Command::RemoveConfig(id) => {
-                let name =
-                    files::remove(&mut self.configs, Kind::Config, &id, self.services.values(), |s| &s.spec.task.configs)?;
+                let name = files::remove(&mut self.configs, Kind::Config, &id, self.services.values(), |s| {
+                    &s.spec.task.configs
+                })?;
                 changes.push(Change::File { kind: Kind::Config, id: id.to_string(), name, action: "remove" });
             }
         }

@@ -630,6 +630,11 @@ impl Drop for Cluster {
             let out = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label=shoal.node.id={id}")]);
             let ids: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
             docker_rm_force(&ids);
+            // The tmpfs directory a node writes its tasks' secrets and
+            // configs to (worker::runtime::files).
+            if !id.is_empty() && !id.contains('/') {
+                let _ = std::fs::remove_dir_all(Path::new("/dev/shm/shoal").join(id));
+            }
             // A node killed with SIGKILL could not remove its routing-mesh
             // table (`ip shoal_<first 12 of its id>`); nothing else may.
             if id.len() >= 12 {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use common::mesh::{MeshFailure, MeshTable};
-use common::secret::FileData;
 use common::node::{Node, Role};
+use common::secret::FileData;
 use common::task::{Task, TaskStatusUpdate};
 use common::time::now_ms;
 use common::wire::{LogLine, LogRequest, PeerInfo};

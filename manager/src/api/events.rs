@@ -18,7 +18,9 @@ pub(super) struct EventsQuery {
 pub(super) async fn events(state: web::Data<ApiState>, q: web::Query<EventsQuery>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let kinds: Option<Vec<String>> = q.kind.as_ref().map(|k| k.split(',').map(|s| s.trim().to_string()).collect());
-    if let Some(bad) = kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node" | "secret" | "config")) {
+    if let Some(bad) =
+        kinds.iter().flatten().find(|k| !matches!(k.as_str(), "service" | "task" | "node" | "secret" | "config"))
+    {
         return Err(Error::InvalidEventType(bad.clone()));
     }
     let wanted = move |e: &common::api::Event| kinds.as_ref().is_none_or(|k| k.contains(&e.kind));

@@ -144,11 +144,7 @@ pub async fn remove<Id: FileKind>(m: &Manager, id: Id) -> Result<()> {
 /// only the id); an unknown one is docker's `secret not found: NAME`.
 pub fn resolve_refs(store: &Store, spec: &mut ServiceSpec) -> std::result::Result<(), StoreError> {
     fn one<Id: FileKind>(table: &BTreeMap<Id, Stored<Id>>, r: &mut FileRef<Id>) -> std::result::Result<(), StoreError> {
-        let found = if r.id.as_ref().is_empty() {
-            table.values().find(|s| s.name == r.name)
-        } else {
-            table.get(&r.id)
-        };
+        let found = if r.id.as_ref().is_empty() { table.values().find(|s| s.name == r.name) } else { table.get(&r.id) };
         let Some(s) = found else {
             let key = if r.name.is_empty() { r.id.to_string() } else { r.name.clone() };
             return Err(StoreError::NoSuchFile(Id::KIND, key));
@@ -183,7 +179,10 @@ pub(super) async fn get<Id: FileKind>(state: web::Data<ApiState>, key: web::Path
     Ok(HttpResponse::Ok().json(info(&m.store.read(), &item)))
 }
 
-pub(super) async fn post<Id: FileKind>(state: web::Data<ApiState>, body: web::Json<FileCreate>) -> Result<HttpResponse> {
+pub(super) async fn post<Id: FileKind>(
+    state: web::Data<ApiState>,
+    body: web::Json<FileCreate>,
+) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let body = body.into_inner();
     let data = decode_data(&body.data)?;

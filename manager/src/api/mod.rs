@@ -380,7 +380,11 @@ mod tests {
                 "node w1 (abc) is a worker, not a manager: point -H or SHOAL_HOST at a manager's API",
             ),
             (Error::InvalidRole("boss".into()), 400, "invalid role \"boss\": expected worker or manager"),
-            (Error::InvalidEventType("x".into()), 400, "invalid event type \"x\": expected service, task, node, secret or config"),
+            (
+                Error::InvalidEventType("x".into()),
+                400,
+                "invalid event type \"x\": expected service, task, node, secret or config",
+            ),
             (
                 Error::PromotePending("n2".into()),
                 504,

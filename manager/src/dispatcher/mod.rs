@@ -368,13 +368,10 @@ impl Handler<Register> for Dispatcher {
         self.next_session += 1;
         tracing::info!(node = %msg.node, session = id, "node session opened");
         self.heard.opened(&msg.node, now_ms());
-        self.sessions.insert(msg.node, Session {
-                id,
-                tx: SessionTx::new(msg.tx),
-                sent: None,
-                mesh_sent: false,
-                files_sent: BTreeSet::new(),
-            });
+        self.sessions.insert(
+            msg.node,
+            Session { id, tx: SessionTx::new(msg.tx), sent: None, mesh_sent: false, files_sent: BTreeSet::new() },
+        );
         self.push_all();
         self.drop_ended();
         self.metrics.handled(started, true);

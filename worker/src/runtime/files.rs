@@ -149,7 +149,8 @@ impl TaskFiles {
         for (i, e) in wanted.enumerate() {
             let (kind, name) = (e.kind, e.name);
             let data = values.get(&(kind, e.id)).ok_or_else(|| FilesError::Missing(kind, name.to_string()))?;
-            let owner = |s: &str| s.parse::<u32>().map_err(|_| FilesError::Owner(s.to_string(), kind, name.to_string()));
+            let owner =
+                |s: &str| s.parse::<u32>().map_err(|_| FilesError::Owner(s.to_string(), kind, name.to_string()));
             let (uid, gid) = (owner(e.uid)?, owner(e.gid)?);
             let path = dir.join(format!("{kind}-{i}"));
             let tmp = dir.join(format!(".{kind}-{i}.tmp"));

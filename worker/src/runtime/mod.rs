@@ -18,12 +18,12 @@ use common::time::Millis;
 use common::wire::LogLine;
 
 pub mod docker;
-pub mod files;
 /// Test double only: built for this crate's tests and, through the
 /// `test-util` feature, for other crates' tests (and, later, the scale
 /// simulation); a node built without it cannot use it.
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod files;
 
 pub const LABEL_NODE: &str = "shoal.node.id";
 pub const LABEL_SERVICE_ID: &str = "shoal.service.id";

@@ -194,11 +194,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     add(cfg, "/tasks/{id}/logs", vec![web::get().to(tasks::logs)]);
     add(cfg, "/secrets", vec![web::get().to(files::list::<SecretId>)]);
     add(cfg, "/secrets/create", vec![web::post().to(files::create::<SecretId>)]);
-    add(cfg, "/secrets/{id}", vec![web::get().to(files::inspect::<SecretId>), web::delete().to(files::remove::<SecretId>)]);
+    add(
+        cfg,
+        "/secrets/{id}",
+        vec![web::get().to(files::inspect::<SecretId>), web::delete().to(files::remove::<SecretId>)],
+    );
     add(cfg, "/secrets/{id}/update", vec![web::post().to(files::update::<SecretId>)]);
     add(cfg, "/configs", vec![web::get().to(files::list::<ConfigId>)]);
     add(cfg, "/configs/create", vec![web::post().to(files::create::<ConfigId>)]);
-    add(cfg, "/configs/{id}", vec![web::get().to(files::inspect::<ConfigId>), web::delete().to(files::remove::<ConfigId>)]);
+    add(
+        cfg,
+        "/configs/{id}",
+        vec![web::get().to(files::inspect::<ConfigId>), web::delete().to(files::remove::<ConfigId>)],
+    );
     add(cfg, "/configs/{id}/update", vec![web::post().to(files::update::<ConfigId>)]);
     add(cfg, "/nodes", vec![web::get().to(nodes::list)]);
     add(cfg, "/nodes/{id}", vec![web::get().to(nodes::inspect), web::delete().to(nodes::remove)]);

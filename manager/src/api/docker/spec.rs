@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 
 use common::constraint::Constraint;
 use common::mesh::{PortConfig, Protocol, PublishMode};
+use common::secret::{self, FileRef, Kind};
 use common::spec::{
     ContainerOptions, FailureAction, Limits, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
     TaskTemplate, UpdateConfig, UpdateOrder,
 };
-use common::secret::{self, FileRef, Kind};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 

@@ -135,6 +135,8 @@ fn engine_event(e: &Event) -> Option<Value> {
         ("node", "up") => ("node", "update", json!({"name": e.name, "state.new": "ready"})),
         ("node", "down") => ("node", "update", json!({"name": e.name, "state.new": "down"})),
         ("node", a) => ("node", a, json!({"name": e.name})),
+        ("secret", a) => ("secret", a, json!({"name": e.name})),
+        ("config", a) => ("config", a, json!({"name": e.name})),
         _ => return None,
     };
     if !e.message.is_empty() {
@@ -160,6 +162,8 @@ fn wanted(f: &Filters, v: &Value) -> bool {
         && f.any("scope", |x| x == "swarm")
         && by("service")
         && by("node")
+        && by("secret")
+        && by("config")
 }
 
 /// The kept events from `since`, then live ones (until `until`, if given).
