@@ -13,6 +13,7 @@ mod node;
 mod output;
 mod progress;
 mod service;
+mod unlock;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,9 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Unlock a manager started with autolock: reads the unlock key from
+    /// standard input (prompting, without echo, on a terminal).
+    Unlock,
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             events::run(&client::Client::new(&cli.host), since, filter, format)
         }
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
+        Command::Unlock => unlock::run(&client::Client::new(&cli.host)),
     };
     match result {
         Ok(code) => code,
@@ -128,10 +133,13 @@ mod tests {
             vec!["shoal", "events", "--since", "10m", "--filter", "type=task", "--format", "json"],
             vec!["shoal", "join-token", "--rotate", "-q", "worker"],
             vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
+            vec!["shoal", "daemon", "--init", "--autolock", "--advertise-addr", "127.0.0.11"],
+            vec!["shoal", "-H", "127.0.0.11:4243", "unlock"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["shoal", "daemon", "--mesh", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "daemon", "--autolock"]).is_err(), "autolock is chosen at --init");
         assert!(Cli::try_parse_from(["shoal", "daemon", "--init", "--join", "1.2.3.4:4242", "--token", "t"]).is_err());
     }
 }
