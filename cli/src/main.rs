@@ -14,6 +14,7 @@ mod node;
 mod output;
 mod progress;
 mod service;
+mod unlock;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,9 @@ enum Command {
     /// Manage configs (values mounted into tasks as files).
     #[command(subcommand)]
     Config(files::FileCmd),
+    /// Unlock a manager started with autolock: reads the unlock key from
+    /// standard input (prompting, without echo, on a terminal).
+    Unlock,
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
         Command::Secret(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Secret, cmd),
         Command::Config(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Config, cmd),
+        Command::Unlock => unlock::run(&client::Client::new(&cli.host)),
     };
     match result {
         Ok(code) => code,
@@ -141,10 +146,13 @@ mod tests {
             vec!["shoal", "service", "create", "--secret", "pw", "--config", "source=c,target=/c", "img"],
             vec!["shoal", "service", "update", "--secret-add", "pw", "--secret-rm", "old", "a"],
             vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
+            vec!["shoal", "daemon", "--init", "--autolock", "--advertise-addr", "127.0.0.11"],
+            vec!["shoal", "-H", "127.0.0.11:4243", "unlock"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["shoal", "daemon", "--mesh", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "daemon", "--autolock"]).is_err(), "autolock is chosen at --init");
         assert!(Cli::try_parse_from(["shoal", "daemon", "--init", "--join", "1.2.3.4:4242", "--token", "t"]).is_err());
     }
 }

@@ -66,6 +66,8 @@ pub struct ManagerConfig<'a> {
     pub storage_quota: Option<u64>,
     /// This node's TLS identity, for the connections the manager dials.
     pub tls: Tls,
+    /// The key of the raft files (see [`raft::storage::keys`]).
+    pub data_key: raft::storage::keys::DataKey,
 }
 
 #[derive(Clone)]
@@ -108,6 +110,7 @@ impl Manager {
                 compact_every: cfg.compact_every,
                 events: hub.clone(),
                 quota,
+                key: cfg.data_key,
             },
             transport,
         )?;

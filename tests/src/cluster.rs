@@ -88,6 +88,8 @@ pub struct ClusterSpec {
     pub subnet: Option<u8>,
     /// Extra flags for every `shoal daemon`.
     pub daemon_args: Vec<String>,
+    /// Extra flags for node1's first start only (with `--init`).
+    pub init_args: Vec<String>,
     /// Extra environment for every `shoal daemon`.
     pub env: Vec<(String, String)>,
     /// Node i's `--data-dir`, instead of `nodeI` in the cluster's temp dir
@@ -103,6 +105,7 @@ impl ClusterSpec {
             workers,
             subnet: None,
             daemon_args: Vec::new(),
+            init_args: Vec::new(),
             env: Vec::new(),
             data_dirs: BTreeMap::new(),
         }
@@ -186,7 +189,10 @@ impl Cluster {
 
     fn boot(&mut self) {
         let n = self.len();
-        self.spawn_node(1, &["--init"]);
+        let mut init = vec!["--init".to_string()];
+        init.extend(self.spec.init_args.iter().cloned());
+        let init: Vec<&str> = init.iter().map(String::as_str).collect();
+        self.spawn_node(1, &init);
         let worker_token = wait_for(API_DEADLINE, "node1's API to answer `join-token worker -q`", || {
             self.check_alive(1);
             let out = self.shoal(&["join-token", "worker", "-q"]);

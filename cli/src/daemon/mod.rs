@@ -9,9 +9,11 @@
 //! Layout: this module parses the flags and decides between init, join and
 //! resume; [`state`] is the data directory, `join` the admission by a
 //! manager, `node` the running node, `role` a change of role (a new
-//! certificate, then a restart in the new role).
+//! certificate, then a restart in the new role), `keys` the data key of a
+//! manager's raft files (and autolock).
 
 mod join;
+mod keys;
 mod node;
 mod role;
 pub mod state;
@@ -25,6 +27,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use common::node::Role;
 use futures::future::BoxFuture;
+use manager::raft::storage::keys::DataKey;
 use worker::mesh::DataPath;
 use worker::runtime::Runtime;
 
@@ -42,6 +45,11 @@ pub struct DaemonArgs {
     /// Bootstrap a new cluster with this node as its first manager.
     #[arg(long, conflicts_with = "join")]
     init: bool,
+    /// With --init: encrypt the raft data with a key that is printed once
+    /// and stored nowhere; a restarted manager stays locked until `shoal
+    /// unlock` gives it that key.
+    #[arg(long, requires = "init")]
+    autolock: bool,
     /// Join the cluster of the manager at MANAGER_IP:PORT.
     #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
     join: Option<String>,
@@ -160,13 +168,35 @@ impl DaemonArgs {
 /// `shoal daemon`: runs the node until a signal; a change of role replaces
 /// the process with one in the new role.
 pub fn run(args: DaemonArgs) -> Result<ExitCode> {
-    match run_with(args, Launch::default())? {
+    let outcome = match run_with(args, Launch::default()) {
+        Ok(outcome) => outcome,
+        Err(e) => return failed(e),
+    };
+    match outcome {
         Outcome::Stopped => Ok(ExitCode::SUCCESS),
         Outcome::RoleChanged(role) => {
             tracing::info!(%role, "restarting in the new role");
             Err(reexec())
         }
     }
+}
+
+/// Damaged or unreadable raft data (a data key that does not open, a
+/// corrupt log) stops the node with the exit status the raft log uses for
+/// corruption (EX_DATAERR); anything else goes up as a plain error.
+fn failed(e: anyhow::Error) -> Result<ExitCode> {
+    use manager::raft::storage::keys::KeyError;
+    let corrupt = match (e.downcast_ref::<KeyError>(), e.downcast_ref::<manager::raft::RaftError>()) {
+        (Some(KeyError::Damaged { .. }), _) => true,
+        (_, Some(r)) => manager::raft::exit_reason(r).1 == manager::raft::EXIT_CORRUPT,
+        _ => false,
+    };
+    if !corrupt {
+        return Err(e);
+    }
+    tracing::error!(error = %e, exit_status = manager::raft::EXIT_CORRUPT, "cannot read the raft data; stopping the node");
+    eprintln!("Error: {e:#}");
+    Ok(ExitCode::from(manager::raft::EXIT_CORRUPT as u8))
 }
 
 /// Brings the node up from its data directory (making or joining a cluster
@@ -196,27 +226,11 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
             args.data_dir.display()
         ),
     };
-    if args.force_new_cluster {
-        if state.role != Role::Manager {
-            bail!(
-                "--force-new-cluster needs a manager's data directory; {} holds worker {}",
-                args.data_dir.display(),
-                state.hostname
-            );
-        }
-        let r = manager::raft::recover::force_new_cluster(&raft_dir(&args.data_dir), state.raft_id, &state.node_id)
-            .map_err(|e| anyhow!("--force-new-cluster: {e}"))?;
-        tracing::warn!(
-            index = r.index,
-            services = r.services,
-            demoted = ?r.demoted,
-            "forced a new cluster with this manager as its only manager"
-        );
-        eprintln!(
-            "Forced a new cluster from log index {} with {} service(s); former managers now workers: {}.",
-            r.index,
-            r.services,
-            if r.demoted.is_empty() { "none".to_string() } else { r.demoted.join(", ") }
+    if args.force_new_cluster && state.role != Role::Manager {
+        bail!(
+            "--force-new-cluster needs a manager's data directory; {} holds worker {}",
+            args.data_dir.display(),
+            state.hostname
         );
     }
     if state.role == Role::Worker {
@@ -233,7 +247,8 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
     let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
-    let opts = RunOptions {
+    let mut opts = RunOptions {
+        data_key: None,
         snapshot_interval: args.snapshot_interval,
         storage_quota: args.storage_quota,
         mesh: args.mesh.0,
@@ -241,7 +256,34 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         docker_socket: args.docker_socket.clone(),
         launch,
     };
-    actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))
+    actix_web::rt::System::new().block_on(async move {
+        if state.role == Role::Manager {
+            let key = keys::data_key(&data_dir, state.api_addr, fresh_init && args.autolock).await?;
+            if args.force_new_cluster {
+                force_new_cluster(&data_dir, key.clone(), &state)?;
+            }
+            opts.data_key = Some(key);
+        }
+        run_node(state, data_dir, ca, tls, opts).await
+    })
+}
+
+fn force_new_cluster(data_dir: &std::path::Path, key: DataKey, state: &state::NodeState) -> Result<()> {
+    let r = manager::raft::recover::force_new_cluster(&raft_dir(data_dir), key, state.raft_id, &state.node_id)
+        .map_err(|e| anyhow!("--force-new-cluster: {e}"))?;
+    tracing::warn!(
+        index = r.index,
+        services = r.services,
+        demoted = ?r.demoted,
+        "forced a new cluster with this manager as its only manager"
+    );
+    eprintln!(
+        "Forced a new cluster from log index {} with {} service(s); former managers now workers: {}.",
+        r.index,
+        r.services,
+        if r.demoted.is_empty() { "none".to_string() } else { r.demoted.join(", ") }
+    );
+    Ok(())
 }
 
 /// Raises this process's soft limit on open files to its hard limit, as

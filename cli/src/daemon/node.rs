@@ -134,6 +134,8 @@ async fn wait_for_signal() {
 }
 
 pub(crate) struct RunOptions {
+    /// A manager's data key of its raft files.
+    pub data_key: Option<manager::raft::storage::keys::DataKey>,
     pub snapshot_interval: u64,
     pub storage_quota: Option<u64>,
     pub mesh: Option<DataPath>,
@@ -241,6 +243,10 @@ pub(crate) async fn run_node(
             compact_every: snapshot_interval,
             storage_quota: opts.storage_quota,
             tls: tls.clone(),
+            data_key: opts
+                .data_key
+                .clone()
+                .ok_or_else(|| anyhow!("a manager starts with the key of its raft files"))?,
         })
         .map_err(|e| anyhow!(e))?;
         router.set_manager(inbound);

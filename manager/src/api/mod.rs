@@ -9,11 +9,13 @@
 //! `services` (services and their tasks), `nodes` (nodes, `/v1/info`,
 //! join tokens), `logs`, `events`, `ui` (the web view's page and streams)
 //! and `metrics`; `docker` answers the Docker Engine API on the same port,
-//! over the same functions.
+//! over the same functions. `locked` is all a locked manager (autolock)
+//! serves until `shoal unlock`.
 
 pub mod docker;
 mod events;
 pub mod files;
+pub mod locked;
 mod logs;
 mod metrics;
 mod nodes;

@@ -33,6 +33,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
+use super::storage::keys::DataKey;
 use super::storage::{DiskStorage, Failure};
 use super::{
     ProposeError, RaftError, RaftStatus, SharedStore, CAUGHT_UP_WITHIN, ELECTION_TICKS, HEARTBEAT_TICKS, LEADER_WAIT,
@@ -67,6 +68,8 @@ pub struct CoreOptions {
     /// At most this many bytes of raft files (`--storage-quota`); compaction
     /// starts at [`COMPACT_AT_QUOTA_PERCENT`] of it.
     pub quota: Option<u64>,
+    /// Decrypts and encrypts the raft files.
+    pub key: DataKey,
 }
 
 /// How often a core whose disk is full probes for space again.
@@ -154,6 +157,7 @@ pub struct RaftCore {
     disk_full: Option<DiskFull>,
     /// Compactions since start.
     compactions: u64,
+    key: DataKey,
 }
 
 fn logger() -> slog::Logger {
@@ -188,8 +192,8 @@ impl RaftCore {
     /// Opens the log in `dir` (bootstrapping a new cluster if asked and the
     /// log is empty) and restores the store from its snapshot.
     pub fn open(dir: &Path, opts: CoreOptions, now: Instant) -> Result<RaftCore, RaftError> {
-        let mut storage =
-            DiskStorage::open(dir).map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
+        let mut storage = DiskStorage::open(dir, opts.key.clone())
+            .map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
         storage.set_quota(opts.quota);
         if opts.bootstrap && storage.initial_state_is_empty() {
             // A new cluster starts from a snapshot at index 1 that names
@@ -242,6 +246,7 @@ impl RaftCore {
             quota: opts.quota,
             disk_full: None,
             compactions: 0,
+            key: opts.key,
         })
     }
 
@@ -526,7 +531,7 @@ impl RaftCore {
     /// would; the store keeps what it applied (entries raft hands over
     /// again are skipped).
     fn rebuild(&mut self) -> Result<(), RaftError> {
-        let mut storage = DiskStorage::open(&self.dir)?;
+        let mut storage = DiskStorage::open(&self.dir, self.key.clone())?;
         storage.set_quota(self.quota);
         // The snapshot and the durable commit index bound what raft may
         // be told was applied.
@@ -773,7 +778,7 @@ mod tests {
     fn lone_core(dir: &Path, bootstrap: bool) -> Result<RaftCore, RaftError> {
         RaftCore::open(
             dir,
-            CoreOptions { raft_id: 1, bootstrap, compact_every: 1000, boot: 7, quota: None },
+            CoreOptions { raft_id: 1, bootstrap, compact_every: 1000, boot: 7, quota: None, key: DataKey::for_tests() },
             Instant::now(),
         )
     }
@@ -858,7 +863,7 @@ mod tests {
         };
         // The log: today's bytes as entries 2.., all committed.
         let dir = tempfile::tempdir().unwrap();
-        let mut storage = DiskStorage::open(dir.path()).unwrap();
+        let mut storage = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         storage.apply_snapshot(bootstrap(&Store::default().to_snapshot())).unwrap();
         let entries: Vec<Entry> = entries_v0()
             .into_iter()
@@ -876,7 +881,7 @@ mod tests {
 
         // The snapshot.
         let dir = tempfile::tempdir().unwrap();
-        let mut storage = DiskStorage::open(dir.path()).unwrap();
+        let mut storage = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         storage.apply_snapshot(bootstrap(SNAPSHOT_V0)).unwrap();
         drop(storage);
         let core = lone_core(dir.path(), false).unwrap();
@@ -893,6 +898,12 @@ mod tests {
         run_until(&mut core, |c| c.status().is_leader).unwrap();
         assert_eq!(commit(&mut core, create("a")).unwrap(), Ok(()));
 
+        // Everything in the snapshot, so a compaction cannot free the room
+        // writes resume at (whatever a log record's size).
+        let (index, cs) = (core.applied, core.node.raft.prs().conf().to_conf_state());
+        let data = core.store.read().to_snapshot();
+        core.node.mut_store().compact(index, data, cs).unwrap();
+        core.snapshot_index = index;
         // The next append does not fit: that write is refused, nothing stops.
         let full = core.storage_figures().0 + 10;
         core.set_quota(Some(full));

@@ -201,6 +201,8 @@ pub struct RaftOptions {
     pub events: Arc<crate::events::EventHub>,
     /// At most this many bytes of raft files (see [`storage::default_quota`]).
     pub quota: Option<u64>,
+    /// The key of the raft files ([`storage::keys::open_data_key`]).
+    pub key: storage::keys::DataKey,
 }
 
 /// Exit status of a manager stopped by a failed fsync (EX_IOERR).
@@ -232,6 +234,7 @@ impl RaftLog {
             compact_every: opts.compact_every,
             boot: rand::random(),
             quota: opts.quota,
+            key: opts.key,
         };
         let core = RaftCore::open(dir, core_opts, Instant::now())?;
         let store = core.store().clone();

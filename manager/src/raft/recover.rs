@@ -15,6 +15,7 @@ use common::NodeId;
 use raft::eraftpb::{ConfState, EntryType, Snapshot};
 use raft::{GetEntriesContext, Storage};
 
+use super::storage::keys::DataKey;
 use super::storage::DiskStorage;
 use super::{parse_context, RaftError};
 use crate::store::{decode_command, Store};
@@ -31,8 +32,9 @@ pub struct Recovered {
 /// Applies the whole log as a manager would, so an entry this version
 /// cannot read and must not skip refuses the recovery (the store would not
 /// be the cluster's).
-pub fn force_new_cluster(dir: &Path, raft_id: u64, me: &NodeId) -> Result<Recovered, RaftError> {
-    let mut storage = DiskStorage::open(dir).map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
+pub fn force_new_cluster(dir: &Path, key: DataKey, raft_id: u64, me: &NodeId) -> Result<Recovered, RaftError> {
+    let mut storage =
+        DiskStorage::open(dir, key).map_err(|source| RaftError::Open { dir: dir.to_path_buf(), source })?;
     let mut store = match storage.snapshot_data() {
         Some((index, _, data)) => {
             Store::from_snapshot(&data).map_err(|reason| RaftError::CorruptSnapshot { index, reason })?

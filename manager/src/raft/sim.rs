@@ -16,6 +16,7 @@ use raft::{GetEntriesContext, Storage};
 use tempfile::TempDir;
 
 use super::core::{proposal_context, CoreOptions, Proposal, ProposalNo, RaftCore};
+use super::storage::keys::DataKey;
 use super::storage::DiskStorage;
 use super::{ProposeError, RaftStatus, ELECTION_TICKS, LEADER_WAIT, REPROPOSE_AFTER, TICK};
 use crate::store::{encode_command, Command, Service, Store};
@@ -83,7 +84,7 @@ impl Sim {
         let ids: Vec<u64> = (1..=n).collect();
         for &id in &ids {
             let dir = tempfile::tempdir().unwrap();
-            let mut storage = DiskStorage::open(dir.path()).unwrap();
+            let mut storage = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
             let mut snap = Snapshot { data: Store::default().to_snapshot().into(), ..Default::default() };
             snap.mut_metadata().index = 1;
             snap.mut_metadata().term = 1;
@@ -109,7 +110,14 @@ impl Sim {
 
     fn add(&mut self, id: u64, dir: TempDir, bootstrap: bool) {
         let boot = id * 1000;
-        let opts = CoreOptions { raft_id: id, bootstrap, compact_every: self.compact_every, boot, quota: None };
+        let opts = CoreOptions {
+            raft_id: id,
+            bootstrap,
+            compact_every: self.compact_every,
+            boot,
+            quota: None,
+            key: DataKey::for_tests(),
+        };
         let core = RaftCore::open(dir.path(), opts, self.now).unwrap();
         self.nodes.insert(id, SimNode { core: Some(core), dir, boot });
     }
@@ -123,8 +131,14 @@ impl Sim {
         let n = self.nodes.get_mut(&id).unwrap();
         assert!(n.core.is_none(), "{id} is running");
         n.boot += 1;
-        let opts =
-            CoreOptions { raft_id: id, bootstrap: false, compact_every: self.compact_every, boot: n.boot, quota: None };
+        let opts = CoreOptions {
+            raft_id: id,
+            bootstrap: false,
+            compact_every: self.compact_every,
+            boot: n.boot,
+            quota: None,
+            key: DataKey::for_tests(),
+        };
         n.core = Some(RaftCore::open(n.dir.path(), opts, self.now).unwrap());
     }
 

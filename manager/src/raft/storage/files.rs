@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::format::{crc32, read_u32, FORMAT_VERSION};
+use super::format::{crc32, read_u32};
 use super::{Result, StorageError};
 
 pub(super) fn tmp_path(dir: &Path, name: &str) -> PathBuf {
@@ -32,8 +32,9 @@ pub(super) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<u6
     Ok(contents.len() as u64)
 }
 
-/// Reads a file made by `seal`; returns the body, `None` if there is no file.
-pub(super) fn read_sealed(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+/// Reads a file made by `seal` in one of the `versions`; returns the body,
+/// `None` if there is no file.
+pub(super) fn read_sealed(dir: &Path, name: &str, versions: &[u8]) -> Result<Option<Vec<u8>>> {
     let path = dir.join(name);
     let raw = match fs::read(&path) {
         Ok(raw) => raw,
@@ -43,7 +44,7 @@ pub(super) fn read_sealed(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     if raw.len() < 5 || read_u32(&raw[0..4]) != crc32(&raw[4..]) {
         return Err(StorageError::Corrupt(format!("{name} file fails its checksum")));
     }
-    if raw[4] != FORMAT_VERSION {
+    if !versions.contains(&raw[4]) {
         return Err(StorageError::Corrupt(format!("{name} file has unknown version {}", raw[4])));
     }
     Ok(Some(raw[4..].to_vec()))

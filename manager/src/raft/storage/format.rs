@@ -9,13 +9,28 @@
 //!
 //! `hardstate` and `snapshot` contents: `[u32 crc32(body)][body]`, the body
 //! starting with a format version byte.
+//!
+//! Encryption at rest: a log record whose length has its top bit set holds
+//! an entry encrypted with the data key ([`DataKey`], aad [`ENTRY_AAD`]); a
+//! snapshot of version 2 holds its `Snapshot` encrypted the same way (aad
+//! [`SNAPSHOT_AAD`] and the origin byte). Records without the bit and
+//! version-1 snapshots are plaintext from before: they are read, and
+//! rewritten encrypted when the storage opens. The hard state (term, vote,
+//! commit index, voter ids) stays plaintext: it holds nothing secret.
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
+use super::keys::DataKey;
 use super::{Result, StorageError};
 
 pub(super) const FORMAT_VERSION: u8 = 1;
+/// The snapshot's version when its contents are encrypted.
+pub(super) const ENCRYPTED_SNAPSHOT_VERSION: u8 = 2;
+/// Set in a log record's length when its payload is encrypted.
+const ENCRYPTED_BIT: u32 = 1 << 31;
+pub(super) const ENTRY_AAD: &[u8] = b"shoal raft entry";
+pub(super) const SNAPSHOT_AAD: &[u8] = b"shoal raft snapshot";
 pub(super) const RECORD_HEADER_LEN: usize = 12;
 
 /// Where the stored snapshot came from; decides how a hard state written
@@ -30,15 +45,19 @@ pub(super) enum SnapshotOrigin {
 
 // ---- log records ----
 
-pub(super) fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
+/// Records of `entries`, each encrypted with `key`.
+pub(super) fn encode_entries(entries: &[Entry], key: &DataKey) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     for e in entries {
-        let payload =
+        let plain =
             e.write_to_bytes().map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
-        let len =
-            u32::try_from(payload.len()).map_err(|_| StorageError::Invalid(format!("entry {} too large", e.index)))?;
+        let payload = key.seal(ENTRY_AAD, &plain);
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&len| len < ENCRYPTED_BIT)
+            .ok_or_else(|| StorageError::Invalid(format!("entry {} too large", e.index)))?;
         let start = buf.len();
-        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&(len | ENCRYPTED_BIT).to_le_bytes());
         buf.extend_from_slice(&crc32(&payload).to_le_bytes());
         let header_crc = crc32(&buf[start..start + 8]);
         buf.extend_from_slice(&header_crc.to_le_bytes());
@@ -56,12 +75,22 @@ pub(super) enum BadRecord {
     Payload { end: usize },
 }
 
-/// Returns the payload and the record's total length.
-pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<(&[u8], usize), BadRecord> {
+/// A record that passed its checksums.
+pub(super) struct Record<'a> {
+    pub payload: &'a [u8],
+    /// The payload is encrypted (else it is a plaintext entry from before).
+    pub encrypted: bool,
+    /// The record's total length.
+    pub len: usize,
+}
+
+pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<Record<'_>, BadRecord> {
     if rest.len() < RECORD_HEADER_LEN {
         return Err(BadRecord::Incomplete);
     }
-    let len = read_u32(&rest[0..4]) as usize;
+    let raw_len = read_u32(&rest[0..4]);
+    let encrypted = raw_len & ENCRYPTED_BIT != 0;
+    let len = (raw_len & !ENCRYPTED_BIT) as usize;
     let payload_crc = read_u32(&rest[4..8]);
     if read_u32(&rest[8..12]) != crc32(&rest[0..8]) {
         return Err(BadRecord::Header);
@@ -71,7 +100,21 @@ pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<(&[u8], usize), 
     if crc32(payload) != payload_crc {
         return Err(BadRecord::Payload { end });
     }
-    Ok((payload, end))
+    Ok(Record { payload, encrypted, len: end })
+}
+
+/// The entry in a record's payload, decrypted if encrypted.
+pub(super) fn decode_entry(record: &Record<'_>, key: &DataKey) -> std::result::Result<Entry, String> {
+    let plain;
+    let bytes = if record.encrypted {
+        plain = key
+            .open(ENTRY_AAD, record.payload)
+            .map_err(|e| format!("{e} (is this the data key it was written with?)"))?;
+        &plain[..]
+    } else {
+        record.payload
+    };
+    Entry::parse_from_bytes(bytes).map_err(|e| format!("not an entry: {e}"))
 }
 
 // ---- sealed files ----
@@ -114,23 +157,44 @@ pub(super) fn decode_hardstate(body: &[u8]) -> Result<(HardState, ConfState, u64
     Ok((hs, cs, snapshot_index))
 }
 
-/// Sealed body: `[version][origin][Snapshot]`.
-pub(super) fn encode_snapshot(snap: &Snapshot, origin: SnapshotOrigin) -> Result<Vec<u8>> {
-    let mut contents = sealed_contents(1 + snap.compute_size() as usize);
+/// Sealed body: `[version 2][origin][Snapshot encrypted with key]`.
+pub(super) fn encode_snapshot(snap: &Snapshot, origin: SnapshotOrigin, key: &DataKey) -> Result<Vec<u8>> {
+    let plain = snap.write_to_bytes().map_err(|e| StorageError::Invalid(format!("encode snapshot: {e}")))?;
+    let encrypted = key.seal(&snapshot_aad(origin as u8), &plain);
+    let mut contents = sealed_contents(1 + encrypted.len());
+    contents[4] = ENCRYPTED_SNAPSHOT_VERSION;
     contents.push(origin as u8);
-    snap.write_to_vec(&mut contents).map_err(|e| StorageError::Invalid(format!("encode snapshot: {e}")))?;
+    contents.extend_from_slice(&encrypted);
     Ok(seal(contents))
 }
 
-pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Snapshot, SnapshotOrigin)> {
+fn snapshot_aad(origin: u8) -> Vec<u8> {
+    let mut aad = SNAPSHOT_AAD.to_vec();
+    aad.push(origin);
+    aad
+}
+
+/// The snapshot, its origin, and whether it was encrypted (version 2) or is
+/// plaintext from before (version 1).
+pub(super) fn decode_snapshot(body: &[u8], key: &DataKey) -> Result<(Snapshot, SnapshotOrigin, bool)> {
+    let corrupt = |what: String| StorageError::Corrupt(format!("snapshot file: {what}"));
     let origin = match body.get(1) {
         Some(1) => SnapshotOrigin::Compacted,
         Some(2) => SnapshotOrigin::Received,
-        _ => return Err(StorageError::Corrupt("snapshot file: bad origin".to_owned())),
+        _ => return Err(corrupt("bad origin".to_owned())),
     };
-    let snap =
-        Snapshot::parse_from_bytes(&body[2..]).map_err(|e| StorageError::Corrupt(format!("snapshot file: {e}")))?;
-    Ok((snap, origin))
+    let encrypted = body[0] == ENCRYPTED_SNAPSHOT_VERSION;
+    let plain;
+    let bytes = if encrypted {
+        plain = key
+            .open(&snapshot_aad(body[1]), &body[2..])
+            .map_err(|e| corrupt(format!("{e} (is this the data key it was written with?)")))?;
+        &plain[..]
+    } else {
+        &body[2..]
+    };
+    let snap = Snapshot::parse_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    Ok((snap, origin, encrypted))
 }
 
 pub(super) fn read_u32(b: &[u8]) -> u32 {

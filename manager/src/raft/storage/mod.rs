@@ -12,8 +12,14 @@
 //!   `apply_snapshot` rewrite the file (`log.tmp` + rename), which is what
 //!   bounds its size.
 //!
+//! The log's entries and the snapshot are encrypted with a data key
+//! ([`keys`]: sealed by a key-encrypting key beside the files, or given by
+//! the operator under autolock); see `format` for the bytes. A directory
+//! written before that is encrypted when it opens.
+//!
 //! Layout: this file holds [`DiskStorage`], its writes and its raft
 //! `Storage` impl; `format` the bytes of log records and sealed files;
+//! [`keys`] the data key and its files;
 //! `files` atomic replacement and reading back of sealed files; `open`
 //! replaying a directory on start, with its crash recovery; `tests`.
 //!
@@ -31,9 +37,12 @@
 
 mod files;
 mod format;
+pub mod keys;
 mod open;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_at_rest;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -45,6 +54,7 @@ use raft::{GetEntriesContext, RaftState};
 
 use files::{probe_space, write_atomic};
 use format::{encode_entries, encode_hardstate, encode_snapshot, SnapshotOrigin};
+use keys::DataKey;
 
 const LOG_FILE: &str = "log";
 const HARDSTATE_FILE: &str = "hardstate";
@@ -212,6 +222,8 @@ pub struct DiskStorage {
     /// Set when raft asked for a snapshot the stored one cannot serve (it
     /// predates the peer's membership); the owner compacts then.
     snapshot_wanted: std::sync::atomic::AtomicBool,
+    /// Encrypts the log entries and the snapshot.
+    key: DataKey,
 }
 
 impl DiskStorage {
@@ -250,7 +262,7 @@ impl DiskStorage {
             )));
         }
 
-        let buf = encode_entries(entries)?;
+        let buf = encode_entries(entries, &self.key)?;
         self.check_quota(self.disk_bytes(), buf.len() as u64)?;
         self.write_log(&buf)?;
         let keep = (first_new - self.first_log_index()) as usize;
@@ -302,7 +314,7 @@ impl DiskStorage {
         hs.term = hs.term.max(meta.term);
         hs.commit = index;
         let cs = meta.get_conf_state().clone();
-        let snap_body = encode_snapshot(&snap, SnapshotOrigin::Received)?;
+        let snap_body = encode_snapshot(&snap, SnapshotOrigin::Received, &self.key)?;
         let state_body = encode_hardstate(&hs, &cs, index)?;
         let log_body = Vec::new();
 
@@ -350,8 +362,8 @@ impl DiskStorage {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(conf_state);
-        let snap_body = encode_snapshot(&snap, SnapshotOrigin::Compacted)?;
-        let log_body = encode_entries(&self.entries[offset + 1..])?;
+        let snap_body = encode_snapshot(&snap, SnapshotOrigin::Compacted, &self.key)?;
+        let log_body = encode_entries(&self.entries[offset + 1..], &self.key)?;
 
         let snapshot_bytes = self.guard(write_atomic(&self.dir, SNAPSHOT_FILE, &snap_body))?;
         self.snapshot_bytes = snapshot_bytes;

@@ -13,23 +13,31 @@
 //!   from the snapshot, commit and term raised to it). A log that does not
 //!   contain the snapshot's index with its term is from the replaced history
 //!   and is dropped.
+//!
+//! Plaintext written before encryption at rest (log records without the
+//! encrypted bit, a version-1 snapshot) is read and then migrated right
+//! here: the snapshot and the log are rewritten encrypted (each atomically,
+//! the snapshot first; a crash in between leaves a plaintext log that the
+//! next open migrates).
 
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 use super::files::{read_sealed, sync_dir, tmp_path, write_atomic, PROBE_FILE};
 use super::format::{
-    decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate, BadRecord, SnapshotOrigin,
+    decode_entry, decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate, encode_snapshot,
+    BadRecord, SnapshotOrigin, ENCRYPTED_SNAPSHOT_VERSION, FORMAT_VERSION,
 };
+use super::keys::DataKey;
 use super::{DiskStorage, Result, StorageError, HARDSTATE_FILE, LOG_FILE, SNAPSHOT_FILE};
 
 impl DiskStorage {
-    /// Opens (creating if missing) the storage in `dir` and replays its files.
-    pub fn open(dir: &Path) -> Result<DiskStorage> {
+    /// Opens (creating if missing) the storage in `dir` and replays its
+    /// files, decrypting them with `key` (see [`super::keys`]).
+    pub fn open(dir: &Path, key: DataKey) -> Result<DiskStorage> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
         // Left by a crash during a space probe.
         let _ = fs::remove_file(dir.join(PROBE_FILE));
@@ -43,16 +51,18 @@ impl DiskStorage {
             }
         }
 
-        let (snapshot, origin, snapshot_bytes) = match read_sealed(dir, SNAPSHOT_FILE)? {
-            Some(body) => {
-                let len = body.len() as u64 + 4;
-                let (snap, origin) = decode_snapshot(&body)?;
-                (snap, Some(origin), len)
-            }
-            None => (Snapshot::default(), None, 0),
-        };
+        let snapshot_versions = [FORMAT_VERSION, ENCRYPTED_SNAPSHOT_VERSION];
+        let (snapshot, origin, mut snapshot_bytes, mut plaintext) =
+            match read_sealed(dir, SNAPSHOT_FILE, &snapshot_versions)? {
+                Some(body) => {
+                    let len = body.len() as u64 + 4;
+                    let (snap, origin, encrypted) = decode_snapshot(&body, &key)?;
+                    (snap, Some(origin), len, !encrypted)
+                }
+                None => (Snapshot::default(), None, 0, false),
+            };
         let (mut hard_state, mut conf_state, state_snapshot_index, mut hardstate_bytes) =
-            match read_sealed(dir, HARDSTATE_FILE)? {
+            match read_sealed(dir, HARDSTATE_FILE, &[FORMAT_VERSION])? {
                 Some(body) => {
                     let len = body.len() as u64 + 4;
                     let (hs, cs, idx) = decode_hardstate(&body)?;
@@ -85,7 +95,8 @@ impl DiskStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(StorageError::io("read", &log_path, e)),
         };
-        let replay = replay_log(&raw)?;
+        let replay = replay_log(&raw, &key)?;
+        plaintext |= replay.plaintext;
         let replayed_first = replay.entries.first().map(|e| e.index);
         let entries = reconcile_with_snapshot(replay.entries, snap_index, snap_term)?;
 
@@ -113,7 +124,7 @@ impl DiskStorage {
             hardstate_bytes = write_atomic(dir, HARDSTATE_FILE, &body)?;
         }
 
-        let log_bytes;
+        let mut log_bytes;
         if replayed_first.is_some() && replayed_first != Some(snap_index + 1) {
             // Left over from a crash inside compact/apply_snapshot: rewrite so the
             // file starts right after the snapshot again (appends must not follow
@@ -124,7 +135,7 @@ impl DiskStorage {
                 kept = entries.len(),
                 "log overlaps the snapshot, rewriting"
             );
-            log_bytes = write_atomic(dir, LOG_FILE, &encode_entries(&entries)?)?;
+            log_bytes = write_atomic(dir, LOG_FILE, &encode_entries(&entries, &key)?)?;
         } else if replay.valid_len < raw.len() {
             tracing::warn!(
                 dir = %dir.display(),
@@ -136,6 +147,19 @@ impl DiskStorage {
             log_bytes = replay.valid_len as u64;
         } else {
             log_bytes = raw.len() as u64;
+        }
+
+        if plaintext {
+            if let Some(origin) = origin {
+                snapshot_bytes = write_atomic(dir, SNAPSHOT_FILE, &encode_snapshot(&snapshot, origin, &key)?)?;
+            }
+            log_bytes = write_atomic(dir, LOG_FILE, &encode_entries(&entries, &key)?)?;
+            tracing::warn!(
+                dir = %dir.display(),
+                entries = entries.len(),
+                snapshot_index = snap_index,
+                "encrypted the raft log and snapshot written in plaintext by an earlier version"
+            );
         }
 
         let created = !log_path.exists();
@@ -161,6 +185,7 @@ impl DiskStorage {
             poisoned: false,
             quota: None,
             snapshot_wanted: Default::default(),
+            key,
         };
         tracing::info!(
             dir = %dir.display(),
@@ -177,16 +202,19 @@ impl DiskStorage {
 
 struct Replay {
     entries: Vec<Entry>,
+    /// Some records were plaintext (written before encryption at rest).
+    plaintext: bool,
     /// Bytes up to the end of the last good record.
     valid_len: usize,
 }
 
-fn replay_log(raw: &[u8]) -> Result<Replay> {
+fn replay_log(raw: &[u8], key: &DataKey) -> Result<Replay> {
     let mut entries: Vec<Entry> = Vec::new();
+    let mut plaintext = false;
     let mut pos = 0;
     while pos < raw.len() {
         let rest = &raw[pos..];
-        let (payload, used) = match decode_record(rest) {
+        let record = match decode_record(rest) {
             Ok(record) => record,
             Err(bad) => {
                 let tail = match bad {
@@ -202,13 +230,14 @@ fn replay_log(raw: &[u8]) -> Result<Replay> {
                 )));
             }
         };
-        let entry = Entry::parse_from_bytes(payload)
-            .map_err(|e| StorageError::Corrupt(format!("log record at byte {pos} is not an entry: {e}")))?;
+        let entry =
+            decode_entry(&record, key).map_err(|e| StorageError::Corrupt(format!("log record at byte {pos}: {e}")))?;
+        plaintext |= !record.encrypted;
         push_replayed(&mut entries, entry)
             .map_err(|msg| StorageError::Corrupt(format!("log record at byte {pos}: {msg}")))?;
-        pos += used;
+        pos += record.len;
     }
-    Ok(Replay { entries, valid_len: pos })
+    Ok(Replay { entries, plaintext, valid_len: pos })
 }
 
 /// Applies one replayed entry with append semantics (an index not past the

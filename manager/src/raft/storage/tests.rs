@@ -76,7 +76,7 @@ fn crc32_matches_the_bitwise_definition_files_were_written_with() {
 #[test]
 fn new_storage_is_empty_and_mirrors_memstorage_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert!(s.initial_state_is_empty());
     assert_eq!(s.first_index().unwrap(), 1);
     assert_eq!(s.last_index().unwrap(), 0);
@@ -91,7 +91,7 @@ fn append_and_reopen_returns_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let ents = entries(1..=5, 1);
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.set_conf_state(voters(&[1, 2, 3])).unwrap();
         s.append(&ents[..2]).unwrap();
         s.append(&ents[2..]).unwrap();
@@ -99,7 +99,7 @@ fn append_and_reopen_returns_same_state() {
         s.set_commit(4).unwrap();
         assert!(!s.initial_state_is_empty());
     }
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(all_entries(&s), ents);
     assert_eq!(s.hard_state(), hard_state(1, 1, 4));
     assert_eq!(s.conf_state(), voters(&[1, 2, 3]));
@@ -113,7 +113,7 @@ fn append_and_reopen_returns_same_state() {
 #[test]
 fn append_rejects_gaps_and_compacted_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = DiskStorage::open(dir.path()).unwrap();
+    let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     s.append(&entries(1..=3, 1)).unwrap();
     let err = s.append(&entries(5..=6, 1)).unwrap_err();
     assert!(matches!(err, StorageError::Invalid(_)), "{err}");
@@ -131,7 +131,7 @@ fn append_rejects_gaps_and_compacted_indexes() {
 fn overwritten_suffix_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.append(&entries(1..=5, 1)).unwrap();
         s.append(&entries(3..=4, 2)).unwrap();
         assert_eq!(s.last_index().unwrap(), 4);
@@ -139,14 +139,14 @@ fn overwritten_suffix_survives_reopen() {
     let mut expected = entries(1..=2, 1);
     expected.extend(entries(3..=4, 2));
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert_eq!(all_entries(&s), expected);
         assert_eq!(s.term(3).unwrap(), 2);
         // Appending after an overwrite replays without a gap.
         s.append(&entries(5..=5, 2)).unwrap();
     }
     expected.extend(entries(5..=5, 2));
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(all_entries(&s), expected);
 }
 
@@ -157,7 +157,7 @@ fn compact_drops_entries_and_bounds_disk() {
     let ents: Vec<Entry> = (1..=100).map(|i| entry(i, 1 + i / 50, &big)).collect();
     let before;
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.append(&ents).unwrap();
         s.set_hardstate(hard_state(3, 1, 80)).unwrap();
         before = s.disk_bytes();
@@ -179,7 +179,7 @@ fn compact_drops_entries_and_bounds_disk() {
     let file_len = fs::metadata(log_path(dir.path())).unwrap().len();
     assert!(file_len < 21 * 1100, "log file still {file_len} bytes");
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert!(s.disk_bytes() < before / 3);
         assert_eq!(s.snapshot_data(), Some((80, 2, b"state-at-80".to_vec())));
         assert_eq!(all_entries(&s), ents[80..].to_vec());
@@ -190,7 +190,7 @@ fn compact_drops_entries_and_bounds_disk() {
         assert_eq!(store_err(s.snapshot(81, 2)), raft::StorageError::SnapshotTemporarilyUnavailable);
         s.append(&entries(101..=102, 3)).unwrap();
     }
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (81, 102));
 }
 
@@ -198,12 +198,12 @@ fn compact_drops_entries_and_bounds_disk() {
 fn compact_everything_then_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.append(&entries(1..=4, 1)).unwrap();
         s.set_hardstate(hard_state(1, 1, 4)).unwrap();
         s.compact(4, b"all".to_vec(), voters(&[1])).unwrap();
     }
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (5, 4));
     assert_eq!(s.term(4).unwrap(), 1);
     assert!(all_entries(&s).is_empty());
@@ -214,7 +214,7 @@ fn apply_snapshot_then_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let snap = snapshot(20, 3, b"leader-state", voters(&[1, 2, 3]));
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.set_conf_state(voters(&[1])).unwrap();
         s.append(&entries(1..=10, 1)).unwrap();
         s.set_hardstate(hard_state(2, 0, 5)).unwrap();
@@ -223,7 +223,7 @@ fn apply_snapshot_then_reopen() {
         assert_eq!(s.hard_state(), hard_state(3, 0, 20));
     }
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (21, 20));
         assert_eq!(s.term(20).unwrap(), 3);
         assert_eq!(s.hard_state(), hard_state(3, 0, 20));
@@ -238,7 +238,7 @@ fn apply_snapshot_then_reopen() {
         assert!(!err.is_fatal());
         s.append(&entries(21..=22, 3)).unwrap();
     }
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(all_entries(&s), entries(21..=22, 3));
 }
 
@@ -247,7 +247,7 @@ fn crash_inside_compact_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let old_log = dir.path().join("old-log");
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.append(&entries(1..=10, 1)).unwrap();
         s.set_hardstate(hard_state(1, 1, 8)).unwrap();
         fs::copy(log_path(dir.path()), &old_log).unwrap();
@@ -256,12 +256,12 @@ fn crash_inside_compact_is_recovered() {
     // As if the crash hit after the snapshot rename but before the log rename.
     fs::rename(&old_log, log_path(dir.path())).unwrap();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert_eq!(all_entries(&s), entries(7..=10, 1));
         assert_eq!(s.snapshot_data(), Some((6, 1, b"six".to_vec())));
         s.append(&entries(11..=11, 1)).unwrap();
     }
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(all_entries(&s), entries(7..=11, 1));
 }
 
@@ -271,7 +271,7 @@ fn crash_inside_apply_snapshot_is_recovered() {
     let (old_log, old_state) = (dir.path().join("old-log"), dir.path().join("old-state"));
     let snap = snapshot(8, 4, b"leader", voters(&[1, 2, 3]));
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.set_conf_state(voters(&[1, 2])).unwrap();
         // Diverged history: index 8 has term 2, the leader's has term 4.
         s.append(&entries(1..=12, 2)).unwrap();
@@ -284,7 +284,7 @@ fn crash_inside_apply_snapshot_is_recovered() {
     fs::rename(&old_log, log_path(dir.path())).unwrap();
     fs::rename(&old_state, dir.path().join(HARDSTATE_FILE)).unwrap();
     for _ in 0..2 {
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (9, 8));
         assert_eq!(s.hard_state(), hard_state(4, 2, 8));
         assert_eq!(s.conf_state(), voters(&[1, 2, 3]));
@@ -295,7 +295,7 @@ fn crash_inside_apply_snapshot_is_recovered() {
 fn torn_last_record_is_cut_off_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         for e in entries(1..=5, 1) {
             s.append(&[e]).unwrap();
         }
@@ -309,12 +309,12 @@ fn torn_last_record_is_cut_off_on_open() {
     for bytes in [full[..full.len() - 3].to_vec(), full[..4 * record + 5].to_vec(), zero_tail] {
         fs::write(&path, &bytes).unwrap();
         {
-            let mut s = DiskStorage::open(dir.path()).unwrap();
+            let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
             assert_eq!(all_entries(&s), entries(1..=4, 1));
             assert_eq!(fs::metadata(&path).unwrap().len(), 4 * record as u64);
             s.append(&entries(5..=6, 1)).unwrap();
         }
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert_eq!(all_entries(&s), entries(1..=6, 1));
     }
 }
@@ -323,7 +323,7 @@ fn torn_last_record_is_cut_off_on_open() {
 fn flipped_bytes_in_the_middle_are_corruption() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.append(&entries(1..=5, 1)).unwrap();
     }
     let path = log_path(dir.path());
@@ -334,7 +334,7 @@ fn flipped_bytes_in_the_middle_are_corruption() {
         let mut bytes = full.clone();
         bytes[at] ^= 0x5a;
         fs::write(&path, &bytes).unwrap();
-        match DiskStorage::open(dir.path()) {
+        match DiskStorage::open(dir.path(), DataKey::for_tests()) {
             Err(e @ StorageError::Corrupt(_)) => assert!(e.is_fatal()),
             Err(e) => panic!("expected corruption, got {e}"),
             Ok(_) => panic!("expected corruption at byte {at}"),
@@ -343,7 +343,7 @@ fn flipped_bytes_in_the_middle_are_corruption() {
 
     fs::write(&path, &full).unwrap();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         s.set_hardstate(hard_state(1, 1, 2)).unwrap();
     }
     let state_path = dir.path().join(HARDSTATE_FILE);
@@ -351,13 +351,13 @@ fn flipped_bytes_in_the_middle_are_corruption() {
     let mid = state.len() / 2;
     state[mid] ^= 0xff;
     fs::write(&state_path, &state).unwrap();
-    assert!(matches!(DiskStorage::open(dir.path()), Err(StorageError::Corrupt(_))));
+    assert!(matches!(DiskStorage::open(dir.path(), DataKey::for_tests()), Err(StorageError::Corrupt(_))));
 }
 
 #[test]
 fn entries_honour_max_size_like_limit_size() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = DiskStorage::open(dir.path()).unwrap();
+    let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, &[1u8; 100])).collect();
     s.append(&ents).unwrap();
     let one = u64::from(ents[0].compute_size());
@@ -416,7 +416,7 @@ fn raw_node_restarts_from_disk_without_reapplying() {
 
     let mut applied = Vec::new();
     {
-        let mut s = DiskStorage::open(dir.path()).unwrap();
+        let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
         assert!(s.initial_state_is_empty());
         s.set_conf_state(voters(&[1])).unwrap();
         let mut node = RawNode::new(&config(0), s, &logger).unwrap();
@@ -432,7 +432,7 @@ fn raw_node_restarts_from_disk_without_reapplying() {
     assert_eq!(normal_data(&applied), [b"put 0".to_vec(), b"put 1".to_vec(), b"put 2".to_vec()]);
 
     // Restart: the log and hard state are back, nothing is handed over again.
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(s.hard_state().commit, 4);
     assert_eq!(all_entries(&s), applied);
     let mut node = RawNode::new(&config(applied_index), s, &logger).unwrap();
@@ -452,7 +452,7 @@ fn raw_node_restarts_from_disk_without_reapplying() {
     let cs = node.store().conf_state();
     node.mut_store().compact(last_applied, b"kv: 0..3".to_vec(), cs).unwrap();
     drop(node);
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(s.snapshot_data(), Some((last_applied, 2, b"kv: 0..3".to_vec())));
     assert_eq!(s.first_index().unwrap(), last_applied + 1);
     let mut node = RawNode::new(&config(last_applied), s, &logger).unwrap();
@@ -503,7 +503,7 @@ fn errors_are_classified_space_fsync_corruption_or_other() {
 #[test]
 fn a_write_past_the_quota_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = DiskStorage::open(dir.path()).unwrap();
+    let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     s.append(&entries(1..=3, 1)).unwrap();
     s.set_hardstate(hard_state(1, 1, 2)).unwrap();
     let used = s.disk_bytes();
@@ -523,7 +523,7 @@ fn a_write_past_the_quota_writes_nothing() {
     assert!(!dir.path().join("space-probe").exists(), "the probe cleans up");
     s.append(&entries(4..=4, 1)).unwrap();
     drop(s);
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
     assert_eq!(all_entries(&s).len(), 4);
 }
 
