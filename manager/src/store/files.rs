@@ -62,16 +62,13 @@ pub fn update_labels<Id: Ord + std::fmt::Display>(
 
 /// Refused while a service names it, naming those services. Returns the
 /// removed one's name.
-pub fn remove<'a, Id: Ord + std::fmt::Display>(
+pub fn remove<'a, Id: Ord + std::fmt::Display + 'a>(
     table: &mut Table<Id>,
     kind: Kind,
     id: &Id,
     users: impl Iterator<Item = &'a Service>,
     refs: impl Fn(&'a Service) -> &'a [FileRef<Id>],
-) -> Result<String, StoreError>
-where
-    Id: 'a,
-{
+) -> Result<String, StoreError> {
     let item = table.get(id).ok_or_else(|| StoreError::NoSuchFile(kind, id.to_string()))?;
     let using: Vec<String> =
         users.filter(|s| refs(s).iter().any(|r| r.id == *id)).map(|s| s.spec.name.clone()).collect();

@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn tokens_parse_or_say_what_is_expected() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
         let t = JoinToken { ca: ca.fingerprint().unwrap(), secret: "0123456789abcdefghijklmno".into() };
         let text = t.to_string();
         assert!(text.starts_with("SHTKN-1-"), "{text}");
@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn the_ca_signs_node_certificates_with_id_and_role() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
         let (id, ident) = node(&ca, Role::Worker);
         assert_eq!(ident.peer().unwrap(), PeerIdentity { node_id: id.clone(), role: Role::Worker });
         assert_eq!(ident.ca_fingerprint().unwrap(), ca.fingerprint().unwrap());
@@ -666,7 +666,7 @@ mod tests {
         assert_eq!(other.complete(cert.clone(), ca.cert_pem.clone(), None).unwrap_err(), TlsError::KeyMismatch);
         let req = CertificateRequest::new().unwrap();
         let cert = ca.sign(req.csr_der(), &m, Role::Manager).unwrap();
-        let elsewhere = TestCa::generate(&NodeId::random().to_string()).fingerprint().unwrap();
+        let elsewhere = TestCa::generate(NodeId::random().as_ref()).fingerprint().unwrap();
         assert_eq!(req.complete(cert, ca.cert_pem.clone(), Some(elsewhere)).unwrap_err(), TlsError::CaMismatch);
 
         assert!(matches!(ca.sign(b"not a csr", &m, Role::Worker), Err(TlsError::BadRequest(_))));
@@ -674,7 +674,7 @@ mod tests {
 
     #[test]
     fn identities_are_saved_with_a_private_key_file() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
         let (_, ident) = node(&ca, Role::Manager);
         let dir = std::env::temp_dir().join(format!("shoal-tls-test-{}", NodeId::random()));
         assert_eq!(NodeIdentity::load(&dir).unwrap(), None);
@@ -723,7 +723,7 @@ mod tests {
 
     #[tokio::test]
     async fn mutual_tls_between_nodes_of_one_cluster() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
         let (_, m) = node(&ca, Role::Manager);
         let (w_id, w) = node(&ca, Role::Worker);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
@@ -734,8 +734,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_certificate_of_another_ca_is_refused() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
-        let other = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
+        let other = TestCa::generate(NodeId::random().as_ref());
         let (_, m) = node(&ca, Role::Manager);
         let (_, stranger) = node(&other, Role::Manager);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
@@ -784,7 +784,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_joiner_checks_the_ca_against_the_token() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
         let (_, m) = node(&ca, Role::Manager);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
 
@@ -794,14 +794,14 @@ mod tests {
         assert_eq!(seen.recv().await.unwrap(), Ok(None));
 
         // Another CA's fingerprint: the joiner refuses the manager.
-        let wrong = join_client_config(TestCa::generate(&NodeId::random().to_string()).fingerprint().unwrap()).unwrap();
+        let wrong = join_client_config(TestCa::generate(NodeId::random().as_ref()).fingerprint().unwrap()).unwrap();
         let err = connect(wrong, addr).await.unwrap_err();
         assert_eq!(err, "the manager's CA does not match the join token");
         assert!(seen.recv().await.unwrap().is_err(), "the server sees the handshake fail");
 
         // A server of another cluster whose chain includes our CA cert
         // cannot pass either: its certificate does not verify against it.
-        let other = TestCa::generate(&NodeId::random().to_string());
+        let other = TestCa::generate(NodeId::random().as_ref());
         let (_, impostor) = node(&other, Role::Manager);
         let mut chain_with_ours = Tls::new(&impostor).unwrap();
         let leaf = cert_from_pem(&impostor.cert_pem).unwrap();
@@ -821,7 +821,7 @@ mod tests {
 
     #[tokio::test]
     async fn plaintext_bytes_fail_the_handshake() {
-        let ca = TestCa::generate(&NodeId::random().to_string());
+        let ca = TestCa::generate(NodeId::random().as_ref());
         let (_, m) = node(&ca, Role::Manager);
         let (addr, mut seen) = server(Tls::new(&m).unwrap()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
