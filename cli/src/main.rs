@@ -11,6 +11,7 @@ mod events;
 mod list;
 mod node;
 mod output;
+mod placement;
 mod progress;
 mod service;
 

@@ -7,6 +7,7 @@
 //! - [`node`]: nodes, roles and availability.
 //! - [`mesh`]: published ports and the routing-mesh table.
 //! - [`constraint`]: placement constraints, parsed and matched.
+//! - [`sched`]: reservations, placement preferences, node descriptions.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
 //! - [`time`]: wall-clock milliseconds and duration parsing.
@@ -18,6 +19,7 @@ pub mod constraint;
 pub mod ids;
 pub mod mesh;
 pub mod node;
+pub mod sched;
 pub mod spec;
 pub mod task;
 pub mod time;

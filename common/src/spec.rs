@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
 use crate::mesh::PortConfig;
+use crate::sched::Scheduling;
 use crate::time::Millis;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +196,9 @@ pub struct TaskTemplate {
     /// Resource limits, enforced by Docker (cgroups).
     #[serde(default, skip_serializing_if = "Limits::is_default")]
     pub limits: Limits,
+    /// Reservations, placement preferences, max replicas per node.
+    #[serde(default, skip_serializing_if = "Scheduling::is_default")]
+    pub scheduling: Scheduling,
 }
 
 /// Swarm's ContainerSpec settings beyond image, command, env and mounts:
@@ -336,6 +340,7 @@ impl TaskTemplate {
             force_update: 0,
             container: ContainerOptions::default(),
             limits: Limits::default(),
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -525,6 +530,11 @@ impl ServiceSpec {
         }
         for e in &self.task.env {
             validate_env(e)?;
+        }
+        if self.task.scheduling.max_replicas_per_node > 0 && !matches!(self.mode, ServiceMode::Replicated { .. }) {
+            return Err(SpecError::Invalid(
+                "replicas-max-per-node can only be used with replicated or replicated-job mode".into(),
+            ));
         }
         for m in &self.task.mounts {
             if !m.source.starts_with('/') || !m.target.starts_with('/') {

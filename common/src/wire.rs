@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{NodeId, TaskId};
 use crate::mesh::{MeshFailure, MeshTable};
 use crate::node::Role;
+use crate::sched::NodeDescription;
 use crate::task::{Task, TaskStatusUpdate};
 
 /// Hard limit on one frame (raft snapshots of the store travel in one frame).
@@ -138,6 +139,9 @@ pub enum Frame {
         certificate: String,
         ca_certificate: String,
     },
+    /// Node → dispatcher, first on each session and whenever it changes:
+    /// what the node offers (capacity, platform, engine labels).
+    Description(NodeDescription),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node, Role};
+use common::sched::NodeDescription;
 use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
@@ -186,6 +187,12 @@ pub enum Command {
     /// The leader's list of the nodes gossip shows alive that hold no
     /// session with it (see [`Store::no_session`]); replaces the last one.
     SetNoSession(BTreeSet<NodeId>),
+    /// What a node reports about itself on its session (capacity, platform,
+    /// engine labels); the scheduler places by it.
+    SetNodeDescription {
+        id: NodeId,
+        description: NodeDescription,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -237,7 +244,8 @@ impl Command {
             | Command::SetDesiredState { .. }
             | Command::UpdateTaskStatus(_)
             | Command::DeleteTasks(_)
-            | Command::RotateJoinToken { .. } => false,
+            | Command::RotateJoinToken { .. }
+            | Command::SetNodeDescription { .. } => false,
         }
     }
 }
@@ -315,6 +323,11 @@ pub struct Store {
     /// empty, so snapshots without it keep their bytes.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub no_session: BTreeSet<NodeId>,
+    /// What each node reported about itself (Swarm's node description),
+    /// beside the nodes so that `Node` keeps its shape. Not written when
+    /// empty, so snapshots without it keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptions: BTreeMap<NodeId, NodeDescription>,
 }
 
 /// Who proposed an entry: (raft id, process start nonce, counter). A
@@ -461,6 +474,7 @@ impl Store {
                 changes.push(Change::Node { id, action: "update" });
             }
             Command::RemoveNode(id) => {
+                self.descriptions.remove(&id);
                 if let Some(n) = self.nodes.remove(&id) {
                     changes.push(Change::NodeRemoved { id, hostname: n.hostname });
                 }
@@ -623,6 +637,13 @@ impl Store {
                 Role::Manager => self.cluster.manager_token = token,
             },
             Command::SetNoSession(nodes) => self.no_session = nodes,
+            Command::SetNodeDescription { id, description } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(StoreError::NoSuchNode(id.to_string()));
+                }
+                self.descriptions.insert(id.clone(), description);
+                changes.push(Change::Node { id, action: "update" });
+            }
         }
         Ok(())
     }
@@ -732,6 +753,16 @@ impl Store {
     }
 
     /// The tasks assigned to a node, in id order (from the index).
+    /// What the active tasks on `node` reserve together (as the scheduler
+    /// counts them: a task waiting to be admitted there holds nothing).
+    pub fn reserved_on(&self, node: &NodeId) -> common::sched::Resources {
+        let mut sum = common::sched::Resources::default();
+        for t in self.tasks_on(node).filter(|t| t.is_active() && t.assigned_node().is_some()) {
+            sum.add(&t.spec.scheduling.reservations);
+        }
+        sum
+    }
+
     pub fn tasks_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks.on_node(node)
     }
@@ -751,6 +782,7 @@ enum Saved {
     Service(ServiceId, Option<Box<Service>>),
     Task(TaskId, Option<Box<Task>>),
     NoSession(BTreeSet<NodeId>),
+    Description(NodeId, Option<NodeDescription>),
 }
 
 impl Undo {
@@ -766,7 +798,6 @@ impl Undo {
             }
             Command::AddNode(n) => self.saved.push(node(&n.id)),
             Command::SetNodeAvailability { id, .. }
-            | Command::RemoveNode(id)
             | Command::UpdateNodeLabels { id, .. }
             | Command::SetNodeRole { id, .. } => self.saved.push(node(id)),
             Command::CreateService(svc) => self.saved.push(service(&svc.id)),
@@ -785,6 +816,13 @@ impl Undo {
             }
             Command::UpdateTaskStatus(updates) => self.saved.extend(updates.iter().map(|u| task(&u.task_id))),
             Command::SetNoSession(_) => self.saved.push(Saved::NoSession(store.no_session.clone())),
+            Command::SetNodeDescription { id, .. } => {
+                self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()))
+            }
+            Command::RemoveNode(id) => {
+                self.saved.push(node(id));
+                self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()));
+            }
             // Its commands are saved one by one as they apply.
             Command::Batch(_) => {}
         }
@@ -801,6 +839,8 @@ impl Undo {
                 Saved::Task(_, Some(t)) => drop(store.tasks.insert(*t)),
                 Saved::Task(id, None) => drop(store.tasks.remove(&id)),
                 Saved::NoSession(nodes) => store.no_session = nodes,
+                Saved::Description(id, Some(d)) => drop(store.descriptions.insert(id, d)),
+                Saved::Description(id, None) => drop(store.descriptions.remove(&id)),
             }
         }
     }

@@ -11,6 +11,7 @@
 //! manager, `node` the running node, `role` a change of role (a new
 //! certificate, then a restart in the new role).
 
+mod describe;
 mod join;
 mod node;
 mod role;
@@ -87,6 +88,8 @@ pub struct DaemonArgs {
     /// space at start, at most 8 GiB more than the raft files already take.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     storage_quota: Option<u64>,
+    #[command(flatten)]
+    describe: describe::DescribeFlags,
 }
 
 /// A size: bytes, or a number with a unit (`k`/`KiB`/`KB`, `M`, `G`, `T`;
@@ -239,6 +242,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         mesh: args.mesh.0,
         open_files: raise_open_file_limit(),
         docker_socket: args.docker_socket.clone(),
+        describe: args.describe.clone(),
         launch,
     };
     actix_web::rt::System::new().block_on(run_node(state, data_dir, ca, tls, opts))
