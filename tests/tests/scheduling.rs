@@ -111,3 +111,78 @@ fn reservations_stay_within_each_nodes_capacity_and_the_task_that_fits_nowhere_w
     }
     assert!(!c.shoal_ok(&["service", "ls"]).contains("bad"));
 }
+
+#[test]
+fn spread_max_per_node_and_platform_constraints_place_as_swarm_does() {
+    if !require_docker() {
+        return;
+    }
+    let c = small_nodes();
+    // Zone a holds node1 and node2, zone b node3.
+    for (i, zone) in [(1, "a"), (2, "a"), (3, "b")] {
+        c.shoal_ok(&["node", "update", "--label-add", &format!("zone={zone}"), &c.hostname(i)]);
+    }
+    c.create_service(
+        "spread",
+        &["-d", "--placement-pref", "spread=node.labels.zone", "--replicas", "4"],
+        &["sleep", "100000"],
+    );
+    wait_for(CONVERGE, "spread: 2 tasks in each zone", || {
+        let got = per_node(&c, "spread");
+        let zone_b = got.get(&c.hostname(3)).copied().unwrap_or(0);
+        if got.values().sum::<usize>() == 4 && zone_b == 2 {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+
+    c.create_service("capped", &["-d", "--replicas-max-per-node", "1", "--replicas", "4"], &["sleep", "100000"]);
+    let why = "no suitable node (max replicas per node limit exceed)";
+    wait_for(CONVERGE, "capped: one per node, one pending with the reason", || {
+        let seen = wanted(&c, "capped");
+        let running = seen.iter().filter(|(s, _)| s == "running").count();
+        let pending = seen.iter().filter(|(s, e)| s == "pending" && e == why).count();
+        if running == 3 && pending == 1 {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+
+    c.create_service("linux", &["-d", "--constraint", "node.platform.os==linux"], &["sleep", "100000"]);
+    c.create_service("arm", &["-d", "--constraint", "node.platform.arch==no-such-arch"], &["sleep", "100000"]);
+    c.wait_running("linux", 1, CONVERGE);
+    wait_for(CONVERGE, "arm pending: no node has the architecture", || {
+        let seen = wanted(&c, "arm");
+        if seen
+            == [(
+                "pending".to_string(),
+                "no suitable node (scheduling constraints not satisfied on 3 nodes)".to_string(),
+            )]
+        {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+
+    c.shoal_fails(
+        &["service", "create", "--name", "bad", "--placement-pref", "zone", tests::busybox_image(), "true"],
+        "invalid argument \"zone\" for \"--placement-pref\" flag: placement preference must be of the format \"<strategy>=<arg>\"",
+    );
+    c.shoal_fails(
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--mode",
+            "global",
+            "--replicas-max-per-node",
+            "2",
+            tests::busybox_image(),
+        ],
+        "replicas-max-per-node can only be used with replicated or replicated-job mode",
+    );
+}

@@ -47,7 +47,7 @@ fn parse_capacity(s: &str) -> Result<Capacity, String> {
 /// `2`, `0.5` CPUs as nano-CPUs.
 fn parse_cpus(v: &str) -> Result<u64, String> {
     match v.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n >= 0.0 && n < 1e9 => Ok((n * 1e9).round() as u64),
+        Ok(n) if (0.0..1e9).contains(&n) => Ok((n * 1e9).round() as u64),
         _ => Err(format!("invalid cpus {v:?}: expected a number of CPUs, e.g. 2 or 0.5")),
     }
 }
