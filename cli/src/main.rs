@@ -12,6 +12,7 @@ mod files;
 mod list;
 mod node;
 mod output;
+mod placement;
 mod progress;
 mod service;
 mod unlock;

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use common::api::{Info, JoinTokens, NodeInfo, NodeUpdate};
 use common::node::Availability;
+use common::sched::{format_bytes, format_cpus, NodeResources};
 use common::spec::parse_label;
 
 use crate::client::{seg, Client};
@@ -136,6 +137,35 @@ fn pretty_node(n: &NodeInfo) -> String {
             s.push_str(&format!(" - {k}={v}\n"));
         }
     }
+    if let Some(r) = &n.resources {
+        s.push_str(&pretty_resources(r));
+    }
+    s
+}
+
+/// Docker's Platform and Resources sections, with what the node's tasks
+/// reserve beside each capacity.
+fn pretty_resources(r: &NodeResources) -> String {
+    let d = &r.description;
+    let c = &d.resources;
+    let mut s = format!("Platform:\n Operating System:\t{}\n Architecture:\t\t{}\n", d.os, d.arch);
+    s.push_str(&format!(
+        "Resources:\n CPUs:\t\t\t{} ({} reserved)\n Memory:\t\t{} ({} reserved)\n",
+        format_cpus(c.nano_cpus),
+        format_cpus(r.reserved.nano_cpus),
+        format_bytes(c.memory_bytes),
+        format_bytes(r.reserved.memory_bytes)
+    ));
+    for (kind, n) in &c.generic {
+        let used = r.reserved.generic.get(kind).copied().unwrap_or(0);
+        s.push_str(&format!(" {kind}:\t\t\t{n} ({used} reserved)\n"));
+    }
+    if !d.engine_labels.is_empty() {
+        s.push_str("Engine Labels:\n");
+        for (k, v) in &d.engine_labels {
+            s.push_str(&format!(" - {k}={v}\n"));
+        }
+    }
     s
 }
 
@@ -171,6 +201,34 @@ fn join_token_text(role: &str, addr: &str, token: &str, rotated: bool) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::sched::{NodeDescription, Resources};
+
+    #[test]
+    fn resources_show_capacity_and_reservations() {
+        let r = NodeResources {
+            description: NodeDescription {
+                resources: Resources {
+                    nano_cpus: 2_000_000_000,
+                    memory_bytes: 4 << 30,
+                    generic: [("gpu".to_string(), 2)].into(),
+                },
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                engine_labels: [("storage".to_string(), "ssd".to_string())].into(),
+            },
+            reserved: Resources {
+                nano_cpus: 1_500_000_000,
+                memory_bytes: 512 << 20,
+                generic: [("gpu".to_string(), 1)].into(),
+            },
+        };
+        assert_eq!(
+            pretty_resources(&r),
+            "Platform:\n Operating System:\tlinux\n Architecture:\t\tx86_64\n\
+             Resources:\n CPUs:\t\t\t2 (1.5 reserved)\n Memory:\t\t4GiB (512MiB reserved)\n gpu:\t\t\t2 (1 reserved)\n\
+             Engine Labels:\n - storage=ssd\n"
+        );
+    }
 
     #[test]
     fn join_token_output() {

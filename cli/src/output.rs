@@ -544,6 +544,7 @@ mod tests {
             manager_status: manager.into(),
             is_self,
             disk_alarm: None,
+            resources: None,
         }
     }
 

@@ -19,6 +19,7 @@ use common::time::{now_ms, parse_duration};
 use crate::client::{seg, Client};
 use crate::list::ListFlags;
 use crate::output;
+use crate::placement::{PlacementFlags, PlacementUpdateFlags};
 use crate::progress;
 
 #[derive(Args)]
@@ -119,6 +120,8 @@ pub struct CreateArgs {
     container: ContainerFlags,
     #[command(flatten)]
     files: FileFlags,
+    #[command(flatten)]
+    placement: PlacementFlags,
     #[command(flatten)]
     detach: Detach,
     image: String,
@@ -250,7 +253,12 @@ impl ContainerFlags {
 
 /// `0.5`, `2` CPUs as nano-CPUs, exactly (no floating point).
 fn parse_cpus(s: &str) -> Result<u64> {
-    let bad = || anyhow!("invalid argument {s:?} for \"--limit-cpu\" flag: expected a number of CPUs, e.g. 0.5");
+    parse_cpus_for(s, "--limit-cpu")
+}
+
+/// [`parse_cpus`] for the flag `flag`.
+pub(crate) fn parse_cpus_for(s: &str, flag: &str) -> Result<u64> {
+    let bad = || anyhow!("invalid argument {s:?} for \"{flag}\" flag: expected a number of CPUs, e.g. 0.5");
     let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
     if frac.len() > 9 || (whole.is_empty() && frac.is_empty()) || !frac.chars().all(|c| c.is_ascii_digit()) {
         return Err(bad());
@@ -263,7 +271,12 @@ fn parse_cpus(s: &str) -> Result<u64> {
 /// `64m`, `64MiB`, `1.5g`, `1024` (bytes), as docker reads memory sizes
 /// (powers of 1024).
 fn parse_memory(s: &str) -> Result<u64> {
-    let bad = || anyhow!("invalid argument {s:?} for \"--limit-memory\" flag: invalid size: '{s}'");
+    parse_memory_for(s, "--limit-memory")
+}
+
+/// [`parse_memory`] for the flag `flag`.
+pub(crate) fn parse_memory_for(s: &str, flag: &str) -> Result<u64> {
+    let bad = || anyhow!("invalid argument {s:?} for \"{flag}\" flag: invalid size: '{s}'");
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -317,6 +330,8 @@ pub struct UpdateArgs {
     force: bool,
     #[command(flatten)]
     files: FileUpdateFlags,
+    #[command(flatten)]
+    placement: PlacementUpdateFlags,
     #[command(flatten)]
     detach: Detach,
     service: String,
@@ -563,6 +578,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             limits,
             secrets: parse_refs(Kind::Secret, "secret", &a.files.secret)?,
             configs: parse_refs(Kind::Config, "config", &a.files.config)?,
+            scheduling: a.placement.scheduling()?,
         },
         engine_spec: None,
     };
@@ -697,6 +713,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 secret_rm: a.files.secret_rm.clone(),
                 config_add: parse_refs(Kind::Config, "config-add", &a.files.config_add)?,
                 config_rm: a.files.config_rm.clone(),
+                scheduling: a.placement.patch()?,
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;

@@ -73,6 +73,10 @@ pub struct NodeInfo {
     /// files cannot be written): why. From gossip, as this manager sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_alarm: Option<String>,
+    /// What the node reported it offers and what its tasks reserve;
+    /// `None` until it has reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::sched::NodeResources>,
 }
 
 /// `node update` flags.
@@ -206,6 +210,9 @@ pub struct ServiceUpdate {
     pub config_add: Vec<ConfigRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_rm: Vec<String>,
+    /// Reservations, placement preferences, max replicas per node.
+    #[serde(default, skip_serializing_if = "crate::sched::SchedulingPatch::is_default")]
+    pub scheduling: crate::sched::SchedulingPatch,
 }
 
 /// `POST /v1/secrets` or `/v1/configs`.
@@ -320,6 +327,7 @@ impl ServiceUpdate {
         self.update_config.apply(&mut s.update);
         self.rollback_config.apply(&mut s.rollback);
         self.restart.apply(&mut s.task.restart);
+        self.scheduling.apply(&mut s.task.scheduling);
         if self.force {
             s.task.force_update += 1;
         }

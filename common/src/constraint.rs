@@ -1,11 +1,13 @@
 //! Placement constraints: `node.role==manager`, `node.labels.zone!=east`, …
-//! Several constraints on one service are ANDed.
+//! Several constraints on one service are ANDed. `node.platform.*` and
+//! `engine.labels.*` match what the node reports ([`NodeDescription`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::node::Node;
+use crate::sched::NodeDescription;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Field {
@@ -13,6 +15,9 @@ pub enum Field {
     Hostname,
     Role,
     Label(String),
+    PlatformOs,
+    PlatformArch,
+    EngineLabel(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +38,7 @@ pub enum ConstraintError {
     #[error("invalid constraint {0:?}: expected KEY==VALUE or KEY!=VALUE")]
     Syntax(String),
     #[error(
-        "invalid constraint {0:?}: unknown key {1:?} (expected node.id, node.hostname, node.role or node.labels.KEY)"
+        "invalid constraint {0:?}: unknown key {1:?} (expected node.id, node.hostname, node.role, node.platform.os, node.platform.arch, node.labels.KEY or engine.labels.KEY)"
     )]
     UnknownKey(String, String),
     #[error("invalid constraint {0:?}: empty value")]
@@ -68,8 +73,15 @@ impl Constraint {
                 }
                 Field::Role
             }
-            _ => match key.strip_prefix("node.labels.") {
-                Some(label) if !label.is_empty() => Field::Label(label.to_string()),
+            "node.platform.os" => Field::PlatformOs,
+            "node.platform.arch" => Field::PlatformArch,
+            lower => match (lower.strip_prefix("node.labels."), lower.strip_prefix("engine.labels.")) {
+                (Some(_), _) if key.len() > "node.labels.".len() => {
+                    Field::Label(key["node.labels.".len()..].to_string())
+                }
+                (_, Some(_)) if key.len() > "engine.labels.".len() => {
+                    Field::EngineLabel(key["engine.labels.".len()..].to_string())
+                }
                 _ => return Err(ConstraintError::UnknownKey(s.to_string(), key.to_string())),
             },
         };
@@ -77,13 +89,26 @@ impl Constraint {
     }
 
     pub fn matches(&self, node: &Node) -> bool {
+        self.matches_described(node, None)
+    }
+
+    /// Matches against the node and what it reports; a node that reported
+    /// nothing has no platform and no engine labels.
+    pub fn matches_described(&self, node: &Node, desc: Option<&NodeDescription>) -> bool {
         let actual: Option<String> = match &self.field {
             Field::Id => Some(node.id.to_string()),
             Field::Hostname => Some(node.hostname.clone()),
             Field::Role => Some(node.role.to_string()),
             Field::Label(k) => node.labels.get(k).cloned(),
+            Field::PlatformOs => desc.map(|d| d.os.clone()).filter(|s| !s.is_empty()),
+            Field::PlatformArch => desc.map(|d| d.arch.clone()).filter(|s| !s.is_empty()),
+            Field::EngineLabel(k) => desc.and_then(|d| d.engine_labels.get(k).cloned()),
         };
-        let equal = actual.as_deref() == Some(self.value.as_str());
+        // Swarm compares the platform without regard to case.
+        let equal = match (&self.field, actual.as_deref()) {
+            (Field::PlatformOs | Field::PlatformArch, Some(a)) => a.eq_ignore_ascii_case(&self.value),
+            (_, a) => a == Some(self.value.as_str()),
+        };
         match self.op {
             Op::Eq => equal,
             Op::Ne => !equal,
@@ -98,6 +123,9 @@ impl fmt::Display for Constraint {
             Field::Hostname => "node.hostname".to_string(),
             Field::Role => "node.role".to_string(),
             Field::Label(k) => format!("node.labels.{k}"),
+            Field::PlatformOs => "node.platform.os".to_string(),
+            Field::PlatformArch => "node.platform.arch".to_string(),
+            Field::EngineLabel(k) => format!("engine.labels.{k}"),
         };
         let op = match self.op {
             Op::Eq => "==",
@@ -110,6 +138,11 @@ impl fmt::Display for Constraint {
 /// True when the node satisfies every constraint (an empty list always does).
 pub fn all_match(constraints: &[Constraint], node: &Node) -> bool {
     constraints.iter().all(|c| c.matches(node))
+}
+
+/// [`all_match`] with what the node reports about itself.
+pub fn all_match_described(constraints: &[Constraint], node: &Node, desc: Option<&NodeDescription>) -> bool {
+    constraints.iter().all(|c| c.matches_described(node, desc))
 }
 
 #[cfg(test)]
@@ -176,5 +209,28 @@ mod tests {
         assert!(all_match(&[], &w));
         assert!(Constraint::parse("node.hostname!=n1").unwrap().matches(&w));
         assert!(Constraint::parse("node.id==id-n2").unwrap().matches(&w));
+    }
+
+    #[test]
+    fn platform_and_engine_labels_match_what_the_node_reports() {
+        let n = node("n1", Role::Worker, &[]);
+        let desc = NodeDescription {
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            engine_labels: BTreeMap::from([("storage".to_string(), "ssd".to_string())]),
+            ..Default::default()
+        };
+        let c = |s: &str| Constraint::parse(s).unwrap();
+        assert_eq!(c("node.platform.os==linux").field, Field::PlatformOs);
+        assert_eq!(c("engine.labels.storage==ssd").to_string(), "engine.labels.storage==ssd");
+        assert!(c("node.platform.os==Linux").matches_described(&n, Some(&desc)));
+        assert!(c("node.platform.arch!=aarch64").matches_described(&n, Some(&desc)));
+        assert!(!c("node.platform.arch==aarch64").matches_described(&n, Some(&desc)));
+        assert!(c("engine.labels.storage==ssd").matches_described(&n, Some(&desc)));
+        assert!(!c("engine.labels.storage==ssd").matches(&n), "a node that reported nothing");
+        assert!(c("engine.labels.storage!=ssd").matches(&n));
+        assert!(all_match_described(&[c("node.platform.os==linux"), c("node.role==worker")], &n, Some(&desc)));
+        assert!(matches!(Constraint::parse("engine.labels.==x"), Err(ConstraintError::UnknownKey(_, _))));
+        assert!(matches!(Constraint::parse("node.platform.cpu==x"), Err(ConstraintError::UnknownKey(_, _))));
     }
 }

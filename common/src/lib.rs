@@ -8,6 +8,7 @@
 //! - [`mesh`]: published ports and the routing-mesh table.
 //! - [`secret`]: secrets and configs, and the files they become in a task.
 //! - [`constraint`]: placement constraints, parsed and matched.
+//! - [`sched`]: reservations, placement preferences, node descriptions.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
 //! - [`time`]: wall-clock milliseconds and duration parsing.
@@ -19,6 +20,7 @@ pub mod constraint;
 pub mod ids;
 pub mod mesh;
 pub mod node;
+pub mod sched;
 pub mod secret;
 pub mod spec;
 pub mod task;

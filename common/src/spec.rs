@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
 use crate::mesh::PortConfig;
+use crate::sched::Scheduling;
 use crate::secret::{ConfigRef, SecretRef};
 use crate::time::Millis;
 
@@ -202,6 +203,9 @@ pub struct TaskTemplate {
     /// Configs mounted into each task as files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigRef>,
+    /// Reservations, placement preferences, max replicas per node.
+    #[serde(default, skip_serializing_if = "Scheduling::is_default")]
+    pub scheduling: Scheduling,
 }
 
 /// Swarm's ContainerSpec settings beyond image, command, env and mounts:
@@ -345,6 +349,7 @@ impl TaskTemplate {
             limits: Limits::default(),
             secrets: vec![],
             configs: vec![],
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -538,6 +543,11 @@ impl ServiceSpec {
         }
         for e in &self.task.env {
             validate_env(e)?;
+        }
+        if self.task.scheduling.max_replicas_per_node > 0 && !matches!(self.mode, ServiceMode::Replicated { .. }) {
+            return Err(SpecError::Invalid(
+                "replicas-max-per-node can only be used with replicated or replicated-job mode".into(),
+            ));
         }
         for m in &self.task.mounts {
             if !m.source.starts_with('/') || !m.target.starts_with('/') {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{NodeId, TaskId};
 use crate::mesh::{MeshFailure, MeshTable};
 use crate::node::Role;
+use crate::sched::NodeDescription;
 use crate::secret::FileData;
 use crate::task::{Task, TaskStatusUpdate};
 
@@ -144,6 +145,9 @@ pub enum Frame {
     /// before the assignments that need it. Never sent to a node whose
     /// tasks use none.
     Files(Vec<FileData>),
+    /// Node → dispatcher, first on each session and whenever it changes:
+    /// what the node offers (capacity, platform, engine labels).
+    Description(NodeDescription),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 use common::node::{Availability, Node, Role};
+use common::sched::NodeDescription;
 use common::secret::{Config, Kind, Secret};
 use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
@@ -196,6 +197,12 @@ pub enum Command {
     CreateConfig(Config),
     UpdateConfig(LabelsUpdate<ConfigId>),
     RemoveConfig(ConfigId),
+    /// What a node reports about itself on its session (capacity, platform,
+    /// engine labels); the scheduler places by it.
+    SetNodeDescription {
+        id: NodeId,
+        description: NodeDescription,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -263,6 +270,7 @@ impl Command {
             | Command::CreateConfig(_)
             | Command::UpdateConfig(_)
             | Command::RemoveConfig(_) => false,
+            Command::SetNodeDescription { .. } => false,
         }
     }
 }
@@ -370,6 +378,11 @@ pub struct Store {
     pub secrets: files::Table<SecretId>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub configs: files::Table<ConfigId>,
+    /// What each node reported about itself (Swarm's node description),
+    /// beside the nodes so that `Node` keeps its shape. Not written when
+    /// empty, so snapshots without it keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptions: BTreeMap<NodeId, NodeDescription>,
 }
 
 /// Who proposed an entry: (raft id, process start nonce, counter). A
@@ -516,6 +529,7 @@ impl Store {
                 changes.push(Change::Node { id, action: "update" });
             }
             Command::RemoveNode(id) => {
+                self.descriptions.remove(&id);
                 if let Some(n) = self.nodes.remove(&id) {
                     changes.push(Change::NodeRemoved { id, hostname: n.hostname });
                 }
@@ -712,6 +726,13 @@ impl Store {
                 })?;
                 changes.push(Change::File { kind: Kind::Config, id: id.to_string(), name, action: "remove" });
             }
+            Command::SetNodeDescription { id, description } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(StoreError::NoSuchNode(id.to_string()));
+                }
+                self.descriptions.insert(id.clone(), description);
+                changes.push(Change::Node { id, action: "update" });
+            }
         }
         Ok(())
     }
@@ -837,6 +858,16 @@ impl Store {
     }
 
     /// The tasks assigned to a node, in id order (from the index).
+    /// What the active tasks on `node` reserve together (as the scheduler
+    /// counts them: a task waiting to be admitted there holds nothing).
+    pub fn reserved_on(&self, node: &NodeId) -> common::sched::Resources {
+        let mut sum = common::sched::Resources::default();
+        for t in self.tasks_on(node).filter(|t| t.is_active() && t.assigned_node().is_some()) {
+            sum.add(&t.spec.scheduling.reservations);
+        }
+        sum
+    }
+
     pub fn tasks_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks.on_node(node)
     }
@@ -858,6 +889,7 @@ enum Saved {
     NoSession(BTreeSet<NodeId>),
     Secret(SecretId, Option<Box<Secret>>),
     Config(ConfigId, Option<Box<Config>>),
+    Description(NodeId, Option<NodeDescription>),
 }
 
 impl Undo {
@@ -873,7 +905,6 @@ impl Undo {
             }
             Command::AddNode(n) => self.saved.push(node(&n.id)),
             Command::SetNodeAvailability { id, .. }
-            | Command::RemoveNode(id)
             | Command::UpdateNodeLabels { id, .. }
             | Command::SetNodeRole { id, .. } => self.saved.push(node(id)),
             Command::CreateService(svc) => self.saved.push(service(&svc.id)),
@@ -902,6 +933,13 @@ impl Undo {
             | Command::RemoveConfig(id) => {
                 self.saved.push(Saved::Config(id.clone(), store.configs.get(id).cloned().map(Box::new)))
             }
+            Command::SetNodeDescription { id, .. } => {
+                self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()))
+            }
+            Command::RemoveNode(id) => {
+                self.saved.push(node(id));
+                self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()));
+            }
             // Its commands are saved one by one as they apply.
             Command::Batch(_) => {}
         }
@@ -922,6 +960,8 @@ impl Undo {
                 Saved::Secret(id, None) => drop(store.secrets.remove(&id)),
                 Saved::Config(id, Some(c)) => drop(store.configs.insert(id, *c)),
                 Saved::Config(id, None) => drop(store.configs.remove(&id)),
+                Saved::Description(id, Some(d)) => drop(store.descriptions.insert(id, d)),
+                Saved::Description(id, None) => drop(store.descriptions.remove(&id)),
             }
         }
     }

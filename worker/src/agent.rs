@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::backoff::Backoff;
 use common::mesh::{MeshFailure, MeshTable};
+use common::sched::NodeDescription;
 use common::secret::FileData;
 use common::task::{Task, TaskStatusUpdate};
 use common::wire::{Frame, Hello, PeerInfo};
@@ -40,6 +41,8 @@ pub struct Agent {
     /// Known managers' cluster addresses, freshest first.
     pub managers: Arc<RwLock<Vec<SocketAddr>>>,
     pub tls: Tls,
+    /// What this node offers, told to each leader as a session opens.
+    pub description: NodeDescription,
 }
 
 /// The managers in the order to dial them: as known, but `last` at the end.
@@ -108,6 +111,7 @@ impl Agent {
         mesh_status: &mut watch::Receiver<Vec<MeshFailure>>,
     ) -> Result<(), NetError> {
         let (mut tx, mut rx) = conn.split();
+        tx.send(Frame::Description(self.description.clone())).await?;
         // Each new leader hears what this node cannot serve.
         let now = mesh_status.borrow_and_update().clone();
         if !now.is_empty() {

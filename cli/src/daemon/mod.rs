@@ -12,6 +12,7 @@
 //! certificate, then a restart in the new role), `keys` the data key of a
 //! manager's raft files (and autolock).
 
+mod describe;
 mod join;
 mod keys;
 mod node;
@@ -95,6 +96,8 @@ pub struct DaemonArgs {
     /// space at start, at most 8 GiB more than the raft files already take.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     storage_quota: Option<u64>,
+    #[command(flatten)]
+    describe: describe::DescribeFlags,
 }
 
 /// A size: bytes, or a number with a unit (`k`/`KiB`/`KB`, `M`, `G`, `T`;
@@ -254,6 +257,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         mesh: args.mesh.0,
         open_files: raise_open_file_limit(),
         docker_socket: args.docker_socket.clone(),
+        describe: args.describe.clone(),
         launch,
     };
     actix_web::rt::System::new().block_on(async move {

@@ -143,6 +143,8 @@ pub(crate) struct RunOptions {
     pub open_files: u64,
     /// `--docker-socket`: the API on a unix socket as well.
     pub docker_socket: Option<PathBuf>,
+    /// What the node tells the leader it offers.
+    pub describe: super::describe::DescribeFlags,
     pub launch: Launch,
 }
 
@@ -162,19 +164,19 @@ pub(crate) async fn run_node(
         .await
         .with_context(|| format!("cannot listen on the cluster port {cluster_addr}"))?;
     let task_files = Arc::new(TaskFiles::new(TaskFiles::default_dir(&state.node_id)));
-    let runtime: Arc<dyn Runtime> = match opts.launch.runtime {
-        Some(r) => r,
-        None => Arc::new(
-            DockerRuntime::connect()
-                .await
-                .map_err(|e| {
-                    anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)")
-                })?
-                .publish_on(state.advertise_addr)
-                .node_hostname(&state.hostname)
-                .task_files(task_files.clone()),
-        ),
+    let (runtime, engine_labels): (Arc<dyn Runtime>, _) = match opts.launch.runtime {
+        Some(r) => (r, BTreeMap::new()),
+        None => {
+            let docker = DockerRuntime::connect().await.map_err(|e| {
+                anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)")
+            })?;
+            let labels = docker.engine_labels().await;
+            let docker =
+                docker.publish_on(state.advertise_addr).node_hostname(&state.hostname).task_files(task_files.clone());
+            (Arc::new(docker), labels)
+        }
     };
+    let description = opts.describe.description(engine_labels);
     let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));
     let data_path = mesh::choose(opts.mesh, &state.node_id, state.advertise_addr).await.map_err(|e| {
         let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
@@ -315,7 +317,7 @@ pub(crate) async fn run_node(
             });
         }
     });
-    let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone() };
+    let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone(), description };
     actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
     let server = api::serve(

@@ -208,6 +208,10 @@ pub fn node_list(
                 manager_status,
                 is_self: &n.id == self_id,
                 disk_alarm: alarms.get(&n.id).cloned(),
+                resources: store.descriptions.get(&n.id).map(|d| common::sched::NodeResources {
+                    description: d.clone(),
+                    reserved: store.reserved_on(&n.id),
+                }),
             }
         })
         .collect()

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use common::mesh::{MeshFailure, MeshTable};
+use common::sched::NodeDescription;
 use common::secret::{FileData, Kind};
 use common::task::{Task, TaskState, TaskStatusUpdate};
 use common::time::{now_ms, Millis};
@@ -446,6 +447,35 @@ impl Handler<MeshReport> for Dispatcher {
         } else {
             self.mesh_failures.insert(msg.node, msg.failures);
         }
+    }
+}
+
+/// A node's description, as its session reported it: written to the store
+/// when it differs from what the store holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Described {
+    pub node: NodeId,
+    pub description: NodeDescription,
+}
+
+impl Handler<Described> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: Described, _: &mut Context<Self>) {
+        if self.store.read().descriptions.get(&msg.node) == Some(&msg.description) {
+            return;
+        }
+        let raft = self.raft.clone();
+        actix::spawn(async move {
+            let node = msg.node.clone();
+            let cmd = Command::SetNodeDescription { id: msg.node, description: msg.description };
+            match raft.send(Propose(cmd)).await {
+                Ok(Ok(())) => tracing::debug!(%node, "node description stored"),
+                // The node sends it again on its next session.
+                Ok(Err(e)) => tracing::warn!(%node, error = %e, "node description not stored"),
+                Err(e) => tracing::error!(error = %e, "raft log unreachable"),
+            }
+        });
     }
 }
 

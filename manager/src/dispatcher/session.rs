@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 use worker::agent::SESSION_TIMEOUT;
 use worker::node::net;
 
-use super::{Dispatcher, Heard, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT};
+use super::{
+    Described, Dispatcher, Heard, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT,
+};
 use crate::raft::{RaftStatus, SharedStore};
 
 /// Serves `node`'s session on `conn` until it ends; the session is
@@ -68,6 +70,7 @@ pub async fn serve(
             let taken = match frame {
                 Frame::Status(updates) => dispatcher.send(Reports { node: node.clone(), updates }).await,
                 Frame::MeshStatus(failures) => dispatcher.send(MeshReport { node: node.clone(), failures }).await,
+                Frame::Description(description) => dispatcher.send(Described { node: node.clone(), description }).await,
                 Frame::Heartbeat => Ok(()),
                 other => {
                     return Err(net::NetError::Unexpected(format!("{other:?}").chars().take(60).collect()));

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use common::constraint::all_match;
+use common::constraint::all_match_described;
 use common::node::Availability;
 use common::task::{Task, TaskState};
 use common::time::Millis;
@@ -44,7 +44,7 @@ pub fn reconcile_service(pass: &mut Pass, svc: &Service, tasks: &[&Task], b: &mu
         let list = by_node.remove(&node.id).unwrap_or_default();
         let eligible = !health.down.contains(&node.id)
             && node.availability != Availability::Drain
-            && all_match(&svc.spec.task.constraints, node);
+            && all_match_described(&svc.spec.task.constraints, node, store.descriptions.get(&node.id));
         let mut active: Vec<&Task> = Vec::new();
         for t in list.iter().filter(|t| t.is_active()) {
             match lost(store, health, t) {

@@ -21,7 +21,11 @@ impl Decide for Scheduler {
         "scheduler"
     }
     fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>) {
-        let views: Vec<NodeView> = store.nodes.values().map(|n| NodeView::new(n, ctx.live.contains(&n.id))).collect();
+        let views: Vec<NodeView> = store
+            .nodes
+            .values()
+            .map(|n| NodeView::new(n, ctx.live.contains(&n.id)).described(store.descriptions.get(&n.id)))
+            .collect();
         for (service, node) in self.failures.observe(&store.tasks, now) {
             tracing::warn!(
                 %service, %node, failures = MAX_FAILURES, window_s = FAILURE_WINDOW_MS / 1000,

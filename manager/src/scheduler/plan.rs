@@ -4,19 +4,21 @@
 //! A pipeline of filters decides which nodes can take a task; each filter
 //! can say why it refused, which is how a user learns
 //! `no suitable node (scheduling constraints not satisfied on 3 nodes)`.
-//! Among the nodes left, spread: first away from nodes where this service's
-//! tasks keep failing ([`RecentFailures`]), then fewest tasks of this
-//! service, then fewest tasks overall, then node ID (so the plan is
-//! deterministic). A task that
+//! Among the nodes left, the task's placement preferences pick a group
+//! ([`spread`]: Swarm's tree of spread groups), and within it the rank
+//! decides: first away from nodes where this service's tasks keep failing
+//! ([`RecentFailures`]), then fewest tasks of this service, then fewest
+//! tasks overall, then node ID (so the plan is deterministic). A task that
 //! names its node meets the same pipeline over that node alone (swarmkit's
 //! `taskFitNode`): admitted, it is assigned there; refused, it stays PENDING
 //! with the reason and is looked at again on the next change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::constraint::all_match;
+use common::constraint::all_match_described;
 use common::mesh::{Protocol, PublishMode};
 use common::node::{Availability, Node};
+use common::sched::{NodeDescription, Resources, Spread};
 use common::spec::TaskTemplate;
 use common::task::{Task, TaskState};
 use common::time::Millis;
@@ -27,13 +29,31 @@ use common::{NodeId, ServiceId, TaskId};
 pub struct NodeView<'a> {
     pub node: &'a Node,
     pub ready: bool,
+    /// What the node reported about itself; `None` before it has.
+    pub description: Option<&'a NodeDescription>,
     /// Host-mode ports taken by active tasks on the node.
     pub host_ports: BTreeSet<(u16, Protocol)>,
+    /// What the active tasks on the node reserve together.
+    pub reserved: Resources,
+    /// Active tasks on the node, per service.
+    pub service_tasks: BTreeMap<ServiceId, usize>,
 }
 
 impl<'a> NodeView<'a> {
     pub fn new(node: &'a Node, ready: bool) -> Self {
-        NodeView { node, ready, host_ports: BTreeSet::new() }
+        NodeView {
+            node,
+            ready,
+            description: None,
+            host_ports: BTreeSet::new(),
+            reserved: Resources::default(),
+            service_tasks: BTreeMap::new(),
+        }
+    }
+
+    pub fn described(mut self, description: Option<&'a NodeDescription>) -> Self {
+        self.description = description;
+        self
     }
 }
 
@@ -46,16 +66,21 @@ pub struct Plan {
 
 /// One step of the filter pipeline.
 trait Filter {
-    /// Words for "this filter refused N nodes", e.g. "scheduling constraints
-    /// not satisfied on".
-    fn explain(&self) -> &'static str;
+    /// Why this filter refused `n` nodes, e.g. "scheduling constraints not
+    /// satisfied on 3 nodes" (Swarm's words).
+    fn explain(&self, n: usize) -> String;
     fn admits(&self, view: &NodeView, task: &Task) -> bool;
+}
+
+/// `WORDS N node(s)`.
+fn on(words: &str, n: usize) -> String {
+    format!("{words} {n} {}", plural(n))
 }
 
 struct ReadyFilter;
 impl Filter for ReadyFilter {
-    fn explain(&self) -> &'static str {
-        "node not ready on"
+    fn explain(&self, n: usize) -> String {
+        on("node not ready on", n)
     }
     fn admits(&self, view: &NodeView, _: &Task) -> bool {
         view.ready
@@ -64,32 +89,60 @@ impl Filter for ReadyFilter {
 
 struct AvailabilityFilter;
 impl Filter for AvailabilityFilter {
-    fn explain(&self) -> &'static str {
-        "node not available for new tasks on"
+    fn explain(&self, n: usize) -> String {
+        on("node not available for new tasks on", n)
     }
     fn admits(&self, view: &NodeView, _: &Task) -> bool {
         view.node.availability == Availability::Active
     }
 }
 
-struct ConstraintFilter;
-impl Filter for ConstraintFilter {
-    fn explain(&self) -> &'static str {
-        "scheduling constraints not satisfied on"
+/// The task's reservations fit beside what the node's tasks reserve. A
+/// task that reserves nothing fits anywhere; one that reserves something
+/// fits nowhere the capacity is unknown.
+struct ResourceFilter;
+impl Filter for ResourceFilter {
+    fn explain(&self, n: usize) -> String {
+        on("insufficient resources on", n)
     }
     fn admits(&self, view: &NodeView, task: &Task) -> bool {
-        all_match(&task.spec.constraints, view.node)
+        let need = &task.spec.scheduling.reservations;
+        need.is_empty() || view.description.is_some_and(|d| view.reserved.fits(need, &d.resources))
+    }
+}
+
+struct ConstraintFilter;
+impl Filter for ConstraintFilter {
+    fn explain(&self, n: usize) -> String {
+        on("scheduling constraints not satisfied on", n)
+    }
+    fn admits(&self, view: &NodeView, task: &Task) -> bool {
+        all_match_described(&task.spec.constraints, view.node, view.description)
     }
 }
 
 /// Host-mode publishes bind the node's port: one task per port per node.
 struct HostPortFilter;
 impl Filter for HostPortFilter {
-    fn explain(&self) -> &'static str {
-        "host-mode port already in use on"
+    fn explain(&self, n: usize) -> String {
+        on("host-mode port already in use on", n)
     }
     fn admits(&self, view: &NodeView, task: &Task) -> bool {
         host_ports(task).all(|p| !view.host_ports.contains(&p))
+    }
+}
+
+/// `--replicas-max-per-node`: at most that many active tasks of the
+/// service on one node.
+struct MaxReplicasFilter;
+impl Filter for MaxReplicasFilter {
+    fn explain(&self, _: usize) -> String {
+        // Swarm's words, without a count.
+        "max replicas per node limit exceed".into()
+    }
+    fn admits(&self, view: &NodeView, task: &Task) -> bool {
+        let max = task.spec.scheduling.max_replicas_per_node;
+        max == 0 || (view.service_tasks.get(&task.service_id).copied().unwrap_or(0) as u64) < max
     }
 }
 
@@ -98,7 +151,8 @@ pub fn host_ports(task: &Task) -> impl Iterator<Item = (u16, Protocol)> + '_ {
     task.spec.ports.iter().filter(|p| p.mode == PublishMode::Host).filter_map(|p| p.published.map(|n| (n, p.protocol)))
 }
 
-const PIPELINE: &[&dyn Filter] = &[&ReadyFilter, &AvailabilityFilter, &ConstraintFilter, &HostPortFilter];
+const PIPELINE: &[&dyn Filter] =
+    &[&ReadyFilter, &AvailabilityFilter, &ResourceFilter, &ConstraintFilter, &HostPortFilter, &MaxReplicasFilter];
 
 fn plural(n: usize) -> &'static str {
     if n == 1 {
@@ -110,7 +164,7 @@ fn plural(n: usize) -> &'static str {
 
 /// Runs the pipeline over every node; returns the admitted nodes or the
 /// explanation of why none was.
-fn eligible<'a>(nodes: &[NodeView<'a>], task: &Task) -> Result<Vec<&'a Node>, String> {
+fn eligible<'v, 'a>(nodes: &'v [NodeView<'a>], task: &Task) -> Result<Vec<&'v NodeView<'a>>, String> {
     let mut refused = vec![0usize; PIPELINE.len()];
     let mut ok = Vec::new();
     'nodes: for v in nodes {
@@ -120,7 +174,7 @@ fn eligible<'a>(nodes: &[NodeView<'a>], task: &Task) -> Result<Vec<&'a Node>, St
                 continue 'nodes;
             }
         }
-        ok.push(v.node);
+        ok.push(v);
     }
     if !ok.is_empty() {
         return Ok(ok);
@@ -128,13 +182,43 @@ fn eligible<'a>(nodes: &[NodeView<'a>], task: &Task) -> Result<Vec<&'a Node>, St
     if nodes.is_empty() {
         return Err("no suitable node (no nodes in the cluster)".into());
     }
-    let reasons: Vec<String> = PIPELINE
-        .iter()
-        .zip(&refused)
-        .filter(|(_, n)| **n > 0)
-        .map(|(f, n)| format!("{} {} {}", f.explain(), n, plural(*n)))
-        .collect();
+    let reasons: Vec<String> =
+        PIPELINE.iter().zip(&refused).filter(|(_, n)| **n > 0).map(|(f, n)| f.explain(*n)).collect();
     Err(format!("no suitable node ({})", reasons.join("; ")))
+}
+
+/// Swarm's tree of spread groups, walked for one task of `service`: at
+/// each preference in turn, the nodes are grouped by the preference's value
+/// (nodes without it form a group of their own), and the task goes down
+/// into the group whose nodes hold the fewest tasks of the service (ties:
+/// the lesser value). Only groups with a node in `candidates` (the nodes
+/// that admit the task) are chosen from; the tasks counted are those on all
+/// of `nodes`, so that a group does not look empty because its nodes are
+/// full. Returns the candidates of the group reached.
+pub fn spread<'v, 'a>(
+    nodes: &[NodeView<'a>],
+    mut candidates: Vec<&'v NodeView<'a>>,
+    prefs: &[Spread],
+    service: &ServiceId,
+) -> Vec<&'v NodeView<'a>> {
+    let count = |v: &NodeView| v.service_tasks.get(service).copied().unwrap_or(0);
+    let mut within: Vec<&NodeView> = nodes.iter().collect();
+    for pref in prefs {
+        let value = |v: &NodeView<'a>| pref.value_of(&v.node.labels, v.description).to_string();
+        let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+        for v in &within {
+            *groups.entry(value(v)).or_default() += count(v);
+        }
+        let offered: BTreeSet<String> = candidates.iter().map(|v| value(v)).collect();
+        let Some((chosen, _)) =
+            groups.into_iter().filter(|(g, _)| offered.contains(g)).min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
+        else {
+            break;
+        };
+        candidates.retain(|v| value(v) == chosen);
+        within.retain(|v| value(v) == chosen);
+    }
+    candidates
 }
 
 /// Meant to run and not yet on a node: placed anywhere (no `node_id`), or
@@ -143,8 +227,9 @@ fn waiting(t: &Task) -> bool {
     t.desired_state == TaskState::Running && matches!(t.status.state, TaskState::New | TaskState::Pending)
 }
 
-/// The load so far, kept up to date as the plan places tasks: host ports
-/// bound per node, active tasks per node and per (service, node). Only
+/// The load so far, kept up to date as the plan places tasks: in each node's
+/// view the host ports bound, the resources reserved and the tasks per
+/// service; besides, active tasks per node and per (service, node). Only
 /// tasks on their node count: a task waiting to be admitted holds nothing.
 struct Load<'a> {
     nodes: Vec<NodeView<'a>>,
@@ -168,6 +253,8 @@ impl<'a> Load<'a> {
         *self.per_service.entry((&t.service_id, node)).or_default() += 1;
         if let Some(v) = self.nodes.iter_mut().find(|v| &v.node.id == node) {
             v.host_ports.extend(host_ports(t));
+            v.reserved.add(&t.spec.scheduling.reservations);
+            *v.service_tasks.entry(t.service_id.clone()).or_default() += 1;
         }
     }
 }
@@ -279,8 +366,9 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failu
         // A node gone from the store: the orchestrator takes the task away.
         let Some(view) = load.nodes.iter().find(|v| &v.node.id == node) else { continue };
         // The same pipeline, over the one node (swarmkit's `taskFitNode`).
-        match eligible(std::slice::from_ref(view), t) {
-            Ok(_) => {
+        let admitted = eligible(std::slice::from_ref(view), t).map(|_| ());
+        match admitted {
+            Ok(()) => {
                 load.add(t, node);
                 out.assign.push((t.id.clone(), node.clone()));
             }
@@ -288,13 +376,15 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failu
         }
     }
     for t in pending {
-        match eligible(&load.nodes, t) {
+        let best = match eligible(&load.nodes, t) {
             Ok(candidates) => {
+                let group = spread(&load.nodes, candidates, &t.spec.scheduling.preferences, &t.service_id);
                 // A ranking, not a filter: a failing node still takes the
                 // task when no other node fits (a one-node cluster).
                 let failing = failures.failing_for(t);
-                let best = candidates
+                group
                     .into_iter()
+                    .map(|v| v.node)
                     .min_by_key(|n| {
                         (
                             failing.contains(&n.id),
@@ -303,12 +393,15 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failu
                             &n.id,
                         )
                     })
-                    .expect("eligible returns at least one node");
-                load.add(t, &best.id);
-                out.assign.push((t.id.clone(), best.id.clone()));
+                    .expect("eligible and spread return at least one node")
             }
-            Err(reason) => out.refuse(t, reason),
-        }
+            Err(reason) => {
+                out.refuse(t, reason);
+                continue;
+            }
+        };
+        load.add(t, &best.id);
+        out.assign.push((t.id.clone(), best.id.clone()));
     }
     out
 }
@@ -712,6 +805,194 @@ mod tests {
         let mut f = RecentFailures::default();
         f.observe(&ts, 2_000);
         assert_eq!(hosts(&plan(&views, &ts, &f)), ["n2"]);
+    }
+
+    fn described(cpus: u64) -> NodeDescription {
+        NodeDescription {
+            resources: Resources { nano_cpus: cpus * 500_000_000, memory_bytes: 1 << 30, ..Default::default() },
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            ..Default::default()
+        }
+    }
+
+    /// `t` reserving `half_cpus` halves of a CPU.
+    fn reserving(mut t: Task, half_cpus: u64) -> Task {
+        t.spec.scheduling.reservations.nano_cpus = half_cpus * 500_000_000;
+        t
+    }
+
+    #[test]
+    fn reservations_stay_within_each_nodes_capacity_and_a_task_that_fits_nowhere_says_so() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let two_cpus = described(4);
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true).described(Some(&two_cpus))).collect();
+        // 4 replicas reserving 1.5 CPU on three nodes of 2 CPUs.
+        let ts = tasks((1..=4).map(|s| reserving(task("web", s, None, &[]), 3)).collect());
+        let p = plan(&views, &ts, &RecentFailures::default());
+        assert_eq!(hosts(&p), ["n1", "n2", "n3"]);
+        assert_eq!(
+            p.unplaceable,
+            vec![("web-4".into(), "no suitable node (insufficient resources on 3 nodes)".to_string())]
+        );
+        // What runs already counts: n1 runs a task of another service
+        // reserving 1 CPU, so 1.5 more only fits on n2 and n3; a task that
+        // reserves nothing goes anywhere, however full.
+        let ts = tasks(vec![
+            reserving(task("db", 1, Some("n1"), &[]), 2),
+            reserving(task("web", 1, None, &[]), 3),
+            reserving(task("web", 2, None, &[]), 3),
+            reserving(task("web", 3, None, &[]), 1),
+            task("free", 1, None, &[]),
+        ]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        // In order: free (to empty n2 by id), web.1 (not n1: 1 + 1.5 > 2; n3,
+        // emptier than n2), web.2 (n2, the last with 1.5 left), web.3 (0.5:
+        // n1, the only one without a web task, fits it).
+        assert_eq!(hosts(&p), ["n2", "n3", "n2", "n1"]);
+        assert!(p.unplaceable.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_has_not_reported_takes_no_reservation() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker)];
+        let big = described(8);
+        let views = vec![NodeView::new(&ns[0], true), NodeView::new(&ns[1], true).described(Some(&big))];
+        let mut gpu = task("gpu", 1, None, &[]);
+        gpu.spec.scheduling.reservations.generic.insert("gpu".into(), 1);
+        let ts = tasks(vec![reserving(task("web", 1, None, &[]), 1), task("web", 2, None, &[]), gpu]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        assert_eq!(p.assign, vec![("web-1".into(), "id-n2".into()), ("web-2".into(), "id-n1".into())]);
+        assert_eq!(
+            p.unplaceable,
+            vec![("gpu-1".into(), "no suitable node (insufficient resources on 2 nodes)".into())]
+        );
+    }
+
+    #[test]
+    fn a_global_task_meets_the_resource_filter_on_its_node() {
+        let ns = [node("n1", Role::Manager)];
+        let two_cpus = described(4);
+        let views = vec![NodeView::new(&ns[0], true).described(Some(&two_cpus))];
+        let ts = tasks(vec![reserving(task("db", 1, Some("n1"), &[]), 3), reserving(global("mon", "n1", None, 5), 2)]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        assert_eq!(
+            p.unplaceable,
+            vec![("mon-n1".into(), "no suitable node (insufficient resources on 1 node)".into())]
+        );
+    }
+
+    #[test]
+    fn max_replicas_per_node_caps_each_node_and_explains_in_swarms_words() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let capped = |slot: u64, node: Option<&str>| {
+            let mut t = task("web", slot, node, &[]);
+            t.spec.scheduling.max_replicas_per_node = 2;
+            t
+        };
+        let ts = tasks(vec![
+            capped(1, Some("n1")),
+            capped(2, Some("n1")),
+            capped(3, None),
+            capped(4, None),
+            capped(5, None),
+        ]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        assert_eq!(hosts(&p), ["n2", "n2"]);
+        assert_eq!(
+            p.unplaceable,
+            vec![("web-5".into(), "no suitable node (max replicas per node limit exceed)".into())]
+        );
+        // Other services' tasks do not count toward the cap.
+        let ts = tasks(vec![task("db", 1, Some("n2"), &[]), task("db", 2, Some("n2"), &[]), capped(1, None)]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        assert_eq!(hosts(&p), ["n1"]);
+    }
+
+    fn zoned(name: &str, labels: &[(&str, &str)]) -> Node {
+        let mut n = node(name, Role::Worker);
+        n.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        n
+    }
+
+    fn spreading(svc: &str, slot: u64, prefs: &[&str]) -> Task {
+        let mut t = task(svc, slot, None, &[]);
+        t.spec.scheduling.preferences = prefs.iter().map(|p| Spread(p.to_string())).collect();
+        t
+    }
+
+    #[test]
+    fn spread_evens_out_the_values_and_nodes_without_the_label_form_their_own_group() {
+        // Zone a has two nodes, b one, n4 has no zone.
+        let ns = [
+            zoned("n1", &[("zone", "a")]),
+            zoned("n2", &[("zone", "a")]),
+            zoned("n3", &[("zone", "b")]),
+            zoned("n4", &[]),
+        ];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let ts = tasks((1..=8).map(|s| spreading("web", s, &["node.labels.zone"])).collect());
+        let p = plan(&views, &ts, &RecentFailures::default());
+        // Groups "", a, b in turn (ties: the lesser value), then within a
+        // group the least loaded node.
+        assert_eq!(hosts(&p), ["n4", "n1", "n3", "n4", "n2", "n3", "n4", "n1"]);
+        // Without the preference the nodes share equally.
+        let ts = tasks((1..=8).map(|s| task("web", s, None, &[])).collect());
+        assert_eq!(
+            hosts(&plan(&views, &ts, &RecentFailures::default())),
+            ["n1", "n2", "n3", "n4", "n1", "n2", "n3", "n4"]
+        );
+    }
+
+    #[test]
+    fn spread_preferences_nest_in_order() {
+        // dc first, then rack within the dc.
+        let ns = [
+            zoned("n1", &[("dc", "east"), ("rack", "r1")]),
+            zoned("n2", &[("dc", "east"), ("rack", "r2")]),
+            zoned("n3", &[("dc", "east"), ("rack", "r2")]),
+            zoned("n4", &[("dc", "west"), ("rack", "r1")]),
+        ];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let ts = tasks((1..=6).map(|s| spreading("web", s, &["node.labels.dc", "node.labels.rack"])).collect());
+        let p = plan(&views, &ts, &RecentFailures::default());
+        // east/west alternate; within east, r1 and r2 alternate; within r2, n2 and n3.
+        assert_eq!(hosts(&p), ["n1", "n4", "n2", "n4", "n1", "n4"]);
+    }
+
+    #[test]
+    fn spread_counts_the_tasks_on_nodes_that_cannot_take_more() {
+        let mut full = zoned("n1", &[("zone", "a")]);
+        full.availability = Availability::Pause;
+        let ns = [full, zoned("n2", &[("zone", "a")]), zoned("n3", &[("zone", "b")])];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut on_n1 = task("web", 1, Some("n1"), &[]);
+        on_n1.spec.scheduling.preferences = vec![Spread("node.labels.zone".into())];
+        let ts =
+            tasks(vec![on_n1, spreading("web", 2, &["node.labels.zone"]), spreading("web", 3, &["node.labels.zone"])]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        // Zone a holds one task already (on paused n1): b first, then a's n2.
+        assert_eq!(hosts(&p), ["n3", "n2"]);
+    }
+
+    #[test]
+    fn platform_and_engine_label_constraints_use_the_description() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker)];
+        let mut arm = described(2);
+        arm.arch = "aarch64".into();
+        arm.engine_labels.insert("storage".into(), "ssd".into());
+        let x86 = described(2);
+        let views =
+            vec![NodeView::new(&ns[0], true).described(Some(&x86)), NodeView::new(&ns[1], true).described(Some(&arm))];
+        let ts = tasks(vec![
+            task("a", 1, None, &["node.platform.arch==aarch64"]),
+            task("b", 1, None, &["engine.labels.storage==ssd", "node.platform.os==linux"]),
+            task("c", 1, None, &["node.platform.os==windows"]),
+        ]);
+        let p = plan(&views, &ts, &RecentFailures::default());
+        assert_eq!(hosts(&p), ["n2", "n2"]);
+        assert_eq!(p.unplaceable[0].1, "no suitable node (scheduling constraints not satisfied on 2 nodes)");
     }
 
     #[test]

@@ -135,7 +135,14 @@ mod tests {
     }
 
     fn info(n: Node) -> NodeInfo {
-        NodeInfo { node: n, status: NodeStatus::Ready, manager_status: String::new(), is_self: false, disk_alarm: None }
+        NodeInfo {
+            node: n,
+            status: NodeStatus::Ready,
+            manager_status: String::new(),
+            is_self: false,
+            disk_alarm: None,
+            resources: None,
+        }
     }
 
     fn task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState, created_at: Millis) -> Task {

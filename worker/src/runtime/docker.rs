@@ -80,6 +80,23 @@ impl DockerRuntime {
 
     /// Publishes task ports on `ip` (the node's advertise address) instead
     /// of on every address.
+    /// The engine's labels (`dockerd --label`), for `engine.labels.*`
+    /// constraints; none if Docker does not say.
+    pub async fn engine_labels(&self) -> std::collections::BTreeMap<String, String> {
+        match self.docker.info().await {
+            Ok(info) => info
+                .labels
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the engine's labels");
+                Default::default()
+            }
+        }
+    }
+
     pub fn publish_on(mut self, ip: IpAddr) -> Self {
         self.host_ip = Some(ip);
         self

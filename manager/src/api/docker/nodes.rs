@@ -17,8 +17,8 @@ pub(super) struct ListQuery {
     filters: Option<String>,
 }
 
-/// This machine's resources for this node; nothing for the others, which
-/// do not report theirs yet.
+/// A node as Docker shows it: its resources as it reported them (until it
+/// has, this machine's for this node and nothing for the others).
 fn render(state: &ApiState, n: &NodeInfo) -> Value {
     let res = if n.node.id == state.node_id { Resources::of_this_machine() } else { Resources::default() };
     objects::node(n, &res)

@@ -143,9 +143,10 @@ fn availability(a: Availability) -> &'static str {
     }
 }
 
-/// A node. Description.Resources is what this machine has (nodes do not
-/// report their own yet).
-pub fn node(n: &NodeInfo, resources: &Resources) -> Value {
+/// A node. Description's Resources, Platform and Engine.Labels are what the
+/// node reported; `fallback` stands in for the resources of a node that has
+/// not reported yet.
+pub fn node(n: &NodeInfo, fallback: &Resources) -> Value {
     let role = match n.node.role {
         Role::Manager => "manager",
         Role::Worker => "worker",
@@ -155,6 +156,27 @@ pub fn node(n: &NodeInfo, resources: &Resources) -> Value {
         NodeStatus::Down => "down",
         NodeStatus::Unknown => "unknown",
     };
+    let described = n.resources.as_ref().map(|r| &r.description);
+    let (platform, resources, engine_labels) = match described {
+        Some(d) => {
+            let mut res = json!({"NanoCPUs": d.resources.nano_cpus, "MemoryBytes": d.resources.memory_bytes});
+            if !d.resources.generic.is_empty() {
+                res["GenericResources"] = Value::Array(
+                    d.resources
+                        .generic
+                        .iter()
+                        .map(|(kind, n)| json!({"DiscreteResourceSpec": {"Kind": kind, "Value": n}}))
+                        .collect(),
+                );
+            }
+            (json!({"Architecture": d.arch, "OS": d.os}), res, json!(d.engine_labels))
+        }
+        None => (
+            json!({"Architecture": std::env::consts::ARCH, "OS": std::env::consts::OS}),
+            json!({"NanoCPUs": fallback.nano_cpus, "MemoryBytes": fallback.memory_bytes}),
+            json!({}),
+        ),
+    };
     let mut v = json!({
         "ID": n.node.id,
         "Version": {"Index": n.node.updated_at.max(n.node.created_at)},
@@ -163,9 +185,9 @@ pub fn node(n: &NodeInfo, resources: &Resources) -> Value {
         "Spec": {"Labels": n.node.labels, "Role": role, "Availability": availability(n.node.availability)},
         "Description": {
             "Hostname": n.node.hostname,
-            "Platform": {"Architecture": std::env::consts::ARCH, "OS": std::env::consts::OS},
-            "Resources": {"NanoCPUs": resources.nano_cpus, "MemoryBytes": resources.memory_bytes},
-            "Engine": {"EngineVersion": engine_version(), "Labels": {}, "Plugins": []},
+            "Platform": platform,
+            "Resources": resources,
+            "Engine": {"EngineVersion": engine_version(), "Labels": engine_labels, "Plugins": []},
             "TLSInfo": {},
         },
         "Status": {"State": state, "Addr": n.node.addr.ip().to_string()},

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use common::constraint::Constraint;
 use common::mesh::{PortConfig, Protocol, PublishMode};
+use common::sched::{Resources, Scheduling, Spread};
 use common::secret::{self, FileRef, Kind};
 use common::spec::{
     ContainerOptions, FailureAction, Limits, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
@@ -227,6 +228,46 @@ struct DockerDnsConfig {
 struct DockerResources {
     #[serde(default)]
     limits: Option<DockerLimits>,
+    #[serde(default)]
+    reservations: Option<DockerReservations>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerReservations {
+    #[serde(default, rename = "NanoCPUs", deserialize_with = "nullable")]
+    nano_cpus: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    memory_bytes: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    generic_resources: Vec<DockerGenericResource>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerGenericResource {
+    #[serde(default)]
+    discrete_resource_spec: Option<DockerDiscrete>,
+    #[serde(default)]
+    named_resource_spec: Option<DockerNamed>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerDiscrete {
+    #[serde(default, deserialize_with = "nullable")]
+    kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    value: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerNamed {
+    #[serde(default, deserialize_with = "nullable")]
+    kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    value: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +312,24 @@ struct DockerRestartPolicy {
 struct DockerPlacement {
     #[serde(default, deserialize_with = "nullable")]
     constraints: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    preferences: Vec<DockerPreference>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_replicas: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerPreference {
+    #[serde(default)]
+    spread: Option<DockerSpread>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerSpread {
+    #[serde(default, deserialize_with = "nullable")]
+    spread_descriptor: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +488,44 @@ fn port(p: DockerPort) -> Result<PortConfig, EngineSpecError> {
     Ok(PortConfig { protocol, target, published, mode })
 }
 
+/// Reservations and placement beyond constraints.
+fn scheduling(r: DockerReservations, p: &DockerPlacement) -> Result<Scheduling, EngineSpecError> {
+    let non_negative = |n: i64, what: &str| {
+        u64::try_from(n).map_err(|_| invalid(format!("Resources.Reservations.{what} must not be negative")))
+    };
+    let mut generic = BTreeMap::new();
+    for g in r.generic_resources {
+        if let Some(n) = g.named_resource_spec {
+            return Err(invalid(format!(
+                "invalid generic-resource request `{}={}`, Named Generic Resources is not supported for service create or update",
+                n.kind, n.value
+            )));
+        }
+        let Some(d) = g.discrete_resource_spec else { continue };
+        if d.kind.is_empty() {
+            return Err(invalid("Resources.Reservations.GenericResources: a resource needs a Kind"));
+        }
+        *generic.entry(d.kind).or_default() += non_negative(d.value, "GenericResources.Value")?;
+    }
+    let preferences = p
+        .preferences
+        .iter()
+        .map(|pref| match &pref.spread {
+            Some(s) if !s.spread_descriptor.is_empty() => Ok(Spread(s.spread_descriptor.clone())),
+            _ => Err(invalid("Placement.Preferences: only spread preferences with a SpreadDescriptor are supported")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Scheduling {
+        reservations: Resources {
+            nano_cpus: non_negative(r.nano_cpus, "NanoCPUs")?,
+            memory_bytes: non_negative(r.memory_bytes, "MemoryBytes")?,
+            generic,
+        },
+        preferences,
+        max_replicas_per_node: p.max_replicas,
+    })
+}
+
 /// The shoal spec a Docker ServiceSpec (already [`canonical`](super::json::canonical)) asks
 /// for, with the document kept in `engine_spec`.
 pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
@@ -449,9 +546,8 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
         }
         Some(_) => return Err(invalid("a service can be replicated or global, not both")),
     };
-    let constraints = task
-        .placement
-        .unwrap_or_default()
+    let placement = task.placement.unwrap_or_default();
+    let constraints = placement
         .constraints
         .iter()
         .map(|c| Constraint::parse(c))
@@ -462,7 +558,9 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
         return Err(invalid(format!("invalid EndpointSpec.Mode {:?}: expected vip or dnsrr", endpoint.mode)));
     }
     let ports = endpoint.ports.into_iter().map(port).collect::<Result<Vec<_>, _>>()?;
-    let limits = task.resources.unwrap_or_default().limits.unwrap_or_default();
+    let resources = task.resources.unwrap_or_default();
+    let scheduling = scheduling(resources.reservations.unwrap_or_default(), &placement)?;
+    let limits = resources.limits.unwrap_or_default();
     let non_negative = |n: i64, what: &str| {
         u64::try_from(n).map_err(|_| invalid(format!("Resources.Limits.{what} must not be negative")))
     };
@@ -513,6 +611,7 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
             limits,
             secrets: container.secrets.into_iter().map(|r| file_ref(Kind::Secret, r)).collect::<Result<_, _>>()?,
             configs: container.configs.into_iter().map(|r| file_ref(Kind::Config, r)).collect::<Result<_, _>>()?,
+            scheduling,
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
@@ -611,6 +710,27 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     if !t.constraints.is_empty() {
         placement.insert("Constraints".into(), json!(t.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>()));
     }
+    let sched = &t.scheduling;
+    if !sched.preferences.is_empty() {
+        let prefs: Vec<Value> =
+            sched.preferences.iter().map(|p| json!({"Spread": {"SpreadDescriptor": p.0}})).collect();
+        placement.insert("Preferences".into(), Value::Array(prefs));
+    }
+    if sched.max_replicas_per_node > 0 {
+        placement.insert("MaxReplicas".into(), json!(sched.max_replicas_per_node));
+    }
+    let r = &sched.reservations;
+    let mut reservations = Map::new();
+    for (k, n) in [("NanoCPUs", r.nano_cpus), ("MemoryBytes", r.memory_bytes)] {
+        if n > 0 {
+            reservations.insert(k.into(), json!(n));
+        }
+    }
+    if !r.generic.is_empty() {
+        let generic: Vec<Value> =
+            r.generic.iter().map(|(kind, n)| json!({"DiscreteResourceSpec": {"Kind": kind, "Value": n}})).collect();
+        reservations.insert("GenericResources".into(), Value::Array(generic));
+    }
     let mut task = json!({
         "ContainerSpec": container,
         "RestartPolicy": restart,
@@ -619,7 +739,10 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
         "Runtime": "container",
     });
     if !limits.is_empty() {
-        task["Resources"] = json!({"Limits": limits});
+        task["Resources"]["Limits"] = Value::Object(limits);
+    }
+    if !reservations.is_empty() {
+        task["Resources"]["Reservations"] = Value::Object(reservations);
     }
     task
 }
@@ -694,6 +817,9 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "ContainerSpec", "Hosts"],
     &["TaskTemplate", "ContainerSpec", "Labels"],
     &["TaskTemplate", "Resources", "Limits"],
+    &["TaskTemplate", "Resources", "Reservations"],
+    &["TaskTemplate", "Placement", "Preferences"],
+    &["TaskTemplate", "Placement", "MaxReplicas"],
     &["TaskTemplate", "RestartPolicy"],
     &["TaskTemplate", "Placement", "Constraints"],
     &["TaskTemplate", "ForceUpdate"],
@@ -931,11 +1057,8 @@ mod tests {
     #[test]
     fn what_shoal_does_not_do_is_named_and_bad_specs_refused() {
         let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Healthcheck":
-            {"Test": ["CMD", "true"]}, "Command": ["/bin/sh"]}, "Resources": {"Reservations": {"MemoryBytes": 1024}}}}));
-        assert_eq!(
-            ignored(&sent),
-            ["TaskTemplate.ContainerSpec.HealthCheck.Test", "TaskTemplate.Resources.Reservations.MemoryBytes"]
-        );
+            {"Test": ["CMD", "true"]}, "Command": ["/bin/sh"]}, "Placement": {"Platforms": [{"OS": "linux"}]}}}));
+        assert_eq!(ignored(&sent), ["TaskTemplate.ContainerSpec.HealthCheck.Test", "TaskTemplate.Placement.Platforms"]);
         assert_eq!(from_engine(&sent).unwrap().task.entrypoint, ["/bin/sh"]);
         let bad = |v: Value| from_engine(&doc(v)).unwrap_err().to_string();
         assert_eq!(
@@ -977,8 +1100,51 @@ mod tests {
         let mut back = from_engine(&to_engine(&plain)).unwrap();
         back.engine_spec = None;
         assert_eq!(back, plain, "shoal's rendering reads back the same");
-        let reserved = doc(json!({"Name": "c", "TaskTemplate": {"ContainerSpec": {"Image": "i"},
-            "Resources": {"Reservations": {"MemoryBytes": 1}}}}));
-        assert_eq!(ignored(&reserved), ["TaskTemplate.Resources.Reservations.MemoryBytes"]);
+        let platforms = doc(json!({"Name": "c", "TaskTemplate": {"ContainerSpec": {"Image": "i"},
+            "Placement": {"Platforms": [{"Architecture": "amd64"}]}}}));
+        assert_eq!(ignored(&platforms), ["TaskTemplate.Placement.Platforms"]);
+    }
+
+    #[test]
+    fn reservations_and_placement_are_acted_on_and_round_trip() {
+        let sent = doc(json!({"Name": "r", "TaskTemplate": {"ContainerSpec": {"Image": "i"},
+            "Resources": {"Reservations": {"NanoCPUs": 1_500_000_000, "MemoryBytes": 67_108_864,
+                "GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 2}}]}},
+            "Placement": {"Constraints": ["node.platform.os==linux"],
+                "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}},
+                                {"Spread": {"SpreadDescriptor": "engine.labels.rack"}}],
+                "MaxReplicas": 2}}}));
+        let spec = from_engine(&sent).unwrap();
+        let s = &spec.task.scheduling;
+        assert_eq!(s.reservations.nano_cpus, 1_500_000_000);
+        assert_eq!(s.reservations.memory_bytes, 67_108_864);
+        assert_eq!(s.reservations.generic.get("gpu"), Some(&2));
+        assert_eq!(s.preferences, [Spread("node.labels.zone".into()), Spread("engine.labels.rack".into())]);
+        assert_eq!(s.max_replicas_per_node, 2);
+        assert_eq!(ignored(&sent), Vec::<String>::new(), "all acted on");
+        assert_eq!(engine_view(&spec), sent);
+        let mut plain = spec.clone();
+        plain.engine_spec = None;
+        let mut back = from_engine(&to_engine(&plain)).unwrap();
+        back.engine_spec = None;
+        assert_eq!(back, plain, "shoal's rendering reads back the same");
+        assert_eq!(to_engine(&plain)["TaskTemplate"]["Placement"]["MaxReplicas"], 2);
+
+        let bad = |v: Value| from_engine(&doc(v)).unwrap_err().to_string();
+        assert_eq!(
+            bad(json!({"Name": "r", "TaskTemplate": {"ContainerSpec": {"Image": "i"}, "Resources": {"Reservations":
+                {"GenericResources": [{"NamedResourceSpec": {"Kind": "gpu", "Value": "UUID1"}}]}}}})),
+            "invalid generic-resource request `gpu=UUID1`, Named Generic Resources is not supported for service create or update"
+        );
+        assert_eq!(
+            bad(json!({"Name": "r", "TaskTemplate": {"ContainerSpec": {"Image": "i"},
+                "Resources": {"Reservations": {"NanoCPUs": -1}}}})),
+            "Resources.Reservations.NanoCPUs must not be negative"
+        );
+        assert_eq!(
+            bad(json!({"Name": "r", "Mode": {"Global": {}}, "TaskTemplate": {"ContainerSpec": {"Image": "i"},
+                "Placement": {"MaxReplicas": 1}}})),
+            "replicas-max-per-node can only be used with replicated or replicated-job mode"
+        );
     }
 }
