@@ -16,6 +16,7 @@ use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
 
 use crate::client::{seg, Client};
+use crate::container_flags::{ContainerArgs, UpdateListArgs};
 use crate::list::ListFlags;
 use crate::output;
 use crate::progress;
@@ -116,6 +117,8 @@ pub struct CreateArgs {
     stop_grace_period: String,
     #[command(flatten)]
     container: ContainerFlags,
+    #[command(flatten)]
+    more: ContainerArgs,
     #[command(flatten)]
     detach: Detach,
     image: String,
@@ -225,6 +228,7 @@ impl ContainerFlags {
             dns_options: self.dns_option.clone(),
             hosts,
             labels: parse_labels(&self.container_label)?,
+            healthcheck: None,
         };
         let limits = Limits {
             nano_cpus: self.limit_cpu.as_deref().map(parse_cpus).transpose()?.unwrap_or(0),
@@ -312,6 +316,10 @@ pub struct UpdateArgs {
     /// Roll every task, even if nothing changed (rebalances after a drain).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    more: ContainerArgs,
+    #[command(flatten)]
+    lists: UpdateListArgs,
     #[command(flatten)]
     detach: Detach,
     service: String,
@@ -523,6 +531,8 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         },
         engine_spec: None,
     };
+    let mut spec = spec;
+    a.more.apply_create(&mut spec.task)?;
     spec.validate()?;
     Ok(spec)
 }
@@ -650,6 +660,11 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 rollback_config: a.policies.rollback.patch()?,
                 restart: a.policies.restart.patch()?,
                 force: a.force,
+                container: {
+                    let mut u = a.more.update()?;
+                    a.lists.fill(&mut u)?;
+                    u
+                },
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;
@@ -741,8 +756,11 @@ fn pretty_service(s: &ServiceInfo) -> String {
         out.push_str("Mounts:\n");
         for m in &t.mounts {
             out.push_str(&format!(
-                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\tbind\n",
-                m.target, m.source, m.readonly
+                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\t{}\n",
+                m.target,
+                m.source,
+                m.readonly,
+                m.kind.as_str()
             ));
         }
     }

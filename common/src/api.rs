@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
+use crate::container::ContainerUpdate;
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
@@ -190,6 +191,9 @@ pub struct ServiceUpdate {
     /// Roll every task even if nothing else changed.
     #[serde(default)]
     pub force: bool,
+    /// Changes to the container's settings (health check, mounts, …).
+    #[serde(default, skip_serializing_if = "ContainerUpdate::is_empty")]
+    pub container: ContainerUpdate,
 }
 
 /// Fields of an [`UpdateConfig`] to change; absent ones stay.
@@ -275,6 +279,7 @@ impl ServiceUpdate {
             s.task.args = args.clone();
         }
         update_env(&mut s.task.env, &self.env_add, &self.env_rm);
+        self.container.apply(&mut s.task);
         for k in &self.label_rm {
             s.labels.remove(k);
         }

@@ -136,3 +136,76 @@ fn container_options_and_limits_reach_docker_through_both_clis() {
     let ls = c.shoal_ok(&["service", "ls", "-q"]);
     assert_eq!(ls.lines().count(), 2, "{ls}");
 }
+
+/// `docker exec` in a container: its stdout, or its output on failure.
+fn exec(id: &str, script: &str) -> Result<String, String> {
+    let out = docker(&["exec", id, "sh", "-c", script]);
+    if out.success() {
+        Ok(out.stdout)
+    } else {
+        Err(out.to_string())
+    }
+}
+
+#[test]
+fn bind_volume_and_tmpfs_mounts_are_what_the_process_sees() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let dir = c.dir().join("bound");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello"), "from the node\n").unwrap();
+    let volume = format!("shoal-vol-{}", std::process::id());
+    let bind = format!("type=bind,source={},target=/data,readonly", dir.display());
+    let vol = format!("type=volume,source={volume}-{{{{.Task.Slot}}}},target=/v,volume-label=made-by=shoal-test");
+    c.create_service(
+        "mnt",
+        &["-d", "--mount", &bind, "--mount", &vol, "--mount", "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1770"],
+        &["sleep", "100000"],
+    );
+    let id = inspect("mnt")["Id"].as_str().unwrap().to_string();
+    assert_eq!(exec(&id, "cat /data/hello").unwrap(), "from the node\n");
+    assert!(exec(&id, "touch /data/new").is_err(), "read-only bind mount");
+    exec(&id, "echo kept > /v/file").unwrap();
+    // The named volume was made on the node, template expanded, labelled.
+    let vi = docker(&["volume", "inspect", &format!("{volume}-1")]).ok();
+    let vi: Value = serde_json::from_str(&vi.stdout).unwrap();
+    assert_eq!(vi[0]["Labels"]["made-by"], "shoal-test");
+    let tmpfs = exec(&id, "grep ' /t ' /proc/mounts").unwrap();
+    assert!(
+        tmpfs.starts_with("tmpfs /t tmpfs") && tmpfs.contains("size=1024k") && tmpfs.contains("mode=1770"),
+        "{tmpfs}"
+    );
+
+    // --mount-rm by target, --mount-add: the next container sees the change,
+    // and the volume's data outlives the first one.
+    c.shoal_ok(&["service", "update", "--mount-rm", "/t", "--mount-add", "type=tmpfs,target=/u", "mnt"]);
+    let id2 = wait_for(CONVERGE, "the updated container running", || {
+        let rows: Vec<_> =
+            containers_with_label("shoal.service.name", "mnt").into_iter().filter(|r| r.state == "running").collect();
+        match rows.as_slice() {
+            [one] if one.id != id => Ok(one.id.clone()),
+            other => Err(format!("{} running", other.len())),
+        }
+    });
+    assert_eq!(exec(&id2, "cat /v/file").unwrap(), "kept\n");
+    assert!(exec(&id2, "grep ' /t ' /proc/mounts").is_err(), "/t is gone");
+    assert!(exec(&id2, "grep ' /u ' /proc/mounts").unwrap().starts_with("tmpfs /u tmpfs"));
+    assert_eq!(exec(&id2, "cat /data/hello").unwrap(), "from the node\n");
+
+    // Docker's words for a bad mount, before anything is written.
+    let bad = c.shoal(&["service", "create", "--mount", "type=tmpfs,source=x,target=/t", busybox_image()]);
+    assert!(
+        bad.stderr.contains(
+            "invalid argument \"type=tmpfs,source=x,target=/t\" for \"--mount\" flag: invalid mount config for type \"tmpfs\": field Source must not be specified"
+        ),
+        "{bad}"
+    );
+    let bad = c.shoal(&["service", "update", "--mount-add", "type=bind,target=/x,volume-nocopy", "mnt"]);
+    assert!(bad.stderr.contains("cannot mix 'volume-*' options with mount type 'bind'"), "{bad}");
+    let ls = c.shoal_ok(&["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    drop(c);
+    docker(&["volume", "rm", "-f", &format!("{volume}-1")]);
+}
