@@ -16,7 +16,7 @@ use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
 
 use crate::client::{seg, Client};
-use crate::container_flags::{ContainerArgs, UpdateListArgs};
+use crate::container_flags::{ContainerArgs, CreateListArgs, UpdateListArgs};
 use crate::list::ListFlags;
 use crate::output;
 use crate::progress;
@@ -119,6 +119,8 @@ pub struct CreateArgs {
     container: ContainerFlags,
     #[command(flatten)]
     more: ContainerArgs,
+    #[command(flatten)]
+    create_lists: CreateListArgs,
     #[command(flatten)]
     detach: Detach,
     image: String,
@@ -229,6 +231,8 @@ impl ContainerFlags {
             hosts,
             labels: parse_labels(&self.container_label)?,
             healthcheck: None,
+            ulimits: vec![],
+            log_driver: None,
         };
         let limits = Limits {
             nano_cpus: self.limit_cpu.as_deref().map(parse_cpus).transpose()?.unwrap_or(0),
@@ -532,7 +536,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         engine_spec: None,
     };
     let mut spec = spec;
-    a.more.apply_create(&mut spec.task)?;
+    a.create_lists.apply_create(&a.more, &mut spec.task)?;
     spec.validate()?;
     Ok(spec)
 }

@@ -157,6 +157,51 @@ pub struct ContainerUpdate {
     /// `--mount-add`: a mount at a target already mounted replaces it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mount_add: Vec<Mount>,
+    /// `--container-label-add/-rm`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_rm: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_rm: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search_rm: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_option_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_option_rm: Vec<String>,
+    /// Swarm's `IP HOSTNAME` lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_add: Vec<String>,
+    /// `HOSTNAME` or `HOSTNAME:IP`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_rm: Vec<String>,
+    /// Added to the added capabilities (and taken from the dropped ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Added to the dropped capabilities (and taken from the added ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctl_add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctl_rm: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimit_add: Vec<Ulimit>,
+    /// Names of limits to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimit_rm: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_rm: Vec<String>,
+    /// `--log-driver` (with its `--log-opt`s) replaces the driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
 }
 
 impl ContainerUpdate {
@@ -170,6 +215,43 @@ impl ContainerUpdate {
         for add in &self.mount_add {
             task.mounts.retain(|m| m.target != add.target);
             task.mounts.push(add.clone());
+        }
+        let c = &mut task.container;
+        update_map(&mut c.labels, &self.label_add, &self.label_rm);
+        update_map(&mut c.sysctls, &self.sysctl_add, &self.sysctl_rm);
+        let same = |s: &String| s.clone();
+        update_list(&mut c.dns, &self.dns_add, &self.dns_rm, same);
+        update_list(&mut c.dns_search, &self.dns_search_add, &self.dns_search_rm, same);
+        update_list(&mut c.dns_options, &self.dns_option_add, &self.dns_option_rm, same);
+        update_list(&mut c.groups, &self.group_add, &self.group_rm, same);
+        update_list(&mut c.ulimits, &self.ulimit_add, &self.ulimit_rm, |u| u.name.clone());
+        for rm in &self.host_rm {
+            let (name, ip) = rm.split_once(':').map_or((rm.as_str(), None), |(n, ip)| (n, Some(ip)));
+            c.hosts.retain(|line| {
+                let mut words = line.split_whitespace();
+                let line_ip = words.next().unwrap_or("");
+                !(words.any(|w| w == name) && ip.is_none_or(|ip| ip == line_ip))
+            });
+        }
+        for add in &self.host_add {
+            if !c.hosts.contains(add) {
+                c.hosts.push(add.clone());
+            }
+        }
+        for cap in &self.cap_add {
+            c.cap_drop.retain(|d| d != cap);
+            if !c.cap_add.contains(cap) {
+                c.cap_add.push(cap.clone());
+            }
+        }
+        for cap in &self.cap_drop {
+            c.cap_add.retain(|a| a != cap);
+            if !c.cap_drop.contains(cap) {
+                c.cap_drop.push(cap.clone());
+            }
+        }
+        if let Some(d) = &self.log_driver {
+            c.log_driver = Some(d.clone());
         }
     }
 }
@@ -485,6 +567,128 @@ pub fn ram_in_bytes(s: &str) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
+/// One `--ulimit`: `nofile=1024:2048` (soft:hard) or `nofile=1024` (both).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// The limits go-units knows by name.
+const ULIMITS: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+impl FromStr for Ulimit {
+    type Err = String;
+    /// go-units' `ParseUlimit`, with its words.
+    fn from_str(val: &str) -> Result<Self, String> {
+        let Some((name, limits)) = val.split_once('=') else {
+            return Err(format!("invalid ulimit argument: {val}"));
+        };
+        if !ULIMITS.contains(&name) {
+            return Err(format!("invalid ulimit type: {name}"));
+        }
+        let int = |s: &str| s.parse::<i64>().map_err(|_| format!("strconv.ParseInt: parsing {s:?}: invalid syntax"));
+        let parts: Vec<&str> = limits.split(':').collect();
+        let (soft, hard) = match parts.as_slice() {
+            [soft] => (int(soft)?, int(soft)?),
+            [soft, hard] => (int(soft)?, int(hard)?),
+            _ => {
+                return Err(format!(
+                    "too many limit value arguments - {limits}, can only have up to two, `soft[:hard]`"
+                ))
+            }
+        };
+        if hard != -1 && soft > hard {
+            return Err(format!("ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"));
+        }
+        Ok(Ulimit { name: name.to_string(), soft, hard })
+    }
+}
+
+impl Ulimit {
+    pub fn parse_flag(s: &str, flag: &str) -> Result<Ulimit, SpecError> {
+        s.parse().map_err(|e: String| SpecError::Invalid(flag_error(s, flag, &e)))
+    }
+}
+
+/// `--log-driver` and its `--log-opt`s (Swarm's TaskTemplate.LogDriver).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDriver {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// The lines of an `--env-file`, as docker's `kvfile` reads them: blank
+/// lines and `#` comments skipped, `KEY` alone taken from `lookup` (and
+/// dropped when unset there), with its error texts.
+pub fn parse_env_file(text: &[u8], lookup: impl Fn(&str) -> Option<String>) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let text = text.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(text);
+    for (i, raw) in text.split(|b| *b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let Ok(line) = std::str::from_utf8(raw) else {
+            return Err(format!("invalid utf8 bytes at line {}: {raw:?}", i + 1));
+        };
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, has_value) = match line.split_once('=') {
+            Some((k, _)) => (k, true),
+            None => (line, false),
+        };
+        if key.is_empty() {
+            return Err(format!("no variable name on line '{line}'"));
+        }
+        if key.contains([' ', '\t']) {
+            return Err(format!("variable '{key}' contains whitespaces"));
+        }
+        if has_value {
+            out.push(line.to_string());
+        } else if let Some(v) = lookup(line) {
+            out.push(format!("{key}={v}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes every entry `key_of` maps to a key in `rm`, then adds `add`,
+/// each replacing an entry of the same key.
+fn update_list<T: Clone>(list: &mut Vec<T>, add: &[T], rm: &[String], key_of: impl Fn(&T) -> String) {
+    list.retain(|e| !rm.contains(&key_of(e)));
+    for a in add {
+        let k = key_of(a);
+        list.retain(|e| key_of(e) != k);
+        list.push(a.clone());
+    }
+}
+
+fn update_map(map: &mut BTreeMap<String, String>, add: &BTreeMap<String, String>, rm: &[String]) {
+    for k in rm {
+        // `--sysctl-rm k=v` and `--container-label-rm k` both name the key.
+        map.remove(k.split_once('=').map_or(k.as_str(), |(k, _)| k));
+    }
+    map.extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
 /// pflag's wording for a flag value it could not take.
 pub fn flag_error(value: &str, flag: &str, why: &str) -> String {
     format!("invalid argument {value:?} for {flag:?} flag: {why}")
@@ -731,6 +935,47 @@ mod tests {
         assert_eq!(ram_in_bytes("64MiB"), Some(64 << 20));
         assert_eq!(ram_in_bytes("1024"), Some(1024));
         assert_eq!(ram_in_bytes("x"), None);
+    }
+
+    #[test]
+    fn ulimits_env_files_and_list_updates() {
+        assert_eq!("nofile=1024:2048".parse(), Ok(Ulimit { name: "nofile".into(), soft: 1024, hard: 2048 }));
+        assert_eq!("nproc=64".parse(), Ok(Ulimit { name: "nproc".into(), soft: 64, hard: 64 }));
+        assert_eq!("nofile".parse::<Ulimit>().unwrap_err(), "invalid ulimit argument: nofile");
+        assert_eq!("files=1".parse::<Ulimit>().unwrap_err(), "invalid ulimit type: files");
+        assert_eq!(
+            "nofile=1:2:3".parse::<Ulimit>().unwrap_err(),
+            "too many limit value arguments - 1:2:3, can only have up to two, `soft[:hard]`"
+        );
+        let env = parse_env_file(b"\xEF\xBB\xBF# c\nA=1\n\n  B=two words\nHOME\nUNSET\r\n", |k| {
+            (k == "HOME").then(|| "/root".to_string())
+        });
+        assert_eq!(env, Ok(vec!["A=1".to_string(), "B=two words".into(), "HOME=/root".into()]));
+        assert_eq!(parse_env_file(b"=x\n", |_| None).unwrap_err(), "no variable name on line '=x'");
+        assert_eq!(parse_env_file(b"A B=1\n", |_| None).unwrap_err(), "variable 'A B' contains whitespaces");
+
+        let mut t = TaskTemplate::new("i");
+        t.container.cap_drop = vec!["NET_RAW".into()];
+        t.container.hosts = vec!["10.0.0.1 db".into(), "10.0.0.2 cache".into()];
+        t.container.labels = BTreeMap::from([("a".into(), "1".into())]);
+        t.container.ulimits = vec!["nofile=10".parse().unwrap()];
+        let u = ContainerUpdate {
+            label_add: BTreeMap::from([("b".into(), "2".into())]),
+            label_rm: vec!["a".into()],
+            cap_add: vec!["NET_RAW".into()],
+            host_rm: vec!["db".into()],
+            host_add: vec!["10.0.0.3 web".into()],
+            ulimit_add: vec!["nofile=20".parse().unwrap()],
+            dns_add: vec!["10.0.0.53".into()],
+            ..Default::default()
+        };
+        u.apply(&mut t);
+        let c = &t.container;
+        assert_eq!(c.labels, BTreeMap::from([("b".into(), "2".into())]));
+        assert_eq!((c.cap_add.as_slice(), c.cap_drop.as_slice()), (&["NET_RAW".to_string()][..], &[][..]));
+        assert_eq!(c.hosts, ["10.0.0.2 cache", "10.0.0.3 web"]);
+        assert_eq!(c.ulimits, ["nofile=20".parse::<Ulimit>().unwrap()]);
+        assert_eq!(c.dns, ["10.0.0.53"]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
-use crate::container::HealthCheck;
+use crate::container::{HealthCheck, LogDriver, Ulimit};
 pub use crate::container::{Mount, MountType, TmpfsOptions, VolumeOptions};
 use crate::mesh::PortConfig;
 use crate::time::Millis;
@@ -247,6 +247,11 @@ pub struct ContainerOptions {
     /// `None`: the image's HEALTHCHECK, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// `None`: the engine's default log driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
 }
 
 impl ContainerOptions {

@@ -209,3 +209,101 @@ fn bind_volume_and_tmpfs_mounts_are_what_the_process_sees() {
     drop(c);
     docker(&["volume", "rm", "-f", &format!("{volume}-1")]);
 }
+
+/// The running container of `svc` other than `not`, once there is one.
+fn running_other_than(svc: &str, not: &str) -> String {
+    wait_for(CONVERGE, &format!("a new running container of {svc}"), || {
+        let rows: Vec<_> =
+            containers_with_label("shoal.service.name", svc).into_iter().filter(|r| r.state == "running").collect();
+        match rows.as_slice() {
+            [one] if one.id != not => Ok(one.id.clone()),
+            other => Err(format!("{} running", other.len())),
+        }
+    })
+}
+
+#[test]
+fn env_files_ulimits_log_drivers_and_update_add_rm_flags_reach_the_container() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let env_file = c.dir().join("svc.env");
+    std::fs::write(&env_file, "# settings\nFROM_FILE=yes\n\n  SPACED=ok\n").unwrap();
+    let env_file = env_file.display().to_string();
+    c.create_service(
+        "lim",
+        &[
+            "-d",
+            "--env-file",
+            &env_file,
+            "--env",
+            "FROM_FLAG=1",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--log-driver",
+            "json-file",
+            "--log-opt",
+            "max-size=1m",
+            "--container-label",
+            "a=1",
+        ],
+        &["sleep", "100000"],
+    );
+    let first = inspect("lim");
+    let id = first["Id"].as_str().unwrap().to_string();
+    assert_eq!(exec(&id, "echo $FROM_FILE $SPACED $FROM_FLAG").unwrap(), "yes ok 1\n");
+    assert_eq!(exec(&id, "ulimit -n; ulimit -Hn").unwrap(), "1024\n2048\n");
+    assert_eq!(first["HostConfig"]["LogConfig"], json!({"Type": "json-file", "Config": {"max-size": "1m"}}));
+    assert_eq!(first["Config"]["Labels"]["a"], "1");
+
+    c.shoal_ok(&[
+        "service",
+        "update",
+        "--container-label-add",
+        "b=2",
+        "--container-label-rm",
+        "a",
+        "--ulimit-add",
+        "nofile=512:1024",
+        "--dns-add",
+        "10.0.0.3",
+        "--host-add",
+        "db:10.0.0.9",
+        "--sysctl-add",
+        "net.core.somaxconn=512",
+        "--cap-add",
+        "NET_ADMIN",
+        "lim",
+    ]);
+    let id2 = running_other_than("lim", &id);
+    let second = inspect("lim");
+    assert_eq!(second["Id"], id2.as_str());
+    assert_eq!(exec(&id2, "ulimit -n").unwrap(), "512\n");
+    assert_eq!(second["Config"]["Labels"]["b"], "2");
+    assert!(second["Config"]["Labels"].get("a").is_none(), "{}", second["Config"]["Labels"]);
+    assert_eq!(second["HostConfig"]["Dns"], json!(["10.0.0.3"]));
+    assert_eq!(second["HostConfig"]["ExtraHosts"], json!(["db:10.0.0.9"]));
+    assert_eq!(second["HostConfig"]["Sysctls"], json!({"net.core.somaxconn": "512"}));
+    assert_eq!(second["HostConfig"]["CapAdd"], json!(["NET_ADMIN"]));
+
+    // Docker's words for bad values; nothing is made or changed.
+    let bad = c.shoal(&["service", "create", "--ulimit", "nofile=x", busybox_image()]);
+    assert!(
+        bad.stderr.contains(
+            "invalid argument \"nofile=x\" for \"--ulimit\" flag: strconv.ParseInt: parsing \"x\": invalid syntax"
+        ),
+        "{bad}"
+    );
+    let bad = c.shoal(&["service", "create", "--ulimit", "nofile=2048:1024", busybox_image()]);
+    assert!(bad.stderr.contains("ulimit soft limit must be less than or equal to hard limit: 2048 > 1024"), "{bad}");
+    let bad = c.shoal(&["service", "create", "--env-file", "/nonexistent.env", busybox_image()]);
+    assert!(bad.stderr.contains("open /nonexistent.env: no such file or directory"), "{bad}");
+    let bad = c.shoal(&["service", "update", "--ulimit-add", "bogus=1", "lim"]);
+    assert!(
+        bad.stderr.contains("invalid argument \"bogus=1\" for \"--ulimit-add\" flag: invalid ulimit type: bogus"),
+        "{bad}"
+    );
+    let ls = c.shoal_ok(&["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+}

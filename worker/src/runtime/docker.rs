@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, Mount as DockerMount, MountBindOptions,
-    MountTmpfsOptions, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, PortBinding, PortMap,
+    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount as DockerMount,
+    MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, PortBinding,
+    PortMap, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -331,6 +332,16 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
             nano_cpus: limit(spec.limits.nano_cpus),
             memory: limit(spec.limits.memory_bytes),
             pids_limit: limit(spec.limits.pids),
+            ulimits: (!c.ulimits.is_empty()).then(|| {
+                c.ulimits
+                    .iter()
+                    .map(|u| ResourcesUlimits { name: Some(u.name.clone()), soft: Some(u.soft), hard: Some(u.hard) })
+                    .collect()
+            }),
+            log_config: c.log_driver.as_ref().map(|d| HostConfigLogConfig {
+                typ: Some(d.name.clone()),
+                config: (!d.options.is_empty()).then(|| d.options.clone().into_iter().collect()),
+            }),
             ..Default::default()
         }),
         ..Default::default()

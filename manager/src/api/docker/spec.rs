@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use common::constraint::Constraint;
-use common::container::HealthCheck;
+use common::container::{HealthCheck, LogDriver, Ulimit};
 use common::mesh::{PortConfig, Protocol, PublishMode};
 use common::spec::{
     ContainerOptions, FailureAction, Limits, Mount, MountType, Ratio, RestartCondition, RestartPolicy, ServiceMode,
@@ -92,6 +92,8 @@ struct DockerTaskSpec {
     resources: Option<DockerResources>,
     #[serde(default, deserialize_with = "nullable")]
     force_update: u64,
+    #[serde(default)]
+    log_driver: Option<DockerDriver>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +142,19 @@ struct DockerContainerSpec {
     labels: BTreeMap<String, String>,
     #[serde(default, rename = "HealthCheck")]
     health_check: Option<DockerHealthCheck>,
+    #[serde(default, deserialize_with = "nullable")]
+    ulimits: Vec<DockerUlimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerUlimit {
+    #[serde(default, deserialize_with = "nullable")]
+    name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    soft: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    hard: i64,
 }
 
 /// Docker's HealthConfig; durations in nanoseconds.
@@ -579,6 +594,21 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
         hosts: container.hosts,
         labels: container.labels,
         healthcheck: container.health_check.map(health_check).transpose()?,
+        ulimits: container
+            .ulimits
+            .into_iter()
+            .map(|u| {
+                if u.name.is_empty() {
+                    Err(invalid("ContainerSpec.Ulimits: a limit needs a Name"))
+                } else {
+                    Ok(Ulimit { name: u.name, soft: u.soft, hard: u.hard })
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        log_driver: task
+            .log_driver
+            .filter(|d| !d.name.is_empty())
+            .map(|d| LogDriver { name: d.name, options: d.options }),
     };
     let spec = ServiceSpec {
         name: d.name,
@@ -669,6 +699,11 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     if let Some(h) = &c.healthcheck {
         container.insert("HealthCheck".into(), health_doc(h));
     }
+    if !c.ulimits.is_empty() {
+        let ulimits: Vec<Value> =
+            c.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard})).collect();
+        container.insert("Ulimits".into(), Value::Array(ulimits));
+    }
     let l = &t.limits;
     let mut limits = Map::new();
     for (k, n) in [("NanoCPUs", l.nano_cpus), ("MemoryBytes", l.memory_bytes), ("Pids", l.pids)] {
@@ -697,6 +732,13 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     });
     if !limits.is_empty() {
         task["Resources"] = json!({"Limits": limits});
+    }
+    if let Some(d) = &c.log_driver {
+        let mut v = json!({"Name": d.name});
+        if !d.options.is_empty() {
+            v["Options"] = json!(d.options);
+        }
+        task["LogDriver"] = v;
     }
     task
 }
@@ -769,6 +811,8 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "ContainerSpec", "Hosts"],
     &["TaskTemplate", "ContainerSpec", "Labels"],
     &["TaskTemplate", "ContainerSpec", "HealthCheck"],
+    &["TaskTemplate", "ContainerSpec", "Ulimits"],
+    &["TaskTemplate", "LogDriver"],
     &["TaskTemplate", "Resources", "Limits"],
     &["TaskTemplate", "RestartPolicy"],
     &["TaskTemplate", "Placement", "Constraints"],
@@ -1051,7 +1095,9 @@ mod tests {
                     {"Type": "volume", "Source": "data-{{.Task.Slot}}", "Target": "/data",
                      "VolumeOptions": {"NoCopy": true, "Labels": {"k": "v"},
                                        "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs", "device": "tmpfs"}}}},
-                    {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1_048_576, "Mode": 1023}}]},
+                    {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1_048_576, "Mode": 1023}}],
+                "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]},
+            "LogDriver": {"Name": "json-file", "Options": {"max-size": "1m"}},
             "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67_108_864, "Pids": 50}}}}));
         let spec = from_engine(&sent).unwrap();
         let c = &spec.task.container;
@@ -1059,6 +1105,8 @@ mod tests {
         assert_eq!((c.tty, c.init, c.read_only), (true, Some(true), true));
         assert_eq!(c.dns_options, ["ndots:2"]);
         assert_eq!(spec.task.limits, Limits { nano_cpus: 500_000_000, memory_bytes: 67_108_864, pids: 50 });
+        assert_eq!(c.ulimits, [Ulimit { name: "nofile".into(), soft: 1024, hard: 2048 }]);
+        assert_eq!(c.log_driver.as_ref().map(|d| d.name.as_str()), Some("json-file"));
         let kinds: Vec<MountType> = spec.task.mounts.iter().map(|m| m.kind).collect();
         assert_eq!(kinds, [MountType::Bind, MountType::Volume, MountType::Tmpfs]);
         assert_eq!(spec.task.mounts[2].tmpfs, Some(TmpfsOptions { size_bytes: 1_048_576, mode: Some(0o1777) }));
