@@ -7,6 +7,7 @@
 //! - [`client`]: the HTTP client.
 
 mod client;
+mod container_flags;
 mod events;
 mod files;
 mod list;

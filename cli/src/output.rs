@@ -267,12 +267,21 @@ pub fn service_ps(tasks: &[TaskInfo], now: Millis, no_trunc: bool) -> String {
             if no_trunc { task.spec.image.clone() } else { display_image(&task.spec.image) },
             node_name(t),
             task.desired_state.title(),
-            format!("{} {} ago", task.status.state.title(), human_duration(age).to_lowercase()),
+            format!("{}{} {} ago", task.status.state.title(), health_note(task), human_duration(age).to_lowercase()),
             if err.is_empty() { err } else { format!("\"{err}\"") },
             String::new(),
         ]);
     }
     table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows)
+}
+
+/// ` (healthy)` after the state of a running task whose health check
+/// passes, as `docker ps` marks such a container.
+fn health_note(task: &common::task::Task) -> String {
+    match task.status.health {
+        Some(h) if task.status.state == TaskState::Running => format!(" ({})", h.as_str()),
+        _ => String::new(),
+    }
 }
 
 /// `docker service ps -q`: full task IDs (docker never truncates them with
@@ -800,6 +809,30 @@ mod tests {
             text(&[
                 "ID             NAME      IMAGE        NODE           DESIRED STATE   CURRENT STATE           ERROR     PORTS",
                 "6n4rm0uwc0kq   web.1     nginx:1.25   id-of-node-1   Running         Running 8 seconds ago             ",
+            ])
+        );
+    }
+
+    #[test]
+    fn service_ps_marks_a_healthy_task_and_shows_an_unhealthy_ones_error() {
+        let mut ok = task(T { id: "6n4rm0uwc0kqt1y2h3j4k5l6m", ..T::default() });
+        ok.task.status.health = Some(common::container::Health::Healthy);
+        let mut sick = task(T {
+            id: "q8zbx3bq2uv3wnd4ptxkrh7fy",
+            desired: TaskState::Shutdown,
+            state: TaskState::Failed,
+            created: 120,
+            changed: 61,
+            err: Some("dockerexec: unhealthy container"),
+            ..T::default()
+        });
+        sick.task.status.health = Some(common::container::Health::Unhealthy);
+        assert_eq!(
+            service_ps(&[ok, sick], NOW, false),
+            text(&[
+                "ID             NAME        IMAGE        NODE      DESIRED STATE   CURRENT STATE                     ERROR                              PORTS",
+                "6n4rm0uwc0kq   web.1       nginx:1.25   node-1    Running         Running (healthy) 8 seconds ago                                      ",
+                "q8zbx3bq2uv3    \\_ web.1   nginx:1.25   node-1    Shutdown        Failed about a minute ago         \"dockerexec: unhealthy contain…\"   ",
             ])
         );
     }

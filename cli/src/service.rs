@@ -17,6 +17,7 @@ use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
 
 use crate::client::{seg, Client};
+use crate::container_flags::{ContainerArgs, CreateListArgs, UpdateListArgs};
 use crate::list::ListFlags;
 use crate::output;
 use crate::placement::{PlacementFlags, PlacementUpdateFlags};
@@ -122,6 +123,10 @@ pub struct CreateArgs {
     files: FileFlags,
     #[command(flatten)]
     placement: PlacementFlags,
+    #[command(flatten)]
+    more: ContainerArgs,
+    #[command(flatten)]
+    create_lists: CreateListArgs,
     #[command(flatten)]
     detach: Detach,
     image: String,
@@ -231,6 +236,9 @@ impl ContainerFlags {
             dns_options: self.dns_option.clone(),
             hosts,
             labels: parse_labels(&self.container_label)?,
+            healthcheck: None,
+            ulimits: vec![],
+            log_driver: None,
         };
         let limits = Limits {
             nano_cpus: self.limit_cpu.as_deref().map(parse_cpus).transpose()?.unwrap_or(0),
@@ -332,6 +340,10 @@ pub struct UpdateArgs {
     files: FileUpdateFlags,
     #[command(flatten)]
     placement: PlacementUpdateFlags,
+    #[command(flatten)]
+    more: ContainerArgs,
+    #[command(flatten)]
+    lists: UpdateListArgs,
     #[command(flatten)]
     detach: Detach,
     service: String,
@@ -582,6 +594,8 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
         },
         engine_spec: None,
     };
+    let mut spec = spec;
+    a.create_lists.apply_create(&a.more, &mut spec.task)?;
     spec.validate()?;
     Ok(spec)
 }
@@ -714,6 +728,11 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 config_add: parse_refs(Kind::Config, "config-add", &a.files.config_add)?,
                 config_rm: a.files.config_rm.clone(),
                 scheduling: a.placement.patch()?,
+                container: {
+                    let mut u = a.more.update()?;
+                    a.lists.fill(&mut u)?;
+                    u
+                },
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;
@@ -805,8 +824,11 @@ fn pretty_service(s: &ServiceInfo) -> String {
         out.push_str("Mounts:\n");
         for m in &t.mounts {
             out.push_str(&format!(
-                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\tbind\n",
-                m.target, m.source, m.readonly
+                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\t{}\n",
+                m.target,
+                m.source,
+                m.readonly,
+                m.kind.as_str()
             ));
         }
     }

@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
+use crate::container::ContainerUpdate;
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
@@ -213,6 +214,9 @@ pub struct ServiceUpdate {
     /// Reservations, placement preferences, max replicas per node.
     #[serde(default, skip_serializing_if = "crate::sched::SchedulingPatch::is_default")]
     pub scheduling: crate::sched::SchedulingPatch,
+    /// Changes to the container's settings (health check, mounts, …).
+    #[serde(default, skip_serializing_if = "ContainerUpdate::is_empty")]
+    pub container: ContainerUpdate,
 }
 
 /// `POST /v1/secrets` or `/v1/configs`.
@@ -340,6 +344,7 @@ impl ServiceUpdate {
         update_env(&mut s.task.env, &self.env_add, &self.env_rm);
         update_refs(&mut s.task.secrets, &self.secret_add, &self.secret_rm);
         update_refs(&mut s.task.configs, &self.config_add, &self.config_rm);
+        self.container.apply(&mut s.task);
         for k in &self.label_rm {
             s.labels.remove(k);
         }

@@ -3,6 +3,7 @@
 //!
 //! - [`ids`]: typed identifiers (`NodeId`, `ServiceId`, `TaskId`).
 //! - [`spec`]: what a user asks for (`ServiceSpec` and its parts) and its validation.
+//! - [`container`]: container settings beyond the basics (health checks, …) and docker's parsers for them.
 //! - [`task`]: tasks and their forward-only state machine.
 //! - [`node`]: nodes, roles and availability.
 //! - [`mesh`]: published ports and the routing-mesh table.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod backoff;
 pub mod constraint;
+pub mod container;
 pub mod ids;
 pub mod mesh;
 pub mod node;

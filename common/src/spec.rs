@@ -8,6 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
+use crate::container::{HealthCheck, LogDriver, Ulimit};
+pub use crate::container::{Mount, MountType, TmpfsOptions, VolumeOptions};
 use crate::mesh::PortConfig;
 use crate::sched::Scheduling;
 use crate::secret::{ConfigRef, SecretRef};
@@ -253,6 +255,14 @@ pub struct ContainerOptions {
     /// `shoal.*` labels take precedence.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `None`: the image's HEALTHCHECK, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// `None`: the engine's default log driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
 }
 
 impl ContainerOptions {
@@ -352,14 +362,6 @@ impl TaskTemplate {
             scheduling: Scheduling::default(),
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mount {
-    pub source: String,
-    pub target: String,
-    #[serde(default)]
-    pub readonly: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -472,53 +474,6 @@ pub fn parse_label(s: &str) -> Result<(String, String), SpecError> {
     parse_key_value(s).ok_or_else(|| SpecError::Label(s.to_string()))
 }
 
-/// `type=bind,source=/a,target=/b[,readonly]` (also `src`, `dst`,
-/// `destination`, `ro`, `readonly=true|false`).
-impl FromStr for Mount {
-    type Err = SpecError;
-    fn from_str(s: &str) -> Result<Self, SpecError> {
-        let err = |why: &str| SpecError::Mount(s.to_string(), why.to_string());
-        let mut kind = None;
-        let mut source = None;
-        let mut target = None;
-        let mut readonly = false;
-        for part in s.split(',') {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let (k, v) = match part.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim())),
-                None => (part, None),
-            };
-            match (k, v) {
-                ("type", Some(v)) => kind = Some(v.to_string()),
-                ("source" | "src", Some(v)) => source = Some(v.to_string()),
-                ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
-                ("readonly" | "ro", None) => readonly = true,
-                ("readonly" | "ro", Some("true" | "1")) => readonly = true,
-                ("readonly" | "ro", Some("false" | "0")) => readonly = false,
-                ("readonly" | "ro", Some(_)) => return Err(err("readonly must be true or false")),
-                (k, _) => return Err(err(&format!("unknown field {k:?}"))),
-            }
-        }
-        match kind.as_deref() {
-            Some("bind") => {}
-            Some(other) => return Err(err(&format!("type {other:?} is not supported (only bind)"))),
-            None => return Err(err("missing type=bind")),
-        }
-        let source = source.ok_or_else(|| err("missing source"))?;
-        let target = target.ok_or_else(|| err("missing target"))?;
-        if !source.starts_with('/') {
-            return Err(err("source must be an absolute path"));
-        }
-        if !target.starts_with('/') {
-            return Err(err("target must be an absolute path"));
-        }
-        Ok(Mount { source, target, readonly })
-    }
-}
-
 impl ServiceSpec {
     /// A replicated service with default update and rollback settings.
     pub fn new(name: &str, replicas: u64, task: TaskTemplate) -> Self {
@@ -550,12 +505,7 @@ impl ServiceSpec {
             ));
         }
         for m in &self.task.mounts {
-            if !m.source.starts_with('/') || !m.target.starts_with('/') {
-                return Err(SpecError::Mount(
-                    format!("{}:{}", m.source, m.target),
-                    "source and target must be absolute paths".into(),
-                ));
-            }
+            m.validate().map_err(SpecError::Invalid)?;
         }
         Ok(())
     }
@@ -638,26 +588,6 @@ mod tests {
         );
         assert_eq!(expand_template("{{.Other}} {{ open", &cx), "{{.Other}} {{ open");
         assert_eq!(expand_template("plain", &cx), "plain");
-    }
-
-    #[test]
-    fn mounts_parse_and_refuse() {
-        let m: Mount = "type=bind,source=/tmp,target=/data,readonly".parse().unwrap();
-        assert_eq!(m, Mount { source: "/tmp".into(), target: "/data".into(), readonly: true });
-        let m: Mount = "type=bind,src=/a,dst=/b".parse().unwrap();
-        assert!(!m.readonly);
-        for bad in [
-            "source=/a,target=/b",
-            "type=volume,source=v,target=/b",
-            "type=bind,target=/b",
-            "type=bind,source=/a",
-            "type=bind,source=rel,target=/b",
-            "type=bind,source=/a,target=/b,colour=red",
-            "garbage",
-        ] {
-            let e = bad.parse::<Mount>().unwrap_err();
-            assert!(e.to_string().starts_with("invalid mount"), "{bad}: {e}");
-        }
     }
 
     #[test]

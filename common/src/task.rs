@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::Health;
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::HostPort;
 use crate::spec::TaskTemplate;
@@ -110,6 +111,10 @@ pub struct TaskStatus {
     /// Where the task's target ports are reachable on its node.
     #[serde(default)]
     pub ports: Vec<HostPort>,
+    /// Docker's verdict on a container with a health check (`None`: it has
+    /// none). A task with a check turns RUNNING only once healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 impl TaskStatus {
@@ -122,6 +127,7 @@ impl TaskStatus {
             exit_code: None,
             container_id: None,
             ports: vec![],
+            health: None,
         }
     }
 }

@@ -136,3 +136,174 @@ fn container_options_and_limits_reach_docker_through_both_clis() {
     let ls = c.shoal_ok(&["service", "ls", "-q"]);
     assert_eq!(ls.lines().count(), 2, "{ls}");
 }
+
+/// `docker exec` in a container: its stdout, or its output on failure.
+fn exec(id: &str, script: &str) -> Result<String, String> {
+    let out = docker(&["exec", id, "sh", "-c", script]);
+    if out.success() {
+        Ok(out.stdout)
+    } else {
+        Err(out.to_string())
+    }
+}
+
+#[test]
+fn bind_volume_and_tmpfs_mounts_are_what_the_process_sees() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let dir = c.dir().join("bound");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello"), "from the node\n").unwrap();
+    let volume = format!("shoal-vol-{}", std::process::id());
+    let bind = format!("type=bind,source={},target=/data,readonly", dir.display());
+    let vol = format!("type=volume,source={volume}-{{{{.Task.Slot}}}},target=/v,volume-label=made-by=shoal-test");
+    c.create_service(
+        "mnt",
+        &["-d", "--mount", &bind, "--mount", &vol, "--mount", "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1770"],
+        &["sleep", "100000"],
+    );
+    let id = inspect("mnt")["Id"].as_str().unwrap().to_string();
+    assert_eq!(exec(&id, "cat /data/hello").unwrap(), "from the node\n");
+    assert!(exec(&id, "touch /data/new").is_err(), "read-only bind mount");
+    exec(&id, "echo kept > /v/file").unwrap();
+    // The named volume was made on the node, template expanded, labelled.
+    let vi = docker(&["volume", "inspect", &format!("{volume}-1")]).ok();
+    let vi: Value = serde_json::from_str(&vi.stdout).unwrap();
+    assert_eq!(vi[0]["Labels"]["made-by"], "shoal-test");
+    let tmpfs = exec(&id, "grep ' /t ' /proc/mounts").unwrap();
+    assert!(
+        tmpfs.starts_with("tmpfs /t tmpfs") && tmpfs.contains("size=1024k") && tmpfs.contains("mode=1770"),
+        "{tmpfs}"
+    );
+
+    // --mount-rm by target, --mount-add: the next container sees the change,
+    // and the volume's data outlives the first one.
+    c.shoal_ok(&["service", "update", "--mount-rm", "/t", "--mount-add", "type=tmpfs,target=/u", "mnt"]);
+    let id2 = wait_for(CONVERGE, "the updated container running", || {
+        let rows: Vec<_> =
+            containers_with_label("shoal.service.name", "mnt").into_iter().filter(|r| r.state == "running").collect();
+        match rows.as_slice() {
+            [one] if one.id != id => Ok(one.id.clone()),
+            other => Err(format!("{} running", other.len())),
+        }
+    });
+    assert_eq!(exec(&id2, "cat /v/file").unwrap(), "kept\n");
+    assert!(exec(&id2, "grep ' /t ' /proc/mounts").is_err(), "/t is gone");
+    assert!(exec(&id2, "grep ' /u ' /proc/mounts").unwrap().starts_with("tmpfs /u tmpfs"));
+    assert_eq!(exec(&id2, "cat /data/hello").unwrap(), "from the node\n");
+
+    // Docker's words for a bad mount, before anything is written.
+    let bad = c.shoal(&["service", "create", "--mount", "type=tmpfs,source=x,target=/t", busybox_image()]);
+    assert!(
+        bad.stderr.contains(
+            "invalid argument \"type=tmpfs,source=x,target=/t\" for \"--mount\" flag: invalid mount config for type \"tmpfs\": field Source must not be specified"
+        ),
+        "{bad}"
+    );
+    let bad = c.shoal(&["service", "update", "--mount-add", "type=bind,target=/x,volume-nocopy", "mnt"]);
+    assert!(bad.stderr.contains("cannot mix 'volume-*' options with mount type 'bind'"), "{bad}");
+    let ls = c.shoal_ok(&["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    drop(c);
+    docker(&["volume", "rm", "-f", &format!("{volume}-1")]);
+}
+
+/// The running container of `svc` other than `not`, once there is one.
+fn running_other_than(svc: &str, not: &str) -> String {
+    wait_for(CONVERGE, &format!("a new running container of {svc}"), || {
+        let rows: Vec<_> =
+            containers_with_label("shoal.service.name", svc).into_iter().filter(|r| r.state == "running").collect();
+        match rows.as_slice() {
+            [one] if one.id != not => Ok(one.id.clone()),
+            other => Err(format!("{} running", other.len())),
+        }
+    })
+}
+
+#[test]
+fn env_files_ulimits_log_drivers_and_update_add_rm_flags_reach_the_container() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let env_file = c.dir().join("svc.env");
+    std::fs::write(&env_file, "# settings\nFROM_FILE=yes\n\n  SPACED=ok\n").unwrap();
+    let env_file = env_file.display().to_string();
+    c.create_service(
+        "lim",
+        &[
+            "-d",
+            "--env-file",
+            &env_file,
+            "--env",
+            "FROM_FLAG=1",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--log-driver",
+            "json-file",
+            "--log-opt",
+            "max-size=1m",
+            "--container-label",
+            "a=1",
+        ],
+        &["sleep", "100000"],
+    );
+    let first = inspect("lim");
+    let id = first["Id"].as_str().unwrap().to_string();
+    assert_eq!(exec(&id, "echo $FROM_FILE $SPACED $FROM_FLAG").unwrap(), "yes ok 1\n");
+    assert_eq!(exec(&id, "ulimit -n; ulimit -Hn").unwrap(), "1024\n2048\n");
+    assert_eq!(first["HostConfig"]["LogConfig"], json!({"Type": "json-file", "Config": {"max-size": "1m"}}));
+    assert_eq!(first["Config"]["Labels"]["a"], "1");
+
+    c.shoal_ok(&[
+        "service",
+        "update",
+        "--container-label-add",
+        "b=2",
+        "--container-label-rm",
+        "a",
+        "--ulimit-add",
+        "nofile=512:1024",
+        "--dns-add",
+        "10.0.0.3",
+        "--host-add",
+        "db:10.0.0.9",
+        "--sysctl-add",
+        "net.core.somaxconn=512",
+        "--cap-add",
+        "NET_ADMIN",
+        "lim",
+    ]);
+    let id2 = running_other_than("lim", &id);
+    let second = inspect("lim");
+    assert_eq!(second["Id"], id2.as_str());
+    assert_eq!(exec(&id2, "ulimit -n").unwrap(), "512\n");
+    assert_eq!(second["Config"]["Labels"]["b"], "2");
+    assert!(second["Config"]["Labels"].get("a").is_none(), "{}", second["Config"]["Labels"]);
+    assert_eq!(second["HostConfig"]["Dns"], json!(["10.0.0.3"]));
+    assert_eq!(second["HostConfig"]["ExtraHosts"], json!(["db:10.0.0.9"]));
+    assert_eq!(second["HostConfig"]["Sysctls"], json!({"net.core.somaxconn": "512"}));
+    assert_eq!(second["HostConfig"]["CapAdd"], json!(["NET_ADMIN"]));
+
+    // Docker's words for bad values; nothing is made or changed.
+    let bad = c.shoal(&["service", "create", "--ulimit", "nofile=x", busybox_image()]);
+    assert!(
+        bad.stderr.contains(
+            "invalid argument \"nofile=x\" for \"--ulimit\" flag: strconv.ParseInt: parsing \"x\": invalid syntax"
+        ),
+        "{bad}"
+    );
+    let bad = c.shoal(&["service", "create", "--ulimit", "nofile=2048:1024", busybox_image()]);
+    assert!(bad.stderr.contains("ulimit soft limit must be less than or equal to hard limit: 2048 > 1024"), "{bad}");
+    let bad = c.shoal(&["service", "create", "--env-file", "/nonexistent.env", busybox_image()]);
+    assert!(bad.stderr.contains("open /nonexistent.env: no such file or directory"), "{bad}");
+    let bad = c.shoal(&["service", "update", "--ulimit-add", "bogus=1", "lim"]);
+    assert!(
+        bad.stderr.contains("invalid argument \"bogus=1\" for \"--ulimit-add\" flag: invalid ulimit type: bogus"),
+        "{bad}"
+    );
+    let ls = c.shoal_ok(&["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+}

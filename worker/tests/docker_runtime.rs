@@ -237,7 +237,7 @@ async fn logs_env_and_readonly_bind_mounts() {
         "echo out $FOO; echo err >&2; (echo x > /data/new) 2>/dev/null || echo readonly; sleep 1000",
     ]);
     t.spec.env = vec!["FOO=bar".into()];
-    t.spec.mounts = vec![Mount { source: dir.display().to_string(), target: "/data".into(), readonly: true }];
+    t.spec.mounts = vec![Mount::bind(&dir.display().to_string(), "/data", true)];
     addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     running_cid(&mut rx, &t.id).await;
 

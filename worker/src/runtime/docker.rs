@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, PortBinding, PortMap};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount as DockerMount,
+    MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, PortBinding,
+    PortMap, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
@@ -15,6 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
+use common::container::{Health, HealthCheck, Mount, MountType as MountKind};
 use common::ids::{NodeId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::spec::{expand_template, TemplateContext};
@@ -39,9 +44,9 @@ pub struct DockerRuntime {
     host_ip: Option<IpAddr>,
     /// The node's hostname, for `{{.Node.Hostname}}` in templates.
     node_hostname: String,
-    /// Inspect results by (container id, state as listed): a container is
-    /// inspected once per state it is seen in, not on every list.
-    inspected: Mutex<HashMap<(String, ContainerState), ContainerInfo>>,
+    /// Inspect results by (container id, state and health as listed): a
+    /// container is inspected once per state it is seen in, not on every list.
+    inspected: Mutex<HashMap<(String, Listed), ContainerInfo>>,
     /// Where tasks' secrets and configs are written for Docker to mount;
     /// `None`: a task that has any fails.
     files: Option<Arc<TaskFiles>>,
@@ -108,7 +113,7 @@ impl DockerRuntime {
         &self.docker
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, ContainerState), ContainerInfo>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Listed), ContainerInfo>> {
         self.inspected.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -119,10 +124,11 @@ impl DockerRuntime {
         &self,
         id: String,
         task_id: TaskId,
-        listed: ContainerState,
+        listed: Listed,
         grace: Option<u64>,
     ) -> Result<Option<ContainerInfo>, RuntimeError> {
         let key = (id.clone(), listed);
+        let listed = listed.0;
         if let Some(hit) = self.cache().get(&key) {
             return Ok(Some(hit.clone()));
         }
@@ -133,6 +139,19 @@ impl DockerRuntime {
         };
         let state = info.state.unwrap_or_default();
         let current = state.status.map(|s| ContainerState::parse(s.as_ref())).unwrap_or(listed);
+        let (health, health_output) = match state.health.filter(|_| current.is_live()) {
+            Some(h) => {
+                let last = h.log.as_ref().and_then(|l| l.last()).and_then(|r| r.output.clone());
+                let status = match h.status {
+                    Some(HealthStatusEnum::STARTING) => Some(Health::Starting),
+                    Some(HealthStatusEnum::HEALTHY) => Some(Health::Healthy),
+                    Some(HealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
+                    _ => None,
+                };
+                (status, last)
+            }
+            None => (None, None),
+        };
         let out = ContainerInfo {
             container_id: id,
             task_id,
@@ -146,9 +165,42 @@ impl DockerRuntime {
             },
             stop_grace_ms: grace,
             ports: info.network_settings.and_then(|n| n.ports).map(|p| host_ports(&p)).unwrap_or_default(),
+            health,
+            health_output,
         };
         self.cache().insert(key, out.clone());
         Ok(Some(out))
+    }
+}
+
+/// A container as listed: its state and the health its status text shows.
+type Listed = (ContainerState, Option<Health>);
+
+/// The health in a listed container's status text (`Up 5 seconds
+/// (healthy)`, `(unhealthy)`, `(health: starting)`): a change of it makes
+/// the container worth inspecting again.
+fn listed_health(status: &str) -> Option<Health> {
+    if status.ends_with("(healthy)") {
+        Some(Health::Healthy)
+    } else if status.ends_with("(unhealthy)") {
+        Some(Health::Unhealthy)
+    } else if status.ends_with("(health: starting)") {
+        Some(Health::Starting)
+    } else {
+        None
+    }
+}
+
+/// Docker's HealthConfig for a task's health check.
+fn health_config(h: &HealthCheck) -> HealthConfig {
+    let ns = |n: u64| (n > 0).then(|| i64::try_from(n).unwrap_or(i64::MAX));
+    HealthConfig {
+        test: (!h.test.is_empty()).then(|| h.test.clone()),
+        interval: ns(h.interval_ns),
+        timeout: ns(h.timeout_ns),
+        retries: ns(h.retries),
+        start_period: ns(h.start_period_ns),
+        start_interval: ns(h.start_interval_ns),
     }
 }
 
@@ -264,17 +316,6 @@ fn extra_host(line: &str) -> Option<Vec<String>> {
 
 fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Option<IpAddr>) -> ContainerCreateBody {
     let spec = &task.spec;
-    let mounts: Vec<DockerMount> = spec
-        .mounts
-        .iter()
-        .map(|m| DockerMount {
-            target: Some(m.target.clone()),
-            source: Some(m.source.clone()),
-            typ: Some(MountType::BIND),
-            read_only: Some(m.readonly),
-            ..Default::default()
-        })
-        .collect();
     let c = &spec.container;
     let (task_id, node_id) = (task.id.to_string(), node.to_string());
     let task_name = container_name(task);
@@ -287,6 +328,7 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
         node_id: &node_id,
         node_hostname,
     };
+    let mounts = docker_mounts(task, &cx);
     let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
     labels.extend(task_labels(node, task));
     let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
@@ -302,6 +344,7 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
         working_dir: c.workdir.clone(),
         tty: c.tty.then_some(true),
         stop_signal: c.stop_signal.clone(),
+        healthcheck: c.healthcheck.as_ref().map(health_config),
         exposed_ports: (!task.spec.ports.is_empty())
             .then(|| task.spec.ports.iter().map(|pc| port_key(pc.protocol, pc.target)).collect()),
         // So that a hand-run `docker stop` honours the service's grace too.
@@ -323,6 +366,57 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
             nano_cpus: limit(spec.limits.nano_cpus),
             memory: limit(spec.limits.memory_bytes),
             pids_limit: limit(spec.limits.pids),
+            ulimits: (!c.ulimits.is_empty()).then(|| {
+                c.ulimits
+                    .iter()
+                    .map(|u| ResourcesUlimits { name: Some(u.name.clone()), soft: Some(u.soft), hard: Some(u.hard) })
+                    .collect()
+            }),
+            log_config: c.log_driver.as_ref().map(|d| HostConfigLogConfig {
+                typ: Some(d.name.clone()),
+                config: (!d.options.is_empty()).then(|| d.options.clone().into_iter().collect()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every mount of a task's container, as Docker takes them: the spec's
+/// mounts with templates expanded in their source and target.
+fn docker_mounts(task: &Task, cx: &TemplateContext) -> Vec<DockerMount> {
+    task.spec.mounts.iter().map(|m| docker_mount(m, cx)).collect()
+}
+
+fn docker_mount(m: &Mount, cx: &TemplateContext) -> DockerMount {
+    let source = expand_template(&m.source, cx);
+    let some_map = |m: &std::collections::BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>())
+    };
+    DockerMount {
+        target: Some(expand_template(&m.target, cx)),
+        // An empty volume source: an anonymous volume.
+        source: (!source.is_empty()).then_some(source),
+        typ: Some(match m.kind {
+            MountKind::Bind => MountType::BIND,
+            MountKind::Volume => MountType::VOLUME,
+            MountKind::Tmpfs => MountType::TMPFS,
+        }),
+        read_only: Some(m.readonly),
+        bind_options: m
+            .bind_propagation
+            .as_deref()
+            .map(|p| MountBindOptions { propagation: p.parse().ok(), ..Default::default() }),
+        volume_options: m.volume.as_ref().map(|v| MountVolumeOptions {
+            no_copy: v.nocopy.then_some(true),
+            labels: some_map(&v.labels),
+            driver_config: (v.driver.is_some() || !v.driver_opts.is_empty())
+                .then(|| MountVolumeOptionsDriverConfig { name: v.driver.clone(), options: some_map(&v.driver_opts) }),
+            ..Default::default()
+        }),
+        tmpfs_options: m.tmpfs.as_ref().map(|t| MountTmpfsOptions {
+            size_bytes: (t.size_bytes > 0).then(|| i64::try_from(t.size_bytes).unwrap_or(i64::MAX)),
+            mode: t.mode.map(i64::from),
             ..Default::default()
         }),
         ..Default::default()
@@ -404,7 +498,8 @@ impl Runtime for DockerRuntime {
                 let task_id = TaskId::from(labels.get(LABEL_TASK)?.as_str());
                 let grace = labels.get(LABEL_STOP_GRACE).and_then(|g| g.parse().ok());
                 let state = s.state.map(|st| ContainerState::parse(st.as_ref())).unwrap_or(ContainerState::Unknown);
-                Some((id, task_id, state, grace))
+                let health = s.status.as_deref().and_then(listed_health);
+                Some((id, task_id, (state, health), grace))
             })
             .collect();
         // Forget inspections of containers that are gone.
@@ -548,6 +643,34 @@ mod tests {
         assert!(is_port_conflict(
             "Error starting userland proxy: listen tcp4 127.0.0.11:8080: bind: address already in use"
         ));
+    }
+
+    #[test]
+    fn health_shows_in_the_listed_status_and_the_check_reaches_the_body() {
+        assert_eq!(listed_health("Up 5 seconds (healthy)"), Some(Health::Healthy));
+        assert_eq!(listed_health("Up 1 second (health: starting)"), Some(Health::Starting));
+        assert_eq!(listed_health("Up 2 minutes (unhealthy)"), Some(Health::Unhealthy));
+        assert_eq!(listed_health("Up 2 minutes"), None);
+        assert_eq!(listed_health("Exited (0) 3 seconds ago"), None);
+        let mut t = task_with_ports(&[]);
+        t.spec.container.healthcheck = Some(HealthCheck {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval_ns: 1_000_000_000,
+            retries: 2,
+            ..Default::default()
+        });
+        let body = container_body(&NodeId::from("n1"), "node1", &t, None);
+        assert_eq!(
+            body.healthcheck,
+            Some(HealthConfig {
+                test: Some(vec!["CMD-SHELL".into(), "true".into()]),
+                interval: Some(1_000_000_000),
+                retries: Some(2),
+                ..Default::default()
+            })
+        );
+        // No check asked for: the image's own applies.
+        assert!(container_body(&NodeId::from("n1"), "node1", &task_with_ports(&[]), None).healthcheck.is_none());
     }
 
     #[test]

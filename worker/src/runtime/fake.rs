@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
+use common::container::Health;
 use common::ids::{NodeId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::task::Task;
@@ -44,6 +45,9 @@ pub struct FakeContainer {
     pub logs: Vec<LogLine>,
     /// Host ports, as the engine would report them once running.
     pub ports: Vec<HostPort>,
+    /// Starts as `starting` when the task's spec has a (not disabled)
+    /// health check; a test moves it on with [`FakeRuntime::set_health`].
+    pub health: Option<Health>,
 }
 
 #[derive(Default)]
@@ -165,11 +169,24 @@ impl FakeRuntime {
             finished_at: None,
             logs: Vec::new(),
             ports,
+            health: fake_health(task),
         };
         st.containers.insert(id.clone(), c.clone());
         drop(st);
         self.notify(&c);
         id
+    }
+
+    /// Docker's health verdict on a running container changes.
+    pub fn set_health(&self, container_id: &str, health: Health) {
+        let mut st = self.lock();
+        let Some(c) = st.containers.get_mut(container_id) else {
+            return;
+        };
+        c.health = Some(health);
+        let c = c.clone();
+        drop(st);
+        self.notify(&c);
     }
 
     /// The container's process ends with `code`.
@@ -284,6 +301,7 @@ impl Runtime for FakeRuntime {
             finished_at: None,
             logs: Vec::new(),
             ports: if failed_start.is_some() { Vec::new() } else { ports },
+            health: fake_health(task),
         };
         st.containers.insert(id.clone(), c.clone());
         drop(st);
@@ -314,6 +332,8 @@ impl Runtime for FakeRuntime {
                     finished_at: c.finished_at,
                     stop_grace_ms: c.labels.get(LABEL_STOP_GRACE).and_then(|g| g.parse().ok()),
                     ports: if c.state.is_live() { c.ports.clone() } else { Vec::new() },
+                    health: c.health.filter(|_| c.state.is_live()),
+                    health_output: None,
                 })
             })
             .collect())
@@ -384,4 +404,15 @@ impl Runtime for FakeRuntime {
         })
         .boxed()
     }
+}
+
+/// A container of this task has a health check in the fake engine when its
+/// spec asks for one (the fake's images have no HEALTHCHECK of their own).
+fn fake_health(task: &Task) -> Option<Health> {
+    task.spec
+        .container
+        .healthcheck
+        .as_ref()
+        .filter(|h| !h.is_disabled() && !h.test.is_empty())
+        .map(|_| Health::Starting)
 }

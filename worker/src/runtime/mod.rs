@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+use common::container::Health;
 use common::ids::{NodeId, TaskId};
 use common::mesh::HostPort;
 use common::task::Task;
@@ -107,6 +108,11 @@ pub struct ContainerInfo {
     /// Where the container's published target ports are reachable on this
     /// node, as the engine reports them (empty until it runs).
     pub ports: Vec<HostPort>,
+    /// Docker's health verdict while the container runs, if it has a
+    /// health check (its own or its image's).
+    pub health: Option<Health>,
+    /// The last probe's output, for the error of an unhealthy task.
+    pub health_output: Option<String>,
 }
 
 pub type LogStream = BoxStream<'static, Result<LogLine, RuntimeError>>;

@@ -10,6 +10,10 @@
 //!   ports the container was given. An image that cannot be had is REJECTED
 //!   with Docker's message; a create/start error (a host port in use, say)
 //!   is FAILED.
+//! - a task whose container has a health check (its own or its image's)
+//!   stays STARTING until Docker calls it healthy, then RUNNING; once
+//!   unhealthy (starting or running) it is FAILED `dockerexec: unhealthy
+//!   container` and its container stopped, as Swarm does.
 //! - a container that exited: COMPLETE (0) or FAILED `task: non-zero exit (N)`.
 //!   Never restarted: the orchestrator makes a new task.
 //! - desired SHUTDOWN (any terminal state): stop a live container (grace, then
@@ -30,6 +34,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::backoff::Backoff;
+use common::container::{unhealthy_error, Health};
 use common::ids::TaskId;
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
@@ -392,13 +397,29 @@ impl SupervisorCore {
             return;
         }
         match container {
-            Some(c) if c.state.is_live() => {
-                let ts = c.started_at.unwrap_or(now);
-                let mut st = TaskStatus::new(TaskState::Running, ts, "started");
-                // Where the mesh (or a host-mode client) reaches the task.
-                st.ports = c.ports;
-                self.report(id, with_container(st, Some(c.container_id)), out);
-            }
+            Some(c) if c.state.is_live() => match c.health {
+                // Not RUNNING before its health check passes: nothing (the
+                // mesh, an update, `--detach=false`) counts on it until then.
+                Some(Health::Starting) => {}
+                Some(Health::Unhealthy) => {
+                    // Swarm's executor: an unhealthy container fails its task
+                    // and is shut down (next round: a finished task's live
+                    // container is stopped); the orchestrator replaces it.
+                    let mut st = TaskStatus::new(TaskState::Failed, now, "unhealthy");
+                    st.err = Some(unhealthy_error(c.health_output.as_deref()));
+                    self.report(id, with_container(st, Some(c.container_id)), out);
+                }
+                health => {
+                    // Healthy counts from now, so an update's monitor period
+                    // starts when the task could first take traffic.
+                    let ts = if health.is_some() { now } else { c.started_at.unwrap_or(now) };
+                    let mut st = TaskStatus::new(TaskState::Running, ts, "started");
+                    // Where the mesh (or a host-mode client) reaches the task.
+                    st.ports = c.ports;
+                    st.health = health;
+                    self.report(id, with_container(st, Some(c.container_id)), out);
+                }
+            },
             Some(c) if c.state.has_exited() => {
                 let ts = c.finished_at.unwrap_or(now);
                 let st = match c.exit_code {
@@ -513,7 +534,13 @@ mod tests {
             finished_at: exit.map(|_| 60),
             stop_grace_ms: Some(3_000),
             ports: vec![],
+            health: None,
+            health_output: None,
         }
+    }
+
+    fn healthy(task: &str, cid: &str, health: Health, output: Option<&str>) -> ContainerInfo {
+        ContainerInfo { health: Some(health), health_output: output.map(String::from), ..ctr(task, cid, Live, None) }
     }
 
     /// One input to the core. `Observe` takes the ticket the core would
@@ -545,6 +572,9 @@ mod tests {
                 }
                 if let Some(e) = &u.status.err {
                     s += &format!(" err={e}");
+                }
+                if let Some(h) = u.status.health {
+                    s += &format!(" health={}", h.as_str());
                 }
                 for p in &u.status.ports {
                     s += &format!(" {}/{}->{}", p.target, p.protocol, p.host_port);
@@ -817,6 +847,35 @@ mod tests {
                     Full(vec![task("t1", Running, Running)]),
                 ],
                 vec!["report t1 running cid=c1", "report t1 running cid=c1"],
+            ),
+            (
+                "a container with a health check is running only once healthy",
+                vec![
+                    Full(vec![task("t1", Running, Starting)]),
+                    Observe(vec![healthy("t1", "c1", Health::Starting, None)]),
+                    Tick(5_000),
+                    Observe(vec![healthy("t1", "c1", Health::Healthy, None)]),
+                ],
+                vec!["report t1 running cid=c1 health=healthy"],
+            ),
+            (
+                "an unhealthy container fails its task with the probe's output, then is stopped",
+                vec![
+                    Full(vec![task("t1", Running, Running)]),
+                    Observe(vec![healthy("t1", "c1", Health::Unhealthy, Some("no /ok\n"))]),
+                    Observe(vec![healthy("t1", "c1", Health::Unhealthy, Some("no /ok\n"))]),
+                    Done("t1", Outcome::Stopped),
+                ],
+                vec!["report t1 failed cid=c1 err=dockerexec: unhealthy container: no /ok", "stop c1 grace=2000"],
+            ),
+            (
+                "a container that never gets healthy fails while starting",
+                vec![
+                    Full(vec![task("t1", Running, Starting)]),
+                    Observe(vec![healthy("t1", "c1", Health::Starting, None)]),
+                    Observe(vec![healthy("t1", "c1", Health::Unhealthy, None)]),
+                ],
+                vec!["report t1 failed cid=c1 err=dockerexec: unhealthy container"],
             ),
             (
                 "desired states before running hold the task",

@@ -12,12 +12,13 @@
 use std::collections::BTreeMap;
 
 use common::constraint::Constraint;
+use common::container::{HealthCheck, LogDriver, Ulimit};
 use common::mesh::{PortConfig, Protocol, PublishMode};
 use common::sched::{Resources, Scheduling, Spread};
 use common::secret::{self, FileRef, Kind};
 use common::spec::{
-    ContainerOptions, FailureAction, Limits, Mount, Ratio, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
-    TaskTemplate, UpdateConfig, UpdateOrder,
+    ContainerOptions, FailureAction, Limits, Mount, MountType, Ratio, RestartCondition, RestartPolicy, ServiceMode,
+    ServiceSpec, TaskTemplate, TmpfsOptions, UpdateConfig, UpdateOrder, VolumeOptions,
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
@@ -93,6 +94,8 @@ struct DockerTaskSpec {
     resources: Option<DockerResources>,
     #[serde(default, deserialize_with = "nullable")]
     force_update: u64,
+    #[serde(default)]
+    log_driver: Option<DockerDriver>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +146,10 @@ struct DockerContainerSpec {
     secrets: Vec<DockerFileRef>,
     #[serde(default, deserialize_with = "nullable")]
     configs: Vec<DockerFileRef>,
+    #[serde(default, rename = "HealthCheck")]
+    health_check: Option<DockerHealthCheck>,
+    #[serde(default, deserialize_with = "nullable")]
+    ulimits: Vec<DockerUlimit>,
 }
 
 /// A SecretReference or ConfigReference.
@@ -210,6 +217,68 @@ fn file_refs_to_engine<Id: std::fmt::Display>(kind: Kind, refs: &[FileRef<Id>]) 
             })
             .collect(),
     )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerUlimit {
+    #[serde(default, deserialize_with = "nullable")]
+    name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    soft: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    hard: i64,
+}
+
+/// Docker's HealthConfig; durations in nanoseconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerHealthCheck {
+    #[serde(default, deserialize_with = "nullable")]
+    test: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    interval: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    timeout: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    retries: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    start_period: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    start_interval: i64,
+}
+
+fn health_check(h: DockerHealthCheck) -> Result<HealthCheck, EngineSpecError> {
+    let ns = |n: i64, what: &str| {
+        u64::try_from(n).map_err(|_| invalid(format!("ContainerSpec.HealthCheck.{what} must not be negative")))
+    };
+    Ok(HealthCheck {
+        test: h.test,
+        interval_ns: ns(h.interval, "Interval")?,
+        timeout_ns: ns(h.timeout, "Timeout")?,
+        retries: ns(h.retries, "Retries")?,
+        start_period_ns: ns(h.start_period, "StartPeriod")?,
+        start_interval_ns: ns(h.start_interval, "StartInterval")?,
+    })
+}
+
+fn health_doc(h: &HealthCheck) -> Value {
+    let mut v = Map::new();
+    if !h.test.is_empty() {
+        v.insert("Test".into(), json!(h.test));
+    }
+    for (k, n) in [
+        ("Interval", h.interval_ns),
+        ("Timeout", h.timeout_ns),
+        ("Retries", h.retries),
+        ("StartPeriod", h.start_period_ns),
+        ("StartInterval", h.start_interval_ns),
+    ] {
+        if n > 0 {
+            v.insert(k.into(), json!(n));
+        }
+    }
+    Value::Object(v)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +361,48 @@ struct DockerMount {
     target: String,
     #[serde(default, deserialize_with = "nullable")]
     read_only: bool,
+    #[serde(default)]
+    bind_options: Option<DockerBindOptions>,
+    #[serde(default)]
+    volume_options: Option<DockerVolumeOptions>,
+    #[serde(default)]
+    tmpfs_options: Option<DockerTmpfsOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerBindOptions {
+    #[serde(default, deserialize_with = "nullable")]
+    propagation: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerVolumeOptions {
+    #[serde(default, deserialize_with = "nullable")]
+    no_copy: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    driver_config: Option<DockerDriver>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerDriver {
+    #[serde(default, deserialize_with = "nullable")]
+    name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerTmpfsOptions {
+    #[serde(default, deserialize_with = "nullable")]
+    size_bytes: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    mode: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -446,24 +557,88 @@ fn restart_policy(p: Option<DockerRestartPolicy>) -> Result<RestartPolicy, Engin
 }
 
 fn mount(m: DockerMount) -> Result<Mount, EngineSpecError> {
-    match m.r#type.as_str() {
-        "bind" => {}
+    let kind = match m.r#type.as_str() {
+        "bind" => MountType::Bind,
+        "volume" => MountType::Volume,
+        "tmpfs" => MountType::Tmpfs,
         "" => return Err(invalid("mount type is missing")),
         other => return Err(EngineSpecError::Unsupported(format!("mount type {other:?}"))),
+    };
+    let volume = m.volume_options.map(|v| {
+        let driver = v.driver_config.unwrap_or_default();
+        VolumeOptions {
+            nocopy: v.no_copy,
+            labels: v.labels,
+            driver: (!driver.name.is_empty()).then_some(driver.name),
+            driver_opts: driver.options,
+        }
+    });
+    let tmpfs = match m.tmpfs_options {
+        Some(t) => Some(TmpfsOptions {
+            size_bytes: u64::try_from(t.size_bytes).map_err(|_| {
+                invalid("invalid mount config for type \"tmpfs\": TmpfsOptions.SizeBytes must not be negative")
+            })?,
+            mode: (t.mode != 0).then_some(t.mode),
+        }),
+        None => None,
+    };
+    let propagation = m.bind_options.map(|b| b.propagation).filter(|p| !p.is_empty());
+    let out = Mount {
+        kind,
+        source: m.source,
+        target: m.target,
+        readonly: m.read_only,
+        bind_propagation: propagation,
+        // Docker keeps option blocks of other types out; an empty one means nothing.
+        volume: volume.filter(|v| kind == MountType::Volume || *v != VolumeOptions::default()),
+        tmpfs: tmpfs.filter(|t| kind == MountType::Tmpfs || *t != TmpfsOptions::default()),
+    };
+    out.validate().map_err(invalid)?;
+    Ok(out)
+}
+
+fn mount_doc(m: &Mount) -> Value {
+    let mut v = json!({"Type": m.kind.as_str(), "Target": m.target});
+    if !m.source.is_empty() {
+        v["Source"] = json!(m.source);
     }
-    if !m.source.starts_with('/') {
-        return Err(invalid(format!(
-            "invalid mount config for type \"bind\": invalid mount path: '{}' mount path must be absolute",
-            m.source
-        )));
+    if m.readonly {
+        v["ReadOnly"] = json!(true);
     }
-    if !m.target.starts_with('/') {
-        return Err(invalid(format!(
-            "invalid mount config for type \"bind\": invalid mount path: '{}' mount path must be absolute",
-            m.target
-        )));
+    if let Some(p) = &m.bind_propagation {
+        v["BindOptions"] = json!({"Propagation": p});
     }
-    Ok(Mount { source: m.source, target: m.target, readonly: m.read_only })
+    if let Some(o) = &m.volume {
+        let mut vo = Map::new();
+        if o.nocopy {
+            vo.insert("NoCopy".into(), json!(true));
+        }
+        if !o.labels.is_empty() {
+            vo.insert("Labels".into(), json!(o.labels));
+        }
+        if o.driver.is_some() || !o.driver_opts.is_empty() {
+            let mut d = Map::new();
+            if let Some(n) = &o.driver {
+                d.insert("Name".into(), json!(n));
+            }
+            if !o.driver_opts.is_empty() {
+                d.insert("Options".into(), json!(o.driver_opts));
+            }
+            vo.insert("DriverConfig".into(), Value::Object(d));
+        }
+        v["VolumeOptions"] = Value::Object(vo);
+    }
+    if let Some(t) = &m.tmpfs {
+        let mut to = Map::new();
+        if t.size_bytes > 0 {
+            to.insert("SizeBytes".into(), json!(t.size_bytes));
+        }
+        if let Some(mode) = t.mode {
+            to.insert("Mode".into(), json!(mode));
+        }
+        v["TmpfsOptions"] = Value::Object(to);
+    }
+    v
 }
 
 fn port(p: DockerPort) -> Result<PortConfig, EngineSpecError> {
@@ -588,6 +763,22 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
         dns_options: dns.options,
         hosts: container.hosts,
         labels: container.labels,
+        healthcheck: container.health_check.map(health_check).transpose()?,
+        ulimits: container
+            .ulimits
+            .into_iter()
+            .map(|u| {
+                if u.name.is_empty() {
+                    Err(invalid("ContainerSpec.Ulimits: a limit needs a Name"))
+                } else {
+                    Ok(Ulimit { name: u.name, soft: u.soft, hard: u.hard })
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        log_driver: task
+            .log_driver
+            .filter(|d| !d.name.is_empty())
+            .map(|d| LogDriver { name: d.name, options: d.options }),
     };
     let spec = ServiceSpec {
         name: d.name,
@@ -653,18 +844,7 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
         container.insert("Env".into(), json!(t.env));
     }
     if !t.mounts.is_empty() {
-        let mounts: Vec<Value> = t
-            .mounts
-            .iter()
-            .map(|m| {
-                let mut v = json!({"Type": "bind", "Source": m.source, "Target": m.target});
-                if m.readonly {
-                    v["ReadOnly"] = json!(true);
-                }
-                v
-            })
-            .collect();
-        container.insert("Mounts".into(), Value::Array(mounts));
+        container.insert("Mounts".into(), Value::Array(t.mounts.iter().map(mount_doc).collect()));
     }
     container.insert("StopGracePeriod".into(), json!(ms_to_ns(t.stop_grace_ms)));
     let c = &t.container;
@@ -690,6 +870,14 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     put("Configs", file_refs_to_engine(Kind::Config, &t.configs));
     if let Some(init) = c.init {
         container.insert("Init".into(), json!(init));
+    }
+    if let Some(h) = &c.healthcheck {
+        container.insert("HealthCheck".into(), health_doc(h));
+    }
+    if !c.ulimits.is_empty() {
+        let ulimits: Vec<Value> =
+            c.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard})).collect();
+        container.insert("Ulimits".into(), Value::Array(ulimits));
     }
     let l = &t.limits;
     let mut limits = Map::new();
@@ -743,6 +931,13 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     }
     if !reservations.is_empty() {
         task["Resources"]["Reservations"] = Value::Object(reservations);
+    }
+    if let Some(d) = &c.log_driver {
+        let mut v = json!({"Name": d.name});
+        if !d.options.is_empty() {
+            v["Options"] = json!(d.options);
+        }
+        task["LogDriver"] = v;
     }
     task
 }
@@ -816,6 +1011,9 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "ContainerSpec", "DNSConfig"],
     &["TaskTemplate", "ContainerSpec", "Hosts"],
     &["TaskTemplate", "ContainerSpec", "Labels"],
+    &["TaskTemplate", "ContainerSpec", "HealthCheck"],
+    &["TaskTemplate", "ContainerSpec", "Ulimits"],
+    &["TaskTemplate", "LogDriver"],
     &["TaskTemplate", "Resources", "Limits"],
     &["TaskTemplate", "Resources", "Reservations"],
     &["TaskTemplate", "Placement", "Preferences"],
@@ -1056,9 +1254,9 @@ mod tests {
 
     #[test]
     fn what_shoal_does_not_do_is_named_and_bad_specs_refused() {
-        let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Healthcheck":
-            {"Test": ["CMD", "true"]}, "Command": ["/bin/sh"]}, "Placement": {"Platforms": [{"OS": "linux"}]}}}));
-        assert_eq!(ignored(&sent), ["TaskTemplate.ContainerSpec.HealthCheck.Test", "TaskTemplate.Placement.Platforms"]);
+        let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "OpenStdin": true,
+            "Command": ["/bin/sh"]}, "Placement": {"Platforms": [{"OS": "linux"}]}}}));
+        assert_eq!(ignored(&sent), ["TaskTemplate.ContainerSpec.OpenStdin", "TaskTemplate.Placement.Platforms"]);
         assert_eq!(from_engine(&sent).unwrap().task.entrypoint, ["/bin/sh"]);
         let bad = |v: Value| from_engine(&doc(v)).unwrap_err().to_string();
         assert_eq!(
@@ -1070,8 +1268,13 @@ mod tests {
             "job mode (replicated-job, global-job) is not supported by shoal yet"
         );
         assert!(bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Mounts": [
-            {"Type": "volume", "Source": "v", "Target": "/d"}]}}}))
-        .contains("mount type \"volume\""));
+            {"Type": "npipe", "Source": "v", "Target": "/d"}]}}}))
+        .contains("mount type \"npipe\""));
+        assert_eq!(
+            bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Mounts": [
+                {"Type": "tmpfs", "Source": "v", "Target": "/d"}]}}})),
+            "invalid mount config for type \"tmpfs\": field Source must not be specified"
+        );
         assert!(bad(json!({"Name": "w", "Mode": {"Replicated": {"Replicas": -1}}})).starts_with("invalid JSON"));
         assert!(bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}},
             "EndpointSpec": {"Ports": [{"TargetPort": 70000}]}}))
@@ -1085,7 +1288,17 @@ mod tests {
                 "Groups": ["audio"], "Dir": "/bin", "TTY": true, "Init": true, "ReadOnly": true, "StopSignal": "SIGINT",
                 "CapabilityAdd": ["NET_ADMIN"], "CapabilityDrop": ["MKNOD"], "Sysctls": {"net.core.somaxconn": "1024"},
                 "DNSConfig": {"Nameservers": ["10.0.0.2"], "Search": ["example.org"], "Options": ["ndots:2"]},
-                "Hosts": ["10.0.0.9 db"], "Labels": {"team": "a"}},
+                "Hosts": ["10.0.0.9 db"], "Labels": {"team": "a"},
+                "Healthcheck": {"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 1_000_000_000i64, "Retries": 2},
+                "Mounts": [
+                    {"Type": "bind", "Source": "/srv", "Target": "/srv", "ReadOnly": true,
+                     "BindOptions": {"Propagation": "rslave"}},
+                    {"Type": "volume", "Source": "data-{{.Task.Slot}}", "Target": "/data",
+                     "VolumeOptions": {"NoCopy": true, "Labels": {"k": "v"},
+                                       "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs", "device": "tmpfs"}}}},
+                    {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1_048_576, "Mode": 1023}}],
+                "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]},
+            "LogDriver": {"Name": "json-file", "Options": {"max-size": "1m"}},
             "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67_108_864, "Pids": 50}}}}));
         let spec = from_engine(&sent).unwrap();
         let c = &spec.task.container;
@@ -1093,6 +1306,20 @@ mod tests {
         assert_eq!((c.tty, c.init, c.read_only), (true, Some(true), true));
         assert_eq!(c.dns_options, ["ndots:2"]);
         assert_eq!(spec.task.limits, Limits { nano_cpus: 500_000_000, memory_bytes: 67_108_864, pids: 50 });
+        assert_eq!(c.ulimits, [Ulimit { name: "nofile".into(), soft: 1024, hard: 2048 }]);
+        assert_eq!(c.log_driver.as_ref().map(|d| d.name.as_str()), Some("json-file"));
+        let kinds: Vec<MountType> = spec.task.mounts.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, [MountType::Bind, MountType::Volume, MountType::Tmpfs]);
+        assert_eq!(spec.task.mounts[2].tmpfs, Some(TmpfsOptions { size_bytes: 1_048_576, mode: Some(0o1777) }));
+        assert_eq!(
+            c.healthcheck,
+            Some(HealthCheck {
+                test: vec!["CMD-SHELL".into(), "test -f /ok".into()],
+                interval_ns: 1_000_000_000,
+                retries: 2,
+                ..Default::default()
+            })
+        );
         assert_eq!(ignored(&sent), Vec::<String>::new(), "all acted on");
         assert_eq!(engine_view(&spec), sent);
         let mut plain = spec.clone();
