@@ -2,13 +2,14 @@
 //! subcommand is a client of a manager's HTTP API (`-H` / `SHOAL_HOST`).
 //!
 //! - [`daemon`]: bootstrapping, joining, resuming and running a node.
-//! - [`service`], [`node`]: the client commands.
+//! - [`service`], [`node`], [`network`]: the client commands.
 //! - [`output`]: tables, progress and log lines, exactly as docker prints them.
 //! - [`client`]: the HTTP client.
 
 mod client;
 mod events;
 mod list;
+mod network;
 mod node;
 mod output;
 mod progress;
@@ -65,6 +66,9 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             events::run(&client::Client::new(&cli.host), since, filter, format)
         }
         Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
+        Command::Network(cmd) => network::run(&client::Client::new(&cli.host), cmd),
     };
     match result {
         Ok(code) => code,

@@ -32,7 +32,7 @@ const PADDING: usize = 3;
 /// the widest cell plus padding, at least `MIN_WIDTH`. The last cell is
 /// written as it is. (Go forms columns from runs of lines; every row here has
 /// as many cells as the header, so a column spans the whole table.)
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let columns = header.len() - 1;
     let width = |s: &str| s.chars().count();
     let mut widths = vec![MIN_WIDTH; columns];
@@ -528,6 +528,7 @@ mod tests {
             update_status: None,
             previous_spec: None,
             mesh_errors: vec![],
+            vips: vec![],
         }
     }
 
@@ -577,6 +578,7 @@ mod tests {
                 status,
                 created_at: NOW - t.created * SEC,
                 attempt: 0,
+                addresses: vec![],
             },
             node_hostname: t.node.map(str::to_string),
         }

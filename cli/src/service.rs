@@ -117,6 +117,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     container: ContainerFlags,
     #[command(flatten)]
+    networks: crate::network::NetworkFlags,
+    #[command(flatten)]
     detach: Detach,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -312,6 +314,8 @@ pub struct UpdateArgs {
     /// Roll every task, even if nothing changed (rebalances after a drain).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    networks: crate::network::NetworkUpdateFlags,
     #[command(flatten)]
     detach: Detach,
     service: String,
@@ -520,8 +524,10 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             force_update: 0,
             container,
             limits,
+            networks: a.networks.attachments()?,
         },
         engine_spec: None,
+        endpoint_mode: a.networks.endpoint_mode()?,
     };
     spec.validate()?;
     Ok(spec)
@@ -650,6 +656,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 rollback_config: a.policies.rollback.patch()?,
                 restart: a.policies.restart.patch()?,
                 force: a.force,
+                network: a.networks.patch()?,
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;

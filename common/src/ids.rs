@@ -63,6 +63,7 @@ macro_rules! typed_id {
 typed_id!(NodeId);
 typed_id!(ServiceId);
 typed_id!(TaskId);
+typed_id!(NetworkId);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! - [`task`]: tasks and their forward-only state machine.
 //! - [`node`]: nodes, roles and availability.
 //! - [`mesh`]: published ports and the routing-mesh table.
+//! - [`network`]: overlay networks, their subnets, VIPs and the per-node network table.
 //! - [`constraint`]: placement constraints, parsed and matched.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
@@ -17,10 +18,11 @@ pub mod backoff;
 pub mod constraint;
 pub mod ids;
 pub mod mesh;
+pub mod network;
 pub mod node;
 pub mod spec;
 pub mod task;
 pub mod time;
 pub mod wire;
 
-pub use ids::{NodeId, ServiceId, TaskId};
+pub use ids::{NetworkId, NodeId, ServiceId, TaskId};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
 use crate::mesh::PortConfig;
+use crate::network::{EndpointMode, NetworkAttachment};
 use crate::time::Millis;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub struct ServiceSpec {
     /// through shoal's own API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_spec: Option<String>,
+    /// How the service's name resolves on its networks (`--endpoint-mode`).
+    #[serde(default, skip_serializing_if = "EndpointMode::is_default")]
+    pub endpoint_mode: EndpointMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -195,6 +199,10 @@ pub struct TaskTemplate {
     /// Resource limits, enforced by Docker (cgroups).
     #[serde(default, skip_serializing_if = "Limits::is_default")]
     pub limits: Limits,
+    /// The networks the tasks join (`--network`), in order; `host` alone
+    /// shares the node's network stack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
 }
 
 /// Swarm's ContainerSpec settings beyond image, command, env and mounts:
@@ -336,6 +344,7 @@ impl TaskTemplate {
             force_update: 0,
             container: ContainerOptions::default(),
             limits: Limits::default(),
+            networks: vec![],
         }
     }
 }
@@ -514,6 +523,7 @@ impl ServiceSpec {
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             engine_spec: None,
+            endpoint_mode: EndpointMode::Vip,
         }
     }
 
@@ -532,6 +542,29 @@ impl ServiceSpec {
                     format!("{}:{}", m.source, m.target),
                     "source and target must be absolute paths".into(),
                 ));
+            }
+        }
+        self.validate_networks()
+    }
+
+    /// `host` alone and without published ports; no network twice.
+    fn validate_networks(&self) -> Result<(), SpecError> {
+        let nets = &self.task.networks;
+        if nets.iter().any(|n| n.network == crate::network::HOST_NETWORK) {
+            if nets.len() > 1 {
+                return Err(SpecError::Invalid("--network host cannot be combined with other networks".into()));
+            }
+            if !self.task.ports.is_empty() {
+                return Err(SpecError::Invalid(
+                    "published ports mean nothing with --network host: the task listens on its node's own \
+                     addresses; remove --publish"
+                        .into(),
+                ));
+            }
+        }
+        for (i, n) in nets.iter().enumerate() {
+            if nets[..i].iter().any(|m| m.network == n.network) {
+                return Err(SpecError::Invalid(format!("network {:?} is given twice", n.network)));
             }
         }
         Ok(())

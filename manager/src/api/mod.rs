@@ -6,7 +6,7 @@
 //!
 //! Layout: this module has the shared state, the error type, the helpers the
 //! handlers share and the router; the handlers sit by what they serve:
-//! `services` (services and their tasks), `nodes` (nodes, `/v1/info`,
+//! `services` (services and their tasks), `networks`, `nodes` (nodes, `/v1/info`,
 //! join tokens), `logs`, `events`, `ui` (the web view's page and streams)
 //! and `metrics`; `docker` answers the Docker Engine API on the same port,
 //! over the same functions.
@@ -15,6 +15,7 @@ pub mod docker;
 mod events;
 mod logs;
 mod metrics;
+mod networks;
 mod nodes;
 mod services;
 mod ui;
@@ -66,6 +67,8 @@ pub enum Error {
     Role(#[from] RoleError),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Network(#[from] common::network::NetworkError),
     #[error(transparent)]
     Ca(#[from] TlsError),
     #[error("{what} {key} not found")]
@@ -119,8 +122,13 @@ fn store_status(e: &StoreError) -> StatusCode {
         | StoreError::Conflict(..)
         | StoreError::PortInUse { .. }
         | StoreError::PortTwice { .. }
-        | StoreError::NoFreePort => StatusCode::CONFLICT,
-        StoreError::NoSuchService(_) | StoreError::NoSuchNode(_) => StatusCode::NOT_FOUND,
+        | StoreError::NoFreePort
+        | StoreError::NetworkNameInUse(..)
+        | StoreError::NetworkInUse { .. }
+        | StoreError::Alloc(_) => StatusCode::CONFLICT,
+        StoreError::NoSuchService(_) | StoreError::NoSuchNode(_) | StoreError::NoSuchNetwork(_) => {
+            StatusCode::NOT_FOUND
+        }
         StoreError::AlreadyInitialised | StoreError::NoPreviousSpec(_) => StatusCode::BAD_REQUEST,
     }
 }
@@ -144,6 +152,7 @@ impl ResponseError for Error {
             }
             Error::Role(_)
             | Error::Spec(_)
+            | Error::Network(_)
             | Error::InvalidRole(_)
             | Error::InvalidEventType(_)
             | Error::RemoveSelf
@@ -260,6 +269,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/join-tokens", web::get().to(nodes::join_tokens))
         .route("/v1/join-tokens/rotate", web::post().to(nodes::rotate_join_token))
         .route("/v1/events", web::get().to(events::events))
+        .route("/v1/networks", web::get().to(networks::list_networks))
+        .route("/v1/networks", web::post().to(networks::create_network))
+        .route("/v1/networks/{key}", web::get().to(networks::get_network))
+        .route("/v1/networks/{key}", web::delete().to(networks::remove_network))
         .route("/v1/services", web::get().to(services::list_services))
         .route("/v1/services", web::post().to(services::create_service))
         .route("/v1/services/{key}", web::get().to(services::get_service))

@@ -91,6 +91,18 @@ struct DockerTaskSpec {
     resources: Option<DockerResources>,
     #[serde(default, deserialize_with = "nullable")]
     force_update: u64,
+    #[serde(default, deserialize_with = "nullable")]
+    networks: Vec<DockerNetworkAttachment>,
+}
+
+/// `TaskTemplate.Networks[]`: `Target` is a network's name or id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerNetworkAttachment {
+    #[serde(default, deserialize_with = "nullable")]
+    target: String,
+    #[serde(default, deserialize_with = "nullable")]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,10 +451,20 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
             force_update: task.force_update,
             container: options,
             limits,
+            networks: task
+                .networks
+                .into_iter()
+                .map(|n| common::network::NetworkAttachment { network: n.target, aliases: n.aliases })
+                .collect(),
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
         engine_spec: Some(doc.to_string()),
+        endpoint_mode: if endpoint.mode == "dnsrr" {
+            common::network::EndpointMode::Dnsrr
+        } else {
+            common::network::EndpointMode::Vip
+        },
     };
     spec.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
@@ -545,6 +567,17 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     if !limits.is_empty() {
         task["Resources"] = json!({"Limits": limits});
     }
+    if !t.networks.is_empty() {
+        let nets: Vec<Value> = t
+            .networks
+            .iter()
+            .map(|n| match n.aliases.is_empty() {
+                true => json!({"Target": n.network}),
+                false => json!({"Target": n.network, "Aliases": n.aliases}),
+            })
+            .collect();
+        task["Networks"] = Value::Array(nets);
+    }
     task
 }
 
@@ -574,7 +607,11 @@ pub fn to_engine(spec: &ServiceSpec) -> Value {
         ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
         ServiceMode::Global => json!({"Global": {}}),
     };
-    let mut endpoint = json!({"Mode": "vip"});
+    let mode_name = match spec.endpoint_mode {
+        common::network::EndpointMode::Vip => "vip",
+        common::network::EndpointMode::Dnsrr => "dnsrr",
+    };
+    let mut endpoint = json!({"Mode": mode_name});
     if !spec.task.ports.is_empty() {
         endpoint["Ports"] = ports_to_engine(&spec.task.ports);
     }
@@ -619,6 +656,8 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "RestartPolicy"],
     &["TaskTemplate", "Placement", "Constraints"],
     &["TaskTemplate", "ForceUpdate"],
+    &["TaskTemplate", "Networks"],
+    &["EndpointSpec", "Mode"],
     &["UpdateConfig"],
     &["RollbackConfig"],
     &["EndpointSpec", "Ports"],
