@@ -47,6 +47,8 @@ struct Sink {
     /// the assignments that follow them (a task leaves the rotation before
     /// its stop reaches the supervisor).
     mesh: actix::Addr<MeshProgrammer>,
+    /// The overlay networks' part of each table, for `worker::net`.
+    networks: watch::Sender<Vec<common::network::NetworkEntry>>,
     /// Told when the node's role changed (and which managers can certify
     /// it): the process restarts in its new role.
     role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
@@ -54,6 +56,13 @@ struct Sink {
 
 impl AgentSink for Sink {
     fn mesh(&self, table: MeshTable) {
+        self.networks.send_if_modified(|n| {
+            let changed = *n != table.networks;
+            if changed {
+                n.clone_from(&table.networks);
+            }
+            changed
+        });
         self.mesh.do_send(SetTable(table));
     }
     fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
@@ -145,18 +154,28 @@ pub(crate) async fn run_node(
     let listener = tokio::net::TcpListener::bind(cluster_addr)
         .await
         .with_context(|| format!("cannot listen on the cluster port {cluster_addr}"))?;
+    // The overlay networks need the Docker engine (none with a test runtime).
+    let mut overlay_docker = None;
     let runtime: Arc<dyn Runtime> = match opts.launch.runtime {
         Some(r) => r,
-        None => Arc::new(
-            DockerRuntime::connect()
+        None => {
+            let docker = DockerRuntime::connect()
                 .await
                 .map_err(|e| {
                     anyhow!("cannot use Docker: {e} (is dockerd running and /var/run/docker.sock reachable?)")
                 })?
                 .publish_on(state.advertise_addr)
-                .node_hostname(&state.hostname),
-        ),
+                .node_hostname(&state.hostname);
+            overlay_docker = Some(docker.client().clone());
+            Arc::new(docker)
+        }
     };
+    let (networks_tx, networks_rx) = watch::channel(Vec::new());
+    if let Some(docker) = overlay_docker {
+        let programmer =
+            worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker };
+        actix::spawn(programmer.run(networks_rx));
+    }
     let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));
     let data_path = mesh::choose(opts.mesh, &state.node_id, state.advertise_addr).await.map_err(|e| {
         let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
@@ -269,6 +288,7 @@ pub(crate) async fn run_node(
         state: shared_state,
         membership,
         mesh: mesh_addr.clone(),
+        networks: networks_tx,
     });
     // What the mesh cannot serve, for the managers to show.
     let (failures_tx, failures_rx) = watch::channel(Vec::new());
