@@ -215,7 +215,9 @@ impl NetworkSpec {
     /// A name that is a DNS label, not `host`; a subnet of a usable size;
     /// no encryption (not built yet).
     pub fn validate(&self) -> Result<(), NetworkError> {
-        validate_dns_label(&self.name).map_err(|_| NetworkError::Name(self.name.clone()))?;
+        if !is_dns_label(&self.name) {
+            return Err(NetworkError::Name(self.name.clone()));
+        }
         if self.name == HOST_NETWORK || self.name == "bridge" || self.name == "none" || self.name == "ingress" {
             return Err(NetworkError::Reserved(self.name.clone()));
         }
@@ -232,17 +234,12 @@ impl NetworkSpec {
 }
 
 /// A DNS label (RFC 1123): 1-63 letters, digits and `-`, not at either end.
-pub fn validate_dns_label(s: &str) -> Result<(), ()> {
-    let ok = !s.is_empty()
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(())
-    }
+        && !s.ends_with('-')
 }
 
 /// A network in the store.
@@ -329,7 +326,9 @@ impl FromStr for NetworkAttachment {
             match k.trim() {
                 "name" | "target" => network = Some(v.trim().to_string()),
                 "alias" => {
-                    validate_dns_label(v.trim()).map_err(|_| err(&format!("alias {v:?} is not a DNS label")))?;
+                    if !is_dns_label(v.trim()) {
+                        return Err(err(&format!("alias {v:?} is not a DNS label")));
+                    }
                     aliases.push(v.trim().to_string())
                 }
                 other => return Err(err(&format!("unknown field {other:?}"))),

@@ -19,7 +19,7 @@ fn create(h: &Hosts, name: &str, flags: &[&str]) {
 }
 
 /// Host → (container id, address on its first network) of `svc`'s running tasks.
-fn addresses(h: &Hosts, svc: &str, tasks: &[Value]) -> BTreeMap<usize, (String, String)> {
+fn addresses(svc: &str, tasks: &[Value]) -> BTreeMap<usize, (String, String)> {
     let mut out = BTreeMap::new();
     for t in tasks {
         let host = task_host(t).expect("a host");
@@ -67,7 +67,7 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     create(&h, "web", &["--replicas", "2", "--network", "a"]);
     create(&h, "other", &["--network", "b"]);
     let web = h.wait_running_where(1, "web", 2, CONVERGE, |_| true);
-    let web = addresses(&h, "web", &web);
+    let web = addresses("web", &web);
     assert_eq!(web.len(), 2, "one web task per host: {web:?}");
     let (c1, a1) = &web[&1];
     let (c2, a2) = &web[&2];
@@ -80,7 +80,7 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
 
     // a cannot reach b.
     let other = h.wait_running(1, "other", 1, CONVERGE);
-    let other = addresses(&h, "other", &other);
+    let other = addresses("other", &other);
     let (host_b, (cb, ab)) = other.iter().next().unwrap();
     let from = if *host_b == 1 { 1 } else { 2 };
     let (ca, _) = &web[&from];
