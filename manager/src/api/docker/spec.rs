@@ -657,7 +657,6 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "Placement", "Constraints"],
     &["TaskTemplate", "ForceUpdate"],
     &["TaskTemplate", "Networks"],
-    &["EndpointSpec", "Mode"],
     &["UpdateConfig"],
     &["RollbackConfig"],
     &["EndpointSpec", "Ports"],
