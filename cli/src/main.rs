@@ -2,7 +2,7 @@
 //! subcommand is a client of a manager's HTTP API (`-H` / `SHOAL_HOST`).
 //!
 //! - [`daemon`]: bootstrapping, joining, resuming and running a node.
-//! - [`service`], [`node`]: the client commands.
+//! - [`service`], [`node`], [`network`]: the client commands.
 //! - [`output`]: tables, progress and log lines, exactly as docker prints them.
 //! - [`client`]: the HTTP client.
 
@@ -11,6 +11,7 @@ mod container_flags;
 mod events;
 mod files;
 mod list;
+mod network;
 mod node;
 mod output;
 mod placement;
@@ -78,6 +79,9 @@ enum Command {
     /// Unlock a manager started with autolock: reads the unlock key from
     /// standard input (prompting, without echo, on a terminal).
     Unlock,
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Secret(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Secret, cmd),
         Command::Config(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Config, cmd),
         Command::Unlock => unlock::run(&client::Client::new(&cli.host)),
+        Command::Network(cmd) => network::run(&client::Client::new(&cli.host), cmd),
     };
     match result {
         Ok(code) => code,

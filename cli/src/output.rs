@@ -33,7 +33,7 @@ const PADDING: usize = 3;
 /// the widest cell plus padding, at least `MIN_WIDTH`. The last cell is
 /// written as it is. (Go forms columns from runs of lines; every row here has
 /// as many cells as the header, so a column spans the whole table.)
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let columns = header.len() - 1;
     let width = |s: &str| s.chars().count();
     let mut widths = vec![MIN_WIDTH; columns];
@@ -589,6 +589,7 @@ mod tests {
             update_status: None,
             previous_spec: None,
             mesh_errors: vec![],
+            vips: vec![],
         }
     }
 
@@ -638,6 +639,7 @@ mod tests {
                 status,
                 created_at: NOW - t.created * SEC,
                 attempt: 0,
+                addresses: vec![],
             },
             node_hostname: t.node.map(str::to_string),
         }

@@ -128,6 +128,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     create_lists: CreateListArgs,
     #[command(flatten)]
+    networks: crate::network::NetworkFlags,
+    #[command(flatten)]
     detach: Detach,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -344,6 +346,8 @@ pub struct UpdateArgs {
     more: ContainerArgs,
     #[command(flatten)]
     lists: UpdateListArgs,
+    #[command(flatten)]
+    networks: crate::network::NetworkUpdateFlags,
     #[command(flatten)]
     detach: Detach,
     service: String,
@@ -591,8 +595,10 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             secrets: parse_refs(Kind::Secret, "secret", &a.files.secret)?,
             configs: parse_refs(Kind::Config, "config", &a.files.config)?,
             scheduling: a.placement.scheduling()?,
+            networks: a.networks.attachments()?,
         },
         engine_spec: None,
+        endpoint_mode: a.networks.endpoint_mode()?,
     };
     let mut spec = spec;
     a.create_lists.apply_create(&a.more, &mut spec.task)?;
@@ -607,7 +613,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             let info: ServiceInfo = c.post("/v1/services", &spec)?;
             println!("{}", info.id);
             if !a.detach.detach {
-                return progress::watch(c, &info.id.to_string(), now_ms());
+                return progress::watch(c, info.id.as_str(), now_ms());
             }
         }
         ServiceCmd::Ls(list) => {
@@ -733,12 +739,13 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                     a.lists.fill(&mut u)?;
                     u
                 },
+                network: a.networks.patch()?,
             };
             let started = now_ms();
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;
             println!("{}", a.service);
             if !a.detach.detach {
-                return progress::watch(c, &info.id.to_string(), started);
+                return progress::watch(c, info.id.as_str(), started);
             }
         }
         ServiceCmd::Rollback { service, detach } => {
@@ -746,7 +753,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/rollback", seg(&service)), &())?;
             println!("{service}");
             if !detach.detach {
-                return progress::watch(c, &info.id.to_string(), started);
+                return progress::watch(c, info.id.as_str(), started);
             }
         }
         ServiceCmd::Inspect { services, pretty } => {

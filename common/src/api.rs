@@ -10,6 +10,10 @@
 //! | DELETE | `/v1/nodes/{id-or-hostname}?force=true` | → [`NodeInfo`] |
 //! | GET | `/v1/join-tokens` | → [`JoinTokens`] |
 //! | POST | `/v1/join-tokens/rotate?role=worker\|manager` | → [`JoinTokens`] (that role's token replaced) |
+//! | GET | `/v1/networks` | → `[Network]` |
+//! | POST | `/v1/networks` | [`NetworkSpec`](crate::network::NetworkSpec) → [`Network`](crate::network::Network) |
+//! | GET | `/v1/networks/{id-or-name}` | → `Network` |
+//! | DELETE | `/v1/networks/{id-or-name}` | → `Network` (refused while a service uses it) |
 //! | GET | `/v1/services` | → `[ServiceInfo]` |
 //! | POST | `/v1/services` | [`ServiceSpec`] → [`ServiceInfo`] |
 //! | GET | `/v1/services/{id-or-name}` | → [`ServiceInfo`] |
@@ -117,6 +121,9 @@ pub struct ServiceInfo {
     /// Known to the leader only; empty elsewhere.
     #[serde(default)]
     pub mesh_errors: Vec<String>,
+    /// The service's virtual IP on each network (`network` is its id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<crate::network::Vip>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +224,40 @@ pub struct ServiceUpdate {
     /// Changes to the container's settings (health check, mounts, …).
     #[serde(default, skip_serializing_if = "ContainerUpdate::is_empty")]
     pub container: ContainerUpdate,
+    /// `--network-add`, `--network-rm`, `--endpoint-mode`.
+    #[serde(default, skip_serializing_if = "NetworkPatch::is_empty")]
+    pub network: NetworkPatch,
+}
+
+/// The networks a service update changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPatch {
+    #[serde(default)]
+    pub add: Vec<crate::network::NetworkAttachment>,
+    /// Network names (or ids, as given) to leave.
+    #[serde(default)]
+    pub rm: Vec<String>,
+    #[serde(default)]
+    pub endpoint_mode: Option<crate::network::EndpointMode>,
+}
+
+impl NetworkPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == NetworkPatch::default()
+    }
+
+    pub fn apply(&self, s: &mut ServiceSpec) {
+        s.task.networks.retain(|n| !self.rm.contains(&n.network));
+        for a in &self.add {
+            match s.task.networks.iter_mut().find(|n| n.network == a.network) {
+                Some(n) => n.aliases = a.aliases.clone(),
+                None => s.task.networks.push(a.clone()),
+            }
+        }
+        if let Some(m) = self.endpoint_mode {
+            s.endpoint_mode = m;
+        }
+    }
 }
 
 /// `POST /v1/secrets` or `/v1/configs`.
@@ -335,6 +376,7 @@ impl ServiceUpdate {
         if self.force {
             s.task.force_update += 1;
         }
+        self.network.apply(&mut s);
         if let Some(img) = &self.image {
             s.task.image = img.clone();
         }

@@ -71,6 +71,7 @@ typed_id!(ServiceId);
 typed_id!(TaskId);
 typed_id!(SecretId);
 typed_id!(ConfigId);
+typed_id!(NetworkId);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 //! - [`node`]: nodes, roles and availability.
 //! - [`mesh`]: published ports and the routing-mesh table.
 //! - [`secret`]: secrets and configs, and the files they become in a task.
+//! - [`network`]: overlay networks, their subnets, VIPs and the per-node network table.
 //! - [`constraint`]: placement constraints, parsed and matched.
 //! - [`sched`]: reservations, placement preferences, node descriptions.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
@@ -21,6 +22,7 @@ pub mod constraint;
 pub mod container;
 pub mod ids;
 pub mod mesh;
+pub mod network;
 pub mod node;
 pub mod sched;
 pub mod secret;
@@ -29,4 +31,4 @@ pub mod task;
 pub mod time;
 pub mod wire;
 
-pub use ids::{ConfigId, NodeId, SecretId, ServiceId, TaskId};
+pub use ids::{ConfigId, NetworkId, NodeId, SecretId, ServiceId, TaskId};

@@ -189,6 +189,10 @@ pub struct MeshFailure {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshTable {
     pub entries: Vec<MeshEntry>,
+    /// The overlay networks (VIPs, task addresses, node blocks): sent with
+    /// the mesh so that a task leaves a VIP's rotation before it is stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::network::NetworkEntry>,
 }
 
 #[cfg(test)]

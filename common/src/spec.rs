@@ -11,6 +11,7 @@ use crate::constraint::{Constraint, ConstraintError};
 use crate::container::{HealthCheck, LogDriver, Ulimit};
 pub use crate::container::{Mount, MountType, TmpfsOptions, VolumeOptions};
 use crate::mesh::PortConfig;
+use crate::network::{EndpointMode, NetworkAttachment};
 use crate::sched::Scheduling;
 use crate::secret::{ConfigRef, SecretRef};
 use crate::time::Millis;
@@ -35,6 +36,9 @@ pub struct ServiceSpec {
     /// through shoal's own API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_spec: Option<String>,
+    /// How the service's name resolves on its networks (`--endpoint-mode`).
+    #[serde(default, skip_serializing_if = "EndpointMode::is_default")]
+    pub endpoint_mode: EndpointMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -208,6 +212,10 @@ pub struct TaskTemplate {
     /// Reservations, placement preferences, max replicas per node.
     #[serde(default, skip_serializing_if = "Scheduling::is_default")]
     pub scheduling: Scheduling,
+    /// The networks the tasks join (`--network`), in order; `host` alone
+    /// shares the node's network stack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
 }
 
 /// Swarm's ContainerSpec settings beyond image, command, env and mounts:
@@ -360,6 +368,7 @@ impl TaskTemplate {
             secrets: vec![],
             configs: vec![],
             scheduling: Scheduling::default(),
+            networks: vec![],
         }
     }
 }
@@ -485,6 +494,7 @@ impl ServiceSpec {
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             engine_spec: None,
+            endpoint_mode: EndpointMode::Vip,
         }
     }
 
@@ -506,6 +516,29 @@ impl ServiceSpec {
         }
         for m in &self.task.mounts {
             m.validate().map_err(SpecError::Invalid)?;
+        }
+        self.validate_networks()
+    }
+
+    /// `host` alone and without published ports; no network twice.
+    fn validate_networks(&self) -> Result<(), SpecError> {
+        let nets = &self.task.networks;
+        if nets.iter().any(|n| n.network == crate::network::HOST_NETWORK) {
+            if nets.len() > 1 {
+                return Err(SpecError::Invalid("--network host cannot be combined with other networks".into()));
+            }
+            if !self.task.ports.is_empty() {
+                return Err(SpecError::Invalid(
+                    "published ports mean nothing with --network host: the task listens on its node's own \
+                     addresses; remove --publish"
+                        .into(),
+                ));
+            }
+        }
+        for (i, n) in nets.iter().enumerate() {
+            if nets[..i].iter().any(|m| m.network == n.network) {
+                return Err(SpecError::Invalid(format!("network {:?} is given twice", n.network)));
+            }
         }
         Ok(())
     }

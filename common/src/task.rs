@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::container::Health;
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::HostPort;
+use crate::network::TaskAddress;
 use crate::spec::TaskTemplate;
 use crate::time::Millis;
 
@@ -151,6 +152,10 @@ pub struct Task {
     /// slot was (re)filled; counts restart attempts.
     #[serde(default)]
     pub attempt: u64,
+    /// The task's address on each of its networks, given when it is
+    /// assigned to a node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<TaskAddress>,
 }
 
 impl Task {

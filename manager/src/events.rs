@@ -202,6 +202,7 @@ mod tests {
             status: TaskStatus::new(TaskState::Assigned, 0, ""),
             created_at: 0,
             attempt: 0,
+            addresses: vec![],
         };
         assert_eq!(events(&mut s, Command::CreateTasks(vec![t.clone()])).len(), 1);
         t.status = TaskStatus::new(TaskState::Running, 5, "");

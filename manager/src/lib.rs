@@ -12,6 +12,7 @@
 //! - [`join`]: admitting nodes by token; [`ca`]: the cluster CA that signs
 //!   their certificates and makes the tokens (only managers hold it).
 //! - [`roles`]: promotions and demotions through raft membership.
+//! - [`network`]: the overlay networks' allocator and table.
 //! - [`events`]: the numbered stream of applied changes; [`mesh`]: the
 //!   routing-mesh table every node is sent.
 //! - [`api`]: the HTTP JSON API for the CLI, with `/metrics`.
@@ -28,6 +29,7 @@ pub mod events;
 pub mod join;
 pub mod liveness;
 pub mod mesh;
+pub mod network;
 pub mod orchestrator;
 pub mod raft;
 pub mod roles;

@@ -35,7 +35,7 @@ pub fn table(store: &Store) -> MeshTable {
         }
     }
     entries.sort_by_key(|e| (e.protocol, e.published));
-    MeshTable { entries }
+    MeshTable { entries, networks: crate::network::table(store) }
 }
 
 #[cfg(test)]
@@ -76,6 +76,7 @@ mod tests {
             status,
             created_at: 0,
             attempt: 0,
+            addresses: vec![],
         }
     }
 
@@ -94,6 +95,7 @@ mod tests {
             update: Default::default(),
             rollback: Default::default(),
             engine_spec: None,
+            endpoint_mode: Default::default(),
         };
         s.apply(Command::CreateService(Service::new("web".into(), spec, 0))).unwrap();
         s.apply(Command::CreateTasks(vec![

@@ -54,11 +54,13 @@
 //!   snapshots keep their format.
 
 mod files;
+mod networks;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use common::mesh::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
+use common::network::{Network, NetworkSpec, Vip};
 use common::node::{Availability, Node, Role};
 use common::sched::NodeDescription;
 use common::secret::{Config, Kind, Secret};
@@ -66,7 +68,7 @@ use common::spec::{ServiceSpec, UpdateState, UpdateStatus};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
 use common::wire::PeerInfo;
-use common::{ConfigId, NodeId, SecretId, ServiceId, TaskId};
+use common::{ConfigId, NetworkId, NodeId, SecretId, ServiceId, TaskId};
 use serde::{Deserialize, Serialize};
 
 pub use files::LabelsUpdate;
@@ -95,11 +97,24 @@ pub struct Service {
     pub previous_spec: Option<ServiceSpec>,
     #[serde(default)]
     pub update_status: Option<UpdateStatus>,
+    /// The service's virtual IP on each of its networks (none in dnsrr
+    /// mode), given out when the service is written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<Vip>,
 }
 
 impl Service {
     pub fn new(id: ServiceId, spec: ServiceSpec, at: Millis) -> Self {
-        Service { id, spec, version: 1, created_at: at, updated_at: at, previous_spec: None, update_status: None }
+        Service {
+            id,
+            spec,
+            version: 1,
+            created_at: at,
+            updated_at: at,
+            previous_spec: None,
+            update_status: None,
+            vips: vec![],
+        }
     }
 
     /// The rollout settings in force: the rollback's during a rollback.
@@ -203,6 +218,15 @@ pub enum Command {
         id: NodeId,
         description: NodeDescription,
     },
+    /// A network; its range (unless the spec gives one) and VXLAN id are
+    /// given out as it applies (`store::networks`).
+    CreateNetwork {
+        id: NetworkId,
+        spec: NetworkSpec,
+        at: Millis,
+    },
+    /// Refused while a service uses the network.
+    RemoveNetwork(NetworkId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -235,6 +259,14 @@ pub enum StoreError {
     FileInUse { kind: Kind, name: String, services: Vec<String> },
     #[error("{0} {1} is at version {2}, not {3}: update out of sequence")]
     FileConflict(Kind, String, u64, u64),
+    #[error("network {0} not found")]
+    NoSuchNetwork(String),
+    #[error("network name {0:?} is already in use by network {1}")]
+    NetworkNameInUse(String, NetworkId),
+    #[error("network {network} is in use by service {service}")]
+    NetworkInUse { network: String, service: String },
+    #[error(transparent)]
+    Alloc(#[from] crate::network::AllocError),
 }
 
 impl Command {
@@ -269,8 +301,10 @@ impl Command {
             | Command::RemoveSecret(_)
             | Command::CreateConfig(_)
             | Command::UpdateConfig(_)
-            | Command::RemoveConfig(_) => false,
-            Command::SetNodeDescription { .. } => false,
+            | Command::RemoveConfig(_)
+            | Command::SetNodeDescription { .. }
+            | Command::CreateNetwork { .. }
+            | Command::RemoveNetwork(_) => false,
         }
     }
 }
@@ -383,6 +417,9 @@ pub struct Store {
     /// empty, so snapshots without it keep their bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub descriptions: BTreeMap<NodeId, NodeDescription>,
+    /// Overlay networks. Not written when empty, as `no_session`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<NetworkId, Network>,
 }
 
 /// Who proposed an entry: (raft id, process start nonce, counter). A
@@ -530,20 +567,22 @@ impl Store {
             }
             Command::RemoveNode(id) => {
                 self.descriptions.remove(&id);
+                self.release_node_blocks(&id);
                 if let Some(n) = self.nodes.remove(&id) {
                     changes.push(Change::NodeRemoved { id, hostname: n.hostname });
                 }
             }
-            Command::CreateService(svc) => {
+            Command::CreateService(mut svc) => {
                 if let Some(other) = self.service_by_name(&svc.spec.name) {
                     return Err(StoreError::NameInUse(svc.spec.name.clone(), other.id.clone()));
                 }
                 self.check_ports(&svc.id, &svc.spec.task.ports)?;
                 self.check_files(&svc.spec)?;
+                svc.vips = self.attach_networks(&svc.id, &mut svc.spec, &[])?;
                 changes.push(Change::Service { id: svc.id.clone(), action: "create" });
                 self.services.insert(svc.id.clone(), svc);
             }
-            Command::UpdateService { id, spec, at, expect_version } => {
+            Command::UpdateService { id, mut spec, at, expect_version } => {
                 if let Some(other) = self.service_by_name(&spec.name) {
                     if other.id != id {
                         return Err(StoreError::NameInUse(spec.name.clone(), other.id.clone()));
@@ -555,7 +594,9 @@ impl Store {
                 }
                 self.check_ports(&id, &spec.task.ports)?;
                 self.check_files(&spec)?;
+                let vips = self.attach_networks(&id, &mut spec, &current.vips.clone())?;
                 let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                svc.vips = vips;
                 // A new task template rolls over the tasks; other changes
                 // (replicas, labels) do not.
                 if spec.task != svc.spec.task {
@@ -572,9 +613,12 @@ impl Store {
                 changes.push(Change::Service { id, action: "update" });
             }
             Command::RollbackService { id, at, reason } => {
+                let svc = self.services.get(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                let mut previous =
+                    svc.previous_spec.clone().ok_or_else(|| StoreError::NoPreviousSpec(svc.spec.name.clone()))?;
+                let vips = self.attach_networks(&id, &mut previous, &svc.vips.clone())?;
                 let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
-                let previous =
-                    svc.previous_spec.take().ok_or_else(|| StoreError::NoPreviousSpec(svc.spec.name.clone()))?;
+                svc.vips = vips;
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
                 svc.update_status = Some(UpdateStatus {
                     state: UpdateState::RollbackStarted,
@@ -634,7 +678,7 @@ impl Store {
             }
             Command::AssignTasks(assignments) => {
                 for a in assignments {
-                    let Some(mut t) = self.tasks.get_mut(&a.task) else { continue };
+                    let Some(t) = self.tasks.get(&a.task) else { continue };
                     // A task that names its node (a global one) is admitted
                     // only there.
                     if t.node_id.as_ref().is_some_and(|n| *n != a.node)
@@ -644,8 +688,21 @@ impl Store {
                     {
                         continue;
                     }
-                    t.node_id = Some(a.node);
-                    t.status = TaskStatus::new(TaskState::Assigned, a.at, "assigned");
+                    // Its address on each network, from the node's block.
+                    match self.assign_addresses(&a.task, &a.node) {
+                        Ok(addresses) => {
+                            let Some(mut t) = self.tasks.get_mut(&a.task) else { continue };
+                            t.addresses = addresses;
+                            t.node_id = Some(a.node);
+                            t.status = TaskStatus::new(TaskState::Assigned, a.at, "assigned");
+                        }
+                        Err(e) => {
+                            let Some(mut t) = self.tasks.get_mut(&a.task) else { continue };
+                            let mut st = TaskStatus::new(TaskState::Pending, a.at, "pending task scheduling");
+                            st.err = Some(e.to_string());
+                            t.status = st;
+                        }
+                    }
                     changes.push(Change::Task { id: a.task });
                 }
             }
@@ -733,6 +790,8 @@ impl Store {
                 self.descriptions.insert(id.clone(), description);
                 changes.push(Change::Node { id, action: "update" });
             }
+            Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, at)?,
+            Command::RemoveNetwork(id) => self.remove_network(&id)?,
         }
         Ok(())
     }
@@ -890,6 +949,7 @@ enum Saved {
     Secret(SecretId, Option<Box<Secret>>),
     Config(ConfigId, Option<Box<Config>>),
     Description(NodeId, Option<NodeDescription>),
+    Networks(BTreeMap<NetworkId, Network>),
 }
 
 impl Undo {
@@ -904,6 +964,11 @@ impl Undo {
                 self.saved.push(Saved::Cluster(Box::new(store.cluster.clone())))
             }
             Command::AddNode(n) => self.saved.push(node(&n.id)),
+            Command::RemoveNode(id) => {
+                self.saved.push(node(id));
+                self.saved.push(Saved::Networks(store.networks.clone()));
+                self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()));
+            }
             Command::SetNodeAvailability { id, .. }
             | Command::UpdateNodeLabels { id, .. }
             | Command::SetNodeRole { id, .. } => self.saved.push(node(id)),
@@ -916,7 +981,14 @@ impl Undo {
                 self.saved.extend(store.tasks_of(id).map(|t| Saved::Task(t.id.clone(), Some(Box::new(t.clone())))));
             }
             Command::CreateTasks(ts) => self.saved.extend(ts.iter().map(|t| task(&t.id))),
-            Command::AssignTasks(list) => self.saved.extend(list.iter().map(|a| task(&a.task))),
+            Command::AssignTasks(list) => {
+                // Node blocks may be given out too.
+                self.saved.push(Saved::Networks(store.networks.clone()));
+                self.saved.extend(list.iter().map(|a| task(&a.task)))
+            }
+            Command::CreateNetwork { .. } | Command::RemoveNetwork(_) => {
+                self.saved.push(Saved::Networks(store.networks.clone()))
+            }
             Command::MarkUnplaceable(list) => self.saved.extend(list.iter().map(|u| task(&u.task))),
             Command::SetDesiredState { tasks, .. } | Command::DeleteTasks(tasks) => {
                 self.saved.extend(tasks.iter().map(task))
@@ -935,10 +1007,6 @@ impl Undo {
             }
             Command::SetNodeDescription { id, .. } => {
                 self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()))
-            }
-            Command::RemoveNode(id) => {
-                self.saved.push(node(id));
-                self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()));
             }
             // Its commands are saved one by one as they apply.
             Command::Batch(_) => {}
@@ -962,6 +1030,7 @@ impl Undo {
                 Saved::Config(id, None) => drop(store.configs.remove(&id)),
                 Saved::Description(id, Some(d)) => drop(store.descriptions.insert(id, d)),
                 Saved::Description(id, None) => drop(store.descriptions.remove(&id)),
+                Saved::Networks(nets) => store.networks = nets,
             }
         }
     }

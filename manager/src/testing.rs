@@ -17,5 +17,6 @@ pub(crate) fn task(id: &str, state: TaskState) -> Task {
         status: TaskStatus::new(state, 0, ""),
         created_at: 0,
         attempt: 0,
+        addresses: vec![],
     }
 }

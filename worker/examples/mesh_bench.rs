@@ -50,6 +50,7 @@ async fn main() -> ExitCode {
             published: port,
             backends,
         }],
+        ..Default::default()
     };
     if mesh.send(SetTable(table)).await.is_err() {
         eprintln!("mesh_bench: the mesh actor died");

@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod mesh;
+pub mod net;
 pub mod node;
 pub mod runtime;
 pub mod supervisor;

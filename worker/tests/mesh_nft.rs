@@ -66,7 +66,7 @@ impl Drop for DropTable {
 }
 
 async fn set(addr: &Addr<MeshProgrammer>, entries: Vec<MeshEntry>) {
-    addr.send(SetTable(MeshTable { entries })).await.expect("mailbox");
+    addr.send(SetTable(MeshTable { entries, ..Default::default() })).await.expect("mailbox");
 }
 
 /// The programmer's view once its last change is applied (nft runs are
@@ -96,7 +96,10 @@ async fn kernel_round_robin_from_this_machine_and_a_clean_teardown() {
     let stale = NftTable::for_node(&NodeId::random(), node_ip);
     let _stale_cleanup = DropTable(stale.clone());
     let stale_mesh = plan::desired(
-        &MeshTable { entries: vec![entry(Protocol::Tcp, PORT, &[SocketAddr::new(ip(10, 9), 1)])] },
+        &MeshTable {
+            entries: vec![entry(Protocol::Tcp, PORT, &[SocketAddr::new(ip(10, 9), 1)])],
+            ..Default::default()
+        },
         node_ip,
     );
     nft::run(&stale.rebuild(&stale_mesh)).await.expect("stale table");
@@ -260,7 +263,7 @@ async fn the_generated_ruleset_loads_and_updates_in_the_kernel() {
     let mut cur = plan::desired(&MeshTable::default(), node_ip);
     nft::run(&table.rebuild(&cur)).await.expect("empty table");
     for entries in meshes {
-        let des = plan::desired(&MeshTable { entries }, node_ip);
+        let des = plan::desired(&MeshTable { entries, ..Default::default() }, node_ip);
         let changes = plan::diff(&cur, &des);
         let script = table.update(&cur, &changes);
         if !script.is_empty() {

@@ -168,6 +168,7 @@ async fn the_programmer_serves_the_table_and_reports_taken_ports() {
     let addr = programmer.start();
     addr.send(SetTable(MeshTable {
         entries: vec![entry(Protocol::Tcp, PORT, &[a.addr, b.addr]), entry(Protocol::Tcp, PORT + 1, &[a.addr])],
+        ..Default::default()
     }))
     .await
     .expect("mailbox");
@@ -194,7 +195,9 @@ async fn the_programmer_serves_the_table_and_reports_taken_ports() {
     assert_eq!(which(SocketAddr::new(node, PORT + 1)).await.expect("served"), "a");
 
     // Unpublished: closed.
-    addr.send(SetTable(MeshTable { entries: vec![entry(Protocol::Tcp, PORT + 1, &[b.addr])] })).await.expect("mailbox");
+    addr.send(SetTable(MeshTable { entries: vec![entry(Protocol::Tcp, PORT + 1, &[b.addr])], ..Default::default() }))
+        .await
+        .expect("mailbox");
     eventually("8080 to close", || async { TcpStream::connect(at).await.is_err().then_some(()) }).await;
     assert_eq!(which(SocketAddr::new(node, PORT + 1)).await.expect("served"), "b");
 

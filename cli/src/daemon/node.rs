@@ -49,6 +49,8 @@ struct Sink {
     /// the assignments that follow them (a task leaves the rotation before
     /// its stop reaches the supervisor).
     mesh: actix::Addr<MeshProgrammer>,
+    /// The overlay networks' part of each table, for `worker::net`.
+    networks: watch::Sender<Vec<common::network::NetworkEntry>>,
     /// Told when the node's role changed (and which managers can certify
     /// it): the process restarts in its new role.
     role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
@@ -58,6 +60,13 @@ struct Sink {
 
 impl AgentSink for Sink {
     fn mesh(&self, table: MeshTable) {
+        self.networks.send_if_modified(|n| {
+            let changed = *n != table.networks;
+            if changed {
+                n.clone_from(&table.networks);
+            }
+            changed
+        });
         self.mesh.do_send(SetTable(table));
     }
     fn assign(&self, full: bool, tasks: Vec<Task>, removed: Vec<TaskId>) {
@@ -164,6 +173,8 @@ pub(crate) async fn run_node(
         .await
         .with_context(|| format!("cannot listen on the cluster port {cluster_addr}"))?;
     let task_files = Arc::new(TaskFiles::new(TaskFiles::default_dir(&state.node_id)));
+    // The overlay networks need the Docker engine (none with a test runtime).
+    let mut overlay_docker = None;
     let (runtime, engine_labels): (Arc<dyn Runtime>, _) = match opts.launch.runtime {
         Some(r) => (r, BTreeMap::new()),
         None => {
@@ -173,10 +184,17 @@ pub(crate) async fn run_node(
             let labels = docker.engine_labels().await;
             let docker =
                 docker.publish_on(state.advertise_addr).node_hostname(&state.hostname).task_files(task_files.clone());
+            overlay_docker = Some(docker.client().clone());
             (Arc::new(docker), labels)
         }
     };
     let description = opts.describe.description(engine_labels);
+    let (networks_tx, networks_rx) = watch::channel(Vec::new());
+    if let Some(docker) = overlay_docker {
+        let programmer =
+            worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker };
+        actix::spawn(programmer.run(networks_rx));
+    }
     let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));
     let data_path = mesh::choose(opts.mesh, &state.node_id, state.advertise_addr).await.map_err(|e| {
         let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
@@ -294,6 +312,7 @@ pub(crate) async fn run_node(
         state: shared_state,
         membership,
         mesh: mesh_addr.clone(),
+        networks: networks_tx,
     });
     // What the mesh cannot serve, for the managers to show.
     let (failures_tx, failures_rx) = watch::channel(Vec::new());

@@ -244,6 +244,7 @@ mod tests {
             update: Default::default(),
             rollback: Default::default(),
             engine_spec: None,
+            endpoint_mode: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 //!
 //! Layout: this module has the shared state, the error type, the helpers the
 //! handlers share and the router; the handlers sit by what they serve:
-//! `services` (services and their tasks), `nodes` (nodes, `/v1/info`,
+//! `services` (services and their tasks), `networks`, `nodes` (nodes, `/v1/info`,
 //! join tokens), `logs`, `events`, `ui` (the web view's page and streams)
 //! and `metrics`; `docker` answers the Docker Engine API on the same port,
 //! over the same functions. `locked` is all a locked manager (autolock)
@@ -18,6 +18,7 @@ pub mod files;
 pub mod locked;
 mod logs;
 mod metrics;
+mod networks;
 mod nodes;
 mod services;
 mod ui;
@@ -69,6 +70,8 @@ pub enum Error {
     Role(#[from] RoleError),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Network(#[from] common::network::NetworkError),
     #[error(transparent)]
     Ca(#[from] TlsError),
     #[error("{what} {key} not found")]
@@ -126,8 +129,14 @@ fn store_status(e: &StoreError) -> StatusCode {
         | StoreError::PortTwice { .. }
         | StoreError::NoFreePort
         | StoreError::FileNameInUse(..)
-        | StoreError::FileConflict(..) => StatusCode::CONFLICT,
-        StoreError::NoSuchService(_) | StoreError::NoSuchNode(_) | StoreError::NoSuchFile(..) => StatusCode::NOT_FOUND,
+        | StoreError::FileConflict(..)
+        | StoreError::NetworkNameInUse(..)
+        | StoreError::NetworkInUse { .. }
+        | StoreError::Alloc(_) => StatusCode::CONFLICT,
+        StoreError::NoSuchService(_)
+        | StoreError::NoSuchNode(_)
+        | StoreError::NoSuchFile(..)
+        | StoreError::NoSuchNetwork(_) => StatusCode::NOT_FOUND,
         StoreError::AlreadyInitialised | StoreError::NoPreviousSpec(_) | StoreError::FileInUse { .. } => {
             StatusCode::BAD_REQUEST
         }
@@ -153,6 +162,7 @@ impl ResponseError for Error {
             }
             Error::Role(_)
             | Error::Spec(_)
+            | Error::Network(_)
             | Error::InvalidRole(_)
             | Error::InvalidEventType(_)
             | Error::RemoveSelf
@@ -274,6 +284,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/join-tokens", web::get().to(nodes::join_tokens))
         .route("/v1/join-tokens/rotate", web::post().to(nodes::rotate_join_token))
         .route("/v1/events", web::get().to(events::events))
+        .route("/v1/networks", web::get().to(networks::list_networks))
+        .route("/v1/networks", web::post().to(networks::create_network))
+        .route("/v1/networks/{key}", web::get().to(networks::get_network))
+        .route("/v1/networks/{key}", web::delete().to(networks::remove_network))
         .route("/v1/services", web::get().to(services::list_services))
         .route("/v1/services", web::post().to(services::create_service))
         .route("/v1/services/{key}", web::get().to(services::get_service))

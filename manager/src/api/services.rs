@@ -33,6 +33,7 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         update_status: svc.update_status.clone(),
         previous_spec: svc.previous_spec.clone(),
         mesh_errors: vec![],
+        vips: svc.vips.clone(),
     }
 }
 

@@ -69,6 +69,7 @@ mod tests {
             status: TaskStatus::new(state, at, ""),
             created_at: at,
             attempt,
+            addresses: vec![],
         }
     }
 

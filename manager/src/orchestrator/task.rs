@@ -62,6 +62,7 @@ pub fn new_task(svc: &Service, slot: u64, node: Option<&NodeId>, attempt: u64, n
         status: TaskStatus::new(TaskState::New, now, "created"),
         created_at: now,
         attempt,
+        addresses: vec![],
     }
 }
 

@@ -19,6 +19,7 @@ fn spec(replicas: u64) -> ServiceSpec {
         update: Default::default(),
         rollback: Default::default(),
         engine_spec: None,
+        endpoint_mode: Default::default(),
     }
 }
 

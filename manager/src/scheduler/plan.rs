@@ -460,6 +460,7 @@ mod tests {
             status: TaskStatus::new(if node.is_some() { TaskState::Running } else { TaskState::New }, 0, ""),
             created_at: slot,
             attempt: 0,
+            addresses: vec![],
         }
     }
 

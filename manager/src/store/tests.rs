@@ -37,6 +37,7 @@ fn task_status_only_moves_forward() {
         status: TaskStatus::new(TaskState::New, 0, "created"),
         created_at: 0,
         attempt: 0,
+        addresses: vec![],
     };
     let id = t.id.clone();
     s.apply(Command::CreateTasks(vec![t])).unwrap();
@@ -156,6 +157,7 @@ fn history() -> Vec<Command> {
         status: TaskStatus::new(TaskState::New, 7, "created"),
         created_at: 7,
         attempt: 0,
+        addresses: vec![],
     };
     let mut web = spec("web", 2);
     web.task.ports = vec!["8080:80".parse().unwrap()];
@@ -318,6 +320,7 @@ fn task(id: &str, service: &str, node: Option<&str>) -> Task {
         status: TaskStatus::new(TaskState::New, 0, "created"),
         created_at: 0,
         attempt: 0,
+        addresses: vec![],
     }
 }
 

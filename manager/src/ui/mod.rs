@@ -157,6 +157,7 @@ mod tests {
             status: TaskStatus::new(state, created_at + 5, ""),
             created_at,
             attempt: 0,
+            addresses: vec![],
         }
     }
 

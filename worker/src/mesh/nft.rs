@@ -357,6 +357,7 @@ mod tests {
                     backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

@@ -163,7 +163,7 @@ mod tests {
     }
 
     fn table(entries: Vec<MeshEntry>) -> MeshTable {
-        MeshTable { entries }
+        MeshTable { entries, ..Default::default() }
     }
 
     /// `open 8080/tcp web [a, b]`, `retarget 53/udp dns refuse`, `close 80/tcp`.

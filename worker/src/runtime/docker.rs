@@ -376,8 +376,10 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
                 typ: Some(d.name.clone()),
                 config: (!d.options.is_empty()).then(|| d.options.clone().into_iter().collect()),
             }),
+            network_mode: network_mode(task),
             ..Default::default()
         }),
+        networking_config: networking_config(task),
         ..Default::default()
     }
 }
@@ -421,6 +423,32 @@ fn docker_mount(m: &Mount, cx: &TemplateContext) -> DockerMount {
         }),
         ..Default::default()
     }
+}
+
+/// `host`, or the Docker network of the task's first network.
+fn network_mode(task: &Task) -> Option<String> {
+    if task.spec.networks.iter().any(|n| n.network == common::network::HOST_NETWORK) {
+        return Some("host".into());
+    }
+    task.addresses.first().map(|a| a.docker_network())
+}
+
+/// The task's address on its first network (Docker's API before 1.44
+/// takes one network at create).
+fn networking_config(task: &Task) -> Option<bollard::models::NetworkingConfig> {
+    let a = task.addresses.first()?;
+    let aliases = task.spec.networks.iter().find(|n| n.network == a.name).map(|n| n.aliases.clone());
+    let endpoint = bollard::models::EndpointSettings {
+        ipam_config: Some(bollard::models::EndpointIpamConfig {
+            ipv4_address: Some(a.addr.to_string()),
+            ..Default::default()
+        }),
+        aliases,
+        ..Default::default()
+    };
+    Some(bollard::models::NetworkingConfig {
+        endpoints_config: Some([(a.docker_network(), endpoint)].into_iter().collect()),
+    })
 }
 
 /// Docker counts the grace in whole seconds: round up, so a grace is never
@@ -469,6 +497,12 @@ impl Runtime for DockerRuntime {
                 read_only: Some(true),
                 ..Default::default()
             }));
+        }
+        // The Docker network of each of its networks, before the container.
+        for a in &task.addresses {
+            crate::net::docker::ensure(&self.docker, &a.docker_network(), a.range, a.block, a.vni)
+                .await
+                .map_err(|e| RuntimeError::Docker { status: 500, message: e.to_string() })?;
         }
         let created = self.docker.create_container(Some(opts), body).await.map_err(map_err)?;
         for w in created.warnings.iter().filter(|w| !w.is_empty()) {

@@ -223,6 +223,7 @@ mod tests {
             status: common::task::TaskStatus::new(common::task::TaskState::New, 0, "new"),
             created_at: 0,
             attempt: 0,
+            addresses: vec![],
         }
     }
 

@@ -96,6 +96,18 @@ struct DockerTaskSpec {
     force_update: u64,
     #[serde(default)]
     log_driver: Option<DockerDriver>,
+    #[serde(default, deserialize_with = "nullable")]
+    networks: Vec<DockerNetworkAttachment>,
+}
+
+/// `TaskTemplate.Networks[]`: `Target` is a network's name or id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerNetworkAttachment {
+    #[serde(default, deserialize_with = "nullable")]
+    target: String,
+    #[serde(default, deserialize_with = "nullable")]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -803,10 +815,20 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
             secrets: container.secrets.into_iter().map(|r| file_ref(Kind::Secret, r)).collect::<Result<_, _>>()?,
             configs: container.configs.into_iter().map(|r| file_ref(Kind::Config, r)).collect::<Result<_, _>>()?,
             scheduling,
+            networks: task
+                .networks
+                .into_iter()
+                .map(|n| common::network::NetworkAttachment { network: n.target, aliases: n.aliases })
+                .collect(),
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
         engine_spec: Some(doc.to_string()),
+        endpoint_mode: if endpoint.mode == "dnsrr" {
+            common::network::EndpointMode::Dnsrr
+        } else {
+            common::network::EndpointMode::Vip
+        },
     };
     spec.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
@@ -939,6 +961,17 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
         }
         task["LogDriver"] = v;
     }
+    if !t.networks.is_empty() {
+        let nets: Vec<Value> = t
+            .networks
+            .iter()
+            .map(|n| match n.aliases.is_empty() {
+                true => json!({"Target": n.network}),
+                false => json!({"Target": n.network, "Aliases": n.aliases}),
+            })
+            .collect();
+        task["Networks"] = Value::Array(nets);
+    }
     task
 }
 
@@ -968,7 +1001,11 @@ pub fn to_engine(spec: &ServiceSpec) -> Value {
         ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
         ServiceMode::Global => json!({"Global": {}}),
     };
-    let mut endpoint = json!({"Mode": "vip"});
+    let mode_name = match spec.endpoint_mode {
+        common::network::EndpointMode::Vip => "vip",
+        common::network::EndpointMode::Dnsrr => "dnsrr",
+    };
+    let mut endpoint = json!({"Mode": mode_name});
     if !spec.task.ports.is_empty() {
         endpoint["Ports"] = ports_to_engine(&spec.task.ports);
     }
@@ -1021,6 +1058,7 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "RestartPolicy"],
     &["TaskTemplate", "Placement", "Constraints"],
     &["TaskTemplate", "ForceUpdate"],
+    &["TaskTemplate", "Networks"],
     &["UpdateConfig"],
     &["RollbackConfig"],
     &["EndpointSpec", "Ports"],

@@ -1,0 +1,96 @@
+//! Overlay networks on real hosts (`deploy/hosts.sh`): tasks on different
+//! hosts reach each other by address; networks are kept apart; bad input is
+//! refused with nothing changed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::{busybox_image, require_hosts, task_host, wait_for, Hosts, Mesh};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const SERVE: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+fn create(h: &Hosts, name: &str, flags: &[&str]) {
+    let mut args = vec!["service", "create", "-d", "--name", name];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[busybox_image(), "sh", "-c", SERVE]);
+    h.shoal_ok(1, &args);
+}
+
+/// Host → (container id, address on its first network) of `svc`'s running tasks.
+fn addresses(svc: &str, tasks: &[Value]) -> BTreeMap<usize, (String, String)> {
+    let mut out = BTreeMap::new();
+    for t in tasks {
+        let host = task_host(t).expect("a host");
+        let addr = t["addresses"][0]["addr"].as_str().unwrap_or_else(|| panic!("no address: {t}")).to_string();
+        let id = t["status"]["container_id"].as_str().unwrap_or_else(|| panic!("no container: {t}")).to_string();
+        out.insert(host, (id, addr));
+    }
+    assert!(!out.is_empty(), "{svc}: no tasks");
+    out
+}
+
+/// `wget` from a container on host `from` to `addr` (this busybox's wget
+/// crashes with `-q` or `-T`: `timeout` bounds it instead).
+fn fetch(h: &Hosts, from: usize, container: &str, addr: &str) -> Result<String, String> {
+    let url = format!("http://{addr}/");
+    let out = h.docker(from, &["exec", container, "timeout", "3", "wget", "-O-", &url]);
+    if out.success() {
+        Ok(out.stdout.trim().to_string())
+    } else {
+        Err(out.to_string())
+    }
+}
+
+#[test]
+fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(2, 1, Mesh::Kernel);
+
+    // Bad input first: clear errors, nothing written.
+    let out = h.shoal(1, &["network", "create", "Bad_Name"]);
+    assert!(!out.success() && out.stderr.contains("must be a DNS label"), "{out}");
+    h.shoal_ok(1, &["network", "create", "a"]);
+    h.shoal_ok(1, &["network", "create", "--subnet", "10.50.0.0/16", "b"]);
+    let out = h.shoal(1, &["network", "create", "--subnet", "10.50.3.0/24", "c"]);
+    assert!(out.stderr.contains("subnet 10.50.3.0/24 overlaps network b's subnet 10.50.0.0/16"), "{out}");
+    let out = h.shoal(1, &["service", "create", "-d", "--name", "x", "--network", "nope", busybox_image()]);
+    assert!(out.stderr.contains("network nope not found"), "{out}");
+    assert!(!h.shoal_ok(1, &["service", "ls"]).contains(" x "), "a service with an unknown network was written");
+    let ls = h.shoal_ok(1, &["network", "ls"]);
+    assert!(ls.contains(" a ") && ls.contains(" b ") && !ls.contains(" c "), "{ls}");
+
+    // web ×2 on a (one per host), other ×1 on b only.
+    create(&h, "web", &["--replicas", "2", "--network", "a"]);
+    create(&h, "other", &["--network", "b"]);
+    let web = h.wait_running_where(1, "web", 2, CONVERGE, |_| true);
+    let web = addresses("web", &web);
+    assert_eq!(web.len(), 2, "one web task per host: {web:?}");
+    let (c1, a1) = &web[&1];
+    let (c2, a2) = &web[&2];
+    assert_ne!(a1, a2);
+
+    // Across hosts, by address, both ways: each answer is the other's hostname.
+    wait_for(Duration::from_secs(20), "host1's task to reach host2's", || fetch(&h, 1, c1, a2));
+    assert_eq!(fetch(&h, 1, c1, a2).unwrap(), c2[..12], "host1 → host2");
+    assert_eq!(fetch(&h, 2, c2, a1).unwrap(), c1[..12], "host2 → host1");
+
+    // a cannot reach b.
+    let other = h.wait_running(1, "other", 1, CONVERGE);
+    let other = addresses("other", &other);
+    let (host_b, (cb, ab)) = other.iter().next().unwrap();
+    let from = if *host_b == 1 { 1 } else { 2 };
+    let (ca, _) = &web[&from];
+    assert!(fetch(&h, from, ca, ab).is_err(), "a task on a reached {ab} on b");
+    assert!(fetch(&h, *host_b, cb, ab).is_ok(), "b's own task answers");
+
+    // A network in use stays.
+    let out = h.shoal(1, &["network", "rm", "a"]);
+    assert!(out.stderr.contains("network a is in use by service web"), "{out}");
+    h.shoal_ok(1, &["service", "rm", "web", "other"]);
+    h.shoal_ok(1, &["network", "rm", "a", "b"]);
+    assert!(!h.shoal_ok(1, &["network", "ls"]).contains(" a "));
+}

@@ -1,0 +1,73 @@
+//! The VXLAN device of a network on this node, in the network's bridge,
+//! with one all-zeros flood entry per peer (head-end replication); unicast
+//! MACs are learnt. Made with `ip` and `bridge` (iproute2).
+
+use std::net::IpAddr;
+
+use common::network::{bridge_name, vxlan_name};
+use tokio::process::Command;
+
+use super::NetError;
+
+/// The VXLAN UDP port (IANA's, as Swarm uses).
+pub const VXLAN_PORT: u16 = 4789;
+
+async fn run(program: &str, args: &[&str]) -> Result<(bool, String), NetError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| NetError::Link(format!("cannot run {program}: {e} (install iproute2)")))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string()))
+}
+
+async fn must(program: &str, args: &[&str]) -> Result<(), NetError> {
+    match run(program, args).await? {
+        (true, _) => Ok(()),
+        (false, err) => Err(NetError::Link(format!("{program} {}: {err}", args.join(" ")))),
+    }
+}
+
+/// The device exists, is in the bridge, up, and floods to exactly `peers`.
+pub async fn ensure_vxlan(vni: u32, local: IpAddr, peers: &[IpAddr]) -> Result<(), NetError> {
+    let dev = vxlan_name(vni);
+    if !run("ip", &["link", "show", &dev]).await?.0 {
+        let (id, port, local) = (vni.to_string(), VXLAN_PORT.to_string(), local.to_string());
+        must("ip", &["link", "add", &dev, "type", "vxlan", "id", &id, "dstport", &port, "local", &local]).await?;
+    }
+    must("ip", &["link", "set", &dev, "master", &bridge_name(vni)]).await?;
+    must("ip", &["link", "set", &dev, "up"]).await?;
+    // Flood entries: replace the set wholesale (few peers).
+    let (_, listing) = run_out("bridge", &["fdb", "show", "dev", &dev]).await?;
+    for line in listing.lines().filter(|l| l.starts_with("00:00:00:00:00:00")) {
+        if let Some(dst) = line.split_whitespace().skip_while(|w| *w != "dst").nth(1) {
+            if !peers.iter().any(|p| p.to_string() == dst) {
+                must("bridge", &["fdb", "del", "00:00:00:00:00:00", "dev", &dev, "dst", dst]).await?;
+            }
+        }
+    }
+    for p in peers {
+        let p = p.to_string();
+        if !listing.lines().any(|l| l.starts_with("00:00:00:00:00:00") && l.contains(&format!("dst {p} "))) {
+            must("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", &dev, "dst", &p]).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_out(program: &str, args: &[&str]) -> Result<(bool, String), NetError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| NetError::Link(format!("cannot run {program}: {e} (install iproute2)")))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + " "))
+}
+
+pub async fn remove_vxlan(vni: u32) -> Result<(), NetError> {
+    let dev = vxlan_name(vni);
+    if run("ip", &["link", "show", &dev]).await?.0 {
+        must("ip", &["link", "del", &dev]).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Overlay networks on one node: for every network this node has a block
+//! of, a Docker bridge network (the tasks' L2 subnet, this node's block as
+//! its address pool, the block's gateway on the bridge) and a VXLAN device
+//! in that bridge, flooding to every other node with a block, so that the
+//! tasks of all nodes share one L2 segment per network. Networks are kept
+//! apart by being separate bridges and VXLAN ids (Docker's own isolation
+//! rules drop traffic routed between its bridges).
+//!
+//! - [`plan`]: pure. What this node should have for a network table
+//!   ([`plan::desired`]), and what to change from what it has
+//!   ([`plan::diff`]).
+//! - [`docker`]: the Docker network of a task's network, made on demand
+//!   (by the supervisor's runtime before it creates a container, and by
+//!   [`Programmer`]).
+//! - [`link`]: the VXLAN device and its flood entries, through `ip` and
+//!   `bridge`.
+//! - [`Programmer`]: a task that takes each table, applies the difference,
+//!   and tries again on failure.
+
+pub mod docker;
+pub mod link;
+pub mod plan;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::Docker;
+use common::network::NetworkEntry;
+use common::NodeId;
+use tokio::sync::watch;
+
+use self::plan::{Change, NodeNetwork};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("docker network {name}: {message}")]
+    Docker { name: String, message: String },
+    /// `ip`/`bridge` ran and failed: the command and its complaint.
+    #[error("{0}")]
+    Link(String),
+}
+
+/// Applies each network table this node receives.
+pub struct Programmer {
+    pub node: NodeId,
+    /// This node's underlay (advertise) address.
+    pub underlay: IpAddr,
+    pub docker: Docker,
+}
+
+impl Programmer {
+    /// Runs until `tables` closes: the latest table is applied as a diff
+    /// from what was applied; a failed change is tried again a second later.
+    pub async fn run(self, mut tables: watch::Receiver<Vec<NetworkEntry>>) {
+        let mut have: Vec<NodeNetwork> = Vec::new();
+        loop {
+            let want = plan::desired(&self.node, &tables.borrow_and_update());
+            let mut failed = false;
+            for change in plan::diff(&have, &want) {
+                if let Err(e) = self.apply(&change).await {
+                    tracing::warn!(error = %e, ?change, "network: change not applied; trying again");
+                    failed = true;
+                }
+            }
+            if !failed {
+                have = want;
+            }
+            let wait = if failed { Duration::from_secs(1) } else { Duration::from_secs(3600) };
+            tokio::select! {
+                changed = tables.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), NetError> {
+        match change {
+            Change::Add(n) | Change::Update(n) => {
+                docker::ensure(&self.docker, &n.docker_name, n.range, n.block, n.vni).await?;
+                link::ensure_vxlan(n.vni, self.underlay, &n.peers).await
+            }
+            Change::Remove(n) => {
+                link::remove_vxlan(n.vni).await?;
+                docker::remove(&self.docker, &n.docker_name).await
+            }
+        }
+    }
+}
