@@ -361,7 +361,18 @@ impl Mount {
                     return bad(format!("invalid mount path: '{}' mount path must be absolute", self.source));
                 }
             }
-            MountType::Volume => {}
+            MountType::Volume => {
+                let local = self.volume.as_ref().and_then(|v| v.driver.as_deref()).is_none_or(|d| d == "local");
+                if local && !self.source.is_empty() && !local_volume_name(&self.source) {
+                    // The local driver's rule (moby's RestrictedNamePattern),
+                    // checked before the spec is written rather than when
+                    // each task fails on it.
+                    return bad(format!(
+                        "{:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed; for a host directory use type=bind",
+                        self.source
+                    ));
+                }
+            }
             MountType::Tmpfs => {
                 if !self.source.is_empty() {
                     return bad("field Source must not be specified".into());
@@ -798,6 +809,28 @@ pub fn unhealthy_error(last_output: Option<&str>) -> String {
     }
 }
 
+/// A name the local volume driver takes: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`,
+/// with each `{{…}}` template counted as a letter (it is expanded on the node).
+fn local_volume_name(source: &str) -> bool {
+    let mut plain = String::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        plain.push_str(&rest[..start]);
+        match rest[start..].find("}}") {
+            Some(end) => {
+                plain.push('x');
+                rest = &rest[start + end + 2..];
+            }
+            None => return false,
+        }
+    }
+    plain.push_str(rest);
+    let b = plain.as_bytes();
+    b.len() >= 2
+        && b[0].is_ascii_alphanumeric()
+        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,6 +944,10 @@ mod tests {
             ("type=bind,source=/a,target=/b,colour=red", "unknown option 'colour' in 'colour=red'"),
             ("garbage", "invalid field 'garbage' must be a key=value pair"),
             ("type=tmpfs,source=x,target=/t", "invalid mount config for type \"tmpfs\": field Source must not be specified"),
+            (
+                "source=/tmp,target=/d",
+                "invalid mount config for type \"volume\": \"/tmp\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed; for a host directory use type=bind",
+            ),
             ("type=bind,source=/a,target=/b,volume-nocopy", "cannot mix 'volume-*' options with mount type 'bind'"),
             ("type=volume,target=/b,tmpfs-size=1m", "cannot mix 'tmpfs-*' options with mount type 'volume'"),
             ("type=tmpfs,target=/t,tmpfs-size=lots", "invalid value for tmpfs-size: lots"),
