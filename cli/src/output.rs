@@ -218,15 +218,22 @@ pub fn service_ls(services: &[ServiceInfo]) -> String {
     let rows: Vec<Vec<String>> = sorted_services(services)
         .into_iter()
         .map(|s| {
-            let mode = match s.spec.mode {
-                ServiceMode::Replicated { .. } => "replicated",
-                ServiceMode::Global => "global",
+            // docker's REPLICAS column: a job shows its completions too.
+            let replicas = match s.spec.mode {
+                ServiceMode::ReplicatedJob { total_completions, .. } => {
+                    format!("{}/{} ({}/{} completed)", s.running, s.desired, s.completed, total_completions)
+                }
+                ServiceMode::GlobalJob => {
+                    format!("{}/{} ({}/{} completed)", s.running, s.desired, s.completed, s.desired + s.completed)
+                }
+                _ => format!("{}/{}", s.running, s.desired),
             };
             vec![
                 s.id.short().to_string(),
                 s.spec.name.clone(),
-                mode.to_string(),
-                format!("{}/{}", s.running, s.desired),
+                // docker writes `replicated job`, `global job`.
+                s.spec.mode.name().replace('-', " "),
+                replicas,
                 display_image(&s.spec.task.image),
                 s.spec.task.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
             ]
@@ -266,7 +273,7 @@ pub fn service_ps(tasks: &[TaskInfo], now: Millis, no_trunc: bool) -> String {
             shown_name,
             if no_trunc { task.spec.image.clone() } else { display_image(&task.spec.image) },
             node_name(t),
-            task.desired_state.title(),
+            task.shown_desired_state().title(),
             format!("{}{} {} ago", task.status.state.title(), health_note(task), human_duration(age).to_lowercase()),
             if err.is_empty() { err } else { format!("\"{err}\"") },
             String::new(),
@@ -414,6 +421,47 @@ pub fn progress_lines(replicas: u64, tasks: &[TaskInfo], converged: bool) -> Vec
     }
     if converged {
         out.push("verify: Service converged ".to_string());
+    }
+    out
+}
+
+/// docker's progress display for a job: the completions, the active tasks
+/// against what may run now, and (up to 20) a line per slot or node; `done`
+/// adds docker's last line, `job complete`. `tasks` are the job's tasks of
+/// its current run.
+///
+/// ```text
+/// job progress: 4 out of 6 complete
+/// active tasks: 2 out of 2 tasks
+/// 1/6: complete  [==================================================>]
+/// ```
+pub fn job_progress_lines(info: &ServiceInfo, tasks: &[TaskInfo], done: bool) -> Vec<String> {
+    let by_slot = tasks_by_slot(tasks);
+    let total = match info.spec.mode {
+        ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+        _ => info.desired + info.completed,
+    };
+    let active = by_slot.values().filter(|t| !t.status.state.is_terminal()).count();
+    let digits = total.to_string().len();
+    let mut out = vec![
+        format!("job progress: {:>digits$} out of {total} complete ", info.completed),
+        format!("active tasks: {active} out of {} tasks ", info.desired),
+    ];
+    if total <= MAX_PROGRESS_BARS {
+        for (i, task) in by_slot.values().enumerate() {
+            let id = format!("{}/{total}", i + 1);
+            out.push(match task.status.err.as_deref().filter(|e| !e.is_empty()) {
+                Some(err) => format!("{id}: {} ", trunc_error(err)),
+                None => {
+                    let state = task.status.state;
+                    let step = progress_step(state).unwrap_or(0);
+                    format!("{id}: {:<width$} {}", state.as_str(), bar(step.min(10), 10), width = LONGEST_STATE)
+                }
+            });
+        }
+    }
+    if done {
+        out.push("job complete".to_string());
     }
     out
 }
@@ -586,6 +634,8 @@ mod tests {
             updated_at: NOW,
             running,
             desired,
+            completed: 0,
+            job_iteration: None,
             update_status: None,
             previous_spec: None,
             mesh_errors: vec![],
@@ -640,6 +690,7 @@ mod tests {
                 created_at: NOW - t.created * SEC,
                 attempt: 0,
                 addresses: vec![],
+                job_iteration: None,
             },
             node_hostname: t.node.map(str::to_string),
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::api::{ServiceInfo, TaskInfo};
-use common::spec::UpdateState;
+use common::spec::{ServiceMode, UpdateState};
 use common::task::TaskState;
 use common::time::Millis;
 
@@ -60,18 +60,10 @@ pub fn assess(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict 
         }
         return Verdict::Converged;
     }
-    let mut failures: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for t in tasks {
-        let s = &t.task.status;
-        if matches!(s.state, TaskState::Failed | TaskState::Rejected) && t.task.created_at >= since {
-            let why = s.err.clone().unwrap_or_else(|| s.state.as_str().to_string());
-            failures.entry(t.task.slot).or_default().push(format!("{}: {}", t.task.name(), why));
-        }
+    match failures(tasks, since) {
+        Some(errors) => Verdict::Failing(errors),
+        None => Verdict::Converging,
     }
-    if let Some(errors) = failures.values().find(|v| v.len() >= FAILURES_PER_SLOT) {
-        return Verdict::Failing(errors.clone());
-    }
-    Verdict::Converging
 }
 
 struct Screen {
@@ -107,11 +99,74 @@ impl Screen {
     }
 }
 
+/// Pure: whether a job's current run is done, or keeps failing.
+pub fn assess_job(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict {
+    let done = match info.spec.mode {
+        ServiceMode::ReplicatedJob { total_completions, .. } => info.completed >= total_completions,
+        // Every node's task complete (and at least one node had one).
+        _ => info.desired == 0 && info.completed > 0,
+    };
+    if done {
+        return Verdict::Converged;
+    }
+    match failures(tasks, since) {
+        Some(errors) => Verdict::Failing(errors),
+        None => Verdict::Converging,
+    }
+}
+
+/// The failures of a slot that failed [`FAILURES_PER_SLOT`] times since
+/// `since`, if one did.
+fn failures(tasks: &[TaskInfo], since: Millis) -> Option<Vec<String>> {
+    let mut failures: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for t in tasks {
+        let s = &t.task.status;
+        if matches!(s.state, TaskState::Failed | TaskState::Rejected) && t.task.created_at >= since {
+            let why = s.err.clone().unwrap_or_else(|| s.state.as_str().to_string());
+            failures.entry(t.task.slot).or_default().push(format!("{}: {}", t.task.name(), why));
+        }
+    }
+    failures.into_values().find(|v| v.len() >= FAILURES_PER_SLOT)
+}
+
+/// Follows a job's current run until it completes (docker's `job complete`).
+fn watch_job(c: &Client, service: &str, since: Millis, screen: &mut Screen) -> Result<ExitCode> {
+    loop {
+        let info: ServiceInfo = c.get(&format!("/v1/services/{service}"))?;
+        let tasks: Vec<TaskInfo> = c.get(&format!("/v1/services/{service}/tasks"))?;
+        let current: Vec<TaskInfo> =
+            tasks.iter().filter(|t| t.task.job_iteration == info.job_iteration).cloned().collect();
+        match assess_job(&info, &current, since) {
+            Verdict::Converged => {
+                screen.finish(&output::job_progress_lines(&info, &current, true));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Verdict::Failing(errors) => {
+                screen.finish(&output::job_progress_lines(&info, &current, false));
+                eprintln!("Error: tasks of job {} keep failing:", info.spec.name);
+                for e in errors {
+                    eprintln!("  {e}");
+                }
+                eprintln!(
+                    "(the cluster retries as the restart policy allows; see `shoal service ps {}`)",
+                    info.spec.name
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => screen.draw(&output::job_progress_lines(&info, &current, false)),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 pub fn watch(c: &Client, service: &str, since: Millis) -> Result<ExitCode> {
     let mut screen = Screen { tty: std::io::stdout().is_terminal(), drawn: 0 };
     let mut converged_at: Option<Instant> = None;
     loop {
         let info: ServiceInfo = c.get(&format!("/v1/services/{service}"))?;
+        if info.job_iteration.is_some() {
+            return watch_job(c, service, since, &mut screen);
+        }
         let tasks: Vec<TaskInfo> = c.get(&format!("/v1/services/{service}/tasks"))?;
         let current: Vec<TaskInfo> = tasks.iter().filter(|t| t.task.spec == info.spec.task).cloned().collect();
         match assess(&info, &tasks, since) {

@@ -96,8 +96,12 @@ pub enum ServiceCmd {
 pub struct CreateArgs {
     #[arg(long)]
     name: Option<String>,
-    #[arg(long, allow_hyphen_values = true, default_value = "1")]
-    replicas: String,
+    /// Number of tasks (default 1); for a replicated job, the completions wanted.
+    #[arg(long, allow_hyphen_values = true)]
+    replicas: Option<String>,
+    /// Number of job tasks to run concurrently (default equal to --replicas)
+    #[arg(long, allow_hyphen_values = true)]
+    max_concurrent: Option<String>,
     #[arg(short, long = "env")]
     env: Vec<String>,
     #[arg(short, long = "label")]
@@ -109,7 +113,7 @@ pub struct CreateArgs {
     /// Publish a port: PUBLISHED:TARGET[/udp], TARGET, or published=…,target=…,protocol=…,mode=ingress|host
     #[arg(short, long)]
     publish: Vec<String>,
-    /// replicated or global
+    /// Service mode ("replicated", "global", "replicated-job", "global-job")
     #[arg(long, default_value = "replicated")]
     mode: String,
     #[command(flatten)]
@@ -542,28 +546,35 @@ fn parse_labels(list: &[String]) -> Result<BTreeMap<String, String>> {
     list.iter().map(|l| parse_label(l).map_err(|e| anyhow!("{e}"))).collect()
 }
 
+/// A count flag, with docker's (pflag's) words for a bad one.
+fn parse_count(s: &str, flag: &str) -> Result<u64> {
+    s.trim().parse::<u64>().map_err(|_| {
+        anyhow!("invalid argument {s:?} for \"{flag}\" flag: strconv.ParseUint: parsing {s:?}: invalid syntax")
+    })
+}
+
 fn ms(s: &str, what: &str) -> Result<u64> {
     parse_duration(s).map(|d| d.as_millis() as u64).map_err(|e| anyhow!("invalid {what}: {e}"))
 }
 
 fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
-    let replicas = parse_replicas(&a.replicas)?;
+    let replicas = a.replicas.as_deref().map(parse_replicas).transpose()?;
+    let max_concurrent = a.max_concurrent.as_deref().map(|s| parse_count(s, "--max-concurrent")).transpose()?;
     for e in &a.env {
         validate_env(e)?;
     }
     let mounts = a.mount.iter().map(|m| m.parse::<Mount>()).collect::<Result<Vec<_>, _>>()?;
-    let mut mode: ServiceMode = a.mode.parse()?;
-    if let ServiceMode::Replicated { replicas: r } = &mut mode {
-        *r = replicas;
-    } else if a.replicas != "1" {
-        bail!("--replicas can only be used with replicated mode");
-    }
+    let mode = ServiceMode::from_flags(&a.mode, replicas, max_concurrent)?;
     let mut restart = RestartPolicy::default();
     a.policies.restart.patch()?.apply(&mut restart);
+    let (update_patch, rollback_patch) = (a.policies.update.patch()?, a.policies.rollback.patch()?);
+    if mode.is_job() && (update_patch != Default::default() || rollback_patch != Default::default()) {
+        bail!("update and rollback configuration is not supported for jobs");
+    }
     let mut update = UpdateConfig::default();
-    a.policies.update.patch()?.apply(&mut update);
+    update_patch.apply(&mut update);
     let mut rollback = UpdateConfig::default();
-    a.policies.rollback.patch()?.apply(&mut rollback);
+    rollback_patch.apply(&mut rollback);
     let name = match &a.name {
         Some(n) => n.clone(),
         None => {
@@ -789,6 +800,10 @@ fn pretty_service(s: &ServiceInfo) -> String {
             out.push_str(&format!("Service Mode:\tReplicated\n Replicas:\t{replicas}\n"))
         }
         ServiceMode::Global => out.push_str("Service Mode:\tGlobal\n"),
+        ServiceMode::ReplicatedJob { total_completions, max_concurrent } => out.push_str(&format!(
+            "Service Mode:\tReplicatedJob\n Max Concurrent:\t{max_concurrent}\n Total Completions:\t{total_completions}\n"
+        )),
+        ServiceMode::GlobalJob => out.push_str("Service Mode:\tGlobalJob\n"),
     }
     if let Some(u) = &s.update_status {
         out.push_str(&format!("UpdateStatus:\n State:\t\t{}\n", u.state.as_str()));

@@ -110,8 +110,15 @@ pub struct ServiceInfo {
     pub updated_at: Millis,
     /// Tasks running now.
     pub running: u64,
-    /// Tasks the spec asks for (for a global service: eligible nodes).
+    /// Tasks the spec asks for (for a global service: eligible nodes; for
+    /// a job: the tasks still to run now, as Swarm counts them).
     pub desired: u64,
+    /// A job's tasks of its current run that completed.
+    #[serde(default)]
+    pub completed: u64,
+    /// A job's current run (`None` for other services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_iteration: Option<u64>,
     #[serde(default)]
     pub update_status: Option<UpdateStatus>,
     /// The spec before the last update (what `service rollback` restores).
@@ -364,10 +371,15 @@ impl ServiceUpdate {
     pub fn apply(&self, spec: &ServiceSpec) -> Result<ServiceSpec, SpecError> {
         let mut s = spec.clone();
         if let Some(r) = self.replicas {
-            if s.mode.is_global() {
-                return Err(SpecError::Invalid("replicas can only be set on a replicated service".into()));
-            }
-            s.mode = ServiceMode::Replicated { replicas: r };
+            s.mode = match s.mode {
+                ServiceMode::Replicated { .. } => ServiceMode::Replicated { replicas: r },
+                ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+                    ServiceMode::ReplicatedJob { total_completions: r, max_concurrent }
+                }
+                ServiceMode::Global | ServiceMode::GlobalJob => {
+                    return Err(SpecError::Invalid("replicas can only be set on a replicated service".into()))
+                }
+            };
         }
         self.update_config.apply(&mut s.update);
         self.rollback_config.apply(&mut s.rollback);

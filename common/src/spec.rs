@@ -140,31 +140,84 @@ pub enum ServiceMode {
     },
     /// One task per eligible node.
     Global,
+    /// Tasks that run to completion: `total_completions` of them must exit
+    /// 0, at most `max_concurrent` at a time (`--mode replicated-job`).
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob {
+        total_completions: u64,
+        max_concurrent: u64,
+    },
+    /// One task to completion on every eligible node (`--mode global-job`).
+    #[serde(rename = "global-job")]
+    GlobalJob,
 }
 
 impl ServiceMode {
-    /// Replicas asked for; a global service has no fixed number (0).
+    /// Replicas asked for; a global service has no fixed number (0); a
+    /// replicated job, its total completions.
     pub fn replicas(&self) -> u64 {
         match self {
             ServiceMode::Replicated { replicas } => *replicas,
-            ServiceMode::Global => 0,
+            ServiceMode::ReplicatedJob { total_completions, .. } => *total_completions,
+            ServiceMode::Global | ServiceMode::GlobalJob => 0,
         }
     }
 
+    /// One task per node (a global service or a global job).
     pub fn is_global(&self) -> bool {
-        matches!(self, ServiceMode::Global)
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
+    }
+
+    /// Its tasks run to completion and are not replaced when they exit 0.
+    pub fn is_job(&self) -> bool {
+        matches!(self, ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob)
+    }
+
+    /// docker's name for the mode, as `--mode` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceMode::Replicated { .. } => "replicated",
+            ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
+        }
+    }
+
+    /// `--mode` with `--replicas` and `--max-concurrent` as given (None:
+    /// not given), checked as docker checks them, with docker's words.
+    pub fn from_flags(mode: &str, replicas: Option<u64>, max_concurrent: Option<u64>) -> Result<Self, SpecError> {
+        let invalid = |m: &str| Err(SpecError::Invalid(m.to_string()));
+        match mode {
+            "replicated" | "global" | "global-job" if max_concurrent.is_some() => {
+                invalid("max-concurrent can only be used with replicated-job mode")
+            }
+            "global" | "global-job" if replicas.is_some() => {
+                invalid("replicas can only be used with replicated or replicated-job mode")
+            }
+            "replicated" => Ok(ServiceMode::Replicated { replicas: replicas.unwrap_or(1) }),
+            "global" => Ok(ServiceMode::Global),
+            "global-job" => Ok(ServiceMode::GlobalJob),
+            "replicated-job" => {
+                // docker: max-concurrent defaults to --replicas; swarmkit:
+                // both default to 1.
+                let total = replicas.unwrap_or(1);
+                let max_concurrent = max_concurrent.unwrap_or(total);
+                if max_concurrent == 0 && total > 0 {
+                    return invalid("max-concurrent must be at least 1");
+                }
+                Ok(ServiceMode::ReplicatedJob { total_completions: total, max_concurrent })
+            }
+            other => invalid(&format!("unknown mode: {other}, only replicated and global supported")),
+        }
     }
 }
 
 impl FromStr for ServiceMode {
     type Err = SpecError;
-    /// `replicated` (1 replica until `--replicas` says) or `global`.
+    /// `replicated` (1 replica until `--replicas` says), `global`,
+    /// `replicated-job` (1 completion) or `global-job`.
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        match s {
-            "replicated" => Ok(ServiceMode::Replicated { replicas: 1 }),
-            "global" => Ok(ServiceMode::Global),
-            _ => Err(SpecError::Invalid(format!("invalid mode {s:?}: expected replicated or global"))),
-        }
+        ServiceMode::from_flags(s, None, None)
     }
 }
 
@@ -509,7 +562,9 @@ impl ServiceSpec {
         for e in &self.task.env {
             validate_env(e)?;
         }
-        if self.task.scheduling.max_replicas_per_node > 0 && !matches!(self.mode, ServiceMode::Replicated { .. }) {
+        if self.task.scheduling.max_replicas_per_node > 0
+            && !matches!(self.mode, ServiceMode::Replicated { .. } | ServiceMode::ReplicatedJob { .. })
+        {
             return Err(SpecError::Invalid(
                 "replicas-max-per-node can only be used with replicated or replicated-job mode".into(),
             ));

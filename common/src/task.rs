@@ -156,6 +156,10 @@ pub struct Task {
     /// assigned to a node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<TaskAddress>,
+    /// A job's task: the run of the job it belongs to (the service's
+    /// `job_iteration` when the task was made). `None` for a service's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_iteration: Option<u64>,
 }
 
 impl Task {
@@ -179,6 +183,16 @@ impl Task {
     /// Counts toward the service's replicas: meant to run and not finished.
     pub fn is_active(&self) -> bool {
         self.desired_state == TaskState::Running && !self.status.state.is_terminal()
+    }
+
+    /// The desired state as Swarm shows it: a job's task is meant to
+    /// complete (shoal keeps it `Running` inside, which is what the node
+    /// acts on: run it until it exits).
+    pub fn shown_desired_state(&self) -> TaskState {
+        match self.desired_state {
+            TaskState::Running if self.job_iteration.is_some() => TaskState::Complete,
+            s => s,
+        }
     }
 }
 

@@ -203,6 +203,7 @@ mod tests {
             created_at: 0,
             attempt: 0,
             addresses: vec![],
+            job_iteration: None,
         };
         assert_eq!(events(&mut s, Command::CreateTasks(vec![t.clone()])).len(), 1);
         t.status = TaskStatus::new(TaskState::Running, 5, "");

@@ -101,6 +101,15 @@ pub struct Service {
     /// mode), given out when the service is written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<Vip>,
+    /// A job's run: bumped by every update of a job, which runs it again
+    /// (Swarm's `JobStatus.JobIteration`). Always 0 for other services.
+    #[serde(default, skip_serializing_if = "is_first_run")]
+    pub job_iteration: u64,
+}
+
+/// Other services (and a job's first run) encode as before jobs existed.
+fn is_first_run(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Service {
@@ -114,6 +123,7 @@ impl Service {
             previous_spec: None,
             update_status: None,
             vips: vec![],
+            job_iteration: 0,
         }
     }
 
@@ -599,13 +609,16 @@ impl Store {
                 svc.vips = vips;
                 // A new task template rolls over the tasks; other changes
                 // (replicas, labels) do not.
-                if spec.task != svc.spec.task {
+                if spec.task != svc.spec.task && !spec.mode.is_job() {
                     svc.update_status = Some(UpdateStatus {
                         state: UpdateState::Updating,
                         started_at: at,
                         completed_at: None,
                         message: "update in progress".into(),
                     });
+                }
+                if spec.mode.is_job() {
+                    svc.job_iteration += 1;
                 }
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
                 svc.version += 1;
@@ -619,6 +632,9 @@ impl Store {
                 let vips = self.attach_networks(&id, &mut previous, &svc.vips.clone())?;
                 let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
                 svc.vips = vips;
+                if previous.mode.is_job() {
+                    svc.job_iteration += 1;
+                }
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
                 svc.update_status = Some(UpdateStatus {
                     state: UpdateState::RollbackStarted,

@@ -18,5 +18,6 @@ pub(crate) fn task(id: &str, state: TaskState) -> Task {
         created_at: 0,
         attempt: 0,
         addresses: vec![],
+        job_iteration: None,
     }
 }

@@ -13,13 +13,20 @@ use crate::store::{Command, Service, Store, StoreError};
 use crate::Manager;
 
 pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
-    let running = store
-        .tasks_of(&svc.id)
+    let job = svc.spec.mode.is_job().then_some(svc.job_iteration);
+    // A job counts only the tasks of its current run.
+    let tasks = || store.tasks_of(&svc.id).filter(move |t| job.is_none() || t.job_iteration == job);
+    let running = tasks()
         .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
         .count() as u64;
+    let completed =
+        if job.is_some() { tasks().filter(|t| t.status.state == TaskState::Complete).count() as u64 } else { 0 };
     let desired = match svc.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => store.tasks_of(&svc.id).filter(|t| t.is_active()).count() as u64,
+        ServiceMode::ReplicatedJob { total_completions, max_concurrent } => {
+            max_concurrent.min(total_completions.saturating_sub(completed))
+        }
+        ServiceMode::Global | ServiceMode::GlobalJob => tasks().filter(|t| t.is_active()).count() as u64,
     };
     ServiceInfo {
         id: svc.id.clone(),
@@ -30,6 +37,8 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         updated_at: svc.updated_at,
         running,
         desired,
+        completed,
+        job_iteration: job,
         update_status: svc.update_status.clone(),
         previous_spec: svc.previous_spec.clone(),
         mesh_errors: vec![],

@@ -5,12 +5,13 @@
 //! node (the scheduler admits it there or explains why not).
 //!
 //! Layout: this module is the thin loop and the per-mode dispatch
-//! ([`reconcile`]); [`replicated`] and [`global`] reconcile one service of
-//! their mode; both use the shared task helpers in [`task`], never each
+//! ([`reconcile`]); [`replicated`], [`global`] and [`job`] (both job modes)
+//! reconcile one service of their mode; both use the shared task helpers in [`task`], never each
 //! other; [`restart`] and [`update`] are the restart policy and the rolling
 //! update planner.
 
 pub mod global;
+pub mod job;
 pub mod replicated;
 pub mod restart;
 pub mod task;
@@ -21,6 +22,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+use common::spec::ServiceMode;
 use common::task::Task;
 use common::time::Millis;
 use common::{ServiceId, TaskId};
@@ -80,10 +82,11 @@ pub fn reconcile(
     let mut pass = Pass { store, health, now, params, new_id };
     for svc in store.services.values() {
         let tasks = by_service.remove(&svc.id).unwrap_or_default();
-        if svc.spec.mode.is_global() {
-            global::reconcile_service(&mut pass, svc, &tasks, &mut b);
-        } else {
-            replicated::reconcile_service(&mut pass, svc, &tasks, &mut b);
+        match svc.spec.mode {
+            ServiceMode::Replicated { .. } => replicated::reconcile_service(&mut pass, svc, &tasks, &mut b),
+            ServiceMode::Global => global::reconcile_service(&mut pass, svc, &tasks, &mut b),
+            ServiceMode::ReplicatedJob { .. } => job::reconcile_replicated(&mut pass, svc, &tasks, &mut b),
+            ServiceMode::GlobalJob => job::reconcile_global(&mut pass, svc, &tasks, &mut b),
         }
     }
     b.into_decision()

@@ -70,6 +70,7 @@ mod tests {
             created_at: at,
             attempt,
             addresses: vec![],
+            job_iteration: None,
         }
     }
 

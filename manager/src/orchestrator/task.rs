@@ -63,6 +63,7 @@ pub fn new_task(svc: &Service, slot: u64, node: Option<&NodeId>, attempt: u64, n
         created_at: now,
         attempt,
         addresses: vec![],
+        job_iteration: svc.spec.mode.is_job().then_some(svc.job_iteration),
     }
 }
 

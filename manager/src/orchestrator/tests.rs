@@ -558,3 +558,141 @@ fn a_global_task_never_admitted_is_deleted_when_its_node_goes() {
     assert_eq!(first, [("n2".to_string(), TaskState::Shutdown), ("n3".to_string(), TaskState::Shutdown)]);
     assert_eq!(h.step(11).commands, vec![], "settled");
 }
+
+// ---- jobs ----
+
+/// A replicated job's harness: tasks placed on n1 as they are made.
+fn job(total: u64, max_concurrent: u64) -> Harness {
+    let mut h = Harness::new(0);
+    h.svc().spec.mode = ServiceMode::ReplicatedJob { total_completions: total, max_concurrent };
+    h
+}
+
+impl Harness {
+    /// Tasks of the job's current run meant to run and not finished.
+    fn running_job_slots(&self) -> Vec<u64> {
+        let it = self.store.services[&ServiceId::from("svc")].job_iteration;
+        let mut s: Vec<u64> = self
+            .store
+            .tasks
+            .values()
+            .filter(|t| t.is_active() && t.job_iteration == Some(it))
+            .map(|t| t.slot)
+            .collect();
+        s.sort();
+        s
+    }
+    fn finish(&mut self, slot: u64, state: TaskState, at: Millis) {
+        self.run_all_on(&["n1"]);
+        self.fail(slot, state, at);
+    }
+    fn completed(&self) -> u64 {
+        let it = self.store.services[&ServiceId::from("svc")].job_iteration;
+        self.store
+            .tasks
+            .values()
+            .filter(|t| t.job_iteration == Some(it) && t.status.state == TaskState::Complete)
+            .count() as u64
+    }
+}
+
+#[test]
+fn a_replicated_job_runs_max_concurrent_at_a_time_until_all_complete() {
+    let mut h = job(6, 2);
+    h.step(0);
+    assert_eq!(h.running_job_slots(), [1, 2]);
+    assert!(h.store.tasks.values().all(|t| t.job_iteration == Some(0)));
+    h.finish(1, TaskState::Complete, 10);
+    h.step(11);
+    assert_eq!(h.running_job_slots(), [2, 3], "a completed slot is not rerun; the next one starts");
+    for (slot, at) in [(2, 20), (3, 30), (4, 40), (5, 50)] {
+        h.finish(slot, TaskState::Complete, at);
+        h.step(at + 1);
+    }
+    assert_eq!(h.running_job_slots(), [6]);
+    h.finish(6, TaskState::Complete, 60);
+    assert_eq!(h.step(61).commands, vec![], "a complete job is quiet");
+    assert_eq!(h.completed(), 6);
+    assert_eq!(h.store.tasks.len(), 6);
+}
+
+#[test]
+fn a_failed_job_task_is_retried_per_policy_and_any_means_on_failure() {
+    let mut h = job(1, 1);
+    h.svc().spec.task.restart =
+        RestartPolicy { condition: RestartCondition::Any, delay_ms: 100, max_attempts: Some(1), window_ms: None };
+    h.step(0);
+    h.finish(1, TaskState::Failed, 10);
+    let d = h.step(20);
+    assert_eq!(d.wake_at, Some(110), "the restart delay holds the slot");
+    assert_eq!(h.running_job_slots(), Vec::<u64>::new());
+    h.step(110);
+    assert_eq!(h.running_job_slots(), [1], "retried after the delay");
+    h.finish(1, TaskState::Failed, 120);
+    h.step(300);
+    assert_eq!(h.running_job_slots(), Vec::<u64>::new(), "max attempts used up: the slot stays failed");
+    assert_eq!(h.step(400).commands, vec![]);
+    assert_eq!(h.completed(), 0);
+}
+
+#[test]
+fn a_given_up_slot_frees_its_concurrency_place_and_an_update_reruns_the_job() {
+    let mut h = job(3, 1);
+    h.svc().spec.task.restart.condition = RestartCondition::None;
+    h.step(0);
+    h.finish(1, TaskState::Failed, 10);
+    h.step(11);
+    assert_eq!(h.running_job_slots(), [2], "slot 1 gave up; slot 2 runs");
+    h.finish(2, TaskState::Complete, 20);
+    h.step(21);
+    h.finish(3, TaskState::Complete, 30);
+    h.step(31);
+    assert_eq!(h.completed(), 2);
+    // `service update --force` on a job: a new run from the start.
+    let mut spec = h.svc().spec.clone();
+    spec.task.force_update += 1;
+    h.store.apply(Command::UpdateService { id: "svc".into(), spec, at: 40, expect_version: None }).unwrap();
+    assert_eq!(h.svc().job_iteration, 1);
+    assert_eq!(h.svc().update_status, None, "jobs have no rolling update");
+    h.step(41);
+    assert_eq!(h.running_job_slots(), [1]);
+    assert_eq!(h.completed(), 0, "the old run's completions do not count");
+    let old: Vec<&Task> = h.store.tasks.values().filter(|t| t.job_iteration == Some(0)).collect();
+    assert!(old.iter().all(|t| t.desired_state == TaskState::Shutdown), "{old:?}");
+}
+
+#[test]
+fn a_job_task_on_a_lost_node_is_replaced_at_once() {
+    let mut h = job(2, 2);
+    h.step(0);
+    h.run_all_on(&["n1", "n2"]);
+    h.health.down.insert("n2".into());
+    h.step(10);
+    let slot_of_n2 = h.store.tasks.values().find(|t| t.node_id == Some("n2".into())).unwrap().slot;
+    let fresh: Vec<&Task> = h.store.tasks.values().filter(|t| t.is_active() && t.node_id.is_none()).collect();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].slot, slot_of_n2);
+}
+
+#[test]
+fn a_global_job_runs_once_on_every_active_node_and_on_nodes_that_join() {
+    let mut h = Harness::new(0);
+    h.svc().spec.mode = ServiceMode::GlobalJob;
+    h.store.apply(Command::SetNodeAvailability { id: "n3".into(), availability: Availability::Pause, at: 0 }).unwrap();
+    h.step(0);
+    let nodes = |h: &Harness| {
+        let mut v: Vec<String> =
+            h.store.tasks.values().filter(|t| t.is_active()).map(|t| t.node_id.clone().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(nodes(&h), ["n1", "n2"], "a paused node gets no task");
+    for id in h.store.tasks.keys().cloned().collect::<Vec<_>>() {
+        h.store.tasks.get_mut(&id).unwrap().status = TaskStatus::new(TaskState::Complete, 5, "");
+    }
+    h.step(10);
+    assert_eq!(nodes(&h), Vec::<String>::new(), "completed tasks are not rerun");
+    h.store.apply(Command::AddNode(node("n4"))).unwrap();
+    h.step(20);
+    assert_eq!(nodes(&h), ["n4"]);
+}

@@ -461,6 +461,7 @@ mod tests {
             created_at: slot,
             attempt: 0,
             addresses: vec![],
+            job_iteration: None,
         }
     }
 

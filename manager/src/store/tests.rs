@@ -38,6 +38,7 @@ fn task_status_only_moves_forward() {
         created_at: 0,
         attempt: 0,
         addresses: vec![],
+        job_iteration: None,
     };
     let id = t.id.clone();
     s.apply(Command::CreateTasks(vec![t])).unwrap();
@@ -158,6 +159,7 @@ fn history() -> Vec<Command> {
         created_at: 7,
         attempt: 0,
         addresses: vec![],
+        job_iteration: None,
     };
     let mut web = spec("web", 2);
     web.task.ports = vec!["8080:80".parse().unwrap()];
@@ -321,6 +323,7 @@ fn task(id: &str, service: &str, node: Option<&str>) -> Task {
         created_at: 0,
         attempt: 0,
         addresses: vec![],
+        job_iteration: None,
     }
 }
 

@@ -158,6 +158,7 @@ mod tests {
             created_at,
             attempt: 0,
             addresses: vec![],
+            job_iteration: None,
         }
     }
 

@@ -224,6 +224,7 @@ mod tests {
             created_at: 0,
             attempt: 0,
             addresses: vec![],
+            job_iteration: None,
         }
     }
 

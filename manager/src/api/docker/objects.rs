@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use common::api::{NodeInfo, ServiceInfo};
 use common::node::{Availability, NodeStatus, Role};
-use common::spec::{UpdateState, UpdateStatus};
+use common::spec::{ServiceMode, UpdateState, UpdateStatus};
 use common::task::Task;
 use common::time::Millis;
 use serde_json::{json, Map, Value};
@@ -78,7 +78,11 @@ pub fn service(svc: &Service, info: &ServiceInfo, view: ServiceView) -> Value {
         v["UpdateStatus"] = update_status(u);
     }
     if view.status {
-        v["ServiceStatus"] = json!({"RunningTasks": info.running, "DesiredTasks": info.desired, "CompletedTasks": 0});
+        v["ServiceStatus"] =
+            json!({"RunningTasks": info.running, "DesiredTasks": info.desired, "CompletedTasks": info.completed});
+    }
+    if let Some(iteration) = info.job_iteration {
+        v["JobStatus"] = json!({"JobIteration": {"Index": iteration}, "LastExecution": timestamp(svc.updated_at)});
     }
     v
 }
@@ -125,14 +129,26 @@ pub fn task(t: &Task, svc: Option<&Service>) -> Value {
         "Labels": {},
         "Spec": spec,
         "ServiceID": t.service_id,
-        "Slot": t.slot,
+        "Slot": engine_slot(t, svc),
         "Status": status,
-        "DesiredState": t.desired_state.as_str(),
+        "DesiredState": t.shown_desired_state().as_str(),
     });
+    if let Some(iteration) = t.job_iteration {
+        v["JobIteration"] = json!({"Index": iteration});
+    }
     if let Some(n) = &t.node_id {
         v["NodeID"] = json!(n);
     }
     v
+}
+
+/// Swarm numbers a replicated job's slots from 0 (the docker CLI's job
+/// progress display counts on it); shoal numbers every slot from 1.
+fn engine_slot(t: &Task, svc: Option<&Service>) -> u64 {
+    match svc.map(|s| &s.spec.mode) {
+        Some(ServiceMode::ReplicatedJob { .. }) => t.slot.saturating_sub(1),
+        _ => t.slot,
+    }
 }
 
 fn availability(a: Availability) -> &'static str {

@@ -2,7 +2,6 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::api::LogEntry;
-use common::spec::ServiceMode;
 use common::TaskId;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -21,13 +20,6 @@ pub(super) struct ListQuery {
     status: Option<String>,
 }
 
-fn mode_name(m: &ServiceMode) -> &'static str {
-    match m {
-        ServiceMode::Replicated { .. } => "replicated",
-        ServiceMode::Global => "global",
-    }
-}
-
 pub(super) async fn list(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> Result<HttpResponse> {
     let m = manager(&state)?;
     let f = Filters::parse(q.filters.as_deref()).map_err(Error::BadRequest)?;
@@ -41,7 +33,7 @@ pub(super) async fn list(state: web::Data<ApiState>, q: web::Query<ListQuery>) -
             f.any("id", |x| s.id.as_str().starts_with(x))
                 && f.any("name", |x| s.spec.name.starts_with(x))
                 && f.labels("label", &s.spec.labels)
-                && f.any("mode", |x| x == mode_name(&s.spec.mode))
+                && f.any("mode", |x| x == s.spec.mode.name())
         })
         .map(|s| objects::service(s, &service_info(&store, s), ServiceView { status, defaults: false }))
         .collect();

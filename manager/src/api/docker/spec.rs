@@ -69,9 +69,18 @@ struct DockerMode {
     #[serde(default)]
     global: Option<Value>,
     #[serde(default)]
-    replicated_job: Option<Value>,
+    replicated_job: Option<DockerReplicatedJob>,
     #[serde(default)]
     global_job: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerReplicatedJob {
+    #[serde(default)]
+    max_concurrent: Option<u64>,
+    #[serde(default)]
+    total_completions: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -724,14 +733,28 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
     let container = task.container_spec.unwrap_or_default();
     let mode = match d.mode {
         None => ServiceMode::Replicated { replicas: 1 },
-        Some(m) if m.replicated_job.is_some() || m.global_job.is_some() => {
-            return Err(EngineSpecError::Unsupported("job mode (replicated-job, global-job)".into()))
+        Some(m)
+            if [m.replicated.is_some(), m.global.is_some(), m.replicated_job.is_some(), m.global_job.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count()
+                > 1 =>
+        {
+            return Err(invalid("a service can be replicated, global, replicated-job or global-job, not several"))
         }
-        Some(DockerMode { global: Some(_), replicated: None, .. }) => ServiceMode::Global,
-        Some(DockerMode { global: None, replicated, .. }) => {
+        Some(DockerMode { replicated_job: Some(j), .. }) => {
+            // moby: MaxConcurrent defaults to 1, TotalCompletions to MaxConcurrent.
+            let max_concurrent = j.max_concurrent.unwrap_or(1);
+            ServiceMode::ReplicatedJob {
+                total_completions: j.total_completions.unwrap_or(max_concurrent),
+                max_concurrent,
+            }
+        }
+        Some(DockerMode { global_job: Some(_), .. }) => ServiceMode::GlobalJob,
+        Some(DockerMode { global: Some(_), .. }) => ServiceMode::Global,
+        Some(DockerMode { replicated, .. }) => {
             ServiceMode::Replicated { replicas: replicated.and_then(|r| r.replicas).unwrap_or(1) }
         }
-        Some(_) => return Err(invalid("a service can be replicated or global, not both")),
     };
     let placement = task.placement.unwrap_or_default();
     let constraints = placement
@@ -1000,6 +1023,10 @@ pub fn to_engine(spec: &ServiceSpec) -> Value {
     let mode = match spec.mode {
         ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
         ServiceMode::Global => json!({"Global": {}}),
+        ServiceMode::ReplicatedJob { total_completions, max_concurrent } => {
+            json!({"ReplicatedJob": {"MaxConcurrent": max_concurrent, "TotalCompletions": total_completions}})
+        }
+        ServiceMode::GlobalJob => json!({"GlobalJob": {}}),
     };
     let mode_name = match spec.endpoint_mode {
         common::network::EndpointMode::Vip => "vip",
@@ -1291,6 +1318,29 @@ mod tests {
     }
 
     #[test]
+    fn job_modes_round_trip_with_moby_defaults() {
+        let spec = |mode: Value| {
+            from_engine(&doc(json!({"Name": "j", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}, "Mode": mode})))
+                .unwrap()
+        };
+        let j = spec(json!({"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 6}}));
+        assert_eq!(j.mode, ServiceMode::ReplicatedJob { total_completions: 6, max_concurrent: 2 });
+        assert_eq!(to_engine(&j)["Mode"], json!({"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 6}}));
+        // moby: MaxConcurrent defaults to 1, TotalCompletions to MaxConcurrent.
+        assert_eq!(
+            spec(json!({"ReplicatedJob": {}})).mode,
+            ServiceMode::ReplicatedJob { total_completions: 1, max_concurrent: 1 }
+        );
+        assert_eq!(
+            spec(json!({"ReplicatedJob": {"MaxConcurrent": 3}})).mode,
+            ServiceMode::ReplicatedJob { total_completions: 3, max_concurrent: 3 }
+        );
+        let g = spec(json!({"GlobalJob": {}}));
+        assert_eq!(g.mode, ServiceMode::GlobalJob);
+        assert_eq!(to_engine(&g)["Mode"], json!({"GlobalJob": {}}));
+    }
+
+    #[test]
     fn what_shoal_does_not_do_is_named_and_bad_specs_refused() {
         let sent = doc(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "OpenStdin": true,
             "Command": ["/bin/sh"]}, "Placement": {"Platforms": [{"OS": "linux"}]}}}));
@@ -1302,8 +1352,9 @@ mod tests {
             "invalid image: the image name must not be empty"
         );
         assert_eq!(
-            bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}, "Mode": {"ReplicatedJob": {}}})),
-            "job mode (replicated-job, global-job) is not supported by shoal yet"
+            bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i"}},
+                "Mode": {"ReplicatedJob": {}, "Global": {}}})),
+            "a service can be replicated, global, replicated-job or global-job, not several"
         );
         assert!(bad(json!({"Name": "w", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Mounts": [
             {"Type": "npipe", "Source": "v", "Target": "/d"}]}}}))

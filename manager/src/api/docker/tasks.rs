@@ -52,7 +52,7 @@ pub(super) async fn list(state: web::Data<ApiState>, q: web::Query<ListQuery>) -
                 && nodes.as_ref().is_none_or(|n| t.node_id.as_ref().is_some_and(|id| n.contains(id)))
                 && f.any("id", |x| t.id.as_str().starts_with(x))
                 && f.any("name", |x| engine_name(t).starts_with(x))
-                && f.any("desired-state", |x| x == t.desired_state.as_str())
+                && f.any("desired-state", |x| x == t.shown_desired_state().as_str())
                 && f.labels("label", &Default::default())
                 && (!up_to_date || store.services.get(&t.service_id).is_some_and(|s| s.spec.task == t.spec))
         })
