@@ -339,9 +339,14 @@ pub struct UpdateArgs {
     publish_rm: Vec<String>,
     #[command(flatten)]
     policies: PolicyFlags,
-    /// Roll every task, even if nothing changed (rebalances after a drain).
+    /// Roll every task, even if nothing changed.
     #[arg(long)]
     force: bool,
+    /// Move the fewest tasks needed to spread the service evenly over its
+    /// nodes again (after a drain, or nodes that joined), as a rolling
+    /// update with the service's update settings.
+    #[arg(long)]
+    rebalance: bool,
     #[command(flatten)]
     files: FileUpdateFlags,
     #[command(flatten)]
@@ -740,6 +745,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 rollback_config: a.policies.rollback.patch()?,
                 restart: a.policies.restart.patch()?,
                 force: a.force,
+                rebalance: a.rebalance,
                 secret_add: parse_refs(Kind::Secret, "secret-add", &a.files.secret_add)?,
                 secret_rm: a.files.secret_rm.clone(),
                 config_add: parse_refs(Kind::Config, "config-add", &a.files.config_add)?,

@@ -214,6 +214,10 @@ pub struct ServiceUpdate {
     /// Roll every task even if nothing else changed.
     #[serde(default)]
     pub force: bool,
+    /// Move the fewest tasks needed to spread a replicated service evenly
+    /// over the nodes that may take them again, as a rolling update.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebalance: bool,
     /// References to add (ids left empty: looked up by name); one with the
     /// target of an existing one replaces it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -105,6 +105,10 @@ pub struct Service {
     /// (Swarm's `JobStatus.JobIteration`). Always 0 for other services.
     #[serde(default, skip_serializing_if = "is_first_run")]
     pub job_iteration: u64,
+    /// Tasks a `--rebalance` moves: the rolling update replaces them as if
+    /// they ran an old template. Emptied when the rollout ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebalance: Vec<TaskId>,
 }
 
 /// Other services (and a job's first run) encode as before jobs existed.
@@ -124,6 +128,7 @@ impl Service {
             update_status: None,
             vips: vec![],
             job_iteration: 0,
+            rebalance: vec![],
         }
     }
 
@@ -182,6 +187,13 @@ pub enum Command {
     SetUpdateStatus {
         id: ServiceId,
         status: UpdateStatus,
+    },
+    /// `service update --rebalance`: replace these tasks of the service,
+    /// as a rolling update ([`crate::orchestrator::rebalance`]).
+    RebalanceService {
+        id: ServiceId,
+        tasks: Vec<TaskId>,
+        at: Millis,
     },
     UpdateNodeLabels {
         id: NodeId,
@@ -298,6 +310,7 @@ impl Command {
             | Command::RemoveService(_)
             | Command::RollbackService { .. }
             | Command::SetUpdateStatus { .. }
+            | Command::RebalanceService { .. }
             | Command::UpdateNodeLabels { .. }
             | Command::SetNodeRole { .. }
             | Command::CreateTasks(_)
@@ -620,6 +633,10 @@ impl Store {
                 if spec.mode.is_job() {
                     svc.job_iteration += 1;
                 }
+                if spec.task != svc.spec.task {
+                    // The new template replaces every task anyway.
+                    svc.rebalance.clear();
+                }
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
                 svc.version += 1;
                 svc.updated_at = at;
@@ -646,8 +663,24 @@ impl Store {
                 svc.updated_at = at;
                 changes.push(Change::Service { id, action: "rollback" });
             }
+            Command::RebalanceService { id, tasks, at } => {
+                let svc = self.services.get_mut(&id).ok_or_else(|| StoreError::NoSuchService(id.to_string()))?;
+                svc.rebalance = tasks;
+                svc.update_status = Some(UpdateStatus {
+                    state: UpdateState::Updating,
+                    started_at: at,
+                    completed_at: None,
+                    message: "rebalance in progress".into(),
+                });
+                svc.version += 1;
+                svc.updated_at = at;
+                changes.push(Change::Service { id, action: "update" });
+            }
             Command::SetUpdateStatus { id, status } => {
                 if let Some(svc) = self.services.get_mut(&id) {
+                    if !status.state.is_active() {
+                        svc.rebalance.clear();
+                    }
                     svc.update_status = Some(status);
                     changes.push(Change::Service { id, action: "update" });
                 }
@@ -991,6 +1024,7 @@ impl Undo {
             Command::CreateService(svc) => self.saved.push(service(&svc.id)),
             Command::UpdateService { id, .. }
             | Command::RollbackService { id, .. }
+            | Command::RebalanceService { id, .. }
             | Command::SetUpdateStatus { id, .. } => self.saved.push(service(id)),
             Command::RemoveService(id) => {
                 self.saved.push(service(id));

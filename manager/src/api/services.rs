@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use common::api::{ServiceInfo, ServiceUpdate, TaskInfo};
-use common::spec::{ServiceMode, ServiceSpec};
+use common::spec::{ServiceMode, ServiceSpec, SpecError};
 use common::task::{Task, TaskState};
 use common::time::now_ms;
 use common::ServiceId;
@@ -168,7 +168,28 @@ pub(super) async fn update_service(
     let m = manager(&state)?;
     let svc = find_service(m, &key)?;
     let spec = update.apply(&svc.spec)?;
+    if update.rebalance && !matches!(spec.mode, ServiceMode::Replicated { .. }) {
+        return Err(SpecError::Invalid(format!(
+            "--rebalance applies to replicated services; {} is {}",
+            svc.spec.name,
+            spec.mode.name()
+        ))
+        .into());
+    }
+    let template_changes = spec.task != svc.spec.task;
     self::update(m, &svc, spec, None).await?;
+    // A new template rolls every task through the scheduler, which spreads
+    // them: a rebalance on top would move nothing more.
+    if update.rebalance && !template_changes {
+        let moves = {
+            let store = m.store.read();
+            let svc = store.services.get(&svc.id).ok_or_else(|| Error::not_found("service", &key))?;
+            crate::orchestrator::rebalance::moves(&store, &m.live.borrow(), svc)
+        };
+        if !moves.is_empty() {
+            propose(m, Command::RebalanceService { id: svc.id.clone(), tasks: moves, at: now_ms() }).await?;
+        }
+    }
     current_info(m, &svc.id, &key)
 }
 

@@ -12,6 +12,7 @@
 
 pub mod global;
 pub mod job;
+pub mod rebalance;
 pub mod replicated;
 pub mod restart;
 pub mod task;

@@ -9,6 +9,7 @@ use common::{ServiceId, TaskId};
 use super::*;
 use crate::scheduler::plan::{self, NodeView};
 use crate::store::{Assignment, Service, Unplaceable};
+use crate::testing::node;
 
 fn spec(replicas: u64) -> ServiceSpec {
     ServiceSpec {
@@ -20,20 +21,6 @@ fn spec(replicas: u64) -> ServiceSpec {
         rollback: Default::default(),
         engine_spec: None,
         endpoint_mode: Default::default(),
-    }
-}
-
-fn node(id: &str) -> common::node::Node {
-    common::node::Node {
-        id: id.into(),
-        raft_id: 1,
-        hostname: id.into(),
-        role: common::node::Role::Worker,
-        availability: Availability::Active,
-        labels: Default::default(),
-        addr: "127.0.0.1:4242".parse().unwrap(),
-        created_at: 0,
-        updated_at: 0,
     }
 }
 

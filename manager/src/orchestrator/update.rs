@@ -41,8 +41,9 @@ fn newest<'a>(u: &Unit<'a>) -> Option<&'a Task> {
     u.active.last().copied()
 }
 
+/// Runs the service's template and is not one a rebalance moves.
 fn current(svc: &Service, t: &Task) -> bool {
-    t.spec == svc.spec.task
+    t.spec == svc.spec.task && !svc.rebalance.contains(&t.id)
 }
 
 /// When `t` entered RUNNING (its status timestamp while running).
