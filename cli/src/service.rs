@@ -121,6 +121,10 @@ pub struct CreateArgs {
     /// Time to wait for a task to stop before killing it.
     #[arg(long, default_value = "10s")]
     stop_grace_period: String,
+    /// How long a task's logs stay readable through `service logs` after the
+    /// task is removed or replaced (its stopped container is kept; default 15m).
+    #[arg(long)]
+    log_retention: Option<String>,
     #[command(flatten)]
     container: ContainerFlags,
     #[command(flatten)]
@@ -342,6 +346,9 @@ pub struct UpdateArgs {
     /// Roll every task, even if nothing changed.
     #[arg(long)]
     force: bool,
+    /// How long a task's logs stay readable after the task goes (see create).
+    #[arg(long)]
+    log_retention: Option<String>,
     /// Move the fewest tasks needed to spread the service evenly over its
     /// nodes again (after a drain, or nodes that joined), as a rolling
     /// update with the service's update settings.
@@ -612,6 +619,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             configs: parse_refs(Kind::Config, "config", &a.files.config)?,
             scheduling: a.placement.scheduling()?,
             networks: a.networks.attachments()?,
+            log_retention_ms: a.log_retention.as_deref().map(|d| ms(d, "--log-retention")).transpose()?,
         },
         engine_spec: None,
         endpoint_mode: a.networks.endpoint_mode()?,
@@ -746,6 +754,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 restart: a.policies.restart.patch()?,
                 force: a.force,
                 rebalance: a.rebalance,
+                log_retention_ms: a.log_retention.as_deref().map(|d| ms(d, "--log-retention")).transpose()?,
                 secret_add: parse_refs(Kind::Secret, "secret-add", &a.files.secret_add)?,
                 secret_rm: a.files.secret_rm.clone(),
                 config_add: parse_refs(Kind::Config, "config-add", &a.files.config_add)?,

@@ -218,6 +218,9 @@ pub struct ServiceUpdate {
     /// over the nodes that may take them again, as a rolling update.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rebalance: bool,
+    /// `--log-retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_retention_ms: Option<u64>,
     /// References to add (ids left empty: looked up by name); one with the
     /// target of an existing one replaces it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -391,6 +394,9 @@ impl ServiceUpdate {
         self.scheduling.apply(&mut s.task.scheduling);
         if self.force {
             s.task.force_update += 1;
+        }
+        if let Some(r) = self.log_retention_ms {
+            s.task.log_retention_ms = Some(r);
         }
         self.network.apply(&mut s);
         if let Some(img) = &self.image {

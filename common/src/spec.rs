@@ -269,7 +269,15 @@ pub struct TaskTemplate {
     /// shares the node's network stack.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachment>,
+    /// How long a task's stopped container (and so its logs) is kept on its
+    /// node after the task is removed or replaced (`--log-retention`;
+    /// `None`: [`DEFAULT_LOG_RETENTION_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_retention_ms: Option<u64>,
 }
+
+/// `--log-retention`'s default: 15 minutes.
+pub const DEFAULT_LOG_RETENTION_MS: u64 = 15 * 60 * 1000;
 
 /// Swarm's ContainerSpec settings beyond image, command, env and mounts:
 /// Docker applies them to each task's container. `hostname` may use
@@ -422,7 +430,13 @@ impl TaskTemplate {
             configs: vec![],
             scheduling: Scheduling::default(),
             networks: vec![],
+            log_retention_ms: None,
         }
+    }
+
+    /// How long the task's container outlives the task ([`Self::log_retention_ms`]).
+    pub fn log_retention_ms(&self) -> u64 {
+        self.log_retention_ms.unwrap_or(DEFAULT_LOG_RETENTION_MS)
     }
 }
 

@@ -87,11 +87,19 @@ pub struct LogRequest {
     pub follow: bool,
     /// Last N lines of each task; `None` for all.
     pub tail: Option<u64>,
+    /// Also every container of this service the node still has, tasks
+    /// removed or replaced included (kept for their logs: `--log-retention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::ids::ServiceId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     pub task_id: TaskId,
+    /// The task's slot, from its container (for a task the manager no
+    /// longer has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
     /// RFC 3339 with nanoseconds, as Docker stamps it.
     pub timestamp: String,
     pub line: String,

@@ -111,13 +111,20 @@ fn log_source(runtime: Arc<dyn Runtime>, node: NodeId) -> net::LogSource {
         let node = node.clone();
         futures::stream::once(async move {
             let containers = runtime.list(&node).await.map_err(|e| e.to_string())?;
-            let streams: Vec<_> = req
-                .tasks
+            // The tasks asked for, and with `service` every container of it
+            // still here (kept for its logs after its task went).
+            let streams: Vec<_> = containers
                 .iter()
-                .filter_map(|t| {
-                    containers.iter().find(|c| &c.task_id == t).map(|c| (t.clone(), c.container_id.clone()))
+                .filter(|c| req.tasks.contains(&c.task_id) || (req.service.is_some() && c.service_id == req.service))
+                .map(|c| {
+                    let slot = c.slot;
+                    runtime.logs(&c.task_id, &c.container_id, req.follow, req.tail).map(move |r| {
+                        r.map(|mut l| {
+                            l.slot = slot;
+                            l
+                        })
+                    })
                 })
-                .map(|(t, c)| runtime.logs(&t, &c, req.follow, req.tail))
                 .collect();
             Ok::<_, String>(futures::stream::select_all(streams).map(|r| r.map_err(|e| e.to_string())))
         })

@@ -86,6 +86,13 @@ pub(super) fn fetch(
                 by_node.entry(n.clone()).or_default().push(t.id.clone());
             }
         }
+        // The whole service: every node, for the containers of tasks
+        // removed or replaced that nodes keep for their logs.
+        if task.is_none() {
+            for n in store.nodes.keys() {
+                by_node.entry(n.clone()).or_default();
+            }
+        }
         let targets: Vec<LogTarget> = by_node
             .into_iter()
             .filter_map(|(n, tasks)| {
@@ -105,7 +112,8 @@ pub(super) fn fetch(
         let tx = tx.clone();
         let name = name.clone();
         let slots = slots.clone();
-        let req = LogRequest { tasks: target.tasks.clone(), follow, tail };
+        let req =
+            LogRequest { tasks: target.tasks.clone(), follow, tail, service: task.is_none().then(|| svc.id.clone()) };
         let tls = m.tls.clone();
         tokio::spawn(async move {
             let (mut conn, _) = match net::dial(&tls, target.addr, Hello::Logs(req)).await {
@@ -118,7 +126,11 @@ pub(super) fn fetch(
             while let Ok(frame) = net::recv(&mut conn).await {
                 match frame {
                     Frame::LogLine(l) => {
-                        let (slot, task_name) = slots.get(&l.task_id).cloned().unwrap_or_default();
+                        // A task the store no longer has: named from its container.
+                        let (slot, task_name) = slots.get(&l.task_id).cloned().unwrap_or_else(|| {
+                            let slot = l.slot.unwrap_or(0);
+                            (slot, format!("{name}.{slot}"))
+                        });
                         let entry = LogEntry {
                             slot,
                             task_name,

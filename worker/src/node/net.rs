@@ -953,7 +953,7 @@ mod tests {
         let refused = |hello: Hello, tls: Tls| async move { dial(&tls, addr, hello).await.unwrap_err() };
         let err = refused(Hello::Raft { from: w.id.clone(), raft_id: 7 }, w.tls.clone()).await;
         assert!(matches!(err, NetError::Refused(ref r) if r.contains("worker certificate")), "{err}");
-        let logs = Hello::Logs(LogRequest { tasks: vec![], follow: false, tail: None });
+        let logs = Hello::Logs(LogRequest { tasks: vec![], follow: false, tail: None, service: None });
         let err = refused(logs, w.tls.clone()).await;
         assert!(matches!(err, NetError::Refused(ref r) if r.contains("worker certificate")), "{err}");
         let err = refused(Hello::Session { node_id: m.id.clone() }, w.tls.clone()).await;

@@ -28,7 +28,7 @@ use common::wire::LogLine;
 
 use super::{
     container_name, parse_rfc3339_ms, split_timestamp, task_labels, ContainerInfo, ContainerState, EventStream,
-    LogStream, Runtime, RuntimeError, LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
+    Labelled, LogStream, Runtime, RuntimeError, LABEL_NODE, LABEL_TASK,
 };
 
 use super::files::{FilesError, TaskFiles};
@@ -125,7 +125,7 @@ impl DockerRuntime {
         id: String,
         task_id: TaskId,
         listed: Listed,
-        grace: Option<u64>,
+        labelled: Labelled,
     ) -> Result<Option<ContainerInfo>, RuntimeError> {
         let key = (id.clone(), listed);
         let listed = listed.0;
@@ -163,7 +163,10 @@ impl DockerRuntime {
             } else {
                 None
             },
-            stop_grace_ms: grace,
+            stop_grace_ms: labelled.stop_grace_ms,
+            service_id: labelled.service_id,
+            slot: labelled.slot,
+            log_retention_ms: labelled.log_retention_ms,
             ports: info.network_settings.and_then(|n| n.ports).map(|p| host_ports(&p)).unwrap_or_default(),
             health,
             health_output,
@@ -530,16 +533,16 @@ impl Runtime for DockerRuntime {
                 let labels = s.labels.unwrap_or_default();
                 // Carries our node label but no task: not ours to judge.
                 let task_id = TaskId::from(labels.get(LABEL_TASK)?.as_str());
-                let grace = labels.get(LABEL_STOP_GRACE).and_then(|g| g.parse().ok());
+                let labelled = Labelled::read(&labels);
                 let state = s.state.map(|st| ContainerState::parse(st.as_ref())).unwrap_or(ContainerState::Unknown);
                 let health = s.status.as_deref().and_then(listed_health);
-                Some((id, task_id, (state, health), grace))
+                Some((id, task_id, (state, health), labelled))
             })
             .collect();
         // Forget inspections of containers that are gone.
         self.cache().retain(|(id, _), _| wanted.iter().any(|(w, ..)| w == id));
         let out = futures::stream::iter(wanted)
-            .map(|(id, task, state, grace)| self.inspect(id, task, state, grace))
+            .map(|(id, task, state, labelled)| self.inspect(id, task, state, labelled))
             .buffer_unordered(INSPECT_CONCURRENCY)
             .try_filter_map(|c| async move { Ok(c) })
             .try_collect::<Vec<_>>()
@@ -576,7 +579,12 @@ impl Runtime for DockerRuntime {
                         .map(|l| {
                             let l = l.strip_suffix('\r').unwrap_or(l);
                             let (ts, line) = split_timestamp(l);
-                            Ok(LogLine { task_id: task_id.clone(), timestamp: ts.to_string(), line: line.to_string() })
+                            Ok(LogLine {
+                                task_id: task_id.clone(),
+                                slot: None,
+                                timestamp: ts.to_string(),
+                                line: line.to_string(),
+                            })
                         })
                         .collect();
                     futures::stream::iter(lines)

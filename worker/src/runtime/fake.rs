@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
 use common::container::Health;
-use common::ids::{NodeId, TaskId};
+use common::ids::{NodeId, ServiceId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::task::Task;
 use common::time::now_ms;
@@ -19,7 +19,7 @@ use common::wire::LogLine;
 
 use super::{
     container_name, task_labels, ContainerInfo, ContainerState, EventStream, LogStream, Runtime, RuntimeError,
-    LABEL_NODE, LABEL_STOP_GRACE, LABEL_TASK,
+    LABEL_LOG_RETENTION, LABEL_NODE, LABEL_SERVICE_ID, LABEL_SLOT, LABEL_STOP_GRACE, LABEL_TASK,
 };
 
 /// One call the supervisor made, for assertions.
@@ -215,7 +215,7 @@ impl FakeRuntime {
         let mut st = self.lock();
         if let Some(c) = st.containers.get_mut(container_id) {
             let task_id = TaskId::from(c.labels.get(LABEL_TASK).cloned().unwrap_or_default());
-            c.logs.push(LogLine { task_id, timestamp: timestamp.into(), line: line.into() });
+            c.logs.push(LogLine { task_id, slot: None, timestamp: timestamp.into(), line: line.into() });
         }
     }
 }
@@ -331,6 +331,9 @@ impl Runtime for FakeRuntime {
                     started_at: c.started_at,
                     finished_at: c.finished_at,
                     stop_grace_ms: c.labels.get(LABEL_STOP_GRACE).and_then(|g| g.parse().ok()),
+                    service_id: c.labels.get(LABEL_SERVICE_ID).map(|s| ServiceId::from(s.as_str())),
+                    slot: c.labels.get(LABEL_SLOT).and_then(|g| g.parse().ok()),
+                    log_retention_ms: c.labels.get(LABEL_LOG_RETENTION).and_then(|g| g.parse().ok()),
                     ports: if c.state.is_live() { c.ports.clone() } else { Vec::new() },
                     health: c.health.filter(|_| c.state.is_live()),
                     health_output: None,

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use common::container::Health;
-use common::ids::{NodeId, TaskId};
+use common::ids::{NodeId, ServiceId, TaskId};
 use common::mesh::HostPort;
 use common::task::Task;
 use common::time::Millis;
@@ -35,6 +35,10 @@ pub const LABEL_SLOT: &str = "shoal.task.slot";
 /// (its spec gone with it) is still stopped the way its service asked.
 pub const LABEL_STOP_GRACE: &str = "shoal.task.stop_grace_ms";
 
+/// How long the container of a task no longer assigned is kept (stopped)
+/// so that `service logs` can still read it; from the task's template.
+pub const LABEL_LOG_RETENTION: &str = "shoal.task.log_retention_ms";
+
 /// Grace used when a container carries no [`LABEL_STOP_GRACE`].
 pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 
@@ -52,7 +56,29 @@ pub fn task_labels(node: &NodeId, task: &Task) -> HashMap<String, String> {
         (LABEL_TASK.to_string(), task.id.to_string()),
         (LABEL_SLOT.to_string(), task.slot.to_string()),
         (LABEL_STOP_GRACE.to_string(), task.spec.stop_grace_ms.to_string()),
+        (LABEL_LOG_RETENTION.to_string(), task.spec.log_retention_ms().to_string()),
     ])
+}
+
+/// What a container's labels say beyond its task id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Labelled {
+    pub stop_grace_ms: Option<u64>,
+    pub service_id: Option<ServiceId>,
+    pub slot: Option<u64>,
+    pub log_retention_ms: Option<u64>,
+}
+
+impl Labelled {
+    pub fn read(labels: &HashMap<String, String>) -> Self {
+        let num = |k: &str| labels.get(k).and_then(|v| v.parse().ok());
+        Labelled {
+            stop_grace_ms: num(LABEL_STOP_GRACE),
+            service_id: labels.get(LABEL_SERVICE_ID).map(|s| ServiceId::from(s.as_str())),
+            slot: num(LABEL_SLOT),
+            log_retention_ms: num(LABEL_LOG_RETENTION),
+        }
+    }
 }
 
 /// A container's lifecycle state, as Docker names it.
@@ -105,6 +131,10 @@ pub struct ContainerInfo {
     pub finished_at: Option<Millis>,
     /// From [`LABEL_STOP_GRACE`].
     pub stop_grace_ms: Option<u64>,
+    /// From the service, slot and log retention labels.
+    pub service_id: Option<ServiceId>,
+    pub slot: Option<u64>,
+    pub log_retention_ms: Option<u64>,
     /// Where the container's published target ports are reachable on this
     /// node, as the engine reports them (empty until it runs).
     pub ports: Vec<HostPort>,

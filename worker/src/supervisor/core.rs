@@ -333,9 +333,24 @@ impl SupervisorCore {
                 if l.busy.is_some() || ticket < l.fence || now < l.retry_at || c.state == ContainerState::Removing {
                     continue;
                 }
-                l.busy = Some(Op::Remove);
                 let grace = c.state.is_live().then(|| c.stop_grace_ms.unwrap_or(DEFAULT_STOP_GRACE_MS));
-                out.push(Action::Remove { task_id: c.task_id, container_id: c.container_id, stop_grace_ms: grace });
+                match (grace, c.log_retention_ms) {
+                    // Kept for its logs: stopped now, removed once its
+                    // retention has passed since it ended.
+                    (Some(grace_ms), Some(r)) if r > 0 => {
+                        l.busy = Some(Op::Stop);
+                        out.push(Action::Stop { task_id: c.task_id, container_id: c.container_id, grace_ms });
+                    }
+                    (None, Some(r)) if c.finished_at.is_some_and(|f| now < f.saturating_add(r)) => {}
+                    _ => {
+                        l.busy = Some(Op::Remove);
+                        out.push(Action::Remove {
+                            task_id: c.task_id,
+                            container_id: c.container_id,
+                            stop_grace_ms: grace,
+                        });
+                    }
+                }
             }
         }
 
@@ -533,6 +548,9 @@ mod tests {
             started_at: Some(50),
             finished_at: exit.map(|_| 60),
             stop_grace_ms: Some(3_000),
+            service_id: None,
+            slot: None,
+            log_retention_ms: None,
             ports: vec![],
             health: None,
             health_output: None,
@@ -793,6 +811,21 @@ mod tests {
                 "an exited unassigned container is removed without a stop",
                 vec![Full(vec![]), Observe(vec![ctr("gone", "c9", Exited, Some(0))])],
                 vec!["remove c9"],
+            ),
+            (
+                "a stray kept for its logs is stopped, kept while its retention lasts, then removed",
+                vec![
+                    Full(vec![]),
+                    Observe(vec![ContainerInfo { log_retention_ms: Some(5_000), ..ctr("gone", "c9", Live, None) }]),
+                    Done("gone", Outcome::Stopped),
+                    Observe(vec![ContainerInfo {
+                        log_retention_ms: Some(5_000),
+                        ..ctr("gone", "c9", Exited, Some(0))
+                    }]),
+                    Tick(5_000),
+                    Tick(5_061),
+                ],
+                vec!["stop c9 grace=3000", "remove c9"],
             ),
             (
                 "a task dropped from the set has its container removed once",

@@ -483,7 +483,10 @@ mod tests {
         let rt = Arc::new(FakeRuntime::new().with_image(IMAGE));
         let mut kept = task(TaskState::Running);
         kept.status.state = TaskState::Running;
-        let stray = task(TaskState::Running);
+        let mut stray = task(TaskState::Running);
+        // Kept for no time after its task goes (the retention is the
+        // core's table test): removed as soon as it is known to be a stray.
+        stray.spec.log_retention_ms = Some(0);
         let kept_cid = rt.insert_running(&node, &kept);
         let stray_cid = rt.insert_running(&node, &stray);
 

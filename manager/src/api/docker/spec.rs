@@ -843,6 +843,8 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
                 .into_iter()
                 .map(|n| common::network::NetworkAttachment { network: n.target, aliases: n.aliases })
                 .collect(),
+            // Not in Docker's spec: the default.
+            log_retention_ms: None,
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
