@@ -2,7 +2,7 @@
 //! hosts reach each other by address; networks are kept apart; bad input is
 //! refused with nothing changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -77,6 +77,20 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     wait_for(Duration::from_secs(20), "host1's task to reach host2's", || fetch(&h, 1, c1, a2));
     assert_eq!(fetch(&h, 1, c1, a2).unwrap(), c2[..12], "host1 → host2");
     assert_eq!(fetch(&h, 2, c2, a1).unwrap(), c1[..12], "host2 → host1");
+
+    // web's virtual IP, from host1's task: both tasks answer, in turn (one
+    // of them is the caller itself).
+    let info: Value = serde_json::from_str(&h.shoal_ok(1, &["service", "inspect", "web"])).expect("inspect json");
+    let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
+    let seen = wait_for(Duration::from_secs(10), "both web tasks to answer through the VIP", || {
+        let answers: BTreeSet<String> = (0..4).map(|_| fetch(&h, 1, c1, &vip)).collect::<Result<_, _>>()?;
+        if answers.len() == 2 {
+            Ok(answers)
+        } else {
+            Err(format!("only {answers:?}"))
+        }
+    });
+    assert_eq!(seen, [c1[..12].to_string(), c2[..12].to_string()].into(), "through {vip}");
 
     // a cannot reach b.
     let other = h.wait_running(1, "other", 1, CONVERGE);

@@ -190,7 +190,12 @@ pub(crate) async fn run_node(
     };
     let description = opts.describe.description(engine_labels);
     let (networks_tx, networks_rx) = watch::channel(Vec::new());
+    // The VIPs' nft table goes when the node stops (not on a role change).
+    let (stop_vips, vips_stopped) = tokio::sync::oneshot::channel();
+    let mut vips = None;
     if let Some(docker) = overlay_docker {
+        let vip = worker::net::vip::Programmer { node: state.node_id.clone() };
+        vips = Some(actix::spawn(vip.run(networks_rx.clone(), vips_stopped)));
         let programmer =
             worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker };
         actix::spawn(programmer.run(networks_rx));
@@ -391,6 +396,12 @@ pub(crate) async fn run_node(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "routing mesh not fully removed"),
         Err(e) => tracing::warn!(error = %e, "routing mesh unreachable at shutdown"),
+    }
+    let _ = stop_vips.send(());
+    if let Some(vips) = vips {
+        if tokio::time::timeout(Duration::from_secs(5), vips).await.is_err() {
+            tracing::warn!("the VIP table was not removed within 5 s");
+        }
     }
     handle.stop(true).await;
     Ok(Outcome::Stopped)

@@ -71,3 +71,23 @@ pub async fn remove_vxlan(vni: u32) -> Result<(), NetError> {
     }
     Ok(())
 }
+
+/// Turns hairpin mode on for the containers' ports of `bridge`, so that a
+/// task whose VIP connection is DNATed back to itself gets it (the frame
+/// leaves by the port it came in on). The VXLAN port is left alone: frames
+/// flooded back into it would go round the peers.
+pub async fn hairpin(bridge: &str) -> Result<(), NetError> {
+    let (ok, listing) = run_out("ip", &["-d", "-o", "link", "show", "master", bridge]).await?;
+    if !ok {
+        // No such bridge (yet): nothing to do.
+        return Ok(());
+    }
+    for line in listing.lines().filter(|l| l.contains("hairpin off")) {
+        // `12: vethab12@if11: <…> …`
+        let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else { continue };
+        if name.starts_with("veth") {
+            must("bridge", &["link", "set", "dev", name, "hairpin", "on"]).await?;
+        }
+    }
+    Ok(())
+}

@@ -16,10 +16,13 @@
 //!   `bridge`.
 //! - [`Programmer`]: a task that takes each table, applies the difference,
 //!   and tries again on failure.
+//! - [`vip`]: the services' virtual IPs, nftables DNAT over their running
+//!   tasks, programmed by a task of its own from the same table.
 
 pub mod docker;
 pub mod link;
 pub mod plan;
+pub mod vip;
 
 use std::net::IpAddr;
 use std::time::Duration;
