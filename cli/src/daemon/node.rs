@@ -196,6 +196,13 @@ pub(crate) async fn run_node(
     if let Some(docker) = overlay_docker {
         let vip = worker::net::vip::Programmer { node: state.node_id.clone() };
         vips = Some(actix::spawn(vip.run(networks_rx.clone(), vips_stopped)));
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let upstreams = worker::net::resolver::host_resolvers(&resolv_conf);
+        if upstreams.is_empty() {
+            tracing::warn!("dns: no nameserver in /etc/resolv.conf: tasks get SERVFAIL for names not in the cluster");
+        }
+        let resolver = worker::net::resolver::Resolver { node: state.node_id.clone(), upstreams };
+        actix::spawn(resolver.run(networks_rx.clone()));
         let programmer =
             worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker };
         actix::spawn(programmer.run(networks_rx));

@@ -358,7 +358,7 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
             cap_add: some_vec(&c.cap_add),
             cap_drop: some_vec(&c.cap_drop),
             sysctls: (!c.sysctls.is_empty()).then(|| c.sysctls.clone().into_iter().collect()),
-            dns: some_vec(&c.dns),
+            dns: dns_servers(task).or_else(|| some_vec(&c.dns)),
             dns_search: some_vec(&c.dns_search),
             dns_options: some_vec(&c.dns_options),
             extra_hosts: (!c.hosts.is_empty())
@@ -423,6 +423,17 @@ fn docker_mount(m: &Mount, cx: &TemplateContext) -> DockerMount {
         }),
         ..Default::default()
     }
+}
+
+/// A task on a shoal network asks its node's resolver, on its first
+/// network's gateway (Docker's embedded resolver in the container forwards
+/// to it), unless the spec names its own servers.
+fn dns_servers(task: &Task) -> Option<Vec<String>> {
+    let c = &task.spec.container;
+    if !c.dns.is_empty() {
+        return None;
+    }
+    task.addresses.first().map(|a| vec![a.gateway().to_string()])
 }
 
 /// `host`, or the Docker network of the task's first network.

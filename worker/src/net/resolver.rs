@@ -1,0 +1,273 @@
+//! This node's DNS resolver for its tasks: a UDP socket on port 53 of each
+//! network's gateway on this node (the tasks' containers are given it as
+//! their DNS server), answering from that network's [`Zone`] and
+//! forwarding every other name to the host's resolvers (`/etc/resolv.conf`
+//! at start). With no resolver, or none answering within
+//! [`FORWARD_TIMEOUT`], the task gets SERVFAIL rather than a hang.
+//!
+//! `/metrics` counts, per node, `shoal_dns_total{what=…}`: `queries`,
+//! `answered` (from the zones), `forwarded`, `failed` (forwarding got no
+//! answer), `malformed` (not a DNS message: dropped).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::network::NetworkEntry;
+use common::NodeId;
+use hickory_proto::op::Message;
+use parking_lot::RwLock;
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::dns::{self, Answer, Zone};
+use crate::node::metrics::{metrics, CounterFamily};
+
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
+/// How long one host resolver has to answer a forwarded query.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forwarded queries in flight at once; past that, SERVFAIL at once.
+const MAX_FORWARDS: usize = 256;
+
+/// The `nameserver` lines of a resolv.conf, on port 53.
+pub fn host_resolvers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+        .collect()
+}
+
+type Zones = Arc<RwLock<BTreeMap<Ipv4Addr, Arc<Zone>>>>;
+
+struct Shared {
+    zones: Zones,
+    upstreams: Vec<SocketAddr>,
+    forwards: Semaphore,
+    counts: CounterFamily,
+}
+
+/// Serves the zones of each network table this node receives.
+pub struct Resolver {
+    pub node: NodeId,
+    /// The host's resolvers, tried in turn for names not ours.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+impl Resolver {
+    /// Runs until `tables` closes. A gateway address that cannot be bound
+    /// yet (the bridge is being made) is tried again every second.
+    pub async fn run(self, mut tables: watch::Receiver<Vec<NetworkEntry>>) {
+        let shared = Arc::new(Shared {
+            zones: Arc::default(),
+            upstreams: self.upstreams,
+            forwards: Semaphore::new(MAX_FORWARDS),
+            counts: metrics().counter_family(
+                "shoal_dns",
+                "DNS queries from this node's tasks: queries, answered (service names), forwarded (to the host's resolvers), failed (forwarding got no answer), malformed",
+                "what",
+            ),
+        });
+        let mut servers: BTreeMap<Ipv4Addr, JoinHandle<()>> = BTreeMap::new();
+        let mut failed: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        loop {
+            let want = dns::zones(&self.node, &tables.borrow_and_update());
+            *shared.zones.write() = want.iter().map(|(a, z)| (*a, Arc::new(z.clone()))).collect();
+            servers.retain(|addr, task| {
+                let keep = want.contains_key(addr) && !task.is_finished();
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            failed.retain(|a, _| want.contains_key(a));
+            let missing: Vec<Ipv4Addr> = want.keys().filter(|a| !servers.contains_key(a)).copied().collect();
+            for addr in &missing {
+                let at = SocketAddr::new(IpAddr::V4(*addr), DNS_PORT);
+                match UdpSocket::bind(at).await {
+                    Ok(sock) => {
+                        tracing::info!(%at, "dns: serving the network's names");
+                        failed.remove(addr);
+                        servers.insert(*addr, tokio::spawn(serve(Arc::new(sock), *addr, shared.clone())));
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        if failed.get(addr) != Some(&why) {
+                            tracing::warn!(%at, error = %why, "dns: cannot listen yet; trying again");
+                        }
+                        failed.insert(*addr, why);
+                    }
+                }
+            }
+            let wait = if failed.is_empty() { Duration::from_secs(3600) } else { Duration::from_secs(1) };
+            tokio::select! {
+                changed = tables.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        for task in servers.values() {
+            task.abort();
+        }
+    }
+}
+
+async fn serve(sock: Arc<UdpSocket>, addr: Ipv4Addr, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // An ICMP error from an earlier send surfaces here: go on.
+                tracing::debug!(%addr, error = %e, "dns: receive failed");
+                continue;
+            }
+        };
+        shared.counts.inc("queries");
+        let bytes = &buf[..n];
+        let Ok(query) = Message::from_vec(bytes) else {
+            shared.counts.inc("malformed");
+            continue;
+        };
+        let zone = shared.zones.read().get(&addr).cloned().unwrap_or_default();
+        match dns::answer(&zone, &query) {
+            Answer::Reply(reply) => {
+                shared.counts.inc("answered");
+                if let Some(out) = dns::encode(&reply, &query) {
+                    let _ = sock.send_to(&out, peer).await;
+                }
+            }
+            Answer::Forward => {
+                shared.counts.inc("forwarded");
+                let (sock, shared, bytes) = (sock.clone(), shared.clone(), bytes.to_vec());
+                tokio::spawn(async move {
+                    let reply = match shared.forwards.try_acquire() {
+                        Ok(_permit) => forward(&shared.upstreams, &bytes, query.metadata.id).await,
+                        Err(_) => None,
+                    };
+                    let reply = match reply {
+                        Some(r) => r,
+                        None => {
+                            shared.counts.inc("failed");
+                            match dns::server_failure(&query).to_vec() {
+                                Ok(r) => r,
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    let _ = sock.send_to(&reply, peer).await;
+                });
+            }
+        }
+    }
+}
+
+/// The first answer with `id` from `upstreams`, each given
+/// [`FORWARD_TIMEOUT`]; `None` if none answered.
+async fn forward(upstreams: &[SocketAddr], query: &[u8], id: u16) -> Option<Vec<u8>> {
+    for up in upstreams {
+        let local: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+        let Ok(sock) = UdpSocket::bind(local).await else { continue };
+        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        let got = tokio::time::timeout(FORWARD_TIMEOUT, async {
+            loop {
+                let n = sock.recv(&mut buf).await.ok()?;
+                // Another id is a stray answer: keep waiting for ours.
+                if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                    return Some(n);
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(n)) = got {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::{Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    use super::*;
+
+    #[test]
+    fn the_host_resolvers_are_the_nameserver_lines() {
+        let conf = "# generated\nsearch example.com\nnameserver 10.9.0.2\nnameserver  fd00::53 # v6\noptions ndots:0\nnameserver bogus\n";
+        let got: Vec<String> = host_resolvers(conf).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["10.9.0.2:53", "[fd00::53]:53"]);
+        assert!(host_resolvers("").is_empty());
+    }
+
+    fn shared(upstreams: Vec<SocketAddr>, zone: Zone) -> Arc<Shared> {
+        let zones: Zones = Arc::new(RwLock::new([(Ipv4Addr::LOCALHOST, Arc::new(zone))].into()));
+        let counts = metrics().counter_family("shoal_dns", "", "what");
+        Arc::new(Shared { zones, upstreams, forwards: Semaphore::new(MAX_FORWARDS), counts })
+    }
+
+    async fn server(shared: Arc<Shared>) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = sock.local_addr().unwrap();
+        tokio::spawn(serve(Arc::new(sock), Ipv4Addr::LOCALHOST, shared));
+        at
+    }
+
+    /// Asks `server` for `name`'s A records: the response code and addresses.
+    async fn ask(server: SocketAddr, name: &str) -> (ResponseCode, Vec<Ipv4Addr>) {
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await.expect("an answer").unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.id, q.metadata.id);
+        let addrs = m.answers.iter().filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None });
+        (m.metadata.response_code, addrs.collect())
+    }
+
+    #[tokio::test]
+    async fn names_are_answered_others_forwarded_and_with_no_resolver_fail_at_once() {
+        // A host resolver that says 192.0.2.7 to everything.
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, peer)) = up.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                r.queries = q.queries.clone();
+                r.answers.push(Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
+                ));
+                up.send_to(&r.to_vec().unwrap(), peer).await.unwrap();
+            }
+        });
+        let mut zone = Zone::default();
+        zone.names.insert("back".into(), vec![Ipv4Addr::new(10, 0, 128, 1)]);
+        let s = shared(vec![up_addr], zone.clone());
+        let before = (s.counts.get("answered"), s.counts.get("forwarded"));
+        let at = server(s.clone()).await;
+        assert_eq!(ask(at, "back").await, (ResponseCode::NoError, vec![Ipv4Addr::new(10, 0, 128, 1)]));
+        assert_eq!(ask(at, "example.com").await, (ResponseCode::NoError, vec![Ipv4Addr::new(192, 0, 2, 7)]));
+        assert!(s.counts.get("answered") > before.0 && s.counts.get("forwarded") > before.1);
+
+        // No host resolver (a bare network namespace): SERVFAIL, at once.
+        let at = server(shared(vec![], zone)).await;
+        let started = std::time::Instant::now();
+        assert_eq!(ask(at, "example.com").await, (ResponseCode::ServFail, vec![]));
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    }
+}
