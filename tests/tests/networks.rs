@@ -108,3 +108,94 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     h.shoal_ok(1, &["network", "rm", "a", "b"]);
     assert!(!h.shoal_ok(1, &["network", "ls"]).contains(" a "));
 }
+
+/// The IPv4 addresses `nslookup NAME` prints from inside `container` (the
+/// resolver's own address left out), or why it failed.
+fn nslookup(h: &Hosts, host: usize, container: &str, name: &str) -> Result<BTreeSet<String>, String> {
+    let out = h.docker(host, &["exec", container, "nslookup", name]);
+    if !out.success() {
+        return Err(out.to_string());
+    }
+    // `Name: tasks.back` then `Address: 10.0.0.2` (or `Address 1: …`).
+    let addrs = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter(|l| l.starts_with("Address"))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_string)
+        .collect();
+    Ok(addrs)
+}
+
+#[test]
+fn services_find_each_other_by_name_through_their_vip_and_dns() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(3, 1, Mesh::Kernel);
+    h.shoal_ok(1, &["network", "create", "app"]);
+    create(&h, "back", &["--replicas", "3", "--replicas-max-per-node", "1", "--network", "app"]);
+    let back = addresses("back", &h.wait_running(1, "back", 3, CONVERGE));
+    let hostnames: BTreeSet<String> = back.values().map(|(id, _)| id[..12].to_string()).collect();
+    let task_addrs: BTreeSet<String> = back.values().map(|(_, a)| a.clone()).collect();
+    assert_eq!(hostnames.len(), 3, "{back:?}");
+
+    // front loops over http://back/: its output shows every back task.
+    let poll = "while true; do timeout 3 wget -O- http://back/ 2>&1; sleep 0.2; done";
+    h.shoal_ok(1, &["service", "create", "-d", "--name", "front", "--network", "app", busybox_image(), "sh", "-c", poll]);
+    let front = addresses("front", &h.wait_running(1, "front", 1, CONVERGE));
+    let (&fh, (fc, _)) = front.iter().next().unwrap();
+    wait_for(Duration::from_secs(20), "front's output to show all three back hostnames", || {
+        let logs = h.docker(fh, &["logs", fc]);
+        let seen: BTreeSet<String> = hostnames.iter().filter(|n| logs.stdout.contains(n.as_str())).cloned().collect();
+        if seen == hostnames {
+            Ok(())
+        } else {
+            Err(format!("seen {seen:?}; log tail: {}", logs.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | ")))
+        }
+    });
+
+    // DNS from inside a task: back is its VIP, tasks.back its three tasks.
+    let info: Value = serde_json::from_str(&h.shoal_ok(1, &["service", "inspect", "back"])).expect("inspect json");
+    let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
+    assert_eq!(nslookup(&h, fh, fc, "back").unwrap(), [vip.clone()].into());
+    assert_eq!(nslookup(&h, fh, fc, "tasks.back").unwrap(), task_addrs);
+    // A name that is not the cluster's goes to the host's resolvers; with
+    // none reachable from a test host it fails, and soon.
+    let started = std::time::Instant::now();
+    assert!(nslookup(&h, fh, fc, "nowhere.invalid").map_or(true, |a| a.is_empty()));
+    assert!(started.elapsed() < Duration::from_secs(15), "a forwarded query hung: {:?}", started.elapsed());
+
+    // Scale to 1: within a second, DNS and the VIP give only the survivor.
+    h.shoal_ok(1, &["service", "scale", "-d", "back=1"]);
+    let started = std::time::Instant::now();
+    let left = wait_for(Duration::from_secs(10), "tasks.back to list one address", || {
+        let addrs = nslookup(&h, fh, fc, "tasks.back")?;
+        if addrs.len() == 1 {
+            Ok(addrs)
+        } else {
+            Err(format!("{addrs:?}"))
+        }
+    });
+    let took = started.elapsed();
+    eprintln!("scaled to 1: tasks.back listed one address after {took:?}");
+    assert!(took < Duration::from_secs(3), "DNS followed the scale in {took:?}");
+    let (sh, (sc, sa)) = back.iter().find(|(_, (_, a))| left.contains(a)).expect("the survivor is one of the three");
+    for _ in 0..4 {
+        assert_eq!(fetch(&h, fh, fc, "back").unwrap(), sc[..12], "only the survivor answers through the VIP");
+    }
+
+    // Kill it: the replacement answers.
+    h.docker(*sh, &["kill", sc]);
+    let replacement = wait_for(Duration::from_secs(30), "a replacement to answer through the VIP", || {
+        match fetch(&h, fh, fc, "back") {
+            Ok(name) if name != sc[..12] => Ok(name),
+            other => Err(format!("{other:?} (the killed task was {sa})")),
+        }
+    });
+    assert_eq!(replacement.len(), 12, "a container hostname: {replacement}");
+    h.shoal_ok(1, &["service", "rm", "front", "back"]);
+    h.shoal_ok(1, &["network", "rm", "app"]);
+}
