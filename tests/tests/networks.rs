@@ -107,6 +107,23 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     h.shoal_ok(1, &["service", "rm", "web", "other"]);
     h.shoal_ok(1, &["network", "rm", "a", "b"]);
     assert!(!h.shoal_ok(1, &["network", "ls"]).contains(" a "));
+
+    // Host mode: published ports are refused, and a global task sees its
+    // host's own interfaces.
+    let out =
+        h.shoal(1, &["service", "create", "-d", "--name", "hp", "--network", "host", "-p", "80", busybox_image()]);
+    assert!(out.stderr.contains("published ports mean nothing with --network host"), "{out}");
+    let flags = ["service", "create", "-d", "--name", "edge", "--mode", "global", "--network", "host"];
+    h.shoal_ok(1, &[&flags[..], &[busybox_image(), "sleep", "100000"]].concat());
+    let edge = h.wait_running(1, "edge", 2, CONVERGE);
+    for t in &edge {
+        let host = task_host(t).expect("a host");
+        let id = t["status"]["container_id"].as_str().unwrap_or_else(|| panic!("no container: {t}"));
+        let out = h.docker(host, &["exec", id, "ip", "-4", "-o", "addr"]);
+        let want = format!("inet {}/", h.addr(host));
+        assert!(out.stdout.contains(&want), "host{host}'s task does not see {want}: {out}");
+    }
+    h.shoal_ok(1, &["service", "rm", "edge"]);
 }
 
 /// The IPv4 addresses `nslookup NAME` prints from inside `container` (the
@@ -144,7 +161,10 @@ fn services_find_each_other_by_name_through_their_vip_and_dns() {
 
     // front loops over http://back/: its output shows every back task.
     let poll = "while true; do timeout 3 wget -O- http://back/ 2>&1; sleep 0.2; done";
-    h.shoal_ok(1, &["service", "create", "-d", "--name", "front", "--network", "app", busybox_image(), "sh", "-c", poll]);
+    h.shoal_ok(
+        1,
+        &["service", "create", "-d", "--name", "front", "--network", "app", busybox_image(), "sh", "-c", poll],
+    );
     let front = addresses("front", &h.wait_running(1, "front", 1, CONVERGE));
     let (&fh, (fc, _)) = front.iter().next().unwrap();
     wait_for(Duration::from_secs(20), "front's output to show all three back hostnames", || {
@@ -153,7 +173,10 @@ fn services_find_each_other_by_name_through_their_vip_and_dns() {
         if seen == hostnames {
             Ok(())
         } else {
-            Err(format!("seen {seen:?}; log tail: {}", logs.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | ")))
+            Err(format!(
+                "seen {seen:?}; log tail: {}",
+                logs.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            ))
         }
     });
 

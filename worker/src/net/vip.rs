@@ -254,48 +254,61 @@ impl Programmer {
     /// over). A failed transaction rebuilds the whole table a second later.
     pub async fn run(self, mut tables: watch::Receiver<Vec<NetworkEntry>>, mut stop: oneshot::Receiver<()>) {
         let table = VipTable::for_node(&self.node);
-        let mut have = VipPlan::new();
-        let mut ready = false;
+        // A node with no VIP has no table (and runs no nft); `None`: what
+        // is in the kernel is unknown (at start, after a failure).
+        let mut programmed: Option<Option<VipPlan>> = None;
         let mut error: Option<MeshError> = None;
         loop {
             let want = desired(&self.node, &tables.borrow_and_update());
-            let changes = diff(&have, &want);
-            let script = if !ready { table.rebuild(&want) } else { table.update(&have, &changes) };
+            let (script, changes) = match (&programmed, want.is_empty()) {
+                (Some(None), true) => (String::new(), vec![]),
+                (_, true) => (table.teardown(), vec![]),
+                (Some(Some(have)), false) => {
+                    let changes = diff(have, &want);
+                    (table.update(have, &changes), changes)
+                }
+                (_, false) => (table.rebuild(&want), vec![]),
+            };
             let mut retry = false;
             if !script.is_empty() {
                 match nft::run(&script).await {
                     Ok(()) => {
-                        if ready {
-                            for c in &changes {
-                                tracing::debug!(change = ?c, "vip: applied");
-                            }
+                        for c in &changes {
+                            tracing::debug!(change = ?c, "vip: applied");
                         }
-                        have = want;
-                        ready = true;
-                        error = None;
-                        let bridges: BTreeSet<&str> = have.values().map(|t| t.bridge.as_str()).collect();
+                        let bridges: BTreeSet<&str> = want.values().map(|t| t.bridge.as_str()).collect();
                         for b in bridges {
                             if let Err(e) = super::link::hairpin(b).await {
                                 tracing::warn!(bridge = b, error = %e, "vip: a task may not reach its own VIP");
                             }
                         }
+                        error = None;
                     }
                     Err(e) => {
-                        if error.as_ref() != Some(&e) {
+                        if error.as_ref() != Some(&e) && !want.is_empty() {
                             tracing::error!(table = %table.qualified(), error = %e, "vip: programming nftables failed; will rebuild the table");
                         }
                         error = Some(e);
-                        ready = false;
-                        retry = true;
+                        retry = !want.is_empty();
                     }
                 }
             }
+            // With no VIP a failed teardown is not retried: a node that
+            // may not use nft made no table either.
+            programmed = match (&error, want.is_empty()) {
+                (_, true) => Some(None),
+                (None, false) => Some(Some(want)),
+                (Some(_), false) => None,
+            };
             let wait = if retry { Duration::from_secs(1) } else { Duration::from_secs(3600) };
             tokio::select! {
                 changed = tables.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(wait) => {}
                 stopped = &mut stop => if stopped.is_ok() { break } else { return },
             }
+        }
+        if matches!(programmed, Some(None)) {
+            return;
         }
         match nft::run(&table.teardown()).await {
             Ok(()) => tracing::info!(table = %table.qualified(), "vip: nft table removed"),
