@@ -153,7 +153,7 @@ fn services_find_each_other_by_name_through_their_vip_and_dns() {
     }
     let h = Hosts::up(3, 1, Mesh::Kernel);
     h.shoal_ok(1, &["network", "create", "app"]);
-    create(&h, "back", &["--replicas", "3", "--replicas-max-per-node", "1", "--network", "app"]);
+    create(&h, "back", &["--replicas", "3", "--replicas-max-per-node", "1", "--network", "app", "-p", "8080:80"]);
     let back = addresses("back", &h.wait_running(1, "back", 3, CONVERGE));
     let hostnames: BTreeSet<String> = back.values().map(|(id, _)| id[..12].to_string()).collect();
     let task_addrs: BTreeSet<String> = back.values().map(|(_, a)| a.clone()).collect();
@@ -185,6 +185,10 @@ fn services_find_each_other_by_name_through_their_vip_and_dns() {
     let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
     assert_eq!(nslookup(&h, fh, fc, "back").unwrap(), [vip.clone()].into());
     assert_eq!(nslookup(&h, fh, fc, "tasks.back").unwrap(), task_addrs);
+    // The routing mesh still serves back's published port, from any host.
+    let meshed = fetch(&h, fh, fc, &format!("{}:8080", h.addr(3))).expect("back's published port");
+    assert!(hostnames.contains(&meshed), "{meshed} is not a back task");
+
     // A name that is not the cluster's goes to the host's resolvers; with
     // none reachable from a test host it fails, and soon.
     let started = std::time::Instant::now();

@@ -1,4 +1,4 @@
-//! This node's DNS resolver for its tasks: a UDP socket on port 53 of each
+//! This node's DNS resolver for its tasks: UDP and TCP on port 53 of each
 //! network's gateway on this node (the tasks' containers are given it as
 //! their DNS server), answering from that network's [`Zone`] and
 //! forwarding every other name to the host's resolvers (`/etc/resolv.conf`
@@ -18,7 +18,8 @@ use common::network::NetworkEntry;
 use common::NodeId;
 use hickory_proto::op::Message;
 use parking_lot::RwLock;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -31,6 +32,9 @@ pub const DNS_PORT: u16 = 53;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Forwarded queries in flight at once; past that, SERVFAIL at once.
 const MAX_FORWARDS: usize = 256;
+/// TCP connections served at once per network; past that, closed.
+const MAX_TCP: usize = 64;
+const TCP_IDLE: Duration = Duration::from_secs(5);
 
 /// The `nameserver` lines of a resolv.conf, on port 53.
 pub fn host_resolvers(resolv_conf: &str) -> Vec<SocketAddr> {
@@ -88,11 +92,17 @@ impl Resolver {
             let missing: Vec<Ipv4Addr> = want.keys().filter(|a| !servers.contains_key(a)).copied().collect();
             for addr in &missing {
                 let at = SocketAddr::new(IpAddr::V4(*addr), DNS_PORT);
-                match UdpSocket::bind(at).await {
-                    Ok(sock) => {
+                match bind(at).await {
+                    Ok((udp, tcp)) => {
                         tracing::info!(%at, "dns: serving the network's names");
                         failed.remove(addr);
-                        servers.insert(*addr, tokio::spawn(serve(Arc::new(sock), *addr, shared.clone())));
+                        let (a, sh) = (*addr, shared.clone());
+                        servers.insert(
+                            *addr,
+                            tokio::spawn(async move {
+                                tokio::join!(serve(Arc::new(udp), a, sh.clone()), serve_tcp(tcp, a, sh));
+                            }),
+                        );
                     }
                     Err(e) => {
                         let why = e.to_string();
@@ -115,6 +125,10 @@ impl Resolver {
     }
 }
 
+async fn bind(at: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    Ok((UdpSocket::bind(at).await?, TcpListener::bind(at).await?))
+}
+
 async fn serve(sock: Arc<UdpSocket>, addr: Ipv4Addr, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -126,12 +140,8 @@ async fn serve(sock: Arc<UdpSocket>, addr: Ipv4Addr, shared: Arc<Shared>) {
                 continue;
             }
         };
-        shared.counts.inc("queries");
         let bytes = &buf[..n];
-        let Ok(query) = Message::from_vec(bytes) else {
-            shared.counts.inc("malformed");
-            continue;
-        };
+        let Some(query) = parse(&shared, bytes) else { continue };
         let zone = shared.zones.read().get(&addr).cloned().unwrap_or_default();
         match dns::answer(&zone, &query) {
             Answer::Reply(reply) => {
@@ -141,26 +151,75 @@ async fn serve(sock: Arc<UdpSocket>, addr: Ipv4Addr, shared: Arc<Shared>) {
                 }
             }
             Answer::Forward => {
-                shared.counts.inc("forwarded");
                 let (sock, shared, bytes) = (sock.clone(), shared.clone(), bytes.to_vec());
                 tokio::spawn(async move {
-                    let reply = match shared.forwards.try_acquire() {
-                        Ok(_permit) => forward(&shared.upstreams, &bytes, query.metadata.id).await,
-                        Err(_) => None,
-                    };
-                    let reply = match reply {
-                        Some(r) => r,
-                        None => {
-                            shared.counts.inc("failed");
-                            match dns::server_failure(&query).to_vec() {
-                                Ok(r) => r,
-                                Err(_) => return,
-                            }
-                        }
-                    };
-                    let _ = sock.send_to(&reply, peer).await;
+                    if let Some(reply) = forwarded(&shared, &bytes, &query).await {
+                        let _ = sock.send_to(&reply, peer).await;
+                    }
                 });
             }
+        }
+    }
+}
+
+/// The same over TCP (RFC 7766: each message after its two-byte length),
+/// for answers too large for UDP; a connection idle for
+/// [`TCP_IDLE`] is closed, at most [`MAX_TCP`] at once.
+async fn serve_tcp(listener: TcpListener, addr: Ipv4Addr, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(MAX_TCP));
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            loop {
+                let mut len = [0u8; 2];
+                let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut len)).await else { return };
+                let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut bytes)).await else { return };
+                let Some(query) = parse(&shared, &bytes) else { return };
+                let zone = shared.zones.read().get(&addr).cloned().unwrap_or_default();
+                let reply = match dns::answer(&zone, &query) {
+                    Answer::Reply(reply) => {
+                        shared.counts.inc("answered");
+                        reply.to_vec().ok()
+                    }
+                    Answer::Forward => forwarded(&shared, &bytes, &query).await,
+                };
+                let Some(reply) = reply.filter(|r| r.len() <= usize::from(u16::MAX)) else { return };
+                let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&reply);
+                if conn.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A query, counted; `None` (counted too) for what is not a DNS message.
+fn parse(shared: &Shared, bytes: &[u8]) -> Option<Message> {
+    shared.counts.inc("queries");
+    let query = Message::from_vec(bytes).ok();
+    if query.is_none() {
+        shared.counts.inc("malformed");
+    }
+    query
+}
+
+/// The host resolvers' answer to `query`, or SERVFAIL.
+async fn forwarded(shared: &Shared, bytes: &[u8], query: &Message) -> Option<Vec<u8>> {
+    shared.counts.inc("forwarded");
+    let reply = match shared.forwards.try_acquire() {
+        Ok(_permit) => forward(&shared.upstreams, bytes, query.metadata.id).await,
+        Err(_) => None,
+    };
+    match reply {
+        Some(r) => Some(r),
+        None => {
+            shared.counts.inc("failed");
+            dns::server_failure(query).to_vec().ok()
         }
     }
 }
@@ -218,7 +277,9 @@ mod tests {
     async fn server(shared: Arc<Shared>) -> SocketAddr {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let at = sock.local_addr().unwrap();
-        tokio::spawn(serve(Arc::new(sock), Ipv4Addr::LOCALHOST, shared));
+        let tcp = TcpListener::bind(at).await.unwrap();
+        tokio::spawn(serve(Arc::new(sock), Ipv4Addr::LOCALHOST, shared.clone()));
+        tokio::spawn(serve_tcp(tcp, Ipv4Addr::LOCALHOST, shared));
         at
     }
 
@@ -269,5 +330,29 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(ask(at, "example.com").await, (ResponseCode::ServFail, vec![]));
         assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_big_for_udp_is_truncated_and_whole_over_tcp() {
+        let mut zone = Zone::default();
+        zone.names.insert("tasks.big".into(), (0..100).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect());
+        let at = server(shared(vec![], zone)).await;
+        assert_eq!(ask(at, "tasks.big").await, (ResponseCode::NoError, vec![]), "truncated");
+
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii("tasks.big").unwrap(), RecordType::A));
+        let mut conn = tokio::net::TcpStream::connect(at).await.unwrap();
+        for _ in 0..2 {
+            let bytes = q.to_vec().unwrap();
+            conn.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+            conn.write_all(&bytes).await.unwrap();
+            let mut len = [0u8; 2];
+            conn.read_exact(&mut len).await.unwrap();
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            conn.read_exact(&mut reply).await.unwrap();
+            let m = Message::from_vec(&reply).unwrap();
+            assert!(!m.metadata.truncation);
+            assert_eq!(m.answers.len(), 100, "the whole answer, twice on one connection");
+        }
     }
 }
