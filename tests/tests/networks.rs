@@ -101,6 +101,17 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     assert!(fetch(&h, from, ca, ab).is_err(), "a task on a reached {ab} on b");
     assert!(fetch(&h, *host_b, cb, ab).is_ok(), "b's own task answers");
 
+    // A task on both networks reaches either's services by name; a task
+    // only on a does not even resolve b's.
+    create(&h, "multi", &["--network", "a", "--network", "b"]);
+    let multi = h.wait_running(1, "multi", 1, CONVERGE);
+    let (mh, (mc, _)) = addresses("multi", &multi).into_iter().next().unwrap();
+    let other_name = wait_for(Duration::from_secs(10), "multi to reach other by name", || fetch(&h, mh, &mc, "other"));
+    assert_eq!(other_name, cb[..12], "other, on b");
+    assert!(hostnames_of(&web).contains(&fetch(&h, mh, &mc, "web").unwrap()), "web, on a");
+    assert!(nslookup(&h, from, ca, "other").map_or(true, |a| a.is_empty()), "a task only on a resolved b's other");
+    h.shoal_ok(1, &["service", "rm", "multi"]);
+
     // A network in use stays.
     let out = h.shoal(1, &["network", "rm", "a"]);
     assert!(out.stderr.contains("network a is in use by service web"), "{out}");
@@ -124,6 +135,10 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
         assert!(out.stdout.contains(&want), "host{host}'s task does not see {want}: {out}");
     }
     h.shoal_ok(1, &["service", "rm", "edge"]);
+}
+
+fn hostnames_of(tasks: &BTreeMap<usize, (String, String)>) -> BTreeSet<String> {
+    tasks.values().map(|(id, _)| id[..12].to_string()).collect()
 }
 
 /// The IPv4 addresses `nslookup NAME` prints from inside `container` (the

@@ -24,14 +24,39 @@ pub struct Zone {
     pub names: BTreeMap<String, Vec<Ipv4Addr>>,
 }
 
-/// Per network this node has a block of: the address its resolver listens
-/// on (the block's gateway, the tasks' DNS server) and its names.
-pub fn zones(node: &NodeId, table: &[NetworkEntry]) -> BTreeMap<Ipv4Addr, Zone> {
-    let mut out = BTreeMap::new();
+/// What this node's resolver knows: per network it has a block of, by the
+/// address it listens on there (the block's gateway, the tasks' DNS
+/// server), the network's names; and per running task address, the
+/// gateways of every network its service is on, so that a task on two
+/// networks resolves the names of both (it asks on its first network).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Zones {
+    pub networks: BTreeMap<Ipv4Addr, Zone>,
+    pub clients: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+}
+
+impl Zones {
+    /// The zones a query from `client` to `listen` is answered from: the
+    /// client's service's networks (the one asked first), or, for an
+    /// address not known to run (a task still starting), the one asked.
+    pub fn for_client(&self, listen: Ipv4Addr, client: Ipv4Addr) -> Vec<&Zone> {
+        let mut out: Vec<&Zone> = self.networks.get(&listen).into_iter().collect();
+        for gw in self.clients.get(&client).into_iter().flatten().filter(|g| **g != listen) {
+            out.extend(self.networks.get(gw));
+        }
+        out
+    }
+}
+
+pub fn zones(node: &NodeId, table: &[NetworkEntry]) -> Zones {
+    let mut out = Zones::default();
+    let mut gateways_of: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
     for net in table {
         let Some(mine) = net.nodes.iter().find(|b| &b.node == node) else { continue };
+        let gateway = gateway_of(&mine.block);
         let mut zone = Zone::default();
         for svc in &net.services {
+            gateways_of.entry(&svc.name).or_default().push(gateway);
             let by_name = match svc.vip {
                 Some(vip) => vec![vip],
                 None => svc.tasks.clone(),
@@ -48,7 +73,14 @@ pub fn zones(node: &NodeId, table: &[NetworkEntry]) -> BTreeMap<Ipv4Addr, Zone> 
             addrs.sort();
             addrs.dedup();
         }
-        out.insert(gateway_of(&mine.block), zone);
+        out.networks.insert(gateway, zone);
+    }
+    for net in table.iter().filter(|n| n.nodes.iter().any(|b| &b.node == node)) {
+        for svc in net.services.iter().filter(|s| gateways_of.get(s.name.as_str()).is_some_and(|g| g.len() > 1)) {
+            for t in &svc.tasks {
+                out.clients.insert(*t, gateways_of[svc.name.as_str()].clone());
+            }
+        }
     }
     out
 }
@@ -62,10 +94,10 @@ pub enum Answer {
     Forward,
 }
 
-/// The answer to `query` from `zone`: our names answer A queries with
+/// The answer to `query` from `zones` (the first that has the name): our names answer A queries with
 /// their addresses and other types with no records (the name exists);
 /// anything but one standard query is refused or answered FORMERR.
-pub fn answer(zone: &Zone, query: &Message) -> Answer {
+pub fn answer(zones: &[&Zone], query: &Message) -> Answer {
     let md = &query.metadata;
     let reply = |code: ResponseCode| {
         let mut m = Message::error_msg(md.id, md.op_code, code);
@@ -84,7 +116,7 @@ pub fn answer(zone: &Zone, query: &Message) -> Answer {
         return Answer::Reply(reply(ResponseCode::FormErr));
     };
     let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    let Some(addrs) = zone.names.get(&name) else {
+    let Some(addrs) = zones.iter().find_map(|z| z.names.get(&name)) else {
         return Answer::Forward;
     };
     let mut m = reply(ResponseCode::NoError);
@@ -195,16 +227,42 @@ mod tests {
     fn a_node_answers_for_the_networks_it_has_a_block_of_on_their_gateways() {
         let t = table();
         let z1 = zones(&"n1".into(), &t);
-        assert_eq!(z1.keys().collect::<Vec<_>>(), [&ip("10.0.0.1")]);
+        assert_eq!(z1.networks.keys().collect::<Vec<_>>(), [&ip("10.0.0.1")]);
         let z2 = zones(&"n2".into(), &t);
-        assert_eq!(z2.keys().collect::<Vec<_>>(), [&ip("10.0.1.1"), &ip("10.1.0.1")]);
-        assert!(!z2[&ip("10.0.1.1")].names.contains_key("pg"), "networks are kept apart");
-        assert!(zones(&"n3".into(), &t).is_empty());
+        assert_eq!(z2.networks.keys().collect::<Vec<_>>(), [&ip("10.0.1.1"), &ip("10.1.0.1")]);
+        assert!(!z2.networks[&ip("10.0.1.1")].names.contains_key("pg"), "networks are kept apart");
+        assert!(zones(&"n3".into(), &t).networks.is_empty());
+    }
+
+    #[test]
+    fn a_task_on_two_networks_resolves_the_names_of_both() {
+        let mut t = table();
+        // back joins db too (its tasks have addresses there as well).
+        t[1].services.push(ServiceEndpoint {
+            name: "back".into(),
+            aliases: vec![],
+            vip: Some(ip("10.1.128.2")),
+            tasks: vec![ip("10.1.0.3")],
+        });
+        let z = zones(&"n2".into(), &t);
+        let names = |zs: Vec<&Zone>| {
+            let q = ask("pg", RecordType::A);
+            render(&answer(&zs, &q))
+        };
+        // back's task asks on app (its first network): app's and db's names.
+        assert_eq!(names(z.for_client(ip("10.0.1.1"), ip("10.0.1.2"))), "NoError [10.1.128.1]");
+        // rr is only on app: db's names are not its to see.
+        assert_eq!(names(z.for_client(ip("10.0.1.1"), ip("10.0.1.3"))), "forward");
+        // back on app answers with app's VIP first, whoever asks on app.
+        let q = ask("back", RecordType::A);
+        assert_eq!(render(&answer(&z.for_client(ip("10.0.1.1"), ip("10.0.1.2")), &q)), "NoError [10.0.128.1]");
+        assert_eq!(render(&answer(&z.for_client(ip("10.1.0.1"), ip("10.1.0.3")), &q)), "NoError [10.1.128.2]");
     }
 
     #[test]
     fn answers() {
-        let zone = zones(&"n1".into(), &table()).remove(&ip("10.0.0.1")).unwrap();
+        let zones = zones(&"n1".into(), &table());
+        let zone = &zones.networks[&ip("10.0.0.1")];
         let cases: &[(&str, RecordType, &str)] = &[
             ("back", RecordType::A, "NoError [10.0.128.1]"),
             ("back.", RecordType::A, "NoError [10.0.128.1]"),
@@ -225,7 +283,7 @@ mod tests {
             ("tasks.nothing", RecordType::A, "forward"),
         ];
         for (name, kind, want) in cases {
-            let a = answer(&zone, &ask(name, *kind));
+            let a = answer(&[zone], &ask(name, *kind));
             assert_eq!(render(&a), *want, "{name} {kind:?}");
             if let Answer::Reply(m) = a {
                 assert_eq!(m.metadata.id, 7);
@@ -239,27 +297,28 @@ mod tests {
 
     #[test]
     fn odd_queries_are_refused_and_big_answers_truncated() {
-        let zone = zones(&"n1".into(), &table()).remove(&ip("10.0.0.1")).unwrap();
+        let zones = zones(&"n1".into(), &table());
+        let zone = &zones.networks[&ip("10.0.0.1")];
         let mut two = ask("back", RecordType::A);
         two.add_query(Query::query(Name::from_ascii("rr").unwrap(), RecordType::A));
-        assert_eq!(render(&answer(&zone, &two)), "FormErr []");
+        assert_eq!(render(&answer(&[zone], &two)), "FormErr []");
         let mut update = ask("back", RecordType::A);
         update.metadata.op_code = OpCode::Update;
-        assert_eq!(render(&answer(&zone, &update)), "NotImp []");
+        assert_eq!(render(&answer(&[zone], &update)), "NotImp []");
         let mut response = ask("back", RecordType::A);
         response.metadata.message_type = MessageType::Response;
-        assert_eq!(render(&answer(&zone, &response)), "FormErr []");
+        assert_eq!(render(&answer(&[zone], &response)), "FormErr []");
 
         // 100 tasks do not fit in 512 bytes: truncated, for TCP.
         let mut big = Zone::default();
         big.names.insert("tasks.big".into(), (0..100).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect());
         let q = ask("tasks.big", RecordType::A);
-        let Answer::Reply(r) = answer(&big, &q) else { panic!("not answered") };
+        let Answer::Reply(r) = answer(&[&big], &q) else { panic!("not answered") };
         let bytes = encode(&r, &q).unwrap();
         let back = Message::from_vec(&bytes).unwrap();
         assert!(back.metadata.truncation && back.answers.is_empty() && bytes.len() <= 512);
         let small = ask("back", RecordType::A);
-        let Answer::Reply(r) = answer(&zone, &small) else { panic!("not answered") };
+        let Answer::Reply(r) = answer(&[zone], &small) else { panic!("not answered") };
         let back = Message::from_vec(&encode(&r, &small).unwrap()).unwrap();
         assert_eq!(back.answers.len(), 1);
         assert!(!back.metadata.truncation);

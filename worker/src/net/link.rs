@@ -2,9 +2,9 @@
 //! with one all-zeros flood entry per peer (head-end replication); unicast
 //! MACs are learnt. Made with `ip` and `bridge` (iproute2).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use common::network::{bridge_name, vxlan_name};
+use common::network::{bridge_name, vxlan_name, Subnet};
 use tokio::process::Command;
 
 use super::NetError;
@@ -88,6 +88,19 @@ pub async fn hairpin(bridge: &str) -> Result<(), NetError> {
         if name.starts_with("veth") {
             must("bridge", &["link", "set", "dev", name, "hairpin", "on"]).await?;
         }
+    }
+    Ok(())
+}
+
+/// Routes each of `routes` (a network's VIP range, via its gateway) inside
+/// the network namespace of process `pid`, a task's container. VIPs are off
+/// the tasks' subnets; a task on several networks must send each network's
+/// VIPs into that network's bridge, wherever its default route points.
+pub async fn route_vips(pid: i64, routes: &[(Subnet, Ipv4Addr)]) -> Result<(), NetError> {
+    let pid = pid.to_string();
+    for (range, via) in routes {
+        let (range, via) = (range.to_string(), via.to_string());
+        must("nsenter", &["-t", &pid, "-n", "ip", "route", "replace", &range, "via", &via]).await?;
     }
     Ok(())
 }

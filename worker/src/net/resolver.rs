@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::dns::{self, Answer, Zone};
+use super::dns::{self, Answer, Zone, Zones};
 use crate::node::metrics::{metrics, CounterFamily};
 
 /// The DNS port.
@@ -46,10 +46,8 @@ pub fn host_resolvers(resolv_conf: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-type Zones = Arc<RwLock<BTreeMap<Ipv4Addr, Arc<Zone>>>>;
-
 struct Shared {
-    zones: Zones,
+    zones: RwLock<Arc<Zones>>,
     upstreams: Vec<SocketAddr>,
     forwards: Semaphore,
     counts: CounterFamily,
@@ -67,7 +65,7 @@ impl Resolver {
     /// yet (the bridge is being made) is tried again every second.
     pub async fn run(self, mut tables: watch::Receiver<Vec<NetworkEntry>>) {
         let shared = Arc::new(Shared {
-            zones: Arc::default(),
+            zones: RwLock::default(),
             upstreams: self.upstreams,
             forwards: Semaphore::new(MAX_FORWARDS),
             counts: metrics().counter_family(
@@ -79,8 +77,9 @@ impl Resolver {
         let mut servers: BTreeMap<Ipv4Addr, JoinHandle<()>> = BTreeMap::new();
         let mut failed: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         loop {
-            let want = dns::zones(&self.node, &tables.borrow_and_update());
-            *shared.zones.write() = want.iter().map(|(a, z)| (*a, Arc::new(z.clone()))).collect();
+            let zones = dns::zones(&self.node, &tables.borrow_and_update());
+            let want = zones.networks.clone();
+            *shared.zones.write() = Arc::new(zones);
             servers.retain(|addr, task| {
                 let keep = want.contains_key(addr) && !task.is_finished();
                 if !keep {
@@ -142,8 +141,8 @@ async fn serve(sock: Arc<UdpSocket>, addr: Ipv4Addr, shared: Arc<Shared>) {
         };
         let bytes = &buf[..n];
         let Some(query) = parse(&shared, bytes) else { continue };
-        let zone = shared.zones.read().get(&addr).cloned().unwrap_or_default();
-        match dns::answer(&zone, &query) {
+        let zones = shared.zones.read().clone();
+        match dns::answer(&zones.for_client(addr, client_v4(peer)), &query) {
             Answer::Reply(reply) => {
                 shared.counts.inc("answered");
                 if let Some(out) = dns::encode(&reply, &query) {
@@ -168,7 +167,7 @@ async fn serve(sock: Arc<UdpSocket>, addr: Ipv4Addr, shared: Arc<Shared>) {
 async fn serve_tcp(listener: TcpListener, addr: Ipv4Addr, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(MAX_TCP));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let Ok((mut conn, peer)) = listener.accept().await else { continue };
         let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -179,8 +178,8 @@ async fn serve_tcp(listener: TcpListener, addr: Ipv4Addr, shared: Arc<Shared>) {
                 let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
                 let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut bytes)).await else { return };
                 let Some(query) = parse(&shared, &bytes) else { return };
-                let zone = shared.zones.read().get(&addr).cloned().unwrap_or_default();
-                let reply = match dns::answer(&zone, &query) {
+                let zones = shared.zones.read().clone();
+                let reply = match dns::answer(&zones.for_client(addr, client_v4(peer)), &query) {
                     Answer::Reply(reply) => {
                         shared.counts.inc("answered");
                         reply.to_vec().ok()
@@ -195,6 +194,13 @@ async fn serve_tcp(listener: TcpListener, addr: Ipv4Addr, shared: Arc<Shared>) {
                 }
             }
         });
+    }
+}
+
+fn client_v4(peer: SocketAddr) -> Ipv4Addr {
+    match peer.ip() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
     }
 }
 
@@ -269,7 +275,8 @@ mod tests {
     }
 
     fn shared(upstreams: Vec<SocketAddr>, zone: Zone) -> Arc<Shared> {
-        let zones: Zones = Arc::new(RwLock::new([(Ipv4Addr::LOCALHOST, Arc::new(zone))].into()));
+        let zones = Zones { networks: [(Ipv4Addr::LOCALHOST, zone)].into(), clients: Default::default() };
+        let zones = RwLock::new(Arc::new(zones));
         let counts = metrics().counter_family("shoal_dns", "", "what");
         Arc::new(Shared { zones, upstreams, forwards: Semaphore::new(MAX_FORWARDS), counts })
     }
