@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::dns::{self, Answer, Zone, Zones};
+use super::dns::{self, Answer, Zones};
 use crate::node::metrics::{metrics, CounterFamily};
 
 /// The DNS port.
@@ -265,6 +265,7 @@ mod tests {
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
     use super::*;
+    use crate::net::dns::Zone;
 
     #[test]
     fn the_host_resolvers_are_the_nameserver_lines() {
