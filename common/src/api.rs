@@ -467,6 +467,9 @@ pub struct UiTask {
     pub since: Millis,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// Its addresses on its networks: `app 10.0.0.2`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// The change from one [`UiState`] to the next: tasks new or changed,

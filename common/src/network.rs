@@ -396,6 +396,12 @@ impl TaskAddress {
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(&self.block)
     }
+
+    /// The network's VIPs: the upper half, next to the tasks' subnet.
+    pub fn vip_range(&self) -> Subnet {
+        let next = u64::from(u32::from(self.range.addr)) + self.range.size();
+        Subnet::new(Ipv4Addr::from(next.min(u64::from(u32::MAX)) as u32), self.range.prefix).unwrap_or(self.range)
+    }
 }
 
 /// One network as every node programs it.
@@ -461,6 +467,15 @@ mod tests {
         };
         assert_eq!(n.task_range().to_string(), "10.3.0.0/17");
         assert_eq!(n.vip_range().to_string(), "10.3.128.0/17");
+        let a = TaskAddress {
+            network: n.id.clone(),
+            name: "app".into(),
+            addr: "10.3.0.2".parse().unwrap(),
+            range: n.task_range(),
+            block: "10.3.0.0/24".parse().unwrap(),
+            vni: n.vni,
+        };
+        assert_eq!(a.vip_range(), n.vip_range(), "a task knows where its network's VIPs are");
         assert_eq!(n.node_prefix(), 24);
         let small = Network { subnet: "192.168.5.0/24".parse().unwrap(), ..n };
         assert_eq!(small.node_prefix(), 28);

@@ -2,7 +2,7 @@
 //! hosts reach each other by address; networks are kept apart; bad input is
 //! refused with nothing changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -78,6 +78,20 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     assert_eq!(fetch(&h, 1, c1, a2).unwrap(), c2[..12], "host1 → host2");
     assert_eq!(fetch(&h, 2, c2, a1).unwrap(), c1[..12], "host2 → host1");
 
+    // web's virtual IP, from host1's task: both tasks answer, in turn (one
+    // of them is the caller itself).
+    let info: Value = serde_json::from_str(&h.shoal_ok(1, &["service", "inspect", "web"])).expect("inspect json");
+    let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
+    let seen = wait_for(Duration::from_secs(10), "both web tasks to answer through the VIP", || {
+        let answers: BTreeSet<String> = (0..4).map(|_| fetch(&h, 1, c1, &vip)).collect::<Result<_, _>>()?;
+        if answers.len() == 2 {
+            Ok(answers)
+        } else {
+            Err(format!("only {answers:?}"))
+        }
+    });
+    assert_eq!(seen, [c1[..12].to_string(), c2[..12].to_string()].into(), "through {vip}");
+
     // a cannot reach b.
     let other = h.wait_running(1, "other", 1, CONVERGE);
     let other = addresses("other", &other);
@@ -87,10 +101,143 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     assert!(fetch(&h, from, ca, ab).is_err(), "a task on a reached {ab} on b");
     assert!(fetch(&h, *host_b, cb, ab).is_ok(), "b's own task answers");
 
+    // A task on both networks reaches either's services by name; a task
+    // only on a does not even resolve b's.
+    create(&h, "multi", &["--network", "a", "--network", "b"]);
+    let multi = h.wait_running(1, "multi", 1, CONVERGE);
+    let (mh, (mc, _)) = addresses("multi", &multi).into_iter().next().unwrap();
+    let other_name = wait_for(Duration::from_secs(10), "multi to reach other by name", || fetch(&h, mh, &mc, "other"));
+    assert_eq!(other_name, cb[..12], "other, on b");
+    assert!(hostnames_of(&web).contains(&fetch(&h, mh, &mc, "web").unwrap()), "web, on a");
+    assert!(nslookup(&h, from, ca, "other").map_or(true, |a| a.is_empty()), "a task only on a resolved b's other");
+    h.shoal_ok(1, &["service", "rm", "multi"]);
+
     // A network in use stays.
     let out = h.shoal(1, &["network", "rm", "a"]);
     assert!(out.stderr.contains("network a is in use by service web"), "{out}");
     h.shoal_ok(1, &["service", "rm", "web", "other"]);
     h.shoal_ok(1, &["network", "rm", "a", "b"]);
     assert!(!h.shoal_ok(1, &["network", "ls"]).contains(" a "));
+
+    // Host mode: published ports are refused, and a global task sees its
+    // host's own interfaces.
+    let out =
+        h.shoal(1, &["service", "create", "-d", "--name", "hp", "--network", "host", "-p", "80", busybox_image()]);
+    assert!(out.stderr.contains("published ports mean nothing with --network host"), "{out}");
+    let flags = ["service", "create", "-d", "--name", "edge", "--mode", "global", "--network", "host"];
+    h.shoal_ok(1, &[&flags[..], &[busybox_image(), "sleep", "100000"]].concat());
+    let edge = h.wait_running(1, "edge", 2, CONVERGE);
+    for t in &edge {
+        let host = task_host(t).expect("a host");
+        let id = t["status"]["container_id"].as_str().unwrap_or_else(|| panic!("no container: {t}"));
+        let out = h.docker(host, &["exec", id, "ip", "-4", "-o", "addr"]);
+        let want = format!("inet {}/", h.addr(host));
+        assert!(out.stdout.contains(&want), "host{host}'s task does not see {want}: {out}");
+    }
+    h.shoal_ok(1, &["service", "rm", "edge"]);
+}
+
+fn hostnames_of(tasks: &BTreeMap<usize, (String, String)>) -> BTreeSet<String> {
+    tasks.values().map(|(id, _)| id[..12].to_string()).collect()
+}
+
+/// The IPv4 addresses `nslookup NAME` prints from inside `container` (the
+/// resolver's own address left out), or why it failed.
+fn nslookup(h: &Hosts, host: usize, container: &str, name: &str) -> Result<BTreeSet<String>, String> {
+    let out = h.docker(host, &["exec", container, "nslookup", name]);
+    if !out.success() {
+        return Err(out.to_string());
+    }
+    // `Name: tasks.back` then `Address: 10.0.0.2` (or `Address 1: …`).
+    let addrs = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter(|l| l.starts_with("Address"))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_string)
+        .collect();
+    Ok(addrs)
+}
+
+#[test]
+fn services_find_each_other_by_name_through_their_vip_and_dns() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(3, 1, Mesh::Kernel);
+    h.shoal_ok(1, &["network", "create", "app"]);
+    create(&h, "back", &["--replicas", "3", "--replicas-max-per-node", "1", "--network", "app", "-p", "8080:80"]);
+    let back = addresses("back", &h.wait_running(1, "back", 3, CONVERGE));
+    let hostnames: BTreeSet<String> = back.values().map(|(id, _)| id[..12].to_string()).collect();
+    let task_addrs: BTreeSet<String> = back.values().map(|(_, a)| a.clone()).collect();
+    assert_eq!(hostnames.len(), 3, "{back:?}");
+
+    // front loops over http://back/: its output shows every back task.
+    let poll = "while true; do timeout 3 wget -O- http://back/ 2>&1; sleep 0.2; done";
+    h.shoal_ok(
+        1,
+        &["service", "create", "-d", "--name", "front", "--network", "app", busybox_image(), "sh", "-c", poll],
+    );
+    let front = addresses("front", &h.wait_running(1, "front", 1, CONVERGE));
+    let (&fh, (fc, _)) = front.iter().next().unwrap();
+    wait_for(Duration::from_secs(20), "front's output to show all three back hostnames", || {
+        let logs = h.docker(fh, &["logs", fc]);
+        let seen: BTreeSet<String> = hostnames.iter().filter(|n| logs.stdout.contains(n.as_str())).cloned().collect();
+        if seen == hostnames {
+            Ok(())
+        } else {
+            Err(format!(
+                "seen {seen:?}; log tail: {}",
+                logs.stdout.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            ))
+        }
+    });
+
+    // DNS from inside a task: back is its VIP, tasks.back its three tasks.
+    let info: Value = serde_json::from_str(&h.shoal_ok(1, &["service", "inspect", "back"])).expect("inspect json");
+    let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
+    assert_eq!(nslookup(&h, fh, fc, "back").unwrap(), [vip.clone()].into());
+    assert_eq!(nslookup(&h, fh, fc, "tasks.back").unwrap(), task_addrs);
+    // The routing mesh still serves back's published port, from any host.
+    let meshed = fetch(&h, fh, fc, &format!("{}:8080", h.addr(3))).expect("back's published port");
+    assert!(hostnames.contains(&meshed), "{meshed} is not a back task");
+
+    // A name that is not the cluster's goes to the host's resolvers; with
+    // none reachable from a test host it fails, and soon.
+    let started = std::time::Instant::now();
+    assert!(nslookup(&h, fh, fc, "nowhere.invalid").map_or(true, |a| a.is_empty()));
+    assert!(started.elapsed() < Duration::from_secs(15), "a forwarded query hung: {:?}", started.elapsed());
+
+    // Scale to 1: within a second, DNS and the VIP give only the survivor.
+    h.shoal_ok(1, &["service", "scale", "-d", "back=1"]);
+    let started = std::time::Instant::now();
+    let left = wait_for(Duration::from_secs(10), "tasks.back to list one address", || {
+        let addrs = nslookup(&h, fh, fc, "tasks.back")?;
+        if addrs.len() == 1 {
+            Ok(addrs)
+        } else {
+            Err(format!("{addrs:?}"))
+        }
+    });
+    let took = started.elapsed();
+    eprintln!("scaled to 1: tasks.back listed one address after {took:?}");
+    assert!(took < Duration::from_secs(3), "DNS followed the scale in {took:?}");
+    let (sh, (sc, sa)) = back.iter().find(|(_, (_, a))| left.contains(a)).expect("the survivor is one of the three");
+    for _ in 0..4 {
+        assert_eq!(fetch(&h, fh, fc, "back").unwrap(), sc[..12], "only the survivor answers through the VIP");
+    }
+
+    // Kill it: the replacement answers.
+    h.docker(*sh, &["kill", sc]);
+    let replacement = wait_for(Duration::from_secs(30), "a replacement to answer through the VIP", || {
+        match fetch(&h, fh, fc, "back") {
+            Ok(name) if name != sc[..12] => Ok(name),
+            other => Err(format!("{other:?} (the killed task was {sa})")),
+        }
+    });
+    assert_eq!(replacement.len(), 12, "a container hostname: {replacement}");
+    h.shoal_ok(1, &["service", "rm", "front", "back"]);
+    h.shoal_ok(1, &["network", "rm", "app"]);
 }

@@ -197,7 +197,19 @@ pub(crate) async fn run_node(
     };
     let description = opts.describe.description(engine_labels);
     let (networks_tx, networks_rx) = watch::channel(Vec::new());
+    // The VIPs' nft table goes when the node stops (not on a role change).
+    let (stop_vips, vips_stopped) = tokio::sync::oneshot::channel();
+    let mut vips = None;
     if let Some(docker) = overlay_docker {
+        let vip = worker::net::vip::Programmer { node: state.node_id.clone() };
+        vips = Some(actix::spawn(vip.run(networks_rx.clone(), vips_stopped)));
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let upstreams = worker::net::resolver::host_resolvers(&resolv_conf);
+        if upstreams.is_empty() {
+            tracing::warn!("dns: no nameserver in /etc/resolv.conf: tasks get SERVFAIL for names not in the cluster");
+        }
+        let resolver = worker::net::resolver::Resolver { node: state.node_id.clone(), upstreams };
+        actix::spawn(resolver.run(networks_rx.clone()));
         let programmer =
             worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker };
         actix::spawn(programmer.run(networks_rx));
@@ -398,6 +410,12 @@ pub(crate) async fn run_node(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "routing mesh not fully removed"),
         Err(e) => tracing::warn!(error = %e, "routing mesh unreachable at shutdown"),
+    }
+    let _ = stop_vips.send(());
+    if let Some(vips) = vips {
+        if tokio::time::timeout(Duration::from_secs(5), vips).await.is_err() {
+            tracing::warn!("the VIP table was not removed within 5 s");
+        }
     }
     handle.stop(true).await;
     Ok(Outcome::Stopped)

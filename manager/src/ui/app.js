@@ -178,9 +178,9 @@
     const e = el('div', 'card');
     const r1 = el('div', 'r1');
     const r2 = el('div', 'r2');
-    const c = { t: null, el: e, col: null, name: el('span', 'name'), age: el('span', 'age'), state: el('span', 'state'), image: el('span', 'image'), ageText: '' };
+    const c = { t: null, el: e, col: null, name: el('span', 'name'), age: el('span', 'age'), state: el('span', 'state'), image: el('span', 'image'), addr: el('span', 'addr'), ageText: '' };
     r1.append(c.name, c.age);
-    r2.append(c.state, c.image);
+    r2.append(c.state, c.image, c.addr);
     e.append(r1, r2);
     e.dataset.taskId = t.id;
     return c;
@@ -217,7 +217,9 @@
     d.node = t.node_id || '';
     c.state.textContent = t.state + (t.desired !== 'running' ? ' → ' + t.desired : '');
     c.image.textContent = shortImage(t.image);
-    c.el.title = t.name + ' ' + t.id + '\n' + t.image + '\n' + t.state + ' (desired ' + t.desired + ')' + (t.error ? '\n' + t.error : '');
+    const addrs = (t.addresses || []).map((a) => a.split(' ')[1]).join(' ');
+    if (c.addr.textContent !== addrs) c.addr.textContent = addrs;
+    c.el.title = t.name + ' ' + t.id + '\n' + t.image + '\n' + t.state + ' (desired ' + t.desired + ')' + (t.error ? '\n' + t.error : '') + ((t.addresses || []).length ? '\n' + t.addresses.join('\n') : '');
     drawAge(c, Date.now() + clockOffset);
     place(c, (t.node_id && columns.get(t.node_id)) || ensureUnassigned());
     if (old && (old.state !== t.state || old.desired !== t.desired)) dirty.add(c.col);

@@ -84,6 +84,7 @@ pub fn snapshot(store: &Store, mut nodes: Vec<NodeInfo>, now: Millis) -> UiState
             desired: t.desired_state,
             since: t.status.timestamp,
             error: t.status.err.clone().unwrap_or_default(),
+            addresses: t.addresses.iter().map(|a| format!("{} {}", a.name, a.addr)).collect(),
         })
         .collect();
     UiState { now, nodes, tasks }
@@ -180,7 +181,17 @@ mod tests {
     fn snapshot_keeps_live_tasks_and_orders_nodes() {
         use TaskState::*;
         let s = store_with(vec![
-            task("a-run", 1, "n1", Running, Running, 10),
+            Task {
+                addresses: vec![common::network::TaskAddress {
+                    network: "netapp".into(),
+                    name: "app".into(),
+                    addr: "10.0.0.2".parse().unwrap(),
+                    range: "10.0.0.0/17".parse().unwrap(),
+                    block: "10.0.0.0/24".parse().unwrap(),
+                    vni: 4096,
+                }],
+                ..task("a-run", 1, "n1", Running, Running, 10)
+            },
             // Slot 2: an old failure replaced by a starting task.
             task("b-old", 2, "n2", Failed, Running, 10),
             task("b-new", 2, "n2", Starting, Running, 20),
@@ -197,6 +208,8 @@ mod tests {
         ];
         let st = snapshot(&s, nodes, 99);
         assert_eq!(ids(&st), ["a-run", "b-new", "c-stopping", "e-failed"]);
+        assert_eq!(st.tasks[0].addresses, ["app 10.0.0.2"], "a task shows its network addresses");
+        assert!(st.tasks[1].addresses.is_empty());
         let hosts: Vec<&str> = st.nodes.iter().map(|n| n.node.hostname.as_str()).collect();
         assert_eq!(hosts, ["node1", "node0", "node2"], "managers first, then by hostname");
         let a = &st.tasks[0];

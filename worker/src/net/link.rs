@@ -2,9 +2,9 @@
 //! with one all-zeros flood entry per peer (head-end replication); unicast
 //! MACs are learnt. Made with `ip` and `bridge` (iproute2).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use common::network::{bridge_name, vxlan_name};
+use common::network::{bridge_name, vxlan_name, Subnet};
 use tokio::process::Command;
 
 use super::NetError;
@@ -68,6 +68,39 @@ pub async fn remove_vxlan(vni: u32) -> Result<(), NetError> {
     let dev = vxlan_name(vni);
     if run("ip", &["link", "show", &dev]).await?.0 {
         must("ip", &["link", "del", &dev]).await?;
+    }
+    Ok(())
+}
+
+/// Turns hairpin mode on for the containers' ports of `bridge`, so that a
+/// task whose VIP connection is DNATed back to itself gets it (the frame
+/// leaves by the port it came in on). The VXLAN port is left alone: frames
+/// flooded back into it would go round the peers.
+pub async fn hairpin(bridge: &str) -> Result<(), NetError> {
+    let (ok, listing) = run_out("ip", &["-d", "-o", "link", "show", "master", bridge]).await?;
+    if !ok {
+        // No such bridge (yet): nothing to do.
+        return Ok(());
+    }
+    for line in listing.lines().filter(|l| l.contains("hairpin off")) {
+        // `12: vethab12@if11: <…> …`
+        let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else { continue };
+        if name.starts_with("veth") {
+            must("bridge", &["link", "set", "dev", name, "hairpin", "on"]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Routes each of `routes` (a network's VIP range, via its gateway) inside
+/// the network namespace of process `pid`, a task's container. VIPs are off
+/// the tasks' subnets; a task on several networks must send each network's
+/// VIPs into that network's bridge, wherever its default route points.
+pub async fn route_vips(pid: i64, routes: &[(Subnet, Ipv4Addr)]) -> Result<(), NetError> {
+    let pid = pid.to_string();
+    for (range, via) in routes {
+        let (range, via) = (range.to_string(), via.to_string());
+        must("nsenter", &["-t", &pid, "-n", "ip", "route", "replace", &range, "via", &via]).await?;
     }
     Ok(())
 }

@@ -16,10 +16,18 @@
 //!   `bridge`.
 //! - [`Programmer`]: a task that takes each table, applies the difference,
 //!   and tries again on failure.
+//! - [`vip`]: the services' virtual IPs, nftables DNAT over their running
+//!   tasks, programmed by a task of its own from the same table.
+//! - [`dns`] (pure: the names of each network and the answer to a query)
+//!   and [`resolver`] (a UDP server on each network's gateway, forwarding
+//!   other names to the host's resolvers): service discovery.
 
+pub mod dns;
 pub mod docker;
 pub mod link;
 pub mod plan;
+pub mod resolver;
+pub mod vip;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -361,7 +361,7 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
             cap_add: some_vec(&c.cap_add),
             cap_drop: some_vec(&c.cap_drop),
             sysctls: (!c.sysctls.is_empty()).then(|| c.sysctls.clone().into_iter().collect()),
-            dns: some_vec(&c.dns),
+            dns: dns_servers(task).or_else(|| some_vec(&c.dns)),
             dns_search: some_vec(&c.dns_search),
             dns_options: some_vec(&c.dns_options),
             extra_hosts: (!c.hosts.is_empty())
@@ -428,6 +428,17 @@ fn docker_mount(m: &Mount, cx: &TemplateContext) -> DockerMount {
     }
 }
 
+/// A task on a shoal network asks its node's resolver, on its first
+/// network's gateway (Docker's embedded resolver in the container forwards
+/// to it), unless the spec names its own servers.
+fn dns_servers(task: &Task) -> Option<Vec<String>> {
+    let c = &task.spec.container;
+    if !c.dns.is_empty() {
+        return None;
+    }
+    task.addresses.first().map(|a| vec![a.gateway().to_string()])
+}
+
 /// `host`, or the Docker network of the task's first network.
 fn network_mode(task: &Task) -> Option<String> {
     if task.spec.networks.iter().any(|n| n.network == common::network::HOST_NETWORK) {
@@ -437,27 +448,51 @@ fn network_mode(task: &Task) -> Option<String> {
 }
 
 /// The task's address on its first network (Docker's API before 1.44
-/// takes one network at create).
+/// takes one network at create; the others are connected before start).
 fn networking_config(task: &Task) -> Option<bollard::models::NetworkingConfig> {
     let a = task.addresses.first()?;
+    Some(bollard::models::NetworkingConfig {
+        endpoints_config: Some([(a.docker_network(), endpoint(task, a))].into_iter().collect()),
+    })
+}
+
+/// The task's endpoint on one network: its address and its aliases there.
+fn endpoint(task: &Task, a: &common::network::TaskAddress) -> bollard::models::EndpointSettings {
     let aliases = task.spec.networks.iter().find(|n| n.network == a.name).map(|n| n.aliases.clone());
-    let endpoint = bollard::models::EndpointSettings {
+    bollard::models::EndpointSettings {
         ipam_config: Some(bollard::models::EndpointIpamConfig {
             ipv4_address: Some(a.addr.to_string()),
             ..Default::default()
         }),
         aliases,
         ..Default::default()
-    };
-    Some(bollard::models::NetworkingConfig {
-        endpoints_config: Some([(a.docker_network(), endpoint)].into_iter().collect()),
-    })
+    }
 }
 
 /// Docker counts the grace in whole seconds: round up, so a grace is never
 /// cut short.
 fn grace_secs(ms: u64) -> i32 {
     ms.div_ceil(1000).min(i32::MAX as u64) as i32
+}
+
+impl DockerRuntime {
+    /// A task on several networks: each network's VIPs through that
+    /// network's gateway (see [`crate::net::link::route_vips`]). A failure
+    /// only costs the task those VIPs, so it is logged, not fatal.
+    async fn route_vips(&self, id: &str, task: &Task) {
+        let pid = match self.docker.inspect_container(id, None).await {
+            Ok(c) => c.state.and_then(|s| s.pid).filter(|p| *p > 0),
+            Err(_) => None,
+        };
+        let routes: Vec<_> = task.addresses.iter().map(|a| (a.vip_range(), a.gateway())).collect();
+        let done = match pid {
+            Some(pid) => crate::net::link::route_vips(pid, &routes).await,
+            None => Err(crate::net::NetError::Link("no process to route in".into())),
+        };
+        if let Err(e) = done {
+            tracing::warn!(task = %task.id, error = %e, "vip: a task on several networks may not reach their VIPs");
+        }
+    }
 }
 
 #[async_trait]
@@ -511,8 +546,26 @@ impl Runtime for DockerRuntime {
         for w in created.warnings.iter().filter(|w| !w.is_empty()) {
             tracing::warn!(container = %name, warning = %w, "docker warning on create");
         }
+        // Its other networks, before it starts (a failure leaves no
+        // container behind).
+        for a in task.addresses.iter().skip(1) {
+            let connect = bollard::models::NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint(task, a)),
+            };
+            if let Err(e) = self.docker.connect_network(&a.docker_network(), connect).await {
+                let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+                let _ = self.docker.remove_container(&created.id, Some(opts)).await;
+                return Err(map_err(e));
+            }
+        }
         match self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(map_err) {
-            Ok(()) => Ok(created.id),
+            Ok(()) => {
+                if task.addresses.len() > 1 {
+                    self.route_vips(&created.id, task).await;
+                }
+                Ok(created.id)
+            }
             // Lost a race for a host port to someone else: say which port
             // and why, and do not retry (the port stays taken).
             Err(RuntimeError::Docker { message, .. }) if is_port_conflict(&message) => Err(RuntimeError::PortInUse(

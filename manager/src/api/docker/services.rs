@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::api::LogEntry;
+use common::network::EndpointMode;
 use common::TaskId;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -11,7 +12,7 @@ use super::objects::{self, ServiceView};
 use super::{body, manager, spec, truthy, ApiState, Error, IdPath, Result};
 use crate::api::services::{self as shoal, service_info};
 use crate::api::{find_service, logs, propose};
-use crate::store::{Command, Service, StoreError};
+use crate::store::{Command, Service, Store, StoreError};
 use crate::Manager;
 
 #[derive(serde::Deserialize)]
@@ -35,7 +36,7 @@ pub(super) async fn list(state: web::Data<ApiState>, q: web::Query<ListQuery>) -
                 && f.labels("label", &s.spec.labels)
                 && f.any("mode", |x| x == s.spec.mode.name())
         })
-        .map(|s| objects::service(s, &service_info(&store, s), ServiceView { status, defaults: false }))
+        .map(|s| render(&store, s, ServiceView { status, defaults: false }))
         .collect();
     Ok(HttpResponse::Ok().json(list))
 }
@@ -72,7 +73,31 @@ pub(super) async fn inspect(
     let svc = find_service(m, &path.id)?;
     let store = m.store.read();
     let view = ServiceView { status: false, defaults: truthy(&q.insert_defaults) };
-    Ok(HttpResponse::Ok().json(objects::service(&svc, &service_info(&store, &svc), view)))
+    Ok(HttpResponse::Ok().json(render(&store, &svc, view)))
+}
+
+/// A service as the Engine API shows it: its endpoint's mode and its
+/// virtual IPs, `{"NetworkID", "Addr"}` with the network's prefix length
+/// (`10.0.128.1/16`), as Docker's.
+fn render(store: &Store, svc: &Service, view: ServiceView) -> Value {
+    let mut v = objects::service(svc, &service_info(store, svc), view);
+    let mode = match svc.spec.endpoint_mode {
+        EndpointMode::Vip => "vip",
+        EndpointMode::Dnsrr => "dnsrr",
+    };
+    v["Endpoint"]["Spec"]["Mode"] = json!(mode);
+    let vips: Vec<Value> = svc
+        .vips
+        .iter()
+        .map(|vip| {
+            let prefix = store.networks.get(&vip.network).map_or(32, |n| n.subnet.prefix);
+            json!({"NetworkID": vip.network, "Addr": format!("{}/{prefix}", vip.addr)})
+        })
+        .collect();
+    if !vips.is_empty() {
+        v["Endpoint"]["VirtualIPs"] = json!(vips);
+    }
+    v
 }
 
 pub(super) async fn remove(state: web::Data<ApiState>, path: web::Path<IdPath>) -> Result<HttpResponse> {
@@ -242,6 +267,34 @@ impl Format {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_shows_its_virtual_ips_and_endpoint_mode() {
+        let mut store = Store::default();
+        let spec = common::network::NetworkSpec { name: "app".into(), ..Default::default() };
+        store.apply(Command::CreateNetwork { id: "netapp".into(), spec, at: 0 }).unwrap();
+        let mut spec = common::spec::ServiceSpec {
+            name: "web".into(),
+            labels: Default::default(),
+            mode: common::spec::ServiceMode::Replicated { replicas: 1 },
+            task: common::spec::TaskTemplate::new("img"),
+            update: Default::default(),
+            rollback: Default::default(),
+            engine_spec: None,
+            endpoint_mode: Default::default(),
+        };
+        spec.task.networks = vec!["app".parse().unwrap()];
+        store.apply(Command::CreateService(Service::new("svcweb".into(), spec.clone(), 0))).unwrap();
+        let v = render(&store, &store.services[&"svcweb".into()], ServiceView::default());
+        assert_eq!(v["Endpoint"]["Spec"]["Mode"], "vip");
+        assert_eq!(v["Endpoint"]["VirtualIPs"], json!([{"NetworkID": "netapp", "Addr": "10.0.128.1/16"}]));
+        spec.name = "rr".into();
+        spec.endpoint_mode = EndpointMode::Dnsrr;
+        store.apply(Command::CreateService(Service::new("svcrr".into(), spec, 0))).unwrap();
+        let v = render(&store, &store.services[&"svcrr".into()], ServiceView::default());
+        assert_eq!(v["Endpoint"]["Spec"]["Mode"], "dnsrr");
+        assert!(v["Endpoint"].get("VirtualIPs").is_none(), "{v}");
+    }
 
     #[test]
     fn a_log_line_is_framed_with_its_details() {
