@@ -7,7 +7,9 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 
-use common::container::{flag_error, parse_env_file, ContainerUpdate, HealthFlags, LogDriver, Mount, Ulimit};
+use common::container::{
+    flag_error, parse_env_file, ContainerUpdate, HealthFlags, LogDriver, Mount, SingleValues, Ulimit,
+};
 use common::spec::{parse_key_value, TaskTemplate};
 
 /// `--health-*` and `--no-healthcheck`, as docker names them.
@@ -129,6 +131,88 @@ fn host_line(h: &str, flag: &str) -> Result<String> {
     match h.split_once(':') {
         Some((name, ip)) if !name.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => Ok(format!("{ip} {name}")),
         _ => Err(anyhow!(flag_error(h, flag, &format!("bad format for add-host: {h:?}")))),
+    }
+}
+
+/// `service update`'s single-value flags, as docker names them; each one
+/// given replaces the template's value.
+#[derive(Args, Default)]
+pub struct SingleUpdateArgs {
+    /// Container hostname ("" unsets it)
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image ("" restores it)
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Allocate a pseudo-TTY (--tty=false to stop)
+    #[arg(short = 't', long, num_args = 0..=1, default_missing_value = "true")]
+    tty: Option<bool>,
+    /// Use an init inside each service container
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    init: Option<bool>,
+    /// Mount the container's root filesystem as read only
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    read_only: Option<bool>,
+    /// Signal to stop the container
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// Time to wait before force killing a container (ns|us|ms|s|m|h)
+    #[arg(long)]
+    stop_grace_period: Option<String>,
+    /// Limit CPUs (0 removes the limit)
+    #[arg(long)]
+    limit_cpu: Option<String>,
+    /// Limit Memory (0 removes the limit)
+    #[arg(long)]
+    limit_memory: Option<String>,
+    /// Limit maximum number of processes (0 = unlimited)
+    #[arg(long)]
+    limit_pids: Option<String>,
+}
+
+impl SingleUpdateArgs {
+    pub fn values(&self) -> Result<SingleValues> {
+        let pids = |p: &str| {
+            p.trim()
+                .parse::<u64>()
+                .map_err(|_| anyhow!("invalid argument {p:?} for \"--limit-pids\" flag: expected a number"))
+        };
+        Ok(SingleValues {
+            hostname: self.hostname.clone(),
+            user: self.user.clone(),
+            workdir: self.workdir.clone(),
+            entrypoint: self.entrypoint.as_deref().map(|e| e.split_whitespace().map(str::to_string).collect()),
+            tty: self.tty,
+            init: self.init,
+            read_only: self.read_only,
+            stop_signal: self.stop_signal.clone(),
+            stop_grace_ms: self
+                .stop_grace_period
+                .as_deref()
+                .map(|d| {
+                    common::time::parse_duration(d)
+                        .map(|d| d.as_millis() as u64)
+                        .map_err(|e| anyhow!("invalid --stop-grace-period: {e}"))
+                })
+                .transpose()?,
+            limit_nano_cpus: self
+                .limit_cpu
+                .as_deref()
+                .map(|s| crate::service::parse_cpus_for(s, "--limit-cpu"))
+                .transpose()?,
+            limit_memory_bytes: self
+                .limit_memory
+                .as_deref()
+                .map(|s| crate::service::parse_memory_for(s, "--limit-memory"))
+                .transpose()?,
+            limit_pids: self.limit_pids.as_deref().map(pids).transpose()?,
+        })
     }
 }
 

@@ -363,6 +363,8 @@ pub struct UpdateArgs {
     #[command(flatten)]
     lists: UpdateListArgs,
     #[command(flatten)]
+    single: crate::container_flags::SingleUpdateArgs,
+    #[command(flatten)]
     networks: crate::network::NetworkUpdateFlags,
     #[command(flatten)]
     detach: Detach,
@@ -763,6 +765,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 container: {
                     let mut u = a.more.update()?;
                     a.lists.fill(&mut u)?;
+                    u.single = a.single.values()?;
                     u
                 },
                 network: a.networks.patch()?,

@@ -202,6 +202,84 @@ pub struct ContainerUpdate {
     /// `--log-driver` (with its `--log-opt`s) replaces the driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_driver: Option<LogDriver>,
+    /// The single-value flags (`--hostname`, `--user`, `--limit-memory`, …).
+    #[serde(default, skip_serializing_if = "SingleValues::is_empty")]
+    pub single: SingleValues,
+}
+
+/// `service update`'s single-value flags: each one given replaces the
+/// template's value; an empty string (or 0 for a limit) unsets it, as in
+/// docker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SingleValues {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_nano_cpus: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_pids: Option<u64>,
+}
+
+impl SingleValues {
+    pub fn is_empty(&self) -> bool {
+        *self == SingleValues::default()
+    }
+
+    pub fn apply(&self, task: &mut TaskTemplate) {
+        let text = |v: &Option<String>, into: &mut Option<String>| {
+            if let Some(v) = v {
+                *into = Some(v.clone()).filter(|v| !v.is_empty());
+            }
+        };
+        let c = &mut task.container;
+        text(&self.hostname, &mut c.hostname);
+        text(&self.user, &mut c.user);
+        text(&self.workdir, &mut c.workdir);
+        text(&self.stop_signal, &mut c.stop_signal);
+        if let Some(e) = &self.entrypoint {
+            task.entrypoint = e.clone();
+        }
+        if let Some(t) = self.tty {
+            c.tty = t;
+        }
+        if let Some(i) = self.init {
+            c.init = Some(i);
+        }
+        if let Some(r) = self.read_only {
+            c.read_only = r;
+        }
+        if let Some(g) = self.stop_grace_ms {
+            task.stop_grace_ms = g;
+        }
+        let l = &mut task.limits;
+        for (v, into) in [
+            (self.limit_nano_cpus, &mut l.nano_cpus),
+            (self.limit_memory_bytes, &mut l.memory_bytes),
+            (self.limit_pids, &mut l.pids),
+        ] {
+            if let Some(v) = v {
+                *into = v;
+            }
+        }
+    }
 }
 
 impl ContainerUpdate {
@@ -253,6 +331,7 @@ impl ContainerUpdate {
         if let Some(d) = &self.log_driver {
             c.log_driver = Some(d.clone());
         }
+        self.single.apply(task);
     }
 }
 

@@ -368,6 +368,8 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
                 .then(|| c.hosts.iter().filter_map(|h| extra_host(h)).flatten().collect()),
             nano_cpus: limit(spec.limits.nano_cpus),
             memory: limit(spec.limits.memory_bytes),
+            // Swarm passes a memory reservation to Docker as a soft limit.
+            memory_reservation: limit(spec.scheduling.reservations.memory_bytes),
             pids_limit: limit(spec.limits.pids),
             ulimits: (!c.ulimits.is_empty()).then(|| {
                 c.ulimits
