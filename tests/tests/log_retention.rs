@@ -1,7 +1,7 @@
 //! `--log-retention`: a task's logs stay readable through `service logs`
-//! for a while after the task is removed (Swarm loses them at once): its
-//! node keeps the stopped container, then removes it once the retention
-//! has passed. Real `shoal`, real Docker.
+//! for a while after the task is removed (Swarm loses them with the
+//! container): its node reads them as it removes the container, keeps them
+//! for the retention, then forgets them. Real `shoal`, real Docker.
 
 use std::time::Duration;
 
@@ -30,19 +30,19 @@ fn logs_of_a_removed_task_stay_readable_for_the_retention_then_go() {
         let tasks = c.service_tasks("chatty");
         tasks.as_array().is_some_and(Vec::is_empty).then_some(()).ok_or(tasks.to_string())
     });
-    // ...their containers stopped but kept, and their logs still there.
-    wait_for(CONVERGE, "two stopped containers kept", || {
-        let ctrs = containers_with_label("shoal.service.name", "chatty");
-        (ctrs.len() == 2 && ctrs.iter().all(|k| k.state == "exited")).then_some(()).ok_or(format!("{ctrs:?}"))
-    });
-    let out = c.shoal_ok(&["service", "logs", "chatty"]);
-    assert_eq!(out.matches("hello-from-").count(), 2, "{out}");
-    assert!(out.contains("chatty."), "named by task as before: {out}");
-
-    // After the retention the nodes remove them, and the logs go with them.
-    wait_for(CONVERGE, "the kept containers removed", || {
+    // ...their containers removed as before...
+    wait_for(CONVERGE, "their containers removed", || {
         let ctrs = containers_with_label("shoal.service.name", "chatty");
         ctrs.is_empty().then_some(()).ok_or(format!("{ctrs:?}"))
     });
-    assert_eq!(lines(&c), 0);
+    // ...and their logs still there, named by task as before.
+    let out = c.shoal_ok(&["service", "logs", "chatty"]);
+    assert_eq!(out.matches("hello-from-").count(), 2, "{out}");
+    assert!(out.contains("chatty.1") && out.contains("chatty.2"), "{out}");
+
+    // After the retention the nodes forget them.
+    wait_for(CONVERGE, "the kept logs gone", || {
+        let n = lines(&c);
+        (n == 0).then_some(()).ok_or(format!("{n} lines"))
+    });
 }

@@ -180,10 +180,7 @@ async fn an_unassigned_container_is_removed_after_a_full_set() {
     let node = NodeId::random();
     let _cleanup = Cleanup(node.clone());
     let (addr, mut rx) = start(&node, &rt);
-    let mut t = task(&["sleep", "1000"]);
-    // No log retention: removed as soon as its task goes (the retention is
-    // tests/tests/log_retention.rs).
-    t.spec.log_retention_ms = Some(0);
+    let t = task(&["sleep", "1000"]);
     addr.do_send(Assign { full: true, tasks: vec![t.clone()], removed: vec![] });
     let cid = running_cid(&mut rx, &t.id).await;
 

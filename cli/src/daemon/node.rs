@@ -32,7 +32,8 @@ use worker::node::tls::Tls;
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::files::TaskFiles;
 use worker::runtime::Runtime;
-use worker::supervisor::{Assign, TaskSupervisor};
+use worker::supervisor::archive::LogArchive;
+use worker::supervisor::{Assign, SupervisorConfig, TaskSupervisor};
 
 use super::role::renew_certificate;
 use super::state::{save_state, NodeState};
@@ -105,11 +106,17 @@ impl AgentSink for Sink {
     }
 }
 
-fn log_source(runtime: Arc<dyn Runtime>, node: NodeId) -> net::LogSource {
+fn log_source(runtime: Arc<dyn Runtime>, node: NodeId, archive: Arc<LogArchive>) -> net::LogSource {
     Arc::new(move |req: LogRequest| -> BoxStream<'static, Result<LogLine, String>> {
         let runtime = runtime.clone();
         let node = node.clone();
-        futures::stream::once(async move {
+        // With `service`: the kept logs of its tasks this node removed.
+        let kept = match &req.service {
+            Some(s) => archive.lines_of(s, req.tail, common::time::now_ms()),
+            None => vec![],
+        };
+        let kept = futures::stream::iter(kept.into_iter().map(Ok::<_, String>));
+        let live = futures::stream::once(async move {
             let containers = runtime.list(&node).await.map_err(|e| e.to_string())?;
             // The tasks asked for, and with `service` every container of it
             // still here (kept for its logs after its task went).
@@ -132,8 +139,8 @@ fn log_source(runtime: Arc<dyn Runtime>, node: NodeId) -> net::LogSource {
             Ok(s) => s.boxed(),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         })
-        .flatten()
-        .boxed()
+        .flatten();
+        kept.chain(live).boxed()
     })
 }
 
@@ -263,9 +270,12 @@ pub(crate) async fn run_node(
 
     // Tasks on this node.
     let (reports_tx, reports_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
-    let supervisor = actix::Actor::start(TaskSupervisor::new(state.node_id.clone(), runtime.clone(), reports_tx));
+    let archive = Arc::new(LogArchive::default());
+    let config = SupervisorConfig { archive: archive.clone(), ..Default::default() };
+    let supervisor =
+        actix::Actor::start(TaskSupervisor::with_config(state.node_id.clone(), runtime.clone(), reports_tx, config));
 
-    let router = Router::new(log_source(runtime.clone(), state.node_id.clone()), &tls);
+    let router = Router::new(log_source(runtime.clone(), state.node_id.clone(), archive), &tls);
     let mut mgr: Option<Manager> = None;
     if state.role == Role::Manager {
         // Raft needs the other managers' addresses before its store has

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use common::backoff::Backoff;
 use common::container::{unhealthy_error, Health};
-use common::ids::TaskId;
+use common::ids::{ServiceId, TaskId};
 use common::task::{Task, TaskState, TaskStatus, TaskStatusUpdate};
 use common::time::Millis;
 
@@ -98,10 +98,18 @@ pub enum Action {
     Start(Task),
     /// Stop: SIGTERM, then SIGKILL after `grace_ms`.
     Stop { task_id: TaskId, container_id: String, grace_ms: u64 },
-    /// Stop first (with this grace) if `Some`, then remove by force.
-    Remove { task_id: TaskId, container_id: String, stop_grace_ms: Option<u64> },
+    /// Stop first (with this grace) if `Some`, then remove by force; with
+    /// `keep_logs`, its logs go to the node's archive first.
+    Remove { task_id: TaskId, container_id: String, stop_grace_ms: Option<u64>, keep_logs: Option<KeepLogs> },
     /// Send this status to the dispatcher.
     Report(TaskStatusUpdate),
+}
+
+/// A removed container's logs to keep ([`super::archive`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepLogs {
+    pub service_id: ServiceId,
+    pub retention_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,24 +341,21 @@ impl SupervisorCore {
                 if l.busy.is_some() || ticket < l.fence || now < l.retry_at || c.state == ContainerState::Removing {
                     continue;
                 }
+                l.busy = Some(Op::Remove);
                 let grace = c.state.is_live().then(|| c.stop_grace_ms.unwrap_or(DEFAULT_STOP_GRACE_MS));
-                match (grace, c.log_retention_ms) {
-                    // Kept for its logs: stopped now, removed once its
-                    // retention has passed since it ended.
-                    (Some(grace_ms), Some(r)) if r > 0 => {
-                        l.busy = Some(Op::Stop);
-                        out.push(Action::Stop { task_id: c.task_id, container_id: c.container_id, grace_ms });
+                // Its logs outlive it for the task's log retention.
+                let keep_logs = match (&c.service_id, c.log_retention_ms) {
+                    (Some(service_id), Some(retention_ms)) if retention_ms > 0 => {
+                        Some(KeepLogs { service_id: service_id.clone(), retention_ms })
                     }
-                    (None, Some(r)) if c.finished_at.is_some_and(|f| now < f.saturating_add(r)) => {}
-                    _ => {
-                        l.busy = Some(Op::Remove);
-                        out.push(Action::Remove {
-                            task_id: c.task_id,
-                            container_id: c.container_id,
-                            stop_grace_ms: grace,
-                        });
-                    }
-                }
+                    _ => None,
+                };
+                out.push(Action::Remove {
+                    task_id: c.task_id,
+                    container_id: c.container_id,
+                    stop_grace_ms: grace,
+                    keep_logs,
+                });
             }
         }
 
@@ -456,7 +461,12 @@ impl SupervisorCore {
                 // clear it away; the next round creates it afresh.
                 if now >= local.retry_at {
                     self.local.entry(id.clone()).or_default().busy = Some(Op::Remove);
-                    out.push(Action::Remove { task_id: id.clone(), container_id: c.container_id, stop_grace_ms: None });
+                    out.push(Action::Remove {
+                        task_id: id.clone(),
+                        container_id: c.container_id,
+                        stop_grace_ms: None,
+                        keep_logs: None,
+                    });
                 }
             }
             Some(_) => {} // removing, unknown: wait for a clearer picture
@@ -578,8 +588,16 @@ mod tests {
             Action::Prepare(t) => format!("prepare {}", t.id),
             Action::Start(t) => format!("start {}", t.id),
             Action::Stop { container_id, grace_ms, .. } => format!("stop {container_id} grace={grace_ms}"),
-            Action::Remove { container_id, stop_grace_ms: None, .. } => format!("remove {container_id}"),
-            Action::Remove { container_id, stop_grace_ms: Some(g), .. } => format!("remove {container_id} stop={g}"),
+            Action::Remove { container_id, stop_grace_ms, keep_logs, .. } => {
+                let mut s = format!("remove {container_id}");
+                if let Some(g) = stop_grace_ms {
+                    s += &format!(" stop={g}");
+                }
+                if let Some(k) = keep_logs {
+                    s += &format!(" keep-logs={}:{}", k.service_id, k.retention_ms);
+                }
+                s
+            }
             Action::Report(u) => {
                 let mut s = format!("report {} {}", u.task_id.as_str(), u.status.state);
                 if let Some(c) = &u.status.container_id {
@@ -813,19 +831,16 @@ mod tests {
                 vec!["remove c9"],
             ),
             (
-                "a stray kept for its logs is stopped, kept while its retention lasts, then removed",
+                "a stray's logs are kept for its service's retention as it is removed",
                 vec![
                     Full(vec![]),
-                    Observe(vec![ContainerInfo { log_retention_ms: Some(5_000), ..ctr("gone", "c9", Live, None) }]),
-                    Done("gone", Outcome::Stopped),
                     Observe(vec![ContainerInfo {
+                        service_id: Some("web".into()),
                         log_retention_ms: Some(5_000),
-                        ..ctr("gone", "c9", Exited, Some(0))
+                        ..ctr("gone", "c9", Live, None)
                     }]),
-                    Tick(5_000),
-                    Tick(5_061),
                 ],
-                vec!["stop c9 grace=3000", "remove c9"],
+                vec!["remove c9 stop=3000 keep-logs=web:5000"],
             ),
             (
                 "a task dropped from the set has its container removed once",

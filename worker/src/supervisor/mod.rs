@@ -7,6 +7,7 @@
 //! It reconciles on every assignment, on every Docker event for this node's
 //! containers, after every operation, and on a slow poll as a safety net.
 
+pub mod archive;
 pub mod core;
 
 use std::future::Future;
@@ -57,6 +58,9 @@ pub struct SupervisorConfig {
     pub events_retry: Duration,
     /// After Docker events, list once more when none came for this long.
     pub events_settle: Duration,
+    /// Where removed containers' logs are kept (the node's log server
+    /// reads them too).
+    pub archive: Arc<archive::LogArchive>,
 }
 
 impl Default for SupervisorConfig {
@@ -65,6 +69,7 @@ impl Default for SupervisorConfig {
             poll_every: Duration::from_secs(2),
             events_retry: Duration::from_secs(1),
             events_settle: Duration::from_millis(300),
+            archive: Default::default(),
         }
     }
 }
@@ -165,13 +170,22 @@ impl TaskSupervisor {
                     }
                 });
             }
-            Action::Remove { task_id, container_id, stop_grace_ms } => {
+            Action::Remove { task_id, container_id, stop_grace_ms, keep_logs } => {
+                let archive = self.config.archive.clone();
+                let task = task_id.clone();
                 self.spawn_op(ctx, task_id, async move {
                     if let Some(grace) = stop_grace_ms {
                         match rt.stop(&container_id, grace).await {
                             Ok(()) | Err(RuntimeError::NotFound(_)) => {}
                             Err(e) => return Outcome::RemoveFailed { err: e.to_string() },
                         }
+                    }
+                    if let Some(k) = keep_logs {
+                        use futures::StreamExt;
+                        // What it wrote, read once it has stopped writing.
+                        let lines: Vec<_> =
+                            rt.logs(&task, &container_id, false, None).filter_map(|l| async { l.ok() }).collect().await;
+                        archive.put(task, k.service_id, lines, now_ms(), k.retention_ms);
                     }
                     match rt.remove(&container_id).await {
                         Ok(()) | Err(RuntimeError::NotFound(_)) => Outcome::Removed,
@@ -483,10 +497,7 @@ mod tests {
         let rt = Arc::new(FakeRuntime::new().with_image(IMAGE));
         let mut kept = task(TaskState::Running);
         kept.status.state = TaskState::Running;
-        let mut stray = task(TaskState::Running);
-        // Kept for no time after its task goes (the retention is the
-        // core's table test): removed as soon as it is known to be a stray.
-        stray.spec.log_retention_ms = Some(0);
+        let stray = task(TaskState::Running);
         let kept_cid = rt.insert_running(&node, &kept);
         let stray_cid = rt.insert_running(&node, &stray);
 
