@@ -82,6 +82,13 @@ enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// The key that seals gossip: `shoal gossip-key rotate` makes a new one
+    /// (every node switches to it within seconds; the old one is refused
+    /// soon after).
+    GossipKey {
+        #[command(subcommand)]
+        cmd: node::GossipKeyCmd,
+    },
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Config, cmd),
         Command::Unlock => unlock::run(&client::Client::new(&cli.host)),
         Command::Network(cmd) => network::run(&client::Client::new(&cli.host), cmd),
+        Command::GossipKey { cmd } => node::gossip_key(&client::Client::new(&cli.host), cmd),
     };
     match result {
         Ok(code) => code,

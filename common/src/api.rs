@@ -95,6 +95,15 @@ pub struct NodeUpdate {
     pub label_rm: Vec<String>,
 }
 
+/// The answer to `POST /v1/gossip-key/rotate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKeyRotated {
+    /// The new key's id (datagrams name it).
+    pub key_id: u32,
+    /// When nodes start sealing with it (ms since the epoch).
+    pub switch_at: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokens {
     pub worker: String,

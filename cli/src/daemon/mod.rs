@@ -10,9 +10,11 @@
 //! resume; [`state`] is the data directory, `join` the admission by a
 //! manager, `node` the running node, `role` a change of role (a new
 //! certificate, then a restart in the new role), `keys` the data key of a
-//! manager's raft files (and autolock).
+//! manager's raft files (and autolock), `gossip` the node's sealed copy of
+//! the gossip keys.
 
 mod describe;
+mod gossip;
 mod join;
 mod keys;
 mod node;
@@ -248,6 +250,11 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     // The CA exists outside the store only until the first manager has
     // committed it there.
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let storage_key = gossip::storage_key(&args.data_dir)?;
+    if fresh_init {
+        gossip::save(&args.data_dir, &storage_key, &common::gossip_key::GossipKeyRing::first())?;
+    }
+    let gossip_keys = gossip::load(&args.data_dir, &storage_key);
     let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
     let mut opts = RunOptions {
@@ -258,6 +265,8 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         open_files: raise_open_file_limit(),
         docker_socket: args.docker_socket.clone(),
         describe: args.describe.clone(),
+        gossip_keys,
+        storage_key,
         launch,
     };
     actix_web::rt::System::new().block_on(async move {

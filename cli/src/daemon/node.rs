@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use common::gossip_key::GossipKeyRing;
 use common::mesh::{MeshFailure, MeshTable};
 use common::node::{Node, Role};
 use common::secret::FileData;
@@ -26,8 +27,9 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use worker::agent::{Agent, AgentSink};
 use worker::mesh::{self, DataPath, MeshConfig, MeshProgrammer, SetTable};
-use worker::node::membership::{self, fact, MembershipConfig};
+use worker::node::membership::{self, fact, GossipKeys, MembershipConfig};
 use worker::node::net::{self, Router};
+use worker::node::seal::SealKey;
 use worker::node::tls::Tls;
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::files::TaskFiles;
@@ -56,6 +58,9 @@ struct Sink {
     role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
     /// Where the tasks' secrets and configs are written.
     files: Arc<TaskFiles>,
+    /// What gossip seals with, and the key of its copy on disk.
+    gossip_keys: GossipKeys,
+    storage_key: SealKey,
 }
 
 impl AgentSink for Sink {
@@ -81,6 +86,14 @@ impl AgentSink for Sink {
     }
     fn files(&self, files: Vec<FileData>) {
         self.files.set_values(files);
+    }
+    fn gossip_keys(&self, ring: GossipKeyRing) {
+        if self.gossip_keys.set(ring.clone()) {
+            tracing::info!(key = ?ring.current.as_ref().map(|k| k.id), switch_at = ring.switch_at, "gossip keys updated");
+            if let Err(e) = super::gossip::save(&self.data_dir, &self.storage_key, &ring) {
+                tracing::warn!(error = %e, "cannot save the gossip keys");
+            }
+        }
     }
     fn managers(&self, managers: Vec<PeerInfo>) {
         let mut s = self.state.write();
@@ -154,6 +167,9 @@ pub(crate) struct RunOptions {
     pub docker_socket: Option<PathBuf>,
     /// What the node tells the leader it offers.
     pub describe: super::describe::DescribeFlags,
+    /// The gossip keys saved in the data directory, and the key they are sealed with.
+    pub gossip_keys: GossipKeyRing,
+    pub storage_key: SealKey,
     pub launch: Launch,
 }
 
@@ -212,16 +228,18 @@ pub(crate) async fn run_node(
     ]
     .into();
     let base_facts = facts.clone();
-    let (membership, live_set) = membership::start(MembershipConfig {
+    let gossip_keys = GossipKeys::new(opts.gossip_keys.clone());
+    let membership_config = MembershipConfig {
         node_id: state.node_id.clone(),
         cluster_id: state.cluster_id.clone(),
         gossip_addr: cluster_addr,
         seeds: state.managers.iter().map(|m| m.addr).filter(|a| *a != cluster_addr).collect(),
         generation: now_ms(),
         facts,
-    })
-    .await
-    .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
+    };
+    let (membership, live_set) = membership::start(membership_config, gossip_keys.clone())
+        .await
+        .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
     let (live_tx, live) = watch::channel(live_set.borrow().nodes.keys().cloned().collect());
     let disk_alarms_of = |set: &membership::LiveSet| -> BTreeMap<NodeId, String> {
         let alarms = set.nodes.iter().filter_map(|(id, m)| m.get(fact::DISK_ALARM).map(|why| (id.clone(), why)));
@@ -290,7 +308,7 @@ pub(crate) async fn run_node(
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
-        bootstrap_cluster(m, &state, ca).await?;
+        bootstrap_cluster(m, &state, ca, gossip_keys.get()).await?;
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
@@ -313,6 +331,8 @@ pub(crate) async fn run_node(
         membership,
         mesh: mesh_addr.clone(),
         networks: networks_tx,
+        gossip_keys: gossip_keys.clone(),
+        storage_key: opts.storage_key.clone(),
     });
     // What the mesh cannot serve, for the managers to show.
     let (failures_tx, failures_rx) = watch::channel(Vec::new());
@@ -356,7 +376,16 @@ pub(crate) async fn run_node(
         while let Some((role, managers)) = role_rx.recv().await {
             let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
             match renew_certificate(&tls, &data_dir, &state.node_id, role, &addrs).await {
-                Ok(()) => return (role, managers),
+                Ok(()) => {
+                    // The new certificate came with a new key: the gossip
+                    // keys are sealed again with the storage key it gives.
+                    let saved = super::gossip::storage_key(&data_dir)
+                        .and_then(|k| super::gossip::save(&data_dir, &k, &gossip_keys.get()));
+                    if let Err(e) = saved {
+                        tracing::warn!(error = %e, "cannot save the gossip keys for the new role");
+                    }
+                    return (role, managers);
+                }
                 Err(e) => {
                     tracing::warn!(%role, error = %e, "cannot get a certificate for the new role yet; will retry");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -428,7 +457,7 @@ fn publish_disk_alarm(
 }
 
 /// The first manager commits the cluster's identity and itself.
-async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Result<()> {
+async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa, gossip_keys: GossipKeyRing) -> Result<()> {
     let mut status = m.status.clone();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
         .await
@@ -442,6 +471,7 @@ async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Res
         manager_token: manager::join::new_token(fingerprint),
         created_at: now,
         ca,
+        gossip_keys,
     };
     let node = Node {
         id: state.node_id.clone(),

@@ -283,6 +283,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/nodes/{key}/demote", web::post().to(nodes::demote_node))
         .route("/v1/join-tokens", web::get().to(nodes::join_tokens))
         .route("/v1/join-tokens/rotate", web::post().to(nodes::rotate_join_token))
+        .route("/v1/gossip-key/rotate", web::post().to(nodes::rotate_gossip_key))
         .route("/v1/events", web::get().to(events::events))
         .route("/v1/networks", web::get().to(networks::list_networks))
         .route("/v1/networks", web::post().to(networks::create_network))

@@ -342,6 +342,19 @@ impl NodeIdentity {
         peer_identity(&cert_from_pem(&self.cert_pem)?)
     }
 
+    /// A key for what this node keeps sealed beside its identity (its copy
+    /// of the gossip keys): derived from its private key, so the sealed
+    /// file alone tells nothing, and a node whose key is read is exposed
+    /// anyway. It changes with the node's key (a new role's certificate).
+    pub fn storage_key(&self) -> crate::node::seal::SealKey {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"shoal node storage key v1\0");
+        ctx.update(self.key_pem.as_bytes());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(ctx.finish().as_ref());
+        crate::node::seal::SealKey::from_bytes(k)
+    }
+
     pub fn ca_fingerprint(&self) -> Result<Fingerprint, TlsError> {
         Ok(Fingerprint::of(&cert_from_pem(&self.ca_pem)?))
     }
