@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +170,8 @@ pub(crate) struct RunOptions {
     /// The gossip keys saved in the data directory, and the key they are sealed with.
     pub gossip_keys: GossipKeyRing,
     pub storage_key: SealKey,
+    /// `--api-tls`: the API over TLS with client certificates.
+    pub api_tls: bool,
     pub launch: Launch,
 }
 
@@ -359,9 +361,18 @@ pub(crate) async fn run_node(
     let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone(), description };
     actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
+    let api_tls = match (&mgr, opts.api_tls) {
+        (Some(m), true) => Some(
+            api_server_tls(m, &state, cluster_addr, &data_dir)
+                .await
+                .with_context(|| format!("--api-tls on {}", state.api_addr))?,
+        ),
+        _ => None,
+    };
     let server = api::serve(
         state.api_addr,
         opts.docker_socket.as_deref(),
+        api_tls,
         ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms },
     )
     .with_context(|| match &opts.docker_socket {
@@ -454,6 +465,73 @@ fn publish_disk_alarm(
             }
         }
     });
+}
+
+/// The API's TLS side: its certificate names the API's address, the
+/// cluster address, loopback, `localhost` and the hostname. Also makes the
+/// first admin's bundle.
+async fn api_server_tls(
+    m: &Manager,
+    state: &NodeState,
+    cluster_addr: SocketAddr,
+    data_dir: &Path,
+) -> Result<rustls::ServerConfig> {
+    let mut ips = vec![cluster_addr.ip(), std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if !state.api_addr.ip().is_unspecified() {
+        ips.push(state.api_addr.ip());
+    }
+    ips.sort();
+    ips.dedup();
+    let mut names = vec!["localhost".to_string()];
+    let dns_name = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if dns_name(&state.hostname) && state.hostname != "localhost" {
+        names.push(state.hostname.clone());
+    }
+    let config = manager::api::certs::server_tls(m, &ips, &names, Duration::from_secs(60)).await?;
+    let bundle = write_admin_bundle(m, data_dir, &state.hostname)?;
+    tracing::info!(api = %state.api_addr, ?ips, admin_bundle = %bundle.display(), "the API requires client certificates (TLS)");
+    Ok(config)
+}
+
+/// The first admin's bundle, `DATA_DIR/api-client/{ca,cert,key}.pem` (owner
+/// only), made once: whoever can read the data dir is root on this manager
+/// anyway. With it, `shoal cert issue` gives others theirs.
+fn write_admin_bundle(m: &Manager, data_dir: &Path, hostname: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use worker::node::api_tls::{sign_client_csr, ApiRole, ClientRequest};
+    let dir = data_dir.join("api-client");
+    if dir.join("key.pem").exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let ca = m.store.read().cluster.ca.clone();
+    let req = ClientRequest::new()?;
+    let name: String = format!("admin@{hostname}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-@".contains(*c))
+        .take(64)
+        .collect();
+    let cert = sign_client_csr(&ca.cert_pem, &ca.key_pem, req.csr_pem(), &name, ApiRole::Admin)?;
+    // The key last: its presence says the bundle is whole.
+    for (file, text, mode) in
+        [("ca.pem", ca.cert_pem.as_str(), 0o644), ("cert.pem", &cert, 0o644), ("key.pem", &req.key_pem(), 0o600)]
+    {
+        let path = dir.join(file);
+        let tmp = dir.join(format!("{file}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir)
 }
 
 /// The first manager commits the cluster's identity and itself.

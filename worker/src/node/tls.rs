@@ -85,12 +85,12 @@ pub enum TlsError {
     Io(String),
 }
 
-fn gen_err(e: impl fmt::Display) -> TlsError {
+pub(crate) fn gen_err(e: impl fmt::Display) -> TlsError {
     TlsError::Generate(e.to_string())
 }
 
 /// The one crypto provider, handed explicitly to every config.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: LazyLock<Arc<CryptoProvider>> =
         LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
     PROVIDER.clone()
@@ -266,7 +266,7 @@ pub fn sign_node_csr(
     Ok(cert.pem())
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::thread_rng().gen();
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
@@ -445,7 +445,7 @@ impl fmt::Debug for Tls {
     }
 }
 
-fn config_err(e: impl fmt::Display) -> TlsError {
+pub(crate) fn config_err(e: impl fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
