@@ -91,7 +91,7 @@ fn the_api_over_tls_takes_only_issued_certificates_and_readonly_ones_only_read()
     assert_eq!(https(&addr, ro_config.clone(), "GET", "/v1/join-tokens").unwrap().0, 403);
     // The admin creates a service (the harness's CLI, over TLS); the stock
     // docker CLI with an issued bundle lists it.
-    c.shoal_ok(&["service", "create", "--detach=true", "--name", "web", &busybox_image(), "sleep", "600"]);
+    c.shoal_ok(&["service", "create", "--detach=true", "--name", "web", busybox_image(), "sleep", "600"]);
     let ro_flags = ["--tlscacert", "ca.pem", "--tlscert", "cert.pem", "--tlskey", "key.pem"].map(|f| {
         if f.starts_with("--") {
             f.to_string()
