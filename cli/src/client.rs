@@ -1,9 +1,12 @@
 //! The HTTP client the CLI uses to talk to a manager's API.
 
 use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
 use common::api::ApiError;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
@@ -12,19 +15,79 @@ use serde::Serialize;
 pub struct Client {
     host: String,
     agent: ureq::Agent,
+    /// `Some` over TLS (`--tlsverify`).
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// TLS to the API, with the docker CLI's flags and variables.
+#[derive(Args, Debug, Default, Clone)]
+pub struct TlsFlags {
+    /// Use TLS and verify the manager (with a bundle from `shoal cert issue`).
+    // Any value but "", 0, false, no, off (docker takes any non-empty one).
+    #[arg(long, global = true, env = "DOCKER_TLS_VERIFY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub tlsverify: bool,
+    /// Trust certificates signed by this CA only [default: DOCKER_CERT_PATH/ca.pem].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// This client's certificate [default: DOCKER_CERT_PATH/cert.pem].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// This client's key [default: DOCKER_CERT_PATH/key.pem].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// Where the three files are by default (as the docker CLI's; ~/.docker if unset).
+    #[arg(long = "cert-path", global = true, env = "DOCKER_CERT_PATH", value_name = "DIR", hide = true)]
+    pub cert_path: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// Whether TLS is asked for: `--tlsverify` or any of the files.
+    pub fn wanted(&self) -> bool {
+        self.tlsverify || self.tlscacert.is_some() || self.tlscert.is_some() || self.tlskey.is_some()
+    }
+
+    /// The CA, certificate and key files, defaults filled in.
+    pub fn files(&self) -> [PathBuf; 3] {
+        let dir = self
+            .cert_path
+            .clone()
+            .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".docker"));
+        let pick = |given: &Option<PathBuf>, name: &str| given.clone().unwrap_or_else(|| dir.join(name));
+        [pick(&self.tlscacert, "ca.pem"), pick(&self.tlscert, "cert.pem"), pick(&self.tlskey, "key.pem")]
+    }
+
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let [ca, cert, key] = self.files();
+        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+        let config =
+            worker::node::api_tls::client_config(&read(&ca)?, &read(&cert)?, &read(&key)?).with_context(|| {
+                format!("cannot use the TLS files {}, {}, {}", ca.display(), cert.display(), key.display())
+            })?;
+        Ok(Arc::new(config))
+    }
 }
 
 impl Client {
-    pub fn new(host: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(60))
-            .build();
-        Client { host: host.to_string(), agent }
+    /// A client of the API at `host` (`IP:PORT`, or `tcp://IP:PORT` as docker
+    /// takes it), over TLS if `tls` asks for it.
+    pub fn connect(host: &str, tls: &TlsFlags) -> Result<Self> {
+        let config = if tls.wanted() { Some(tls.client_config()?) } else { None };
+        Ok(Client::build(host, config))
+    }
+
+    fn build(host: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        let host = host.strip_prefix("tcp://").unwrap_or(host).trim_end_matches('/').to_string();
+        let mut agent =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout_read(Duration::from_secs(60));
+        if let Some(config) = &tls {
+            agent = agent.tls_config(config.clone());
+        }
+        Client { host, agent: agent.build(), tls }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.host, path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.host, path)
     }
 
     fn handle(&self, r: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response> {
@@ -62,8 +125,11 @@ impl Client {
 
     /// Calls `each` for every line of an NDJSON stream until it ends.
     pub fn stream_lines<T: DeserializeOwned>(&self, path: &str, mut each: impl FnMut(T) -> Result<()>) -> Result<()> {
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
-        let resp = self.handle(agent.get(&self.url(path)).call())?;
+        let mut agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5));
+        if let Some(config) = &self.tls {
+            agent = agent.tls_config(config.clone());
+        }
+        let resp = self.handle(agent.build().get(&self.url(path)).call())?;
         let reader = std::io::BufReader::new(resp.into_reader());
         for line in reader.lines() {
             let line = line?;

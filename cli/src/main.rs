@@ -6,6 +6,7 @@
 //! - [`output`]: tables, progress and log lines, exactly as docker prints them.
 //! - [`client`]: the HTTP client.
 
+mod cert;
 mod client;
 mod container_flags;
 mod events;
@@ -31,6 +32,8 @@ struct Cli {
     /// (after it, `--host` is `service create --host HOST:IP`).
     #[arg(short = 'H', long = "host", env = "SHOAL_HOST", default_value = "127.0.0.1:4243")]
     host: String,
+    #[command(flatten)]
+    tls: client::TlsFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +85,19 @@ enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// The key that seals gossip: `shoal gossip-key rotate` makes a new one
+    /// (every node switches to it within seconds; the old one is refused
+    /// soon after).
+    GossipKey {
+        #[command(subcommand)]
+        cmd: node::GossipKeyCmd,
+    },
+    /// API client certificates: `shoal cert issue` writes a bundle that the
+    /// shoal and docker CLIs use with --tlsverify.
+    Cert {
+        #[command(subcommand)]
+        cmd: cert::CertCmd,
+    },
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
@@ -97,25 +113,28 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let Cli { host, tls, command } = Cli::parse();
+    let api = || client::Client::connect(&host, &tls);
+    let result = match command {
         Command::Daemon(args) => {
             init_logging();
             daemon::run(args)
         }
-        Command::JoinToken { role, quiet, rotate } => {
-            node::join_token(&client::Client::new(&cli.host), &role, quiet, rotate)
-        }
-        Command::Node(cmd) => node::run(&client::Client::new(&cli.host), cmd),
-        Command::Events { since, filter, format } => {
-            events::run(&client::Client::new(&cli.host), since, filter, format)
-        }
-        Command::Service(cmd) => service::run(&client::Client::new(&cli.host), cmd),
-        Command::Secret(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Secret, cmd),
-        Command::Config(cmd) => files::run(&client::Client::new(&cli.host), common::secret::Kind::Config, cmd),
-        Command::Unlock => unlock::run(&client::Client::new(&cli.host)),
-        Command::Network(cmd) => network::run(&client::Client::new(&cli.host), cmd),
+        Command::JoinToken { role, quiet, rotate } => api().and_then(|c| node::join_token(&c, &role, quiet, rotate)),
+        Command::Node(cmd) => api().and_then(|c| node::run(&c, cmd)),
+        Command::Events { since, filter, format } => api().and_then(|c| events::run(&c, since, filter, format)),
+        Command::Service(cmd) => api().and_then(|c| service::run(&c, cmd)),
+        Command::Secret(cmd) => api().and_then(|c| files::run(&c, common::secret::Kind::Secret, cmd)),
+        Command::Config(cmd) => api().and_then(|c| files::run(&c, common::secret::Kind::Config, cmd)),
+        Command::Unlock => api().and_then(|c| unlock::run(&c)),
+        Command::Network(cmd) => api().and_then(|c| network::run(&c, cmd)),
+        Command::GossipKey { cmd } => api().and_then(|c| node::gossip_key(&c, cmd)),
+        Command::Cert { cmd } => api().and_then(|c| cert::run(&c, cmd)),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -155,10 +174,19 @@ mod tests {
             vec!["shoal", "-H", "127.0.0.11:4243", "service", "logs", "-f", "-n", "2", "a"],
             vec!["shoal", "daemon", "--init", "--autolock", "--advertise-addr", "127.0.0.11"],
             vec!["shoal", "-H", "127.0.0.11:4243", "unlock"],
+            vec!["shoal", "cert", "issue", "--name", "alice", "--role", "readonly", "--output", "/tmp/x"],
+            vec!["shoal", "--tlsverify", "--tlscacert", "a", "--tlscert", "b", "--tlskey", "c", "service", "ls"],
+            vec!["shoal", "daemon", "--api-addr", "0.0.0.0:4243", "--api-tls"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["shoal", "daemon", "--mesh", "fast"]).is_err());
+        for (value, tls) in [("1", true), ("yes", true), ("0", false), ("", false)] {
+            std::env::set_var("DOCKER_TLS_VERIFY", value);
+            let cli = Cli::try_parse_from(["shoal", "service", "ls"]).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert_eq!(cli.tls.tlsverify, tls, "DOCKER_TLS_VERIFY={value:?}");
+        }
+        std::env::remove_var("DOCKER_TLS_VERIFY");
         assert!(Cli::try_parse_from(["shoal", "daemon", "--autolock"]).is_err(), "autolock is chosen at --init");
         assert!(Cli::try_parse_from(["shoal", "daemon", "--init", "--join", "1.2.3.4:4242", "--token", "t"]).is_err());
     }

@@ -169,6 +169,32 @@ fn pretty_resources(r: &NodeResources) -> String {
     s
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum GossipKeyCmd {
+    /// Make a new gossip key; nodes seal with it a few seconds from now.
+    Rotate,
+}
+
+/// `shoal gossip-key rotate`.
+pub fn gossip_key(c: &Client, cmd: GossipKeyCmd) -> Result<ExitCode> {
+    match cmd {
+        GossipKeyCmd::Rotate => {
+            let r: common::api::GossipKeyRotated = c.post("/v1/gossip-key/rotate", &())?;
+            println!("{}", gossip_key_rotated_text(&r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gossip_key_rotated_text(r: &common::api::GossipKeyRotated) -> String {
+    format!(
+        "Successfully rotated the gossip key (key {}). Nodes seal with it within {} s; the old key is refused {} s later.",
+        r.key_id,
+        common::gossip_key::SWITCH_DELAY / 1000,
+        common::gossip_key::RETIRE_DELAY / 1000
+    )
+}
+
 /// `shoal join-token [--rotate] [-q] worker|manager`.
 pub fn join_token(c: &Client, role: &str, quiet: bool, rotate: bool) -> Result<ExitCode> {
     if role != "worker" && role != "manager" {
@@ -227,6 +253,15 @@ mod tests {
             "Platform:\n Operating System:\tlinux\n Architecture:\t\tx86_64\n\
              Resources:\n CPUs:\t\t\t2 (1.5 reserved)\n Memory:\t\t4GiB (512MiB reserved)\n gpu:\t\t\t2 (1 reserved)\n\
              Engine Labels:\n - storage=ssd\n"
+        );
+    }
+
+    #[test]
+    fn gossip_key_rotated_output() {
+        let r = common::api::GossipKeyRotated { key_id: 3, switch_at: 0 };
+        assert_eq!(
+            gossip_key_rotated_text(&r),
+            "Successfully rotated the gossip key (key 3). Nodes seal with it within 4 s; the old key is refused 4 s later."
         );
     }
 

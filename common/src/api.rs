@@ -95,6 +95,33 @@ pub struct NodeUpdate {
     pub label_rm: Vec<String>,
 }
 
+/// `POST /v1/certs` (`shoal cert issue`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRequest {
+    /// The client's name (the certificate's CN).
+    pub name: String,
+    /// `admin` or `readonly`.
+    pub role: String,
+    /// The client's certificate request (PEM): its key stays with it.
+    pub csr: String,
+}
+
+/// `POST /v1/certs`: a client certificate and the CA that signed it (PEM).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertIssued {
+    pub certificate: String,
+    pub ca_certificate: String,
+}
+
+/// The answer to `POST /v1/gossip-key/rotate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKeyRotated {
+    /// The new key's id (datagrams name it).
+    pub key_id: u32,
+    /// When nodes start sealing with it (ms since the epoch).
+    pub switch_at: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokens {
     pub worker: String,

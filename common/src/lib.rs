@@ -11,6 +11,7 @@
 //! - [`network`]: overlay networks, their subnets, VIPs and the per-node network table.
 //! - [`constraint`]: placement constraints, parsed and matched.
 //! - [`sched`]: reservations, placement preferences, node descriptions.
+//! - [`gossip_key`]: the cluster's gossip keys and their rotation.
 //! - [`wire`]: frames exchanged between nodes on the cluster port, and their codec.
 //! - [`api`]: the JSON bodies of the HTTP API shared by the daemon and the CLI.
 //! - [`time`]: wall-clock milliseconds and duration parsing.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod backoff;
 pub mod constraint;
 pub mod container;
+pub mod gossip_key;
 pub mod ids;
 pub mod mesh;
 pub mod network;

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::gossip_key::GossipKeyRing;
 use crate::ids::{NodeId, TaskId};
 use crate::mesh::{MeshFailure, MeshTable};
 use crate::node::Role;
@@ -79,6 +80,9 @@ pub struct JoinAccepted {
     pub certificate: String,
     #[serde(default)]
     pub ca_certificate: String,
+    /// The keys that seal gossip (see [`crate::gossip_key`]).
+    #[serde(default)]
+    pub gossip_keys: GossipKeyRing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +160,9 @@ pub enum Frame {
     /// Node → dispatcher, first on each session and whenever it changes:
     /// what the node offers (capacity, platform, engine labels).
     Description(NodeDescription),
+    /// Dispatcher → node, first on each session and whenever it changes:
+    /// the keys that seal gossip.
+    GossipKeys(GossipKeyRing),
 }
 
 #[derive(Debug, thiserror::Error)]

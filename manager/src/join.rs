@@ -62,9 +62,9 @@ pub async fn handle_join(
         tracing::warn!(%peer, %hostname, "join refused: {why}");
         return net::send(&mut conn, refuse(why)).await;
     }
-    let (role, cluster_id, ca) = {
+    let (role, cluster_id, ca, gossip_keys) = {
         let s = store.read();
-        (role_for_token(&s, &token), s.cluster.id.clone(), s.cluster.ca.clone())
+        (role_for_token(&s, &token), s.cluster.id.clone(), s.cluster.ca.clone(), s.cluster.gossip_keys.clone())
     };
     let Some(role) = role else {
         tracing::warn!(%peer, %hostname, "join refused: invalid join token");
@@ -107,6 +107,7 @@ pub async fn handle_join(
         managers: store.read().manager_peers(),
         certificate,
         ca_certificate: ca.cert_pem,
+        gossip_keys,
     };
     net::send(&mut conn, Frame::JoinAccepted(accepted)).await
 }

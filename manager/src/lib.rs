@@ -11,6 +11,8 @@
 //!   store knows, a session with the leader).
 //! - [`join`]: admitting nodes by token; [`ca`]: the cluster CA that signs
 //!   their certificates and makes the tokens (only managers hold it).
+//! - [`gossip_keys`]: the leader gives a cluster without gossip keys its
+//!   first one (a control loop, like the orchestrator's).
 //! - [`roles`]: promotions and demotions through raft membership.
 //! - [`network`]: the overlay networks' allocator and table.
 //! - [`events`]: the numbered stream of applied changes; [`mesh`]: the
@@ -26,6 +28,7 @@ pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod events;
+pub mod gossip_keys;
 pub mod join;
 pub mod liveness;
 pub mod mesh;
@@ -160,6 +163,14 @@ impl Manager {
         );
         ControlLoop::start(
             scheduler::Scheduler::default(),
+            addr.clone(),
+            store.clone(),
+            status.clone(),
+            applied.clone(),
+            live.clone(),
+        );
+        ControlLoop::start(
+            gossip_keys::FirstGossipKey::default(),
             addr.clone(),
             store.clone(),
             status.clone(),

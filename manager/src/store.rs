@@ -41,8 +41,9 @@
 //!   on an unassigned task, and the assignment replaces the whole status),
 //!   and a scheduler that finds the explanation missing proposes it again. A [`Command::Batch`] is ignorable when all
 //!   its commands are. Not ignorable, for instance: `SetUpdateStatus` (the
-//!   orchestrator pauses or rolls back from it) and `RotateJoinToken` (a
-//!   manager that missed it would still admit the old token).
+//!   orchestrator pauses or rolls back from it), `RotateJoinToken` (a
+//!   manager that missed it would still admit the old token) and
+//!   `RotateGossipKey` (its nodes would seal with a key the others retire).
 //! - **A new field on an existing command** is dropped without a word by
 //!   an older manager (serde ignores unknown fields), so it must be
 //!   `#[serde(default)]` and harmless to lose; anything else is a new
@@ -83,6 +84,10 @@ pub struct ClusterInfo {
     /// The cluster CA: every manager signs joining nodes' certificates.
     #[serde(default)]
     pub ca: crate::ca::ClusterCa,
+    /// The keys that seal gossip (empty in a cluster made before gossip
+    /// was sealed, until `shoal gossip-key rotate`).
+    #[serde(default, skip_serializing_if = "common::gossip_key::GossipKeyRing::is_empty")]
+    pub gossip_keys: common::gossip_key::GossipKeyRing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +254,14 @@ pub enum Command {
     },
     /// Refused while a service uses the network.
     RemoveNetwork(NetworkId),
+    /// A new gossip key, given the next id of the ring as it applies; the
+    /// switch to it and the retirement of the old one are timed from `at`
+    /// (see `common::gossip_key`). `node rm` sends one with its removal.
+    RotateGossipKey {
+        #[serde(with = "serde_bytes")]
+        key: [u8; common::gossip_key::KEY_LEN],
+        at: Millis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -319,6 +332,7 @@ impl Command {
             | Command::UpdateTaskStatus(_)
             | Command::DeleteTasks(_)
             | Command::RotateJoinToken { .. }
+            | Command::RotateGossipKey { .. }
             | Command::CreateSecret(_)
             | Command::UpdateSecret(_)
             | Command::RemoveSecret(_)
@@ -799,6 +813,11 @@ impl Store {
                 Role::Worker => self.cluster.worker_token = token,
                 Role::Manager => self.cluster.manager_token = token,
             },
+            Command::RotateGossipKey { key, at } => {
+                let ring = &self.cluster.gossip_keys;
+                let key = common::gossip_key::GossipKey { id: ring.next_id(), key };
+                self.cluster.gossip_keys = ring.rotate(key, at);
+            }
             Command::SetNoSession(nodes) => self.no_session = nodes,
             Command::CreateSecret(item) => {
                 let (id, name) = (item.id.to_string(), item.name.clone());
@@ -1009,7 +1028,7 @@ impl Undo {
         let service = |id: &ServiceId| Saved::Service(id.clone(), store.services.get(id).cloned().map(Box::new));
         let task = |id: &TaskId| Saved::Task(id.clone(), store.tasks.get(id).cloned().map(Box::new));
         match cmd {
-            Command::InitCluster(_) | Command::RotateJoinToken { .. } => {
+            Command::InitCluster(_) | Command::RotateJoinToken { .. } | Command::RotateGossipKey { .. } => {
                 self.saved.push(Saved::Cluster(Box::new(store.cluster.clone())))
             }
             Command::AddNode(n) => self.saved.push(node(&n.id)),

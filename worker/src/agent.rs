@@ -34,6 +34,8 @@ pub trait AgentSink: Send + Sync + 'static {
     fn mesh(&self, table: MeshTable);
     /// The values of the secrets and configs this node's tasks use.
     fn files(&self, _files: Vec<FileData>) {}
+    /// The keys that seal gossip.
+    fn gossip_keys(&self, _ring: common::gossip_key::GossipKeyRing) {}
 }
 
 pub struct Agent {
@@ -132,6 +134,7 @@ impl Agent {
                         }
                         Frame::Mesh(table) => sink.mesh(table),
                         Frame::Files(files) => sink.files(files),
+                        Frame::GossipKeys(ring) => sink.gossip_keys(ring),
                         Frame::Heartbeat => tx.send(Frame::Heartbeat).await?,
                         other => tracing::debug!(frame = ?other, "unexpected frame in session"),
                     }

@@ -55,6 +55,7 @@ pub(crate) fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState>
         .complete(accepted.certificate.clone(), accepted.ca_certificate.clone(), Some(pinned.ca))
         .with_context(|| format!("join through {target}: the certificate it issued is unusable"))?;
     identity.save(&tls_dir(&args.data_dir))?;
+    super::gossip::save(&args.data_dir, &identity.storage_key(), &accepted.gossip_keys)?;
     Ok(NodeState {
         node_id: accepted.node_id,
         raft_id: accepted.raft_id,

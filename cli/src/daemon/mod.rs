@@ -10,9 +10,11 @@
 //! resume; [`state`] is the data directory, `join` the admission by a
 //! manager, `node` the running node, `role` a change of role (a new
 //! certificate, then a restart in the new role), `keys` the data key of a
-//! manager's raft files (and autolock).
+//! manager's raft files (and autolock), `gossip` the node's sealed copy of
+//! the gossip keys.
 
 mod describe;
+mod gossip;
 mod join;
 mod keys;
 mod node;
@@ -30,6 +32,7 @@ use common::node::Role;
 use futures::future::BoxFuture;
 use manager::raft::storage::keys::DataKey;
 use worker::mesh::DataPath;
+use worker::node::api_tls::needs_tls;
 use worker::runtime::Runtime;
 
 use join::join_cluster;
@@ -66,6 +69,11 @@ pub struct DaemonArgs {
     /// Where the HTTP API listens (default 127.0.0.1:4243).
     #[arg(long, value_name = "IP:PORT")]
     api_addr: Option<SocketAddr>,
+    /// Serve the API over TLS, requiring client certificates issued by the
+    /// cluster CA (`shoal cert issue`). Required for an --api-addr other
+    /// than loopback; managers only.
+    #[arg(long)]
+    api_tls: bool,
     /// Also serve the Docker Engine API on this unix socket (a container can
     /// mount it at /var/run/docker.sock). Managers answer everything; a
     /// worker answers `/_ping` and says it is not a manager.
@@ -236,6 +244,13 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
             state.hostname
         );
     }
+    check_api_addr(state.api_addr, args.api_tls).map_err(|e| anyhow!(e))?;
+    let mut state = state;
+    let serve_at = api_addr_for(state.api_addr, args.api_tls, state.role);
+    if serve_at != state.api_addr {
+        tracing::warn!(api = %serve_at, "--api-tls is for managers: this worker serves its API on loopback");
+        state.api_addr = serve_at;
+    }
     if state.role == Role::Worker {
         // A demoted manager's raft log is stale: were it promoted again, it
         // must start from what the leader sends, not from old votes.
@@ -248,6 +263,11 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     // The CA exists outside the store only until the first manager has
     // committed it there.
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let storage_key = gossip::storage_key(&args.data_dir)?;
+    if fresh_init {
+        gossip::save(&args.data_dir, &storage_key, &common::gossip_key::GossipKeyRing::first())?;
+    }
+    let gossip_keys = gossip::load(&args.data_dir, &storage_key);
     let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
     let mut opts = RunOptions {
@@ -258,11 +278,20 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         open_files: raise_open_file_limit(),
         docker_socket: args.docker_socket.clone(),
         describe: args.describe.clone(),
+        gossip_keys,
+        storage_key,
+        api_tls: args.api_tls,
         launch,
     };
     actix_web::rt::System::new().block_on(async move {
         if state.role == Role::Manager {
-            let key = keys::data_key(&data_dir, state.api_addr, fresh_init && args.autolock).await?;
+            // A locked manager has no CA to serve TLS with: it takes the
+            // unlock key on loopback only when its API needs TLS.
+            let locked_addr = match needs_tls(state.api_addr) {
+                true => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, state.api_addr.port())),
+                false => state.api_addr,
+            };
+            let key = keys::data_key(&data_dir, locked_addr, fresh_init && args.autolock).await?;
             if args.force_new_cluster {
                 force_new_cluster(&data_dir, key.clone(), &state)?;
             }
@@ -270,6 +299,29 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         }
         run_node(state, data_dir, ca, tls, opts).await
     })
+}
+
+/// Refuses an API anyone could reach without a client certificate.
+fn check_api_addr(addr: SocketAddr, tls: bool) -> std::result::Result<(), String> {
+    if needs_tls(addr) && !tls {
+        return Err(format!(
+            "the API on {addr} is not on loopback, so anyone who reaches it would own the cluster: serve it over \
+             TLS with client certificates with `shoal daemon --api-addr {addr} --api-tls`, and give clients a \
+             bundle from `shoal cert issue --name NAME --output DIR` (the first admin's is in DATA_DIR/api-client)"
+        ));
+    }
+    Ok(())
+}
+
+/// Where a node serves its API: a worker has no TLS for it (the API's
+/// certificate is signed by the cluster CA, which only managers hold), so
+/// with `--api-tls` (a demoted manager restarting with its flags) it serves
+/// on loopback, on the same port.
+fn api_addr_for(addr: SocketAddr, tls: bool, role: Role) -> SocketAddr {
+    match (role, tls) {
+        (Role::Worker, true) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
 }
 
 fn force_new_cluster(data_dir: &std::path::Path, key: DataKey, state: &state::NodeState) -> Result<()> {
@@ -319,7 +371,27 @@ fn raise_open_file_limit() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{api_addr_for, check_api_addr, parse_size};
+    use common::node::Role;
+
+    #[test]
+    fn an_api_off_loopback_needs_tls_and_a_worker_keeps_it_on_loopback() {
+        let addr = |a: &str| a.parse().unwrap();
+        assert_eq!(check_api_addr(addr("127.0.0.1:4243"), false), Ok(()));
+        assert_eq!(check_api_addr(addr("127.0.5.2:4243"), true), Ok(()), "TLS on loopback too");
+        assert_eq!(check_api_addr(addr("0.0.0.0:4243"), true), Ok(()));
+        assert_eq!(
+            check_api_addr(addr("0.0.0.0:4243"), false),
+            Err("the API on 0.0.0.0:4243 is not on loopback, so anyone who reaches it would own the cluster: serve \
+                 it over TLS with client certificates with `shoal daemon --api-addr 0.0.0.0:4243 --api-tls`, and \
+                 give clients a bundle from `shoal cert issue --name NAME --output DIR` (the first admin's is \
+                 in DATA_DIR/api-client)"
+                .to_string())
+        );
+        assert_eq!(api_addr_for(addr("10.0.0.1:4243"), true, Role::Worker), addr("127.0.0.1:4243"));
+        assert_eq!(api_addr_for(addr("10.0.0.1:4243"), true, Role::Manager), addr("10.0.0.1:4243"));
+        assert_eq!(api_addr_for(addr("127.0.0.1:5000"), false, Role::Worker), addr("127.0.0.1:5000"));
+    }
 
     #[test]
     fn sizes_take_binary_units() {

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use common::gossip_key::GossipKeyRing;
 use common::mesh::{MeshFailure, MeshTable};
 use common::node::{Node, Role};
 use common::secret::FileData;
@@ -26,8 +27,9 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use worker::agent::{Agent, AgentSink};
 use worker::mesh::{self, DataPath, MeshConfig, MeshProgrammer, SetTable};
-use worker::node::membership::{self, fact, MembershipConfig};
+use worker::node::membership::{self, fact, GossipKeys, MembershipConfig};
 use worker::node::net::{self, Router};
+use worker::node::seal::SealKey;
 use worker::node::tls::Tls;
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::files::TaskFiles;
@@ -57,6 +59,9 @@ struct Sink {
     role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
     /// Where the tasks' secrets and configs are written.
     files: Arc<TaskFiles>,
+    /// What gossip seals with, and the key of its copy on disk.
+    gossip_keys: GossipKeys,
+    storage_key: SealKey,
 }
 
 impl AgentSink for Sink {
@@ -82,6 +87,14 @@ impl AgentSink for Sink {
     }
     fn files(&self, files: Vec<FileData>) {
         self.files.set_values(files);
+    }
+    fn gossip_keys(&self, ring: GossipKeyRing) {
+        if self.gossip_keys.set(ring.clone()) {
+            tracing::info!(key = ?ring.current.as_ref().map(|k| k.id), switch_at = ring.switch_at, "gossip keys updated");
+            if let Err(e) = super::gossip::save(&self.data_dir, &self.storage_key, &ring) {
+                tracing::warn!(error = %e, "cannot save the gossip keys");
+            }
+        }
     }
     fn managers(&self, managers: Vec<PeerInfo>) {
         let mut s = self.state.write();
@@ -168,6 +181,11 @@ pub(crate) struct RunOptions {
     pub docker_socket: Option<PathBuf>,
     /// What the node tells the leader it offers.
     pub describe: super::describe::DescribeFlags,
+    /// The gossip keys saved in the data directory, and the key they are sealed with.
+    pub gossip_keys: GossipKeyRing,
+    pub storage_key: SealKey,
+    /// `--api-tls`: the API over TLS with client certificates.
+    pub api_tls: bool,
     pub launch: Launch,
 }
 
@@ -238,16 +256,18 @@ pub(crate) async fn run_node(
     ]
     .into();
     let base_facts = facts.clone();
-    let (membership, live_set) = membership::start(MembershipConfig {
+    let gossip_keys = GossipKeys::new(opts.gossip_keys.clone());
+    let membership_config = MembershipConfig {
         node_id: state.node_id.clone(),
         cluster_id: state.cluster_id.clone(),
         gossip_addr: cluster_addr,
         seeds: state.managers.iter().map(|m| m.addr).filter(|a| *a != cluster_addr).collect(),
         generation: now_ms(),
         facts,
-    })
-    .await
-    .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
+    };
+    let (membership, live_set) = membership::start(membership_config, gossip_keys.clone())
+        .await
+        .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
     let (live_tx, live) = watch::channel(live_set.borrow().nodes.keys().cloned().collect());
     let disk_alarms_of = |set: &membership::LiveSet| -> BTreeMap<NodeId, String> {
         let alarms = set.nodes.iter().filter_map(|(id, m)| m.get(fact::DISK_ALARM).map(|why| (id.clone(), why)));
@@ -319,7 +339,7 @@ pub(crate) async fn run_node(
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
-        bootstrap_cluster(m, &state, ca).await?;
+        bootstrap_cluster(m, &state, ca, gossip_keys.get()).await?;
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
@@ -342,6 +362,8 @@ pub(crate) async fn run_node(
         membership,
         mesh: mesh_addr.clone(),
         networks: networks_tx,
+        gossip_keys: gossip_keys.clone(),
+        storage_key: opts.storage_key.clone(),
     });
     // What the mesh cannot serve, for the managers to show.
     let (failures_tx, failures_rx) = watch::channel(Vec::new());
@@ -368,9 +390,18 @@ pub(crate) async fn run_node(
     let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone(), description };
     actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
+    let api_tls = match (&mgr, opts.api_tls) {
+        (Some(m), true) => Some(
+            api_server_tls(m, &state, cluster_addr, &data_dir)
+                .await
+                .with_context(|| format!("--api-tls on {}", state.api_addr))?,
+        ),
+        _ => None,
+    };
     let server = api::serve(
         state.api_addr,
         opts.docker_socket.as_deref(),
+        api_tls,
         ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms },
     )
     .with_context(|| match &opts.docker_socket {
@@ -385,7 +416,16 @@ pub(crate) async fn run_node(
         while let Some((role, managers)) = role_rx.recv().await {
             let addrs: Vec<SocketAddr> = managers.iter().map(|m| m.addr).collect();
             match renew_certificate(&tls, &data_dir, &state.node_id, role, &addrs).await {
-                Ok(()) => return (role, managers),
+                Ok(()) => {
+                    // The new certificate came with a new key: the gossip
+                    // keys are sealed again with the storage key it gives.
+                    let saved = super::gossip::storage_key(&data_dir)
+                        .and_then(|k| super::gossip::save(&data_dir, &k, &gossip_keys.get()));
+                    if let Err(e) = saved {
+                        tracing::warn!(error = %e, "cannot save the gossip keys for the new role");
+                    }
+                    return (role, managers);
+                }
                 Err(e) => {
                     tracing::warn!(%role, error = %e, "cannot get a certificate for the new role yet; will retry");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -462,8 +502,75 @@ fn publish_disk_alarm(
     });
 }
 
+/// The API's TLS side: its certificate names the API's address, the
+/// cluster address, loopback, `localhost` and the hostname. Also makes the
+/// first admin's bundle.
+async fn api_server_tls(
+    m: &Manager,
+    state: &NodeState,
+    cluster_addr: SocketAddr,
+    data_dir: &Path,
+) -> Result<rustls::ServerConfig> {
+    let mut ips = vec![cluster_addr.ip(), std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if !state.api_addr.ip().is_unspecified() {
+        ips.push(state.api_addr.ip());
+    }
+    ips.sort();
+    ips.dedup();
+    let mut names = vec!["localhost".to_string()];
+    let dns_name = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if dns_name(&state.hostname) && state.hostname != "localhost" {
+        names.push(state.hostname.clone());
+    }
+    let config = manager::api::certs::server_tls(m, &ips, &names, Duration::from_secs(60)).await?;
+    let bundle = write_admin_bundle(m, data_dir, &state.hostname)?;
+    tracing::info!(api = %state.api_addr, ?ips, admin_bundle = %bundle.display(), "the API requires client certificates (TLS)");
+    Ok(config)
+}
+
+/// The first admin's bundle, `DATA_DIR/api-client/{ca,cert,key}.pem` (owner
+/// only), made once: whoever can read the data dir is root on this manager
+/// anyway. With it, `shoal cert issue` gives others theirs.
+fn write_admin_bundle(m: &Manager, data_dir: &Path, hostname: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use worker::node::api_tls::{sign_client_csr, ApiRole, ClientRequest};
+    let dir = data_dir.join("api-client");
+    if dir.join("key.pem").exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let ca = m.store.read().cluster.ca.clone();
+    let req = ClientRequest::new()?;
+    let name: String = format!("admin@{hostname}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-@".contains(*c))
+        .take(64)
+        .collect();
+    let cert = sign_client_csr(&ca.cert_pem, &ca.key_pem, req.csr_pem(), &name, ApiRole::Admin)?;
+    // The key last: its presence says the bundle is whole.
+    for (file, text, mode) in
+        [("ca.pem", ca.cert_pem.as_str(), 0o644), ("cert.pem", &cert, 0o644), ("key.pem", &req.key_pem(), 0o600)]
+    {
+        let path = dir.join(file);
+        let tmp = dir.join(format!("{file}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
 /// The first manager commits the cluster's identity and itself.
-async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Result<()> {
+async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa, gossip_keys: GossipKeyRing) -> Result<()> {
     let mut status = m.status.clone();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
         .await
@@ -477,6 +584,7 @@ async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa) -> Res
         manager_token: manager::join::new_token(fingerprint),
         created_at: now,
         ca,
+        gossip_keys,
     };
     let node = Node {
         id: state.node_id.clone(),

@@ -9,9 +9,13 @@
 //! `services` (services and their tasks), `networks`, `nodes` (nodes, `/v1/info`,
 //! join tokens), `logs`, `events`, `ui` (the web view's page and streams)
 //! and `metrics`; `docker` answers the Docker Engine API on the same port,
-//! over the same functions. `locked` is all a locked manager (autolock)
+//! over the same functions. `access` is who may do what (client
+//! certificates' roles over `--api-tls`), `certs` the client certificates
+//! (`shoal cert issue`) and the API's own. `locked` is all a locked manager (autolock)
 //! serves until `shoal unlock`.
 
+mod access;
+pub mod certs;
 pub mod docker;
 mod events;
 pub mod files;
@@ -104,6 +108,9 @@ pub enum Error {
     NodeOutOfSequence(String, u64, u64),
     #[error("invalid data: not base64: {0}")]
     InvalidData(String),
+    /// `shoal cert issue` asked for something the CA will not sign.
+    #[error("cannot issue the certificate: {0}")]
+    BadCertRequest(String),
 }
 
 impl Error {
@@ -169,7 +176,8 @@ impl ResponseError for Error {
             | Error::RemoveManager(_)
             | Error::MalformedBody(_)
             | Error::MalformedQuery(_)
-            | Error::InvalidData(_) => StatusCode::BAD_REQUEST,
+            | Error::InvalidData(_)
+            | Error::BadCertRequest(_) => StatusCode::BAD_REQUEST,
             Error::RemoveReady(_) | Error::NodeOutOfSequence(..) => StatusCode::CONFLICT,
             Error::PromotePending(_) | Error::DemotePending(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -283,6 +291,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/nodes/{key}/demote", web::post().to(nodes::demote_node))
         .route("/v1/join-tokens", web::get().to(nodes::join_tokens))
         .route("/v1/join-tokens/rotate", web::post().to(nodes::rotate_join_token))
+        .route("/v1/gossip-key/rotate", web::post().to(nodes::rotate_gossip_key))
+        .route("/v1/certs", web::post().to(certs::issue))
         .route("/v1/events", web::get().to(events::events))
         .route("/v1/networks", web::get().to(networks::list_networks))
         .route("/v1/networks", web::post().to(networks::create_network))
@@ -315,16 +325,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// Binds the API on `addr` (and on the unix socket `socket`, replacing a
+/// Binds the API on `addr`, over TLS with client certificates if `tls` is
+/// given (see [`access`]), and on the unix socket `socket` (replacing a
 /// stale socket file there); fails at once (a clear error) if the address
 /// is taken.
-pub fn serve(addr: SocketAddr, socket: Option<&Path>, state: ApiState) -> std::io::Result<actix_web::dev::Server> {
+pub fn serve(
+    addr: SocketAddr,
+    socket: Option<&Path>,
+    tls: Option<rustls::ServerConfig>,
+    state: ApiState,
+) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::new(state);
-    let mut server =
-        actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(configure))
-            .workers(1)
-            .shutdown_timeout(1)
-            .bind(addr)?;
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().app_data(state.clone()).wrap_fn(access::check).configure(configure)
+    })
+    .on_connect(access::on_connect)
+    .workers(1)
+    .shutdown_timeout(1);
+    let mut server = match tls {
+        Some(config) => server.bind_rustls_0_23(addr, config)?,
+        None => server.bind(addr)?,
+    };
     if let Some(path) = socket {
         remove_stale_socket(path)?;
         server = server.bind_uds(path)?;

@@ -64,6 +64,20 @@ pub(super) async fn rotate_join_token(state: web::Data<ApiState>, q: web::Query<
     join_tokens(state).await
 }
 
+fn new_gossip_key() -> [u8; common::gossip_key::KEY_LEN] {
+    common::gossip_key::GossipKey::generate(0).key
+}
+
+/// `POST /v1/gossip-key/rotate`: a new gossip key, used by every node a few
+/// seconds from now; the old one is accepted a little longer.
+pub(super) async fn rotate_gossip_key(state: web::Data<ApiState>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    propose(m, Command::RotateGossipKey { key: new_gossip_key(), at: now_ms() }).await?;
+    let ring = m.store.read().cluster.gossip_keys.clone();
+    let id = ring.current.as_ref().map_or(0, |k| k.id);
+    Ok(HttpResponse::Ok().json(common::api::GossipKeyRotated { key_id: id, switch_at: ring.switch_at }))
+}
+
 pub(super) async fn update_node(
     state: web::Data<ApiState>,
     key: web::Path<String>,
@@ -177,6 +191,9 @@ pub(super) async fn remove(state: &ApiState, m: &Manager, key: &str, force: bool
     if info.status == NodeStatus::Ready && !force {
         return Err(Error::RemoveReady(info.node.hostname));
     }
-    propose(m, Command::RemoveNode(info.node.id.clone())).await?;
+    // A new gossip key goes with the removal: the node is not sent it, so
+    // once the old key retires its gossip is dropped everywhere.
+    let rotate = Command::RotateGossipKey { key: new_gossip_key(), at: now_ms() };
+    propose(m, Command::Batch(vec![Command::RemoveNode(info.node.id.clone()), rotate])).await?;
     Ok(info)
 }

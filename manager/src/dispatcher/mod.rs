@@ -134,6 +134,8 @@ struct Session {
     mesh_sent: bool,
     /// The secrets and configs whose values this node was last sent.
     files_sent: BTreeSet<(Kind, String)>,
+    /// The gossip key ring this node was last sent.
+    gossip_keys_sent: Option<common::gossip_key::GossipKeyRing>,
 }
 
 pub struct Dispatcher {
@@ -225,7 +227,21 @@ impl Dispatcher {
         let mesh = crate::mesh::table(&store);
         let mesh_changed = mesh != self.mesh;
         self.mesh = mesh;
+        // A removed node's session ends here, before it could be sent the
+        // gossip key its removal brought.
+        self.sessions.retain(|node, s| {
+            let member = store.nodes.contains_key(node);
+            if !member {
+                tracing::info!(%node, session = s.id, "node removed; its session ends");
+            }
+            member
+        });
+        let gossip_keys = &store.cluster.gossip_keys;
         for session in self.sessions.values_mut() {
+            if !gossip_keys.is_empty() && session.gossip_keys_sent.as_ref() != Some(gossip_keys) {
+                let _ = session.tx.send(Frame::GossipKeys(gossip_keys.clone()));
+                session.gossip_keys_sent = Some(gossip_keys.clone());
+            }
             if mesh_changed || !session.mesh_sent {
                 let _ = session.tx.send(Frame::Mesh(self.mesh.clone()));
                 session.mesh_sent = true;
@@ -371,7 +387,14 @@ impl Handler<Register> for Dispatcher {
         self.heard.opened(&msg.node, now_ms());
         self.sessions.insert(
             msg.node,
-            Session { id, tx: SessionTx::new(msg.tx), sent: None, mesh_sent: false, files_sent: BTreeSet::new() },
+            Session {
+                id,
+                tx: SessionTx::new(msg.tx),
+                sent: None,
+                mesh_sent: false,
+                files_sent: BTreeSet::new(),
+                gossip_keys_sent: None,
+            },
         );
         self.push_all();
         self.drop_ended();

@@ -94,6 +94,31 @@ fn published_ports_are_allocated_and_checked() {
 }
 
 #[test]
+fn a_gossip_key_rotation_takes_the_next_id_and_times_the_switch_from_its_command() {
+    use common::gossip_key::{GossipKeyRing, SWITCH_DELAY};
+    let mut s = Store::default();
+    let info = ClusterInfo { id: "c".into(), gossip_keys: GossipKeyRing::first(), ..Default::default() };
+    s.apply(Command::InitCluster(Box::new(info))).unwrap();
+    let first = s.cluster.gossip_keys.current.clone().unwrap();
+    let c = Command::RotateGossipKey { key: [7; 32], at: 1_000 };
+    assert_eq!(decode_command(&encode_command(&c)).unwrap(), c);
+    s.apply(c).unwrap();
+    let ring = &s.cluster.gossip_keys;
+    assert_eq!(ring.previous.as_ref(), Some(&first));
+    assert_eq!(ring.current.as_ref().map(|k| (k.id, k.key)), Some((2, [7; 32])));
+    assert_eq!(ring.switch_at, 1_000 + SWITCH_DELAY);
+    assert_eq!(Store::from_snapshot(&s.to_snapshot()).unwrap(), s);
+    // In a batch that fails, the rotation is undone with the rest.
+    let before = s.clone();
+    let failing = Command::Batch(vec![
+        Command::RotateGossipKey { key: [8; 32], at: 2_000 },
+        Command::SetNodeAvailability { id: "nobody".into(), availability: Availability::Drain, at: 2_000 },
+    ]);
+    assert!(s.apply(failing).is_err());
+    assert_eq!(s, before);
+}
+
+#[test]
 fn rotating_a_join_token_replaces_that_role_only() {
     let mut s = Store::default();
     let info =
@@ -171,6 +196,8 @@ fn history() -> Vec<Command> {
         manager_token: "SWMTKN-m".into(),
         created_at: 1,
         ca: crate::ca::ClusterCa { cert_pem: "CERT".into(), key_pem: "KEY".into() },
+        // Entries from before sealed gossip decode to an empty ring.
+        gossip_keys: Default::default(),
     };
     vec![
         Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node("m1", 1, Role::Manager))]),

@@ -3,6 +3,7 @@
 //! and [`seal`], the AEAD that seals gossip and the managers' raft files.
 //! Nothing here knows about tasks, containers or the store.
 
+pub mod api_tls;
 pub mod membership;
 pub mod metrics;
 pub mod net;

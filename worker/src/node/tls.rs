@@ -85,12 +85,12 @@ pub enum TlsError {
     Io(String),
 }
 
-fn gen_err(e: impl fmt::Display) -> TlsError {
+pub(crate) fn gen_err(e: impl fmt::Display) -> TlsError {
     TlsError::Generate(e.to_string())
 }
 
 /// The one crypto provider, handed explicitly to every config.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: LazyLock<Arc<CryptoProvider>> =
         LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
     PROVIDER.clone()
@@ -266,7 +266,7 @@ pub fn sign_node_csr(
     Ok(cert.pem())
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::thread_rng().gen();
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
@@ -340,6 +340,19 @@ impl NodeIdentity {
     /// Who the certificate says this node is.
     pub fn peer(&self) -> Result<PeerIdentity, TlsError> {
         peer_identity(&cert_from_pem(&self.cert_pem)?)
+    }
+
+    /// A key for what this node keeps sealed beside its identity (its copy
+    /// of the gossip keys): derived from its private key, so the sealed
+    /// file alone tells nothing, and a node whose key is read is exposed
+    /// anyway. It changes with the node's key (a new role's certificate).
+    pub fn storage_key(&self) -> crate::node::seal::SealKey {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"shoal node storage key v1\0");
+        ctx.update(self.key_pem.as_bytes());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(ctx.finish().as_ref());
+        crate::node::seal::SealKey::from_bytes(k)
     }
 
     pub fn ca_fingerprint(&self) -> Result<Fingerprint, TlsError> {
@@ -432,7 +445,7 @@ impl fmt::Debug for Tls {
     }
 }
 
-fn config_err(e: impl fmt::Display) -> TlsError {
+pub(crate) fn config_err(e: impl fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 

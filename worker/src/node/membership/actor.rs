@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::fut::wrap_future;
 use actix::prelude::*;
-use chitchat::transport::{Transport, UdpTransport};
+use chitchat::transport::Transport;
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
     ProtocolVersion,
@@ -19,8 +19,9 @@ use tokio::sync::{watch, Mutex};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    check_facts, initial_key_values, is_reserved, live_set_from, member_facts, restart_generation, seeds_to_contact,
-    LiveSet, MemberEvent, MemberFacts, MembershipCore, MembershipError, Restarts, MEMBER_KEY,
+    check_facts, dropped_counter, initial_key_values, is_reserved, live_set_from, member_facts, restart_generation,
+    seeds_to_contact, GossipKeys, LiveSet, MemberEvent, MemberFacts, MembershipCore, MembershipError, Restarts,
+    SealedTransport, MEMBER_KEY,
 };
 use crate::node::metrics::{metrics, ActorMetrics};
 
@@ -97,11 +98,21 @@ pub struct Membership {
     live_gauge: Gauge,
 }
 
-/// Starts gossip over UDP on `config.gossip_addr` and the actor that owns it.
-/// The receiver holds this node alone until gossip reports others; it closes
-/// when the actor stops ([`Shutdown`], or a panic): treat that as fatal.
-pub async fn start(config: MembershipConfig) -> Result<(Addr<Membership>, watch::Receiver<LiveSet>), MembershipError> {
-    start_with_transport(config, Arc::new(UdpTransport)).await
+/// Starts gossip over UDP on `config.gossip_addr`, sealed with `keys`
+/// ([`SealedTransport`]), and the actor that owns it. The receiver holds
+/// this node alone until gossip reports others; it closes when the actor
+/// stops ([`Shutdown`], or a panic): treat that as fatal.
+pub async fn start(
+    config: MembershipConfig,
+    keys: GossipKeys,
+) -> Result<(Addr<Membership>, watch::Receiver<LiveSet>), MembershipError> {
+    let transport = SealedTransport {
+        keys,
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.node_id.to_string(),
+        dropped: dropped_counter(),
+    };
+    start_with_transport(config, Arc::new(transport)).await
 }
 
 /// [`start`] over any chitchat transport (an in-memory one in tests).

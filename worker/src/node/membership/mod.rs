@@ -1,4 +1,5 @@
-//! Membership: who is alive, through chitchat gossip over UDP.
+//! Membership: who is alive, through chitchat gossip over UDP, every
+//! datagram sealed with the cluster's gossip key.
 //!
 //! Every node runs one [`Membership`] actor. It owns the chitchat handle,
 //! publishes this node's small facts (role, hostname, …) as gossip keys, and
@@ -17,6 +18,11 @@
 //!   carries out the rest (publishing, logging, contacting seeds, restarting
 //!   gossip). Gossip runs over chitchat's `UdpTransport` ([`start`]) or any
 //!   other [`Transport`](chitchat::transport::Transport) ([`start_with_transport`]).
+//! - `datagram`: the sealed datagram format (XChaCha20-Poly1305 under the
+//!   cluster's gossip key, see `common::gossip_key`) and the replay guard. No I/O.
+//! - `sealed`: [`SealedTransport`], the transport [`start`] uses: every
+//!   datagram sealed, and forged, replayed or unsealed ones dropped and
+//!   counted in `shoal_gossip_dropped_total{reason}`.
 //! - `tests`: the actor, several nodes in one process over chitchat's
 //!   in-memory `ChannelTransport` (which can cut links), and one real-UDP test.
 //!
@@ -38,7 +44,9 @@ use std::net::SocketAddr;
 
 mod actor;
 mod core;
+pub mod datagram;
 mod keys;
+mod sealed;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +59,7 @@ pub use self::core::{
     SETTLE_PERIOD,
 };
 pub use self::keys::fact;
+pub use self::sealed::{dropped_counter, GossipKeys, SealedTransport};
 // For the siblings, which import only this parent.
 use self::core::{restart_generation, Restarts};
 use self::keys::{check_facts, initial_key_values, is_reserved, member_facts, MEMBER_KEY};

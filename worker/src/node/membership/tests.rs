@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use super::actor::AbortGossip;
 use super::*;
-use crate::node::metrics::metrics;
+use crate::node::metrics::{metrics, Metrics};
+use common::gossip_key::{GossipKey, GossipKeyRing};
 
 /// UDP's largest payload, the limit chitchat's `UdpTransport` has.
 const UDP_MTU: usize = 65_507;
@@ -259,15 +260,16 @@ async fn over_udp_nodes_meet_and_a_taken_port_is_a_retryable_start_error() {
     }
 
     let (a_addr, b_addr) = (free_addr(29), free_addr(30));
-    let (_a, mut a_rx) = start(config("a", a_addr, &[], 1, "manager")).await.unwrap();
-    let (_b, mut b_rx) = start(config("b", b_addr, &[a_addr], 1, "worker")).await.unwrap();
+    let keys = GossipKeys::new(GossipKeyRing::first());
+    let (_a, mut a_rx) = start(config("a", a_addr, &[], 1, "manager"), keys.clone()).await.unwrap();
+    let (_b, mut b_rx) = start(config("b", b_addr, &[a_addr], 1, "worker"), keys.clone()).await.unwrap();
     let both = |live: &LiveSet| ids(live) == ["a", "b"];
     let within = Duration::from_secs(3);
     wait_until("a sees b over udp", &mut a_rx, within, both).await;
     wait_until("b sees a over udp", &mut b_rx, within, both).await;
     assert_eq!(b_rx.borrow().get(&"a".into()).map(|m| m.gossip_addr), Some(a_addr));
 
-    let err = match start(config("x", a_addr, &[], 1, "worker")).await {
+    let err = match start(config("x", a_addr, &[], 1, "worker"), keys).await {
         Ok(_) => panic!("a second node started on {a_addr}/udp, which a holds"),
         Err(err) => err,
     };
@@ -276,4 +278,105 @@ async fn over_udp_nodes_meet_and_a_taken_port_is_a_retryable_start_error() {
         err.to_string().starts_with(&format!("gossip failed to start on {a_addr}: failed to bind to {a_addr}/UDP")),
         "{err}"
     );
+}
+
+/// A free UDP address on 127.0.0.`last`.
+fn free_udp(last: u8) -> SocketAddr {
+    let socket = std::net::UdpSocket::bind(addr(last, 0)).expect("bind loopback");
+    socket.local_addr().expect("local addr")
+}
+
+fn sealed(ring: &GossipKeyRing, id: &str, dropped: &crate::node::metrics::CounterFamily) -> SealedTransport {
+    SealedTransport {
+        keys: GossipKeys::new(ring.clone()),
+        cluster_id: "test-cluster".into(),
+        node_id: id.into(),
+        dropped: dropped.clone(),
+    }
+}
+
+/// An impostor gossiping as `b` (a higher generation, its own address):
+/// with the cluster's key it takes over `b` in `a`'s view (so the test can
+/// fail); with another key under the same id, `a` sees nothing of it and
+/// counts its datagrams as forged.
+#[actix::test]
+async fn a_forged_member_claim_changes_nothing() {
+    use chitchat::transport::Transport;
+    let ring = GossipKeyRing::first();
+    let wrong = GossipKeyRing { current: Some(GossipKey::generate(ring.current.as_ref().unwrap().id)), ..ring.clone() };
+    for (key, takes_over) in [(&ring, true), (&wrong, false)] {
+        let registry = Metrics::new();
+        let dropped = registry.counter_family("dropped", "test", "reason");
+        let (a_addr, b_addr, x_addr) = (free_udp(33), free_udp(34), free_udp(35));
+        let a = start_with_transport(config("a", a_addr, &[], 1, "manager"), Arc::new(sealed(&ring, "a", &dropped)));
+        let (_a, mut a_rx) = a.await.unwrap();
+        let b =
+            start_with_transport(config("b", b_addr, &[a_addr], 1, "worker"), Arc::new(sealed(&ring, "b", &dropped)));
+        let (_b, _b_rx) = b.await.unwrap();
+        let within = Duration::from_secs(3);
+        wait_until("a sees b", &mut a_rx, within, |l| ids(l) == ["a", "b"]).await;
+
+        let forger = sealed(key, "b", &dropped);
+        let (_x, _x_rx) =
+            start_with_transport(config("b", x_addr, &[a_addr], 1 << 60, "manager"), Arc::new(forger)).await.unwrap();
+        let b_in_a = |l: &LiveSet| l.get(&"b".into()).map(|m| m.gossip_addr);
+        if takes_over {
+            wait_until("the impostor takes over b", &mut a_rx, within, |l| b_in_a(l) == Some(x_addr)).await;
+            assert_eq!(dropped.get("forged"), 0);
+        } else {
+            let deadline = Instant::now() + within;
+            while dropped.get("forged") < 5 {
+                assert!(Instant::now() < deadline, "the forged datagrams were not seen");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(b_in_a(&a_rx.borrow()), Some(b_addr), "b is still b");
+            assert_eq!(ids(&a_rx.borrow()), ["a", "b"]);
+            // The impostor's socket is ours: it opened.
+            assert!(sealed(key, "b", &dropped).open(free_udp(36)).await.is_ok());
+        }
+    }
+}
+
+/// The transport itself over real UDP: a datagram is taken once, a second
+/// copy is dropped as replayed; one sealed with another key, one in clear
+/// and one for another address are dropped and counted.
+#[actix::test]
+async fn the_sealed_transport_takes_a_datagram_once() {
+    use chitchat::transport::{Socket, Transport, UdpSocket};
+    use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
+    let registry = Metrics::new();
+    let dropped = registry.counter_family("dropped", "test", "reason");
+    let ring = GossipKeyRing::first();
+    let key = ring.current.clone().unwrap();
+    let mut a = sealed(&ring, "a", &dropped).open(free_udp(37)).await.unwrap();
+    let mut b = sealed(&ring, "b", &dropped).open(free_udp(38)).await.unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let envelope = || ChitchatEnvelope { version: ProtocolVersion::V1, message: ChitchatMessage::BadCluster };
+
+    // The real path.
+    a.send(b_addr, envelope()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), b.recv()).await.unwrap().unwrap();
+    assert_eq!((got.from_addr, got.envelope), (a.local_addr().unwrap(), envelope()));
+
+    // chitchat's bytes of the envelope, to seal by hand.
+    let mut codec = UdpSocket::open(addr(1, 0)).await.unwrap();
+    let raw = tokio::net::UdpSocket::bind(addr(39, 0)).await.unwrap();
+    codec.send(raw.local_addr().unwrap(), envelope()).await.unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = raw.recv(&mut buf).await.unwrap();
+    let plain = buf[..n].to_vec();
+
+    let now = common::time::now_ms();
+    let once = super::datagram::seal(&key, "test-cluster", "x", b_addr, now * 1000, &plain);
+    let forged =
+        super::datagram::seal(&GossipKey::generate(key.id), "test-cluster", "x", b_addr, now * 1000 + 1, &plain);
+    let elsewhere = super::datagram::seal(&key, "test-cluster", "x", addr(9, 9), now * 1000 + 2, &plain);
+    for d in [&once, &once, &forged, &plain, &elsewhere] {
+        raw.send_to(d, b_addr).await.unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(2), b.recv()).await.unwrap().unwrap();
+    assert_eq!((got.from_addr, got.envelope), (raw.local_addr().unwrap(), envelope()));
+    assert!(tokio::time::timeout(Duration::from_millis(300), b.recv()).await.is_err(), "nothing else is taken");
+    let counts = ["replayed", "forged", "unsealed"].map(|r| dropped.get(r));
+    assert_eq!(counts, [2, 1, 1], "replayed (the copy, and the one for another address), forged, unsealed");
 }
