@@ -307,3 +307,63 @@ fn env_files_ulimits_log_drivers_and_update_add_rm_flags_reach_the_container() {
     let ls = c.shoal_ok(&["service", "ls", "-q"]);
     assert_eq!(ls.lines().count(), 1, "{ls}");
 }
+
+#[test]
+fn update_single_value_flags_and_a_memory_reservation_reach_the_new_container() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    c.create_service(
+        "single",
+        &["-d", "--hostname", "first", "--reserve-memory", "32MiB", "--stop-grace-period", "1s"],
+        &["sleep", "100000"],
+    );
+    let old = inspect("single");
+    assert_eq!(old["Config"]["Hostname"], "first");
+    assert_eq!(old["HostConfig"]["MemoryReservation"], 32 << 20, "Swarm's soft limit");
+    let old_id = old["Id"].as_str().unwrap().to_string();
+    c.shoal_ok(&[
+        "service",
+        "update",
+        "-d",
+        "--hostname",
+        "second",
+        "--user",
+        "65534",
+        "--workdir",
+        "/tmp",
+        "--read-only",
+        "--stop-signal",
+        "SIGINT",
+        "--limit-memory",
+        "64MiB",
+        "--limit-pids",
+        "50",
+        "single",
+    ]);
+    let id = running_other_than("single", &old_id);
+    let out = docker(&["inspect", &id]).ok();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let new = &v[0];
+    assert_eq!(new["Config"]["Hostname"], "second");
+    assert_eq!(new["Config"]["User"], "65534");
+    assert_eq!(new["Config"]["WorkingDir"], "/tmp");
+    assert_eq!(new["Config"]["StopSignal"], "SIGINT");
+    assert_eq!(new["HostConfig"]["ReadonlyRootfs"], true);
+    assert_eq!(new["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(new["HostConfig"]["PidsLimit"], 50);
+    assert_eq!(exec(&id, "id -u").unwrap().trim(), "65534", "what the process sees");
+    // Unset again: an empty hostname and a zero limit, as in docker.
+    c.shoal_ok(&["service", "update", "-d", "--hostname", "", "--limit-memory", "0", "--read-only=false", "single"]);
+    let third = running_other_than("single", &id);
+    let out = docker(&["inspect", &third]).ok();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_ne!(v[0]["Config"]["Hostname"], "second");
+    assert_eq!(v[0]["HostConfig"]["Memory"], 0);
+    assert_eq!(v[0]["HostConfig"]["ReadonlyRootfs"], false);
+    c.shoal_fails(
+        &["service", "update", "--limit-pids", "many", "single"],
+        "invalid argument \"many\" for \"--limit-pids\" flag",
+    );
+}

@@ -109,6 +109,7 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeepLogs {
     pub service_id: ServiceId,
+    pub slot: Option<u64>,
     pub retention_ms: u64,
 }
 
@@ -346,7 +347,7 @@ impl SupervisorCore {
                 // Its logs outlive it for the task's log retention.
                 let keep_logs = match (&c.service_id, c.log_retention_ms) {
                     (Some(service_id), Some(retention_ms)) if retention_ms > 0 => {
-                        Some(KeepLogs { service_id: service_id.clone(), retention_ms })
+                        Some(KeepLogs { service_id: service_id.clone(), slot: c.slot, retention_ms })
                     }
                     _ => None,
                 };

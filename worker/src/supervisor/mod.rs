@@ -183,8 +183,17 @@ impl TaskSupervisor {
                     if let Some(k) = keep_logs {
                         use futures::StreamExt;
                         // What it wrote, read once it has stopped writing.
-                        let lines: Vec<_> =
-                            rt.logs(&task, &container_id, false, None).filter_map(|l| async { l.ok() }).collect().await;
+                        let slot = k.slot;
+                        let lines: Vec<_> = rt
+                            .logs(&task, &container_id, false, None)
+                            .filter_map(|l| async move {
+                                l.ok().map(|mut l| {
+                                    l.slot = slot;
+                                    l
+                                })
+                            })
+                            .collect()
+                            .await;
                         archive.put(task, k.service_id, lines, now_ms(), k.retention_ms);
                     }
                     match rt.remove(&container_id).await {
