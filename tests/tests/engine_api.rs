@@ -484,3 +484,37 @@ fn the_docker_sdk_for_python_drives_services_tasks_and_nodes() {
     let out = tests::run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
     assert!(out.success() && out.stdout.contains("all checks passed"), "{out}");
 }
+
+#[test]
+fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let d = cli(&c);
+    let id = d.ok(&["network", "create", "-d", "overlay", "--subnet", "10.77.0.0/16", "--label", "team=a", "app"]);
+    assert!(!id.trim().is_empty(), "prints the id: {id}");
+    let ls = d.ok(&["network", "ls"]);
+    assert!(ls.lines().any(|l| l.contains(" app ") && l.contains("overlay") && l.contains("swarm")), "{ls}");
+    let insp = d.ok(&[
+        "network",
+        "inspect",
+        "app",
+        "--format",
+        "{{.Driver}} {{(index .IPAM.Config 0).Subnet}} {{.Labels.team}}",
+    ]);
+    assert_eq!(insp.trim(), "overlay 10.77.0.0/16 a");
+    // The same network through shoal's own CLI.
+    assert!(c.shoal_ok(&["network", "ls"]).contains("app"));
+    // docker asks for a bridge unless told: refused, with what to do.
+    d.fails(&["network", "create", "plain"], "use `docker network create -d overlay plain`");
+    d.fails(&["network", "inspect", "nope"], "not found");
+
+    d.ok(&["service", "create", "-d", "--name", "web", "--network", "app", busybox_image(), "sleep", "100000"]);
+    let vips = d.ok(&["service", "inspect", "web", "--format", "{{json .Endpoint.VirtualIPs}}"]);
+    assert!(vips.contains(id.trim()) && vips.contains("10.77."), "a VIP on app: {vips}");
+    d.fails(&["network", "rm", "app"], "is in use by service web");
+    d.ok(&["service", "rm", "web"]);
+    d.ok(&["network", "rm", "app"]);
+    assert!(!d.ok(&["network", "ls"]).contains(" app "));
+}

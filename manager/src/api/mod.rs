@@ -22,7 +22,7 @@ pub mod files;
 pub mod locked;
 mod logs;
 mod metrics;
-mod networks;
+pub(crate) mod networks;
 mod nodes;
 mod services;
 mod ui;

@@ -9,7 +9,7 @@ use super::{manager, propose, ApiState, Error, Result};
 use crate::store::Command;
 use crate::Manager;
 
-fn find_network(m: &Manager, key: &str) -> Result<Network> {
+pub(crate) fn find_network(m: &Manager, key: &str) -> Result<Network> {
     m.store.read().find_network(key).cloned().ok_or_else(|| Error::not_found("network", key))
 }
 
@@ -24,18 +24,27 @@ pub(super) async fn get_network(state: web::Data<ApiState>, key: web::Path<Strin
     Ok(HttpResponse::Ok().json(find_network(m, &key)?))
 }
 
-pub(super) async fn create_network(state: web::Data<ApiState>, spec: web::Json<NetworkSpec>) -> Result<HttpResponse> {
-    let m = manager(&state)?;
-    let spec = spec.into_inner();
+/// Checks and creates a network: what both APIs' create calls.
+pub(crate) async fn create(m: &Manager, spec: NetworkSpec) -> Result<Network> {
     spec.validate()?;
     let id = NetworkId::random();
     propose(m, Command::CreateNetwork { id: id.clone(), spec, at: now_ms() }).await?;
-    Ok(HttpResponse::Created().json(find_network(m, id.as_str())?))
+    find_network(m, id.as_str())
+}
+
+/// Removes a network (refused while a service uses it): what both APIs' remove calls.
+pub(crate) async fn remove(m: &Manager, key: &str) -> Result<Network> {
+    let net = find_network(m, key)?;
+    propose(m, Command::RemoveNetwork(net.id.clone())).await?;
+    Ok(net)
+}
+
+pub(super) async fn create_network(state: web::Data<ApiState>, spec: web::Json<NetworkSpec>) -> Result<HttpResponse> {
+    let m = manager(&state)?;
+    Ok(HttpResponse::Created().json(create(m, spec.into_inner()).await?))
 }
 
 pub(super) async fn remove_network(state: web::Data<ApiState>, key: web::Path<String>) -> Result<HttpResponse> {
     let m = manager(&state)?;
-    let net = find_network(m, &key)?;
-    propose(m, Command::RemoveNetwork(net.id.clone())).await?;
-    Ok(HttpResponse::Ok().json(net))
+    Ok(HttpResponse::Ok().json(remove(m, &key).await?))
 }

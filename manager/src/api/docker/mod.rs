@@ -22,6 +22,7 @@
 mod files;
 mod filters;
 pub(crate) mod json;
+mod networks;
 mod nodes;
 mod objects;
 mod services;
@@ -208,6 +209,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         vec![web::get().to(files::inspect::<ConfigId>), web::delete().to(files::remove::<ConfigId>)],
     );
     add(cfg, "/configs/{id}/update", vec![web::post().to(files::update::<ConfigId>)]);
+    add(cfg, "/networks", vec![web::get().to(networks::list)]);
+    add(cfg, "/networks/create", vec![web::post().to(networks::create)]);
+    add(cfg, "/networks/{id}", vec![web::get().to(networks::inspect), web::delete().to(networks::remove)]);
     add(cfg, "/nodes", vec![web::get().to(nodes::list)]);
     add(cfg, "/nodes/{id}", vec![web::get().to(nodes::inspect), web::delete().to(nodes::remove)]);
     add(cfg, "/nodes/{id}/update", vec![web::post().to(nodes::update)]);
