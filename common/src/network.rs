@@ -53,8 +53,8 @@ pub enum NetworkError {
     #[error("subnet {0} is too small or too large: a network's subnet must be /{MIN_NETWORK_PREFIX} to /{MAX_NETWORK_PREFIX}")]
     SubnetSize(Subnet),
     #[error(
-        "invalid network name {0:?}: a network name must be a DNS label (1-63 letters, digits and '-', not \
-         starting or ending with '-')"
+        "invalid network name {0:?}: a network name starts with a letter or digit and has only letters, \
+         digits, '_', '.' and '-' (at most 255), as in Docker"
     )]
     Name(String),
     #[error("network name {0:?} is reserved")]
@@ -212,10 +212,10 @@ pub struct NetworkSpec {
 }
 
 impl NetworkSpec {
-    /// A name that is a DNS label, not `host`; a subnet of a usable size;
+    /// A name of Docker's form, not `host`; a subnet of a usable size;
     /// no encryption (not built yet).
     pub fn validate(&self) -> Result<(), NetworkError> {
-        if !is_dns_label(&self.name) {
+        if !is_network_name(&self.name) {
             return Err(NetworkError::Name(self.name.clone()));
         }
         if self.name == HOST_NETWORK || self.name == "bridge" || self.name == "none" || self.name == "ingress" {
@@ -231,6 +231,15 @@ impl NetworkSpec {
         }
         Ok(())
     }
+}
+
+/// Docker's rule for object names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`): what
+/// `docker stack deploy` makes (`STACK_default`) must pass. Network names
+/// are never looked up in DNS; service names and aliases are.
+pub fn is_network_name(s: &str) -> bool {
+    s.len() <= 255
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// A DNS label (RFC 1123): 1-63 letters, digits and `-`, not at either end.
@@ -494,9 +503,13 @@ mod tests {
         assert!(e.contains("unknown field \"colour\""), "{e}");
         let spec = |name: &str| NetworkSpec { name: name.into(), ..Default::default() };
         assert!(spec("app-1").validate().is_ok());
-        for bad in ["App_1", "-app", "a.b", ""] {
+        // Docker's names, `docker stack deploy`'s `st_default` among them.
+        for good in ["App_1", "st_default", "a.b"] {
+            assert!(spec(good).validate().is_ok(), "{good}");
+        }
+        for bad in ["-app", "_a", "a b", "a/b", ""] {
             let e = spec(bad).validate().unwrap_err().to_string();
-            assert!(e.contains("must be a DNS label"), "{bad}: {e}");
+            assert!(e.contains("starts with a letter or digit and has only letters"), "{bad}: {e}");
         }
         assert_eq!(spec("host").validate().unwrap_err().to_string(), "network name \"host\" is reserved");
         let mut s = spec("app");

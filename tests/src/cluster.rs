@@ -636,6 +636,14 @@ impl Drop for Cluster {
             let out = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label=shoal.node.id={id}")]);
             let ids: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
             docker_rm_force(&ids);
+            // Its Docker networks (worker::net): the nodes of this harness
+            // share one engine and a node removes its networks only while it
+            // runs; a stale one would collide (by bridge name) with the next
+            // cluster's network of the same VNI.
+            let nets = docker(&["network", "ls", "-q", "--filter", &format!("label=shoal.node.id={id}")]);
+            for net in nets.stdout.split_whitespace() {
+                let _ = docker(&["network", "rm", net]);
+            }
             // The tmpfs directory a node writes its tasks' secrets and
             // configs to (worker::runtime::files).
             if !id.is_empty() && !id.contains('/') {

@@ -518,3 +518,79 @@ fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
     d.ok(&["network", "rm", "app"]);
     assert!(!d.ok(&["network", "ls"]).contains(" app "));
 }
+
+#[test]
+fn docker_stack_deploy_creates_the_network_secrets_and_services_and_stack_rm_removes_them() {
+    if !require_docker() {
+        return;
+    }
+    // One node: the nodes of this harness share one Docker engine, where a
+    // second node's copy of the stack's network would collide with the
+    // first's (tests/tests/networks.rs runs networks on real hosts).
+    let c = Cluster::new(1);
+    let d = cli(&c);
+    let dir = tempfile_dir("stack");
+    std::fs::write(dir.join("pw.txt"), "s3cret-value\n").unwrap();
+    let compose = format!(
+        "version: \"3.8\"\n\
+         services:\n\
+         \x20 web:\n\
+         \x20   image: {img}\n\
+         \x20   command: [\"sh\", \"-c\", \"cat /run/secrets/pw; exec sleep 100000\"]\n\
+         \x20   secrets: [pw]\n\
+         \x20   deploy:\n\
+         \x20     replicas: 2\n\
+         \x20 worker:\n\
+         \x20   image: {img}\n\
+         \x20   command: [\"sleep\", \"100000\"]\n\
+         secrets:\n\
+         \x20 pw:\n\
+         \x20   file: ./pw.txt\n",
+        img = busybox_image()
+    );
+    std::fs::write(dir.join("compose.yml"), compose).unwrap();
+    let file = dir.join("compose.yml");
+    let out = d.run_for(CONVERGE, &["stack", "deploy", "-c", file.to_str().unwrap(), "st"]);
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout.contains("Creating network st_default"), "{out}");
+    assert!(
+        out.stdout.contains("Creating service st_web") && out.stdout.contains("Creating service st_worker"),
+        "{out}"
+    );
+    let nets = d.ok(&["network", "ls"]);
+    assert!(nets.contains("st_default"), "{nets}");
+    let stacks = d.ok(&["stack", "ls"]);
+    assert!(stacks.lines().any(|l| l.starts_with("st ") && l.contains('2')), "{stacks}");
+    c.wait_running("st_web", 2, CONVERGE);
+    c.wait_running("st_worker", 1, CONVERGE);
+    let ps = d.ok(&["stack", "services", "st"]);
+    assert!(ps.contains("st_web") && ps.contains("2/2"), "{ps}");
+    wait_for(CONVERGE, "the secret read inside a task", || {
+        let logs = d.run_for(Duration::from_secs(20), &["service", "logs", "st_web"]);
+        (logs.stdout.matches("s3cret-value").count() == 2).then_some(()).ok_or(logs.to_string())
+    });
+    // Deploying again updates in place.
+    let again = d.run_for(CONVERGE, &["stack", "deploy", "-c", file.to_str().unwrap(), "st"]);
+    assert!(again.status.success() && again.stdout.contains("Updating service st_web"), "{again}");
+
+    let rm = d.run_for(CONVERGE, &["stack", "rm", "st"]);
+    assert!(rm.status.success(), "{rm}");
+    wait_for(CONVERGE, "the stack gone", || {
+        let ls = d.ok(&["service", "ls"]);
+        let nets = d.ok(&["network", "ls"]);
+        (!ls.contains("st_") && !nets.contains("st_default")).then_some(()).ok_or(format!("{ls}{nets}"))
+    });
+    assert!(!d.ok(&["secret", "ls"]).contains("st_pw"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system temp dir.
+fn tempfile_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-{what}-{}-{}", std::process::id(), common_nanos()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn common_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}

@@ -51,8 +51,8 @@ fn tasks_on_two_hosts_reach_each_other_and_networks_are_kept_apart() {
     let h = Hosts::up(2, 1, Mesh::Kernel);
 
     // Bad input first: clear errors, nothing written.
-    let out = h.shoal(1, &["network", "create", "Bad_Name"]);
-    assert!(!out.success() && out.stderr.contains("must be a DNS label"), "{out}");
+    let out = h.shoal(1, &["network", "create", "bad/name"]);
+    assert!(!out.success() && out.stderr.contains("starts with a letter or digit and has only letters"), "{out}");
     h.shoal_ok(1, &["network", "create", "a"]);
     h.shoal_ok(1, &["network", "create", "--subnet", "10.50.0.0/16", "b"]);
     let out = h.shoal(1, &["network", "create", "--subnet", "10.50.3.0/24", "c"]);

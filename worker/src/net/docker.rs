@@ -6,6 +6,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use bollard::Docker;
 use common::network::{bridge_name, gateway_of, Subnet};
+use common::NodeId;
 
 use super::NetError;
 
@@ -14,7 +15,17 @@ pub const MTU: u32 = 1450;
 
 /// Makes the network unless it exists (a network removed and made again
 /// under the same name has a new id, hence a new Docker name).
-pub async fn ensure(docker: &Docker, name: &str, range: Subnet, block: Subnet, vni: u32) -> Result<(), NetError> {
+/// Makes the node's Docker network `name` of a shoal network if missing;
+/// labelled with the node that made it (`shoal.node.id`), as its
+/// containers are, so what a node leaves behind can be found.
+pub async fn ensure(
+    docker: &Docker,
+    node: &NodeId,
+    name: &str,
+    range: Subnet,
+    block: Subnet,
+    vni: u32,
+) -> Result<(), NetError> {
     let err = |e: BollardError| NetError::Docker { name: name.to_string(), message: e.to_string() };
     match docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
         Ok(_) => return Ok(()),
@@ -39,7 +50,9 @@ pub async fn ensure(docker: &Docker, name: &str, range: Subnet, block: Subnet, v
             ..Default::default()
         }),
         options: Some(options),
-        labels: Some([("shoal.network".to_string(), "true".to_string())].into()),
+        labels: Some(
+            [("shoal.network".to_string(), "true".to_string()), ("shoal.node.id".to_string(), node.to_string())].into(),
+        ),
         ..Default::default()
     };
     match docker.create_network(body).await {

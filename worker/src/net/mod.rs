@@ -84,7 +84,7 @@ impl Programmer {
     async fn apply(&self, change: &Change) -> Result<(), NetError> {
         match change {
             Change::Add(n) | Change::Update(n) => {
-                docker::ensure(&self.docker, &n.docker_name, n.range, n.block, n.vni).await?;
+                docker::ensure(&self.docker, &self.node, &n.docker_name, n.range, n.block, n.vni).await?;
                 link::ensure_vxlan(n.vni, self.underlay, &n.peers).await
             }
             Change::Remove(n) => {
