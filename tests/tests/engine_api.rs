@@ -490,6 +490,7 @@ fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
     if !require_docker() {
         return;
     }
+    // Names no other test of this file uses: they share the Docker engine.
     let c = Cluster::new(1);
     let d = cli(&c);
     let id = d.ok(&["network", "create", "-d", "overlay", "--subnet", "10.77.0.0/16", "--label", "team=a", "app"]);
@@ -510,11 +511,11 @@ fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
     d.fails(&["network", "create", "plain"], "use `docker network create -d overlay plain`");
     d.fails(&["network", "inspect", "nope"], "not found");
 
-    d.ok(&["service", "create", "-d", "--name", "web", "--network", "app", busybox_image(), "sleep", "100000"]);
-    let vips = d.ok(&["service", "inspect", "web", "--format", "{{json .Endpoint.VirtualIPs}}"]);
+    d.ok(&["service", "create", "-d", "--name", "netweb", "--network", "app", busybox_image(), "sleep", "100000"]);
+    let vips = d.ok(&["service", "inspect", "netweb", "--format", "{{json .Endpoint.VirtualIPs}}"]);
     assert!(vips.contains(id.trim()) && vips.contains("10.77."), "a VIP on app: {vips}");
-    d.fails(&["network", "rm", "app"], "is in use by service web");
-    d.ok(&["service", "rm", "web"]);
+    d.fails(&["network", "rm", "app"], "is in use by service netweb");
+    d.ok(&["service", "rm", "netweb"]);
     d.ok(&["network", "rm", "app"]);
     assert!(!d.ok(&["network", "ls"]).contains(" app "));
 }
