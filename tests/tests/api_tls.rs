@@ -91,7 +91,7 @@ fn the_api_over_tls_takes_only_issued_certificates_and_readonly_ones_only_read()
     assert_eq!(https(&addr, ro_config.clone(), "GET", "/v1/join-tokens").unwrap().0, 403);
     // The admin creates a service (the harness's CLI, over TLS); the stock
     // docker CLI with an issued bundle lists it.
-    c.shoal_ok(&["service", "create", "--detach=true", "--name", "web", busybox_image(), "sleep", "600"]);
+    c.shoal_ok(&["service", "create", "--detach=true", "--name", "tlsweb", busybox_image(), "sleep", "600"]);
     let ro_flags = ["--tlscacert", "ca.pem", "--tlscert", "cert.pem", "--tlskey", "key.pem"].map(|f| {
         if f.starts_with("--") {
             f.to_string()
@@ -101,11 +101,11 @@ fn the_api_over_tls_takes_only_issued_certificates_and_readonly_ones_only_read()
     });
     let mut rm = vec!["-H", &addr];
     rm.extend(ro_flags.iter().map(String::as_str));
-    rm.extend(["service", "rm", "web"]);
+    rm.extend(["service", "rm", "tlsweb"]);
     let out =
         run_with_timeout(std::process::Command::new(tests::shoal_bin()).args(&rm), Duration::from_secs(30)).unwrap();
     assert!(!out.success(), "a readonly certificate removed a service");
-    assert!(out.stderr.contains("is readonly: DELETE /v1/services/web is not allowed"), "{}", out.stderr);
+    assert!(out.stderr.contains("is readonly: DELETE /v1/services/tlsweb is not allowed"), "{}", out.stderr);
 
     let alice = dirs.path().join("alice");
     c.shoal_ok(&["cert", "issue", "--name", "alice", "--output", alice.to_str().unwrap()]);
@@ -123,6 +123,19 @@ fn the_api_over_tls_takes_only_issued_certificates_and_readonly_ones_only_read()
         cmd.args(["--format", "{{.Name}} {{.Mode}}"]);
         let out = run_with_timeout(&mut cmd, Duration::from_secs(60)).unwrap();
         assert!(out.success(), "{}: {}", bin.display(), out.stderr);
-        assert_eq!(out.stdout.trim(), "web replicated", "{}", bin.display());
+        assert_eq!(out.stdout.trim(), "tlsweb replicated", "{}", bin.display());
     }
+    // Its container goes with it: the engine is shared with the next tests.
+    c.shoal_ok(&["service", "rm", "tlsweb"]);
+    tests::wait_for(Duration::from_secs(60), "tlsweb's container gone", || {
+        // The local engine, without this test's TLS settings for shoal.
+        let out = std::process::Command::new("docker")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .args(["ps", "-aq", "--filter", "label=shoal.service.name=tlsweb"])
+            .output()
+            .expect("docker ps");
+        let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && left.is_empty()).then_some(()).ok_or(left)
+    });
 }
