@@ -163,6 +163,10 @@ pub enum Frame {
     /// Dispatcher → node, first on each session and whenever it changes:
     /// the keys that seal gossip.
     GossipKeys(GossipKeyRing),
+    /// Dispatcher → node, whenever it changes (and first on each session
+    /// once any node was removed): the nodes removed from the cluster. Every
+    /// node refuses a connection made with one of their certificates.
+    Revoked(std::collections::BTreeSet<NodeId>),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -88,6 +88,10 @@ pub struct ClusterInfo {
     /// was sealed, until `shoal gossip-key rotate`).
     #[serde(default, skip_serializing_if = "common::gossip_key::GossipKeyRing::is_empty")]
     pub gossip_keys: common::gossip_key::GossipKeyRing,
+    /// The nodes removed from the cluster: their certificates stay valid
+    /// for the CA until they expire, so every node refuses them by id.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub revoked: std::collections::BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -603,6 +607,9 @@ impl Store {
                 changes.push(Change::Node { id, action: "update" });
             }
             Command::RemoveNode(id) => {
+                if self.nodes.contains_key(&id) {
+                    self.cluster.revoked.insert(id.clone());
+                }
                 self.descriptions.remove(&id);
                 self.release_node_blocks(&id);
                 if let Some(n) = self.nodes.remove(&id) {
@@ -1033,6 +1040,7 @@ impl Undo {
             }
             Command::AddNode(n) => self.saved.push(node(&n.id)),
             Command::RemoveNode(id) => {
+                self.saved.push(Saved::Cluster(Box::new(store.cluster.clone())));
                 self.saved.push(node(id));
                 self.saved.push(Saved::Networks(store.networks.clone()));
                 self.saved.push(Saved::Description(id.clone(), store.descriptions.get(id).cloned()));

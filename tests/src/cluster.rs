@@ -616,6 +616,15 @@ impl Drop for Cluster {
                 }
             }
         }
+        // A node the API did not name (its API is TLS-only, or it never
+        // answered) still wrote its id to its data directory when it joined.
+        for n in self.nodes.iter_mut().filter(|n| n.id.is_none()) {
+            let state = std::fs::read(n.data_dir.join("node.json")).ok();
+            let v = state.and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            if let Some(id) = v.as_ref().and_then(|v| v["node_id"].as_str()) {
+                n.id = Some(id.to_string());
+            }
+        }
         // Stop all nodes at once: SIGTERM to each, then wait on each.
         let children: Vec<(usize, Child)> =
             self.nodes.iter_mut().enumerate().filter_map(|(k, n)| n.child.take().map(|c| (k + 1, c))).collect();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gossip_key::GossipKeyRing;
-use tests::{require_docker, wait_for, Cluster, ClusterSpec};
+use tests::{require_docker, wait_for, Cluster, ClusterSpec, CLUSTER_PORT};
 use worker::node::membership::{fact, start_with_transport, GossipKeys, MembershipConfig, SealedTransport};
 use worker::node::metrics::Metrics;
 
@@ -185,8 +185,31 @@ fn a_removed_node_can_no_longer_gossip_and_a_rotation_keeps_the_rest_whole() {
         assert_eq!(dropped(&c, i, "unknown_key"), 0, "node{i} dropped nothing for its key");
     }
 
+    // Before its removal node4's certificate passes every node's handshake:
+    // a worker answers its session hello only that it is no manager.
+    let identity = worker::node::tls::NodeIdentity::load(&c.data_dir(4).join("tls")).unwrap().unwrap();
+    let tls = worker::node::tls::Tls::new(&identity).unwrap();
+    let node4: common::NodeId = c.node_id(4).as_str().into();
+    let hello_from_node4 = |i: usize| -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let addr = SocketAddr::from((c.addr(i), CLUSTER_PORT));
+        let hello = common::wire::Hello::Session { node_id: node4.clone() };
+        match rt.block_on(worker::node::net::dial(&tls, addr, hello)) {
+            Ok((_, frame)) => format!("answered {frame:?}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert!(hello_from_node4(2).contains("this node is not a manager"), "{}", hello_from_node4(2));
+
     // node rm rotates too, and the removed node is not given the new key.
     c.shoal_ok(&["node", "rm", "--force", &c.hostname(4)]);
+    // Its certificate is refused everywhere: by the manager and by workers.
+    for i in 1..=3 {
+        wait_for(Duration::from_secs(10), &format!("node{i} to refuse node4's certificate"), || {
+            let answer = hello_from_node4(i);
+            answer.contains("was removed from the cluster: its certificate is revoked").then_some(()).ok_or(answer)
+        });
+    }
     wait_for(Duration::from_secs(30), "node4's gossip to be refused", || {
         let (members, refused) = (live_members(&c, 4), dropped(&c, 1, "unknown_key"));
         if members == 1 && refused > 0 && (1..=3).all(|i| live_members(&c, i) == 3) {

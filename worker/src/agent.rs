@@ -36,6 +36,8 @@ pub trait AgentSink: Send + Sync + 'static {
     fn files(&self, _files: Vec<FileData>) {}
     /// The keys that seal gossip.
     fn gossip_keys(&self, _ring: common::gossip_key::GossipKeyRing) {}
+    /// The nodes removed from the cluster, whose certificates are refused.
+    fn revoked(&self, _nodes: std::collections::BTreeSet<NodeId>) {}
 }
 
 pub struct Agent {
@@ -135,6 +137,7 @@ impl Agent {
                         Frame::Mesh(table) => sink.mesh(table),
                         Frame::Files(files) => sink.files(files),
                         Frame::GossipKeys(ring) => sink.gossip_keys(ring),
+                        Frame::Revoked(nodes) => sink.revoked(nodes),
                         Frame::Heartbeat => tx.send(Frame::Heartbeat).await?,
                         other => tracing::debug!(frame = ?other, "unexpected frame in session"),
                     }

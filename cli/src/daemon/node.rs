@@ -62,6 +62,8 @@ struct Sink {
     /// What gossip seals with, and the key of its copy on disk.
     gossip_keys: GossipKeys,
     storage_key: SealKey,
+    /// The cluster port's router, told which nodes were removed.
+    router: Router,
 }
 
 impl AgentSink for Sink {
@@ -95,6 +97,13 @@ impl AgentSink for Sink {
                 tracing::warn!(error = %e, "cannot save the gossip keys");
             }
         }
+    }
+    fn revoked(&self, nodes: std::collections::BTreeSet<NodeId>) {
+        tracing::info!(removed_nodes = nodes.len(), "certificates of removed nodes are refused");
+        if let Err(e) = super::state::save_revoked(&self.data_dir, &nodes) {
+            tracing::warn!(error = %e, "cannot save the removed nodes");
+        }
+        self.router.set_revoked(nodes);
     }
     fn managers(&self, managers: Vec<PeerInfo>) {
         let mut s = self.state.write();
@@ -296,6 +305,8 @@ pub(crate) async fn run_node(
         actix::Actor::start(TaskSupervisor::with_config(state.node_id.clone(), runtime.clone(), reports_tx, config));
 
     let router = Router::new(log_source(runtime.clone(), state.node_id.clone(), archive), &tls);
+    // Removed nodes stay refused across a restart, before any session.
+    router.set_revoked(super::state::load_revoked(&data_dir));
     let mut mgr: Option<Manager> = None;
     if state.role == Role::Manager {
         // Raft needs the other managers' addresses before its store has
@@ -333,7 +344,7 @@ pub(crate) async fn run_node(
     }
     // Dropping `stop_cluster_port` (or sending on it) stops the listener.
     let (stop_cluster_port, cluster_port_stopped) = tokio::sync::oneshot::channel::<()>();
-    let cluster_port = actix::spawn(router.serve(listener, limits, async {
+    let cluster_port = actix::spawn(router.clone().serve(listener, limits, async {
         let _ = cluster_port_stopped.await;
     }));
 
@@ -364,6 +375,7 @@ pub(crate) async fn run_node(
         networks: networks_tx,
         gossip_keys: gossip_keys.clone(),
         storage_key: opts.storage_key.clone(),
+        router,
     });
     // What the mesh cannot serve, for the managers to show.
     let (failures_tx, failures_rx) = watch::channel(Vec::new());
@@ -585,6 +597,7 @@ async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa, gossip
         created_at: now,
         ca,
         gossip_keys,
+        revoked: Default::default(),
     };
     let node = Node {
         id: state.node_id.clone(),

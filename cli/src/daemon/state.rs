@@ -142,3 +142,28 @@ pub(crate) fn init_state(args: &DaemonArgs) -> Result<NodeState> {
         managers: vec![],
     })
 }
+
+fn revoked_path(dir: &Path) -> PathBuf {
+    dir.join("revoked.json")
+}
+
+/// The nodes removed from the cluster as this node last heard (empty if it
+/// never did, or if the file cannot be read: the next session resends it).
+pub(crate) fn load_revoked(dir: &Path) -> std::collections::BTreeSet<NodeId> {
+    let path = revoked_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot parse the removed nodes; the leader resends them");
+            Default::default()
+        }),
+        Err(_) => Default::default(),
+    }
+}
+
+pub(crate) fn save_revoked(dir: &Path, nodes: &std::collections::BTreeSet<NodeId>) -> Result<()> {
+    let path = revoked_path(dir);
+    let tmp = dir.join("revoked.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(nodes)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -136,6 +136,7 @@ struct Session {
     files_sent: BTreeSet<(Kind, String)>,
     /// The gossip key ring this node was last sent.
     gossip_keys_sent: Option<common::gossip_key::GossipKeyRing>,
+    revoked_sent: Option<std::collections::BTreeSet<NodeId>>,
 }
 
 pub struct Dispatcher {
@@ -241,6 +242,11 @@ impl Dispatcher {
             if !gossip_keys.is_empty() && session.gossip_keys_sent.as_ref() != Some(gossip_keys) {
                 let _ = session.tx.send(Frame::GossipKeys(gossip_keys.clone()));
                 session.gossip_keys_sent = Some(gossip_keys.clone());
+            }
+            let revoked = &store.cluster.revoked;
+            if !revoked.is_empty() && session.revoked_sent.as_ref() != Some(revoked) {
+                let _ = session.tx.send(Frame::Revoked(revoked.clone()));
+                session.revoked_sent = Some(revoked.clone());
             }
             if mesh_changed || !session.mesh_sent {
                 let _ = session.tx.send(Frame::Mesh(self.mesh.clone()));
@@ -394,6 +400,7 @@ impl Handler<Register> for Dispatcher {
                 mesh_sent: false,
                 files_sent: BTreeSet::new(),
                 gossip_keys_sent: None,
+                revoked_sent: None,
             },
         );
         self.push_all();

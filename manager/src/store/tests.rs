@@ -198,6 +198,7 @@ fn history() -> Vec<Command> {
         ca: crate::ca::ClusterCa { cert_pem: "CERT".into(), key_pem: "KEY".into() },
         // Entries from before sealed gossip decode to an empty ring.
         gossip_keys: Default::default(),
+        revoked: Default::default(),
     };
     vec![
         Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node("m1", 1, Role::Manager))]),
@@ -268,7 +269,11 @@ fn entries_and_snapshots_from_before_the_envelope_still_load() {
         assert_eq!(decode_command(bytes).unwrap(), cmd);
         s.apply(cmd).unwrap();
     }
-    // The same store, and the snapshot format has not changed.
+    // The same store, and the snapshot format has not changed, but for the
+    // removed nodes' list the history's `node rm` now writes (a store from
+    // before it has none: nodes removed then are not refused by id).
+    assert_eq!(s.cluster.revoked.iter().map(|n| n.as_str()).collect::<Vec<_>>(), ["w2"]);
+    s.cluster.revoked.clear();
     assert_eq!(s.to_snapshot(), SNAPSHOT_V0);
     let old = Store::from_snapshot(SNAPSHOT_V0).unwrap();
     assert_eq!(old, s);
@@ -586,4 +591,23 @@ fn an_update_for_a_stale_version_is_refused_and_changes_nothing() {
     let err = s.apply(up(1)).unwrap_err();
     assert_eq!(err.to_string(), "service web is at version 2, not 1: update out of sequence");
     assert_eq!(s, before);
+}
+
+#[test]
+fn a_removed_node_is_revoked_and_a_failed_batch_takes_that_back() {
+    let mut s = Store::default();
+    s.apply(Command::AddNode(crate::testing::node("w1"))).unwrap();
+    s.apply(Command::AddNode(crate::testing::node("w2"))).unwrap();
+    // Removing a node that is not there revokes nothing.
+    s.apply(Command::RemoveNode("nobody".into())).unwrap();
+    assert!(s.cluster.revoked.is_empty());
+    s.apply(Command::RemoveNode("w1".into())).unwrap();
+    assert_eq!(s.cluster.revoked.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["w1"]);
+    // A batch that fails after removing w2 leaves it a member, unrevoked.
+    let failing = Command::Batch(vec![Command::RemoveNode("w2".into()), Command::RemoveService("none".into())]);
+    assert!(s.apply(failing).is_err());
+    assert!(s.nodes.contains_key(&NodeId::from("w2")));
+    assert!(!s.cluster.revoked.contains(&NodeId::from("w2")));
+    // The list survives a snapshot.
+    assert_eq!(Store::from_snapshot(&s.to_snapshot()).unwrap(), s);
 }

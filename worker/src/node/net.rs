@@ -15,7 +15,7 @@
 //! for a new one, so idle or stalled connections cannot keep a join, a raft
 //! peer or a node's session out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use bytes::BytesMut;
 use common::backoff::Backoff;
 use common::node::Role;
 use common::wire::{self, Frame, Hello, LogLine, LogRequest, WireError};
+use common::NodeId;
 use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
 use parking_lot::RwLock;
@@ -353,7 +354,7 @@ fn refused_counter() -> CounterFamily {
     metrics().counter_family(
         "shoal_cluster_connections_refused",
         "Cluster-port connections closed by a limit: handshake_full (closed to make room for a newer one), \
-         established_full, manager_busy, timeout (no TLS handshake and hello in time)",
+         established_full, manager_busy, timeout (no TLS handshake and hello in time), revoked (a removed node's certificate)",
         "reason",
     )
 }
@@ -415,11 +416,25 @@ pub struct Router {
     manager: Arc<RwLock<Option<mpsc::Sender<Inbound>>>>,
     logs: LogSource,
     tls: TlsAcceptor,
+    /// Nodes removed from the cluster: a hello made with one of their
+    /// certificates is refused (the CA does not take certificates back).
+    revoked: Arc<RwLock<BTreeSet<NodeId>>>,
 }
 
 impl Router {
     pub fn new(logs: LogSource, tls: &Tls) -> Self {
-        Router { manager: Arc::new(RwLock::new(None)), logs, tls: TlsAcceptor::from(tls.server_config()) }
+        Router {
+            manager: Arc::new(RwLock::new(None)),
+            logs,
+            tls: TlsAcceptor::from(tls.server_config()),
+            revoked: Arc::new(RwLock::new(BTreeSet::new())),
+        }
+    }
+
+    /// The nodes whose certificates this node refuses from now on (the
+    /// cluster's whole list, as the dispatcher sends it).
+    pub fn set_revoked(&self, nodes: BTreeSet<NodeId>) {
+        *self.revoked.write() = nodes;
     }
 
     /// Called when this node runs the manager side; `tx` is best made with
@@ -601,6 +616,15 @@ impl Router {
                 return Err(NetError::Unexpected(what));
             }
         };
+        if let Some(peer_id) = identity.as_ref().map(|i| &i.node_id) {
+            if self.revoked.read().contains(peer_id) {
+                edge.refused.inc("revoked");
+                let reason = format!("node {peer_id} was removed from the cluster: its certificate is revoked");
+                tracing::warn!(%peer, %reason, "refused a hello");
+                let _ = send(&mut conn, Frame::Refused { reason }).await;
+                return Ok(None);
+            }
+        }
         if let Err(reason) = authorize(&hello, identity.as_ref()) {
             tracing::warn!(%peer, %reason, "refused a hello");
             let _ = send(&mut conn, Frame::Refused { reason }).await;
