@@ -8,6 +8,7 @@
 //! the table and programs its data path (nftables or the userspace proxy)
 //! from it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -78,6 +79,34 @@ pub struct PortConfig {
     pub published: Option<u16>,
     #[serde(default)]
     pub mode: PublishMode,
+    /// `preserve-source=true`: a connection to a task on another node is
+    /// forwarded without the SNAT, so the task sees the client's address
+    /// (kernel path; needs nodes on one L2 segment, see the README).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preserve_source: bool,
+    /// `proxy-protocol=v2`: the userspace mesh opens each connection to the
+    /// task with a PROXY protocol header naming the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The PROXY protocol version the mesh speaks to a backend (HAProxy's
+/// spec; only the binary version 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    V2,
+}
+
+impl PortConfig {
+    /// An ingress port with none of the options.
+    pub fn new(protocol: Protocol, target: u16, published: Option<u16>, mode: PublishMode) -> Self {
+        PortConfig { protocol, target, published, mode, preserve_source: false, proxy_protocol: None }
+    }
 }
 
 impl fmt::Display for PortConfig {
@@ -114,7 +143,7 @@ impl FromStr for PortConfig {
     fn from_str(s: &str) -> Result<Self, PortError> {
         let s = s.trim();
         if s.contains('=') {
-            let mut pc = PortConfig { protocol: Protocol::Tcp, target: 0, published: None, mode: PublishMode::Ingress };
+            let mut pc = PortConfig::new(Protocol::Tcp, 0, None, PublishMode::Ingress);
             let mut has_target = false;
             for part in s.split(',').filter(|p| !p.is_empty()) {
                 let (k, v) = part
@@ -134,11 +163,44 @@ impl FromStr for PortConfig {
                             other => return Err(PortError::Mode(other.to_string())),
                         }
                     }
+                    "preserve-source" => {
+                        pc.preserve_source = match v.trim() {
+                            "true" | "1" => true,
+                            "false" | "0" => false,
+                            other => {
+                                return Err(PortError::Syntax(
+                                    s.to_string(),
+                                    format!("preserve-source is true or false, not {other:?}"),
+                                ))
+                            }
+                        }
+                    }
+                    "proxy-protocol" => {
+                        pc.proxy_protocol = match v.trim() {
+                            "v2" | "2" => Some(ProxyProtocol::V2),
+                            "none" | "" => None,
+                            other => {
+                                return Err(PortError::Syntax(
+                                    s.to_string(),
+                                    format!("proxy-protocol is v2 (the only version the mesh speaks), not {other:?}"),
+                                ))
+                            }
+                        }
+                    }
                     other => return Err(PortError::Syntax(s.to_string(), format!("unknown field {other:?}"))),
                 }
             }
             if !has_target {
                 return Err(PortError::Syntax(s.to_string(), "missing target".into()));
+            }
+            if pc.mode == PublishMode::Host && (pc.preserve_source || pc.proxy_protocol.is_some()) {
+                return Err(PortError::Syntax(
+                    s.to_string(),
+                    "preserve-source and proxy-protocol are options of mode=ingress (a host-mode port goes straight to its task)".into(),
+                ));
+            }
+            if pc.protocol == Protocol::Udp && pc.proxy_protocol.is_some() {
+                return Err(PortError::Syntax(s.to_string(), "proxy-protocol is for tcp ports".into()));
             }
             return Ok(pc);
         }
@@ -150,7 +212,7 @@ impl FromStr for PortConfig {
             Some((p, t)) => (Some(port(p)?), port(t)?),
             None => (None, port(ports)?),
         };
-        Ok(PortConfig { protocol, target, published, mode: PublishMode::Ingress })
+        Ok(PortConfig::new(protocol, target, published, PublishMode::Ingress))
     }
 }
 
@@ -173,6 +235,17 @@ pub struct MeshEntry {
     /// Running tasks' (node address, host port), in a stable order; empty
     /// means "refuse connections at once".
     pub backends: Vec<SocketAddr>,
+    /// For a backend whose container has a single network: the container's
+    /// own (address, target port), which only the backend's node can reach.
+    /// That node's kernel mesh DNATs there instead of to the host port, so
+    /// the task sees the client's address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub direct: BTreeMap<SocketAddr, SocketAddr>,
+    /// The port's `preserve-source` and `proxy-protocol` options.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preserve_source: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// A published port a node cannot serve (another process holds it), as the
@@ -202,20 +275,18 @@ mod tests {
     #[test]
     fn short_and_long_forms() {
         let p: PortConfig = "8080:80".parse().unwrap();
-        assert_eq!(
-            p,
-            PortConfig { protocol: Protocol::Tcp, target: 80, published: Some(8080), mode: PublishMode::Ingress }
-        );
+        assert_eq!(p, PortConfig::new(Protocol::Tcp, 80, Some(8080), PublishMode::Ingress));
         assert_eq!(p.to_string(), "*:8080->80/tcp");
         let p: PortConfig = "53:5353/udp".parse().unwrap();
         assert_eq!((p.protocol, p.published, p.target), (Protocol::Udp, Some(53), 5353));
         let p: PortConfig = "80".parse().unwrap();
         assert_eq!((p.published, p.target), (None, 80));
         let p: PortConfig = "published=9200,target=9200,protocol=udp,mode=host".parse().unwrap();
-        assert_eq!(
-            p,
-            PortConfig { protocol: Protocol::Udp, target: 9200, published: Some(9200), mode: PublishMode::Host }
-        );
+        assert_eq!(p, PortConfig::new(Protocol::Udp, 9200, Some(9200), PublishMode::Host));
+        let p: PortConfig = "published=8080,target=80,preserve-source=true,proxy-protocol=v2".parse().unwrap();
+        assert!(p.preserve_source);
+        assert_eq!(p.proxy_protocol, Some(ProxyProtocol::V2));
+        assert_eq!(p.mode, PublishMode::Ingress);
         let p: PortConfig = "target=80".parse().unwrap();
         assert_eq!((p.published, p.mode), (None, PublishMode::Ingress));
     }
@@ -230,6 +301,10 @@ mod tests {
             ("published=8080", "missing target"),
             ("published=8080,target=80,colour=red", "unknown field"),
             ("http", "ports are 1-65535"),
+            ("published=1,target=2,preserve-source=yes", "preserve-source is true or false"),
+            ("published=1,target=2,proxy-protocol=v1", "proxy-protocol is v2"),
+            ("published=1,target=2,mode=host,preserve-source=true", "options of mode=ingress"),
+            ("published=1,target=2,protocol=udp,proxy-protocol=v2", "proxy-protocol is for tcp ports"),
         ] {
             let e = bad.parse::<PortConfig>().unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");

@@ -116,6 +116,11 @@ pub struct TaskStatus {
     /// none). A task with a check turns RUNNING only once healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// The container's own address, when it has exactly one network: the
+    /// routing mesh of its node sends ingress connections straight there
+    /// (not through the host port), so the task sees the client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_addr: Option<std::net::IpAddr>,
 }
 
 impl TaskStatus {
@@ -129,6 +134,7 @@ impl TaskStatus {
             container_id: None,
             ports: vec![],
             health: None,
+            container_addr: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! port). A task leaves the table as soon as it is no longer meant to run,
 //! before its node stops it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use common::mesh::{MeshEntry, MeshTable, PublishMode};
@@ -15,13 +16,18 @@ pub fn table(store: &Store) -> MeshTable {
     for svc in store.services.values() {
         for p in svc.spec.task.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
             let Some(published) = p.published else { continue };
+            let mut direct = BTreeMap::new();
             let mut backends: Vec<SocketAddr> = store
                 .tasks_of(&svc.id)
                 .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
                 .filter_map(|t| {
                     let node = store.nodes.get(t.node_id.as_ref()?)?;
                     let hp = t.status.ports.iter().find(|h| h.target == p.target && h.protocol == p.protocol)?;
-                    Some(SocketAddr::new(node.addr.ip(), hp.host_port))
+                    let backend = SocketAddr::new(node.addr.ip(), hp.host_port);
+                    if let Some(ip) = t.status.container_addr {
+                        direct.insert(backend, SocketAddr::new(ip, p.target));
+                    }
+                    Some(backend)
                 })
                 .collect();
             backends.sort();
@@ -31,6 +37,9 @@ pub fn table(store: &Store) -> MeshTable {
                 protocol: p.protocol,
                 published,
                 backends,
+                direct,
+                preserve_source: p.preserve_source,
+                proxy_protocol: p.proxy_protocol,
             });
         }
     }
@@ -99,9 +108,11 @@ mod tests {
             endpoint_mode: Default::default(),
         };
         s.apply(Command::CreateService(Service::new("web".into(), spec, 0))).unwrap();
+        let mut b = task("b", "n1", TaskState::Running, TaskState::Running, 32000);
+        b.status.container_addr = Some("172.17.0.5".parse().unwrap());
         s.apply(Command::CreateTasks(vec![
             task("a", "n2", TaskState::Running, TaskState::Running, 32001),
-            task("b", "n1", TaskState::Running, TaskState::Running, 32000),
+            b,
             task("c", "n1", TaskState::Shutdown, TaskState::Running, 32002),
             task("d", "n2", TaskState::Running, TaskState::Starting, 32003),
         ]))
@@ -112,5 +123,9 @@ mod tests {
         assert_eq!(e.published, 8080);
         let b: Vec<String> = e.backends.iter().map(|a| a.to_string()).collect();
         assert_eq!(b, ["127.0.0.11:32000", "127.0.0.12:32001"]);
+        // The task whose container has one network can be reached directly
+        // by its own node (at the target port, not the host port).
+        let direct: Vec<String> = e.direct.iter().map(|(b, c)| format!("{b}->{c}")).collect();
+        assert_eq!(direct, ["127.0.0.11:32000->172.17.0.5:80"]);
     }
 }

@@ -65,6 +65,53 @@ fn assert_mesh_spreads(h: &Hosts) {
     assert!(answers.iter().all(|a| host_of.contains_key(a)), "an answer from no task: {answers:?} {host_of:?}");
 }
 
+/// A task serving, at /cgi-bin/ip, the address its connection came from.
+const WHOAMI: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+
+/// The kernel mesh keeps the client's address for a connection from
+/// another machine to a task on the host it arrived at (no SNAT), and SNATs
+/// (the default) one it forwards to a task on another host.
+fn the_task_on_the_entry_host_sees_the_client(h: &Hosts) {
+    create(h, 1, "whoami", &["--publish", "9300:80", "--constraint", "node.hostname==host1"], &["sh", "-c", WHOAMI]);
+    h.wait_running_where(1, "whoami", 1, CONVERGE, |i| i == 1);
+    let ask = |from: usize, to: usize| {
+        let url = format!("http://{}:9300/cgi-bin/ip", h.addr(to));
+        let mut out = h.exec(from, Path::new("curl"), &["-sS", "-m", "2", &url], Duration::from_secs(5));
+        // httpd listens on IPv6 too: `[::ffff:10.231.1.13]`.
+        let addr = out.stdout.trim().trim_start_matches('[').trim_end_matches(']').trim_start_matches("::ffff:");
+        out.stdout = addr.to_string();
+        out
+    };
+    // The mesh table reaches each host on its own time: wait for both.
+    let (from3, to1, to2) = (h.addr(3).to_string(), 1, 2);
+    wait_for(
+        Duration::from_secs(20),
+        "host1's mesh to hand host3's connection to its task with host3's address",
+        || {
+            let out = ask(3, to1);
+            if out.success() && out.stdout == from3 {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
+    wait_for(Duration::from_secs(20), "host2's mesh to forward to host1's task", || {
+        let out = ask(3, to2);
+        // Forwarded to another host: SNATed to the entry host's address,
+        // so the answers come back through it.
+        if out.success() && out.stdout == h.addr(2).to_string() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // Made on host1 itself: answered too (masqueraded to the bridge).
+    let local = ask(1, 1);
+    assert!(local.success(), "a connection made on host1 to its own published port: {local}");
+    h.shoal_ok(1, &["service", "rm", "whoami"]);
+}
+
 /// Every slot of `svc` runs exactly once over all engines, `n` slots.
 fn wait_one_per_slot(h: &Hosts, svc: &str, n: usize) {
     wait_for(CONVERGE, &format!("one running container per slot of {svc}"), || {
@@ -118,6 +165,7 @@ fn three_real_hosts_kernel_mesh_restarts_and_a_dead_host() {
 
     // The routing mesh forwards from one host's kernel to tasks on others.
     assert_mesh_spreads(&h);
+    the_task_on_the_entry_host_sees_the_client(&h);
 
     // Whole-cluster restart: the same containers, none restarted.
     let before = started(&h, "pingpong");

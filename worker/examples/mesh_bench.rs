@@ -49,6 +49,9 @@ async fn main() -> ExitCode {
             protocol: Protocol::Tcp,
             published: port,
             backends,
+            direct: Default::default(),
+            preserve_source: false,
+            proxy_protocol: None,
         }],
         ..Default::default()
     };

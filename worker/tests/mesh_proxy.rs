@@ -208,3 +208,102 @@ async fn the_programmer_serves_the_table_and_reports_taken_ports() {
     .await;
     eventually("the actor to stop", || async { (!addr.connected()).then_some(()) }).await;
 }
+
+/// nginx, from Debian, on `at` with a config of this test's own: a server
+/// that reads the PROXY protocol (`listen … proxy_protocol`) and answers
+/// with the client address the header named. Stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `None` (after a loud notice) where nginx is not installed, outside CI.
+fn nginx(at: SocketAddr) -> Option<Nginx> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the PROXY protocol test needs nginx under CI (deploy/install-deps.sh installs it)");
+        }
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+        return None;
+    };
+    let dir = std::env::temp_dir().join(format!("shoal-mesh-nginx-{}-{}", std::process::id(), at.port()));
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen {at} proxy_protocol;
+    location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port $remote_addr\\n\"; }}
+  }}
+}}
+"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("config");
+    let child = std::process::Command::new(bin)
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nginx");
+    Some(Nginx { child, dir })
+}
+
+/// One HTTP/1.0 GET from `from` (a port of the kernel's choice) to `at`:
+/// the response body.
+async fn get_from(from: std::net::IpAddr, at: SocketAddr) -> std::io::Result<(SocketAddr, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(from, 0))?;
+    let mut s = sock.connect(at).await?;
+    let me = s.local_addr()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or(out);
+    Ok((me, body))
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_tells_the_backend_who_called() {
+    let (node, backend, client) = (ip(5, 1), ip(5, 2), ip(5, 3));
+    let port = {
+        let l = std::net::TcpListener::bind((backend, 0)).expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let at_backend = SocketAddr::new(backend, port);
+    let Some(_nginx) = nginx(at_backend) else {
+        return;
+    };
+    let mut proxy = Proxy::new(node, ProxyConfig::default());
+    let published = PortKey::tcp(PORT + 5);
+    proxy.open_with(published, vec![at_backend], true).expect("open");
+    let at = SocketAddr::new(node, published.port);
+    // nginx takes a moment to listen; the proxy resets while it cannot
+    // connect.
+    let (me, body) = eventually("nginx to answer through the mesh", || async { get_from(client, at).await.ok() }).await;
+    // nginx parsed the header: the client's own address and port; the
+    // connection itself came from the node's address.
+    assert_eq!(body, format!("{} {} {}", me.ip(), me.port(), node), "nginx saw: {body}");
+
+    // Without the option the header is not sent, and nginx, which insists
+    // on one, refuses the request.
+    proxy.retarget_with(published, vec![at_backend], false);
+    let plain = get_from(client, at).await;
+    assert!(
+        !matches!(&plain, Ok((_, b)) if b.starts_with(&me.ip().to_string())),
+        "no header, yet nginx named the client: {plain:?}"
+    );
+}

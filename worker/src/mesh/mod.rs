@@ -62,13 +62,16 @@ pub enum MeshError {
     Forward(String),
     #[error("{0}")]
     Io(String),
+    /// A port with `proxy-protocol=v2` on a node whose mesh is the kernel's.
+    #[error("published port {port} asks for proxy-protocol=v2, which only the userspace mesh speaks: run this node with `shoal daemon --mesh userspace`")]
+    NeedsUserspace { port: PortKey },
 }
 
 impl MeshError {
     /// Might go away by itself (the port freed, a transient failure); a
     /// missing nft will not.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, MeshError::NftMissing)
+        !matches!(self, MeshError::NftMissing | MeshError::NeedsUserspace { .. })
     }
 }
 
@@ -262,7 +265,7 @@ impl MeshProgrammer {
     pub fn new(config: MeshConfig) -> (Self, watch::Receiver<MeshStatus>) {
         let path = match config.data_path {
             DataPath::Kernel => Path::Kernel {
-                table: NftTable::for_node(&config.node_id, config.addr),
+                table: NftTable::for_node(&config.node_id, config.addr).with_interface(nft::interface_of(config.addr)),
                 ready: false,
                 held: HashMap::new(),
             },
@@ -327,10 +330,16 @@ impl MeshProgrammer {
         for c in changes {
             let port = c.port();
             let taken = match (&mut self.path, &c) {
-                (Path::Userspace(proxy), Change::Open { to, .. }) => proxy.open(port, to.backends.clone()),
+                (Path::Userspace(proxy), Change::Open { to, .. }) => {
+                    proxy.open_with(port, to.backends.clone(), to.proxy_protocol)
+                }
                 (Path::Userspace(proxy), Change::Retarget { to, .. }) => {
-                    proxy.retarget(port, to.backends.clone());
+                    proxy.retarget_with(port, to.backends.clone(), to.proxy_protocol);
                     Ok(())
+                }
+                (Path::Kernel { .. }, Change::Open { to, .. } | Change::Retarget { to, .. }) if to.proxy_protocol => {
+                    // The kernel forwards packets; it cannot add a header.
+                    Err(MeshError::NeedsUserspace { port })
                 }
                 (Path::Userspace(proxy), Change::Close { .. }) => {
                     proxy.close(port);

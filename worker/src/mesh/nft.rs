@@ -63,13 +63,32 @@ pub struct NftTable {
     name: String,
     family: &'static str,
     addr: IpAddr,
+    /// The interface that holds `addr`, where connections from other
+    /// machines arrive. Known: a connection from there to a task on this
+    /// node goes straight to the container with its source kept. Unknown
+    /// (the address is on no interface here): every flow is SNATed.
+    ext_if: Option<String>,
 }
 
 impl NftTable {
     pub fn for_node(node: &NodeId, addr: IpAddr) -> Self {
         // Node ids are lowercase base 36: already a valid nft identifier.
         let short: String = node.short().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        NftTable { name: format!("shoal_{short}"), family: if addr.is_ipv4() { "ip" } else { "ip6" }, addr }
+        NftTable {
+            name: format!("shoal_{short}"),
+            family: if addr.is_ipv4() { "ip" } else { "ip6" },
+            addr,
+            ext_if: None,
+        }
+    }
+
+    /// The table with the interface that holds the node's address (see
+    /// [`interface_of`]).
+    pub fn with_interface(mut self, ext_if: Option<String>) -> Self {
+        // nft quotes the name; one that could break out of the quotes is
+        // not an interface name the kernel gives out anyway.
+        self.ext_if = ext_if.filter(|n| !n.is_empty() && n.len() < 16 && !n.contains(['"', '\\', '\n']));
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -143,9 +162,22 @@ impl NftTable {
         );
         let _ = writeln!(
             s,
-            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority {SNAT_PRIORITY}; policy accept;\n\t\tmeta mark & {SNAT_MARK:#x} == {SNAT_MARK:#x} meta mark set meta mark & {:#x} snat to {addr}\n\t}}",
-            !SNAT_MARK
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority {SNAT_PRIORITY}; policy accept;"
         );
+        let (mark, clear) = (
+            format!("meta mark & {SNAT_MARK:#x} == {SNAT_MARK:#x}"),
+            format!("meta mark set meta mark & {:#x}", !SNAT_MARK),
+        );
+        if let Some(ext) = &self.ext_if {
+            // To a container on this node (it leaves by a bridge, not the
+            // node's interface): from another machine, keep the client's
+            // address (the answers come back through this node anyway);
+            // made here or by a task here (hairpin), masquerade as the
+            // bridge's address, where the container's answers go.
+            let _ = writeln!(s, "\t\t{mark} oifname != \"{ext}\" iifname \"{ext}\" {clear} accept");
+            let _ = writeln!(s, "\t\t{mark} oifname != \"{ext}\" {clear} masquerade");
+        }
+        let _ = writeln!(s, "\t\t{mark} {clear} snat to {addr}\n\t}}");
         s.push_str("}\n");
         s
     }
@@ -201,7 +233,11 @@ impl NftTable {
     }
 
     fn dnat_rule(&self, k: PortKey, f: &Forward) -> String {
-        let targets: Vec<String> = f.backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", target(b))).collect();
+        // A task on this node is reached at its container only when the
+        // postrouting rules can tell where a flow came from.
+        let to = |b: &SocketAddr| if self.ext_if.is_some() { *f.direct.get(b).unwrap_or(b) } else { *b };
+        let targets: Vec<String> =
+            f.backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", target(&to(b)))).collect();
         format!(
             "meta mark set meta mark | {SNAT_MARK:#x} meta l4proto {} dnat to numgen inc mod {} map {{ {} }}",
             k.protocol,
@@ -224,6 +260,24 @@ fn chain(k: PortKey) -> String {
 /// `127.0.0.12 . 32768`, `[::1] . 32768` is written `::1 . 32768`.
 fn target(b: &SocketAddr) -> String {
     format!("{} . {}", b.ip(), b.port())
+}
+
+/// The name of the interface that holds `addr` (`lo` for a loopback
+/// address), if any does.
+pub fn interface_of(addr: IpAddr) -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for ifa in addrs {
+        let Some(a) = ifa.address else { continue };
+        let ip = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+            (Some(v4), _) => IpAddr::V4(v4.ip()),
+            (_, Some(v6)) => IpAddr::V6(v6.ip()),
+            _ => continue,
+        };
+        if ip == addr {
+            return Some(ifa.interface_name);
+        }
+    }
+    None
 }
 
 /// Runs `nft -f -` with `script` on stdin: one atomic transaction.
@@ -355,6 +409,9 @@ mod tests {
                     protocol: *protocol,
                     published: *published,
                     backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+                    direct: Default::default(),
+                    preserve_source: false,
+                    proxy_protocol: None,
                 })
                 .collect(),
             ..Default::default()
@@ -427,6 +484,40 @@ table ip shoal_abcdefghijkl {
         let empty = nft().rebuild(&DesiredMesh::empty("127.0.0.11".parse().unwrap()));
         assert!(!empty.contains("elements"), "{empty}");
         assert!(empty.contains("chain output"), "{empty}");
+    }
+
+    #[test]
+    fn a_task_on_this_node_is_reached_at_its_container_keeping_the_source() {
+        let mut t = table(&[(Protocol::Tcp, 8080, &["127.0.0.11:32768", "127.0.0.13:32769"])]);
+        t.entries[0].direct = [
+            ("127.0.0.11:32768".parse().unwrap(), "172.17.0.5:80".parse().unwrap()),
+            // Another node's container: not ours to reach.
+            ("127.0.0.13:32769".parse().unwrap(), "172.17.0.9:80".parse().unwrap()),
+        ]
+        .into_iter()
+        .collect();
+        let mesh = desired(&t, "127.0.0.11".parse().unwrap());
+        let with_if = nft().with_interface(Some("eth0".into())).rebuild(&mesh);
+        assert!(
+            with_if.contains("map { 0 : 172.17.0.5 . 80, 1 : 127.0.0.13 . 32769 }"),
+            "the local task at its container, the remote one at its host port: {with_if}"
+        );
+        let post = "\
+\tchain postrouting {
+\t\ttype nat hook postrouting priority 90; policy accept;
+\t\tmeta mark & 0x20000 == 0x20000 oifname != \"eth0\" iifname \"eth0\" meta mark set meta mark & 0xfffdffff accept
+\t\tmeta mark & 0x20000 == 0x20000 oifname != \"eth0\" meta mark set meta mark & 0xfffdffff masquerade
+\t\tmeta mark & 0x20000 == 0x20000 meta mark set meta mark & 0xfffdffff snat to 127.0.0.11
+\t}
+";
+        assert!(with_if.contains(post), "{with_if}");
+        // Without the interface the flows cannot be told apart: all go
+        // through host ports and are SNATed, as before.
+        let without = nft().rebuild(&mesh);
+        assert!(without.contains("map { 0 : 127.0.0.11 . 32768, 1 : 127.0.0.13 . 32769 }"), "{without}");
+        assert!(!without.contains("masquerade"), "{without}");
+        // A name that could break out of nft's quotes is not used.
+        assert_eq!(nft().with_interface(Some("a\"b".into())).rebuild(&mesh), without);
     }
 
     #[test]

@@ -41,6 +41,13 @@ pub struct Forward {
     pub service: String,
     /// Round robin over these, in this order; empty: refuse at once.
     pub backends: Vec<SocketAddr>,
+    /// Backends on this node whose container can be reached directly: the
+    /// kernel path DNATs to the container (right-hand side) instead of the
+    /// host port, so a connection from another machine keeps its source.
+    pub direct: BTreeMap<SocketAddr, SocketAddr>,
+    /// Open each backend connection with a PROXY protocol v2 header
+    /// (userspace path).
+    pub proxy_protocol: bool,
 }
 
 impl Forward {
@@ -96,6 +103,13 @@ pub fn desired(table: &MeshTable, node_addr: IpAddr) -> DesiredMesh {
         ports.entry(key).or_insert_with(|| Forward {
             service: e.service_name.clone(),
             backends: e.backends.iter().filter(|b| b.is_ipv4() == node_addr.is_ipv4()).copied().collect(),
+            direct: e
+                .direct
+                .iter()
+                .filter(|(b, c)| b.ip() == node_addr && c.is_ipv4() == node_addr.is_ipv4() && e.backends.contains(b))
+                .map(|(b, c)| (*b, *c))
+                .collect(),
+            proxy_protocol: e.proxy_protocol.is_some(),
         });
     }
     DesiredMesh { addr: node_addr, ports }
@@ -159,6 +173,9 @@ mod tests {
             protocol,
             published,
             backends: backends.iter().map(|b| sa(b)).collect(),
+            direct: Default::default(),
+            preserve_source: false,
+            proxy_protocol: None,
         }
     }
 

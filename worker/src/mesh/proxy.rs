@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -99,11 +99,17 @@ pub struct ProxyStats {
 pub struct Backends {
     list: RwLock<Arc<[SocketAddr]>>,
     next: AtomicUsize,
+    /// Send a PROXY protocol v2 header first on each backend connection.
+    proxy_protocol: AtomicBool,
 }
 
 impl Backends {
     pub fn new(list: Vec<SocketAddr>) -> Self {
-        Backends { list: RwLock::new(list.into()), next: AtomicUsize::new(0) }
+        Backends { list: RwLock::new(list.into()), next: AtomicUsize::new(0), proxy_protocol: AtomicBool::new(false) }
+    }
+
+    pub fn set_proxy_protocol(&self, on: bool) {
+        self.proxy_protocol.store(on, Ordering::Relaxed);
     }
 
     pub fn set(&self, list: Vec<SocketAddr>) {
@@ -213,8 +219,19 @@ impl Proxy {
     /// held by anyone else is
     /// [`MeshError::PortInUse`]. Opening a served port retargets it.
     pub fn open(&mut self, port: PortKey, backends: Vec<SocketAddr>) -> Result<(), MeshError> {
+        self.open_with(port, backends, false)
+    }
+
+    /// [`Proxy::open`], and whether each backend connection starts with a
+    /// PROXY protocol v2 header (TCP only).
+    pub fn open_with(
+        &mut self,
+        port: PortKey,
+        backends: Vec<SocketAddr>,
+        proxy_protocol: bool,
+    ) -> Result<(), MeshError> {
         if self.ports.contains_key(&port) {
-            self.retarget(port, backends);
+            self.retarget_with(port, backends, proxy_protocol);
             return Ok(());
         }
         let at = SocketAddr::new(self.addr, port.port);
@@ -226,6 +243,7 @@ impl Proxy {
             }
         };
         let shared = Arc::new(Backends::new(backends));
+        shared.set_proxy_protocol(proxy_protocol);
         // Sockets register with the reactor of the runtime they are made in.
         let _rt = self.handle.enter();
         let served = match port.protocol {
@@ -260,9 +278,16 @@ impl Proxy {
     /// UDP flows to a backend that left are dropped (the next datagram of
     /// their client starts a new flow); TCP connections run to their end.
     pub fn retarget(&mut self, port: PortKey, backends: Vec<SocketAddr>) {
+        self.retarget_with(port, backends, false)
+    }
+
+    /// [`Proxy::retarget`], and the PROXY protocol setting for new
+    /// connections.
+    pub fn retarget_with(&mut self, port: PortKey, backends: Vec<SocketAddr>, proxy_protocol: bool) {
         let Some(served) = self.ports.get(&port) else {
             return;
         };
+        served.backends.set_proxy_protocol(proxy_protocol);
         if let Some(flows) = &served.flows {
             flows.retain(|f| backends.contains(&f.backend), &self.stats);
         }
@@ -352,7 +377,7 @@ async fn serve_tcp(listener: TcpListener, backends: Arc<Backends>, config: Arc<P
         let config = config.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            forward_tcp(client, &backends, list, &config, &stats).await;
+            forward_tcp(client, peer, &backends, list, &config, &stats).await;
             drop(permit);
         });
     }
@@ -400,17 +425,30 @@ async fn connect_next(
 
 async fn forward_tcp(
     client: TcpStream,
+    peer: SocketAddr,
     backends: &Backends,
     list: Arc<[SocketAddr]>,
     config: &ProxyConfig,
     stats: &ProxyStats,
 ) {
-    let from = client.local_addr().ok().map(|a| a.ip());
-    let Some(upstream) = connect_next(backends, &list, from, config).await else {
+    let local = client.local_addr().ok();
+    let from = local.map(|a| a.ip());
+    let Some(mut upstream) = connect_next(backends, &list, from, config).await else {
         stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
         reset(client);
         return;
     };
+    if let (true, Some(local)) = (backends.proxy_protocol.load(Ordering::Relaxed), local) {
+        use tokio::io::AsyncWriteExt;
+        // Before any of the client's bytes: one write, so the backend reads
+        // the whole header at once (HAProxy's spec asks senders for that).
+        if let Err(e) = upstream.write_all(&proxy_v2_header(peer, local)).await {
+            tracing::debug!(error = %e, "mesh proxy: PROXY header not sent");
+            stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            return;
+        }
+    }
     stats.tcp_forwarded.fetch_add(1, Ordering::Relaxed);
     stats.tcp_active.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
@@ -429,6 +467,42 @@ async fn forward_tcp(
         }
     }
     stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The PROXY protocol v2 header (HAProxy's proxy-protocol.txt, section
+/// 2.2) for a TCP connection from `client` to `server` (the published
+/// address it reached). Both of one family: an IPv4 address beside an IPv6
+/// one is written IPv4-mapped.
+pub fn proxy_v2_header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+    // Version 2, command PROXY.
+    const PROXY: u8 = 0x21;
+    let mut h = Vec::with_capacity(16 + 36);
+    h.extend_from_slice(&SIGNATURE);
+    h.push(PROXY);
+    match (client.ip(), server.ip()) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => {
+            // AF_INET, STREAM; 4 + 4 + 2 + 2 address bytes.
+            h.push(0x11);
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&c.octets());
+            h.extend_from_slice(&s.octets());
+        }
+        (c, s) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            // AF_INET6, STREAM; 16 + 16 + 2 + 2.
+            h.push(0x21);
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&v6(c).octets());
+            h.extend_from_slice(&v6(s).octets());
+        }
+    }
+    h.extend_from_slice(&client.port().to_be_bytes());
+    h.extend_from_slice(&server.port().to_be_bytes());
+    h
 }
 
 /// The last time data moved, in milliseconds from its creation.
@@ -666,5 +740,20 @@ mod tests {
         assert_eq!(bk.pick(&bk.snapshot()), None);
         // A list taken before the swap is still whole.
         assert_eq!(l.len(), 3);
+    }
+
+    #[test]
+    fn the_proxy_v2_header_is_byte_exact() {
+        let sig = b"\r\n\r\n\0\r\nQUIT\n";
+        let h = proxy_v2_header("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:8080".parse().unwrap());
+        let mut want = sig.to_vec();
+        want.extend_from_slice(&[0x21, 0x11, 0, 12, 10, 0, 0, 1, 10, 0, 0, 2, 0x9c, 0x40, 0x1f, 0x90]);
+        assert_eq!(h, want);
+        // Mixed families: both written as IPv6, the IPv4 one mapped.
+        let h = proxy_v2_header("[2001:db8::1]:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+        assert_eq!(&h[12..16], &[0x21, 0x21, 0, 36]);
+        assert_eq!(&h[16..32], &"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(&h[32..48], &"::ffff:10.0.0.2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(&h[48..], &[0, 1, 0, 2]);
     }
 }

@@ -167,6 +167,7 @@ impl DockerRuntime {
             service_id: labelled.service_id,
             slot: labelled.slot,
             log_retention_ms: labelled.log_retention_ms,
+            address: info.network_settings.as_ref().filter(|_| current.is_live()).and_then(single_address),
             ports: info.network_settings.and_then(|n| n.ports).map(|p| host_ports(&p)).unwrap_or_default(),
             health,
             health_output,
@@ -270,6 +271,16 @@ fn host_ports(map: &PortMap) -> Vec<HostPort> {
         .collect();
     out.sort();
     out
+}
+
+/// The container's address if it is on exactly one network (not the
+/// host's): Docker maps its published ports to that address. With several
+/// networks which one carries the mapping depends on the engine's version,
+/// so the mesh goes through the host port as before.
+fn single_address(n: &bollard::models::NetworkSettings) -> Option<IpAddr> {
+    let nets = n.networks.as_ref()?;
+    let [ep] = nets.values().collect::<Vec<_>>()[..] else { return None };
+    ep.ip_address.as_deref().filter(|a| !a.is_empty())?.parse().ok()
 }
 
 /// Host-mode ports must be free on this node. Docker's own check misses a

@@ -335,6 +335,7 @@ impl Runtime for FakeRuntime {
                     slot: c.labels.get(LABEL_SLOT).and_then(|g| g.parse().ok()),
                     log_retention_ms: c.labels.get(LABEL_LOG_RETENTION).and_then(|g| g.parse().ok()),
                     ports: if c.state.is_live() { c.ports.clone() } else { Vec::new() },
+                    address: None,
                     health: c.health.filter(|_| c.state.is_live()),
                     health_output: None,
                 })

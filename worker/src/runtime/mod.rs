@@ -138,6 +138,9 @@ pub struct ContainerInfo {
     /// Where the container's published target ports are reachable on this
     /// node, as the engine reports them (empty until it runs).
     pub ports: Vec<HostPort>,
+    /// The container's address when it is on exactly one network (while it
+    /// runs): where its published target ports can be reached directly.
+    pub address: Option<std::net::IpAddr>,
     /// Docker's health verdict while the container runs, if it has a
     /// health check (its own or its image's).
     pub health: Option<Health>,

@@ -437,6 +437,7 @@ impl SupervisorCore {
                     let mut st = TaskStatus::new(TaskState::Running, ts, "started");
                     // Where the mesh (or a host-mode client) reaches the task.
                     st.ports = c.ports;
+                    st.container_addr = c.address;
                     st.health = health;
                     self.report(id, with_container(st, Some(c.container_id)), out);
                 }
@@ -563,6 +564,7 @@ mod tests {
             slot: None,
             log_retention_ms: None,
             ports: vec![],
+            address: None,
             health: None,
             health_output: None,
         }

@@ -155,5 +155,8 @@ pub fn entry(protocol: Protocol, published: u16, backends: &[SocketAddr]) -> Mes
         protocol,
         published,
         backends: backends.to_vec(),
+        direct: Default::default(),
+        preserve_source: false,
+        proxy_protocol: None,
     }
 }

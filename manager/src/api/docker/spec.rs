@@ -681,7 +681,7 @@ fn port(p: DockerPort) -> Result<PortConfig, EngineSpecError> {
         0 => None,
         n => Some(u16::try_from(n).map_err(|_| invalid(format!("invalid PublishedPort {n}: expected 1-65535")))?),
     };
-    Ok(PortConfig { protocol, target, published, mode })
+    Ok(PortConfig::new(protocol, target, published, mode))
 }
 
 /// Reservations and placement beyond constraints.
