@@ -292,3 +292,49 @@ fn normalise(s: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A UDP flow's conntrack entry would keep it on its backend for as long as
+/// its client keeps sending: when that backend leaves the mesh, its flows
+/// are flushed, and the same client socket's next datagrams reach another.
+#[actix::test]
+async fn a_udp_flow_moves_off_a_backend_that_left() {
+    if !require_nft() {
+        return;
+    }
+    if Command::new("conntrack").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "conntrack is missing under CI (deploy/install-deps.sh)");
+        eprintln!("skipping: conntrack is not installed (apt-get install conntrack)");
+        return;
+    }
+    let node_ip = ip(13, 1);
+    let node_id = NodeId::random();
+    let _cleanup = DropTable(NftTable::for_node(&node_id, node_ip));
+    let ua = udp_backend("ua", ip(13, 2)).await;
+    let ub = udp_backend("ub", ip(13, 3)).await;
+    let mut config = MeshConfig::new(node_id, node_ip, DataPath::Kernel);
+    config.retry_every = Duration::from_millis(200);
+    let (programmer, _status) = MeshProgrammer::new(config);
+    let addr = programmer.start();
+    set(&addr, vec![entry(Protocol::Udp, PORT + 7, &[ua.addr, ub.addr])]).await;
+    assert_eq!(status(&addr).await.error, None);
+
+    let at = SocketAddr::new(node_ip, PORT + 7);
+    let client = UdpSocket::bind((ip(13, 9), 0)).await.expect("client");
+    let first = udp_which(&client, at).await.expect("udp answer");
+    // The flow sticks to its backend.
+    for _ in 0..3 {
+        assert_eq!(udp_which(&client, at).await.expect("udp answer"), first);
+    }
+    let (other, other_name) = if first == "ua" { (ub.addr, "ub") } else { (ua.addr, "ua") };
+    set(&addr, vec![entry(Protocol::Udp, PORT + 7, &[other])]).await;
+    let moved = Instant::now();
+    let got = eventually("the flow to move to the backend that remains", || async {
+        udp_which(&client, at).await.ok().filter(|n| n == other_name)
+    })
+    .await;
+    assert_eq!(got, other_name);
+    // (Without the flush it would stay until conntrack's UDP timeout, 30 s
+    // and more, past the wait's deadline.)
+    eprintln!("UDP flow moved in {:.0} ms", moved.elapsed().as_secs_f64() * 1000.0);
+    addr.send(Shutdown).await.expect("mailbox").expect("teardown");
+}

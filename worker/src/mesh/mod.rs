@@ -141,6 +141,18 @@ pub async fn choose(requested: Option<DataPath>, node_id: &NodeId, addr: IpAddr)
     }
 }
 
+/// Flushes the conntrack entries of UDP flows DNATed to targets that left
+/// (see [`NftTable::udp_targets_gone`]); a failure is logged, the flows
+/// then move once they idle out.
+async fn flush_udp(addr: IpAddr, gone: Vec<(PortKey, SocketAddr)>) {
+    for (port, to) in gone {
+        match nft::flush_udp_flows(addr, port.port, to).await {
+            Ok(n) => tracing::debug!(%port, %to, flows = n, "mesh: flushed the UDP flows of a backend that left"),
+            Err(e) => tracing::warn!(%port, %to, error = %e, "mesh: cannot flush the UDP flows of a backend that left"),
+        }
+    }
+}
+
 /// How often the kernel path checks that its FORWARD accept is still there.
 const ACCEPT_CHECK_EVERY: Duration = Duration::from_secs(10);
 
@@ -395,6 +407,11 @@ impl MeshProgrammer {
         }
         self.busy = true;
         let closed: Vec<PortKey> = ok.iter().filter(|c| matches!(c, Change::Close { .. })).map(Change::port).collect();
+        let flush = match &self.path {
+            Path::Kernel { table, ready: true, .. } => table.udp_targets_gone(&self.current, &target),
+            _ => Vec::new(),
+        };
+        let old_addr = self.current.addr;
         let started = Instant::now();
         ctx.wait(
             async move { nft::run(&script).await }
@@ -413,6 +430,9 @@ impl MeshProgrammer {
                             // The rules are gone: the ports may go too.
                             for p in closed {
                                 held.remove(&p);
+                            }
+                            if !flush.is_empty() {
+                                ctx.spawn(flush_udp(old_addr, flush).into_actor(act));
                             }
                         }
                         Err(e) => {

@@ -41,6 +41,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 
 use common::ids::NodeId;
+use common::mesh::Protocol;
 
 use super::plan::{Change, DesiredMesh, Forward, PortKey};
 use super::MeshError;
@@ -232,12 +233,40 @@ impl NftTable {
         s
     }
 
+    /// Where the DNAT sends `f`'s connections for backend `b`: a task on
+    /// this node at its container, only when the postrouting rules can tell
+    /// where a flow came from; otherwise the host port.
+    fn dnat_target(&self, f: &Forward, b: &SocketAddr) -> SocketAddr {
+        if self.ext_if.is_some() {
+            *f.direct.get(b).unwrap_or(b)
+        } else {
+            *b
+        }
+    }
+
+    /// The UDP DNAT targets that `current` sends flows to and `next` no
+    /// longer does, per port: conntrack would keep their flows there (a UDP
+    /// "connection" never ends by itself), so they are flushed.
+    pub fn udp_targets_gone(&self, current: &DesiredMesh, next: &DesiredMesh) -> Vec<(PortKey, SocketAddr)> {
+        let mut out = Vec::new();
+        for (k, f) in current.ports.iter().filter(|(k, _)| k.protocol == Protocol::Udp) {
+            let kept: Vec<SocketAddr> = match next.ports.get(k) {
+                Some(n) if next.addr == current.addr => n.backends.iter().map(|b| self.dnat_target(n, b)).collect(),
+                _ => Vec::new(),
+            };
+            for b in &f.backends {
+                let t = self.dnat_target(f, b);
+                if !kept.contains(&t) && !out.contains(&(*k, t)) {
+                    out.push((*k, t));
+                }
+            }
+        }
+        out
+    }
+
     fn dnat_rule(&self, k: PortKey, f: &Forward) -> String {
-        // A task on this node is reached at its container only when the
-        // postrouting rules can tell where a flow came from.
-        let to = |b: &SocketAddr| if self.ext_if.is_some() { *f.direct.get(b).unwrap_or(b) } else { *b };
         let targets: Vec<String> =
-            f.backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", target(&to(b)))).collect();
+            f.backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", target(&self.dnat_target(f, b)))).collect();
         format!(
             "meta mark set meta mark | {SNAT_MARK:#x} meta l4proto {} dnat to numgen inc mod {} map {{ {} }}",
             k.protocol,
@@ -278,6 +307,35 @@ pub fn interface_of(addr: IpAddr) -> Option<String> {
         }
     }
     None
+}
+
+/// Deletes the conntrack entries of UDP flows to `addr`:`port` that were
+/// DNATed to `to`, with Debian's `conntrack` tool, so that their clients'
+/// next datagrams start new flows to the backends that remain. Returns how
+/// many entries went.
+pub async fn flush_udp_flows(addr: IpAddr, port: u16, to: SocketAddr) -> Result<u64, MeshError> {
+    let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+    let out = tokio::process::Command::new("conntrack")
+        .args(["-D", "-f", family, "-p", "udp", "--orig-dst", &addr.to_string(), "--orig-port-dst", &port.to_string()])
+        .args(["--reply-src", &to.ip().to_string(), "--reply-port-src", &to.port().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                MeshError::Io("conntrack not found (apt-get install conntrack): UDP flows stay on a removed task until they idle out".into())
+            } else {
+                MeshError::Io(format!("cannot run conntrack: {e}"))
+            }
+        })?;
+    // It says how many went, on stderr, and exits 1 when that is none.
+    let text = String::from_utf8_lossy(&out.stderr);
+    let deleted = text.split_whitespace().find_map(|w| w.parse::<u64>().ok());
+    match (out.status.success(), deleted) {
+        (_, Some(n)) => Ok(n),
+        (true, None) => Ok(0),
+        (false, None) => Err(MeshError::Io(format!("conntrack: {}", text.trim()))),
+    }
 }
 
 /// Runs `nft -f -` with `script` on stdin: one atomic transaction.
@@ -518,6 +576,32 @@ table ip shoal_abcdefghijkl {
         assert!(!without.contains("masquerade"), "{without}");
         // A name that could break out of nft's quotes is not used.
         assert_eq!(nft().with_interface(Some("a\"b".into())).rebuild(&mesh), without);
+    }
+
+    #[test]
+    fn the_udp_flows_of_a_backend_that_left_are_flushed() {
+        let node: IpAddr = "127.0.0.11".parse().unwrap();
+        let cur = desired(
+            &table(&[
+                (Protocol::Udp, 53, &["127.0.0.12:1", "127.0.0.13:1"]),
+                (Protocol::Udp, 54, &["127.0.0.12:2"]),
+                (Protocol::Udp, 55, &["127.0.0.12:3"]),
+                (Protocol::Tcp, 80, &["127.0.0.12:4"]),
+            ]),
+            node,
+        );
+        let next = desired(
+            &table(&[
+                (Protocol::Udp, 53, &["127.0.0.13:1", "127.0.0.14:1"]),
+                (Protocol::Udp, 54, &[]),
+                (Protocol::Tcp, 80, &[]),
+            ]),
+            node,
+        );
+        let gone: Vec<String> = nft().udp_targets_gone(&cur, &next).iter().map(|(k, t)| format!("{k} {t}")).collect();
+        // TCP connections end by themselves; a UDP flow would not.
+        assert_eq!(gone, ["53/udp 127.0.0.12:1", "54/udp 127.0.0.12:2", "55/udp 127.0.0.12:3"]);
+        assert!(nft().udp_targets_gone(&next, &next).is_empty());
     }
 
     #[test]
