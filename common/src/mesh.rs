@@ -266,6 +266,10 @@ pub struct MeshTable {
     /// the mesh so that a task leaves a VIP's rotation before it is stopped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<crate::network::NetworkEntry>,
+    /// Every node's address, sorted: a node takes a `preserve-source`
+    /// connection forwarded by any of them (see `MeshEntry::preserve_source`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<std::net::IpAddr>,
 }
 
 #[cfg(test)]

@@ -44,7 +44,10 @@ pub fn table(store: &Store) -> MeshTable {
         }
     }
     entries.sort_by_key(|e| (e.protocol, e.published));
-    MeshTable { entries, networks: crate::network::table(store) }
+    let mut nodes: Vec<std::net::IpAddr> = store.nodes.values().map(|n| n.addr.ip()).collect();
+    nodes.sort();
+    nodes.dedup();
+    MeshTable { entries, networks: crate::network::table(store), nodes }
 }
 
 #[cfg(test)]

@@ -74,8 +74,8 @@ const WHOAMI: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-
 fn the_task_on_the_entry_host_sees_the_client(h: &Hosts) {
     create(h, 1, "whoami", &["--publish", "9300:80", "--constraint", "node.hostname==host1"], &["sh", "-c", WHOAMI]);
     h.wait_running_where(1, "whoami", 1, CONVERGE, |i| i == 1);
-    let ask = |from: usize, to: usize| {
-        let url = format!("http://{}:9300/cgi-bin/ip", h.addr(to));
+    let ask = |from: usize, to: usize, port: u16| {
+        let url = format!("http://{}:{port}/cgi-bin/ip", h.addr(to));
         let mut out = h.exec(from, Path::new("curl"), &["-sS", "-m", "2", &url], Duration::from_secs(5));
         // httpd listens on IPv6 too: `[::ffff:10.231.1.13]`.
         let addr = out.stdout.trim().trim_start_matches('[').trim_end_matches(']').trim_start_matches("::ffff:");
@@ -88,7 +88,7 @@ fn the_task_on_the_entry_host_sees_the_client(h: &Hosts) {
         Duration::from_secs(20),
         "host1's mesh to hand host3's connection to its task with host3's address",
         || {
-            let out = ask(3, to1);
+            let out = ask(3, to1, 9300);
             if out.success() && out.stdout == from3 {
                 Ok(())
             } else {
@@ -97,7 +97,7 @@ fn the_task_on_the_entry_host_sees_the_client(h: &Hosts) {
         },
     );
     wait_for(Duration::from_secs(20), "host2's mesh to forward to host1's task", || {
-        let out = ask(3, to2);
+        let out = ask(3, to2, 9300);
         // Forwarded to another host: SNATed to the entry host's address,
         // so the answers come back through it.
         if out.success() && out.stdout == h.addr(2).to_string() {
@@ -107,9 +107,32 @@ fn the_task_on_the_entry_host_sees_the_client(h: &Hosts) {
         }
     });
     // Made on host1 itself: answered too (masqueraded to the bridge).
-    let local = ask(1, 1);
+    let local = ask(1, 1, 9300);
     assert!(local.success(), "a connection made on host1 to its own published port: {local}");
     h.shoal_ok(1, &["service", "rm", "whoami"]);
+
+    // preserve-source=true: host2 hands host3's connection to host1 as it
+    // is (the hosts share a bridge), and host1's task sees host3.
+    let publish = "published=9301,target=80,preserve-source=true";
+    create(h, 1, "whoami-ps", &["--publish", publish, "--constraint", "node.hostname==host1"], &["sh", "-c", WHOAMI]);
+    h.wait_running_where(1, "whoami-ps", 1, CONVERGE, |i| i == 1);
+    for entry in [2, 1] {
+        wait_for(Duration::from_secs(20), &format!("host1's task to see host3 through host{entry}"), || {
+            let out = ask(3, entry, 9301);
+            if out.success() && out.stdout == from3 {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        });
+    }
+    // Many connections (different client ports, so different hashes): all
+    // answered, none SNATed.
+    for _ in 0..10 {
+        let out = ask(3, 2, 9301);
+        assert!(out.success() && out.stdout == from3, "through host2: {out}");
+    }
+    h.shoal_ok(1, &["service", "rm", "whoami-ps"]);
 }
 
 /// Every slot of `svc` runs exactly once over all engines, `n` slots.

@@ -330,7 +330,8 @@ impl MeshProgrammer {
         }
         let changes = plan::diff(&self.current, &self.desired);
         let kernel_stale = matches!(self.path, Path::Kernel { ready: false, .. });
-        if changes.is_empty() && !kernel_stale {
+        let peers_changed = self.current.peers != self.desired.peers;
+        if changes.is_empty() && !kernel_stale && !peers_changed {
             self.publish();
             return;
         }
@@ -384,7 +385,8 @@ impl MeshProgrammer {
         }
         // Unpublished ports fail no more.
         self.failures.retain(|p, _| desired.ports.contains_key(p));
-        let target = plan::apply(&self.current, at, &ok);
+        let mut target = plan::apply(&self.current, at, &ok);
+        target.peers = desired.peers.clone();
 
         let script = match &self.path {
             Path::Userspace(_) => {
@@ -393,7 +395,7 @@ impl MeshProgrammer {
                 return;
             }
             Path::Kernel { table, ready, .. } => {
-                if *ready {
+                if *ready && !table.needs_rebuild(&self.current, &target) {
                     table.update(&self.current, &ok)
                 } else {
                     table.rebuild(&target)

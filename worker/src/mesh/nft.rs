@@ -57,6 +57,8 @@ const DNAT_PRIORITY: i32 = -110;
 const REFUSE_PRIORITY: i32 = -10;
 /// Right before srcnat (100).
 const SNAT_PRIORITY: i32 = 90;
+/// The netdev ingress hook of `preserve-source` forwarding: first.
+const FORWARD_PRIORITY: i32 = -500;
 
 /// One node's nftables table: its name, family and the address it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +120,22 @@ impl NftTable {
     /// that in nft 1.0.6, which has no `destroy`).
     pub fn teardown(&self) -> String {
         let t = self.qualified();
-        format!("add table {t}\ndelete table {t}\n")
+        let n = format!("netdev {}", self.name);
+        format!("add table {t}\ndelete table {t}\nadd table {n}\ndelete table {n}\n")
+    }
+
+    /// The interface `preserve-source` forwarding works on: the node's
+    /// own, for an IPv4 address that is not loopback (nothing is forwarded
+    /// between loopback addresses).
+    fn dsr_interface(&self) -> Option<&str> {
+        let ext = self.ext_if.as_deref()?;
+        (self.addr.is_ipv4() && !self.addr.is_loopback() && ext != "lo").then_some(ext)
+    }
+
+    /// Changes to a mesh with `preserve-source` ports are made by a
+    /// rebuild: their rules span two tables and every node's address.
+    pub fn needs_rebuild(&self, current: &DesiredMesh, next: &DesiredMesh) -> bool {
+        self.dsr_interface().is_some() && (current.preserves_sources() || next.preserves_sources())
     }
 
     /// The whole table for `mesh`, replacing whatever is there, in one
@@ -146,7 +163,47 @@ impl NftTable {
         }
         s.push_str("\t}\n");
         let (daddr, addr) = (self.daddr(), self.addr);
-        for hook in ["output", "prerouting"] {
+        // preserve-source: a flow from another machine, addressed to any
+        // node (this one, or one that forwarded it here unchanged), goes to
+        // a task of this node without SNAT; its answers leave from here
+        // with the address the client called.
+        let dsr = self.dsr_interface().filter(|_| mesh.preserves_sources());
+        if let Some(ext) = dsr {
+            let mut local = Vec::new();
+            for (k, f) in mesh.ports.iter().filter(|(_, f)| f.preserve_source) {
+                let targets: Vec<SocketAddr> =
+                    f.backends.iter().filter(|b| b.ip() == addr).filter_map(|b| f.direct.get(b)).copied().collect();
+                if targets.is_empty() {
+                    continue;
+                }
+                let map: Vec<String> =
+                    targets.iter().enumerate().map(|(i, t)| format!("{i} : {}", target(t))).collect();
+                let _ = writeln!(
+                    s,
+                    "\tchain l{} {{\n\t\tmeta l4proto {} dnat to numgen inc mod {} map {{ {} }}\n\t}}",
+                    chain(*k),
+                    k.protocol,
+                    targets.len(),
+                    map.join(", ")
+                );
+                local.push(format!("{} : goto l{}", element(*k), chain(*k)));
+            }
+            s.push_str("\tmap local_ports {\n\t\ttype inet_proto . inet_service : verdict\n");
+            if !local.is_empty() {
+                let _ = writeln!(s, "\t\telements = {{ {} }}", local.join(", "));
+            }
+            s.push_str("\t}\n\tset peers {\n\t\ttype ipv4_addr\n");
+            let mut peers: Vec<String> = mesh.peers.iter().map(IpAddr::to_string).collect();
+            if !mesh.peers.contains(&addr) {
+                peers.push(addr.to_string());
+            }
+            let _ = writeln!(s, "\t\telements = {{ {} }}\n\t}}", peers.join(", "));
+            let _ = writeln!(
+                s,
+                "\tchain prerouting {{\n\t\ttype nat hook prerouting priority {DNAT_PRIORITY}; policy accept;\n\t\tiifname \"{ext}\" ip daddr @peers meta l4proto . th dport vmap @local_ports\n\t\t{daddr} {addr} meta l4proto . th dport vmap @ports\n\t}}"
+            );
+        }
+        for hook in ["output", "prerouting"].into_iter().filter(|h| dsr.is_none() || *h == "output") {
             let _ = writeln!(
                 s,
                 "\tchain {hook} {{\n\t\ttype nat hook {hook} priority {DNAT_PRIORITY}; policy accept;\n\t\t{daddr} {addr} meta l4proto . th dport vmap @ports\n\t}}"
@@ -179,6 +236,60 @@ impl NftTable {
             let _ = writeln!(s, "\t\t{mark} oifname != \"{ext}\" {clear} masquerade");
         }
         let _ = writeln!(s, "\t\t{mark} {clear} snat to {addr}\n\t}}");
+        s.push_str("}\n");
+        if let Some(ext) = dsr {
+            s.push_str(&self.forwarding_table(mesh, ext));
+        }
+        s
+    }
+
+    /// The netdev table that sends a `preserve-source` flow arriving here
+    /// for a task on another node to that node as it is (its MAC, the IP
+    /// header untouched: the nodes must share an L2 segment), before this
+    /// node's IP stack sees it. The choice is a hash of the client's
+    /// address and port, the same for every packet of the flow, over the
+    /// port's tasks; a task of this node: the packet goes on up here.
+    fn forwarding_table(&self, mesh: &DesiredMesh, ext: &str) -> String {
+        let mut chains = std::collections::BTreeSet::new();
+        let mut rules = Vec::new();
+        for (k, f) in mesh.ports.iter().filter(|(_, f)| f.preserve_source && !f.refuses()) {
+            if f.backends.iter().all(|b| b.ip() == self.addr) {
+                continue;
+            }
+            let picks: Vec<String> = f
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    if b.ip() == self.addr {
+                        format!("{i} : accept")
+                    } else {
+                        chains.insert(b.ip());
+                        format!("{i} : goto {}", fwd_chain(b.ip()))
+                    }
+                })
+                .collect();
+            rules.push(format!(
+                "\t\tip daddr {} meta l4proto {} th dport {} jhash ip saddr . th sport mod {} vmap {{ {} }}",
+                self.addr,
+                k.protocol,
+                k.port,
+                f.backends.len(),
+                picks.join(", ")
+            ));
+        }
+        if rules.is_empty() {
+            return String::new();
+        }
+        let mut s = format!("table netdev {} {{\n", self.name);
+        for ip in chains {
+            let _ = writeln!(s, "\tchain {} {{\n\t\tfwd ip to {ip} device \"{ext}\"\n\t}}", fwd_chain(ip));
+        }
+        let _ = writeln!(
+            s,
+            "\tchain ingress {{\n\t\ttype filter hook ingress device \"{ext}\" priority {FORWARD_PRIORITY}; policy accept;\n{}\n\t}}",
+            rules.join("\n")
+        );
         s.push_str("}\n");
         s
     }
@@ -274,6 +385,11 @@ impl NftTable {
             targets.join(", ")
         )
     }
+}
+
+/// `f_10_0_0_12`: the chain forwarding to node 10.0.0.12.
+fn fwd_chain(ip: IpAddr) -> String {
+    format!("f_{}", ip.to_string().replace(['.', ':'], "_"))
 }
 
 /// `tcp . 8080`.
@@ -419,7 +535,8 @@ pub async fn remove_stale_tables(ours: &NftTable, addr: IpAddr) -> Result<Vec<St
             .map_err(spawn_error)?;
         if String::from_utf8_lossy(&chain.stdout).contains(&needle) {
             let t = format!("{} {name}", ours.family);
-            run(&format!("add table {t}\ndelete table {t}\n")).await?;
+            let n = format!("netdev {name}");
+            run(&format!("add table {t}\ndelete table {t}\nadd table {n}\ndelete table {n}\n")).await?;
             removed.push(name.to_string());
         }
     }
@@ -502,6 +619,8 @@ mod tests {
         let want = "\
 add table ip shoal_abcdefghijkl
 delete table ip shoal_abcdefghijkl
+add table netdev shoal_abcdefghijkl
+delete table netdev shoal_abcdefghijkl
 table ip shoal_abcdefghijkl {
 \tset refused {
 \t\ttype inet_proto . inet_service
@@ -576,6 +695,45 @@ table ip shoal_abcdefghijkl {
         assert!(!without.contains("masquerade"), "{without}");
         // A name that could break out of nft's quotes is not used.
         assert_eq!(nft().with_interface(Some("a\"b".into())).rebuild(&mesh), without);
+    }
+
+    #[test]
+    fn preserve_source_forwards_remote_flows_unchanged_and_takes_any_nodes() {
+        let mut t = table(&[(Protocol::Tcp, 9300, &["10.0.0.11:32768", "10.0.0.12:32769", "10.0.0.13:32770"])]);
+        t.entries[0].preserve_source = true;
+        t.entries[0].direct = [("10.0.0.11:32768".parse().unwrap(), "172.17.0.5:80".parse().unwrap())].into();
+        t.nodes = ["10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.14"].iter().map(|a| a.parse().unwrap()).collect();
+        let node: IpAddr = "10.0.0.11".parse().unwrap();
+        let mesh = desired(&t, node);
+        let table =
+            NftTable::for_node(&NodeId::from("abcdefghijkl0123456789xyz"), node).with_interface(Some("eth0".into()));
+        let got = table.rebuild(&mesh);
+        std::fs::write(std::env::temp_dir().join("shoal-dsr-ruleset.nft"), &got).unwrap();
+        for want in [
+            // A flow forwarded here, or hashed to this node: to its task, no SNAT.
+            "\tchain lp_tcp_9300 {\n\t\tmeta l4proto tcp dnat to numgen inc mod 1 map { 0 : 172.17.0.5 . 80 }\n\t}",
+            "elements = { tcp . 9300 : goto lp_tcp_9300 }",
+            "elements = { 10.0.0.11, 10.0.0.12, 10.0.0.13, 10.0.0.14 }",
+            "\t\tiifname \"eth0\" ip daddr @peers meta l4proto . th dport vmap @local_ports\n\t\tip daddr 10.0.0.11 meta l4proto . th dport vmap @ports",
+            // The netdev table: the same hash for every packet of a flow.
+            "table netdev shoal_abcdefghijkl {",
+            "\tchain f_10_0_0_12 {\n\t\tfwd ip to 10.0.0.12 device \"eth0\"\n\t}",
+            "type filter hook ingress device \"eth0\" priority -500; policy accept;",
+            "ip daddr 10.0.0.11 meta l4proto tcp th dport 9300 jhash ip saddr . th sport mod 3 vmap { 0 : accept, 1 : goto f_10_0_0_12, 2 : goto f_10_0_0_13 }",
+        ] {
+            assert!(got.contains(want), "missing {want:?} in\n{got}");
+        }
+        assert_eq!(got.matches("chain prerouting").count(), 1, "{got}");
+        assert!(table.needs_rebuild(&mesh, &mesh));
+        // Another node with no task of its own forwards them all.
+        let other =
+            NftTable::for_node(&NodeId::from("n4"), "10.0.0.14".parse().unwrap()).with_interface(Some("eth0".into()));
+        let got = other.rebuild(&desired(&t, "10.0.0.14".parse().unwrap()));
+        assert!(got.contains("vmap { 0 : goto f_10_0_0_11, 1 : goto f_10_0_0_12, 2 : goto f_10_0_0_13 }"), "{got}");
+        assert!(!got.contains("lp_tcp_9300"), "{got}");
+        // On loopback addresses (one machine, no L2) it is not attempted.
+        let lo = nft().with_interface(Some("lo".into()));
+        assert!(!lo.rebuild(&desired(&t, "127.0.0.11".parse().unwrap())).contains("netdev shoal_abcdefghijkl {"));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Forward {
     /// Open each backend connection with a PROXY protocol v2 header
     /// (userspace path).
     pub proxy_protocol: bool,
+    /// Forward connections from other machines to the task's node with
+    /// their addresses unchanged (kernel path, see `nft`).
+    pub preserve_source: bool,
 }
 
 impl Forward {
@@ -62,11 +65,18 @@ impl Forward {
 pub struct DesiredMesh {
     pub addr: IpAddr,
     pub ports: BTreeMap<PortKey, Forward>,
+    /// Every node's address of `addr`'s family (this node's included).
+    pub peers: Vec<IpAddr>,
 }
 
 impl DesiredMesh {
     pub fn empty(addr: IpAddr) -> Self {
-        DesiredMesh { addr, ports: BTreeMap::new() }
+        DesiredMesh { addr, ports: BTreeMap::new(), peers: Vec::new() }
+    }
+
+    /// Does any port forward with `preserve-source`?
+    pub fn preserves_sources(&self) -> bool {
+        self.ports.values().any(|f| f.preserve_source && !f.refuses())
     }
 }
 
@@ -110,9 +120,11 @@ pub fn desired(table: &MeshTable, node_addr: IpAddr) -> DesiredMesh {
                 .map(|(b, c)| (*b, *c))
                 .collect(),
             proxy_protocol: e.proxy_protocol.is_some(),
+            preserve_source: e.preserve_source,
         });
     }
-    DesiredMesh { addr: node_addr, ports }
+    let peers = table.nodes.iter().filter(|a| a.is_ipv4() == node_addr.is_ipv4()).copied().collect();
+    DesiredMesh { addr: node_addr, ports, peers }
 }
 
 /// The changes that turn `current` into `desired`, closes first (so a port
