@@ -4,6 +4,7 @@
 //! down (removing the nft table in the kernel path).
 //!
 //! usage: mesh_bench kernel|userspace NODE_IP PORT BACKEND [BACKEND…]
+//!   (MESH_SPLICE=0: the userspace proxy copies instead of splice(2))
 //!   e.g. mesh_bench userspace 127.0.0.201 8080 127.0.0.200:32768
 
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +41,12 @@ async fn main() -> ExitCode {
         eprintln!("mesh_bench: {e}");
         return ExitCode::FAILURE;
     }
-    let (programmer, _status) = MeshProgrammer::new(MeshConfig::new(node_id, node_ip, path));
+    let mut config = MeshConfig::new(node_id, node_ip, path);
+    // MESH_SPLICE=0: the userspace proxy copies through its buffers.
+    if std::env::var("MESH_SPLICE").as_deref() == Ok("0") {
+        config.proxy.splice = false;
+    }
+    let (programmer, _status) = MeshProgrammer::new(config);
     let mesh = programmer.start();
     let table = MeshTable {
         entries: vec![MeshEntry {

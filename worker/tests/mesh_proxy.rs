@@ -307,3 +307,35 @@ async fn proxy_protocol_v2_tells_the_backend_who_called() {
         "no header, yet nginx named the client: {plain:?}"
     );
 }
+
+/// Bulk bytes both ways through the proxy (splice(2) on Linux) arrive
+/// whole and in order, and a client's half-close reaches the backend: the
+/// echo ends, and the client reads to the end.
+#[tokio::test]
+async fn bulk_transfer_and_half_close_pass_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = ip(6, 1);
+    let a = tcp_backend("a", ip(6, 2)).await;
+    let mut proxy = Proxy::new(node, ProxyConfig::default());
+    let port = PortKey::tcp(PORT + 6);
+    proxy.open(port, vec![a.addr]).expect("open");
+    let at = SocketAddr::new(node, port.port);
+    let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let s = TcpStream::connect(at).await.expect("connect");
+    let (mut r, mut w) = s.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.expect("write");
+        w.shutdown().await.expect("half-close");
+        w
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut back))
+        .await
+        .expect("the echo to end")
+        .expect("read");
+    let _w = writer.await.expect("writer");
+    assert_eq!(&back[..2], b"a\n");
+    assert_eq!(back.len() - 2, payload.len());
+    assert!(back[2..] == payload[..], "the bytes came back changed");
+}

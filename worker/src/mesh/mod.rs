@@ -27,6 +27,8 @@ pub mod forward;
 pub mod nft;
 pub mod plan;
 pub mod proxy;
+#[cfg(target_os = "linux")]
+pub mod splice;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

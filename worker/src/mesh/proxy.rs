@@ -11,11 +11,13 @@
 //! (SO_LINGER 0) and a datagram dropped. The proxy runs on a runtime of
 //! its own ([`ProxyConfig::threads`]), apart from the node's actors.
 //!
-//! Copying uses `tokio::io::copy_bidirectional_with_sizes`: two bounded
-//! buffers per connection, and no zero-copy. `splice(2)` through a pipe would
-//! save the two copies through userspace, which pays off for bulk transfers;
-//! for request/response traffic the cost is in the wake-ups and syscalls,
-//! which splice does not reduce (see `deploy/bench-mesh.sh`).
+//! Bytes move with `splice(2)` on Linux ([`super::splice`]): socket to a
+//! pipe to socket, never through userspace, with pipes pooled across
+//! connections; `ProxyConfig::splice = false` (or another OS) copies with
+//! `tokio::io::copy_bidirectional_with_sizes` through two bounded buffers per
+//! connection. Splice pays off for bulk transfers; for small
+//! request/response traffic the cost is in wake-ups and syscalls, which it
+//! does not reduce (see `deploy/bench-mesh.sh`, which measures both).
 
 use std::collections::HashMap;
 use std::io;
@@ -59,6 +61,9 @@ pub struct ProxyConfig {
     /// Threads of the proxy's own runtime, so that traffic neither waits for
     /// the node's actors nor holds them up; 0: the caller's runtime.
     pub threads: usize,
+    /// Move TCP bytes with splice(2) through a pipe (Linux), not through
+    /// buffers of ours.
+    pub splice: bool,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +80,7 @@ impl Default for ProxyConfig {
             max_udp_flows: 4_096,
             listen_backlog: 1_024,
             threads: 1,
+            splice: cfg!(target_os = "linux"),
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct Proxy {
     config: Arc<ProxyConfig>,
     stats: Arc<ProxyStats>,
     ports: HashMap<PortKey, Served>,
+    /// Empty pipes for splice(2), shared by every port.
+    pipes: Arc<Pipes>,
     /// Where listeners and connections run.
     handle: Handle,
     /// Ours, if `config.threads` asked for one; shut down with the proxy.
@@ -201,6 +209,7 @@ impl Proxy {
             config: Arc::new(config),
             stats: Arc::new(ProxyStats::default()),
             ports: HashMap::new(),
+            pipes: Arc::new(Pipes::new(1024)),
             handle,
             runtime,
         }
@@ -250,8 +259,13 @@ impl Proxy {
             Protocol::Tcp => {
                 let listener = listen_tcp(at, self.config.listen_backlog).map_err(in_use)?;
                 let local = listener.local_addr().map_err(in_use)?;
-                let task =
-                    self.handle.spawn(serve_tcp(listener, shared.clone(), self.config.clone(), self.stats.clone()));
+                let task = self.handle.spawn(serve_tcp(
+                    listener,
+                    shared.clone(),
+                    self.config.clone(),
+                    self.stats.clone(),
+                    self.pipes.clone(),
+                ));
                 Served { backends: shared, task, flows: None, local }
             }
             Protocol::Udp => {
@@ -348,7 +362,25 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-async fn serve_tcp(listener: TcpListener, backends: Arc<Backends>, config: Arc<ProxyConfig>, stats: Arc<ProxyStats>) {
+#[cfg(target_os = "linux")]
+type Pipes = super::splice::PipePool;
+/// No splice(2) here: nothing to pool.
+#[cfg(not(target_os = "linux"))]
+struct Pipes;
+#[cfg(not(target_os = "linux"))]
+impl Pipes {
+    fn new(_: usize) -> Self {
+        Pipes
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    backends: Arc<Backends>,
+    config: Arc<ProxyConfig>,
+    stats: Arc<ProxyStats>,
+    pipes: Arc<Pipes>,
+) {
     let limit = Arc::new(Semaphore::new(config.max_connections));
     loop {
         let (client, peer) = match listener.accept().await {
@@ -376,8 +408,9 @@ async fn serve_tcp(listener: TcpListener, backends: Arc<Backends>, config: Arc<P
         let backends = backends.clone();
         let config = config.clone();
         let stats = stats.clone();
+        let pipes = pipes.clone();
         tokio::spawn(async move {
-            forward_tcp(client, peer, &backends, list, &config, &stats).await;
+            forward_tcp(client, peer, &backends, list, &config, &stats, &pipes).await;
             drop(permit);
         });
     }
@@ -430,6 +463,7 @@ async fn forward_tcp(
     list: Arc<[SocketAddr]>,
     config: &ProxyConfig,
     stats: &ProxyStats,
+    pipes: &Pipes,
 ) {
     let local = client.local_addr().ok();
     let from = local.map(|a| a.ip());
@@ -454,6 +488,24 @@ async fn forward_tcp(
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let clock = Clock::new();
+    #[cfg(target_os = "linux")]
+    if config.splice {
+        let touch = |_: usize| clock.touch();
+        tokio::select! {
+            r = super::splice::both_ways(&client, &upstream, pipes, &touch) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "mesh proxy: connection ended");
+                }
+            }
+            _ = clock.idle_for(config.tcp_idle) => {
+                tracing::debug!("mesh proxy: idle connection closed");
+            }
+        }
+        stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pipes;
     let mut a = Touch { inner: client, clock: &clock };
     let mut b = Touch { inner: upstream, clock: &clock };
     tokio::select! {
