@@ -4,6 +4,7 @@
 //! [`plan::RecentFailures`] it derives from the store's tasks.
 
 pub mod plan;
+pub mod state;
 
 use common::time::Millis;
 
