@@ -618,3 +618,338 @@ impl<'t> Candidates<'t> {
         why
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::plan::{plan, plan_scan, Plan, RecentFailures};
+    use common::node::{Availability, Role};
+    use common::spec::{ServiceSpec, TaskTemplate};
+    use common::task::{TaskState, TaskStatus};
+    use common::TaskId;
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    /// A random cluster: nodes, their views, tasks, failures.
+    struct Cluster {
+        nodes: Vec<Node>,
+        ready: Vec<bool>,
+        descriptions: Vec<Option<NodeDescription>>,
+        tasks: BTreeMap<TaskId, Task>,
+    }
+
+    impl Cluster {
+        fn views(&self) -> Vec<NodeView<'_>> {
+            self.nodes
+                .iter()
+                .zip(&self.ready)
+                .zip(&self.descriptions)
+                .map(|((n, r), d)| NodeView::new(n, *r).described(d.as_ref()))
+                .collect()
+        }
+    }
+
+    fn pick<'x, T>(rng: &mut StdRng, xs: &'x [T]) -> &'x T {
+        xs.choose(rng).expect("not empty")
+    }
+
+    /// `n` nodes, their IDs in another order than their hostnames.
+    fn random_nodes(rng: &mut StdRng, n: usize) -> Vec<Node> {
+        let mut ids: Vec<usize> = (0..n).collect();
+        ids.shuffle(rng);
+        ids.into_iter().enumerate().map(|(i, id)| random_node(rng, i, id)).collect()
+    }
+
+    fn random_node(rng: &mut StdRng, i: usize, id: usize) -> Node {
+        let mut labels = BTreeMap::new();
+        if rng.gen_bool(0.8) {
+            labels.insert("zone".to_string(), pick(rng, &["a", "b", "c"]).to_string());
+        }
+        if rng.gen_bool(0.6) {
+            labels.insert("rack".to_string(), pick(rng, &["r1", "r2"]).to_string());
+        }
+        Node {
+            id: format!("id-{id:04}").as_str().into(),
+            raft_id: 1,
+            hostname: format!("n{i}"),
+            role: if rng.gen_bool(0.3) { Role::Manager } else { Role::Worker },
+            availability: *pick(
+                rng,
+                &[
+                    Availability::Active,
+                    Availability::Active,
+                    Availability::Active,
+                    Availability::Pause,
+                    Availability::Drain,
+                ],
+            ),
+            labels,
+            addr: "127.0.0.1:4242".parse().unwrap(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn random_description(rng: &mut StdRng) -> Option<NodeDescription> {
+        rng.gen_bool(0.75).then(|| {
+            let mut d = NodeDescription {
+                resources: Resources {
+                    nano_cpus: rng.gen_range(0..8) * 500_000_000,
+                    memory_bytes: rng.gen_range(0..4) << 30,
+                    ..Default::default()
+                },
+                os: "linux".into(),
+                arch: pick(rng, &["x86_64", "aarch64"]).to_string(),
+                ..Default::default()
+            };
+            if rng.gen_bool(0.3) {
+                d.resources.generic.insert("gpu".into(), rng.gen_range(1..3));
+            }
+            if rng.gen_bool(0.5) {
+                d.engine_labels.insert("storage".into(), pick(rng, &["ssd", "hdd"]).to_string());
+            }
+            d
+        })
+    }
+
+    fn random_template(rng: &mut StdRng) -> TaskTemplate {
+        const CONSTRAINTS: &[&str] = &[
+            "node.role==manager",
+            "node.role!=manager",
+            "node.labels.zone==a",
+            "node.labels.zone!=b",
+            "engine.labels.storage==ssd",
+            "node.platform.arch==x86_64",
+            "node.hostname!=n1",
+        ];
+        const PREFS: &[&[&str]] = &[
+            &[],
+            &[],
+            &["node.labels.zone"],
+            &["node.labels.zone", "node.labels.rack"],
+            &["node.labels.rack"],
+            &["engine.labels.storage"],
+        ];
+        let mut t = TaskTemplate::new(*pick(rng, &["img:1", "img:2"]));
+        for c in CONSTRAINTS {
+            if rng.gen_bool(0.12) {
+                t.constraints.push(Constraint::parse(c).unwrap());
+            }
+        }
+        t.scheduling.preferences = pick(rng, PREFS).iter().map(|p| Spread(p.to_string())).collect();
+        if rng.gen_bool(0.3) {
+            t.scheduling.reservations.nano_cpus = rng.gen_range(1..4) * 500_000_000;
+        }
+        if rng.gen_bool(0.15) {
+            t.scheduling.reservations.memory_bytes = 1 << 29;
+        }
+        if rng.gen_bool(0.1) {
+            t.scheduling.reservations.generic.insert("gpu".into(), 1);
+        }
+        if rng.gen_bool(0.25) {
+            let port = pick(rng, &["9000", "9001"]);
+            let proto = pick(rng, &["tcp", "udp"]);
+            t.ports = vec![format!("published={port},target=80,mode=host,protocol={proto}").parse().unwrap()];
+        }
+        if rng.gen_bool(0.25) {
+            t.scheduling.max_replicas_per_node = rng.gen_range(1..4);
+        }
+        t
+    }
+
+    fn task(service: &str, slot: u64, template: &TaskTemplate, node: Option<&NodeId>, state: TaskState) -> Task {
+        let spec = ServiceSpec::new(service, 1, template.clone());
+        Task {
+            id: format!("{service}-{slot}-{}", node.map_or("", |n| n.as_str())).as_str().into(),
+            service_id: service.into(),
+            service_name: service.into(),
+            slot,
+            node_id: node.cloned(),
+            spec: spec.task,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(state, 0, ""),
+            created_at: slot,
+            attempt: 0,
+            addresses: vec![],
+            job_iteration: None,
+        }
+    }
+
+    fn random_cluster(rng: &mut StdRng) -> (Cluster, RecentFailures) {
+        let n = rng.gen_range(0..25);
+        let nodes = random_nodes(rng, n);
+        let ready = (0..n).map(|_| rng.gen_bool(0.85)).collect();
+        let descriptions = (0..n).map(|_| random_description(rng)).collect();
+        let mut tasks = Vec::new();
+        let mut failures = RecentFailures::default();
+        let services = rng.gen_range(1..7);
+        for s in 0..services {
+            let service = format!("svc{s}");
+            // Two templates: a rolling update under way.
+            let templates = [random_template(rng), random_template(rng)];
+            let mut slot = 0;
+            for _ in 0..rng.gen_range(0..30) {
+                slot += 1;
+                let versions = rng.gen_range(1..3);
+                let template = pick(rng, &templates[..versions]);
+                let on = (!nodes.is_empty()).then(|| pick(rng, &nodes).id.clone());
+                let t = match rng.gen_range(0..10) {
+                    // Running already (perhaps where it would not fit now).
+                    0..=2 if on.is_some() => task(&service, slot, template, on.as_ref(), TaskState::Running),
+                    // Naming its node, as a global task does.
+                    3 if on.is_some() => {
+                        let mut t = task(&service, slot, template, on.as_ref(), TaskState::New);
+                        t.created_at = rng.gen_range(0..5);
+                        t
+                    }
+                    // On a node that has left.
+                    4 => task(&service, slot, template, Some(&"id-gone".into()), TaskState::Running),
+                    // Pending for a reason given before.
+                    5 => {
+                        let mut t = task(&service, slot, template, None, TaskState::Pending);
+                        t.status.err = Some("no suitable node (scheduling constraints not satisfied on 1 node)".into());
+                        t
+                    }
+                    _ => task(&service, slot, template, None, TaskState::New),
+                };
+                tasks.push(t);
+            }
+            // Failures of a template on a node, some over the threshold.
+            if !nodes.is_empty() && rng.gen_bool(0.4) {
+                let on = pick(rng, &nodes).id.clone();
+                let template = &templates[rng.gen_range(0..2)];
+                for k in 0..rng.gen_range(3..8) {
+                    let mut t = task(&service, 1000 + k, template, Some(&on), TaskState::Failed);
+                    t.desired_state = TaskState::Shutdown;
+                    t.status.timestamp = 1_000;
+                    tasks.push(t);
+                }
+            }
+        }
+        let tasks: BTreeMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        failures.observe(&tasks, 2_000);
+        (Cluster { nodes, ready, descriptions, tasks }, failures)
+    }
+
+    #[test]
+    fn the_indexed_plan_is_the_scans_on_random_clusters() {
+        let mut placed = 0;
+        let mut refused = 0;
+        for seed in 0..3_000 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (cluster, failures) = random_cluster(&mut rng);
+            let views = cluster.views();
+            let scan = plan_scan(&views, &cluster.tasks, &failures);
+            let indexed = plan(&views, &cluster.tasks, &failures);
+            assert_eq!(indexed, scan, "seed {seed}");
+            placed += scan.assign.len();
+            refused += scan.unplaceable.len();
+        }
+        // The clusters exercise both outcomes.
+        assert!(placed > 10_000 && refused > 1_000, "placed {placed}, refused {refused}");
+    }
+
+    #[test]
+    fn the_indexed_plan_is_the_scans_on_larger_clusters() {
+        for seed in 0..20 {
+            let mut rng = StdRng::seed_from_u64(1_000_000 + seed);
+            let nodes = random_nodes(&mut rng, 200);
+            let descriptions: Vec<_> = (0..200).map(|_| random_description(&mut rng)).collect();
+            let views: Vec<NodeView> = nodes
+                .iter()
+                .zip(&descriptions)
+                .map(|(n, d)| NodeView::new(n, rng.gen_bool(0.95)).described(d.as_ref()))
+                .collect();
+            let mut list = Vec::new();
+            for s in 0..8 {
+                let template = random_template(&mut rng);
+                for slot in 1..=rng.gen_range(50..400) {
+                    list.push(task(&format!("svc{s}"), slot, &template, None, TaskState::New));
+                }
+            }
+            let tasks: BTreeMap<TaskId, Task> = list.into_iter().map(|t| (t.id.clone(), t)).collect();
+            let f = RecentFailures::default();
+            assert_eq!(plan(&views, &tasks, &f), plan_scan(&views, &tasks, &f), "seed {seed}");
+        }
+    }
+
+    /// What a state holds, comparable.
+    type Snapshot = Vec<(NodeId, bool, usize, Vec<((u16, Protocol), usize)>, Resources, Vec<(ServiceId, usize)>)>;
+
+    fn snapshot(s: &SchedState) -> Snapshot {
+        let mut services: Vec<&ServiceId> = s.per_service.keys().collect();
+        services.sort();
+        (0..s.len())
+            .map(|i| {
+                let n = s.node(i);
+                let mut reserved = n.reserved.clone();
+                reserved.generic.retain(|_, k| *k > 0);
+                (
+                    n.node.id.clone(),
+                    n.ready,
+                    n.total,
+                    n.host_ports.iter().map(|(p, k)| (*p, *k)).collect(),
+                    reserved,
+                    services.iter().map(|sv| ((*sv).clone(), s.service_tasks(sv, i))).filter(|(_, k)| *k > 0).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn task_and_node_changes_leave_the_state_a_fresh_build_would_have() {
+        for seed in 0..300 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (cluster, _) = random_cluster(&mut rng);
+            let views = cluster.views();
+            let mut list: Vec<&Task> = cluster.tasks.values().collect();
+            list.shuffle(&mut rng);
+            let keep = rng.gen_range(0..=list.len());
+            let (kept, gone) = list.split_at(keep);
+
+            // Tasks removed one by one.
+            let mut state = SchedState::new(&views, cluster.tasks.values());
+            for t in gone {
+                state.remove_task(t);
+            }
+            assert_eq!(snapshot(&state), snapshot(&SchedState::new(&views, kept.iter().copied())), "seed {seed}");
+
+            // Nodes removed, then back with the same load, in another order.
+            let mut state = SchedState::new(&views, kept.iter().copied());
+            let mut leaving: Vec<&NodeView> = views.iter().filter(|_| rng.gen_bool(0.3)).collect();
+            for v in &leaving {
+                state.remove_node(&v.node.id);
+            }
+            let rest: Vec<NodeView> =
+                views.iter().filter(|v| !leaving.iter().any(|l| l.node.id == v.node.id)).cloned().collect();
+            assert_eq!(snapshot(&state), snapshot(&SchedState::new(&rest, kept.iter().copied())), "seed {seed}");
+            leaving.shuffle(&mut rng);
+            for v in &leaving {
+                state.upsert_node((*v).clone());
+            }
+            for t in kept
+                .iter()
+                .filter(|t| t.assigned_node().is_some_and(|n| leaving.iter().any(|l| &l.node.id == n)) && t.is_active())
+            {
+                state.add_task(t);
+            }
+            assert_eq!(snapshot(&state), snapshot(&SchedState::new(&views, kept.iter().copied())), "seed {seed}");
+
+            // A node going down.
+            if let Some(v) = views.first() {
+                let mut down = v.clone();
+                down.ready = false;
+                state.upsert_node(down);
+                let i = state.index_of(&v.node.id).unwrap();
+                assert!(!state.node(i).ready);
+            }
+        }
+    }
+
+    #[test]
+    fn a_plan_with_no_nodes_or_no_tasks_is_empty() {
+        let tasks = BTreeMap::new();
+        assert_eq!(plan(&[], &tasks, &RecentFailures::default()), Plan::default());
+    }
+}
