@@ -731,7 +731,8 @@ mod tests {
             &["node.labels.rack"],
             &["engine.labels.storage"],
         ];
-        let mut t = TaskTemplate::new(*pick(rng, &["img:1", "img:2"]));
+        let image: &&str = pick(rng, &["img:1", "img:2"]);
+        let mut t = TaskTemplate::new(image);
         for c in CONSTRAINTS {
             if rng.gen_bool(0.12) {
                 t.constraints.push(Constraint::parse(c).unwrap());
