@@ -450,8 +450,12 @@ fn waiting_in_order(tasks: &BTreeMap<TaskId, Task>) -> (Vec<&Task>, Vec<&Task>) 
 /// placement costs O(log n) rather than a pass over every node. The result
 /// is the one [`plan_scan`] computes.
 pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failures: &RecentFailures) -> Plan {
-    let mut state = SchedState::new(nodes, tasks.values());
     let (preassigned, pending) = waiting_in_order(tasks);
+    if preassigned.is_empty() && pending.is_empty() {
+        // Most changes (status reports) leave nothing to place: no index.
+        return Plan::default();
+    }
+    let mut state = SchedState::new(nodes, tasks.values());
     let mut out = Plan::default();
     for t in preassigned {
         let Some(node) = t.node_id.as_ref() else { continue };
