@@ -12,6 +12,9 @@
 //! names its node meets the same pipeline over that node alone (swarmkit's
 //! `taskFitNode`): admitted, it is assigned there; refused, it stays PENDING
 //! with the reason and is looked at again on the next change.
+//!
+//! [`plan`] computes this from an index ([`super::state`]); [`plan_scan`]
+//! computes the same the plain way and is what the index is tested against.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -450,6 +453,18 @@ fn waiting_in_order(tasks: &BTreeMap<TaskId, Task>) -> (Vec<&Task>, Vec<&Task>) 
 /// placement costs O(log n) rather than a pass over every node. The result
 /// is the one [`plan_scan`] computes.
 pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failures: &RecentFailures) -> Plan {
+    plan_at_most(nodes, tasks, failures, usize::MAX)
+}
+
+/// [`plan`]'s first `limit` decisions (assignments and refusals): a plan
+/// that fits in one proposal. Once they are committed, the next plan goes
+/// on from there as this one would have.
+pub fn plan_at_most<'a>(
+    nodes: &[NodeView<'a>],
+    tasks: &'a BTreeMap<TaskId, Task>,
+    failures: &RecentFailures,
+    limit: usize,
+) -> Plan {
     let (preassigned, pending) = waiting_in_order(tasks);
     if preassigned.is_empty() && pending.is_empty() {
         // Most changes (status reports) leave nothing to place: no index.
@@ -458,6 +473,9 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failu
     let mut state = SchedState::new(nodes, tasks.values());
     let mut out = Plan::default();
     for t in preassigned {
+        if out.len() >= limit {
+            return out;
+        }
         let Some(node) = t.node_id.as_ref() else { continue };
         // A node gone from the store: the orchestrator takes the task away.
         let Some(i) = state.index_of(node) else { continue };
@@ -481,6 +499,9 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failu
         // rolling update); each placement updates them all.
         let mut live: Vec<Candidates> = Vec::new();
         for &t in service {
+            if out.len() >= limit {
+                return out;
+            }
             let c = match live.iter().position(|c| c.serves(t)) {
                 Some(c) => c,
                 None => {
@@ -564,6 +585,15 @@ pub fn plan_scan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, 
 }
 
 impl Plan {
+    /// How many decisions the plan holds.
+    pub fn len(&self) -> usize {
+        self.assign.len() + self.unplaceable.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.assign.is_empty() && self.unplaceable.is_empty()
+    }
+
     /// Records why `t` cannot go anywhere (or not on its node). Proposes
     /// only what changes: a task already pending for the same reason needs
     /// no new entry in the log.
@@ -1152,6 +1182,31 @@ mod tests {
         let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(hosts(&p), ["n2", "n2"]);
         assert_eq!(p.unplaceable[0].1, "no suitable node (scheduling constraints not satisfied on 2 nodes)");
+    }
+
+    #[test]
+    fn a_plan_cut_short_goes_on_where_it_stopped_once_committed() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut list: Vec<Task> = (1..=5).map(|s| task("web", s, None, &[])).collect();
+        list.push(task("db", 1, None, &["node.labels.zone==mars"]));
+        list.push(task("db", 2, None, &[]));
+        let mut ts = tasks(list);
+        let whole = plan(&views, &ts, &RecentFailures::default());
+        let first = plan_at_most(&views, &ts, &RecentFailures::default(), 4);
+        assert_eq!(first.len(), 4);
+        // db sorts first: its refusal and its placement, then two of web.
+        assert_eq!(first.unplaceable, whole.unplaceable);
+        assert_eq!(first.assign[..], whole.assign[..3]);
+        for (id, node) in &first.assign {
+            let t = ts.get_mut(id).unwrap();
+            t.node_id = Some(node.clone());
+            t.status = TaskStatus::new(TaskState::Assigned, 1, "assigned");
+        }
+        let rest = plan_at_most(&views, &ts, &RecentFailures::default(), 4);
+        assert_eq!(rest.assign[..], whole.assign[3..]);
+        // The refused task is proposed again: it is still NEW in this test.
+        assert_eq!(rest.unplaceable, whole.unplaceable);
     }
 
     #[test]
