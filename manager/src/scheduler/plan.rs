@@ -113,6 +113,12 @@ pub(crate) trait Filter {
     /// never on the load or the rest of the task: the indexed plan asks once
     /// per node and constraint list.
     fn load_free(&self) -> bool;
+    /// Whether the filter can refuse `task` anywhere at all (a task that
+    /// reserves nothing meets no resource filter): the indexed plan asks
+    /// only those that can.
+    fn can_refuse(&self, _task: &Task) -> bool {
+        true
+    }
 }
 
 /// `WORDS N node(s)`.
@@ -161,6 +167,9 @@ impl Filter for ResourceFilter {
     fn load_free(&self) -> bool {
         false
     }
+    fn can_refuse(&self, task: &Task) -> bool {
+        !task.spec.scheduling.reservations.is_empty()
+    }
 }
 
 struct ConstraintFilter;
@@ -188,6 +197,9 @@ impl Filter for HostPortFilter {
     fn load_free(&self) -> bool {
         false
     }
+    fn can_refuse(&self, task: &Task) -> bool {
+        host_ports(task).next().is_some()
+    }
 }
 
 /// `--replicas-max-per-node`: at most that many active tasks of the
@@ -204,6 +216,9 @@ impl Filter for MaxReplicasFilter {
     }
     fn load_free(&self) -> bool {
         false
+    }
+    fn can_refuse(&self, task: &Task) -> bool {
+        task.spec.scheduling.max_replicas_per_node != 0
     }
 }
 
@@ -254,9 +269,9 @@ pub(crate) fn admits_load_free(view: &dyn NodeFacts, task: &Task) -> bool {
     PIPELINE.iter().filter(|f| f.load_free()).all(|f| f.admits(view, task))
 }
 
-/// Whether every filter that reads the load admits `task` on `view`.
-pub(crate) fn admits_under_load(view: &dyn NodeFacts, task: &Task) -> bool {
-    PIPELINE.iter().filter(|f| !f.load_free()).all(|f| f.admits(view, task))
+/// The filters that read the load and can refuse `task`.
+pub(crate) fn load_filters(task: &Task) -> Vec<&'static dyn Filter> {
+    PIPELINE.iter().copied().filter(|f| !f.load_free() && f.can_refuse(task)).collect()
 }
 
 /// Why a task fits none of `nodes` nodes, `refused[i]` of which the `i`th

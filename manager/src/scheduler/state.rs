@@ -32,7 +32,7 @@ use common::task::Task;
 use common::{NodeId, ServiceId};
 
 use super::plan::{
-    admits_load_free, admits_under_load, explain, host_ports, refused_by, NodeFacts, NodeView, PIPELINE,
+    admits_load_free, explain, host_ports, load_filters, refused_by, Filter, NodeFacts, NodeView, PIPELINE,
 };
 
 /// One node and the load on it.
@@ -520,6 +520,8 @@ pub struct Candidates<'t> {
     /// The first of those tasks: what the filters are asked about.
     task: &'t Task,
     admitted: Rc<Vec<bool>>,
+    /// The filters that read the load and can refuse the task.
+    load_filters: Vec<&'static dyn Filter>,
     /// Nodes where this template keeps failing, sorted.
     failing: Vec<usize>,
     /// Ranks by position (node index without preferences).
@@ -546,6 +548,7 @@ impl<'t> Candidates<'t> {
         let mut c = Candidates {
             task,
             admitted: cache.admitted(state, task),
+            load_filters: load_filters(task),
             failing,
             ranks: MinTree::new(&[]),
             groups,
@@ -569,8 +572,14 @@ impl<'t> Candidates<'t> {
     }
 
     fn rank_of(&self, state: &SchedState, service_tasks: usize, i: usize) -> u128 {
-        if !self.admitted[i] || !admits_under_load(&state.facts(i, service_tasks), self.task) {
+        if !self.admitted[i] {
             return NONE;
+        }
+        if !self.load_filters.is_empty() {
+            let facts = state.facts(i, service_tasks);
+            if !self.load_filters.iter().all(|f| f.admits(&facts, self.task)) {
+                return NONE;
+            }
         }
         rank(self.failing.binary_search(&i).is_ok(), service_tasks, state.node(i).total, i)
     }
