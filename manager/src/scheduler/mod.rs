@@ -1,15 +1,24 @@
 //! Scheduler: places unassigned tasks on nodes and admits (or refuses, with
 //! the reason) tasks that name their node. The placement is the pure
-//! [`plan::plan`]; this is the thin loop around it, which also keeps the
-//! [`plan::RecentFailures`] it derives from the store's tasks.
+//! [`plan::plan`], which places from the indexed load of [`state`]
+//! (O(log n) a task, where [`plan::plan_scan`], kept as its reference,
+//! runs every filter over every node); this is the thin loop around it,
+//! which also keeps the [`plan::RecentFailures`] it derives from the
+//! store's tasks.
 
 pub mod plan;
+pub mod state;
 
 use common::time::Millis;
 
 use crate::control::{Decide, LoopCtx};
 use crate::store::{Assignment, Command, Store, Unplaceable};
 use plan::{NodeView, RecentFailures, FAILURE_WINDOW_MS, MAX_FAILURES};
+
+/// At most this many assignments and refusals in one proposal (about
+/// 100 bytes each in the log): a million new tasks are placed in a hundred
+/// batches rather than in one entry larger than a cluster frame.
+pub const MAX_DECISIONS_PER_PROPOSAL: usize = 10_000;
 
 #[derive(Default)]
 pub struct Scheduler {
@@ -32,7 +41,11 @@ impl Decide for Scheduler {
                 "tasks of the service keep failing on the node: placing them on other nodes while any fits"
             );
         }
-        let p = plan::plan(&views, &store.tasks, &self.failures);
+        let p = plan::plan_at_most(&views, &store.tasks, &self.failures, MAX_DECISIONS_PER_PROPOSAL);
+        if p.len() >= MAX_DECISIONS_PER_PROPOSAL {
+            // The loop plans again once this batch is committed.
+            tracing::debug!(decisions = p.len(), "placing in batches: more tasks wait");
+        }
         let mut cmds = Vec::new();
         if !p.assign.is_empty() {
             cmds.push(Command::AssignTasks(
@@ -45,5 +58,22 @@ impl Decide for Scheduler {
             ));
         }
         (cmds, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::encode_command;
+    use common::{NodeId, TaskId};
+
+    #[test]
+    fn a_full_batch_of_placements_fits_well_within_a_frame() {
+        let batch = (0..MAX_DECISIONS_PER_PROPOSAL)
+            .map(|_| Assignment { task: TaskId::random(), node: NodeId::random(), at: u64::MAX })
+            .collect();
+        let bytes = encode_command(&Command::Batch(vec![Command::AssignTasks(batch)])).len();
+        assert!(bytes < 2 << 20, "{bytes} bytes");
+        assert!(bytes < common::wire::MAX_FRAME / 8);
     }
 }

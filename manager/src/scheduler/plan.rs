@@ -12,6 +12,9 @@
 //! names its node meets the same pipeline over that node alone (swarmkit's
 //! `taskFitNode`): admitted, it is assigned there; refused, it stays PENDING
 //! with the reason and is looked at again on the next change.
+//!
+//! [`plan`] computes this from an index ([`super::state`]); [`plan_scan`]
+//! computes the same the plain way and is what the index is tested against.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +26,8 @@ use common::spec::TaskTemplate;
 use common::task::{Task, TaskState};
 use common::time::Millis;
 use common::{NodeId, ServiceId, TaskId};
+
+use super::state::{Candidates, IndexCache, SchedState};
 
 /// What the scheduler sees of one node.
 #[derive(Clone, Debug)]
@@ -64,12 +69,56 @@ pub struct Plan {
     pub unplaceable: Vec<(TaskId, String)>,
 }
 
+/// What the filters read of one node and its load: a [`NodeView`], or a
+/// node of the indexed [`SchedState`](super::state::SchedState).
+pub(crate) trait NodeFacts {
+    fn node(&self) -> &Node;
+    fn ready(&self) -> bool;
+    fn description(&self) -> Option<&NodeDescription>;
+    /// What the node's active tasks reserve together.
+    fn reserved(&self) -> &Resources;
+    fn port_in_use(&self, port: &(u16, Protocol)) -> bool;
+    /// Active tasks of `service` on the node.
+    fn service_tasks(&self, service: &ServiceId) -> usize;
+}
+
+impl NodeFacts for NodeView<'_> {
+    fn node(&self) -> &Node {
+        self.node
+    }
+    fn ready(&self) -> bool {
+        self.ready
+    }
+    fn description(&self) -> Option<&NodeDescription> {
+        self.description
+    }
+    fn reserved(&self) -> &Resources {
+        &self.reserved
+    }
+    fn port_in_use(&self, port: &(u16, Protocol)) -> bool {
+        self.host_ports.contains(port)
+    }
+    fn service_tasks(&self, service: &ServiceId) -> usize {
+        self.service_tasks.get(service).copied().unwrap_or(0)
+    }
+}
+
 /// One step of the filter pipeline.
-trait Filter {
+pub(crate) trait Filter {
     /// Why this filter refused `n` nodes, e.g. "scheduling constraints not
     /// satisfied on 3 nodes" (Swarm's words).
     fn explain(&self, n: usize) -> String;
-    fn admits(&self, view: &NodeView, task: &Task) -> bool;
+    fn admits(&self, view: &dyn NodeFacts, task: &Task) -> bool;
+    /// The answer depends only on the node and the task's constraints,
+    /// never on the load or the rest of the task: the indexed plan asks once
+    /// per node and constraint list.
+    fn load_free(&self) -> bool;
+    /// Whether the filter can refuse `task` anywhere at all (a task that
+    /// reserves nothing meets no resource filter): the indexed plan asks
+    /// only those that can.
+    fn can_refuse(&self, _task: &Task) -> bool {
+        true
+    }
 }
 
 /// `WORDS N node(s)`.
@@ -82,8 +131,11 @@ impl Filter for ReadyFilter {
     fn explain(&self, n: usize) -> String {
         on("node not ready on", n)
     }
-    fn admits(&self, view: &NodeView, _: &Task) -> bool {
-        view.ready
+    fn admits(&self, view: &dyn NodeFacts, _: &Task) -> bool {
+        view.ready()
+    }
+    fn load_free(&self) -> bool {
+        true
     }
 }
 
@@ -92,8 +144,11 @@ impl Filter for AvailabilityFilter {
     fn explain(&self, n: usize) -> String {
         on("node not available for new tasks on", n)
     }
-    fn admits(&self, view: &NodeView, _: &Task) -> bool {
-        view.node.availability == Availability::Active
+    fn admits(&self, view: &dyn NodeFacts, _: &Task) -> bool {
+        view.node().availability == Availability::Active
+    }
+    fn load_free(&self) -> bool {
+        true
     }
 }
 
@@ -105,9 +160,15 @@ impl Filter for ResourceFilter {
     fn explain(&self, n: usize) -> String {
         on("insufficient resources on", n)
     }
-    fn admits(&self, view: &NodeView, task: &Task) -> bool {
+    fn admits(&self, view: &dyn NodeFacts, task: &Task) -> bool {
         let need = &task.spec.scheduling.reservations;
-        need.is_empty() || view.description.is_some_and(|d| view.reserved.fits(need, &d.resources))
+        need.is_empty() || view.description().is_some_and(|d| view.reserved().fits(need, &d.resources))
+    }
+    fn load_free(&self) -> bool {
+        false
+    }
+    fn can_refuse(&self, task: &Task) -> bool {
+        !task.spec.scheduling.reservations.is_empty()
     }
 }
 
@@ -116,8 +177,11 @@ impl Filter for ConstraintFilter {
     fn explain(&self, n: usize) -> String {
         on("scheduling constraints not satisfied on", n)
     }
-    fn admits(&self, view: &NodeView, task: &Task) -> bool {
-        all_match_described(&task.spec.constraints, view.node, view.description)
+    fn admits(&self, view: &dyn NodeFacts, task: &Task) -> bool {
+        all_match_described(&task.spec.constraints, view.node(), view.description())
+    }
+    fn load_free(&self) -> bool {
+        true
     }
 }
 
@@ -127,8 +191,14 @@ impl Filter for HostPortFilter {
     fn explain(&self, n: usize) -> String {
         on("host-mode port already in use on", n)
     }
-    fn admits(&self, view: &NodeView, task: &Task) -> bool {
-        host_ports(task).all(|p| !view.host_ports.contains(&p))
+    fn admits(&self, view: &dyn NodeFacts, task: &Task) -> bool {
+        host_ports(task).all(|p| !view.port_in_use(&p))
+    }
+    fn load_free(&self) -> bool {
+        false
+    }
+    fn can_refuse(&self, task: &Task) -> bool {
+        host_ports(task).next().is_some()
     }
 }
 
@@ -140,9 +210,15 @@ impl Filter for MaxReplicasFilter {
         // Swarm's words, without a count.
         "max replicas per node limit exceed".into()
     }
-    fn admits(&self, view: &NodeView, task: &Task) -> bool {
+    fn admits(&self, view: &dyn NodeFacts, task: &Task) -> bool {
         let max = task.spec.scheduling.max_replicas_per_node;
-        max == 0 || (view.service_tasks.get(&task.service_id).copied().unwrap_or(0) as u64) < max
+        max == 0 || (view.service_tasks(&task.service_id) as u64) < max
+    }
+    fn load_free(&self) -> bool {
+        false
+    }
+    fn can_refuse(&self, task: &Task) -> bool {
+        task.spec.scheduling.max_replicas_per_node != 0
     }
 }
 
@@ -151,7 +227,7 @@ pub fn host_ports(task: &Task) -> impl Iterator<Item = (u16, Protocol)> + '_ {
     task.spec.ports.iter().filter(|p| p.mode == PublishMode::Host).filter_map(|p| p.published.map(|n| (n, p.protocol)))
 }
 
-const PIPELINE: &[&dyn Filter] =
+pub(crate) const PIPELINE: &[&dyn Filter] =
     &[&ReadyFilter, &AvailabilityFilter, &ResourceFilter, &ConstraintFilter, &HostPortFilter, &MaxReplicasFilter];
 
 fn plural(n: usize) -> &'static str {
@@ -179,12 +255,34 @@ fn eligible<'v, 'a>(nodes: &'v [NodeView<'a>], task: &Task) -> Result<Vec<&'v No
     if !ok.is_empty() {
         return Ok(ok);
     }
-    if nodes.is_empty() {
-        return Err("no suitable node (no nodes in the cluster)".into());
+    Err(explain(nodes.len(), &refused))
+}
+
+/// The index in [`PIPELINE`] of the first filter that refuses `task` on
+/// `view`, if one does.
+pub(crate) fn refused_by(view: &dyn NodeFacts, task: &Task) -> Option<usize> {
+    PIPELINE.iter().position(|f| !f.admits(view, task))
+}
+
+/// Whether every filter that does not read the load admits `task` on `view`.
+pub(crate) fn admits_load_free(view: &dyn NodeFacts, task: &Task) -> bool {
+    PIPELINE.iter().filter(|f| f.load_free()).all(|f| f.admits(view, task))
+}
+
+/// The filters that read the load and can refuse `task`.
+pub(crate) fn load_filters(task: &Task) -> Vec<&'static dyn Filter> {
+    PIPELINE.iter().copied().filter(|f| !f.load_free() && f.can_refuse(task)).collect()
+}
+
+/// Why a task fits none of `nodes` nodes, `refused[i]` of which the `i`th
+/// filter of [`PIPELINE`] refused.
+pub(crate) fn explain(nodes: usize, refused: &[usize]) -> String {
+    if nodes == 0 {
+        return "no suitable node (no nodes in the cluster)".into();
     }
     let reasons: Vec<String> =
-        PIPELINE.iter().zip(&refused).filter(|(_, n)| **n > 0).map(|(f, n)| f.explain(*n)).collect();
-    Err(format!("no suitable node ({})", reasons.join("; ")))
+        PIPELINE.iter().zip(refused).filter(|(_, n)| **n > 0).map(|(f, n)| f.explain(*n)).collect();
+    format!("no suitable node ({})", reasons.join("; "))
 }
 
 /// Swarm's tree of spread groups, walked for one task of `service`: at
@@ -340,7 +438,7 @@ impl RecentFailures {
     }
 
     /// The nodes that reached [`MAX_FAILURES`] for `t`'s service version.
-    fn failing_for(&self, t: &Task) -> BTreeSet<&NodeId> {
+    pub(crate) fn failing_for(&self, t: &Task) -> BTreeSet<&NodeId> {
         self.by_service
             .get(&t.service_id)
             .and_then(|versions| versions.iter().find(|v| v.template == t.spec))
@@ -349,16 +447,111 @@ impl RecentFailures {
     }
 }
 
-/// Places the waiting tasks of `tasks` on `nodes`, avoiding (not refusing)
-/// the nodes `failures` marks for a task's service.
-pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failures: &RecentFailures) -> Plan {
-    let mut load = Load::new(nodes, tasks);
+/// The waiting tasks of `tasks` in the order the plan takes them: those
+/// that name their node first, oldest first, as in swarmkit (they have no
+/// other node to go to); then the others by service and slot, so that a
+/// service's tasks come together.
+fn waiting_in_order(tasks: &BTreeMap<TaskId, Task>) -> (Vec<&Task>, Vec<&Task>) {
     let (mut preassigned, mut pending): (Vec<&Task>, Vec<&Task>) =
         tasks.values().filter(|t| waiting(t)).partition(|t| t.node_id.is_some());
-    // Tasks that name their node go first, oldest first, as in swarmkit:
-    // they have no other node to go to.
     preassigned.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     pending.sort_by(|a, b| (&a.service_id, a.slot, a.created_at).cmp(&(&b.service_id, b.slot, b.created_at)));
+    (preassigned, pending)
+}
+
+/// Places the waiting tasks of `tasks` on `nodes`, avoiding (not refusing)
+/// the nodes `failures` marks for a task's service.
+///
+/// The load is indexed once ([`SchedState`]) and kept as tasks are placed;
+/// a service's tasks are placed from [`Candidates`], one per task template
+/// of the service, which keep the nodes that admit it ranked, so a
+/// placement costs O(log n) rather than a pass over every node. The result
+/// is the one [`plan_scan`] computes.
+pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failures: &RecentFailures) -> Plan {
+    plan_at_most(nodes, tasks, failures, usize::MAX)
+}
+
+/// [`plan`]'s first `limit` decisions (assignments and refusals): a plan
+/// that fits in one proposal. Once they are committed, the next plan goes
+/// on from there as this one would have.
+pub fn plan_at_most<'a>(
+    nodes: &[NodeView<'a>],
+    tasks: &'a BTreeMap<TaskId, Task>,
+    failures: &RecentFailures,
+    limit: usize,
+) -> Plan {
+    let (preassigned, pending) = waiting_in_order(tasks);
+    if preassigned.is_empty() && pending.is_empty() {
+        // Most changes (status reports) leave nothing to place: no index.
+        return Plan::default();
+    }
+    let mut state = SchedState::new(nodes, tasks.values());
+    let mut out = Plan::default();
+    for t in preassigned {
+        if out.len() >= limit {
+            return out;
+        }
+        let Some(node) = t.node_id.as_ref() else { continue };
+        // A node gone from the store: the orchestrator takes the task away.
+        let Some(i) = state.index_of(node) else { continue };
+        // The same pipeline, over the one node (swarmkit's `taskFitNode`).
+        match refused_by(&state.facts(i, state.service_tasks(&t.service_id, i)), t) {
+            None => {
+                state.place(t, i);
+                out.assign.push((t.id.clone(), node.clone()));
+            }
+            Some(f) => {
+                let mut refused = vec![0; PIPELINE.len()];
+                refused[f] = 1;
+                out.refuse(t, explain(1, &refused));
+            }
+        }
+    }
+    let mut cache = IndexCache::default();
+    for service in pending.chunk_by(|a, b| a.service_id == b.service_id) {
+        let mut counts = state.dense_service_tasks(&service[0].service_id);
+        // One per template among the service's waiting tasks (two during a
+        // rolling update); each placement updates them all.
+        let mut live: Vec<Candidates> = Vec::new();
+        for &t in service {
+            if out.len() >= limit {
+                return out;
+            }
+            let c = match live.iter().position(|c| c.serves(t)) {
+                Some(c) => c,
+                None => {
+                    let failing: Vec<usize> =
+                        failures.failing_for(t).into_iter().filter_map(|n| state.index_of(n)).collect();
+                    live.push(Candidates::new(&state, &counts, t, &failing, &mut cache));
+                    live.len() - 1
+                }
+            };
+            match live[c].best() {
+                Some(i) => {
+                    state.place(t, i);
+                    counts[i] += 1;
+                    for c in &mut live {
+                        c.placed(&state, &counts, i);
+                    }
+                    out.assign.push((t.id.clone(), state.node(i).node.id.clone()));
+                }
+                None => {
+                    let reason = live[c].explain(&state, &counts);
+                    out.refuse(t, reason);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The placement [`plan`] computes, found the simple way: every filter over
+/// every node for every task. The reference the indexed plan is tested
+/// against, and the baseline of `examples/bench_plan.rs`.
+#[doc(hidden)]
+pub fn plan_scan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failures: &RecentFailures) -> Plan {
+    let mut load = Load::new(nodes, tasks);
+    let (preassigned, pending) = waiting_in_order(tasks);
 
     let mut out = Plan::default();
     for t in preassigned {
@@ -407,6 +600,15 @@ pub fn plan<'a>(nodes: &[NodeView<'a>], tasks: &'a BTreeMap<TaskId, Task>, failu
 }
 
 impl Plan {
+    /// How many decisions the plan holds.
+    pub fn len(&self) -> usize {
+        self.assign.len() + self.unplaceable.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.assign.is_empty() && self.unplaceable.is_empty()
+    }
+
     /// Records why `t` cannot go anywhere (or not on its node). Proposes
     /// only what changes: a task already pending for the same reason needs
     /// no new entry in the log.
@@ -995,6 +1197,31 @@ mod tests {
         let p = plan(&views, &ts, &RecentFailures::default());
         assert_eq!(hosts(&p), ["n2", "n2"]);
         assert_eq!(p.unplaceable[0].1, "no suitable node (scheduling constraints not satisfied on 2 nodes)");
+    }
+
+    #[test]
+    fn a_plan_cut_short_goes_on_where_it_stopped_once_committed() {
+        let ns = [node("n1", Role::Manager), node("n2", Role::Worker), node("n3", Role::Worker)];
+        let views: Vec<_> = ns.iter().map(|n| NodeView::new(n, true)).collect();
+        let mut list: Vec<Task> = (1..=5).map(|s| task("web", s, None, &[])).collect();
+        list.push(task("db", 1, None, &["node.labels.zone==mars"]));
+        list.push(task("db", 2, None, &[]));
+        let mut ts = tasks(list);
+        let whole = plan(&views, &ts, &RecentFailures::default());
+        let first = plan_at_most(&views, &ts, &RecentFailures::default(), 4);
+        assert_eq!(first.len(), 4);
+        // db sorts first: its refusal and its placement, then two of web.
+        assert_eq!(first.unplaceable, whole.unplaceable);
+        assert_eq!(first.assign[..], whole.assign[..3]);
+        for (id, node) in &first.assign {
+            let t = ts.get_mut(id).unwrap();
+            t.node_id = Some(node.clone());
+            t.status = TaskStatus::new(TaskState::Assigned, 1, "assigned");
+        }
+        let rest = plan_at_most(&views, &ts, &RecentFailures::default(), 4);
+        assert_eq!(rest.assign[..], whole.assign[3..]);
+        // The refused task is proposed again: it is still NEW in this test.
+        assert_eq!(rest.unplaceable, whole.unplaceable);
     }
 
     #[test]
