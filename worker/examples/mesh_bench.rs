@@ -4,7 +4,7 @@
 //! down (removing the nft table in the kernel path).
 //!
 //! usage: mesh_bench kernel|userspace NODE_IP PORT BACKEND [BACKEND…]
-//!   (MESH_SPLICE=0: the userspace proxy copies instead of splice(2))
+//!   (MESH_SPLICE=1: the userspace proxy uses splice(2) instead of copying)
 //!   e.g. mesh_bench userspace 127.0.0.201 8080 127.0.0.200:32768
 
 use std::net::{IpAddr, SocketAddr};
@@ -42,10 +42,8 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut config = MeshConfig::new(node_id, node_ip, path);
-    // MESH_SPLICE=0: the userspace proxy copies through its buffers.
-    if std::env::var("MESH_SPLICE").as_deref() == Ok("0") {
-        config.proxy.splice = false;
-    }
+    // MESH_SPLICE=1: the userspace proxy moves bytes with splice(2).
+    config.proxy.splice = std::env::var("MESH_SPLICE").as_deref() == Ok("1");
     let (programmer, _status) = MeshProgrammer::new(config);
     let mesh = programmer.start();
     let table = MeshTable {

@@ -313,11 +313,18 @@ async fn proxy_protocol_v2_tells_the_backend_who_called() {
 /// echo ends, and the client reads to the end.
 #[tokio::test]
 async fn bulk_transfer_and_half_close_pass_through() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let node = ip(6, 1);
     let a = tcp_backend("a", ip(6, 2)).await;
-    let mut proxy = Proxy::new(node, ProxyConfig::default());
-    let port = PortKey::tcp(PORT + 6);
+    // Copying (the default) and splice(2).
+    for (i, splice) in [false, cfg!(target_os = "linux")].into_iter().enumerate() {
+        let proxy = Proxy::new(node, ProxyConfig { splice, ..ProxyConfig::default() });
+        bulk_through(proxy, PortKey::tcp(PORT + 6 + i as u16), &a).await;
+    }
+}
+
+async fn bulk_through(mut proxy: Proxy, port: PortKey, a: &TcpBackend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = ip(6, 1);
     proxy.open(port, vec![a.addr]).expect("open");
     let at = SocketAddr::new(node, port.port);
     let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();

@@ -11,11 +11,12 @@
 //! (SO_LINGER 0) and a datagram dropped. The proxy runs on a runtime of
 //! its own ([`ProxyConfig::threads`]), apart from the node's actors.
 //!
-//! Bytes move with `splice(2)` on Linux ([`super::splice`]): socket to a
-//! pipe to socket, never through userspace, with pipes pooled across
-//! connections; `ProxyConfig::splice = false` (or another OS) copies with
-//! `tokio::io::copy_bidirectional_with_sizes` through two bounded buffers per
-//! connection. Splice pays off for bulk transfers; for small
+//! Bytes are copied with `tokio::io::copy_bidirectional_with_sizes` through
+//! two bounded buffers per connection; with `ProxyConfig::splice` (Linux)
+//! they move with `splice(2)` instead ([`super::splice`]): socket to a pipe
+//! to socket, never through userspace, with pipes pooled across
+//! connections. Measured here, splice lost to copying even on 1 MiB
+//! transfers over loopback, so it is off by default. Splice pays off for bulk transfers; for small
 //! request/response traffic the cost is in wake-ups and syscalls, which it
 //! does not reduce (see `deploy/bench-mesh.sh`, which measures both).
 
@@ -62,7 +63,8 @@ pub struct ProxyConfig {
     /// the node's actors nor holds them up; 0: the caller's runtime.
     pub threads: usize,
     /// Move TCP bytes with splice(2) through a pipe (Linux), not through
-    /// buffers of ours.
+    /// buffers of ours. Off by default: measured on loopback it moved a
+    /// 1 MiB transfer slower than copying (`deploy/bench-mesh.sh`, README).
     pub splice: bool,
 }
 
@@ -80,7 +82,7 @@ impl Default for ProxyConfig {
             max_udp_flows: 4_096,
             listen_backlog: 1_024,
             threads: 1,
-            splice: cfg!(target_os = "linux"),
+            splice: false,
         }
     }
 }
