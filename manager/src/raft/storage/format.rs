@@ -56,14 +56,34 @@ pub(super) fn encode_entries(entries: &[Entry], key: &DataKey) -> Result<Vec<u8>
             .ok()
             .filter(|&len| len < ENCRYPTED_BIT)
             .ok_or_else(|| StorageError::Invalid(format!("entry {} too large", e.index)))?;
-        let start = buf.len();
-        buf.extend_from_slice(&(len | ENCRYPTED_BIT).to_le_bytes());
-        buf.extend_from_slice(&crc32(&payload).to_le_bytes());
-        let header_crc = crc32(&buf[start..start + 8]);
-        buf.extend_from_slice(&header_crc.to_le_bytes());
-        buf.extend_from_slice(&payload);
+        push_record(&mut buf, len | ENCRYPTED_BIT, &payload);
     }
     Ok(buf)
+}
+
+/// Records of `entries` in plaintext, as written before encryption at rest
+/// (only [`super::DiskStorage::write_plaintext_for_bench`] asks for them).
+pub(super) fn encode_plain_entries(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for e in entries {
+        let payload =
+            e.write_to_bytes().map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&len| len < ENCRYPTED_BIT)
+            .ok_or_else(|| StorageError::Invalid(format!("entry {} too large", e.index)))?;
+        push_record(&mut buf, len, &payload);
+    }
+    Ok(buf)
+}
+
+fn push_record(buf: &mut Vec<u8>, raw_len: u32, payload: &[u8]) {
+    let start = buf.len();
+    buf.extend_from_slice(&raw_len.to_le_bytes());
+    buf.extend_from_slice(&crc32(payload).to_le_bytes());
+    let header_crc = crc32(&buf[start..start + 8]);
+    buf.extend_from_slice(&header_crc.to_le_bytes());
+    buf.extend_from_slice(payload);
 }
 
 pub(super) enum BadRecord {

@@ -53,7 +53,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use files::{probe_space, write_atomic};
-use format::{encode_entries, encode_hardstate, encode_snapshot, SnapshotOrigin};
+use format::{encode_entries, encode_hardstate, encode_plain_entries, encode_snapshot, SnapshotOrigin};
 use keys::DataKey;
 
 const LOG_FILE: &str = "log";
@@ -224,6 +224,8 @@ pub struct DiskStorage {
     snapshot_wanted: std::sync::atomic::AtomicBool,
     /// Encrypts the log entries and the snapshot.
     key: DataKey,
+    /// Appends write plaintext records ([`DiskStorage::write_plaintext_for_bench`]).
+    plaintext: bool,
 }
 
 impl DiskStorage {
@@ -262,13 +264,23 @@ impl DiskStorage {
             )));
         }
 
-        let buf = encode_entries(entries, &self.key)?;
+        let buf = if self.plaintext { encode_plain_entries(entries)? } else { encode_entries(entries, &self.key)? };
         self.check_quota(self.disk_bytes(), buf.len() as u64)?;
         self.write_log(&buf)?;
         let keep = (first_new - self.first_log_index()) as usize;
         self.entries.truncate(keep);
         self.entries.extend_from_slice(entries);
         Ok(())
+    }
+
+    /// For `cargo bench -p tests --bench protection` only: from now on
+    /// [`append`](Self::append) writes the plaintext records of before
+    /// encryption at rest (which [`open`](Self::open) reads, and rewrites
+    /// encrypted), so that the cost of sealing is measured on the same
+    /// path. Nothing in shoal calls it.
+    #[doc(hidden)]
+    pub fn write_plaintext_for_bench(&mut self) {
+        self.plaintext = true;
     }
 
     /// Durably replaces the hard state.

@@ -186,6 +186,7 @@ impl DiskStorage {
             quota: None,
             snapshot_wanted: Default::default(),
             key,
+            plaintext: false,
         };
         tracing::info!(
             dir = %dir.display(),

@@ -139,3 +139,24 @@ fn a_wrong_key_or_a_changed_ciphertext_is_corruption_not_a_panic() {
          (is this the data key it was written with?)"
     );
 }
+
+/// The benchmark's plaintext switch writes exactly the records of before:
+/// the log holds the value in clear, and opening it reads them back and
+/// encrypts them.
+#[test]
+fn the_benchmarks_plaintext_appends_are_the_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let mut s = DiskStorage::open(dir.path(), key.clone()).unwrap();
+    s.write_plaintext_for_bench();
+    let list: Vec<Entry> = (1..=3).map(|i| entry(i, SECRET)).collect();
+    s.append(&list).unwrap();
+    drop(s);
+    let log = fs::read(dir.path().join(LOG_FILE)).unwrap();
+    assert_eq!(log, list.iter().flat_map(plaintext_record).collect::<Vec<u8>>());
+    let s = DiskStorage::open(dir.path(), key).unwrap();
+    assert_eq!(entries_of(&s), list);
+    for (name, bytes) in raw_files(dir.path()) {
+        assert!(!contains(&bytes, SECRET), "{name} still holds plaintext after opening");
+    }
+}
