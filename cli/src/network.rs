@@ -37,7 +37,7 @@ pub struct CreateArgs {
     /// The driver: overlay.
     #[arg(short, long, default_value = "overlay")]
     driver: String,
-    /// The network's range (CIDR, /8 to /26); default: the next free /16 of 10.0.0.0/8.
+    /// The network's range (CIDR, /8 to /26); default: the next free subnet of the cluster's default address pool (a /16 of 10.0.0.0/8 unless `--default-addr-pool` was given at `--init`).
     #[arg(long)]
     subnet: Option<String>,
     /// Let containers not started by shoal join.

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{NetworkId, NodeId};
 use crate::time::Millis;
 
-/// Where networks without `--subnet` get their range: one /16 each.
+/// Where networks without `--subnet` get their range: one /16 each,
+/// unless the cluster was made with other pools ([`AddrPool`]).
 pub const DEFAULT_POOL: Subnet = Subnet { addr: Ipv4Addr::new(10, 0, 0, 0), prefix: 8 };
 /// The prefix of a network carved from [`DEFAULT_POOL`].
 pub const DEFAULT_PREFIX: u8 = 16;
@@ -67,6 +68,67 @@ pub enum NetworkError {
     Attachment(String, String),
     #[error("invalid endpoint mode {0:?}: expected vip or dnsrr")]
     EndpointMode(String),
+    #[error(
+        "invalid --default-addr-pool-mask-length {mask}: a network's subnet must be /{MIN_NETWORK_PREFIX} to \
+         /{MAX_NETWORK_PREFIX}, and no larger than the pool {pool}"
+    )]
+    PoolMask { mask: u8, pool: Subnet },
+    #[error("address pools {0} and {1} overlap")]
+    PoolOverlap(Subnet, Subnet),
+}
+
+/// Where networks created without `--subnet` get their range: the lowest
+/// free subnet of `mask_length` in the first pool that has one. Chosen at
+/// `shoal daemon --init` (`--default-addr-pool`, repeatable, and
+/// `--default-addr-pool-mask-length`, as `docker swarm init` takes them);
+/// by default [`DEFAULT_POOL`] in /[`DEFAULT_PREFIX`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrPool {
+    pub pools: Vec<Subnet>,
+    pub mask_length: u8,
+}
+
+impl Default for AddrPool {
+    fn default() -> AddrPool {
+        AddrPool { pools: vec![DEFAULT_POOL], mask_length: DEFAULT_PREFIX }
+    }
+}
+
+impl AddrPool {
+    /// `pools` (the default one if empty) cut in `mask_length` subnets
+    /// (the default's /16 if `None`), checked.
+    pub fn new(pools: Vec<Subnet>, mask_length: Option<u8>) -> Result<AddrPool, NetworkError> {
+        let default = AddrPool::default();
+        let pools = if pools.is_empty() { default.pools } else { pools };
+        let mask = mask_length.unwrap_or(default.mask_length);
+        for (i, a) in pools.iter().enumerate() {
+            if !(MIN_NETWORK_PREFIX..=MAX_NETWORK_PREFIX).contains(&mask) || mask < a.prefix {
+                return Err(NetworkError::PoolMask { mask, pool: *a });
+            }
+            if let Some(b) = pools[i + 1..].iter().find(|b| a.overlaps(b)) {
+                return Err(NetworkError::PoolOverlap(*a, *b));
+            }
+        }
+        Ok(AddrPool { pools, mask_length: mask })
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == AddrPool::default()
+    }
+
+    /// Every subnet a network may be given, in the order they are tried.
+    pub fn subnets(&self) -> impl Iterator<Item = Subnet> + '_ {
+        self.pools
+            .iter()
+            .flat_map(move |p| (0..p.children(self.mask_length)).filter_map(move |i| p.child(self.mask_length, i)))
+    }
+}
+
+impl fmt::Display for AddrPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pools: Vec<String> = self.pools.iter().map(Subnet::to_string).collect();
+        write!(f, "{}", pools.join(", "))
+    }
 }
 
 /// An IPv4 range, host bits zero.
@@ -197,7 +259,7 @@ pub struct NetworkSpec {
     pub name: String,
     #[serde(default)]
     pub driver: Driver,
-    /// `None`: the next free /16 of [`DEFAULT_POOL`].
+    /// `None`: the next free subnet of the cluster's [`AddrPool`].
     #[serde(default)]
     pub subnet: Option<Subnet>,
     /// Containers not started by shoal may join (recorded; shoal starts

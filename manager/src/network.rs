@@ -11,9 +11,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use common::network::{
-    Network, NetworkEntry, NodeBlock, ServiceEndpoint, Subnet, DEFAULT_POOL, DEFAULT_PREFIX, FIRST_VNI,
-};
+use common::network::{AddrPool, Network, NetworkEntry, NodeBlock, ServiceEndpoint, Subnet, FIRST_VNI};
 use common::task::TaskState;
 
 use crate::store::Store;
@@ -23,10 +21,10 @@ pub enum AllocError {
     #[error("subnet {wanted} overlaps network {network}'s subnet {theirs}")]
     Overlap { wanted: Subnet, network: String, theirs: Subnet },
     #[error(
-        "no free /{DEFAULT_PREFIX} left in the default pool {DEFAULT_POOL} ({used} networks use it): remove a \
-         network or give --subnet"
+        "no free /{mask} left in the default address pool {pools} ({used} networks use it): remove a network or \
+         give --subnet"
     )]
-    PoolExhausted { used: usize },
+    PoolExhausted { mask: u8, pools: String, used: usize },
     #[error(
         "network {network} has no block left for another node: its {range} holds {blocks} node blocks of /{prefix}, \
          all taken; use a larger --subnet"
@@ -41,10 +39,11 @@ pub enum AllocError {
 }
 
 /// The range for a new network: `wanted` if it overlaps none of `existing`
-/// (name, range), else the lowest free /16 of the default pool.
+/// (name, range), else the lowest free subnet of the cluster's `pool`.
 pub fn allocate_subnet<'a>(
     existing: impl Iterator<Item = (&'a str, Subnet)> + Clone,
     wanted: Option<Subnet>,
+    pool: &AddrPool,
 ) -> Result<Subnet, AllocError> {
     if let Some(wanted) = wanted {
         if let Some((name, theirs)) = existing.clone().find(|(_, s)| s.overlaps(&wanted)) {
@@ -52,10 +51,11 @@ pub fn allocate_subnet<'a>(
         }
         return Ok(wanted);
     }
-    (0..DEFAULT_POOL.children(DEFAULT_PREFIX))
-        .filter_map(|i| DEFAULT_POOL.child(DEFAULT_PREFIX, i))
-        .find(|s| !existing.clone().any(|(_, e)| e.overlaps(s)))
-        .ok_or_else(|| AllocError::PoolExhausted { used: existing.count() })
+    pool.subnets().find(|s| !existing.clone().any(|(_, e)| e.overlaps(s))).ok_or_else(|| AllocError::PoolExhausted {
+        mask: pool.mask_length,
+        pools: pool.to_string(),
+        used: existing.count(),
+    })
 }
 
 /// The lowest VXLAN id no network holds.
@@ -167,34 +167,73 @@ mod tests {
     fn default_ranges_do_not_overlap_and_are_reused() {
         let mut nets = vec![];
         for name in ["a", "b", "c"] {
-            let s = allocate_subnet(subnets(&nets), None).unwrap();
+            let s = allocate_subnet(subnets(&nets), None, &AddrPool::default()).unwrap();
             nets.push(net(name, &s.to_string()));
         }
         let got: Vec<String> = nets.iter().map(|n| n.subnet.to_string()).collect();
         assert_eq!(got, ["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/16"]);
         // b removed: its range is the next one given out.
         nets.remove(1);
-        assert_eq!(allocate_subnet(subnets(&nets), None).unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(allocate_subnet(subnets(&nets), None, &AddrPool::default()).unwrap().to_string(), "10.1.0.0/16");
         // A user's range inside the pool is skipped over by the allocator.
         nets.push(net("mine", "10.1.4.0/24"));
-        assert_eq!(allocate_subnet(subnets(&nets), None).unwrap().to_string(), "10.3.0.0/16");
+        assert_eq!(allocate_subnet(subnets(&nets), None, &AddrPool::default()).unwrap().to_string(), "10.3.0.0/16");
+    }
+
+    /// `--default-addr-pool 10.20.0.0/23 --default-addr-pool-mask-length 24
+    /// --default-addr-pool 172.30.0.0/24`: the first pool's two /24s, then
+    /// the second pool's, then exhaustion naming both.
+    #[test]
+    fn a_clusters_own_pools_are_used_in_order() {
+        let pools = vec!["10.20.0.0/23".parse().unwrap(), "172.30.0.0/24".parse().unwrap()];
+        let pool = AddrPool::new(pools, Some(24)).unwrap();
+        let mut nets = vec![];
+        for name in ["a", "b", "c"] {
+            let s = allocate_subnet(subnets(&nets), None, &pool).unwrap();
+            nets.push(net(name, &s.to_string()));
+        }
+        let got: Vec<String> = nets.iter().map(|n| n.subnet.to_string()).collect();
+        assert_eq!(got, ["10.20.0.0/24", "10.20.1.0/24", "172.30.0.0/24"]);
+        let e = allocate_subnet(subnets(&nets), None, &pool).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no free /24 left in the default address pool 10.20.0.0/23, 172.30.0.0/24 (3 networks use it): remove a \
+             network or give --subnet"
+        );
+    }
+
+    #[test]
+    fn pools_that_cannot_work_are_refused() {
+        let p = |s: &str| -> Subnet { s.parse().unwrap() };
+        let e = AddrPool::new(vec![p("10.20.0.0/16")], Some(12)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid --default-addr-pool-mask-length 12: a network's subnet must be /8 to /26, and no larger than the \
+             pool 10.20.0.0/16"
+        );
+        assert!(AddrPool::new(vec![p("10.0.0.0/8")], Some(27)).is_err());
+        let e = AddrPool::new(vec![p("10.0.0.0/8"), p("10.20.0.0/16")], None).unwrap_err();
+        assert_eq!(e.to_string(), "address pools 10.0.0.0/8 and 10.20.0.0/16 overlap");
+        assert!(AddrPool::new(vec![], None).unwrap().is_default());
     }
 
     #[test]
     fn an_overlapping_subnet_is_refused_naming_the_other_network() {
         let nets = vec![net("app", "10.0.0.0/16")];
-        let e = allocate_subnet(subnets(&nets), Some("10.0.128.0/24".parse().unwrap())).unwrap_err();
+        let e =
+            allocate_subnet(subnets(&nets), Some("10.0.128.0/24".parse().unwrap()), &AddrPool::default()).unwrap_err();
         assert_eq!(e.to_string(), "subnet 10.0.128.0/24 overlaps network app's subnet 10.0.0.0/16");
-        assert!(allocate_subnet(subnets(&nets), Some("10.9.0.0/24".parse().unwrap())).is_ok());
+        assert!(allocate_subnet(subnets(&nets), Some("10.9.0.0/24".parse().unwrap()), &AddrPool::default()).is_ok());
     }
 
     #[test]
     fn exhaustion_is_explained() {
         let nets = vec![net("all", "10.0.0.0/8")];
-        let e = allocate_subnet(subnets(&nets), None).unwrap_err();
+        let e = allocate_subnet(subnets(&nets), None, &AddrPool::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "no free /16 left in the default pool 10.0.0.0/8 (1 networks use it): remove a network or give --subnet"
+            "no free /16 left in the default address pool 10.0.0.0/8 (1 networks use it): remove a network or give \
+             --subnet"
         );
         let mut small = net("small", "192.168.9.0/26");
         for i in 0..2 {

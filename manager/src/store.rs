@@ -92,6 +92,9 @@ pub struct ClusterInfo {
     /// for the CA until they expire, so every node refuses them by id.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub revoked: std::collections::BTreeSet<NodeId>,
+    /// Where networks without `--subnet` get their range (chosen at `--init`).
+    #[serde(default, skip_serializing_if = "common::network::AddrPool::is_default")]
+    pub addr_pool: common::network::AddrPool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

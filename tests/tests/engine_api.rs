@@ -520,6 +520,56 @@ fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
     assert!(!d.ok(&["network", "ls"]).contains(" app "));
 }
 
+/// `shoal daemon --init --default-addr-pool … --default-addr-pool-mask-length`
+/// (`docker swarm init`'s flags): networks without --subnet get their range
+/// from those pools, and `docker info` shows them; a mask the pools cannot
+/// take stops the daemon before it makes anything.
+#[test]
+fn the_default_address_pools_chosen_at_init_give_networks_their_ranges() {
+    if !require_docker() {
+        return;
+    }
+    let mut spec = ClusterSpec::new(1, 0);
+    spec.init_args = ["--default-addr-pool", "10.88.0.0/23", "--default-addr-pool", "10.89.4.0/24"]
+        .into_iter()
+        .chain(["--default-addr-pool-mask-length", "24"])
+        .map(String::from)
+        .collect();
+    let c = Cluster::start(spec);
+    let d = cli(&c);
+    let info = d.ok(&["info", "--format", "{{.Swarm.Cluster.DefaultAddrPool}} {{.Swarm.Cluster.SubnetSize}}"]);
+    assert_eq!(info.trim(), "[10.88.0.0/23 10.89.4.0/24] 24");
+    for (name, want) in [("pool1", "10.88.0.0/24"), ("pool2", "10.88.1.0/24"), ("pool3", "10.89.4.0/24")] {
+        c.shoal_ok(&["network", "create", name]);
+        let got = d.ok(&["network", "inspect", name, "--format", "{{(index .IPAM.Config 0).Subnet}}"]);
+        assert_eq!(got.trim(), want, "{name}");
+    }
+    c.shoal_fails(
+        &["network", "create", "pool4"],
+        "no free /24 left in the default address pool 10.88.0.0/23, 10.89.4.0/24 (3 networks use it)",
+    );
+    // An explicit --subnet outside the pools is still taken.
+    c.shoal_ok(&["network", "create", "--subnet", "10.90.0.0/16", "own"]);
+
+    let dir = tempfile_dir("bad-pool");
+    let mut cmd = std::process::Command::new(tests::shoal_bin());
+    cmd.args(["daemon", "--init", "--advertise-addr", "127.0.0.1", "--port", "1", "--data-dir"]).arg(&dir).args([
+        "--default-addr-pool",
+        "10.0.0.0/8",
+        "--default-addr-pool-mask-length",
+        "27",
+    ]);
+    let out = tests::run_with_timeout(&mut cmd, Duration::from_secs(30)).unwrap();
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("invalid --default-addr-pool-mask-length 27: a network's subnet must be /8 to /26"),
+        "{out}"
+    );
+    let written = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(written, 0, "the daemon wrote to {}", dir.display());
+}
+
 #[test]
 fn docker_stack_deploy_creates_the_network_secrets_and_services_and_stack_rm_removes_them() {
     if !require_docker() {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use common::network::AddrPool;
 use common::node::Role;
 use futures::future::BoxFuture;
 use manager::raft::storage::keys::DataKey;
@@ -54,6 +55,14 @@ pub struct DaemonArgs {
     /// unlock` gives it that key.
     #[arg(long, requires = "init")]
     autolock: bool,
+    /// With --init: where overlay networks created without --subnet get
+    /// their range (CIDR; repeatable, used in order). Default 10.0.0.0/8.
+    #[arg(long = "default-addr-pool", value_name = "CIDR", requires = "init")]
+    default_addr_pools: Vec<common::network::Subnet>,
+    /// With --init: the prefix length of each network's range cut from the
+    /// default address pools (8 to 26). Default 16.
+    #[arg(long, value_name = "N", requires = "init")]
+    default_addr_pool_mask_length: Option<u8>,
     /// Join the cluster of the manager at MANAGER_IP:PORT.
     #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
     join: Option<String>,
@@ -214,6 +223,7 @@ fn failed(e: anyhow::Error) -> Result<ExitCode> {
 /// first if the flags say so) and runs it on a new actix system on this
 /// thread until it stops.
 pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
+    let addr_pool = AddrPool::new(args.default_addr_pools.clone(), args.default_addr_pool_mask_length)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let existing = load_state(&args.data_dir)?;
@@ -281,6 +291,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         gossip_keys,
         storage_key,
         api_tls: args.api_tls,
+        addr_pool,
         launch,
     };
     actix_web::rt::System::new().block_on(async move {

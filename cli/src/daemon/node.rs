@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use common::gossip_key::GossipKeyRing;
 use common::mesh::{MeshFailure, MeshTable};
+use common::network::AddrPool;
 use common::node::{Node, Role};
 use common::secret::FileData;
 use common::task::{Task, TaskStatusUpdate};
@@ -195,6 +196,8 @@ pub(crate) struct RunOptions {
     pub storage_key: SealKey,
     /// `--api-tls`: the API over TLS with client certificates.
     pub api_tls: bool,
+    /// `--default-addr-pool…` at `--init`: committed with the cluster.
+    pub addr_pool: AddrPool,
     pub launch: Launch,
 }
 
@@ -350,7 +353,7 @@ pub(crate) async fn run_node(
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
-        bootstrap_cluster(m, &state, ca, gossip_keys.get()).await?;
+        bootstrap_cluster(m, &state, ca, gossip_keys.get(), opts.addr_pool.clone()).await?;
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
@@ -582,7 +585,13 @@ fn write_admin_bundle(m: &Manager, data_dir: &Path, hostname: &str) -> Result<Pa
 }
 
 /// The first manager commits the cluster's identity and itself.
-async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa, gossip_keys: GossipKeyRing) -> Result<()> {
+async fn bootstrap_cluster(
+    m: &Manager,
+    state: &NodeState,
+    ca: ClusterCa,
+    gossip_keys: GossipKeyRing,
+    addr_pool: AddrPool,
+) -> Result<()> {
     let mut status = m.status.clone();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
         .await
@@ -598,6 +607,7 @@ async fn bootstrap_cluster(m: &Manager, state: &NodeState, ca: ClusterCa, gossip
         ca,
         gossip_keys,
         revoked: Default::default(),
+        addr_pool,
     };
     let node = Node {
         id: state.node_id.clone(),

@@ -46,7 +46,8 @@ impl Store {
         if let Some(other) = self.networks.values().find(|n| n.spec.name == spec.name) {
             return Err(StoreError::NetworkNameInUse(spec.name.clone(), other.id.clone()));
         }
-        let subnet = allocate_subnet(self.networks.values().map(|n| (n.spec.name.as_str(), n.subnet)), spec.subnet)?;
+        let taken = self.networks.values().map(|n| (n.spec.name.as_str(), n.subnet));
+        let subnet = allocate_subnet(taken, spec.subnet, &self.cluster.addr_pool)?;
         let vni = allocate_vni(&self.networks.values().map(|n| n.vni).collect())?;
         let net = Network { id: id.clone(), spec, subnet, vni, nodes: Default::default(), created_at: at };
         self.networks.insert(id, net);

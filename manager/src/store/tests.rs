@@ -199,6 +199,8 @@ fn history() -> Vec<Command> {
         // Entries from before sealed gossip decode to an empty ring.
         gossip_keys: Default::default(),
         revoked: Default::default(),
+        // Entries from before configurable pools decode to the documented default.
+        addr_pool: Default::default(),
     };
     vec![
         Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node("m1", 1, Role::Manager))]),

@@ -273,8 +273,8 @@ pub fn swarm(c: &ClusterInfo) -> Value {
         "TLSInfo": {},
         "RootRotationInProgress": false,
         "DataPathPort": 4789,
-        "DefaultAddrPool": [],
-        "SubnetSize": 24,
+        "DefaultAddrPool": c.addr_pool.pools.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "SubnetSize": c.addr_pool.mask_length,
         "JoinTokens": {"Worker": c.worker_token, "Manager": c.manager_token},
     })
 }
@@ -298,7 +298,8 @@ pub fn swarm_info(node_id: &str, node_addr: &str, nodes: &[NodeInfo], cluster: O
     });
     if let Some(c) = cluster {
         let mut cluster = Map::new();
-        for key in ["ID", "Version", "CreatedAt", "UpdatedAt", "Spec", "TLSInfo", "RootRotationInProgress"] {
+        let keys = ["ID", "Version", "CreatedAt", "UpdatedAt", "Spec", "TLSInfo", "RootRotationInProgress"];
+        for key in keys.into_iter().chain(["DataPathPort", "DefaultAddrPool", "SubnetSize"]) {
             cluster.insert(key.into(), swarm(c)[key].clone());
         }
         v["Cluster"] = Value::Object(cluster);
