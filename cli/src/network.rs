@@ -45,7 +45,7 @@ pub struct CreateArgs {
     attachable: bool,
     #[arg(long)]
     label: Vec<String>,
-    /// A driver option, KEY=VALUE.
+    /// A driver option, KEY[=VALUE]. `--opt encrypted` seals the network's traffic between nodes (a userspace tunnel with the cluster's gossip key; the MTU is 132 bytes smaller).
     #[arg(short, long = "opt")]
     opt: Vec<String>,
     name: String,

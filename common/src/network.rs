@@ -62,8 +62,6 @@ pub enum NetworkError {
     Reserved(String),
     #[error("unknown network driver {0:?}: shoal has the overlay driver")]
     Driver(String),
-    #[error("encrypted overlay networks are not supported yet (--opt encrypted)")]
-    Encrypted,
     #[error("invalid network attachment {0:?}: {1}")]
     Attachment(String, String),
     #[error("invalid endpoint mode {0:?}: expected vip or dnsrr")]
@@ -274,8 +272,7 @@ pub struct NetworkSpec {
 }
 
 impl NetworkSpec {
-    /// A name of Docker's form, not `host`; a subnet of a usable size;
-    /// no encryption (not built yet).
+    /// A name of Docker's form, not `host`; a subnet of a usable size.
     pub fn validate(&self) -> Result<(), NetworkError> {
         if !is_network_name(&self.name) {
             return Err(NetworkError::Name(self.name.clone()));
@@ -288,12 +285,18 @@ impl NetworkSpec {
                 return Err(NetworkError::SubnetSize(s));
             }
         }
-        if self.options.contains_key("encrypted") {
-            return Err(NetworkError::Encrypted);
-        }
         Ok(())
     }
+
+    /// `--opt encrypted` (Docker's test is the key's presence): the
+    /// network's traffic between nodes is sealed.
+    pub fn encrypted(&self) -> bool {
+        self.options.contains_key(ENCRYPTED_OPTION)
+    }
 }
+
+/// The driver option that asks for encryption between nodes.
+pub const ENCRYPTED_OPTION: &str = "encrypted";
 
 /// Docker's rule for object names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`): what
 /// `docker stack deploy` makes (`STACK_default`) must pass. Network names
@@ -457,6 +460,10 @@ pub struct TaskAddress {
     /// The node's block of it.
     pub block: Subnet,
     pub vni: u32,
+    /// The network is `--opt encrypted` (its Docker network has a
+    /// smaller MTU).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 impl TaskAddress {
@@ -482,6 +489,10 @@ pub struct NetworkEntry {
     pub name: String,
     pub vni: u32,
     pub range: Subnet,
+    /// `--opt encrypted`: VXLAN between nodes only through the sealed
+    /// tunnel (`worker::net::tunnel`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Every node with a block, and its underlay (advertise) address.
     pub nodes: Vec<NodeBlock>,
     /// The services attached, by name.
@@ -545,6 +556,7 @@ mod tests {
             range: n.task_range(),
             block: "10.3.0.0/24".parse().unwrap(),
             vni: n.vni,
+            encrypted: false,
         };
         assert_eq!(a.vip_range(), n.vip_range(), "a task knows where its network's VIPs are");
         assert_eq!(n.node_prefix(), 24);

@@ -133,6 +133,7 @@ pub fn table(store: &Store) -> Vec<NetworkEntry> {
                 name: net.spec.name.clone(),
                 vni: net.vni,
                 range: net.task_range(),
+                encrypted: net.spec.encrypted(),
                 nodes,
                 services,
             }

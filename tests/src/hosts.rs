@@ -167,6 +167,18 @@ impl Hosts {
         })
     }
 
+    /// Starts a command inside host i's namespace and returns at once
+    /// (a capture, say); the caller ends it, by its pid.
+    pub fn spawn(&self, i: usize, program: &str, args: &[&str]) -> std::io::Result<std::process::Child> {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns(i)))
+            .arg(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    }
+
     /// `shoal -H 127.0.0.1:4243 ARGS…` inside host i: its own node.
     pub fn shoal(&self, i: usize, args: &[&str]) -> Output {
         self.shoal_timeout(i, CLI_TIMEOUT, args)

@@ -241,3 +241,172 @@ fn services_find_each_other_by_name_through_their_vip_and_dns() {
     h.shoal_ok(1, &["service", "rm", "front", "back"]);
     h.shoal_ok(1, &["network", "rm", "app"]);
 }
+
+/// Whether `tool` is installed; in CI its absence fails the test.
+fn require_tool(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(!tests::is_ci(), "{tool} is required when CI=true (deploy/install-deps.sh)");
+        eprintln!("!!! SKIPPED: {tool} not found (deploy/install-deps.sh)");
+    }
+    found
+}
+
+/// A capture of host i's underlay (eth0), ended (by pid) when dropped.
+struct Capture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(h: &Hosts, i: usize, name: &str) -> Capture {
+        let file = std::env::temp_dir().join(format!("shoal-{name}-{}.pcap", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let path = file.to_string_lossy().into_owned();
+        let mut child = h
+            .spawn(i, "tcpdump", &["-i", "eth0", "-n", "-U", "--immediate-mode", "-s", "0", "-w", &path, "udp"])
+            .expect("tcpdump starts");
+        // tcpdump says "listening on eth0" once the capture is open.
+        let mut stderr = child.stderr.take().expect("tcpdump's stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(9).any(|w| w == b"listening") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("tcpdump to start listening");
+        Capture { child, file }
+    }
+
+    /// Ends the capture; its bytes.
+    fn finish(mut self) -> Vec<u8> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap_or_default()
+    }
+
+    /// Packets in the capture file matching a tcpdump filter.
+    fn count(file: &std::path::Path, filter: &str) -> usize {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(file)
+            .arg(filter)
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_encrypted_network_carries_nothing_in_the_clear_between_hosts() {
+    if !require_hosts() || !require_tool("tcpdump") {
+        return;
+    }
+    let h = Hosts::up(2, 1, Mesh::Kernel);
+    h.shoal_ok(1, &["network", "create", "--opt", "encrypted", "sealed"]);
+    h.shoal_ok(1, &["network", "create", "clear"]);
+    let inspect: Value = serde_json::from_str(&h.shoal_ok(1, &["network", "inspect", "sealed"])).expect("json");
+    assert!(inspect.to_string().contains("\"encrypted\""), "the option is kept: {inspect}");
+
+    // Each service serves 20 kB of its own marker, one task per host.
+    let serve = |marker: &str| {
+        format!("mkdir -p /www && yes {marker} | head -c 20000 > /www/index.html && exec httpd -f -p 80 -h /www")
+    };
+    for (svc, net, marker) in [("sweb", "sealed", "SEALED-MARKER"), ("cweb", "clear", "CLEAR-MARKER")] {
+        let flags = ["service", "create", "-d", "--name", svc, "--replicas", "2", "--replicas-max-per-node", "1"];
+        let s = serve(marker);
+        h.shoal_ok(1, &[&flags[..], &["--network", net, busybox_image(), "sh", "-c", &s]].concat());
+    }
+    let sweb = addresses("sweb", &h.wait_running(1, "sweb", 2, CONVERGE));
+    let cweb = addresses("cweb", &h.wait_running(1, "cweb", 2, CONVERGE));
+    assert_eq!((sweb.len(), cweb.len()), (2, 2), "one task per host: {sweb:?} {cweb:?}");
+
+    // The encrypted network's MTU leaves room for the seal.
+    let mtu = h.docker(1, &["exec", &sweb[&1].0, "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.stdout.trim(), "1318", "{mtu}");
+    let mtu = h.docker(1, &["exec", &cweb[&1].0, "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.stdout.trim(), "1450", "{mtu}");
+
+    let capture = Capture::start(&h, 1, "underlay");
+    let file = capture.file.clone();
+    // Across hosts, both ways, on each network.
+    for (svc, tasks, marker) in [("sweb", &sweb, "SEALED-MARKER"), ("cweb", &cweb, "CLEAR-MARKER")] {
+        for (from, to) in [(1, 2), (2, 1)] {
+            let got = wait_for(Duration::from_secs(20), &format!("{svc}: host{from} to fetch from host{to}"), || {
+                fetch(&h, from, &tasks[&from].0, &tasks[&to].1)
+            });
+            assert!(got.len() >= 19_990, "{svc} host{from}→host{to}: {} of 20000 bytes arrived", got.len());
+            assert!(got.starts_with(marker), "{svc}: {}", &got[..40]);
+        }
+    }
+    // The capture is written as packets come; wait for the clear one's.
+    let clear_seen = wait_for(Duration::from_secs(10), "the capture to hold the clear network's payload", || {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        if bytes.windows(12).any(|w| w == b"CLEAR-MARKER") {
+            Ok(true)
+        } else {
+            Err(format!("{} bytes captured", bytes.len()))
+        }
+    });
+    let bytes = capture.finish();
+    let has = |m: &str| bytes.windows(m.len()).any(|w| w == m.as_bytes());
+    let summary = || {
+        let c = |f: &str| Capture::count(&file, f);
+        format!(
+            "{} bytes; udp 4789: {}, 4788: {}, 4790: {}",
+            bytes.len(),
+            c("udp port 4789"),
+            c("udp port 4788"),
+            c("udp port 4790")
+        )
+    };
+    assert!(
+        clear_seen && has("CLEAR-MARKER"),
+        "the capture sees the clear network's payload (else it proves nothing): {}",
+        summary()
+    );
+    assert!(!has("SEALED-MARKER"), "the encrypted network's payload crossed the wire in the clear");
+    assert!(Capture::count(&file, "udp port 4788") >= 20, "sealed datagrams on the wire");
+    assert_eq!(Capture::count(&file, "udp port 4790"), 0, "VXLAN of the encrypted network in the clear");
+    let _ = std::fs::remove_file(&file);
+
+    // A VXLAN packet for the encrypted network's port that did not come
+    // through the tunnel is dropped.
+    let guard = h.exec(1, std::path::Path::new("nft"), &["list", "table", "inet", "shoal_crypt"], CONVERGE);
+    assert!(guard.stdout.contains("udp dport 4790 iifname != \"shoal-crypt\""), "{guard}");
+
+    // The tunnel goes with the node's last encrypted network.
+    h.shoal_ok(1, &["service", "rm", "sweb", "cweb"]);
+    h.shoal_ok(1, &["network", "rm", "sealed", "clear"]);
+    wait_for(Duration::from_secs(20), "host1's tunnel rules to go", || {
+        let rules = h.exec(1, std::path::Path::new("ip"), &["rule"], CONVERGE);
+        let link = h.exec(1, std::path::Path::new("ip"), &["link", "show", "shoal-crypt"], CONVERGE);
+        if rules.stdout.contains("4790") || link.success() {
+            Err(format!("{rules}\n{link}"))
+        } else {
+            Ok(())
+        }
+    });
+}

@@ -237,6 +237,10 @@ pub(crate) async fn run_node(
     // The VIPs' nft table goes when the node stops (not on a role change).
     let (stop_vips, vips_stopped) = tokio::sync::oneshot::channel();
     let mut vips = None;
+    // The encrypted networks' tunnel goes when the node stops.
+    let (stop_overlay, overlay_stopped) = tokio::sync::oneshot::channel();
+    let mut overlay = None;
+    let gossip_keys = GossipKeys::new(opts.gossip_keys.clone());
     if let Some(docker) = overlay_docker {
         let vip = worker::net::vip::Programmer { node: state.node_id.clone() };
         vips = Some(actix::spawn(vip.run(networks_rx.clone(), vips_stopped)));
@@ -247,9 +251,15 @@ pub(crate) async fn run_node(
         }
         let resolver = worker::net::resolver::Resolver { node: state.node_id.clone(), upstreams };
         actix::spawn(resolver.run(networks_rx.clone()));
+        let tunnel = worker::net::tunnel::TunnelConfig {
+            node: state.node_id.clone(),
+            cluster_id: state.cluster_id.clone(),
+            underlay: state.advertise_addr,
+            keys: gossip_keys.clone(),
+        };
         let programmer =
-            worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker };
-        actix::spawn(programmer.run(networks_rx));
+            worker::net::Programmer { node: state.node_id.clone(), underlay: state.advertise_addr, docker, tunnel };
+        overlay = Some(actix::spawn(programmer.run(networks_rx, overlay_stopped)));
     }
     let shutdown = opts.launch.shutdown.unwrap_or_else(|| Box::pin(wait_for_signal()));
     let data_path = mesh::choose(opts.mesh, &state.node_id, state.advertise_addr).await.map_err(|e| {
@@ -268,7 +278,6 @@ pub(crate) async fn run_node(
     ]
     .into();
     let base_facts = facts.clone();
-    let gossip_keys = GossipKeys::new(opts.gossip_keys.clone());
     let membership_config = MembershipConfig {
         node_id: state.node_id.clone(),
         cluster_id: state.cluster_id.clone(),
@@ -480,6 +489,12 @@ pub(crate) async fn run_node(
     if let Some(vips) = vips {
         if tokio::time::timeout(Duration::from_secs(5), vips).await.is_err() {
             tracing::warn!("the VIP table was not removed within 5 s");
+        }
+    }
+    let _ = stop_overlay.send(());
+    if let Some(overlay) = overlay {
+        if tokio::time::timeout(Duration::from_secs(5), overlay).await.is_err() {
+            tracing::warn!("the encrypted tunnel's rules were not removed within 5 s");
         }
     }
     handle.stop(true).await;

@@ -130,6 +130,7 @@ impl Store {
                 range: net.task_range(),
                 block,
                 vni: net.vni,
+                encrypted: net.spec.encrypted(),
             });
         }
         for (net, block) in new_blocks {

@@ -189,6 +189,7 @@ mod tests {
                     range: "10.0.0.0/17".parse().unwrap(),
                     block: "10.0.0.0/24".parse().unwrap(),
                     vni: 4096,
+                    encrypted: false,
                 }],
                 ..task("a-run", 1, "n1", Running, Running, 10)
             },

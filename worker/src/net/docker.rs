@@ -25,6 +25,7 @@ pub async fn ensure(
     range: Subnet,
     block: Subnet,
     vni: u32,
+    mtu: u32,
 ) -> Result<(), NetError> {
     let err = |e: BollardError| NetError::Docker { name: name.to_string(), message: e.to_string() };
     match docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
@@ -34,7 +35,7 @@ pub async fn ensure(
     }
     let options: HashMap<String, String> = [
         ("com.docker.network.bridge.name".to_string(), bridge_name(vni)),
-        ("com.docker.network.driver.mtu".to_string(), MTU.to_string()),
+        ("com.docker.network.driver.mtu".to_string(), mtu.to_string()),
     ]
     .into();
     let body = NetworkCreateRequest {

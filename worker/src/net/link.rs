@@ -28,11 +28,12 @@ async fn must(program: &str, args: &[&str]) -> Result<(), NetError> {
     }
 }
 
-/// The device exists, is in the bridge, up, and floods to exactly `peers`.
-pub async fn ensure_vxlan(vni: u32, local: IpAddr, peers: &[IpAddr]) -> Result<(), NetError> {
+/// The device exists (sending to UDP `port`), is in the bridge, up, and
+/// floods to exactly `peers`.
+pub async fn ensure_vxlan(vni: u32, local: IpAddr, peers: &[IpAddr], port: u16) -> Result<(), NetError> {
     let dev = vxlan_name(vni);
     if !run("ip", &["link", "show", &dev]).await?.0 {
-        let (id, port, local) = (vni.to_string(), VXLAN_PORT.to_string(), local.to_string());
+        let (id, port, local) = (vni.to_string(), port.to_string(), local.to_string());
         must("ip", &["link", "add", &dev, "type", "vxlan", "id", &id, "dstport", &port, "local", &local]).await?;
     }
     must("ip", &["link", "set", &dev, "master", &bridge_name(vni)]).await?;

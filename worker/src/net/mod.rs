@@ -18,6 +18,8 @@
 //!   and tries again on failure.
 //! - [`vip`]: the services' virtual IPs, nftables DNAT over their running
 //!   tasks, programmed by a task of its own from the same table.
+//! - [`tunnel`]: encrypted networks' VXLAN packets, sealed between nodes
+//!   through a TUN device (run while this node has an encrypted network).
 //! - [`dns`] (pure: the names of each network and the answer to a query)
 //!   and [`resolver`] (a UDP server on each network's gateway, forwarding
 //!   other names to the host's resolvers): service discovery.
@@ -27,6 +29,7 @@ pub mod docker;
 pub mod link;
 pub mod plan;
 pub mod resolver;
+pub mod tunnel;
 pub mod vip;
 
 use std::net::IpAddr;
@@ -35,9 +38,19 @@ use std::time::Duration;
 use bollard::Docker;
 use common::network::NetworkEntry;
 use common::NodeId;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use self::plan::{Change, NodeNetwork};
+use self::tunnel::{Tunnel, TunnelConfig};
+
+/// The MTU of a network's Docker bridge (and its tasks' interfaces).
+pub fn mtu(encrypted: bool) -> u32 {
+    if encrypted {
+        docker::MTU - tunnel::OVERHEAD
+    } else {
+        docker::MTU
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {
@@ -54,16 +67,32 @@ pub struct Programmer {
     /// This node's underlay (advertise) address.
     pub underlay: IpAddr,
     pub docker: Docker,
+    /// What the encrypted networks' tunnel needs.
+    pub tunnel: TunnelConfig,
 }
 
 impl Programmer {
-    /// Runs until `tables` closes: the latest table is applied as a diff
-    /// from what was applied; a failed change is tried again a second later.
-    pub async fn run(self, mut tables: watch::Receiver<Vec<NetworkEntry>>) {
+    /// Runs until `tables` closes or `stop` fires: the latest table is
+    /// applied as a diff from what was applied; a failed change is tried
+    /// again a second later. The tunnel runs while this node has an
+    /// encrypted network, and goes on `stop`.
+    pub async fn run(self, mut tables: watch::Receiver<Vec<NetworkEntry>>, mut stop: oneshot::Receiver<()>) {
         let mut have: Vec<NodeNetwork> = Vec::new();
+        let mut tunnel: Option<Tunnel> = None;
         loop {
             let want = plan::desired(&self.node, &tables.borrow_and_update());
             let mut failed = false;
+            let encrypted = want.iter().any(|n| n.encrypted);
+            if encrypted && tunnel.is_none() {
+                match Tunnel::start(self.tunnel.clone()).await {
+                    Ok(t) => tunnel = Some(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "network: the encrypted tunnel did not start; trying again");
+                        tunnel::clean().await;
+                        failed = true;
+                    }
+                }
+            }
             for change in plan::diff(&have, &want) {
                 if let Err(e) = self.apply(&change).await {
                     tracing::warn!(error = %e, ?change, "network: change not applied; trying again");
@@ -73,19 +102,28 @@ impl Programmer {
             if !failed {
                 have = want;
             }
+            if !encrypted {
+                if let Some(t) = tunnel.take() {
+                    t.stop().await;
+                }
+            }
             let wait = if failed { Duration::from_secs(1) } else { Duration::from_secs(3600) };
             tokio::select! {
-                changed = tables.changed() => if changed.is_err() { return },
+                changed = tables.changed() => if changed.is_err() { break },
+                _ = &mut stop => break,
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+        if let Some(t) = tunnel {
+            t.stop().await;
         }
     }
 
     async fn apply(&self, change: &Change) -> Result<(), NetError> {
         match change {
             Change::Add(n) | Change::Update(n) => {
-                docker::ensure(&self.docker, &self.node, &n.docker_name, n.range, n.block, n.vni).await?;
-                link::ensure_vxlan(n.vni, self.underlay, &n.peers).await
+                docker::ensure(&self.docker, &self.node, &n.docker_name, n.range, n.block, n.vni, n.mtu()).await?;
+                link::ensure_vxlan(n.vni, self.underlay, &n.peers, n.vxlan_port()).await
             }
             Change::Remove(n) => {
                 link::remove_vxlan(n.vni).await?;

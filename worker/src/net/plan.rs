@@ -15,6 +15,24 @@ pub struct NodeNetwork {
     pub block: Subnet,
     /// The other nodes with a block, by underlay address, sorted.
     pub peers: Vec<IpAddr>,
+    /// Sealed between nodes: VXLAN on the tunnel's port, a smaller MTU.
+    pub encrypted: bool,
+}
+
+impl NodeNetwork {
+    /// The VXLAN port of this network's device.
+    pub fn vxlan_port(&self) -> u16 {
+        if self.encrypted {
+            super::tunnel::VXLAN_PORT
+        } else {
+            super::link::VXLAN_PORT
+        }
+    }
+
+    /// The MTU of the network's bridge and its tasks' interfaces.
+    pub fn mtu(&self) -> u32 {
+        super::mtu(self.encrypted)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +64,7 @@ pub fn desired(node: &NodeId, table: &[NetworkEntry]) -> Vec<NodeNetwork> {
                 range: n.range,
                 block: mine.block,
                 peers,
+                encrypted: n.encrypted,
             })
         })
         .collect();
@@ -55,7 +74,9 @@ pub fn desired(node: &NodeId, table: &[NetworkEntry]) -> Vec<NodeNetwork> {
 
 /// From `have` to `want`: removals first (a VXLAN id may be reused).
 pub fn diff(have: &[NodeNetwork], want: &[NodeNetwork]) -> Vec<Change> {
-    let same = |a: &NodeNetwork, b: &NodeNetwork| (a.vni, &a.docker_name, a.block) == (b.vni, &b.docker_name, b.block);
+    let same = |a: &NodeNetwork, b: &NodeNetwork| {
+        (a.vni, &a.docker_name, a.block, a.encrypted) == (b.vni, &b.docker_name, b.block, b.encrypted)
+    };
     let mut out: Vec<Change> =
         have.iter().filter(|h| !want.iter().any(|w| same(h, w))).map(|h| Change::Remove(h.clone())).collect();
     for w in want {
@@ -80,6 +101,7 @@ mod tests {
             name: name.into(),
             vni,
             range: "10.0.0.0/17".parse().unwrap(),
+            encrypted: false,
             nodes: nodes
                 .iter()
                 .map(|(n, ip, b)| NodeBlock {

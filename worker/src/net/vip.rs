@@ -342,6 +342,7 @@ mod tests {
             name: name.into(),
             vni,
             range: "10.0.0.0/17".parse().unwrap(),
+            encrypted: false,
             nodes: nodes
                 .iter()
                 .enumerate()

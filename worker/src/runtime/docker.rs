@@ -551,7 +551,8 @@ impl Runtime for DockerRuntime {
         }
         // The Docker network of each of its networks, before the container.
         for a in &task.addresses {
-            crate::net::docker::ensure(&self.docker, node, &a.docker_network(), a.range, a.block, a.vni)
+            let mtu = crate::net::mtu(a.encrypted);
+            crate::net::docker::ensure(&self.docker, node, &a.docker_network(), a.range, a.block, a.vni, mtu)
                 .await
                 .map_err(|e| RuntimeError::Docker { status: 500, message: e.to_string() })?;
         }
