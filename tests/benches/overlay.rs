@@ -82,7 +82,7 @@ fn main() {
     h.shoal_ok(1, &["network", "create", "clear"]);
     h.shoal_ok(1, &["network", "create", "--opt", "encrypted", "sealed"]);
     let serve = format!(
-        "mkdir -p /www && echo ok > /www/small && head -c {}M /dev/zero > /www/big && exec httpd -f -p 80 -h /www",
+        "mkdir -p /www && echo ok > /www/small && dd if=/dev/zero of=/www/big bs=1048576 count={} 2>/dev/null && exec httpd -f -p 80 -h /www",
         size_mb
     );
     let mut lines: BTreeMap<&str, Line> = BTreeMap::new();

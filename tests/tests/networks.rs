@@ -200,6 +200,11 @@ fn services_find_each_other_by_name_through_their_vip_and_dns() {
     let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
     assert_eq!(nslookup(&h, fh, fc, "back").unwrap(), [vip.clone()].into());
     assert_eq!(nslookup(&h, fh, fc, "tasks.back").unwrap(), task_addrs);
+    // Reverse lookups: the VIP and a task's address name the service.
+    for addr in std::iter::once(&vip).chain(task_addrs.iter().take(1)) {
+        let out = h.docker(fh, &["exec", fc, "nslookup", addr]);
+        assert!(out.stdout.contains("name = back.app"), "PTR of {addr}: {out}");
+    }
     // The routing mesh still serves back's published port, from any host.
     let meshed = fetch(&h, fh, fc, &format!("{}:8080", h.addr(3))).expect("back's published port");
     assert!(hostnames.contains(&meshed), "{meshed} is not a back task");

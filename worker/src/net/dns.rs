@@ -8,6 +8,11 @@
 //! `tasks.ALIAS` to the running tasks' addresses. Every answer has TTL 0,
 //! so that a client asks again and sees a change at once. Other names are
 //! not this node's to answer: they are forwarded to the host's resolvers.
+//!
+//! Reverse lookups (PTR, `2.0.0.10.in-addr.arpa`) of a VIP or a running
+//! task's address answer `SERVICE.NETWORK` (Swarm answers a task's address
+//! with its container's name; the table carries no task names); other
+//! addresses are forwarded.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,13 +20,27 @@ use std::net::Ipv4Addr;
 use common::network::{gateway_of, NetworkEntry};
 use common::NodeId;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 /// The names of one network, lowercase, without the trailing dot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Zone {
     pub names: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Reverse: each VIP and running task address, its service's
+    /// `NAME.NETWORK`.
+    pub reverse: BTreeMap<Ipv4Addr, Vec<String>>,
+}
+
+/// The address a reverse name (`D.C.B.A.in-addr.arpa`) stands for.
+pub fn reverse_addr(name: &str) -> Option<Ipv4Addr> {
+    let octets = name.strip_suffix(".in-addr.arpa")?;
+    let mut parts = octets.split('.').map(|p| p.parse::<u8>().ok());
+    let (d, c, b, a) = (parts.next()??, parts.next()??, parts.next()??, parts.next()??);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Ipv4Addr::new(a, b, c, d))
 }
 
 /// What this node's resolver knows: per network it has a block of, by the
@@ -61,6 +80,10 @@ pub fn zones(node: &NodeId, table: &[NetworkEntry]) -> Zones {
                 Some(vip) => vec![vip],
                 None => svc.tasks.clone(),
             };
+            let fqdn = format!("{}.{}", svc.name, net.name).to_ascii_lowercase();
+            for a in svc.vip.iter().chain(&svc.tasks) {
+                zone.reverse.entry(*a).or_default().push(fqdn.clone());
+            }
             for name in std::iter::once(&svc.name).chain(&svc.aliases) {
                 let name = name.to_ascii_lowercase();
                 // A name taken by two services (one's alias, another's
@@ -72,6 +95,10 @@ pub fn zones(node: &NodeId, table: &[NetworkEntry]) -> Zones {
         for addrs in zone.names.values_mut() {
             addrs.sort();
             addrs.dedup();
+        }
+        for names in zone.reverse.values_mut() {
+            names.sort();
+            names.dedup();
         }
         out.networks.insert(gateway, zone);
     }
@@ -116,6 +143,20 @@ pub fn answer(zones: &[&Zone], query: &Message) -> Answer {
         return Answer::Reply(reply(ResponseCode::FormErr));
     };
     let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    if let Some(addr) = reverse_addr(&name) {
+        let Some(names) = zones.iter().find_map(|z| z.reverse.get(&addr)) else {
+            return Answer::Forward;
+        };
+        let mut m = reply(ResponseCode::NoError);
+        m.metadata.authoritative = true;
+        if q.query_type() == RecordType::PTR && matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
+            for n in names {
+                let Ok(target) = Name::from_ascii(format!("{n}.")) else { continue };
+                m.answers.push(Record::from_rdata(q.name().clone(), 0, RData::PTR(PTR(target))));
+            }
+        }
+        return Answer::Reply(m);
+    }
     let Some(addrs) = zones.iter().find_map(|z| z.names.get(&name)) else {
         return Answer::Forward;
     };
@@ -153,7 +194,6 @@ pub fn server_failure(query: &Message) -> Message {
 mod tests {
     use common::network::{NodeBlock, ServiceEndpoint};
     use hickory_proto::op::Query;
-    use hickory_proto::rr::Name;
 
     use super::*;
 
@@ -217,6 +257,7 @@ mod tests {
                     .iter()
                     .map(|r| match &r.data {
                         RData::A(a) => a.0.to_string(),
+                        RData::PTR(p) => p.0.to_ascii(),
                         other => format!("{other:?}"),
                     })
                     .collect();
@@ -283,6 +324,16 @@ mod tests {
             ("pg", RecordType::A, "forward"),
             ("example.com", RecordType::A, "forward"),
             ("tasks.nothing", RecordType::A, "forward"),
+            // Reverse: a VIP and a task's address name their service.
+            ("1.128.0.10.in-addr.arpa", RecordType::PTR, "NoError [back.app.]"),
+            ("2.1.0.10.in-addr.arpa.", RecordType::PTR, "NoError [back.app.]"),
+            ("3.0.0.10.in-addr.arpa", RecordType::PTR, "NoError [rr.app.]"),
+            ("3.0.0.10.in-addr.arpa", RecordType::A, "NoError []"),
+            // Not a running task's (nor another network's): forwarded.
+            ("9.0.0.10.in-addr.arpa", RecordType::PTR, "forward"),
+            ("1.128.1.10.in-addr.arpa", RecordType::PTR, "forward"),
+            ("1.2.3.in-addr.arpa", RecordType::PTR, "forward"),
+            ("300.0.0.10.in-addr.arpa", RecordType::PTR, "forward"),
         ];
         for (name, kind, want) in cases {
             let a = answer(&[zone], &ask(name, *kind));
