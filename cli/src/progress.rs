@@ -69,11 +69,13 @@ pub fn assess(info: &ServiceInfo, tasks: &[TaskInfo], since: Millis) -> Verdict 
 struct Screen {
     tty: bool,
     drawn: usize,
+    /// `--quiet`: wait, print no progress (errors still go to stderr).
+    quiet: bool,
 }
 
 impl Screen {
     fn draw(&mut self, lines: &[String]) {
-        if !self.tty {
+        if !self.tty || self.quiet {
             return;
         }
         let mut out = std::io::stdout().lock();
@@ -88,6 +90,9 @@ impl Screen {
     }
 
     fn finish(&mut self, lines: &[String]) {
+        if self.quiet {
+            return;
+        }
         if self.tty {
             self.draw(lines);
         } else {
@@ -159,8 +164,8 @@ fn watch_job(c: &Client, service: &str, since: Millis, screen: &mut Screen) -> R
     }
 }
 
-pub fn watch(c: &Client, service: &str, since: Millis) -> Result<ExitCode> {
-    let mut screen = Screen { tty: std::io::stdout().is_terminal(), drawn: 0 };
+pub fn watch(c: &Client, service: &str, since: Millis, quiet: bool) -> Result<ExitCode> {
+    let mut screen = Screen { tty: std::io::stdout().is_terminal(), drawn: 0, quiet };
     let mut converged_at: Option<Instant> = None;
     loop {
         let info: ServiceInfo = c.get(&format!("/v1/services/{service}"))?;

@@ -28,6 +28,9 @@ pub struct Detach {
     /// Exit once the change is committed instead of waiting for the service to converge.
     #[arg(short = 'd', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     detach: bool,
+    /// Suppress progress output (still waits, unless --detach).
+    #[arg(short = 'q', long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +105,10 @@ pub struct CreateArgs {
     /// Number of job tasks to run concurrently (default equal to --replicas)
     #[arg(long, allow_hyphen_values = true)]
     max_concurrent: Option<String>,
+    /// Accepted for docker's scripts: shoal never asks a registry for an
+    /// image's digest, so images are always used as given.
+    #[arg(long)]
+    no_resolve_image: bool,
     #[arg(short, long = "env")]
     env: Vec<String>,
     #[arg(short, long = "label")]
@@ -354,6 +361,14 @@ pub struct UpdateArgs {
     /// update with the service's update settings.
     #[arg(long)]
     rebalance: bool,
+    /// Roll back to the previous specification (as `service rollback`;
+    /// no other flag may be given with it).
+    #[arg(long)]
+    rollback: bool,
+    /// Accepted for docker's scripts: shoal never asks a registry for an
+    /// image's digest, so images are always used as given.
+    #[arg(long)]
+    no_resolve_image: bool,
     #[command(flatten)]
     files: FileUpdateFlags,
     #[command(flatten)]
@@ -639,7 +654,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             let info: ServiceInfo = c.post("/v1/services", &spec)?;
             println!("{}", info.id);
             if !a.detach.detach {
-                return progress::watch(c, info.id.as_str(), now_ms());
+                return progress::watch(c, info.id.as_str(), now_ms(), a.detach.quiet);
             }
         }
         ServiceCmd::Ls(list) => {
@@ -726,7 +741,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             }
             if !detach.detach {
                 for id in scaled {
-                    if progress::watch(c, &id, started)? != ExitCode::SUCCESS {
+                    if progress::watch(c, &id, started, detach.quiet)? != ExitCode::SUCCESS {
                         code = ExitCode::FAILURE;
                     }
                 }
@@ -771,10 +786,19 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 network: a.networks.patch()?,
             };
             let started = now_ms();
-            let info: ServiceInfo = c.post(&format!("/v1/services/{}/update", seg(&a.service)), &update)?;
+            let path = if a.rollback {
+                // docker's rule: only --detach and --quiet go with it.
+                if update != ServiceUpdate::default() {
+                    bail!("other flags may not be combined with --rollback");
+                }
+                format!("/v1/services/{}/rollback", seg(&a.service))
+            } else {
+                format!("/v1/services/{}/update", seg(&a.service))
+            };
+            let info: ServiceInfo = if a.rollback { c.post(&path, &())? } else { c.post(&path, &update)? };
             println!("{}", a.service);
             if !a.detach.detach {
-                return progress::watch(c, info.id.as_str(), started);
+                return progress::watch(c, info.id.as_str(), started, a.detach.quiet);
             }
         }
         ServiceCmd::Rollback { service, detach } => {
@@ -782,7 +806,7 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             let info: ServiceInfo = c.post(&format!("/v1/services/{}/rollback", seg(&service)), &())?;
             println!("{service}");
             if !detach.detach {
-                return progress::watch(c, info.id.as_str(), started);
+                return progress::watch(c, info.id.as_str(), started, detach.quiet);
             }
         }
         ServiceCmd::Inspect { services, pretty } => {

@@ -211,8 +211,14 @@ fn rolling_updates_keep_tasks_up_and_roll_back_on_failure() {
     let info = c.shoal_json(&["service", "inspect", "web"]);
     assert_eq!(info[0]["update_status"]["state"], "completed");
 
-    // A manual rollback restores the previous spec exactly.
-    c.shoal_ok(&["service", "rollback", "web"]);
+    // A manual rollback restores the previous spec exactly; docker's
+    // `update --rollback` takes no other change, and `-q` keeps it quiet.
+    c.shoal_fails(
+        &["service", "update", "--rollback", "--image", "x:1", "web"],
+        "other flags may not be combined with --rollback",
+    );
+    let out = c.shoal_ok(&["service", "update", "--rollback", "-q", "web"]);
+    assert_eq!(out.trim(), "web", "no progress with --quiet: {out:?}");
     assert_eq!(active_images(&c, "web"), BTreeSet::from([format!("{} [\"sleep\",\"100000\"]", busybox_image())]));
     let info = c.shoal_json(&["service", "inspect", "web"]);
     assert_eq!(info[0]["update_status"]["state"], "rollback_completed");
