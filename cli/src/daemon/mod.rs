@@ -18,6 +18,7 @@ mod gossip;
 mod join;
 mod keys;
 mod node;
+mod renew;
 mod role;
 pub mod state;
 
@@ -63,6 +64,11 @@ pub struct DaemonArgs {
     /// default address pools (8 to 26). Default 16.
     #[arg(long, value_name = "N", requires = "init")]
     default_addr_pool_mask_length: Option<u8>,
+    /// With --init: how long node certificates are valid (a Go duration:
+    /// `2160h`, `90s`, `1h30m`; at least 10s). Every node renews its
+    /// certificate at 2/3 of its lifetime.
+    #[arg(long, requires = "init", value_name = "DURATION", value_parser = parse_cert_expiry)]
+    cert_expiry: Option<std::time::Duration>,
     /// Join the cluster of the manager at MANAGER_IP:PORT.
     #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
     join: Option<String>,
@@ -134,6 +140,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?} (use k, M, G or T)")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// `--cert-expiry`: a Go duration (docker's `swarm init --cert-expiry`
+/// takes the same), at least [`MIN_CERT_EXPIRY`].
+pub fn parse_cert_expiry(s: &str) -> Result<std::time::Duration, String> {
+    use worker::node::tls::MIN_CERT_EXPIRY;
+    let ns = common::container::positive_duration(s.trim())?;
+    let d = std::time::Duration::from_nanos(ns);
+    if d < MIN_CERT_EXPIRY {
+        return Err(format!(
+            "certificates must be valid for at least {}s (got {s}): nodes renew at 2/3 of the lifetime",
+            MIN_CERT_EXPIRY.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 /// `--mesh`: a data path, or `auto` (decided at start by what works here).
@@ -272,7 +293,8 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     }
     // The CA exists outside the store only until the first manager has
     // committed it there.
-    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let cert_expiry = args.cert_expiry.unwrap_or(worker::node::tls::DEFAULT_CERT_EXPIRY);
+    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state, cert_expiry)?) } else { None };
     let storage_key = gossip::storage_key(&args.data_dir)?;
     if fresh_init {
         gossip::save(&args.data_dir, &storage_key, &common::gossip_key::GossipKeyRing::first())?;
@@ -289,9 +311,9 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         docker_socket: args.docker_socket.clone(),
         describe: args.describe.clone(),
         gossip_keys,
-        storage_key,
         api_tls: args.api_tls,
         addr_pool,
+        cert_expiry,
         launch,
     };
     actix_web::rt::System::new().block_on(async move {
@@ -382,7 +404,7 @@ fn raise_open_file_limit() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{api_addr_for, check_api_addr, parse_size};
+    use super::{api_addr_for, check_api_addr, parse_cert_expiry, parse_size};
     use common::node::Role;
 
     #[test]
@@ -402,6 +424,21 @@ mod tests {
         assert_eq!(api_addr_for(addr("10.0.0.1:4243"), true, Role::Worker), addr("127.0.0.1:4243"));
         assert_eq!(api_addr_for(addr("10.0.0.1:4243"), true, Role::Manager), addr("10.0.0.1:4243"));
         assert_eq!(api_addr_for(addr("127.0.0.1:5000"), false, Role::Worker), addr("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn cert_expiry_takes_go_durations_of_10s_or_more() {
+        use std::time::Duration;
+        assert_eq!(parse_cert_expiry("2160h0m0s"), Ok(Duration::from_secs(90 * 24 * 3600)));
+        assert_eq!(parse_cert_expiry("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_cert_expiry("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_cert_expiry("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(
+            parse_cert_expiry("9s"),
+            Err("certificates must be valid for at least 10s (got 9s): nodes renew at 2/3 of the lifetime".into())
+        );
+        assert_eq!(parse_cert_expiry("soon"), Err("time: invalid duration \"soon\"".into()));
+        assert!(parse_cert_expiry("-1h").is_err());
     }
 
     #[test]
