@@ -64,11 +64,18 @@ pub struct DaemonArgs {
     /// default address pools (8 to 26). Default 16.
     #[arg(long, value_name = "N", requires = "init")]
     default_addr_pool_mask_length: Option<u8>,
-    /// With --init: how long node certificates are valid (a Go duration:
-    /// `2160h`, `90s`, `1h30m`; at least 10s). Every node renews its
-    /// certificate at 2/3 of its lifetime.
+    /// With --init: how long node certificates are valid (a Go duration, as
+    /// `docker swarm init --cert-expiry` takes: `2160h`, `1h30m`; at least
+    /// 1h). Default 2160h (90 days). Every node renews its certificate at
+    /// 2/3 of its lifetime.
     #[arg(long, requires = "init", value_name = "DURATION", value_parser = parse_cert_expiry)]
     cert_expiry: Option<std::time::Duration>,
+    /// TEST ONLY (hidden): with --init, node certificates valid for this
+    /// many seconds (at least 10), below --cert-expiry's 1h minimum, so
+    /// that a test sees renewals happen.
+    #[arg(long, hide = true, requires = "init", conflicts_with = "cert_expiry", value_name = "SECS",
+          value_parser = parse_test_cert_expiry)]
+    test_cert_expiry_secs: Option<std::time::Duration>,
     /// Join the cluster of the manager at MANAGER_IP:PORT.
     #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
     join: Option<String>,
@@ -143,16 +150,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `--cert-expiry`: a Go duration (docker's `swarm init --cert-expiry`
-/// takes the same), at least [`MIN_CERT_EXPIRY`].
+/// takes the same), at least [`MIN_CERT_EXPIRY`] (1h, as in Swarm).
 pub fn parse_cert_expiry(s: &str) -> Result<std::time::Duration, String> {
     use worker::node::tls::MIN_CERT_EXPIRY;
     let ns = common::container::positive_duration(s.trim())?;
     let d = std::time::Duration::from_nanos(ns);
     if d < MIN_CERT_EXPIRY {
-        return Err(format!(
-            "certificates must be valid for at least {}s (got {s}): nodes renew at 2/3 of the lifetime",
-            MIN_CERT_EXPIRY.as_secs()
-        ));
+        return Err(format!("the certificate expiry must be at least 1h (got {s})"));
+    }
+    Ok(d)
+}
+
+/// `--test-cert-expiry-secs`: whole seconds, at least [`MIN_TEST_CERT_EXPIRY`].
+fn parse_test_cert_expiry(s: &str) -> Result<std::time::Duration, String> {
+    use worker::node::tls::MIN_TEST_CERT_EXPIRY;
+    let secs: u64 = s.trim().parse().map_err(|_| format!("invalid number of seconds {s:?}"))?;
+    let d = std::time::Duration::from_secs(secs);
+    if d < MIN_TEST_CERT_EXPIRY {
+        return Err(format!("at least {}s", MIN_TEST_CERT_EXPIRY.as_secs()));
     }
     Ok(d)
 }
@@ -293,7 +308,8 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     }
     // The CA exists outside the store only until the first manager has
     // committed it there.
-    let cert_expiry = args.cert_expiry.unwrap_or(worker::node::tls::DEFAULT_CERT_EXPIRY);
+    let cert_expiry =
+        args.cert_expiry.or(args.test_cert_expiry_secs).unwrap_or(worker::node::tls::DEFAULT_CERT_EXPIRY);
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state, cert_expiry)?) } else { None };
     let storage_key = gossip::storage_key(&args.data_dir)?;
     if fresh_init {
@@ -404,7 +420,7 @@ fn raise_open_file_limit() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{api_addr_for, check_api_addr, parse_cert_expiry, parse_size};
+    use super::{api_addr_for, check_api_addr, parse_cert_expiry, parse_size, parse_test_cert_expiry};
     use common::node::Role;
 
     #[test]
@@ -427,18 +443,18 @@ mod tests {
     }
 
     #[test]
-    fn cert_expiry_takes_go_durations_of_10s_or_more() {
+    fn cert_expiry_takes_go_durations_of_an_hour_or_more() {
         use std::time::Duration;
         assert_eq!(parse_cert_expiry("2160h0m0s"), Ok(Duration::from_secs(90 * 24 * 3600)));
         assert_eq!(parse_cert_expiry("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_cert_expiry("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_cert_expiry("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(
-            parse_cert_expiry("9s"),
-            Err("certificates must be valid for at least 10s (got 9s): nodes renew at 2/3 of the lifetime".into())
-        );
+        assert_eq!(parse_cert_expiry("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_cert_expiry("10m"), Err("the certificate expiry must be at least 1h (got 10m)".into()));
+        assert_eq!(parse_cert_expiry("59m59s").map_err(|_| ()), Err(()));
         assert_eq!(parse_cert_expiry("soon"), Err("time: invalid duration \"soon\"".into()));
         assert!(parse_cert_expiry("-1h").is_err());
+        assert_eq!(parse_test_cert_expiry("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_test_cert_expiry("9").is_err());
+        assert!(parse_test_cert_expiry("1h").is_err());
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub(crate) async fn request_certificate(
 
 /// Replaces this process with `shoal daemon` on the same data directory and
 /// options, without the one-off flags (`--init`, `--join`, `--token`,
-/// `--cert-expiry`, `--force-new-cluster`). Returns only if exec failed.
+/// `--force-new-cluster` and the other `--init` settings). Returns only if
+/// exec failed.
 pub(crate) fn reexec() -> anyhow::Error {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
@@ -86,6 +87,18 @@ pub(crate) fn reexec() -> anyhow::Error {
     anyhow!("cannot restart in the new role: {err}")
 }
 
+/// Flags of the first start only (`--init` and what requires it, `--join`):
+/// switches, and options with a value (`--opt V` or `--opt=V`).
+const ONE_OFF_SWITCHES: &[&str] = &["--init", "--force-new-cluster", "--autolock"];
+const ONE_OFF_OPTIONS: &[&str] = &[
+    "--join",
+    "--token",
+    "--cert-expiry",
+    "--test-cert-expiry-secs",
+    "--default-addr-pool",
+    "--default-addr-pool-mask-length",
+];
+
 fn restart_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut skip_value = false;
@@ -95,12 +108,26 @@ fn restart_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
             continue;
         }
         let s = a.to_string_lossy();
-        match s.as_ref() {
-            "--init" | "--force-new-cluster" => {}
-            "--join" | "--token" | "--cert-expiry" => skip_value = true,
-            _ if s.starts_with("--join=") || s.starts_with("--token=") || s.starts_with("--cert-expiry=") => {}
+        let name = s.split_once('=').map_or(s.as_ref(), |(n, _)| n);
+        match name {
+            _ if ONE_OFF_SWITCHES.contains(&name) => {}
+            _ if ONE_OFF_OPTIONS.contains(&name) => skip_value = !s.contains('='),
             _ => out.push(a),
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_args;
+
+    #[test]
+    fn a_restart_drops_the_first_start_flags_and_keeps_the_rest() {
+        let args = "daemon --init --autolock --cert-expiry 3h --default-addr-pool=10.9.0.0/16 --data-dir /d \
+                    --join 1.2.3.4:4242 --token=T --test-cert-expiry-secs 30 --api-tls --hostname n1";
+        let out = restart_args(args.split(' ').filter(|s| !s.is_empty()).map(Into::into).collect());
+        let out: Vec<String> = out.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(out, ["daemon", "--data-dir", "/d", "--api-tls", "--hostname", "n1"]);
+    }
 }
