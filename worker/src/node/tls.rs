@@ -329,8 +329,11 @@ pub struct Validity {
 
 impl Validity {
     pub fn of_pem(cert_pem: &str) -> Result<Validity, TlsError> {
-        let der = cert_from_pem(cert_pem)?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        Validity::of_der(&cert_from_pem(cert_pem)?)
+    }
+
+    pub fn of_der(der: &[u8]) -> Result<Validity, TlsError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
         let at = |t: x509_parser::time::ASN1Time| {
             let secs = t.timestamp();
             match u64::try_from(secs) {
