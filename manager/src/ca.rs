@@ -102,7 +102,10 @@ mod tests {
         let ident = ca.issue(&node, Role::Manager, tls::DEFAULT_CERT_EXPIRY).unwrap();
         assert_eq!(ident.peer().unwrap(), PeerIdentity { node_id: node, role: Role::Manager });
         assert_eq!(ident.ca_fingerprint().unwrap(), ca.fingerprint().unwrap());
-        assert!(matches!(ca.sign(b"not a csr", &NodeId::random(), Role::Worker, tls::DEFAULT_CERT_EXPIRY), Err(TlsError::BadRequest(_))));
+        assert!(matches!(
+            ca.sign(b"not a csr", &NodeId::random(), Role::Worker, tls::DEFAULT_CERT_EXPIRY),
+            Err(TlsError::BadRequest(_))
+        ));
         // A store's CA from before the move still reads (same fields).
         let round: ClusterCa = rmp_serde::from_slice(&rmp_serde::to_vec_named(&ca).unwrap()).unwrap();
         assert_eq!(round, ca);

@@ -93,8 +93,11 @@ fn validity(der: &CertificateDer<'_>) -> Validity {
 
 /// The running tasks' ids of `svc`.
 fn task_ids(c: &Cluster, svc: &str) -> Vec<String> {
-    let mut ids: Vec<String> =
-        c.wait_running(svc, 2, Duration::from_secs(60)).iter().filter_map(|t| t["id"].as_str().map(String::from)).collect();
+    let mut ids: Vec<String> = c
+        .wait_running(svc, 2, Duration::from_secs(60))
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .collect();
     ids.sort();
     ids
 }
@@ -120,7 +123,9 @@ fn a_cert_expiry_under_an_hour_is_refused() {
     .unwrap();
     assert!(!out.success(), "--cert-expiry 10m was taken: {out}");
     assert!(
-        out.stderr.contains("invalid value '10m' for '--cert-expiry <DURATION>': the certificate expiry must be at least 1h (got 10m)"),
+        out.stderr.contains(
+            "invalid value '10m' for '--cert-expiry <DURATION>': the certificate expiry must be at least 1h (got 10m)"
+        ),
         "{out}"
     );
     assert!(!data.join("tls").exists(), "a refused start wrote an identity");
@@ -168,14 +173,15 @@ fn certificates_renew_before_they_expire_on_disk_and_on_the_wire_without_downtim
     // Renewed on disk, then presented on the wire, by the worker and the
     // manager; the API's certificate too.
     for i in [2, 1] {
-        let renewed = wait_for(Duration::from_secs(LIFETIME_SECS + 20), &format!("node{i}'s renewed certificate"), || {
-            let now = disk_cert(&c, i);
-            if now != first[i - 1] {
-                Ok(now)
-            } else {
-                Err("the first one".to_string())
-            }
-        });
+        let renewed =
+            wait_for(Duration::from_secs(LIFETIME_SECS + 20), &format!("node{i}'s renewed certificate"), || {
+                let now = disk_cert(&c, i);
+                if now != first[i - 1] {
+                    Ok(now)
+                } else {
+                    Err("the first one".to_string())
+                }
+            });
         let (old, new) = (validity(&first[i - 1]), validity(&renewed));
         assert!(new.not_after > old.not_after, "node{i}: {old:?} then {new:?}");
         assert!(SystemTime::now() < old.not_after, "node{i} renewed only after its certificate expired");

@@ -308,8 +308,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     }
     // The CA exists outside the store only until the first manager has
     // committed it there.
-    let cert_expiry =
-        args.cert_expiry.or(args.test_cert_expiry_secs).unwrap_or(worker::node::tls::DEFAULT_CERT_EXPIRY);
+    let cert_expiry = args.cert_expiry.or(args.test_cert_expiry_secs).unwrap_or(worker::node::tls::DEFAULT_CERT_EXPIRY);
     let ca = if fresh_init { Some(init_identity(&args.data_dir, &state, cert_expiry)?) } else { None };
     let storage_key = gossip::storage_key(&args.data_dir)?;
     if fresh_init {

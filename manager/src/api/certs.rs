@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::{web, HttpResponse};
 use common::api::{CertIssued, CertRequest};
-use worker::node::api_tls::{self, ApiRole};
 use common::backoff::Backoff;
+use worker::node::api_tls::{self, ApiRole};
 use worker::node::tls::{self, LiveCert, TlsError, Validity};
 
 use super::{manager, ApiState, Error, Result};

@@ -315,7 +315,9 @@ pub fn count_renewal(api: bool, ok: bool) {
     let m = crate::node::metrics::metrics();
     let family = match api {
         false => m.counter_family("shoal_cert_renewals", "Renewals of the node certificate, by result", "result"),
-        true => m.counter_family("shoal_api_cert_renewals", "Renewals of the API server certificate, by result", "result"),
+        true => {
+            m.counter_family("shoal_api_cert_renewals", "Renewals of the API server certificate, by result", "result")
+        }
     };
     family.inc(if ok { "ok" } else { "failed" });
 }
@@ -333,7 +335,8 @@ impl Validity {
     }
 
     pub fn of_der(der: &[u8]) -> Result<Validity, TlsError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
         let at = |t: x509_parser::time::ASN1Time| {
             let secs = t.timestamp();
             match u64::try_from(secs) {
@@ -459,7 +462,8 @@ impl NodeIdentity {
             |what: &str, e: std::io::Error| TlsError::Io(format!("cannot write {}: {e}", dir.join(what).display()));
         fs::create_dir_all(dir).map_err(|e| io("", e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("", e))?;
-        let files = [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)];
+        let files =
+            [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)];
         for (name, text, mode) in files {
             let tmp = dir.join(format!("{name}.tmp"));
             let mut f = fs::OpenOptions::new()
