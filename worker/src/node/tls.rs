@@ -908,6 +908,40 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_save_cut_between_its_renames_is_finished_at_load() {
+        let ca = TestCa::generate(NodeId::random().as_ref());
+        let (id, old) = node(&ca, Role::Worker);
+        let renewed = ca.issue(&id, Role::Worker);
+        let dir = std::env::temp_dir().join(format!("shoal-tls-test-{}", NodeId::random()));
+        old.save(&dir).unwrap();
+        // The renewed files written and synced; only the key renamed.
+        for (name, text) in [(KEY_FILE, &renewed.key_pem), (CERT_FILE, &renewed.cert_pem), (CA_FILE, &renewed.ca_pem)] {
+            fs::write(dir.join(format!("{name}.tmp")), text).unwrap();
+        }
+        fs::rename(dir.join(format!("{KEY_FILE}.tmp")), dir.join(KEY_FILE)).unwrap();
+        assert_eq!(NodeIdentity::load(&dir).unwrap(), Some(renewed.clone()));
+        assert_eq!(NodeIdentity::load(&dir).unwrap(), Some(renewed));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn certificates_last_their_lifetime_and_renew_at_two_thirds() {
+        let now = OffsetDateTime::now_utc();
+        let far = now + Duration::days(3650);
+        let short = std::time::Duration::from_secs(30);
+        assert_eq!(validity_from(now, short, far), (now - Duration::seconds(3), now + Duration::seconds(30)));
+        assert_eq!(
+            validity_from(now, DEFAULT_CERT_EXPIRY, far),
+            (now - Duration::minutes(1), now + Duration::days(90))
+        );
+        let ca_end = now + Duration::seconds(10);
+        assert_eq!(validity_from(now, short, ca_end).1, ca_end, "never past the CA");
+        let t0 = UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let renew = renewal_time(t0, t0 + std::time::Duration::from_secs(30));
+        assert_eq!(renew, t0 + std::time::Duration::from_secs(20));
+    }
+
     /// A server on loopback that reports, per connection, the handshake
     /// result and the client's identity.
     async fn server(
