@@ -8,6 +8,7 @@
 //! where they are read back.
 
 use std::fmt;
+use std::time::Duration;
 
 use common::node::Role;
 use common::NodeId;
@@ -51,16 +52,17 @@ impl ClusterCa {
         Ok(Fingerprint::of(&self.cert_der()?))
     }
 
-    /// Signs a node's CSR: the certificate names `node` with `role`.
-    pub fn sign(&self, csr_der: &[u8], node: &NodeId, role: Role) -> Result<String, TlsError> {
-        tls::sign_node_csr(&self.cert_pem, &self.key_pem, csr_der, node, role)
+    /// Signs a node's CSR: the certificate names `node` with `role` and is
+    /// valid for `lifetime` (the cluster's `--cert-expiry`).
+    pub fn sign(&self, csr_der: &[u8], node: &NodeId, role: Role, lifetime: Duration) -> Result<String, TlsError> {
+        tls::sign_node_csr(&self.cert_pem, &self.key_pem, csr_der, node, role, lifetime)
     }
 
     /// An identity made where the CA is (the first manager): the key is
     /// still made apart and certified through a CSR.
-    pub fn issue(&self, node: &NodeId, role: Role) -> Result<NodeIdentity, TlsError> {
+    pub fn issue(&self, node: &NodeId, role: Role, lifetime: Duration) -> Result<NodeIdentity, TlsError> {
         let req = CertificateRequest::new()?;
-        let cert = self.sign(req.csr_der(), node, role)?;
+        let cert = self.sign(req.csr_der(), node, role, lifetime)?;
         req.complete(cert, self.cert_pem.clone(), None)
     }
 
@@ -97,10 +99,13 @@ mod tests {
         let ca = ClusterCa::generate("c").unwrap();
         assert!(!format!("{ca:?}").contains("PRIVATE KEY"), "Debug hides the key");
         let node = NodeId::random();
-        let ident = ca.issue(&node, Role::Manager).unwrap();
+        let ident = ca.issue(&node, Role::Manager, tls::DEFAULT_CERT_EXPIRY).unwrap();
         assert_eq!(ident.peer().unwrap(), PeerIdentity { node_id: node, role: Role::Manager });
         assert_eq!(ident.ca_fingerprint().unwrap(), ca.fingerprint().unwrap());
-        assert!(matches!(ca.sign(b"not a csr", &NodeId::random(), Role::Worker), Err(TlsError::BadRequest(_))));
+        assert!(matches!(
+            ca.sign(b"not a csr", &NodeId::random(), Role::Worker, tls::DEFAULT_CERT_EXPIRY),
+            Err(TlsError::BadRequest(_))
+        ));
         // A store's CA from before the move still reads (same fields).
         let round: ClusterCa = rmp_serde::from_slice(&rmp_serde::to_vec_named(&ca).unwrap()).unwrap();
         assert_eq!(round, ca);

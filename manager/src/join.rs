@@ -62,16 +62,17 @@ pub async fn handle_join(
         tracing::warn!(%peer, %hostname, "join refused: {why}");
         return net::send(&mut conn, refuse(why)).await;
     }
-    let (role, cluster_id, ca, gossip_keys) = {
+    let (role, cluster_id, ca, gossip_keys, lifetime) = {
         let s = store.read();
-        (role_for_token(&s, &token), s.cluster.id.clone(), s.cluster.ca.clone(), s.cluster.gossip_keys.clone())
+        let c = &s.cluster;
+        (role_for_token(&s, &token), c.id.clone(), c.ca.clone(), c.gossip_keys.clone(), c.cert_expiry())
     };
     let Some(role) = role else {
         tracing::warn!(%peer, %hostname, "join refused: invalid join token");
         return net::send(&mut conn, refuse("invalid join token".into())).await;
     };
     let id = NodeId::random();
-    let certificate = match ca.sign(&csr, &id, role) {
+    let certificate = match ca.sign(&csr, &id, role, lifetime) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, %hostname, error = %e, "join refused: cannot issue a certificate");

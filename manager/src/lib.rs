@@ -247,20 +247,27 @@ impl Manager {
         }
     }
 
-    /// Signs a certificate for `node` with the role the store gives it now
-    /// (the caller's identity was checked against its current certificate).
+    /// Signs a certificate for `node` with the role the store gives it now,
+    /// for the cluster's certificate lifetime: a renewal, or a change of
+    /// role (the caller's identity was checked against its current
+    /// certificate, and the router refuses removed nodes' before this).
     async fn renew(&self, mut conn: net::Conn, node: NodeId, csr: Vec<u8>) -> Result<(), net::NetError> {
-        let (role, ca) = {
+        let (role, revoked, ca, lifetime) = {
             let s = self.store.read();
-            (s.nodes.get(&node).map(|n| n.role), s.cluster.ca.clone())
+            let c = &s.cluster;
+            (s.nodes.get(&node).map(|n| n.role), c.revoked.contains(&node), c.ca.clone(), c.cert_expiry())
         };
-        let Some(role) = role else {
-            let reason = format!("node {node} is not part of this cluster (was it removed?)");
-            return net::send(&mut conn, Frame::Refused { reason }).await;
+        let role = match role {
+            Some(role) if !revoked => role,
+            _ => {
+                tracing::warn!(%node, "refused to renew the certificate of a node not in the cluster");
+                let reason = format!("node {node} is not part of this cluster (was it removed?)");
+                return net::send(&mut conn, Frame::Refused { reason }).await;
+            }
         };
-        let answer = match ca.sign(&csr, &node, role) {
+        let answer = match ca.sign(&csr, &node, role, lifetime) {
             Ok(certificate) => {
-                tracing::info!(%node, %role, "issued a certificate for a changed role");
+                tracing::info!(%node, %role, valid_for = ?lifetime, "issued a node certificate (renewal or new role)");
                 Frame::Certificate { certificate, ca_certificate: ca.cert_pem.clone() }
             }
             Err(e) => Frame::Refused { reason: format!("cannot issue a certificate: {e}") },

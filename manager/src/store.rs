@@ -95,6 +95,21 @@ pub struct ClusterInfo {
     /// Where networks without `--subnet` get their range (chosen at `--init`).
     #[serde(default, skip_serializing_if = "common::network::AddrPool::is_default")]
     pub addr_pool: common::network::AddrPool,
+    /// How long the node certificates the CA signs are valid, in ms
+    /// (`shoal daemon --init --cert-expiry`); none in a cluster made before
+    /// the setting, which gets the default, 90 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_ms: Option<Millis>,
+}
+
+impl ClusterInfo {
+    /// The lifetime of the certificates this cluster's CA signs.
+    pub fn cert_expiry(&self) -> std::time::Duration {
+        match self.cert_expiry_ms {
+            Some(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+            _ => worker::node::tls::DEFAULT_CERT_EXPIRY,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

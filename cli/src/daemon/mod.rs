@@ -18,6 +18,7 @@ mod gossip;
 mod join;
 mod keys;
 mod node;
+mod renew;
 mod role;
 pub mod state;
 
@@ -63,6 +64,18 @@ pub struct DaemonArgs {
     /// default address pools (8 to 26). Default 16.
     #[arg(long, value_name = "N", requires = "init")]
     default_addr_pool_mask_length: Option<u8>,
+    /// With --init: how long node certificates are valid (a Go duration, as
+    /// `docker swarm init --cert-expiry` takes: `2160h`, `1h30m`; at least
+    /// 1h). Default 2160h (90 days). Every node renews its certificate at
+    /// 2/3 of its lifetime.
+    #[arg(long, requires = "init", value_name = "DURATION", value_parser = parse_cert_expiry)]
+    cert_expiry: Option<std::time::Duration>,
+    /// TEST ONLY (hidden): with --init, node certificates valid for this
+    /// many seconds (at least 10), below --cert-expiry's 1h minimum, so
+    /// that a test sees renewals happen.
+    #[arg(long, hide = true, requires = "init", conflicts_with = "cert_expiry", value_name = "SECS",
+          value_parser = parse_test_cert_expiry)]
+    test_cert_expiry_secs: Option<std::time::Duration>,
     /// Join the cluster of the manager at MANAGER_IP:PORT.
     #[arg(long, value_name = "MANAGER_IP:PORT", requires = "token")]
     join: Option<String>,
@@ -134,6 +147,29 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?} (use k, M, G or T)")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// `--cert-expiry`: a Go duration (docker's `swarm init --cert-expiry`
+/// takes the same), at least [`MIN_CERT_EXPIRY`] (1h, as in Swarm).
+pub fn parse_cert_expiry(s: &str) -> Result<std::time::Duration, String> {
+    use worker::node::tls::MIN_CERT_EXPIRY;
+    let ns = common::container::positive_duration(s.trim())?;
+    let d = std::time::Duration::from_nanos(ns);
+    if d < MIN_CERT_EXPIRY {
+        return Err(format!("the certificate expiry must be at least 1h (got {s})"));
+    }
+    Ok(d)
+}
+
+/// `--test-cert-expiry-secs`: whole seconds, at least [`MIN_TEST_CERT_EXPIRY`].
+fn parse_test_cert_expiry(s: &str) -> Result<std::time::Duration, String> {
+    use worker::node::tls::MIN_TEST_CERT_EXPIRY;
+    let secs: u64 = s.trim().parse().map_err(|_| format!("invalid number of seconds {s:?}"))?;
+    let d = std::time::Duration::from_secs(secs);
+    if d < MIN_TEST_CERT_EXPIRY {
+        return Err(format!("at least {}s", MIN_TEST_CERT_EXPIRY.as_secs()));
+    }
+    Ok(d)
 }
 
 /// `--mesh`: a data path, or `auto` (decided at start by what works here).
@@ -272,7 +308,8 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     }
     // The CA exists outside the store only until the first manager has
     // committed it there.
-    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state)?) } else { None };
+    let cert_expiry = args.cert_expiry.or(args.test_cert_expiry_secs).unwrap_or(worker::node::tls::DEFAULT_CERT_EXPIRY);
+    let ca = if fresh_init { Some(init_identity(&args.data_dir, &state, cert_expiry)?) } else { None };
     let storage_key = gossip::storage_key(&args.data_dir)?;
     if fresh_init {
         gossip::save(&args.data_dir, &storage_key, &common::gossip_key::GossipKeyRing::first())?;
@@ -289,9 +326,9 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         docker_socket: args.docker_socket.clone(),
         describe: args.describe.clone(),
         gossip_keys,
-        storage_key,
         api_tls: args.api_tls,
         addr_pool,
+        cert_expiry,
         launch,
     };
     actix_web::rt::System::new().block_on(async move {
@@ -382,7 +419,7 @@ fn raise_open_file_limit() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{api_addr_for, check_api_addr, parse_size};
+    use super::{api_addr_for, check_api_addr, parse_cert_expiry, parse_size, parse_test_cert_expiry};
     use common::node::Role;
 
     #[test]
@@ -402,6 +439,21 @@ mod tests {
         assert_eq!(api_addr_for(addr("10.0.0.1:4243"), true, Role::Worker), addr("127.0.0.1:4243"));
         assert_eq!(api_addr_for(addr("10.0.0.1:4243"), true, Role::Manager), addr("10.0.0.1:4243"));
         assert_eq!(api_addr_for(addr("127.0.0.1:5000"), false, Role::Worker), addr("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn cert_expiry_takes_go_durations_of_an_hour_or_more() {
+        use std::time::Duration;
+        assert_eq!(parse_cert_expiry("2160h0m0s"), Ok(Duration::from_secs(90 * 24 * 3600)));
+        assert_eq!(parse_cert_expiry("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_cert_expiry("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_cert_expiry("10m"), Err("the certificate expiry must be at least 1h (got 10m)".into()));
+        assert_eq!(parse_cert_expiry("59m59s").map_err(|_| ()), Err(()));
+        assert_eq!(parse_cert_expiry("soon"), Err("time: invalid duration \"soon\"".into()));
+        assert!(parse_cert_expiry("-1h").is_err());
+        assert_eq!(parse_test_cert_expiry("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_test_cert_expiry("9").is_err());
+        assert!(parse_test_cert_expiry("1h").is_err());
     }
 
     #[test]

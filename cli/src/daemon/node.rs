@@ -30,7 +30,6 @@ use worker::agent::{Agent, AgentSink};
 use worker::mesh::{self, DataPath, MeshConfig, MeshProgrammer, SetTable};
 use worker::node::membership::{self, fact, GossipKeys, MembershipConfig};
 use worker::node::net::{self, Router};
-use worker::node::seal::SealKey;
 use worker::node::tls::Tls;
 use worker::runtime::docker::DockerRuntime;
 use worker::runtime::files::TaskFiles;
@@ -60,9 +59,11 @@ struct Sink {
     role_changed: mpsc::UnboundedSender<(Role, Vec<PeerInfo>)>,
     /// Where the tasks' secrets and configs are written.
     files: Arc<TaskFiles>,
-    /// What gossip seals with, and the key of its copy on disk.
+    /// What gossip seals with.
     gossip_keys: GossipKeys,
-    storage_key: SealKey,
+    /// The node's identity, whose key seals the gossip keys' copy on disk
+    /// (it changes when the certificate is renewed).
+    tls: Tls,
     /// The cluster port's router, told which nodes were removed.
     router: Router,
 }
@@ -94,7 +95,7 @@ impl AgentSink for Sink {
     fn gossip_keys(&self, ring: GossipKeyRing) {
         if self.gossip_keys.set(ring.clone()) {
             tracing::info!(key = ?ring.current.as_ref().map(|k| k.id), switch_at = ring.switch_at, "gossip keys updated");
-            if let Err(e) = super::gossip::save(&self.data_dir, &self.storage_key, &ring) {
+            if let Err(e) = super::gossip::save(&self.data_dir, &self.tls.identity().storage_key(), &ring) {
                 tracing::warn!(error = %e, "cannot save the gossip keys");
             }
         }
@@ -191,13 +192,14 @@ pub(crate) struct RunOptions {
     pub docker_socket: Option<PathBuf>,
     /// What the node tells the leader it offers.
     pub describe: super::describe::DescribeFlags,
-    /// The gossip keys saved in the data directory, and the key they are sealed with.
+    /// The gossip keys saved in the data directory.
     pub gossip_keys: GossipKeyRing,
-    pub storage_key: SealKey,
     /// `--api-tls`: the API over TLS with client certificates.
     pub api_tls: bool,
     /// `--default-addr-pool…` at `--init`: committed with the cluster.
     pub addr_pool: AddrPool,
+    /// `--init --cert-expiry`: how long the cluster's certificates are valid.
+    pub cert_expiry: Duration,
     pub launch: Launch,
 }
 
@@ -362,7 +364,7 @@ pub(crate) async fn run_node(
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
-        bootstrap_cluster(m, &state, ca, gossip_keys.get(), opts.addr_pool.clone()).await?;
+        bootstrap_cluster(m, &state, ca, gossip_keys.get(), opts.addr_pool.clone(), opts.cert_expiry).await?;
         save_state(&data_dir, &state)?;
         print_join_commands(m, &state);
     }
@@ -386,7 +388,7 @@ pub(crate) async fn run_node(
         mesh: mesh_addr.clone(),
         networks: networks_tx,
         gossip_keys: gossip_keys.clone(),
-        storage_key: opts.storage_key.clone(),
+        tls: tls.clone(),
         router,
     });
     // What the mesh cannot serve, for the managers to show.
@@ -411,15 +413,18 @@ pub(crate) async fn run_node(
             });
         }
     });
+    let renewal = super::renew::keep_renewed(tls.clone(), &data_dir, managers.clone(), gossip_keys.clone());
     let agent = Agent { node_id: state.node_id.clone(), managers, tls: tls.clone(), description };
     actix::spawn(agent.run(sink, reports_rx, failures_rx));
 
     let api_tls = match (&mgr, opts.api_tls) {
-        (Some(m), true) => Some(
-            api_server_tls(m, &state, cluster_addr, &data_dir)
+        (Some(m), true) => {
+            let (config, renewal) = api_server_tls(m, &state, cluster_addr, &data_dir)
                 .await
-                .with_context(|| format!("--api-tls on {}", state.api_addr))?,
-        ),
+                .with_context(|| format!("--api-tls on {}", state.api_addr))?;
+            actix::spawn(renewal.run(m.clone()));
+            Some(config)
+        }
         _ => None,
     };
     let server = api::serve(
@@ -461,9 +466,14 @@ pub(crate) async fn run_node(
         }
         std::future::pending().await
     };
+    // The renewal stops with the node or when its role changes (the new
+    // role's certificate is saved by then; a renewal cut short saved
+    // nothing or a whole identity of the old role, which the new role's
+    // replaces).
     let new_role = tokio::select! {
         _ = shutdown => None,
         role = change_role => Some(role),
+        () = renewal => None,
     };
     // No new cluster connections while the node stops.
     let _ = stop_cluster_port.send(());
@@ -540,7 +550,7 @@ async fn api_server_tls(
     state: &NodeState,
     cluster_addr: SocketAddr,
     data_dir: &Path,
-) -> Result<rustls::ServerConfig> {
+) -> Result<(rustls::ServerConfig, manager::api::certs::ApiCertRenewal)> {
     let mut ips = vec![cluster_addr.ip(), std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
     if !state.api_addr.ip().is_unspecified() {
         ips.push(state.api_addr.ip());
@@ -552,10 +562,10 @@ async fn api_server_tls(
     if dns_name(&state.hostname) && state.hostname != "localhost" {
         names.push(state.hostname.clone());
     }
-    let config = manager::api::certs::server_tls(m, &ips, &names, Duration::from_secs(60)).await?;
+    let tls = manager::api::certs::server_tls(m, &ips, &names, Duration::from_secs(60)).await?;
     let bundle = write_admin_bundle(m, data_dir, &state.hostname)?;
     tracing::info!(api = %state.api_addr, ?ips, admin_bundle = %bundle.display(), "the API requires client certificates (TLS)");
-    Ok(config)
+    Ok(tls)
 }
 
 /// The first admin's bundle, `DATA_DIR/api-client/{ca,cert,key}.pem` (owner
@@ -606,6 +616,7 @@ async fn bootstrap_cluster(
     ca: ClusterCa,
     gossip_keys: GossipKeyRing,
     addr_pool: AddrPool,
+    cert_expiry: Duration,
 ) -> Result<()> {
     let mut status = m.status.clone();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader))
@@ -623,6 +634,7 @@ async fn bootstrap_cluster(
         gossip_keys,
         revoked: Default::default(),
         addr_pool,
+        cert_expiry_ms: Some(cert_expiry.as_millis() as u64),
     };
     let node = Node {
         id: state.node_id.clone(),

@@ -10,7 +10,7 @@ use common::node::Role;
 use common::wire::{Frame, Hello};
 use common::NodeId;
 use worker::node::net;
-use worker::node::tls::{CertificateRequest, NodeIdentity, Tls};
+use worker::node::tls::{CertificateRequest, Fingerprint, NodeIdentity, Tls};
 
 use super::state::tls_dir;
 
@@ -26,6 +26,23 @@ pub(crate) async fn renew_certificate(
     let dir = tls_dir(data_dir);
     let pinned =
         NodeIdentity::load(&dir)?.ok_or_else(|| anyhow!("{} holds no certificate", dir.display()))?.ca_fingerprint()?;
+    let (identity, addr) = request_certificate(tls, pinned, node, role, managers).await?;
+    identity.save(&dir)?;
+    tracing::info!(%role, manager = %addr, "certificate renewed for the new role");
+    Ok(())
+}
+
+/// A new identity from the first of `managers` that certifies this node
+/// as `role`: a fresh key, its CSR sent over the cluster port with the
+/// current certificate (which proves who asks), the answer checked against
+/// the CA `pinned`. Says which manager answered.
+pub(crate) async fn request_certificate(
+    tls: &Tls,
+    pinned: Fingerprint,
+    node: &NodeId,
+    role: Role,
+    managers: &[SocketAddr],
+) -> Result<(NodeIdentity, SocketAddr)> {
     let mut last = anyhow!("no manager to ask");
     for addr in managers {
         let request = CertificateRequest::new()?;
@@ -44,20 +61,20 @@ pub(crate) async fn renew_certificate(
         let identity = request.complete(certificate, ca_certificate, Some(pinned))?;
         let got = identity.peer()?.role;
         if got != role {
-            // That manager has not applied the change yet.
-            last = anyhow!("{addr} still certifies this node as a {got}");
+            // That manager has not applied a change of role yet, or has
+            // applied one this node has not acted on yet.
+            last = anyhow!("{addr} certifies this node as a {got}, not a {role}");
             continue;
         }
-        identity.save(&dir)?;
-        tracing::info!(%role, manager = %addr, "certificate renewed for the new role");
-        return Ok(());
+        return Ok((identity, *addr));
     }
     Err(last)
 }
 
 /// Replaces this process with `shoal daemon` on the same data directory and
 /// options, without the one-off flags (`--init`, `--join`, `--token`,
-/// `--force-new-cluster`). Returns only if exec failed.
+/// `--force-new-cluster` and the other `--init` settings). Returns only if
+/// exec failed.
 pub(crate) fn reexec() -> anyhow::Error {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
@@ -70,6 +87,18 @@ pub(crate) fn reexec() -> anyhow::Error {
     anyhow!("cannot restart in the new role: {err}")
 }
 
+/// Flags of the first start only (`--init` and what requires it, `--join`):
+/// switches, and options with a value (`--opt V` or `--opt=V`).
+const ONE_OFF_SWITCHES: &[&str] = &["--init", "--force-new-cluster", "--autolock"];
+const ONE_OFF_OPTIONS: &[&str] = &[
+    "--join",
+    "--token",
+    "--cert-expiry",
+    "--test-cert-expiry-secs",
+    "--default-addr-pool",
+    "--default-addr-pool-mask-length",
+];
+
 fn restart_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut skip_value = false;
@@ -79,12 +108,26 @@ fn restart_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
             continue;
         }
         let s = a.to_string_lossy();
-        match s.as_ref() {
-            "--init" | "--force-new-cluster" => {}
-            "--join" | "--token" => skip_value = true,
-            _ if s.starts_with("--join=") || s.starts_with("--token=") => {}
+        let name = s.split_once('=').map_or(s.as_ref(), |(n, _)| n);
+        match name {
+            _ if ONE_OFF_SWITCHES.contains(&name) => {}
+            _ if ONE_OFF_OPTIONS.contains(&name) => skip_value = !s.contains('='),
             _ => out.push(a),
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_args;
+
+    #[test]
+    fn a_restart_drops_the_first_start_flags_and_keeps_the_rest() {
+        let args = "daemon --init --autolock --cert-expiry 3h --default-addr-pool=10.9.0.0/16 --data-dir /d \
+                    --join 1.2.3.4:4242 --token=T --test-cert-expiry-secs 30 --api-tls --hostname n1";
+        let out = restart_args(args.split(' ').filter(|s| !s.is_empty()).map(Into::into).collect());
+        let out: Vec<String> = out.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(out, ["daemon", "--data-dir", "/d", "--api-tls", "--hostname", "n1"]);
+    }
 }

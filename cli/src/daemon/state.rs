@@ -73,9 +73,9 @@ pub(crate) fn tls_dir(dir: &Path) -> PathBuf {
 }
 
 /// The first manager makes the cluster CA and certifies itself with it.
-pub(crate) fn init_identity(dir: &Path, state: &NodeState) -> Result<ClusterCa> {
+pub(crate) fn init_identity(dir: &Path, state: &NodeState, lifetime: std::time::Duration) -> Result<ClusterCa> {
     let ca = ClusterCa::generate(&state.cluster_id)?;
-    ca.issue(&state.node_id, state.role)?.save(&tls_dir(dir))?;
+    ca.issue(&state.node_id, state.role, lifetime)?.save(&tls_dir(dir))?;
     Ok(ca)
 }
 

@@ -78,7 +78,7 @@ async fn the_leader_gives_an_old_cluster_a_key_and_its_nodes_then_gossip() {
     let dir = tempfile::tempdir().unwrap();
     let ca = crate::ca::ClusterCa::generate("c").unwrap();
     let me = NodeId::random();
-    let tls = Tls::new(&ca.issue(&me, Role::Manager).unwrap()).unwrap();
+    let tls = Tls::new(&ca.issue(&me, Role::Manager, worker::node::tls::DEFAULT_CERT_EXPIRY).unwrap()).unwrap();
     let opts = RaftOptions {
         raft_id: 1,
         bootstrap: true,

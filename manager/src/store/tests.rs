@@ -146,6 +146,12 @@ fn cluster_info_from_before_the_ca_still_decodes() {
     let info: ClusterInfo = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
     assert_eq!(info.id, "c");
     assert!(info.ca.is_empty());
+    // …and from before `--cert-expiry`: Swarm's default, 90 days.
+    assert_eq!(info.cert_expiry_ms, None);
+    assert_eq!(info.cert_expiry(), std::time::Duration::from_secs(90 * 24 * 3600));
+    let set = ClusterInfo { cert_expiry_ms: Some(40_000), ..info };
+    let round: ClusterInfo = rmp_serde::from_slice(&rmp_serde::to_vec_named(&set).unwrap()).unwrap();
+    assert_eq!(round.cert_expiry(), std::time::Duration::from_secs(40));
 }
 
 #[test]
@@ -201,6 +207,8 @@ fn history() -> Vec<Command> {
         revoked: Default::default(),
         // Entries from before configurable pools decode to the documented default.
         addr_pool: Default::default(),
+        // …and from before `--cert-expiry`, to 90 days.
+        cert_expiry_ms: None,
     };
     vec![
         Command::Batch(vec![Command::InitCluster(Box::new(info)), Command::AddNode(node("m1", 1, Role::Manager))]),

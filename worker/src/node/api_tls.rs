@@ -27,7 +27,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use time::{Duration, OffsetDateTime};
 
-use super::tls::{cert_from_pem, config_err, gen_err, provider, random_serial, TlsError};
+use super::tls::{cert_from_pem, config_err, gen_err, provider, random_serial, validity_from, LiveCert, TlsError};
 
 /// The organisation of every API client certificate.
 pub const CLIENT_ORG: &str = "shoal API client";
@@ -166,12 +166,13 @@ pub fn client_name(cert_der: &[u8]) -> Option<String> {
 }
 
 /// The API's server certificate and key (PEM), signed by the CA, naming
-/// `ips` and `names`.
+/// `ips` and `names`, valid for `lifetime` (the cluster's cert expiry).
 pub fn issue_server_cert(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     ips: &[IpAddr],
     names: &[String],
+    lifetime: std::time::Duration,
 ) -> Result<(String, String), TlsError> {
     let (issuer, ca_expires) = signed_by_ca(ca_cert_pem, ca_key_pem)?;
     let key = KeyPair::generate().map_err(gen_err)?;
@@ -185,8 +186,7 @@ pub fn issue_server_cert(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
-    params.not_after = ca_expires;
+    (params.not_before, params.not_after) = validity_from(OffsetDateTime::now_utc(), lifetime, ca_expires);
     params.serial_number = Some(random_serial());
     let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -207,17 +207,16 @@ fn chain_and_key(
 }
 
 /// The API's server side: TLS 1.2 or 1.3 (the docker CLI speaks both), a
-/// client certificate signed by the CA required in the handshake.
-pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<ServerConfig, TlsError> {
+/// client certificate signed by the CA required in the handshake, and the
+/// server certificate `cert`, which can be renewed while the server runs.
+pub fn server_config(ca_pem: &str, cert: Arc<LiveCert>) -> Result<ServerConfig, TlsError> {
     let clients =
         WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider()).build().map_err(config_err)?;
-    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
-    ServerConfig::builder_with_provider(provider())
+    Ok(ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(config_err)?
         .with_client_cert_verifier(clients)
-        .with_single_cert(chain, key)
-        .map_err(config_err)
+        .with_cert_resolver(cert))
 }
 
 /// A client of the API: trusts `ca_pem`, shows the certificate given.
@@ -284,7 +283,11 @@ mod tests {
         let req = ClientRequest::new().unwrap();
         assert!(sign_client_csr(&ca_cert, &ca_key, req.csr_pem(), "a b", ApiRole::Admin).is_err());
         let ips = ["127.0.0.1".parse().unwrap()];
-        let (cert, key) = issue_server_cert(&ca_cert, &ca_key, &ips, &["localhost".into()]).unwrap();
-        assert!(server_config(&ca_cert, &cert, &key).is_ok());
+        let lifetime = std::time::Duration::from_secs(30);
+        let (cert, key) = issue_server_cert(&ca_cert, &ca_key, &ips, &["localhost".into()], lifetime).unwrap();
+        let v = super::super::tls::Validity::of_pem(&cert).unwrap();
+        let span = v.not_after.duration_since(v.not_before).unwrap().as_secs();
+        assert!((32..=34).contains(&span), "30 s and 3 s of skew: {span}");
+        assert!(server_config(&ca_cert, LiveCert::from_pem(&[&cert], &key).unwrap()).is_ok());
     }
 }

@@ -31,6 +31,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::node::Role;
 use common::NodeId;
@@ -40,11 +41,12 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use time::{Duration, OffsetDateTime};
 
@@ -52,9 +54,17 @@ use time::{Duration, OffsetDateTime};
 /// against it since they know peers by IP address only.
 pub const CLUSTER_SERVER_NAME: &str = "shoal-cluster";
 
-/// How long the cluster CA is valid. Node certificates end with it: there is
-/// no renewal yet.
+/// How long the cluster CA is valid. No certificate it signs outlives it.
 const CA_VALIDITY: Duration = Duration::days(20 * 365);
+
+/// Node certificates' lifetime unless the cluster says otherwise (`shoal
+/// daemon --init --cert-expiry`), Swarm's default: 90 days.
+pub const DEFAULT_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+/// The shortest lifetime `--cert-expiry` takes, Swarm's minimum: 1 hour.
+pub const MIN_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The shortest lifetime the hidden, test-only `--test-cert-expiry-secs`
+/// takes (a node renews at 2/3 of it, so a few seconds of margin remain).
+pub const MIN_TEST_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Files of a node's identity under `DATA_DIR/tls/`.
 const CA_FILE: &str = "ca.crt";
@@ -235,13 +245,15 @@ pub fn new_ca(cluster_id: &str) -> Result<(String, String), TlsError> {
 
 /// Signs a node's CSR with the CA's key. Only the CSR's public key is used:
 /// the name (CN = node id), the role (OU), the server name and the usages
-/// are the CA's to decide; the certificate ends with the CA.
+/// are the CA's to decide; the certificate is valid for `lifetime` (the
+/// cluster's `--cert-expiry`), never past the CA.
 pub fn sign_node_csr(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     csr_der: &[u8],
     node: &NodeId,
     role: Role,
+    lifetime: std::time::Duration,
 ) -> Result<String, TlsError> {
     let csr =
         CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(|e| TlsError::BadRequest(e.to_string()))?;
@@ -259,11 +271,91 @@ pub fn sign_node_csr(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
-    params.not_after = ca_expires;
+    (params.not_before, params.not_after) = validity_from(OffsetDateTime::now_utc(), lifetime, ca_expires);
     params.serial_number = Some(random_serial());
     let cert = params.signed_by(&csr.public_key, &issuer).map_err(gen_err)?;
     Ok(cert.pem())
+}
+
+/// `(not_before, not_after)` of a certificate issued at `now` for
+/// `lifetime`: it starts a little earlier, for clocks a little behind (a
+/// tenth of the lifetime, at most a minute, so that renewal at 2/3 of the
+/// whole still comes well before the end of a short one), and ends after
+/// `lifetime` or with the CA, whichever is first.
+pub(crate) fn validity_from(
+    now: OffsetDateTime,
+    lifetime: std::time::Duration,
+    ca_expires: OffsetDateTime,
+) -> (OffsetDateTime, OffsetDateTime) {
+    let lifetime = Duration::try_from(lifetime).unwrap_or(CA_VALIDITY).min(CA_VALIDITY);
+    let skew = Duration::min(lifetime / 10_i32, Duration::minutes(1));
+    (now - skew, (now + lifetime).min(ca_expires))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// after 2/3 of its lifetime, as Swarm does (it picks at random between
+/// half and 80 %), leaving a third of it to get the next one.
+pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + lifetime * 2 / 3
+}
+
+/// Shows a certificate's expiry on `/metrics`:
+/// `shoal_cert_expiry_seconds{cert="node"|"api"}`, in seconds since the epoch.
+pub fn show_expiry(which: &str, v: &Validity) {
+    crate::node::metrics::metrics()
+        .gauge_family("shoal_cert_expiry_seconds", "When this node's certificate expires (Unix time)", "cert")
+        .set(which, v.expires_unix());
+}
+
+/// Counts a renewal of this node's certificate on `/metrics`:
+/// `shoal_cert_renewals_total{result="ok"|"failed"}` for the node's,
+/// `shoal_api_cert_renewals_total{result}` for the API server's.
+pub fn count_renewal(api: bool, ok: bool) {
+    let m = crate::node::metrics::metrics();
+    let family = match api {
+        false => m.counter_family("shoal_cert_renewals", "Renewals of the node certificate, by result", "result"),
+        true => {
+            m.counter_family("shoal_api_cert_renewals", "Renewals of the API server certificate, by result", "result")
+        }
+    };
+    family.inc(if ok { "ok" } else { "failed" });
+}
+
+/// A certificate's validity, as it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    pub fn of_pem(cert_pem: &str) -> Result<Validity, TlsError> {
+        Validity::of_der(&cert_from_pem(cert_pem)?)
+    }
+
+    pub fn of_der(der: &[u8]) -> Result<Validity, TlsError> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let at = |t: x509_parser::time::ASN1Time| {
+            let secs = t.timestamp();
+            match u64::try_from(secs) {
+                Ok(s) => UNIX_EPOCH + std::time::Duration::from_secs(s),
+                Err(_) => UNIX_EPOCH,
+            }
+        };
+        Ok(Validity { not_before: at(cert.validity().not_before), not_after: at(cert.validity().not_after) })
+    }
+
+    /// See [`renewal_time`].
+    pub fn renewal_time(&self) -> SystemTime {
+        renewal_time(self.not_before, self.not_after)
+    }
+
+    /// `not_after` in seconds since the Unix epoch (for a gauge).
+    pub fn expires_unix(&self) -> i64 {
+        self.not_after.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    }
 }
 
 pub(crate) fn random_serial() -> SerialNumber {
@@ -360,15 +452,19 @@ impl NodeIdentity {
     }
 
     /// Writes `dir/{ca.crt,node.crt,node.key}`; the key and the directory
-    /// are readable by the owner only.
+    /// are readable by the owner only. All three are written to temporary
+    /// files and synced before any is renamed into place, so a save cut
+    /// short leaves either the old identity whole or new files that
+    /// [`NodeIdentity::load`] finishes moving in (a renewal replaces key
+    /// and certificate together).
     pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
         let io =
             |what: &str, e: std::io::Error| TlsError::Io(format!("cannot write {}: {e}", dir.join(what).display()));
         fs::create_dir_all(dir).map_err(|e| io("", e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("", e))?;
-        for (name, text, mode) in
-            [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)]
-        {
+        let files =
+            [(KEY_FILE, &self.key_pem, 0o600), (CERT_FILE, &self.cert_pem, 0o644), (CA_FILE, &self.ca_pem, 0o644)];
+        for (name, text, mode) in files {
             let tmp = dir.join(format!("{name}.tmp"));
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -378,13 +474,38 @@ impl NodeIdentity {
                 .open(&tmp)
                 .map_err(|e| io(name, e))?;
             f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| io(name, e))?;
-            fs::rename(&tmp, dir.join(name)).map_err(|e| io(name, e))?;
+        }
+        for (name, _, _) in files {
+            fs::rename(dir.join(format!("{name}.tmp")), dir.join(name)).map_err(|e| io(name, e))?;
+        }
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
         }
         Ok(())
     }
 
     /// Reads what [`NodeIdentity::save`] wrote; `None` if nothing is there.
+    /// If the key and certificate do not belong together (a save stopped
+    /// between its renames), the synced temporary files finish it.
     pub fn load(dir: &Path) -> Result<Option<NodeIdentity>, TlsError> {
+        let Some(id) = Self::read(dir)? else { return Ok(None) };
+        if id.key_matches() {
+            return Ok(Some(id));
+        }
+        for name in [KEY_FILE, CERT_FILE, CA_FILE] {
+            let tmp = dir.join(format!("{name}.tmp"));
+            if tmp.exists() {
+                fs::rename(&tmp, dir.join(name))
+                    .map_err(|e| TlsError::Io(format!("cannot finish writing {}: {e}", dir.join(name).display())))?;
+            }
+        }
+        match Self::read(dir)? {
+            Some(id) if id.key_matches() => Ok(Some(id)),
+            _ => Err(TlsError::KeyMismatch),
+        }
+    }
+
+    fn read(dir: &Path) -> Result<Option<NodeIdentity>, TlsError> {
         let read = |name: &str| {
             let p = dir.join(name);
             fs::read_to_string(&p).map_err(|e| (e.kind(), TlsError::Io(format!("cannot read {}: {e}", p.display()))))
@@ -401,6 +522,11 @@ impl NodeIdentity {
         };
         id.peer()?;
         Ok(Some(id))
+    }
+
+    /// Whether the certificate is for this key.
+    fn key_matches(&self) -> bool {
+        certified_key(&[&self.cert_pem], &self.key_pem).is_ok_and(|k| k.keys_match().is_ok())
     }
 }
 
@@ -431,11 +557,15 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, TlsError> {
 // rustls configurations
 
 /// A node's TLS side, made once from its identity and shared by the
-/// listener and every dialler.
+/// listener and every dialler. Its certificate can be replaced while it
+/// runs ([`Tls::renew`]): new handshakes present the new one, connections
+/// already open keep theirs.
 #[derive(Clone)]
 pub struct Tls {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    cert: Arc<LiveCert>,
+    identity: Arc<parking_lot::RwLock<NodeIdentity>>,
     me: PeerIdentity,
 }
 
@@ -449,16 +579,67 @@ pub(crate) fn config_err(e: impl fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
+/// A certificate chain and key that handshakes take as they start, and
+/// that can be replaced meanwhile: rustls asks for it per handshake, as
+/// a server ([`ResolvesServerCert`]) and as a client ([`ResolvesClientCert`]).
+#[derive(Debug)]
+pub struct LiveCert {
+    current: parking_lot::RwLock<Arc<CertifiedKey>>,
+}
+
+impl LiveCert {
+    /// From a chain (the leaf first) and its key, in PEM.
+    pub fn from_pem(chain_pem: &[&str], key_pem: &str) -> Result<Arc<LiveCert>, TlsError> {
+        Ok(Arc::new(LiveCert { current: parking_lot::RwLock::new(certified_key(chain_pem, key_pem)?) }))
+    }
+
+    /// Replaces the chain and key for every handshake from now on.
+    pub fn set(&self, chain_pem: &[&str], key_pem: &str) -> Result<(), TlsError> {
+        let key = certified_key(chain_pem, key_pem)?;
+        *self.current.write() = key;
+        Ok(())
+    }
+
+    /// The leaf certificate handshakes present now.
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.read().cert[0].clone()
+    }
+}
+
+fn certified_key(chain_pem: &[&str], key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = chain_pem.iter().map(|p| cert_from_pem(p)).collect::<Result<Vec<_>, _>>()?;
+    if chain.is_empty() {
+        return Err(TlsError::BadCertificate("no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadKey(e.to_string()))?;
+    let key = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::BadKey(e.to_string()))?;
+    Ok(Arc::new(key))
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+impl ResolvesClientCert for LiveCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 impl Tls {
     pub fn new(id: &NodeIdentity) -> Result<Tls, TlsError> {
         let me = id.peer()?;
-        let leaf = cert_from_pem(&id.cert_pem)?;
         let ca = cert_from_pem(&id.ca_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(|e| TlsError::BadKey(e.to_string()))?;
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone()).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        roots.add(ca).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
         let roots = Arc::new(roots);
-        let chain = vec![leaf, ca];
+        let cert = LiveCert::from_pem(&[&id.cert_pem, &id.ca_pem], &id.key_pem)?;
 
         // Clients without a certificate get through the handshake so that a
         // joining node can talk; the router accepts nothing but a join hello
@@ -471,15 +652,19 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
             .with_client_cert_verifier(clients)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(config_err)?;
+            .with_cert_resolver(cert.clone());
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(config_err)?;
-        Ok(Tls { server: Arc::new(server), client: Arc::new(client), me })
+            .with_client_cert_resolver(cert.clone());
+        Ok(Tls {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            cert,
+            identity: Arc::new(parking_lot::RwLock::new(id.clone())),
+            me,
+        })
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
@@ -493,6 +678,31 @@ impl Tls {
     /// This node, as its certificate says.
     pub fn me(&self) -> &PeerIdentity {
         &self.me
+    }
+
+    /// The identity handshakes use now.
+    pub fn identity(&self) -> NodeIdentity {
+        self.identity.read().clone()
+    }
+
+    /// Switches every clone of this to a renewed identity: the same node in
+    /// the same role under the same CA, with a new key and certificate.
+    /// Handshakes from now on present it; open connections are untouched.
+    pub fn renew(&self, id: &NodeIdentity) -> Result<(), TlsError> {
+        let peer = id.peer()?;
+        if peer != self.me {
+            return Err(TlsError::BadCertificate(format!(
+                "the renewed certificate is for {} {}, not this {} {}",
+                peer.role, peer.node_id, self.me.role, self.me.node_id
+            )));
+        }
+        if id.ca_fingerprint()? != self.identity.read().ca_fingerprint()? {
+            return Err(TlsError::CaMismatch);
+        }
+        let mut current = self.identity.write();
+        self.cert.set(&[&id.cert_pem, &id.ca_pem], &id.key_pem)?;
+        *current = id.clone();
+        Ok(())
     }
 }
 
@@ -603,7 +813,7 @@ pub(crate) mod test_ca {
             Ok(Fingerprint::of(&self.cert_der()?))
         }
         pub fn sign(&self, csr_der: &[u8], node: &NodeId, role: Role) -> Result<String, TlsError> {
-            sign_node_csr(&self.cert_pem, &self.key_pem, csr_der, node, role)
+            sign_node_csr(&self.cert_pem, &self.key_pem, csr_der, node, role, DEFAULT_CERT_EXPIRY)
         }
         pub fn issue(&self, node: &NodeId, role: Role) -> NodeIdentity {
             let req = CertificateRequest::new().unwrap();
@@ -696,6 +906,40 @@ mod tests {
         let mode = fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_save_cut_between_its_renames_is_finished_at_load() {
+        let ca = TestCa::generate(NodeId::random().as_ref());
+        let (id, old) = node(&ca, Role::Worker);
+        let renewed = ca.issue(&id, Role::Worker);
+        let dir = std::env::temp_dir().join(format!("shoal-tls-test-{}", NodeId::random()));
+        old.save(&dir).unwrap();
+        // The renewed files written and synced; only the key renamed.
+        for (name, text) in [(KEY_FILE, &renewed.key_pem), (CERT_FILE, &renewed.cert_pem), (CA_FILE, &renewed.ca_pem)] {
+            fs::write(dir.join(format!("{name}.tmp")), text).unwrap();
+        }
+        fs::rename(dir.join(format!("{KEY_FILE}.tmp")), dir.join(KEY_FILE)).unwrap();
+        assert_eq!(NodeIdentity::load(&dir).unwrap(), Some(renewed.clone()));
+        assert_eq!(NodeIdentity::load(&dir).unwrap(), Some(renewed));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn certificates_last_their_lifetime_and_renew_at_two_thirds() {
+        let now = OffsetDateTime::now_utc();
+        let far = now + Duration::days(3650);
+        let short = std::time::Duration::from_secs(30);
+        assert_eq!(validity_from(now, short, far), (now - Duration::seconds(3), now + Duration::seconds(30)));
+        assert_eq!(
+            validity_from(now, DEFAULT_CERT_EXPIRY, far),
+            (now - Duration::minutes(1), now + Duration::days(90))
+        );
+        let ca_end = now + Duration::seconds(10);
+        assert_eq!(validity_from(now, short, ca_end).1, ca_end, "never past the CA");
+        let t0 = UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let renew = renewal_time(t0, t0 + std::time::Duration::from_secs(30));
+        assert_eq!(renew, t0 + std::time::Duration::from_secs(20));
     }
 
     /// A server on loopback that reports, per connection, the handshake

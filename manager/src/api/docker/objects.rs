@@ -247,8 +247,10 @@ impl Resources {
     }
 }
 
-/// The swarm's spec: shoal's fixed settings in Docker's shape.
-fn swarm_spec() -> Value {
+/// The swarm's spec: shoal's settings in Docker's shape (most are fixed;
+/// `CAConfig.NodeCertExpiry` is `--init --cert-expiry`, in nanoseconds).
+fn swarm_spec(c: &ClusterInfo) -> Value {
+    let node_cert_expiry = i64::try_from(c.cert_expiry().as_nanos()).unwrap_or(i64::MAX);
     json!({
         "Name": "default",
         "Labels": {},
@@ -256,7 +258,7 @@ fn swarm_spec() -> Value {
         "Raft": {"SnapshotInterval": 10000, "KeepOldSnapshots": 0, "LogEntriesForSlowFollowers": 500,
                  "ElectionTick": 10, "HeartbeatTick": 1},
         "Dispatcher": {"HeartbeatPeriod": 5_000_000_000i64},
-        "CAConfig": {"NodeCertExpiry": 7_776_000_000_000_000i64},
+        "CAConfig": {"NodeCertExpiry": node_cert_expiry},
         "TaskDefaults": {},
         "EncryptionConfig": {"AutoLockManagers": false},
     })
@@ -269,7 +271,7 @@ pub fn swarm(c: &ClusterInfo) -> Value {
         "Version": {"Index": 1},
         "CreatedAt": timestamp(c.created_at),
         "UpdatedAt": timestamp(c.created_at),
-        "Spec": swarm_spec(),
+        "Spec": swarm_spec(c),
         "TLSInfo": {},
         "RootRotationInProgress": false,
         "DataPathPort": 4789,
