@@ -413,11 +413,20 @@ pub(crate) async fn run_node(
         ),
         _ => None,
     };
+    let api_limits = api::limits::Limits::default().fit_to(opts.open_files);
+    if api_limits != api::limits::Limits::default() {
+        tracing::warn!(
+            open_files = opts.open_files,
+            connections = api_limits.max_connections,
+            "the open-file limit is low: the API takes fewer connections than by default"
+        );
+    }
     let server = api::serve(
         state.api_addr,
         opts.docker_socket.as_deref(),
         api_tls,
         ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms },
+        &api_limits,
     )
     .with_context(|| match &opts.docker_socket {
         Some(p) => format!("cannot listen for the API on {} and {}", state.api_addr, p.display()),
