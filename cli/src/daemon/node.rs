@@ -196,6 +196,8 @@ pub(crate) struct RunOptions {
     pub storage_key: SealKey,
     /// `--api-tls`: the API over TLS with client certificates.
     pub api_tls: bool,
+    /// `--api-max-connections`.
+    pub api_max_connections: usize,
     /// `--default-addr-pool…` at `--init`: committed with the cluster.
     pub addr_pool: AddrPool,
     pub launch: Launch,
@@ -413,12 +415,14 @@ pub(crate) async fn run_node(
         ),
         _ => None,
     };
-    let api_limits = api::limits::Limits::default().fit_to(opts.open_files);
-    if api_limits != api::limits::Limits::default() {
+    let asked = api::limits::Limits { max_connections: opts.api_max_connections, ..Default::default() };
+    let api_limits = asked.clone().fit_to(opts.open_files);
+    if api_limits != asked {
         tracing::warn!(
             open_files = opts.open_files,
             connections = api_limits.max_connections,
-            "the open-file limit is low: the API takes fewer connections than by default"
+            handshakes = api_limits.max_handshaking,
+            "the open-file limit is low: the API takes fewer connections than asked"
         );
     }
     let server = api::serve(

@@ -3,23 +3,31 @@
 //! size limit on every request body, so that idle, slow or oversized
 //! clients cannot take a manager down or keep a legitimate client out.
 //!
-//! [`Limits`] is applied in two places: [`super::serve`] sets what the HTTP
-//! server enforces per connection (actix-web's own timers: a request head
-//! not complete within `request_head_timeout` of the connection's start is
-//! answered 408 and closed; a TLS handshake has `tls_handshake_timeout`),
-//! and [`bodies`] is the middleware that enforces the body limits for every
-//! handler alike (JSON extractors and handlers reading the raw payload): a
-//! `Content-Length` over [`BODY_LIMIT`] is refused with 413 before a byte is
-//! read, a chunked body is cut off at the limit, and a body still arriving
-//! `body_timeout` after its head is cut off too (408).
+//! [`Limits`] is applied in three places: [`super::serve`] sets what the
+//! HTTP server enforces per connection (actix-web's own timers: a request
+//! head not complete within `request_head_timeout` of the connection's
+//! start is answered 408 and closed; a TLS handshake has
+//! `tls_handshake_timeout`); [`on_connect`] keeps the established
+//! connections under `max_connections` with a [`ConnTable`] (the pure
+//! core), closing an idle one for a new one; and [`bodies`] is the
+//! middleware that enforces the body limits for every handler alike (JSON
+//! extractors and handlers reading the raw payload): a `Content-Length`
+//! over [`BODY_LIMIT`] is refused with 413 before a byte is read, a chunked
+//! body is cut off at the limit, and a body still arriving `body_timeout`
+//! after its head is cut off too (408). Nothing buffers a body beyond the
+//! limit.
 //!
-//! Keep-alive is off: every connection carries one request. actix-web's head
-//! deadline covers only a connection's first request, so a connection kept
-//! alive could dribble its second request head forever; one request per
-//! connection leaves no such gap (the clients, shoal's CLI, the docker CLI and
-//! the SDKs, open a new connection when told `Connection: close`).
+//! Keep-alive is off: every connection carries one request, so the idle
+//! keep-alive time is nil. actix-web's head deadline covers only a
+//! connection's first request, so a connection kept alive could dribble
+//! its second request head forever; one request per connection leaves no
+//! such gap (the clients, shoal's CLI, the docker CLI and the SDKs, open a
+//! new connection when told `Connection: close`).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::future::Future as _;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +36,7 @@ use actix_web::body::EitherBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::dev::Extensions;
 use actix_web::{HttpMessage, HttpResponse};
 use common::api::ApiError;
 use futures::future::LocalBoxFuture;
@@ -46,16 +55,20 @@ pub const FD_RESERVE: usize = 512 + 256 + 4096;
 /// The API server's limits; see the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Default 16,384: the server stops accepting (new connections wait in
-    /// the kernel's backlog) at this many. High, so that a flood of idle
-    /// connections, each closed after `request_head_timeout`, is taken in
-    /// whole and a legitimate client behind it is not kept waiting in the
-    /// backlog; an idle connection costs some 20 KiB.
+    /// Default [`DEFAULT_MAX_CONNECTIONS`] (`--api-max-connections`):
+    /// established connections (past their TLS handshake) at once. A
+    /// connection over the cap is accepted and then the oldest connection
+    /// that has not sent a complete request head yet is closed (an idle or
+    /// dribbling one: a flood cannot keep a client that sends its request
+    /// at once out); when every connection is busy with a request, the new
+    /// one is closed at once instead. Nothing waits in a queue for a slot.
     pub max_connections: usize,
     /// Default 16,384: connections in their TLS handshake at once (actix
-    /// stops accepting at this many, like `max_connections`). A stalled
-    /// handshake costs memory, not CPU (the one worker thread does the real
-    /// ones one by one), so this is as high as `max_connections`.
+    /// stops accepting at this many: further connections wait in the
+    /// kernel's backlog until a handshake ends, at most
+    /// `tls_handshake_timeout` later). A stalled handshake costs memory,
+    /// not CPU, so this is high: a flood of silent TLS connections is taken
+    /// in whole and timed out rather than queued in front of a client.
     pub max_handshaking: usize,
     /// Default 5 s from the connection's start for the request head.
     pub request_head_timeout: Duration,
@@ -70,10 +83,13 @@ pub struct Limits {
     pub backlog: u32,
 }
 
+/// `--api-max-connections`'s default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 16_384,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handshaking: 16_384,
             request_head_timeout: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(3),
@@ -87,12 +103,177 @@ impl Default for Limits {
 impl Limits {
     /// These limits, with the connection caps lowered to fit in `nofile`
     /// open files with [`FD_RESERVE`] to spare (accept failing for want of
-    /// a file descriptor would refuse everyone alike); never below 64.
+    /// a file descriptor would refuse everyone alike): established
+    /// connections first, handshakes in what is left; never below 64 each.
     pub fn fit_to(mut self, nofile: u64) -> Limits {
-        let room = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(FD_RESERVE).max(64);
-        self.max_connections = self.max_connections.min(room);
-        self.max_handshaking = self.max_handshaking.min(self.max_connections);
+        let room = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(FD_RESERVE);
+        self.max_connections = self.max_connections.min(room).max(64);
+        self.max_handshaking = self.max_handshaking.min(room.saturating_sub(self.max_connections)).max(64);
         self
+    }
+
+    /// What the HTTP server's worker holds at most (actix stops accepting
+    /// there): the established connections, those closing after an
+    /// eviction, and the handshakes.
+    pub fn worker_connections(&self) -> usize {
+        self.max_connections.saturating_add(self.max_handshaking).saturating_add(64)
+    }
+}
+
+/// Which connection a new one costs, by [`ConnTable::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission<T> {
+    /// Room for it.
+    Admitted,
+    /// Admitted; the oldest connection without a request so far, this
+    /// one, is to be closed.
+    Evict(T),
+    /// Every connection is busy with a request: the new one is to be closed.
+    Refused,
+}
+
+/// The established connections, oldest first, and whether each has sent a
+/// request (the pure core of the connection cap; see [`Limits::max_connections`]).
+#[derive(Debug)]
+pub struct ConnTable<T> {
+    cap: usize,
+    next: u64,
+    /// By id (the order of admission): the handle and whether a request came.
+    conns: BTreeMap<u64, Entry<T>>,
+    /// Entries counted toward the cap (not `closing`).
+    live: usize,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    handle: T,
+    requested: bool,
+    /// Evicted: closing, no longer counted nor chosen again.
+    closing: bool,
+}
+
+impl<T: Copy> ConnTable<T> {
+    pub fn new(cap: usize) -> Self {
+        ConnTable { cap: cap.max(1), next: 0, conns: BTreeMap::new(), live: 0 }
+    }
+
+    /// Connections counted toward the cap.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// A new connection `handle`: its id (when admitted) and what it costs.
+    pub fn admit(&mut self, handle: T) -> (Option<u64>, Admission<T>) {
+        let mut admission = Admission::Admitted;
+        if self.live >= self.cap {
+            let victim = self.conns.iter_mut().find(|(_, e)| !e.requested && !e.closing);
+            match victim {
+                Some((_, e)) => {
+                    e.closing = true;
+                    self.live -= 1;
+                    admission = Admission::Evict(e.handle);
+                }
+                None => return (None, Admission::Refused),
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        self.conns.insert(id, Entry { handle, requested: false, closing: false });
+        self.live += 1;
+        (Some(id), admission)
+    }
+
+    /// Connection `id` has sent a request head: it is no longer evicted.
+    pub fn requested(&mut self, id: u64) {
+        if let Some(e) = self.conns.get_mut(&id) {
+            e.requested = true;
+        }
+    }
+
+    /// Connection `id` is gone.
+    pub fn remove(&mut self, id: u64) {
+        if let Some(e) = self.conns.remove(&id) {
+            if !e.closing {
+                self.live -= 1;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The connections of this thread's API server worker (the API runs one).
+    static CONNS: RefCell<Option<ConnTable<RawFd>>> = const { RefCell::new(None) };
+}
+
+/// In a connection's extensions while it is in [`CONNS`]: dropped with the
+/// connection (the last of it: the dispatcher and its requests).
+struct Admitted(u64);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        CONNS.with(|c| {
+            if let Some(t) = c.borrow_mut().as_mut() {
+                t.remove(self.0);
+            }
+        });
+    }
+}
+
+/// The file descriptor of an API connection (plain TCP, TLS over TCP, the
+/// unix socket), borrowed for the length of `on_connect`.
+fn conn_fd(conn: &dyn std::any::Any) -> Option<RawFd> {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(tls) = conn.downcast_ref::<Tls>() {
+        return Some(tls.get_ref().0.as_raw_fd());
+    }
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        return Some(tcp.as_raw_fd());
+    }
+    conn.downcast_ref::<actix_web::rt::net::UnixStream>().map(|u| u.as_raw_fd())
+}
+
+/// Closes a connection from under its dispatcher: the next read sees the
+/// end, and the dispatcher drops it.
+fn shut(fd: RawFd) {
+    // The fd is open: it is in CONNS, removed (on this thread) before it is
+    // closed, or it is the connection at hand.
+    if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both) {
+        tracing::debug!(error = %e, "cannot shut an API connection");
+    }
+}
+
+/// The connection cap, from `HttpServer::on_connect` (after a TLS
+/// handshake): admits the connection, closing it or the oldest one
+/// without a request (see [`Limits::max_connections`]).
+pub fn on_connect(conn: &dyn std::any::Any, ext: &mut Extensions, cap: usize) {
+    let Some(fd) = conn_fd(conn) else { return };
+    let (id, admission) = CONNS.with(|c| c.borrow_mut().get_or_insert_with(|| ConnTable::new(cap)).admit(fd));
+    match admission {
+        Admission::Admitted => {}
+        Admission::Evict(victim) => {
+            refused_counter().inc("connection_evicted");
+            shut(victim);
+        }
+        Admission::Refused => {
+            refused_counter().inc("connection_refused");
+            tracing::debug!("api connection refused: every connection is busy");
+            shut(fd);
+        }
+    }
+    if let Some(id) = id {
+        ext.insert(Admitted(id));
+    }
+}
+
+/// Marks the request's connection as having sent a request (from the
+/// middleware, once the head is complete).
+fn mark_requested(req: &ServiceRequest) {
+    if let Some(Admitted(id)) = req.conn_data::<Admitted>() {
+        CONNS.with(|c| {
+            if let Some(t) = c.borrow_mut().as_mut() {
+                t.requested(*id);
+            }
+        });
     }
 }
 
@@ -100,8 +281,9 @@ impl Limits {
 fn refused_counter() -> CounterFamily {
     metrics().counter_family(
         "shoal_api_requests_refused",
-        "API requests refused by a limit: body_too_large (over the body limit), body_timeout (the body did not \
-         arrive in time)",
+        "API requests and connections refused by a limit: body_too_large (over the body limit), body_timeout \
+         (the body did not arrive in time), connection_evicted (an idle connection closed for a new one over \
+         the connection cap), connection_refused (a new connection over the cap, every one busy)",
         "reason",
     )
 }
@@ -128,6 +310,7 @@ where
     S::Future: 'static,
     B: 'static,
 {
+    mark_requested(&req);
     let length = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok());
     if declared_too_large(length, BODY_LIMIT) {
         refused_counter().inc("body_too_large");
@@ -202,10 +385,45 @@ mod tests {
     fn the_caps_fit_the_open_file_limit() {
         let d = Limits::default();
         assert_eq!(Limits::default().fit_to(1 << 20), d, "room enough: unchanged");
-        let l = Limits::default().fit_to(20_000);
-        assert_eq!((l.max_connections, l.max_handshaking), (20_000 - FD_RESERVE, 20_000 - FD_RESERVE));
+        let l = Limits::default().fit_to(10_000);
+        let room = 10_000 - FD_RESERVE;
+        assert_eq!((l.max_connections, l.max_handshaking), (1024, room - 1024));
         let small = Limits::default().fit_to(1024);
         assert_eq!((small.max_connections, small.max_handshaking), (64, 64));
+        assert_eq!(small.worker_connections(), 64 * 3);
+        let big = Limits { max_connections: 100_000, ..Limits::default() }.fit_to(20_000);
+        assert_eq!((big.max_connections, big.max_handshaking), (20_000 - FD_RESERVE, 64));
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_idle_connection_goes() {
+        let mut t = ConnTable::new(3);
+        let (a, _) = t.admit('a');
+        let (b, _) = t.admit('b');
+        let (c, adm) = t.admit('c');
+        assert_eq!(adm, Admission::Admitted);
+        assert_eq!(t.live(), 3);
+        // a sent its request: b, the oldest idle, makes room for d.
+        t.requested(a.unwrap());
+        let (d, adm) = t.admit('d');
+        assert_eq!(adm, Admission::Evict('b'));
+        assert_eq!(t.live(), 3);
+        // b closing is neither counted nor chosen again; its end changes nothing.
+        t.remove(b.unwrap());
+        assert_eq!(t.live(), 3);
+        let (e, adm) = t.admit('e');
+        assert_eq!(adm, Admission::Evict('c'));
+        // All busy: the newcomer is refused, not admitted.
+        t.remove(c.unwrap());
+        t.requested(d.unwrap());
+        t.requested(e.unwrap());
+        assert_eq!(t.admit('f'), (None, Admission::Refused));
+        assert_eq!(t.live(), 3);
+        // One ends: room again.
+        t.remove(a.unwrap());
+        assert_eq!(t.admit('g').1, Admission::Admitted);
+        t.remove(99);
+        assert_eq!(t.live(), 3);
     }
 
     #[test]

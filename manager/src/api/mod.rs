@@ -356,6 +356,7 @@ pub fn serve(
 ) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::new(state);
     let body_timeout = limits.body_timeout;
+    let cap = limits.max_connections;
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(state.clone())
@@ -363,11 +364,14 @@ pub fn serve(
             .wrap_fn(move |req, srv| limits::bodies(req, srv, body_timeout))
             .configure(configure)
     })
-    .on_connect(access::on_connect)
+    .on_connect(move |conn, ext| {
+        limits::on_connect(conn, ext, cap);
+        access::on_connect(conn, ext);
+    })
     .workers(1)
     .shutdown_timeout(1)
     .backlog(limits.backlog)
-    .max_connections(limits.max_connections)
+    .max_connections(limits.worker_connections())
     .max_connection_rate(limits.max_handshaking)
     .client_request_timeout(limits.request_head_timeout)
     .client_disconnect_timeout(limits.disconnect_timeout)
