@@ -417,7 +417,7 @@ pub(crate) async fn run_node(
     };
     let asked = api::limits::Limits { max_connections: opts.api_max_connections, ..Default::default() };
     let api_limits = asked.clone().fit_to(opts.open_files);
-    if api_limits != asked {
+    if api_limits.max_connections != asked.max_connections {
         tracing::warn!(
             open_files = opts.open_files,
             connections = api_limits.max_connections,

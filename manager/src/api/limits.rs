@@ -33,10 +33,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::body::EitherBody;
+use actix_web::dev::Extensions;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::CONTENT_LENGTH;
-use actix_web::dev::Extensions;
+use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpResponse};
 use common::api::ApiError;
 use futures::future::LocalBoxFuture;
@@ -183,6 +184,11 @@ impl<T: Copy> ConnTable<T> {
         (Some(id), admission)
     }
 
+    /// Connection `id`'s handle, while it is here.
+    pub fn handle(&self, id: u64) -> Option<T> {
+        self.conns.get(&id).map(|e| e.handle)
+    }
+
     /// Connection `id` has sent a request head: it is no longer evicted.
     pub fn requested(&mut self, id: u64) {
         if let Some(e) = self.conns.get_mut(&id) {
@@ -266,14 +272,28 @@ pub fn on_connect(conn: &dyn std::any::Any, ext: &mut Extensions, cap: usize) {
 }
 
 /// Marks the request's connection as having sent a request (from the
-/// middleware, once the head is complete).
-fn mark_requested(req: &ServiceRequest) {
-    if let Some(Admitted(id)) = req.conn_data::<Admitted>() {
-        CONNS.with(|c| {
-            if let Some(t) = c.borrow_mut().as_mut() {
-                t.requested(*id);
-            }
-        });
+/// middleware, once the head is complete); its id in [`CONNS`].
+fn mark_requested(req: &ServiceRequest) -> Option<u64> {
+    let Admitted(id) = req.conn_data::<Admitted>()?;
+    CONNS.with(|c| {
+        if let Some(t) = c.borrow_mut().as_mut() {
+            t.requested(*id);
+        }
+    });
+    Some(*id)
+}
+
+/// A refused body: the rest of it is not read. actix would otherwise
+/// read on and discard it (all of a chunked body, a declared one for
+/// `disconnect_timeout`); with the connection's read side shut, the
+/// answer goes out and the connection closes.
+fn read_no_more(conn: Option<u64>) {
+    let fd = conn.and_then(|id| CONNS.with(|c| c.borrow().as_ref().and_then(|t| t.handle(id))));
+    if let Some(fd) = fd {
+        // Open: in CONNS (see `shut`).
+        if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read) {
+            tracing::debug!(error = %e, "cannot shut an API connection's read side");
+        }
     }
 }
 
@@ -310,11 +330,12 @@ where
     S::Future: 'static,
     B: 'static,
 {
-    mark_requested(&req);
+    let conn = mark_requested(&req);
     let length = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok());
     if declared_too_large(length, BODY_LIMIT) {
         refused_counter().inc("body_too_large");
         tracing::debug!(method = %req.method(), path = req.path(), "api request refused: body too large");
+        read_no_more(conn);
         let message = format!("request body is larger than {BODY_LIMIT} bytes");
         let resp = HttpResponse::PayloadTooLarge().json(ApiError { message });
         let resp = req.into_response(resp).map_into_right_body();
@@ -327,10 +348,18 @@ where
         limit: BODY_LIMIT,
         deadline: Some(Box::pin(tokio::time::sleep(timeout))),
         done: false,
+        conn,
     };
     req.set_payload(Payload::Stream { payload: Box::pin(capped) });
     let fut = srv.call(req);
-    Box::pin(async move { Ok(fut.await?.map_into_left_body()) })
+    Box::pin(async move {
+        let res = fut.await?;
+        // A handler's own limit (the Engine API's is lower) refused it.
+        if matches!(res.status(), StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+            read_no_more(conn);
+        }
+        Ok(res.map_into_left_body())
+    })
 }
 
 /// A request body cut off at `limit` bytes or at `deadline`.
@@ -341,6 +370,8 @@ struct Capped {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// An error was returned: nothing more.
     done: bool,
+    /// The connection in [`CONNS`], whose read side is shut on an error.
+    conn: Option<u64>,
 }
 
 impl Stream for Capped {
@@ -357,6 +388,7 @@ impl Stream for Capped {
                 if this.read > this.limit {
                     this.done = true;
                     refused_counter().inc("body_too_large");
+                    read_no_more(this.conn);
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }
                 Poll::Ready(Some(Ok(chunk)))
@@ -366,6 +398,7 @@ impl Stream for Capped {
                 Some(Poll::Ready(())) => {
                     this.done = true;
                     refused_counter().inc("body_timeout");
+                    read_no_more(this.conn);
                     Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the request body did not arrive in time",
@@ -419,6 +452,7 @@ mod tests {
         t.requested(e.unwrap());
         assert_eq!(t.admit('f'), (None, Admission::Refused));
         assert_eq!(t.live(), 3);
+        assert_eq!((t.handle(a.unwrap()), t.handle(b.unwrap())), (Some('a'), None));
         // One ends: room again.
         t.remove(a.unwrap());
         assert_eq!(t.admit('g').1, Admission::Admitted);
@@ -444,6 +478,7 @@ mod tests {
             limit,
             deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
             done: false,
+            conn: None,
         }
     }
 
