@@ -96,6 +96,12 @@ pub struct DaemonArgs {
     /// than loopback; managers only.
     #[arg(long)]
     api_tls: bool,
+    /// At most this many API connections at once (past their TLS
+    /// handshake). Over it, the oldest connection that has not sent its
+    /// request yet is closed for the new one, or the new one is closed at
+    /// once when every connection is busy. Lowered to fit the open-file limit.
+    #[arg(long, value_name = "N", default_value_t = manager::api::limits::DEFAULT_MAX_CONNECTIONS)]
+    api_max_connections: usize,
     /// Also serve the Docker Engine API on this unix socket (a container can
     /// mount it at /var/run/docker.sock). Managers answer everything; a
     /// worker answers `/_ping` and says it is not a manager.
@@ -327,6 +333,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         describe: args.describe.clone(),
         gossip_keys,
         api_tls: args.api_tls,
+        api_max_connections: args.api_max_connections,
         addr_pool,
         cert_expiry,
         launch,

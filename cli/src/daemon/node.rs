@@ -196,6 +196,8 @@ pub(crate) struct RunOptions {
     pub gossip_keys: GossipKeyRing,
     /// `--api-tls`: the API over TLS with client certificates.
     pub api_tls: bool,
+    /// `--api-max-connections`.
+    pub api_max_connections: usize,
     /// `--default-addr-pool…` at `--init`: committed with the cluster.
     pub addr_pool: AddrPool,
     /// `--init --cert-expiry`: how long the cluster's certificates are valid.
@@ -427,11 +429,22 @@ pub(crate) async fn run_node(
         }
         _ => None,
     };
+    let asked = api::limits::Limits { max_connections: opts.api_max_connections, ..Default::default() };
+    let api_limits = asked.clone().fit_to(opts.open_files);
+    if api_limits.max_connections != asked.max_connections {
+        tracing::warn!(
+            open_files = opts.open_files,
+            connections = api_limits.max_connections,
+            handshakes = api_limits.max_handshaking,
+            "the open-file limit is low: the API takes fewer connections than asked"
+        );
+    }
     let server = api::serve(
         state.api_addr,
         opts.docker_socket.as_deref(),
         api_tls,
         ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms },
+        &api_limits,
     )
     .with_context(|| match &opts.docker_socket {
         Some(p) => format!("cannot listen for the API on {} and {}", state.api_addr, p.display()),

@@ -77,6 +77,8 @@ pub async fn serve_until_unlocked(addr: SocketAddr, raft_dir: PathBuf) -> std::i
     })
     .workers(1)
     .shutdown_timeout(1)
+    // One request per connection, as the unlocked API (see `limits`).
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
     .bind(addr)?
     .run();
     let handle = server.handle();

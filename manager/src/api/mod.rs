@@ -19,6 +19,7 @@ pub mod certs;
 pub mod docker;
 mod events;
 pub mod files;
+pub mod limits;
 pub mod locked;
 mod logs;
 mod metrics;
@@ -99,6 +100,10 @@ pub enum Error {
     RemoveReady(String),
     #[error("malformed request body: {0}")]
     MalformedBody(JsonPayloadError),
+    #[error("request body is larger than {} bytes", limits::BODY_LIMIT)]
+    BodyTooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("malformed query: {0}")]
     MalformedQuery(QueryPayloadError),
     #[error("no such endpoint")]
@@ -179,6 +184,8 @@ impl ResponseError for Error {
             | Error::InvalidData(_)
             | Error::BadCertRequest(_) => StatusCode::BAD_REQUEST,
             Error::RemoveReady(_) | Error::NodeOutOfSequence(..) => StatusCode::CONFLICT,
+            Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::PromotePending(_) | Error::DemotePending(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -266,8 +273,18 @@ where
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// A JSON body refused: too large (413), too slow (408) or malformed (400).
 fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
-    Error::MalformedBody(err).into()
+    use actix_web::error::PayloadError;
+    match err {
+        JsonPayloadError::Overflow { .. }
+        | JsonPayloadError::OverflowKnownLength { .. }
+        | JsonPayloadError::Payload(PayloadError::Overflow) => Error::BodyTooLarge.into(),
+        JsonPayloadError::Payload(PayloadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Error::BodyTimeout.into()
+        }
+        err => Error::MalformedBody(err).into(),
+    }
 }
 
 fn query_error(err: actix_web::error::QueryPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
@@ -279,7 +296,8 @@ async fn not_found() -> Result<HttpResponse> {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().limit(4 * 1024 * 1024).error_handler(json_error))
+    cfg.app_data(web::JsonConfig::default().limit(limits::BODY_LIMIT).error_handler(json_error))
+        .app_data(web::PayloadConfig::default().limit(limits::BODY_LIMIT))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .route("/metrics", web::get().to(metrics::metrics_text))
         .route("/v1/info", web::get().to(nodes::info))
@@ -327,21 +345,38 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Binds the API on `addr`, over TLS with client certificates if `tls` is
 /// given (see [`access`]), and on the unix socket `socket` (replacing a
-/// stale socket file there); fails at once (a clear error) if the address
-/// is taken.
+/// stale socket file there), under `limits` (both share them: one worker
+/// serves both); fails at once (a clear error) if the address is taken.
 pub fn serve(
     addr: SocketAddr,
     socket: Option<&Path>,
     tls: Option<rustls::ServerConfig>,
     state: ApiState,
+    limits: &limits::Limits,
 ) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::new(state);
+    let body_timeout = limits.body_timeout;
+    let cap = limits.max_connections;
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().app_data(state.clone()).wrap_fn(access::check).configure(configure)
+        actix_web::App::new()
+            .app_data(state.clone())
+            .wrap_fn(access::check)
+            .wrap_fn(move |req, srv| limits::bodies(req, srv, body_timeout))
+            .configure(configure)
     })
-    .on_connect(access::on_connect)
+    .on_connect(move |conn, ext| {
+        limits::on_connect(conn, ext, cap);
+        access::on_connect(conn, ext);
+    })
     .workers(1)
-    .shutdown_timeout(1);
+    .shutdown_timeout(1)
+    .backlog(limits.backlog)
+    .max_connections(limits.worker_connections())
+    .max_connection_rate(limits.max_handshaking)
+    .client_request_timeout(limits.request_head_timeout)
+    .client_disconnect_timeout(limits.disconnect_timeout)
+    .tls_handshake_timeout(limits.tls_handshake_timeout)
+    .keep_alive(actix_web::http::KeepAlive::Disabled);
     let mut server = match tls {
         Some(config) => server.bind_rustls_0_23(addr, config)?,
         None => server.bind(addr)?,

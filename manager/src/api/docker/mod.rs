@@ -109,7 +109,10 @@ fn manager(state: &ApiState) -> Result<&Manager> {
 async fn body(mut payload: web::Payload) -> Result<Value> {
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => Error::TooLarge,
+            e => Error::BadRequest(format!("cannot read the request body: {e}")),
+        })?;
         if bytes.len() + chunk.len() > BODY_LIMIT {
             return Err(Error::TooLarge);
         }
