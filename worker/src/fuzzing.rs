@@ -176,3 +176,125 @@ pub fn dns(data: &[u8]) {
     }
     let _ = host_resolvers(&String::from_utf8_lossy(data));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use common::wire::{LogRequest, PeerInfo, PROTOCOL_VERSION};
+    use hickory_proto::op::{Edns, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::node::tls::{cert_from_pem, new_ca};
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus").join(target)
+    }
+
+    fn replay(target: &str, f: fn(&[u8])) {
+        let dir = corpus_dir(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            f(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n > 0, "{} is empty", dir.display());
+    }
+
+    #[test]
+    fn the_wire_gossip_and_dns_corpora_replay_without_a_panic() {
+        replay("wire", wire);
+        replay("gossip", gossip);
+        replay("dns", dns);
+    }
+
+    fn write_seeds(target: &str, inputs: &[Vec<u8>]) {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for input in inputs {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            input.hash(&mut h);
+            std::fs::write(dir.join(format!("seed-{:016x}", h.finish())), input).unwrap();
+        }
+    }
+
+    /// Regenerates the wire, gossip and dns seeds: `cargo test --release
+    /// -p worker write_worker_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_worker_seeds() {
+        let (ca_pem, _) = new_ca("fuzz").unwrap();
+        let ca_der = cert_from_pem(&ca_pem).unwrap();
+        let fp = Fingerprint::of(&ca_der);
+        let token = JoinToken { ca: fp, secret: "0123456789abcdefghijklmno".into() };
+        let addr: SocketAddr = "10.0.0.2:4242".parse().unwrap();
+        let frames = [
+            Frame::Hello(Hello::Join {
+                token: token.to_string(),
+                hostname: "node1".into(),
+                advertise_addr: addr,
+                protocol: PROTOCOL_VERSION,
+                csr: vec![0x30, 0x82, 0x01],
+            }),
+            Frame::Hello(Hello::Raft { from: NodeId::from("fuzz-node"), raft_id: 2 }),
+            Frame::Hello(Hello::Session { node_id: NodeId::from("fuzz-node") }),
+            Frame::Hello(Hello::Logs(LogRequest { tasks: vec![], follow: true, tail: Some(10), service: None })),
+            Frame::Welcome,
+            Frame::Redirect { leader: Some(addr) },
+            Frame::Refused { reason: "invalid join token".into() },
+            Frame::Raft(vec![8, 3, 16, 1, 24, 2]),
+            Frame::Heartbeat,
+            Frame::Status(vec![]),
+            Frame::Assignments {
+                full: true,
+                tasks: vec![],
+                removed: vec![],
+                managers: vec![PeerInfo { node_id: NodeId::from("m1"), raft_id: 1, addr }],
+            },
+            Frame::GossipKeys(GossipKeyRing::first()),
+            Frame::Revoked([NodeId::from("gone")].into()),
+            Frame::LogEnd { error: None },
+        ];
+        let mut inputs: Vec<Vec<u8>> = frames.iter().map(|f| wire::encode(f).unwrap()).collect();
+        inputs.push(frames.iter().take(3).flat_map(|f| wire::encode(f).unwrap()).collect());
+        inputs.push(token.to_string().into_bytes());
+        inputs.push(fp.to_string().into_bytes());
+        inputs.push(ca_der.to_vec());
+        write_seeds("wire", &inputs);
+
+        let sealed = datagram::seal(&GOSSIP_KEY, GOSSIP_CLUSTER, "fuzz-node", addr, GOSSIP_NOW * 1000, b"chitchat");
+        let mut plain = vec![9u8];
+        plain.extend_from_slice(b"fuzz-node");
+        let to = addr.to_string();
+        plain.push(to.len() as u8);
+        plain.extend_from_slice(to.as_bytes());
+        plain.extend_from_slice(&(GOSSIP_NOW * 1000).to_be_bytes());
+        plain.extend_from_slice(b"role=manager\nhostname=n1\ncluster_addr=10.0.0.2:4242\nshoal.member=1\n");
+        let ring = serde_json::to_vec(&GossipKeyRing::first().rotate(GossipKey::generate(2), GOSSIP_NOW)).unwrap();
+        write_seeds("gossip", &[[&[0u8][..], &sealed].concat(), [&[1u8][..], &plain].concat(), [&[2u8][..], &ring].concat()]);
+
+        let ask = |name: &str, kind: RecordType, edns: bool| {
+            let mut m = Message::query();
+            m.metadata.id = 0x1234;
+            m.metadata.recursion_desired = true;
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+            if edns {
+                m.set_edns(Edns::new());
+            }
+            m.to_vec().unwrap()
+        };
+        write_seeds(
+            "dns",
+            &[
+                ask("web.", RecordType::A, false),
+                ask("tasks.web.", RecordType::A, true),
+                ask("big.", RecordType::A, false),
+                ask("web.", RecordType::AAAA, false),
+                ask("example.com.", RecordType::A, false),
+                b"# resolv.conf\nnameserver 10.0.0.1\nnameserver ::1\nsearch local\n".to_vec(),
+            ],
+        );
+    }
+}

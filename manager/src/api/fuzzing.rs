@@ -33,3 +33,40 @@ pub fn shoal_body(bytes: &[u8]) {
         let _ = n.validate();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::api::ServiceUpdate;
+    use common::spec::PortConfig;
+
+    use super::*;
+    use crate::raft::fuzzing::{replay, write_seeds};
+
+    #[test]
+    fn the_shoal_api_corpus_replays_without_a_panic() {
+        replay("shoal_api", shoal_body);
+    }
+
+    /// Regenerates the shoal_api seeds: `cargo test --release -p manager
+    /// write_shoal_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_shoal_seeds() {
+        let mut spec = ServiceSpec::new("web", 3, TaskTemplate::new("nginx:alpine"));
+        spec.task.ports = vec!["8080:80".parse::<PortConfig>().unwrap()];
+        spec.task.env = vec!["A=1".into()];
+        spec.labels.insert("tier".into(), "front".into());
+        let update = ServiceUpdate { replicas: Some(5), ..Default::default() };
+        let inputs = vec![
+            serde_json::to_vec(&spec).unwrap(),
+            serde_json::to_vec(&ServiceSpec::new("one", 1, TaskTemplate::new("busybox"))).unwrap(),
+            serde_json::to_vec(&update).unwrap(),
+            br#"{"availability":"drain","label_add":{"zone":"a"},"label_rm":["old"]}"#.to_vec(),
+            br#"{"name":"alice","role":"readonly","csr":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"}"#.to_vec(),
+            br#"{"key":"SHKEY-1-abc"}"#.to_vec(),
+            br#"{"name":"db-password","labels":{},"data":"aHVudGVyMg=="}"#.to_vec(),
+            br#"{"name":"app","subnet":"10.20.0.0/16","attachable":true}"#.to_vec(),
+        ];
+        write_seeds("shoal_api", &inputs);
+    }
+}

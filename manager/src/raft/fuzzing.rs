@@ -166,3 +166,166 @@ pub fn keyfiles(data: &[u8]) {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The committed corpus of a fuzz target (`tests/fuzz/corpus/NAME`).
+#[cfg(test)]
+pub(crate) fn corpus_dir(target: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus").join(target)
+}
+
+/// Runs `f` on every input of a target's corpus; how many there were.
+#[cfg(test)]
+pub(crate) fn replay(target: &str, f: fn(&[u8])) -> usize {
+    let dir = corpus_dir(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a corpus entry").path();
+        let bytes = std::fs::read(&path).expect("a corpus file");
+        f(&bytes);
+        n += 1;
+    }
+    assert!(n > 0, "{} is empty", dir.display());
+    n
+}
+
+/// Writes `inputs` into a target's corpus, named by content (as libFuzzer does).
+#[cfg(test)]
+pub(crate) fn write_seeds(target: &str, inputs: &[Vec<u8>]) {
+    let dir = corpus_dir(target);
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    for input in inputs {
+        let name = format!("seed-{:08x}", crc32fast::hash(input));
+        std::fs::write(dir.join(name), input).expect("a seed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::core::Proposal;
+    use super::super::storage::fuzzing::layout;
+    use super::*;
+    use crate::store::tests::{entries_v0, SNAPSHOT_V0};
+    use crate::store::{Command, Service};
+    use common::spec::{ServiceSpec, TaskTemplate};
+    use raft::eraftpb::{MessageType, Snapshot};
+
+    #[test]
+    fn the_raft_storage_and_key_corpora_replay_without_a_panic() {
+        replay("raft", raft_input);
+        replay("storage", storage);
+        replay("keyfiles", keyfiles);
+    }
+
+    fn create(name: &str) -> Vec<u8> {
+        let spec = ServiceSpec::new(name, 1, TaskTemplate::new("img"));
+        encode_command(&Command::CreateService(Service::new(name.into(), spec, 0)))
+    }
+
+    /// A bootstrapped lone manager's raft files after a few commands.
+    fn real_files() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |bootstrap| CoreOptions {
+            raft_id: 1,
+            bootstrap,
+            compact_every: 1000,
+            boot: 1,
+            quota: None,
+            key: DataKey::from_bytes(FUZZ_KEY),
+        };
+        let mut core = RaftCore::open(dir.path(), opts(true), Instant::now()).unwrap();
+        let mut now = Instant::now();
+        let mut proposed = 0;
+        for _ in 0..200 {
+            core.handle_ready(now, &mut |_| true).unwrap();
+            if core.status().is_leader && proposed < 2 {
+                core.propose(Proposal::Command(create(&format!("s{proposed}"))), now).unwrap();
+                proposed += 1;
+            }
+            if proposed == 2 && core.store().read().services.len() == 2 {
+                break;
+            }
+            now += TICK;
+            core.tick(now);
+        }
+        assert_eq!(core.store().read().services.len(), 2);
+        drop(core);
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap_or_default();
+        (read("hardstate"), read("snapshot"), read("log"))
+    }
+
+    /// Regenerates the seed corpora of the raft, storage and keyfiles
+    /// targets: `cargo test --release -p manager write_raft_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_raft_seeds() {
+        let entries = entries_v0();
+        let mut raft = Vec::new();
+        let mut append = RaftMessage::default();
+        append.set_msg_type(MessageType::MsgAppend);
+        append.from = 2;
+        append.to = 1;
+        append.term = 3;
+        append.index = 4;
+        append.log_term = 3;
+        append.commit = 5;
+        for (i, data) in entries.iter().take(3).enumerate() {
+            append.mut_entries().push(Entry { index: 5 + i as u64, term: 3, data: data.clone().into(), ..Default::default() });
+        }
+        let mut cc = ConfChange::default();
+        cc.node_id = 3;
+        let mut e = Entry { index: 8, term: 3, data: cc.write_to_bytes().unwrap().into(), ..Default::default() };
+        e.set_entry_type(EntryType::EntryConfChange);
+        append.mut_entries().push(e);
+        raft.push([&[0u8][..], &append.write_to_bytes().unwrap()].concat());
+        let mut snap = RaftMessage::default();
+        snap.set_msg_type(MessageType::MsgSnapshot);
+        snap.set_snapshot(Snapshot { data: SNAPSHOT_V0.to_vec().into(), ..Default::default() });
+        snap.mut_snapshot().mut_metadata().index = 9;
+        raft.push([&[0u8][..], &snap.write_to_bytes().unwrap()].concat());
+        for data in entries.iter().take(6) {
+            raft.push([&[1u8][..], data].concat());
+        }
+        raft.push([&[1u8][..], &create("web")].concat());
+        raft.push([&[2u8][..], SNAPSHOT_V0].concat());
+        write_seeds("raft", &raft);
+
+        let (hs, snap, log) = real_files();
+        let mut storage = vec![layout(0, &[&hs, &snap, &log])];
+        // The same, as bodies for the harness to seal: the hard state after
+        // its version byte, the snapshot plaintext, entries as records.
+        let plain_snap = {
+            let mut s = Snapshot { data: SNAPSHOT_V0.to_vec().into(), ..Default::default() };
+            s.mut_metadata().index = 1;
+            s.mut_metadata().term = 1;
+            s.mut_metadata().mut_conf_state().voters = vec![1];
+            [&[1u8][..], &s.write_to_bytes().unwrap()].concat()
+        };
+        let records: Vec<Vec<u8>> = entries
+            .iter()
+            .take(4)
+            .enumerate()
+            .map(|(i, data)| {
+                Entry { index: 2 + i as u64, term: 1, data: data.clone().into(), ..Default::default() }
+                    .write_to_bytes()
+                    .unwrap()
+            })
+            .collect();
+        let hs_body = hs.get(5..).unwrap_or_default().to_vec();
+        let mut parts: Vec<&[u8]> = vec![&hs_body, &plain_snap];
+        parts.extend(records.iter().map(Vec::as_slice));
+        for flags in [1 | 2, 1 | 2 | 4, 1 | 2 | 4 | 8] {
+            storage.push(layout(flags, &parts));
+        }
+        write_seeds("storage", &storage);
+
+        let kek = worker::node::seal::SealKey::from_bytes(FUZZ_KEK).to_text();
+        let mut keys = vec![[&[1u8, 32, 0][..], &[3u8; 32]].concat()];
+        let dir = tempfile::tempdir().unwrap();
+        super::super::storage::keys::open_data_key(dir.path(), None, false).unwrap();
+        let dek = std::fs::read(dir.path().join("dek")).unwrap();
+        let kek_file = std::fs::read(dir.path().join("kek")).unwrap();
+        keys.push([&[0u8][..], &(dek.len() as u16).to_le_bytes(), &dek, &kek_file].concat());
+        keys.push([&[0u8, 0, 0][..], kek.as_bytes()].concat());
+        write_seeds("keyfiles", &keys);
+    }
+}

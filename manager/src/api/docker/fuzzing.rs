@@ -53,3 +53,73 @@ pub fn filters(raw: &str) {
 pub fn canonical(bytes: &[u8]) -> Option<Value> {
     parse_body(bytes).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::raft::fuzzing::{replay, write_seeds};
+
+    #[test]
+    fn the_engine_api_corpus_replays_without_a_panic() {
+        replay("engine_api", engine_input);
+    }
+
+    /// Regenerates the engine_api seeds: `cargo test --release -p manager
+    /// write_engine_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_engine_seeds() {
+        let docs = [
+            // What `docker service create --replicas 3 -p 8080:80 img sh -c x` sends.
+            json!({
+                "Name": "web", "Labels": {},
+                "TaskTemplate": {
+                    "ContainerSpec": {"Image": "img", "Args": ["sh", "-c", "x"], "Init": false,
+                                      "StopGracePeriod": 10_000_000_000i64, "DNSConfig": {}, "Isolation": "default"},
+                    "Resources": {"Limits": {}, "Reservations": {}},
+                    "RestartPolicy": {"Condition": "any", "Delay": 5_000_000_000i64, "MaxAttempts": 0},
+                    "Placement": {}, "ForceUpdate": 0, "Runtime": "container"
+                },
+                "Mode": {"Replicated": {"Replicas": 3}},
+                "UpdateConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000i64,
+                                 "MaxFailureRatio": 0, "Order": "stop-first"},
+                "RollbackConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000i64,
+                                   "MaxFailureRatio": 0, "Order": "stop-first"},
+                "EndpointSpec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                                                           "PublishMode": "ingress"}]}
+            }),
+            json!({
+                "Name": "agent", "Labels": {"a": "b"},
+                "TaskTemplate": {
+                    "ContainerSpec": {"Image": "busybox:1", "Command": ["top"], "Env": ["A=1", "B"],
+                                      "Labels": {"x": "y"}, "Hostname": "h", "User": "1000", "Dir": "/tmp",
+                                      "Mounts": [{"Type": "bind", "Source": "/var", "Target": "/v", "ReadOnly": true}],
+                                      "Healthcheck": {"Test": ["CMD", "true"], "Interval": 1_000_000_000i64,
+                                                      "Timeout": 2_000_000_000i64, "Retries": 3},
+                                      "Secrets": [{"SecretName": "s", "SecretID": "x",
+                                                   "File": {"Name": "s", "UID": "0", "GID": "0", "Mode": 292}}]},
+                    "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67_108_864},
+                                  "Reservations": {"NanoCPUs": 100_000_000}},
+                    "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 2,
+                                  "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]},
+                    "Networks": [{"Target": "app", "Aliases": ["api"]}]
+                },
+                "Mode": {"Global": {}},
+                "EndpointSpec": {"Mode": "dnsrr"}
+            }),
+            json!({"Name": "job", "TaskTemplate": {"ContainerSpec": {"Image": "i"}},
+                   "Mode": {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 4}}}),
+            json!({"Name": "app", "Driver": "overlay", "Attachable": true, "Labels": {},
+                   "IPAM": {"Config": [{"Subnet": "10.20.0.0/16"}]}}),
+            json!({"Name": "pw", "Labels": {"k": "v"}, "Data": "aGVsbG8="}),
+            json!({"Labels": {"zone": "a"}, "Role": "worker", "Availability": "drain"}),
+        ];
+        let mut inputs: Vec<Vec<u8>> = docs.iter().map(|d| serde_json::to_vec_pretty(d).unwrap()).collect();
+        for f in [r#"{"name":{"web":true}}"#, r#"{"label":["a=b","c"],"id":["x"]}"#, r#"{"name":"web"}"#] {
+            inputs.push([&[0u8][..], f.as_bytes()].concat());
+        }
+        write_seeds("engine_api", &inputs);
+    }
+}
