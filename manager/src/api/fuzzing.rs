@@ -37,7 +37,7 @@ pub fn shoal_body(bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use common::api::ServiceUpdate;
-    use common::spec::PortConfig;
+    use common::mesh::PortConfig;
 
     use super::*;
     use crate::raft::fuzzing::{replay, write_seeds};
