@@ -13,6 +13,7 @@ use common::wire::{self, Frame, Hello};
 use common::NodeId;
 use hickory_proto::op::Message;
 
+use crate::mesh::proxy::proxy_v2_header;
 use crate::net::dns::{self, Answer, Zone};
 use crate::net::resolver::host_resolvers;
 use crate::node::membership::datagram::{self, Dropped, ReplayGuard};
@@ -50,8 +51,11 @@ pub fn wire(data: &[u8]) {
 }
 
 fn frame_round_trip(frame: &Frame) {
-    if let Frame::Hello(hello) = frame {
-        hello_checks(hello);
+    match frame {
+        Frame::Hello(hello) => hello_checks(hello),
+        Frame::Redirect { leader: Some(addr) } => proxy_header(*addr),
+        Frame::Assignments { managers, .. } => managers.iter().for_each(|m| proxy_header(m.addr)),
+        _ => {}
     }
     // A frame that decoded from at most MAX_FRAME bytes encodes again
     // (rmp-serde writes what it read, field names included).
@@ -63,7 +67,19 @@ fn frame_round_trip(frame: &Frame) {
     assert_eq!(wire::encode(&back).expect("re-encodes"), bytes, "frame round trip");
 }
 
+/// The PROXY protocol header the mesh proxy writes for a connection from
+/// an address a peer sent: always the fixed length of its family.
+fn proxy_header(addr: SocketAddr) {
+    let server: SocketAddr = ([10, 0, 0, 2], 8080).into();
+    let h = proxy_v2_header(addr, server);
+    assert!(h.len() == 16 + 12 || h.len() == 16 + 36, "PROXY v2 header length");
+    assert_eq!(usize::from(u16::from_be_bytes([h[14], h[15]])), h.len() - 16, "PROXY v2 address length");
+}
+
 fn hello_checks(hello: &Hello) {
+    if let Hello::Join { advertise_addr, .. } = hello {
+        proxy_header(*advertise_addr);
+    }
     let _ = authorize(hello, None);
     for role in [Role::Worker, Role::Manager] {
         let peer = PeerIdentity { node_id: NodeId::from("fuzz-node"), role };
@@ -113,18 +129,20 @@ pub fn gossip(data: &[u8]) {
                 }
             };
             // What was opened seals and opens again to the same.
-            let again = datagram::seal(&GOSSIP_KEY, GOSSIP_CLUSTER, &opened.sender, opened.to, opened.counter, &opened.payload);
-            assert_eq!(datagram::open(&ring, GOSSIP_CLUSTER, &again, GOSSIP_NOW).as_ref(), Ok(&opened), "datagram round trip");
+            let again =
+                datagram::seal(&GOSSIP_KEY, GOSSIP_CLUSTER, &opened.sender, opened.to, opened.counter, &opened.payload);
+            assert_eq!(
+                datagram::open(&ring, GOSSIP_CLUSTER, &again, GOSSIP_NOW).as_ref(),
+                Ok(&opened),
+                "datagram round trip"
+            );
             let mut guard = ReplayGuard::new(me, GOSSIP_NOW - 1_000);
             if guard.check(&opened, GOSSIP_NOW).is_ok() {
                 assert_eq!(guard.check(&opened, GOSSIP_NOW), Err(Dropped::Replayed), "a replay is refused");
             }
             let text = String::from_utf8_lossy(&opened.payload);
-            let facts: BTreeMap<String, String> = text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let facts: BTreeMap<String, String> =
+                text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
             let member = MemberFacts { facts, gossip_addr: opened.to, generation: opened.counter };
             let live = live_set_from([(NodeId::from(opened.sender.as_str()), member)]);
             let _ = diff(&LiveSet::default(), &live);
@@ -188,18 +206,49 @@ mod tests {
     use super::*;
     use crate::node::tls::{cert_from_pem, new_ca};
 
-    fn corpus_dir(target: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus").join(target)
+    fn fuzz_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz")
     }
 
-    fn replay(target: &str, f: fn(&[u8])) {
-        let dir = corpus_dir(target);
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            f(&std::fs::read(entry.unwrap().path()).unwrap());
-            n += 1;
+    fn corpus_dir(target: &str) -> PathBuf {
+        fuzz_dir().join("corpus").join(target)
+    }
+
+    /// Every committed input of every target: the seeds (`corpus/*/`) and
+    /// the crash inputs (`regressions/`, a folder per target or files).
+    fn all_inputs() -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries {
+                let path = entry.expect("a corpus entry").path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    let bytes = std::fs::read(&path).expect("a corpus file");
+                    out.push((path, bytes));
+                }
+            }
         }
-        assert!(n > 0, "{} is empty", dir.display());
+        let mut out = Vec::new();
+        walk(&fuzz_dir().join("corpus"), &mut out);
+        walk(&fuzz_dir().join("regressions"), &mut out);
+        out.sort();
+        out
+    }
+
+    /// Runs `f` on every committed input of every target (an entry must not
+    /// panic on another target's inputs either); `target`'s seeds must exist.
+    fn replay(target: &str, f: fn(&[u8])) {
+        let own = corpus_dir(target);
+        let inputs = all_inputs();
+        assert!(inputs.iter().any(|(p, _)| p.starts_with(&own)), "{} is empty", own.display());
+        for (path, bytes) in &inputs {
+            if let Err(e) = std::panic::catch_unwind(|| f(bytes)) {
+                let msg =
+                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+                panic!("the {target} entry panicked on {}: {}", path.display(), msg.unwrap_or_default());
+            }
+        }
     }
 
     #[test]
@@ -273,7 +322,10 @@ mod tests {
         plain.extend_from_slice(&(GOSSIP_NOW * 1000).to_be_bytes());
         plain.extend_from_slice(b"role=manager\nhostname=n1\ncluster_addr=10.0.0.2:4242\nshoal.member=1\n");
         let ring = serde_json::to_vec(&GossipKeyRing::first().rotate(GossipKey::generate(2), GOSSIP_NOW)).unwrap();
-        write_seeds("gossip", &[[&[0u8][..], &sealed].concat(), [&[1u8][..], &plain].concat(), [&[2u8][..], &ring].concat()]);
+        write_seeds(
+            "gossip",
+            &[[&[0u8][..], &sealed].concat(), [&[1u8][..], &plain].concat(), [&[2u8][..], &ring].concat()],
+        );
 
         let ask = |name: &str, kind: RecordType, edns: bool| {
             let mut m = Message::query();

@@ -170,22 +170,52 @@ pub fn keyfiles(data: &[u8]) {
 /// The committed corpus of a fuzz target (`tests/fuzz/corpus/NAME`).
 #[cfg(test)]
 pub(crate) fn corpus_dir(target: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus").join(target)
+    fuzz_dir().join("corpus").join(target)
 }
 
-/// Runs `f` on every input of a target's corpus; how many there were.
+#[cfg(test)]
+fn fuzz_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz")
+}
+
+/// Every committed input of every target: the seeds (`corpus/*/`) and the
+/// crash inputs (`regressions/`, a folder per target or files).
+#[cfg(test)]
+pub(crate) fn all_inputs() -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries {
+            let path = entry.expect("a corpus entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                let bytes = std::fs::read(&path).expect("a corpus file");
+                out.push((path, bytes));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&fuzz_dir().join("corpus"), &mut out);
+    walk(&fuzz_dir().join("regressions"), &mut out);
+    out.sort();
+    out
+}
+
+/// Runs `f` on every committed input of every target (a target's entry must
+/// not panic on another's inputs either); `target`'s own seeds must exist.
+/// How many inputs there were.
 #[cfg(test)]
 pub(crate) fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let dir = corpus_dir(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.expect("a corpus entry").path();
-        let bytes = std::fs::read(&path).expect("a corpus file");
-        f(&bytes);
-        n += 1;
+    let own = corpus_dir(target);
+    let inputs = all_inputs();
+    assert!(inputs.iter().any(|(p, _)| p.starts_with(&own)), "{} is empty", own.display());
+    for (path, bytes) in &inputs {
+        if let Err(e) = std::panic::catch_unwind(|| f(bytes)) {
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            panic!("the {target} entry panicked on {}: {}", path.display(), msg.unwrap_or_default());
+        }
     }
-    assert!(n > 0, "{} is empty", dir.display());
-    n
+    inputs.len()
 }
 
 /// Writes `inputs` into a target's corpus, named by content (as libFuzzer does).
@@ -269,7 +299,12 @@ mod tests {
         append.log_term = 3;
         append.commit = 5;
         for (i, data) in entries.iter().take(3).enumerate() {
-            append.mut_entries().push(Entry { index: 5 + i as u64, term: 3, data: data.clone().into(), ..Default::default() });
+            append.mut_entries().push(Entry {
+                index: 5 + i as u64,
+                term: 3,
+                data: data.clone().into(),
+                ..Default::default()
+            });
         }
         let mut cc = ConfChange::default();
         cc.node_id = 3;
