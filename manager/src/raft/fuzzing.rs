@@ -306,8 +306,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let mut cc = ConfChange::default();
-        cc.node_id = 3;
+        let cc = ConfChange { node_id: 3, ..Default::default() };
         let mut e = Entry { index: 8, term: 3, data: cc.write_to_bytes().unwrap().into(), ..Default::default() };
         e.set_entry_type(EntryType::EntryConfChange);
         append.mut_entries().push(e);
