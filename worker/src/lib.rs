@@ -17,6 +17,8 @@
 //! CA that signs certificates and makes join tokens) is in `manager`.
 
 pub mod agent;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mesh;
 pub mod net;
 pub mod node;

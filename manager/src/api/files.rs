@@ -162,7 +162,7 @@ pub fn resolve_refs(store: &Store, spec: &mut ServiceSpec) -> std::result::Resul
     Ok(())
 }
 
-fn decode_data(b64: &str) -> Result<Vec<u8>> {
+pub(super) fn decode_data(b64: &str) -> Result<Vec<u8>> {
     B64.decode(b64.trim()).map_err(|e| Error::InvalidData(e.to_string()))
 }
 

@@ -19,6 +19,8 @@ pub mod certs;
 pub mod docker;
 mod events;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod locked;
 mod logs;

@@ -160,6 +160,34 @@ pub struct RaftCore {
     key: DataKey,
 }
 
+/// The membership rules raft-rs asserts (with a panic) when it restores a
+/// `ConfState`: no ID twice in a list, no learner that is also a voter
+/// (incoming or outgoing), next learners only among the outgoing voters,
+/// and auto-leave only in a joint config.
+pub(super) fn check_conf_state(cs: &raft::eraftpb::ConfState) -> Result<(), String> {
+    let set = |name: &str, ids: &[u64]| -> Result<HashSet<u64>, String> {
+        let set: HashSet<u64> = ids.iter().copied().collect();
+        if set.len() != ids.len() {
+            return Err(format!("membership lists a {name} twice"));
+        }
+        Ok(set)
+    };
+    let voters = set("voter", &cs.voters)?;
+    let learners = set("learner", &cs.learners)?;
+    let outgoing = set("outgoing voter", &cs.voters_outgoing)?;
+    let next = set("next learner", &cs.learners_next)?;
+    if let Some(id) = learners.iter().find(|id| voters.contains(id) || outgoing.contains(id)) {
+        return Err(format!("membership names {id} both voter and learner"));
+    }
+    if let Some(id) = next.iter().find(|id| voters.contains(id) || !outgoing.contains(id)) {
+        return Err(format!("membership names {id} a next learner that is not an outgoing voter only"));
+    }
+    if outgoing.is_empty() && cs.auto_leave {
+        return Err("membership auto-leaves a joint config it is not in".into());
+    }
+    Ok(())
+}
+
 fn logger() -> slog::Logger {
     use slog::Drain;
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
@@ -216,6 +244,10 @@ impl RaftCore {
             }
             None => (Store::default(), 0),
         };
+        // raft-rs panics on a membership it cannot restore; from the disk
+        // that is damage, refused here.
+        let conf_state = raft::Storage::initial_state(&storage)?.conf_state;
+        check_conf_state(&conf_state).map_err(|reason| RaftError::CorruptSnapshot { index: snapshot_index, reason })?;
         let config = config(opts.raft_id, snapshot_index);
         config.validate()?;
         let mut node = RawNode::new(&config, storage, &logger())?;
@@ -774,6 +806,25 @@ mod tests {
     use crate::store::{encode_command, Command, IGNORABLE};
     use common::spec::{ServiceSpec, TaskTemplate};
     use raft::eraftpb::{HardState, Snapshot};
+
+    #[test]
+    fn a_membership_raft_cannot_restore_is_refused_not_a_panic() {
+        use raft::eraftpb::ConfState;
+        let cs = |voters: Vec<u64>, learners: Vec<u64>| ConfState { voters, learners, ..Default::default() };
+        assert_eq!(check_conf_state(&cs(vec![1], vec![])), Ok(()));
+        assert_eq!(check_conf_state(&cs(vec![1, 2], vec![3])), Ok(()));
+        assert!(check_conf_state(&cs(vec![2, 1], vec![1])).is_err());
+        assert!(check_conf_state(&cs(vec![1, 1], vec![])).is_err());
+        // The fuzzer's input (tests/fuzz/regressions/storage): a snapshot
+        // file whose membership names node 1 both voter and learner.
+        let input =
+            include_bytes!("../../../tests/fuzz/regressions/storage/crash-7a4a3f4d0518f498ec8f1c57915361bfbb081c8b");
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::from_bytes(crate::raft::fuzzing::FUZZ_KEY);
+        crate::raft::storage::fuzzing::write_files(dir.path(), input, &key).unwrap();
+        let err = crate::raft::fuzzing::raft_dir(dir.path()).unwrap_err();
+        assert!(err.contains("both voter and learner"), "{err}");
+    }
 
     fn lone_core(dir: &Path, bootstrap: bool) -> Result<RaftCore, RaftError> {
         RaftCore::open(

@@ -10,6 +10,8 @@
 //! cores over a simulated network with partitions.
 
 mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod recover;
 #[cfg(test)]
 mod sim;

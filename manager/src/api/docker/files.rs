@@ -42,7 +42,7 @@ fn object<Id: FileKind>(item: &Stored<Id>) -> Value {
 /// The SecretSpec/ConfigSpec fields shoal reads.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct FileSpec {
+pub(super) struct FileSpec {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -55,7 +55,7 @@ struct FileSpec {
     templating: Option<Value>,
 }
 
-fn file_spec(v: Value, kind: Kind) -> Result<FileSpec> {
+pub(super) fn file_spec(v: Value, kind: Kind) -> Result<FileSpec> {
     if !v.is_object() {
         return Err(Error::BadRequest(format!("a {kind} spec must be a JSON object")));
     }

@@ -21,6 +21,8 @@
 
 mod files;
 mod filters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod json;
 mod networks;
 mod nodes;
@@ -118,10 +120,15 @@ async fn body(mut payload: web::Payload) -> Result<Value> {
         }
         bytes.extend_from_slice(&chunk);
     }
+    parse_body(&bytes)
+}
+
+/// A whole request body as [`body`] reads it.
+fn parse_body(bytes: &[u8]) -> Result<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest(format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("invalid JSON: {e}")))?;
     Ok(json::canonical(v))
 }
 

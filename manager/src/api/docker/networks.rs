@@ -89,7 +89,7 @@ where
 use serde::Deserialize as _;
 
 /// The shoal spec a NetworkCreateRequest asks for.
-fn spec_of(doc: Value) -> Result<NetworkSpec> {
+pub(super) fn spec_of(doc: Value) -> Result<NetworkSpec> {
     if !doc.is_object() {
         return Err(Error::BadRequest("a network create request must be a JSON object".into()));
     }

@@ -71,7 +71,7 @@ pub(super) struct UpdateQuery {
 
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
-struct NodeSpec {
+pub(super) struct NodeSpec {
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
     #[serde(default)]

@@ -37,6 +37,8 @@
 
 mod files;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 mod open;
 #[cfg(test)]
