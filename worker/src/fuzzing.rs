@@ -16,6 +16,7 @@ use hickory_proto::op::Message;
 use crate::mesh::proxy::proxy_v2_header;
 use crate::net::dns::{self, Answer, Zone};
 use crate::net::resolver::host_resolvers;
+use crate::net::tunnel;
 use crate::node::membership::datagram::{self, Dropped, ReplayGuard};
 use crate::node::membership::{diff, live_set_from, LiveSet, MemberFacts};
 use crate::node::net::authorize;
@@ -105,7 +106,9 @@ fn gossip_ring() -> GossipKeyRing {
 ///   against the replay guard, and its payload read as gossip key-values
 ///   (`key=value` lines) into the live set and its diff;
 /// - `2`: the rest is the contents of `DATA_DIR/gossip.keys` once opened
-///   (JSON of the ring) and the ring used to open a datagram.
+///   (JSON of the ring) and the ring used to open a datagram;
+/// - `3`: the rest is an encrypted overlay datagram (opened under the
+///   tunnel's context) and the VXLAN packet the tunnel would let in.
 pub fn gossip(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let ring = gossip_ring();
@@ -156,6 +159,13 @@ pub fn gossip(data: &[u8]) {
                 let _ = datagram::open(&read, GOSSIP_CLUSTER, &d, GOSSIP_NOW);
             }
         }
+        3 => {
+            // An encrypted overlay's datagram, and the packet inside it.
+            let _ = datagram::open(&ring, &tunnel::context(GOSSIP_CLUSTER), rest, GOSSIP_NOW);
+            if tunnel::admits(rest, me.ip()) {
+                assert_eq!(tunnel::destination(rest), Some(me.ip()), "an admitted packet is for this node");
+            }
+        }
         _ => {}
     }
 }
@@ -168,6 +178,10 @@ fn dns_zone() -> Zone {
             ("web".to_string(), vec![a("10.0.128.1")]),
             ("tasks.web".to_string(), vec![a("10.0.0.2"), a("10.0.0.3")]),
             ("big".to_string(), (1..=200).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect()),
+        ]),
+        reverse: BTreeMap::from([
+            (a("10.0.128.1"), vec!["web.app".to_string()]),
+            (a("10.0.0.2"), vec!["web.app".to_string()]),
         ]),
     }
 }
