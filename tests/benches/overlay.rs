@@ -63,6 +63,9 @@ fn placed(h: &Hosts, svc: &str) -> BTreeMap<usize, (String, String)> {
         .collect()
 }
 
+/// One figure of a line.
+type Field = fn(&Line) -> &Vec<f64>;
+
 struct Line {
     mb_s: Vec<f64>,
     per_request_ms: Vec<f64>,
@@ -127,12 +130,12 @@ fn main() {
             );
         }
     }
-    let m = |net: &str, f: fn(&Line) -> &Vec<f64>| median(f(&lines[net]).clone());
+    let m = |net: &str, f: Field| median(f(&lines[net]).clone());
     println!(
         "\nencrypted overlay vs clear, 2 hosts, median of {rounds} rounds ({size_mb} MB bulk, {requests} requests)"
     );
     println!("{:<28} {:>12} {:>12} {:>10}", "", "clear", "encrypted", "ratio");
-    let rows: [(&str, fn(&Line) -> &Vec<f64>); 3] = [
+    let rows: [(&str, Field); 3] = [
         ("bulk MB/s", |l| &l.mb_s),
         ("ms per small request", |l| &l.per_request_ms),
         ("shoal CPU ms per MB", |l| &l.cpu_per_mb_ms),
