@@ -11,7 +11,13 @@
 //! starting with a format version byte.
 //!
 //! Encryption at rest: a log record whose length has its top bit set holds
-//! an entry encrypted with the data key ([`DataKey`], aad [`ENTRY_AAD`]); a
+//! an entry encrypted with the data key ([`DataKey`], aad [`ENTRY_AAD`]).
+//! With the next bit set as well it holds a batch: the entries of one
+//! append (up to [`BATCH_PLAINTEXT`] bytes of them), each as
+//! `[u32 len][Entry]`, encrypted together (aad [`BATCH_AAD`]), so one
+//! append costs one nonce, one tag and one pass of the cipher however many
+//! entries it carries. That is what appends write; single-entry encrypted
+//! records are read as before. A
 //! snapshot of version 2 holds its `Snapshot` encrypted the same way (aad
 //! [`SNAPSHOT_AAD`] and the origin byte). Records without the bit and
 //! version-1 snapshots are plaintext from before: they are read, and
@@ -29,7 +35,16 @@ pub(super) const FORMAT_VERSION: u8 = 1;
 pub(super) const ENCRYPTED_SNAPSHOT_VERSION: u8 = 2;
 /// Set in a log record's length when its payload is encrypted.
 const ENCRYPTED_BIT: u32 = 1 << 31;
+/// Set with [`ENCRYPTED_BIT`] when the payload is a sealed batch of entries.
+const BATCH_BIT: u32 = 1 << 30;
+/// Record payload lengths are below this (the two flag bits above it).
+const MAX_PAYLOAD: u32 = 1 << 30;
+/// A batch record holds at most this many plaintext bytes of entries (an
+/// entry larger than that is alone in its record), so that reading one
+/// record never needs more than about this much beside the entries.
+pub(super) const BATCH_PLAINTEXT: usize = 1 << 20;
 pub(super) const ENTRY_AAD: &[u8] = b"shoal raft entry";
+pub(super) const BATCH_AAD: &[u8] = b"shoal raft entry batch";
 pub(super) const SNAPSHOT_AAD: &[u8] = b"shoal raft snapshot";
 pub(super) const RECORD_HEADER_LEN: usize = 12;
 
@@ -45,20 +60,38 @@ pub(super) enum SnapshotOrigin {
 
 // ---- log records ----
 
-/// Records of `entries`, each encrypted with `key`.
+/// Records of `entries`: sealed batches of consecutive entries, each batch
+/// up to [`BATCH_PLAINTEXT`] bytes (one record for a typical append).
 pub(super) fn encode_entries(entries: &[Entry], key: &DataKey) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
+    let mut batch = Vec::new();
     for e in entries {
-        let plain =
-            e.write_to_bytes().map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
-        let payload = key.seal(ENTRY_AAD, &plain);
-        let len = u32::try_from(payload.len())
+        let size = e.compute_size() as usize;
+        if !batch.is_empty() && batch.len() + 4 + size > BATCH_PLAINTEXT {
+            push_batch(&mut buf, &batch, key, e.index)?;
+            batch.clear();
+        }
+        let len = u32::try_from(size)
             .ok()
-            .filter(|&len| len < ENCRYPTED_BIT)
+            .filter(|&len| len < MAX_PAYLOAD - 1024)
             .ok_or_else(|| StorageError::Invalid(format!("entry {} too large", e.index)))?;
-        push_record(&mut buf, len | ENCRYPTED_BIT, &payload);
+        batch.extend_from_slice(&len.to_le_bytes());
+        e.write_to_vec(&mut batch).map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
+    }
+    if !batch.is_empty() {
+        push_batch(&mut buf, &batch, key, entries.last().map_or(0, |e| e.index))?;
     }
     Ok(buf)
+}
+
+fn push_batch(buf: &mut Vec<u8>, batch: &[u8], key: &DataKey, index: u64) -> Result<()> {
+    let payload = key.seal(BATCH_AAD, batch);
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&len| len < MAX_PAYLOAD)
+        .ok_or_else(|| StorageError::Invalid(format!("entry {index} too large")))?;
+    push_record(buf, len | ENCRYPTED_BIT | BATCH_BIT, &payload);
+    Ok(())
 }
 
 /// Records of `entries` in plaintext, as written before encryption at rest
@@ -70,7 +103,7 @@ pub(super) fn encode_plain_entries(entries: &[Entry]) -> Result<Vec<u8>> {
             e.write_to_bytes().map_err(|err| StorageError::Invalid(format!("encode entry {}: {err}", e.index)))?;
         let len = u32::try_from(payload.len())
             .ok()
-            .filter(|&len| len < ENCRYPTED_BIT)
+            .filter(|&len| len < MAX_PAYLOAD)
             .ok_or_else(|| StorageError::Invalid(format!("entry {} too large", e.index)))?;
         push_record(&mut buf, len, &payload);
     }
@@ -100,6 +133,8 @@ pub(super) struct Record<'a> {
     pub payload: &'a [u8],
     /// The payload is encrypted (else it is a plaintext entry from before).
     pub encrypted: bool,
+    /// The encrypted payload is a batch of entries (else one entry).
+    pub batch: bool,
     /// The record's total length.
     pub len: usize,
 }
@@ -110,9 +145,11 @@ pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<Record<'_>, BadR
     }
     let raw_len = read_u32(&rest[0..4]);
     let encrypted = raw_len & ENCRYPTED_BIT != 0;
-    let len = (raw_len & !ENCRYPTED_BIT) as usize;
+    let batch = raw_len & BATCH_BIT != 0;
+    let len = (raw_len & (MAX_PAYLOAD - 1)) as usize;
     let payload_crc = read_u32(&rest[4..8]);
-    if read_u32(&rest[8..12]) != crc32(&rest[0..8]) {
+    // A batch is always encrypted: the bit alone is a damaged header.
+    if read_u32(&rest[8..12]) != crc32(&rest[0..8]) || (batch && !encrypted) {
         return Err(BadRecord::Header);
     }
     let end = RECORD_HEADER_LEN.checked_add(len).filter(|&end| end <= rest.len()).ok_or(BadRecord::Incomplete)?;
@@ -120,21 +157,35 @@ pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<Record<'_>, BadR
     if crc32(payload) != payload_crc {
         return Err(BadRecord::Payload { end });
     }
-    Ok(Record { payload, encrypted, len: end })
+    Ok(Record { payload, encrypted, batch, len: end })
 }
 
-/// The entry in a record's payload, decrypted if encrypted.
-pub(super) fn decode_entry(record: &Record<'_>, key: &DataKey) -> std::result::Result<Entry, String> {
-    let plain;
-    let bytes = if record.encrypted {
-        plain = key
-            .open(ENTRY_AAD, record.payload)
-            .map_err(|e| format!("{e} (is this the data key it was written with?)"))?;
-        &plain[..]
-    } else {
-        record.payload
+/// The entries in a record's payload (one, or a batch), decrypted if
+/// encrypted.
+pub(super) fn decode_entries(record: &Record<'_>, key: &DataKey) -> std::result::Result<Vec<Entry>, String> {
+    let unseal = |aad| {
+        key.open(aad, record.payload).map_err(|e| format!("{e} (is this the data key it was written with?)"))
     };
-    Entry::parse_from_bytes(bytes).map_err(|e| format!("not an entry: {e}"))
+    let parse = |bytes: &[u8]| Entry::parse_from_bytes(bytes).map_err(|e| format!("not an entry: {e}"));
+    if !record.encrypted {
+        return Ok(vec![parse(record.payload)?]);
+    }
+    if !record.batch {
+        return Ok(vec![parse(&unseal(ENTRY_AAD)?)?]);
+    }
+    let plain = unseal(BATCH_AAD)?;
+    let mut rest = &plain[..];
+    let mut entries = Vec::new();
+    while !rest.is_empty() {
+        let len = rest.get(..4).map(|b| read_u32(b) as usize).ok_or("batch cut inside a length")?;
+        let bytes = rest.get(4..).and_then(|r| r.get(..len)).ok_or("batch cut inside an entry")?;
+        entries.push(parse(bytes)?);
+        rest = &rest[4 + len..];
+    }
+    if entries.is_empty() {
+        return Err("empty batch".to_owned());
+    }
+    Ok(entries)
 }
 
 // ---- sealed files ----

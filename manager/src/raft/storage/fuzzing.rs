@@ -12,7 +12,9 @@
 //! - bit 1: each log part is one record's payload, given its header here
 //!   (else the parts are the log file's bytes, one after the other);
 //! - bit 2: those payloads are encrypted with the key first;
-//! - bit 3: the snapshot body (origin byte, then a `Snapshot`) is encrypted.
+//! - bit 3: the snapshot body (origin byte, then a `Snapshot`) is encrypted;
+//! - bit 4 (with bit 2): each encrypted payload is a batch of entries
+//!   (`[u32 len][Entry]…`, as appends write them).
 //!
 //! A part cut short by the end of the input ends it; a missing part is a
 //! missing file.
@@ -20,11 +22,12 @@
 use std::fs;
 use std::path::Path;
 
-use super::format::{crc32, ENCRYPTED_SNAPSHOT_VERSION, ENTRY_AAD, FORMAT_VERSION, SNAPSHOT_AAD};
+use super::format::{crc32, BATCH_AAD, ENCRYPTED_SNAPSHOT_VERSION, ENTRY_AAD, FORMAT_VERSION, SNAPSHOT_AAD};
 use super::keys::DataKey;
 use super::{HARDSTATE_FILE, LOG_FILE, SNAPSHOT_FILE};
 
 const ENCRYPTED_BIT: u32 = 1 << 31;
+const BATCH_BIT: u32 = 1 << 30;
 
 /// Writes the files `data` describes into the empty directory `dir`.
 pub fn write_files(dir: &Path, data: &[u8], key: &DataKey) -> std::io::Result<()> {
@@ -62,8 +65,11 @@ pub fn write_files(dir: &Path, data: &[u8], key: &DataKey) -> std::io::Result<()
                 log.extend_from_slice(part);
                 continue;
             }
-            let (payload, bit) =
-                if flags & 4 != 0 { (key.seal(ENTRY_AAD, part), ENCRYPTED_BIT) } else { (part.to_vec(), 0) };
+            let (payload, bit) = match (flags & 4 != 0, flags & 16 != 0) {
+                (true, true) => (key.seal(BATCH_AAD, part), ENCRYPTED_BIT | BATCH_BIT),
+                (true, false) => (key.seal(ENTRY_AAD, part), ENCRYPTED_BIT),
+                (false, _) => (part.to_vec(), 0),
+            };
             let start = log.len();
             log.extend_from_slice(&(payload.len() as u32 | bit).to_le_bytes());
             log.extend_from_slice(&crc32(&payload).to_le_bytes());

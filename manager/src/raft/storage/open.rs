@@ -28,7 +28,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 use super::files::{read_sealed, sync_dir, tmp_path, write_atomic, PROBE_FILE};
 use super::format::{
-    decode_entry, decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate, encode_snapshot,
+    decode_entries, decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate, encode_snapshot,
     BadRecord, SnapshotOrigin, ENCRYPTED_SNAPSHOT_VERSION, FORMAT_VERSION,
 };
 use super::keys::DataKey;
@@ -231,11 +231,13 @@ fn replay_log(raw: &[u8], key: &DataKey) -> Result<Replay> {
                 )));
             }
         };
-        let entry =
-            decode_entry(&record, key).map_err(|e| StorageError::Corrupt(format!("log record at byte {pos}: {e}")))?;
+        let decoded =
+            decode_entries(&record, key).map_err(|e| StorageError::Corrupt(format!("log record at byte {pos}: {e}")))?;
         plaintext |= !record.encrypted;
-        push_replayed(&mut entries, entry)
-            .map_err(|msg| StorageError::Corrupt(format!("log record at byte {pos}: {msg}")))?;
+        for entry in decoded {
+            push_replayed(&mut entries, entry)
+                .map_err(|msg| StorageError::Corrupt(format!("log record at byte {pos}: {msg}")))?;
+        }
         pos += record.len;
     }
     Ok(Replay { entries, plaintext, valid_len: pos })

@@ -324,7 +324,9 @@ fn flipped_bytes_in_the_middle_are_corruption() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut s = DiskStorage::open(dir.path(), DataKey::for_tests()).unwrap();
-        s.append(&entries(1..=5, 1)).unwrap();
+        for e in entries(1..=5, 1) {
+            s.append(&[e]).unwrap();
+        }
     }
     let path = log_path(dir.path());
     let full = fs::read(&path).unwrap();

@@ -160,3 +160,122 @@ fn the_benchmarks_plaintext_appends_are_the_old_records() {
         assert!(!contains(&bytes, SECRET), "{name} still holds plaintext after opening");
     }
 }
+
+/// The record header of `payload` with `flags` in the length's top bits.
+fn record_with(flags: u32, payload: &[u8]) -> Vec<u8> {
+    let mut rec = (payload.len() as u32 | flags).to_le_bytes().to_vec();
+    rec.extend_from_slice(&crc32(payload).to_le_bytes());
+    let header_crc = crc32(&rec);
+    rec.extend_from_slice(&header_crc.to_le_bytes());
+    rec.extend_from_slice(payload);
+    rec
+}
+
+/// The batch plaintext: `[u32 len][Entry]…`.
+fn batch_body(list: &[Entry]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for e in list {
+        let bytes = e.write_to_bytes().unwrap();
+        body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        body.extend_from_slice(&bytes);
+    }
+    body
+}
+
+/// One append of many entries is one sealed record (one nonce and tag),
+/// and reads back entry by entry.
+#[test]
+fn an_append_of_many_entries_is_one_sealed_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let list: Vec<Entry> = (1..=32).map(|i| entry(i, &[b'x'; 200])).collect();
+    let mut s = DiskStorage::open(dir.path(), key.clone()).unwrap();
+    s.append(&list).unwrap();
+    drop(s);
+    let log = fs::read(dir.path().join(LOG_FILE)).unwrap();
+    let plain_len = batch_body(&list).len();
+    assert_eq!(log.len(), 12 + plain_len + worker::node::seal::OVERHEAD, "one header, one seal");
+    assert_eq!(u32::from_le_bytes(log[0..4].try_into().unwrap()) >> 30, 0b11, "encrypted batch");
+    let s = DiskStorage::open(dir.path(), key).unwrap();
+    assert_eq!(entries_of(&s), list);
+}
+
+/// An append bigger than a batch is cut into several records, and an entry
+/// bigger than a batch is alone in its own.
+#[test]
+fn a_large_append_is_cut_into_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let big = vec![b'y'; super::format::BATCH_PLAINTEXT + 10];
+    let mut list: Vec<Entry> = (1..=3).map(|i| entry(i, &vec![b'z'; 400 * 1024])).collect();
+    list.push(entry(4, &big));
+    list.push(entry(5, b"small"));
+    let mut s = DiskStorage::open(dir.path(), key.clone()).unwrap();
+    s.append(&list).unwrap();
+    drop(s);
+    let log = fs::read(dir.path().join(LOG_FILE)).unwrap();
+    let mut records = 0;
+    let mut pos = 0;
+    while pos < log.len() {
+        let len = (u32::from_le_bytes(log[pos..pos + 4].try_into().unwrap()) & ((1 << 30) - 1)) as usize;
+        assert!(len <= super::format::BATCH_PLAINTEXT + 1024 || records == 1, "record {records}: {len} bytes");
+        pos += 12 + len;
+        records += 1;
+    }
+    // [1, 2] (two of 400 KiB fit in 1 MiB), [3], [4: alone, too big], [5].
+    assert_eq!(records, 4);
+    let s = DiskStorage::open(dir.path(), key).unwrap();
+    assert_eq!(entries_of(&s), list);
+}
+
+/// Logs written one sealed entry per record (before batches) are read as
+/// they were, also mixed with batches after them.
+#[test]
+fn single_entry_records_of_before_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let old: Vec<Entry> = (1..=3).map(|i| entry(i, b"old")).collect();
+    let mut log: Vec<u8> = Vec::new();
+    for e in &old {
+        let sealed = key.seal(super::format::ENTRY_AAD, &e.write_to_bytes().unwrap());
+        log.extend(record_with(1 << 31, &sealed));
+    }
+    fs::write(dir.path().join(LOG_FILE), &log).unwrap();
+    let mut s = DiskStorage::open(dir.path(), key.clone()).unwrap();
+    assert_eq!(entries_of(&s), old);
+    let new: Vec<Entry> = (3..=5).map(|i| entry(i, b"new")).collect();
+    s.append(&new).unwrap();
+    drop(s);
+    let s = DiskStorage::open(dir.path(), key).unwrap();
+    assert_eq!(entries_of(&s), [&old[..2], &new[..]].concat());
+}
+
+/// A batch whose sealed body does not hold whole entries, or holds none,
+/// is corruption (only someone with the key could write one).
+#[test]
+fn a_malformed_batch_is_corruption() {
+    let key = DataKey::generate();
+    let seal = |body: &[u8]| key.seal(super::format::BATCH_AAD, body);
+    let whole = batch_body(&[entry(1, b"a"), entry(2, b"b")]);
+    for (body, why) in [
+        (whole[..whole.len() - 1].to_vec(), "batch cut inside an entry"),
+        (whole[..2].to_vec(), "batch cut inside a length"),
+        (Vec::new(), "empty batch"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // A second record after it, so that the damage is not a torn tail.
+        let mut log = record_with(3 << 30, &seal(&body));
+        log.extend(record_with(3 << 30, &seal(&batch_body(&[entry(3, b"c")]))));
+        fs::write(dir.path().join(LOG_FILE), &log).unwrap();
+        let err = DiskStorage::open(dir.path(), key.clone()).err().expect("opens nothing");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    // The batch bit without the encrypted bit is a damaged header.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = record_with(1 << 30, &entry(1, b"a").write_to_bytes().unwrap());
+    log.extend(record_with(3 << 30, &seal(&batch_body(&[entry(2, b"b")]))));
+    fs::write(dir.path().join(LOG_FILE), &log).unwrap();
+    let err = DiskStorage::open(dir.path(), key).err().expect("opens nothing");
+    assert!(err.to_string().contains("fails its checksum"), "{err}");
+}
