@@ -350,6 +350,14 @@ mod tests {
         for flags in [1 | 2, 1 | 2 | 4, 1 | 2 | 4 | 8] {
             storage.push(layout(flags, &parts));
         }
+        // Entries as batches (`[u32 len][Entry]…`), as appends write them.
+        let batches: Vec<Vec<u8>> = records
+            .chunks(2)
+            .map(|pair| pair.iter().flat_map(|r| [&(r.len() as u32).to_le_bytes()[..], r].concat()).collect())
+            .collect();
+        let mut batch_parts: Vec<&[u8]> = vec![&hs_body, &plain_snap];
+        batch_parts.extend(batches.iter().map(Vec::as_slice));
+        storage.push(layout(1 | 2 | 4 | 8 | 16, &batch_parts));
         write_seeds("storage", &storage);
 
         let kek = worker::node::seal::SealKey::from_bytes(FUZZ_KEK).to_text();
