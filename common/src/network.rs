@@ -73,6 +73,13 @@ pub enum NetworkError {
     PoolMask { mask: u8, pool: Subnet },
     #[error("address pools {0} and {1} overlap")]
     PoolOverlap(Subnet, Subnet),
+    #[error("invalid --opt routing={0:?}: expected vxlan (the default) or direct")]
+    Routing(String),
+    #[error(
+        "--opt encrypted needs the VXLAN overlay: it cannot be combined with --opt routing=direct \
+         (direct routing sends task traffic between hosts as it is)"
+    )]
+    EncryptedDirect,
 }
 
 /// Where networks created without `--subnet` get their range: the lowest
@@ -285,7 +292,19 @@ impl NetworkSpec {
                 return Err(NetworkError::SubnetSize(s));
             }
         }
+        if self.routing()? == Routing::Direct && self.encrypted() {
+            return Err(NetworkError::EncryptedDirect);
+        }
         Ok(())
+    }
+
+    /// `--opt routing=vxlan|direct` (absent: vxlan).
+    pub fn routing(&self) -> Result<Routing, NetworkError> {
+        match self.options.get(ROUTING_OPTION).map(String::as_str) {
+            None | Some("vxlan") => Ok(Routing::Vxlan),
+            Some("direct") => Ok(Routing::Direct),
+            Some(other) => Err(NetworkError::Routing(other.to_string())),
+        }
     }
 
     /// `--opt encrypted` (Docker's test is the key's presence): the
@@ -297,6 +316,30 @@ impl NetworkSpec {
 
 /// The driver option that asks for encryption between nodes.
 pub const ENCRYPTED_OPTION: &str = "encrypted";
+/// The driver option that chooses how task traffic crosses between nodes.
+pub const ROUTING_OPTION: &str = "routing";
+
+/// How a network's task traffic crosses between nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// A VXLAN device per network (Swarm's overlay): works over any IP
+    /// network between the nodes.
+    #[default]
+    Vxlan,
+    /// Plain routes: each node's block is routed via that node's underlay
+    /// address, and packets cross as they are (no tunnel, no VXLAN header,
+    /// a full MTU). Needs the nodes on one L2 segment (each node's address
+    /// a next hop the others reach directly) and a network between them
+    /// that forwards the tasks' addresses.
+    Direct,
+}
+
+impl Routing {
+    pub fn is_vxlan(&self) -> bool {
+        *self == Routing::Vxlan
+    }
+}
 
 /// Docker's rule for object names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`): what
 /// `docker stack deploy` makes (`STACK_default`) must pass. Network names
@@ -464,6 +507,10 @@ pub struct TaskAddress {
     /// smaller MTU).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypted: bool,
+    /// `--opt routing=direct`: the Docker network's subnet is the node's
+    /// block, other blocks are routed.
+    #[serde(default, skip_serializing_if = "Routing::is_vxlan")]
+    pub routing: Routing,
 }
 
 impl TaskAddress {
@@ -473,6 +520,16 @@ impl TaskAddress {
 
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(&self.block)
+    }
+
+    /// The subnet of the node's Docker network: the tasks' whole subnet
+    /// (one L2 segment over VXLAN), or with direct routing only the node's
+    /// block (the others are routed through the node).
+    pub fn docker_subnet(&self) -> Subnet {
+        match self.routing {
+            Routing::Vxlan => self.range,
+            Routing::Direct => self.block,
+        }
     }
 
     /// The network's VIPs: the upper half, next to the tasks' subnet.
@@ -493,6 +550,9 @@ pub struct NetworkEntry {
     /// tunnel (`worker::net::tunnel`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypted: bool,
+    /// `--opt routing=direct`: routes between nodes instead of VXLAN.
+    #[serde(default, skip_serializing_if = "Routing::is_vxlan")]
+    pub routing: Routing,
     /// Every node with a block, and its underlay (advertise) address.
     pub nodes: Vec<NodeBlock>,
     /// The services attached, by name.
@@ -557,6 +617,7 @@ mod tests {
             block: "10.3.0.0/24".parse().unwrap(),
             vni: n.vni,
             encrypted: false,
+            routing: Routing::Vxlan,
         };
         assert_eq!(a.vip_range(), n.vip_range(), "a task knows where its network's VIPs are");
         assert_eq!(n.node_prefix(), 24);

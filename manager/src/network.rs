@@ -134,6 +134,7 @@ pub fn table(store: &Store) -> Vec<NetworkEntry> {
                 vni: net.vni,
                 range: net.task_range(),
                 encrypted: net.spec.encrypted(),
+                routing: net.spec.routing().unwrap_or_default(),
                 nodes,
                 services,
             }

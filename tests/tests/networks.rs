@@ -34,7 +34,8 @@ fn addresses(svc: &str, tasks: &[Value]) -> BTreeMap<usize, (String, String)> {
 /// `wget` from a container on host `from` to `addr` (this busybox's wget
 /// crashes with `-q` or `-T`: `timeout` bounds it instead).
 fn fetch(h: &Hosts, from: usize, container: &str, addr: &str) -> Result<String, String> {
-    let url = format!("http://{addr}/");
+    // `addr` may carry a path (`ADDR/cgi-bin/who`).
+    let url = if addr.contains('/') { format!("http://{addr}") } else { format!("http://{addr}/") };
     let out = h.docker(from, &["exec", container, "timeout", "3", "wget", "-O-", &url]);
     if out.success() {
         Ok(out.stdout.trim().to_string())
@@ -418,4 +419,105 @@ fn an_encrypted_network_carries_nothing_in_the_clear_between_hosts() {
             Ok(())
         }
     });
+}
+
+/// `--opt routing=direct`: no VXLAN device; each host routes the other's
+/// block via the other's address; tasks reach each other across hosts by
+/// address and through the VIP, and see each other's own address (nothing
+/// on the way is masqueraded); the routes and rules go with the network.
+#[test]
+fn a_directly_routed_network_crosses_hosts_without_a_tunnel_and_keeps_addresses() {
+    if !require_hosts() {
+        return;
+    }
+    let h = Hosts::up(2, 1, Mesh::Kernel);
+    let out = h.shoal(1, &["network", "create", "--opt", "routing=bogus", "x"]);
+    assert!(
+        !out.success() && out.stderr.contains("invalid --opt routing=\"bogus\": expected vxlan (the default) or direct"),
+        "{out}"
+    );
+    let out = h.shoal(1, &["network", "create", "--opt", "routing=direct", "--opt", "encrypted", "x"]);
+    assert!(!out.success() && out.stderr.contains("--opt encrypted needs the VXLAN overlay"), "{out}");
+    assert!(!h.shoal_ok(1, &["network", "ls"]).contains(" x "), "a refused network was written");
+
+    h.shoal_ok(1, &["network", "create", "--opt", "routing=direct", "flat"]);
+    // httpd answers `/` with its hostname and `/cgi-bin/who` with the
+    // caller's address as it sees it.
+    let who = "mkdir -p /www/cgi-bin && hostname > /www/index.html \
+               && printf '#!/bin/sh\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/who \
+               && chmod +x /www/cgi-bin/who && exec httpd -f -p 80 -h /www";
+    let flags = ["service", "create", "-d", "--name", "web", "--replicas", "2", "--replicas-max-per-node", "1"];
+    h.shoal_ok(1, &[&flags[..], &["--network", "flat", busybox_image(), "sh", "-c", who]].concat());
+    let web = addresses("web", &h.wait_running(1, "web", 2, CONVERGE));
+    assert_eq!(web.len(), 2, "one task per host: {web:?}");
+    let ((c1, a1), (c2, a2)) = (&web[&1], &web[&2]);
+
+    // No tunnel: no VXLAN device on either host, and a route to the other
+    // host's block via its address.
+    let tasks: Vec<Value> = serde_json::from_str(&h.shoal_ok(1, &["service", "ps", "web", "--format", "json"]))
+        .expect("service ps json");
+    let block_of = |addr: &str| {
+        let t = tasks.iter().find(|t| t["addresses"][0]["addr"] == addr).expect("the task");
+        t["addresses"][0]["block"].as_str().expect("a block").to_string()
+    };
+    for (host, other, other_addr) in [(1, 2, a2), (2, 1, a1)] {
+        let links = h.exec(host, std::path::Path::new("ip"), &["-o", "link", "show", "type", "vxlan"], CONVERGE);
+        assert!(!links.stdout.contains("shvx"), "host{host} has a VXLAN device: {links}");
+        let want = format!("{} via {}", block_of(other_addr), h.addr(other));
+        wait_for(Duration::from_secs(20), &format!("host{host}'s route to host{other}'s block"), || {
+            let routes = h.exec(host, std::path::Path::new("ip"), &["-4", "route", "show", "proto", "211"], CONVERGE);
+            if routes.stdout.contains(&want) {
+                Ok(())
+            } else {
+                Err(format!("want {want:?}: {routes}"))
+            }
+        });
+    }
+    let mtu = h.docker(1, &["exec", c1, "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.stdout.trim(), "1500", "no VXLAN header to leave room for: {mtu}");
+
+    // Across hosts by address, both ways; the server sees the caller's own
+    // address.
+    wait_for(Duration::from_secs(20), "host1's task to reach host2's", || fetch(&h, 1, c1, a2));
+    assert_eq!(fetch(&h, 1, c1, a2).unwrap(), c2[..12], "host1 → host2");
+    assert_eq!(fetch(&h, 2, c2, a1).unwrap(), c1[..12], "host2 → host1");
+    // (busybox httpd gives REMOTE_ADDR as `[::ffff:10.0.1.2]`.)
+    let who = |from: usize, c: &str, addr: &str| {
+        fetch(&h, from, c, &format!("{addr}/cgi-bin/who"))
+            .map(|a| a.trim_start_matches("[::ffff:").trim_end_matches(']').to_string())
+    };
+    assert_eq!(who(1, c1, a2).unwrap(), *a1, "host2's task sees host1's task");
+    assert_eq!(who(2, c2, a1).unwrap(), *a2, "host1's task sees host2's task");
+
+    // Through the VIP from host1's task: both answer; the one across the
+    // hosts sees the caller's own address.
+    let info: Value = serde_json::from_str(&h.shoal_ok(1, &["service", "inspect", "web"])).expect("inspect json");
+    let vip = info[0]["vips"][0]["addr"].as_str().unwrap_or_else(|| panic!("no VIP: {info}")).to_string();
+    let seen = wait_for(Duration::from_secs(10), "both web tasks to answer through the VIP", || {
+        let answers: BTreeSet<String> = (0..4).map(|_| fetch(&h, 1, c1, &vip)).collect::<Result<_, _>>()?;
+        if answers.len() == 2 {
+            Ok(answers)
+        } else {
+            Err(format!("only {answers:?}"))
+        }
+    });
+    assert_eq!(seen, [c1[..12].to_string(), c2[..12].to_string()].into(), "through {vip}");
+    let callers: BTreeSet<String> =
+        (0..4).map(|_| who(1, c1, &vip).expect("who through the VIP")).collect();
+    assert!(callers.contains(a1.as_str()), "the task across the hosts sees the caller's address: {callers:?}");
+
+    // The network's routes and rules go with it.
+    h.shoal_ok(1, &["service", "rm", "web"]);
+    h.shoal_ok(1, &["network", "rm", "flat"]);
+    for host in [1, 2] {
+        wait_for(Duration::from_secs(20), &format!("host{host}'s routes and rules to go"), || {
+            let routes = h.exec(host, std::path::Path::new("ip"), &["-4", "route", "show", "proto", "211"], CONVERGE);
+            let rules = h.exec(host, std::path::Path::new("iptables"), &["-S", "DOCKER-USER"], CONVERGE);
+            if routes.stdout.trim().is_empty() && !rules.stdout.contains("shbr") {
+                Ok(())
+            } else {
+                Err(format!("{routes}\n{rules}"))
+            }
+        });
+    }
 }

@@ -131,6 +131,7 @@ impl Store {
                 block,
                 vni: net.vni,
                 encrypted: net.spec.encrypted(),
+                routing: net.spec.routing().unwrap_or_default(),
             });
         }
         for (net, block) in new_blocks {

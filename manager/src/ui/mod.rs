@@ -190,6 +190,7 @@ mod tests {
                     block: "10.0.0.0/24".parse().unwrap(),
                     vni: 4096,
                     encrypted: false,
+                    routing: Default::default(),
                 }],
                 ..task("a-run", 1, "n1", Running, Running, 10)
             },

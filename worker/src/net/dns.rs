@@ -220,6 +220,7 @@ mod tests {
                 vni: 4096,
                 range: "10.0.0.0/17".parse().unwrap(),
                 encrypted: false,
+                routing: Default::default(),
                 nodes: vec![block("n1", "10.0.0.0/24"), block("n2", "10.0.1.0/24")],
                 services: vec![
                     svc("back", &["Api"], Some("10.0.128.1"), &["10.0.1.2", "10.0.0.2"]),
@@ -233,6 +234,7 @@ mod tests {
                 vni: 4097,
                 range: "10.1.0.0/17".parse().unwrap(),
                 encrypted: false,
+                routing: Default::default(),
                 nodes: vec![block("n2", "10.1.0.0/24")],
                 services: vec![svc("pg", &[], Some("10.1.128.1"), &["10.1.0.2"])],
             },

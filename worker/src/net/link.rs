@@ -1,6 +1,16 @@
 //! The VXLAN device of a network on this node, in the network's bridge,
 //! with one all-zeros flood entry per peer (head-end replication); unicast
 //! MACs are learnt. Made with `ip` and `bridge` (iproute2).
+//!
+//! A directly routed network (`--opt routing=direct`) has no device: each
+//! other node's block is routed via that node's underlay address
+//! (`ip route … proto 211`, so that ours are told apart), and two iptables
+//! rules, beside Docker's own, let task traffic cross as it is: one in
+//! `DOCKER-USER` accepts what comes from the network's tasks on other
+//! nodes into the bridge (Docker's `FORWARD` rules drop new connections to
+//! a bridge's containers), and one masquerades what leaves for anywhere
+//! but the network (the Docker network is made without Docker's own
+//! masquerade, which would hide a task's address from the others).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -12,12 +22,21 @@ use super::NetError;
 /// The VXLAN UDP port (IANA's, as Swarm uses).
 pub const VXLAN_PORT: u16 = 4789;
 
+/// The Debian package with `program`.
+fn package_of(program: &str) -> &'static str {
+    if program == "iptables" {
+        "iptables"
+    } else {
+        "iproute2"
+    }
+}
+
 async fn run(program: &str, args: &[&str]) -> Result<(bool, String), NetError> {
     let out = Command::new(program)
         .args(args)
         .output()
         .await
-        .map_err(|e| NetError::Link(format!("cannot run {program}: {e} (install iproute2)")))?;
+        .map_err(|e| NetError::Link(format!("cannot run {program}: {e} (install {})", package_of(program))))?;
     Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string()))
 }
 
@@ -61,7 +80,7 @@ async fn run_out(program: &str, args: &[&str]) -> Result<(bool, String), NetErro
         .args(args)
         .output()
         .await
-        .map_err(|e| NetError::Link(format!("cannot run {program}: {e} (install iproute2)")))?;
+        .map_err(|e| NetError::Link(format!("cannot run {program}: {e} (install {})", package_of(program))))?;
     Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + " "))
 }
 
@@ -69,6 +88,68 @@ pub async fn remove_vxlan(vni: u32) -> Result<(), NetError> {
     let dev = vxlan_name(vni);
     if run("ip", &["link", "show", &dev]).await?.0 {
         must("ip", &["link", "del", &dev]).await?;
+    }
+    Ok(())
+}
+
+/// Marks shoal's routes of directly routed networks.
+const ROUTE_PROTO: &str = "211";
+
+/// The iptables rules of a directly routed network on this node, as
+/// `(table, chain, rule)`.
+pub fn direct_rules(bridge: &str, range: Subnet, block: Subnet) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let (range, block) = (range.to_string(), block.to_string());
+    let v = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    vec![
+        ("filter", "DOCKER-USER", v(&["-s", &range, "-d", &block, "-o", bridge, "-j", "ACCEPT"])),
+        ("nat", "POSTROUTING", v(&["-s", &block, "!", "-d", &range, "!", "-o", bridge, "-j", "MASQUERADE"])),
+    ]
+}
+
+/// The routes to the other nodes' blocks of a directly routed network are
+/// exactly `routes`, and its iptables rules are in place.
+pub async fn ensure_routes(
+    vni: u32,
+    range: Subnet,
+    block: Subnet,
+    routes: &[(Subnet, IpAddr)],
+) -> Result<(), NetError> {
+    let range_s = range.to_string();
+    let (_, listing) = run_out("ip", &["-4", "-o", "route", "show", "proto", ROUTE_PROTO, "root", &range_s]).await?;
+    for prefix in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        if !routes.iter().any(|(b, _)| b.to_string() == prefix) {
+            must("ip", &["route", "del", prefix, "proto", ROUTE_PROTO]).await?;
+        }
+    }
+    for (b, via) in routes {
+        let (b, via) = (b.to_string(), via.to_string());
+        must("ip", &["route", "replace", &b, "via", &via, "proto", ROUTE_PROTO]).await?;
+    }
+    for (table, chain, rule) in direct_rules(&bridge_name(vni), range, block) {
+        if chain == "DOCKER-USER" && !run("iptables", &["-t", table, "-n", "-L", chain]).await?.0 {
+            // Docker without its iptables rules (`--iptables=false`) drops nothing.
+            continue;
+        }
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        if !run("iptables", &[&["-t", table, "-C", chain][..], &rule].concat()).await?.0 {
+            must("iptables", &[&["-t", table, "-I", chain, "1"][..], &rule].concat()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes what [`ensure_routes`] made for a network.
+pub async fn remove_routes(vni: u32, range: Subnet, block: Subnet) -> Result<(), NetError> {
+    let range_s = range.to_string();
+    let (_, listing) = run_out("ip", &["-4", "-o", "route", "show", "proto", ROUTE_PROTO, "root", &range_s]).await?;
+    for prefix in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        must("ip", &["route", "del", prefix, "proto", ROUTE_PROTO]).await?;
+    }
+    for (table, chain, rule) in direct_rules(&bridge_name(vni), range, block) {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        while run("iptables", &[&["-t", table, "-C", chain][..], &rule].concat()).await?.0 {
+            must("iptables", &[&["-t", table, "-D", chain][..], &rule].concat()).await?;
+        }
     }
     Ok(())
 }

@@ -36,19 +36,21 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::Docker;
-use common::network::NetworkEntry;
+use common::network::{NetworkEntry, Routing};
 use common::NodeId;
 use tokio::sync::{oneshot, watch};
 
 use self::plan::{Change, NodeNetwork};
 use self::tunnel::{Tunnel, TunnelConfig};
 
-/// The MTU of a network's Docker bridge (and its tasks' interfaces).
-pub fn mtu(encrypted: bool) -> u32 {
-    if encrypted {
-        docker::MTU - tunnel::OVERHEAD
-    } else {
-        docker::MTU
+/// The MTU of a network's Docker bridge (and its tasks' interfaces):
+/// VXLAN's header comes off the underlay's 1500, and the tunnel's seal off
+/// that; direct routing adds no header.
+pub fn mtu(encrypted: bool, routing: Routing) -> u32 {
+    match (routing, encrypted) {
+        (Routing::Direct, _) => docker::DIRECT_MTU,
+        (Routing::Vxlan, true) => docker::MTU - tunnel::OVERHEAD,
+        (Routing::Vxlan, false) => docker::MTU,
     }
 }
 
@@ -122,11 +124,18 @@ impl Programmer {
     async fn apply(&self, change: &Change) -> Result<(), NetError> {
         match change {
             Change::Add(n) | Change::Update(n) => {
-                docker::ensure(&self.docker, &self.node, &n.docker_name, n.range, n.block, n.vni, n.mtu()).await?;
-                link::ensure_vxlan(n.vni, self.underlay, &n.peers, n.vxlan_port()).await
+                let docker_net = docker::DockerNetwork::of(n);
+                docker::ensure(&self.docker, &self.node, &n.docker_name, &docker_net).await?;
+                match n.routing {
+                    Routing::Vxlan => link::ensure_vxlan(n.vni, self.underlay, &n.peers, n.vxlan_port()).await,
+                    Routing::Direct => link::ensure_routes(n.vni, n.range, n.block, &n.routes).await,
+                }
             }
             Change::Remove(n) => {
-                link::remove_vxlan(n.vni).await?;
+                match n.routing {
+                    Routing::Vxlan => link::remove_vxlan(n.vni).await?,
+                    Routing::Direct => link::remove_routes(n.vni, n.range, n.block).await?,
+                }
                 docker::remove(&self.docker, &n.docker_name).await
             }
         }

@@ -6,7 +6,10 @@
 //! network's bridge (VIPs are off the tasks' subnet). Here they are DNATed,
 //! in `prerouting`, to the next task address (the port is kept), and
 //! masqueraded to the gateway so that the answers come back through this
-//! node, where conntrack undoes both. A packet for a VIP that is not DNATed
+//! node, where conntrack undoes both. (On a directly routed network a
+//! packet DNATed to a task on another node leaves by the underlay
+//! unmasqueraded: the answer is routed back through this node anyway, and
+//! the task sees the caller's own address.) A packet for a VIP that is not DNATed
 //! (no running task, or it came from another network's bridge) is rejected
 //! in `forward` at once instead of leaving by the default route.
 //!
@@ -176,7 +179,7 @@ impl VipTable {
         );
         let _ = writeln!(
             s,
-            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority {MASQ_PRIORITY}; policy accept;\n\t\tmeta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark & {:#x} masquerade\n\t}}",
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority {MASQ_PRIORITY}; policy accept;\n\t\tmeta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark & {:#x} oifname \"shbr*\" masquerade\n\t}}",
             !MASQ_MARK
         );
         s.push_str("}\n");
@@ -343,6 +346,7 @@ mod tests {
             vni,
             range: "10.0.0.0/17".parse().unwrap(),
             encrypted: false,
+            routing: Default::default(),
             nodes: nodes
                 .iter()
                 .enumerate()
@@ -446,7 +450,7 @@ table ip shoal_vip_n1 {
 \t}
 \tchain postrouting {
 \t\ttype nat hook postrouting priority 90; policy accept;
-\t\tmeta mark & 0x40000 == 0x40000 meta mark set meta mark & 0xfffbffff masquerade
+\t\tmeta mark & 0x40000 == 0x40000 meta mark set meta mark & 0xfffbffff oifname \"shbr*\" masquerade
 \t}
 }
 ";

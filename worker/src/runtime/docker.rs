@@ -497,7 +497,9 @@ impl DockerRuntime {
             Ok(c) => c.state.and_then(|s| s.pid).filter(|p| *p > 0),
             Err(_) => None,
         };
-        let routes: Vec<_> = task.addresses.iter().map(|a| (a.vip_range(), a.gateway())).collect();
+        // A directly routed network's other blocks go through its gateway too.
+        let direct = task.addresses.iter().filter(|a| !a.routing.is_vxlan()).map(|a| (a.range, a.gateway()));
+        let routes: Vec<_> = task.addresses.iter().map(|a| (a.vip_range(), a.gateway())).chain(direct).collect();
         let done = match pid {
             Some(pid) => crate::net::link::route_vips(pid, &routes).await,
             None => Err(crate::net::NetError::Link("no process to route in".into())),
@@ -551,8 +553,8 @@ impl Runtime for DockerRuntime {
         }
         // The Docker network of each of its networks, before the container.
         for a in &task.addresses {
-            let mtu = crate::net::mtu(a.encrypted);
-            crate::net::docker::ensure(&self.docker, node, &a.docker_network(), a.range, a.block, a.vni, mtu)
+            let net = crate::net::docker::DockerNetwork::of_task(a);
+            crate::net::docker::ensure(&self.docker, node, &a.docker_network(), &net)
                 .await
                 .map_err(|e| RuntimeError::Docker { status: 500, message: e.to_string() })?;
         }
