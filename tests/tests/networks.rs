@@ -433,7 +433,8 @@ fn a_directly_routed_network_crosses_hosts_without_a_tunnel_and_keeps_addresses(
     let h = Hosts::up(2, 1, Mesh::Kernel);
     let out = h.shoal(1, &["network", "create", "--opt", "routing=bogus", "x"]);
     assert!(
-        !out.success() && out.stderr.contains("invalid --opt routing=\"bogus\": expected vxlan (the default) or direct"),
+        !out.success()
+            && out.stderr.contains("invalid --opt routing=\"bogus\": expected vxlan (the default) or direct"),
         "{out}"
     );
     let out = h.shoal(1, &["network", "create", "--opt", "routing=direct", "--opt", "encrypted", "x"]);
@@ -454,8 +455,8 @@ fn a_directly_routed_network_crosses_hosts_without_a_tunnel_and_keeps_addresses(
 
     // No tunnel: no VXLAN device on either host, and a route to the other
     // host's block via its address.
-    let tasks: Vec<Value> = serde_json::from_str(&h.shoal_ok(1, &["service", "ps", "web", "--format", "json"]))
-        .expect("service ps json");
+    let tasks: Vec<Value> =
+        serde_json::from_str(&h.shoal_ok(1, &["service", "ps", "web", "--format", "json"])).expect("service ps json");
     let block_of = |addr: &str| {
         let t = tasks.iter().find(|t| t["addresses"][0]["addr"] == addr).expect("the task");
         t["addresses"][0]["block"].as_str().expect("a block").to_string()
@@ -502,8 +503,7 @@ fn a_directly_routed_network_crosses_hosts_without_a_tunnel_and_keeps_addresses(
         }
     });
     assert_eq!(seen, [c1[..12].to_string(), c2[..12].to_string()].into(), "through {vip}");
-    let callers: BTreeSet<String> =
-        (0..4).map(|_| who(1, c1, &vip).expect("who through the VIP")).collect();
+    let callers: BTreeSet<String> = (0..4).map(|_| who(1, c1, &vip).expect("who through the VIP")).collect();
     assert!(callers.contains(a1.as_str()), "the task across the hosts sees the caller's address: {callers:?}");
 
     // The network's routes and rules go with it.

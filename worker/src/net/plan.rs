@@ -169,9 +169,12 @@ mod tests {
 
     #[test]
     fn direct_routing_routes_each_other_block_via_its_node_and_needs_no_tunnel() {
-        let mut t =
-            entry("app", 4096, &[("n1", "10.9.0.1", "10.0.0.0/24"), ("n2", "10.9.0.2", "10.0.1.0/24")]);
-        t.nodes.push(NodeBlock { node: "n3".into(), underlay: "10.9.0.3".parse().unwrap(), block: "10.0.2.0/24".parse().unwrap() });
+        let mut t = entry("app", 4096, &[("n1", "10.9.0.1", "10.0.0.0/24"), ("n2", "10.9.0.2", "10.0.1.0/24")]);
+        t.nodes.push(NodeBlock {
+            node: "n3".into(),
+            underlay: "10.9.0.3".parse().unwrap(),
+            block: "10.0.2.0/24".parse().unwrap(),
+        });
         let vxlan = desired(&"n1".into(), &[t.clone()]);
         assert!(vxlan[0].routes.is_empty(), "VXLAN floods to peers; it routes nothing");
         assert_eq!(vxlan[0].docker_subnet().to_string(), "10.0.0.0/17");

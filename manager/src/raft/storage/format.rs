@@ -163,9 +163,8 @@ pub(super) fn decode_record(rest: &[u8]) -> std::result::Result<Record<'_>, BadR
 /// The entries in a record's payload (one, or a batch), decrypted if
 /// encrypted.
 pub(super) fn decode_entries(record: &Record<'_>, key: &DataKey) -> std::result::Result<Vec<Entry>, String> {
-    let unseal = |aad| {
-        key.open(aad, record.payload).map_err(|e| format!("{e} (is this the data key it was written with?)"))
-    };
+    let unseal =
+        |aad| key.open(aad, record.payload).map_err(|e| format!("{e} (is this the data key it was written with?)"));
     let parse = |bytes: &[u8]| Entry::parse_from_bytes(bytes).map_err(|e| format!("not an entry: {e}"));
     if !record.encrypted {
         return Ok(vec![parse(record.payload)?]);

@@ -28,8 +28,8 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 use super::files::{read_sealed, sync_dir, tmp_path, write_atomic, PROBE_FILE};
 use super::format::{
-    decode_entries, decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate, encode_snapshot,
-    BadRecord, SnapshotOrigin, ENCRYPTED_SNAPSHOT_VERSION, FORMAT_VERSION,
+    decode_entries, decode_hardstate, decode_record, decode_snapshot, encode_entries, encode_hardstate,
+    encode_snapshot, BadRecord, SnapshotOrigin, ENCRYPTED_SNAPSHOT_VERSION, FORMAT_VERSION,
 };
 use super::keys::DataKey;
 use super::{DiskStorage, Result, StorageError, HARDSTATE_FILE, LOG_FILE, SNAPSHOT_FILE};
@@ -231,8 +231,8 @@ fn replay_log(raw: &[u8], key: &DataKey) -> Result<Replay> {
                 )));
             }
         };
-        let decoded =
-            decode_entries(&record, key).map_err(|e| StorageError::Corrupt(format!("log record at byte {pos}: {e}")))?;
+        let decoded = decode_entries(&record, key)
+            .map_err(|e| StorageError::Corrupt(format!("log record at byte {pos}: {e}")))?;
         plaintext |= !record.encrypted;
         for entry in decoded {
             push_replayed(&mut entries, entry)
