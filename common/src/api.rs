@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
-use crate::container::ContainerUpdate;
+use crate::container::{ContainerUpdate, RegistryAuth};
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
@@ -268,6 +268,13 @@ pub struct ServiceUpdate {
     /// `--network-add`, `--network-rm`, `--endpoint-mode`.
     #[serde(default, skip_serializing_if = "NetworkPatch::is_empty")]
     pub network: NetworkPatch,
+    /// `--max-concurrent`: a replicated job's tasks at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    /// `--with-registry-auth`: the login the tasks pull with from now on
+    /// (without it, the service keeps the one it has, as in Swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 /// The networks a service update changes.
@@ -414,6 +421,18 @@ impl ServiceUpdate {
                     return Err(SpecError::Invalid("replicas can only be set on a replicated service".into()))
                 }
             };
+        }
+        if let Some(m) = self.max_concurrent {
+            let ServiceMode::ReplicatedJob { total_completions, .. } = s.mode else {
+                return Err(SpecError::Invalid("max-concurrent can only be used with replicated-job mode".into()));
+            };
+            if m == 0 && total_completions > 0 {
+                return Err(SpecError::Invalid("max-concurrent must be at least 1".into()));
+            }
+            s.mode = ServiceMode::ReplicatedJob { total_completions, max_concurrent: m };
+        }
+        if let Some(a) = &self.registry_auth {
+            s.task.registry_auth = Some(a.clone());
         }
         self.update_config.apply(&mut s.update);
         self.rollback_config.apply(&mut s.rollback);
