@@ -8,7 +8,8 @@ use clap::Args;
 use std::collections::BTreeMap;
 
 use common::container::{
-    flag_error, CredentialSpec, Isolation, parse_env_file, ContainerUpdate, HealthFlags, LogDriver, Mount, SingleValues, Ulimit,
+    flag_error, parse_env_file, ContainerUpdate, CredentialSpec, HealthFlags, Isolation, LogDriver, Mount,
+    SingleValues, Ulimit,
 };
 use common::spec::{parse_key_value, TaskTemplate};
 

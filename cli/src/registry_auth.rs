@@ -46,9 +46,7 @@ struct AuthEntry {
 /// `:`, is `localhost`, or has capitals), else Docker Hub.
 pub fn registry_of(image: &str) -> String {
     match image.split_once('/') {
-        Some((first, _))
-            if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first =>
-        {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first => {
             first.to_string()
         }
         _ => DOCKER_HUB.to_string(),
@@ -84,7 +82,8 @@ pub fn for_image(image: &str) -> Result<Option<RegistryAuth>> {
 
 fn lookup(config: &ConfigFile, registry: &str) -> Result<Option<RegistryAuth>> {
     let host = hostname(registry);
-    let entry = config.auths.get(registry).or_else(|| config.auths.iter().find(|(k, _)| hostname(k) == host).map(|e| e.1));
+    let entry =
+        config.auths.get(registry).or_else(|| config.auths.iter().find(|(k, _)| hostname(k) == host).map(|e| e.1));
     let helper = config.cred_helpers.get(host).or(config.creds_store.as_ref()).filter(|h| !h.is_empty());
     let Some(entry) = entry else {
         if let Some(h) = helper {

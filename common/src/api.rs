@@ -530,3 +530,25 @@ pub struct UiPatch {
     #[serde(default)]
     pub remove: Vec<TaskId>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::TaskTemplate;
+
+    #[test]
+    fn max_concurrent_changes_only_a_replicated_job_and_a_login_is_kept_unless_replaced() {
+        let mut spec = ServiceSpec::new("j", 1, TaskTemplate::new("img"));
+        spec.mode = ServiceMode::ReplicatedJob { total_completions: 6, max_concurrent: 1 };
+        let login = RegistryAuth { username: "a".into(), password: "p".into(), server_address: "r.io".into() };
+        spec.task.registry_auth = Some(login.clone());
+        let up = ServiceUpdate { max_concurrent: Some(3), ..Default::default() };
+        let after = up.apply(&spec).unwrap();
+        assert_eq!(after.mode, ServiceMode::ReplicatedJob { total_completions: 6, max_concurrent: 3 });
+        assert_eq!(after.task.registry_auth, Some(login), "no new login: the old one stays");
+        let zero = ServiceUpdate { max_concurrent: Some(0), ..Default::default() };
+        assert_eq!(zero.apply(&spec).unwrap_err().to_string(), "max-concurrent must be at least 1");
+        let web = ServiceSpec::new("w", 1, TaskTemplate::new("img"));
+        assert_eq!(up.apply(&web).unwrap_err().to_string(), "max-concurrent can only be used with replicated-job mode");
+    }
+}

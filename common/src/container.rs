@@ -809,11 +809,9 @@ impl CredentialSpec {
             Some(("file", v)) => CredentialSpec::File(v.to_string()),
             Some(("registry", v)) => CredentialSpec::Registry(v.to_string()),
             Some(("config", v)) => CredentialSpec::Config(v.to_string()),
-            _ => {
-                return Err(bad(
-                    "invalid credential spec: value must be prefixed with \"config://\", \"file://\", or \"registry://\"",
-                ))
-            }
+            _ => return Err(bad(
+                "invalid credential spec: value must be prefixed with \"config://\", \"file://\", or \"registry://\"",
+            )),
         };
         // docker's CLI lets `file://` through and the daemon refuses it so.
         if spec.value().is_empty() {
@@ -1241,5 +1239,38 @@ mod tests {
         assert_eq!(unhealthy_error(None), "dockerexec: unhealthy container");
         assert_eq!(unhealthy_error(Some("  \n")), "dockerexec: unhealthy container");
         assert_eq!(unhealthy_error(Some("no /ok\nmore")), "dockerexec: unhealthy container: no /ok");
+    }
+
+    #[test]
+    fn isolation_and_credential_specs_parse_as_docker_and_swarm_read_them() {
+        assert_eq!(Isolation::parse_flag("HyperV", "--isolation").unwrap(), Isolation::Hyperv);
+        assert_eq!(Isolation::parse_flag("", "--isolation").unwrap(), Isolation::Default);
+        assert_eq!(
+            Isolation::parse_flag("vm", "--isolation").unwrap_err().to_string(),
+            "invalid argument \"vm\" for \"--isolation\" flag: invalid isolation: expected \"default\", \"process\" or \"hyperv\""
+        );
+        let cs = CredentialSpec::parse_flag("registry://HKLM\\x", "--credential-spec").unwrap().unwrap();
+        assert_eq!(cs, CredentialSpec::Registry("HKLM\\x".into()));
+        assert_eq!(cs.security_opt(), "credentialspec=registry://HKLM\\x");
+        assert_eq!(CredentialSpec::parse_flag("", "--credential-spec").unwrap(), None);
+        assert!(CredentialSpec::parse_flag("http://x", "--credential-spec").is_err());
+        assert!(CredentialSpec::parse_flag("config://", "--credential-spec").is_err());
+        // An update's `""` says "remove", apart from the flag not given.
+        let v: SingleValues = serde_json::from_str(r#"{"credential_spec":null}"#).unwrap();
+        assert_eq!(v.credential_spec, Some(None));
+        let v: SingleValues = serde_json::from_str("{}").unwrap();
+        assert_eq!(v.credential_spec, None);
+        let back: SingleValues = serde_json::from_str(
+            &serde_json::to_string(&SingleValues { credential_spec: Some(None), ..Default::default() }).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back.credential_spec, Some(None), "round-trips");
+    }
+
+    #[test]
+    fn a_registry_login_never_prints_its_password() {
+        let a = RegistryAuth { username: "alice".into(), password: "s3cret".into(), server_address: "r.io".into() };
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("alice"), "{shown}");
     }
 }

@@ -16,7 +16,8 @@ const PASSWORD: &str = "pw-5b1d9e0c7a";
 
 /// Whether `tool` is installed; in CI its absence fails the test.
 fn require_tool(tool: &str) -> bool {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
     if !found {
         assert!(!tests::is_ci(), "{tool} is required when CI=true (deploy/install-deps.sh)");
         eprintln!("!!! SKIPPED: {tool} not found (deploy/install-deps.sh)");
@@ -79,7 +80,8 @@ fn registry(dir: &Path, config: &Path) -> Registry {
     wait_for(Duration::from_secs(20), "the registry to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).map(drop).map_err(|e| e.to_string())
     });
-    let login = docker_as(config, &["login", "-u", "alice", "--password-stdin", &format!("127.0.0.1:{port}")], PASSWORD);
+    let login =
+        docker_as(config, &["login", "-u", "alice", "--password-stdin", &format!("127.0.0.1:{port}")], PASSWORD);
     assert!(login.status.success(), "docker login: {}", String::from_utf8_lossy(&login.stderr));
     for args in [vec!["tag", busybox_image(), &image], vec!["push", &image], vec!["rmi", &image]] {
         let out = docker_as(config, &args, "");
@@ -138,7 +140,10 @@ fn with_registry_auth_the_node_pulls_with_the_clis_login_and_nothing_shows_it() 
         vec!["service", "inspect", "--pretty", "authed"],
     ] {
         let out = c.shoal_ok(&args);
-        assert!(!out.contains(PASSWORD) && !out.contains(auth_b64) && !out.contains("registry_auth"), "{args:?}: {out}");
+        assert!(
+            !out.contains(PASSWORD) && !out.contains(auth_b64) && !out.contains("registry_auth"),
+            "{args:?}: {out}"
+        );
     }
     let bin = docker_clients().into_iter().next().expect("a docker CLI");
     let d = EngineCli::new(&bin, &format!("tcp://{}", c.api_addr(1)));

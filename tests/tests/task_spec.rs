@@ -420,7 +420,10 @@ fn isolation_and_credential_specs_reach_docker_as_swarm_passes_them() {
     assert_eq!(first["HostConfig"]["Isolation"], "default");
     let spec = c.shoal_json(&["service", "inspect", "iso"]);
     assert_eq!(spec[0]["spec"]["task"]["container"]["isolation"], "default", "{spec}");
-    c.shoal_fails(&["service", "update", "--isolation", "vm", "iso"], "invalid argument \"vm\" for \"--isolation\" flag");
+    c.shoal_fails(
+        &["service", "update", "--isolation", "vm", "iso"],
+        "invalid argument \"vm\" for \"--isolation\" flag",
+    );
     // Linux runs only `default`: Docker refuses the others, and the task
     // fails with Docker's words, as under Swarm.
     c.shoal_ok(&["service", "update", "-d", "--isolation", "process", "iso"]);

@@ -8,10 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    HostConfigIsolationEnum,
-    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount as DockerMount,
-    MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, PortBinding,
-    PortMap, ResourcesUlimits,
+    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigIsolationEnum, HostConfigLogConfig,
+    Mount as DockerMount, MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig, PortBinding, PortMap, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -539,7 +538,8 @@ impl Runtime for DockerRuntime {
         if !has_tag_or_digest(image) {
             opts = opts.tag("latest");
         }
-        let pulled: Result<Vec<_>, _> = self.docker.create_image(Some(opts.build()), None, auth.map(credentials)).try_collect().await;
+        let pulled: Result<Vec<_>, _> =
+            self.docker.create_image(Some(opts.build()), None, auth.map(credentials)).try_collect().await;
         match pulled.map_err(map_err) {
             Ok(_) => Ok(()),
             Err(e @ RuntimeError::Unavailable(_)) => Err(e),

@@ -212,7 +212,9 @@ fn credential_spec(c: DockerCredentialSpec) -> Result<CredentialSpec, EngineSpec
             "file" => CredentialSpec::File(v.clone()),
             _ => CredentialSpec::Registry(v.clone()),
         }),
-        [(a, _), (b, _)] => Err(invalid(format!("invalid CredentialSpec: cannot specify both {a} and {b} credential specs"))),
+        [(a, _), (b, _)] => {
+            Err(invalid(format!("invalid CredentialSpec: cannot specify both {a} and {b} credential specs")))
+        }
         _ => Err(invalid("invalid CredentialSpec: cannot specify both config, file, and registry credential specs")),
     }
 }
@@ -837,11 +839,7 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
     let nonempty = |s: String| (!s.is_empty()).then_some(s);
     let options = ContainerOptions {
         isolation: isolation(&container.isolation),
-        credential_spec: container
-            .privileges
-            .and_then(|p| p.credential_spec)
-            .map(credential_spec)
-            .transpose()?,
+        credential_spec: container.privileges.and_then(|p| p.credential_spec).map(credential_spec).transpose()?,
         hostname: nonempty(container.hostname),
         user: nonempty(container.user),
         groups: container.groups,
