@@ -470,5 +470,6 @@ fn isolation_and_credential_specs_reach_docker_as_swarm_passes_them() {
     assert_eq!(cs["Isolation"], "default", "{cs}");
     assert_eq!(cs["Privileges"]["CredentialSpec"]["Registry"], "HKLM\\gmsa", "{cs}");
     let err = failed_err(&c, "diso");
-    assert!(err.contains("credentialspec=registry://HKLM\\gmsa"), "{err}");
+    // Docker quotes it Go's way (`HKLM\\gmsa`).
+    assert!(err.contains("invalid --security-opt 2: \"credentialspec=registry://HKLM\\\\gmsa\""), "{err}");
 }
