@@ -35,7 +35,10 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # nginx: a backend that reads the PROXY protocol (the mesh proxy's test; it
 # is run with a config of the test's own, never as a service); conntrack:
 # the kernel mesh flushes a removed backend's UDP flows with it.
-want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq chromium fonts-dejavu-core nginx conntrack tcpdump)
+# docker-registry and apache2-utils (htpasswd): a registry on loopback that
+# wants a login, for the --with-registry-auth test (run by the test itself,
+# never as the package's service).
+want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq chromium fonts-dejavu-core nginx conntrack tcpdump docker-registry apache2-utils)
 command -v node >/dev/null 2>&1 || want+=(nodejs)
 command -v npm >/dev/null 2>&1 || want+=(npm)
 # python3 and pip: the Docker SDK for Python (from PyPI, below) drives the

@@ -8,7 +8,8 @@ use clap::Args;
 use std::collections::BTreeMap;
 
 use common::container::{
-    flag_error, parse_env_file, ContainerUpdate, HealthFlags, LogDriver, Mount, SingleValues, Ulimit,
+    flag_error, parse_env_file, ContainerUpdate, CredentialSpec, HealthFlags, Isolation, LogDriver, Mount,
+    SingleValues, Ulimit,
 };
 use common::spec::{parse_key_value, TaskTemplate};
 
@@ -174,6 +175,12 @@ pub struct SingleUpdateArgs {
     /// Limit maximum number of processes (0 = unlimited)
     #[arg(long)]
     limit_pids: Option<String>,
+    /// Service container isolation mode (default, process or hyperv; Linux runs only default)
+    #[arg(long)]
+    isolation: Option<String>,
+    /// Credential spec for managed service account (Windows only; "" removes it)
+    #[arg(long, value_name = "credential-spec")]
+    credential_spec: Option<String>,
 }
 
 impl SingleUpdateArgs {
@@ -212,6 +219,12 @@ impl SingleUpdateArgs {
                 .map(|s| crate::service::parse_memory_for(s, "--limit-memory"))
                 .transpose()?,
             limit_pids: self.limit_pids.as_deref().map(pids).transpose()?,
+            isolation: self.isolation.as_deref().map(|i| Isolation::parse_flag(i, "--isolation")).transpose()?,
+            credential_spec: self
+                .credential_spec
+                .as_deref()
+                .map(|cs| CredentialSpec::parse_flag(cs, "--credential-spec"))
+                .transpose()?,
         })
     }
 }

@@ -17,6 +17,7 @@ mod node;
 mod output;
 mod placement;
 mod progress;
+mod registry_auth;
 mod service;
 mod unlock;
 

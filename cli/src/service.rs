@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use common::api::{LogEntry, RestartPatch, ServiceInfo, ServiceUpdate, TaskInfo, UpdateConfigPatch};
 use common::constraint::Constraint;
+use common::container::{CredentialSpec, Isolation};
 use common::mesh::PortConfig;
 use common::secret::{self, FileRef, Kind};
 use common::spec::{
@@ -109,6 +110,10 @@ pub struct CreateArgs {
     /// image's digest, so images are always used as given.
     #[arg(long)]
     no_resolve_image: bool,
+    /// Send registry authentication details to swarm agents (the login for
+    /// the image's registry in the docker CLI's config.json)
+    #[arg(long)]
+    with_registry_auth: bool,
     #[arg(short, long = "env")]
     env: Vec<String>,
     #[arg(short, long = "label")]
@@ -214,6 +219,12 @@ pub struct ContainerFlags {
     /// Limit maximum number of processes (default 0 = unlimited)
     #[arg(long)]
     limit_pids: Option<String>,
+    /// Service container isolation mode (default, process or hyperv; Linux runs only default)
+    #[arg(long)]
+    isolation: Option<String>,
+    /// Credential spec for managed service account (Windows only): file://…, registry://… or config://…
+    #[arg(long, value_name = "credential-spec")]
+    credential_spec: Option<String>,
 }
 
 impl ContainerFlags {
@@ -256,6 +267,11 @@ impl ContainerFlags {
             healthcheck: None,
             ulimits: vec![],
             log_driver: None,
+            isolation: self.isolation.as_deref().map(|i| Isolation::parse_flag(i, "--isolation")).transpose()?,
+            credential_spec: match self.credential_spec.as_deref() {
+                Some(cs) => CredentialSpec::parse_flag(cs, "--credential-spec")?,
+                None => None,
+            },
         };
         let limits = Limits {
             nano_cpus: self.limit_cpu.as_deref().map(parse_cpus).transpose()?.unwrap_or(0),
@@ -325,6 +341,13 @@ pub(crate) fn parse_memory_for(s: &str, flag: &str) -> Result<u64> {
 pub struct UpdateArgs {
     #[arg(long, allow_hyphen_values = true)]
     replicas: Option<String>,
+    /// Number of job tasks to run concurrently (replicated-job only)
+    #[arg(long, allow_hyphen_values = true)]
+    max_concurrent: Option<String>,
+    /// Send registry authentication details to swarm agents (for the new
+    /// image, or the service's own)
+    #[arg(long)]
+    with_registry_auth: bool,
     #[arg(long)]
     image: Option<String>,
     /// Replace the command and arguments (one --args string, split on spaces).
@@ -637,6 +660,7 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
             scheduling: a.placement.scheduling()?,
             networks: a.networks.attachments()?,
             log_retention_ms: a.log_retention.as_deref().map(|d| ms(d, "--log-retention")).transpose()?,
+            registry_auth: None,
         },
         engine_spec: None,
         endpoint_mode: a.networks.endpoint_mode()?,
@@ -644,6 +668,9 @@ fn create_spec(a: &CreateArgs) -> Result<ServiceSpec> {
     let mut spec = spec;
     a.create_lists.apply_create(&a.more, &mut spec.task)?;
     spec.validate()?;
+    if a.with_registry_auth {
+        spec.task.registry_auth = crate::registry_auth::for_image(&a.image)?;
+    }
     Ok(spec)
 }
 
@@ -784,7 +811,18 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                     u
                 },
                 network: a.networks.patch()?,
+                max_concurrent: a.max_concurrent.as_deref().map(|s| parse_count(s, "--max-concurrent")).transpose()?,
+                registry_auth: None,
             };
+            let mut update = update;
+            if a.with_registry_auth {
+                // docker's: the login for the new image, else the service's.
+                let image = match &a.image {
+                    Some(i) => i.clone(),
+                    None => c.get::<ServiceInfo>(&format!("/v1/services/{}", seg(&a.service)))?.spec.task.image,
+                };
+                update.registry_auth = crate::registry_auth::for_image(&image)?;
+            }
             let started = now_ms();
             let path = if a.rollback {
                 // docker's rule: only --detach and --quiet go with it.

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
-use crate::container::ContainerUpdate;
+use crate::container::{ContainerUpdate, RegistryAuth};
 use crate::ids::{NodeId, ServiceId, TaskId};
 use crate::mesh::PortConfig;
 use crate::node::{Availability, Node, NodeStatus};
@@ -268,6 +268,13 @@ pub struct ServiceUpdate {
     /// `--network-add`, `--network-rm`, `--endpoint-mode`.
     #[serde(default, skip_serializing_if = "NetworkPatch::is_empty")]
     pub network: NetworkPatch,
+    /// `--max-concurrent`: a replicated job's tasks at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    /// `--with-registry-auth`: the login the tasks pull with from now on
+    /// (without it, the service keeps the one it has, as in Swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 /// The networks a service update changes.
@@ -415,6 +422,18 @@ impl ServiceUpdate {
                 }
             };
         }
+        if let Some(m) = self.max_concurrent {
+            let ServiceMode::ReplicatedJob { total_completions, .. } = s.mode else {
+                return Err(SpecError::Invalid("max-concurrent can only be used with replicated-job mode".into()));
+            };
+            if m == 0 && total_completions > 0 {
+                return Err(SpecError::Invalid("max-concurrent must be at least 1".into()));
+            }
+            s.mode = ServiceMode::ReplicatedJob { total_completions, max_concurrent: m };
+        }
+        if let Some(a) = &self.registry_auth {
+            s.task.registry_auth = Some(a.clone());
+        }
         self.update_config.apply(&mut s.update);
         self.rollback_config.apply(&mut s.rollback);
         self.restart.apply(&mut s.task.restart);
@@ -510,4 +529,26 @@ pub struct UiPatch {
     pub upsert: Vec<UiTask>,
     #[serde(default)]
     pub remove: Vec<TaskId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::TaskTemplate;
+
+    #[test]
+    fn max_concurrent_changes_only_a_replicated_job_and_a_login_is_kept_unless_replaced() {
+        let mut spec = ServiceSpec::new("j", 1, TaskTemplate::new("img"));
+        spec.mode = ServiceMode::ReplicatedJob { total_completions: 6, max_concurrent: 1 };
+        let login = RegistryAuth { username: "a".into(), password: "p".into(), server_address: "r.io".into() };
+        spec.task.registry_auth = Some(login.clone());
+        let up = ServiceUpdate { max_concurrent: Some(3), ..Default::default() };
+        let after = up.apply(&spec).unwrap();
+        assert_eq!(after.mode, ServiceMode::ReplicatedJob { total_completions: 6, max_concurrent: 3 });
+        assert_eq!(after.task.registry_auth, Some(login), "no new login: the old one stays");
+        let zero = ServiceUpdate { max_concurrent: Some(0), ..Default::default() };
+        assert_eq!(zero.apply(&spec).unwrap_err().to_string(), "max-concurrent must be at least 1");
+        let web = ServiceSpec::new("w", 1, TaskTemplate::new("img"));
+        assert_eq!(up.apply(&web).unwrap_err().to_string(), "max-concurrent can only be used with replicated-job mode");
+    }
 }

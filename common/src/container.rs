@@ -236,6 +236,18 @@ pub struct SingleValues {
     pub limit_memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_pids: Option<u64>,
+    /// `--isolation` (`""`: Swarm's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// `--credential-spec`: `Some(None)` (the flag's empty value) removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub credential_spec: Option<Option<CredentialSpec>>,
+}
+
+/// A field that is there, even as `null`, is `Some` (so `Some(None)` says
+/// "unset", apart from a field left out).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl SingleValues {
@@ -265,6 +277,12 @@ impl SingleValues {
         }
         if let Some(r) = self.read_only {
             c.read_only = r;
+        }
+        if let Some(i) = self.isolation {
+            c.isolation = Some(i);
+        }
+        if let Some(cs) = &self.credential_spec {
+            c.credential_spec = cs.clone();
         }
         if let Some(g) = self.stop_grace_ms {
             task.stop_grace_ms = g;
@@ -726,6 +744,128 @@ pub struct LogDriver {
     pub options: BTreeMap<String, String>,
 }
 
+/// Swarm's ContainerSpec.Isolation (`--isolation`): Docker's HostConfig
+/// isolation. Swarm keeps one of three values, matching the flag's word
+/// case-insensitively (moby's `convert.isolationToGRPC`); on Linux Docker
+/// takes only `default` and refuses the others when the task's container is
+/// created (`Invalid isolation: "process" - linux only supports 'default'`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Default,
+    Process,
+    Hyperv,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Default => "default",
+            Isolation::Process => "process",
+            Isolation::Hyperv => "hyperv",
+        }
+    }
+
+    /// The flag's value; an empty one is Swarm's default (as docker's
+    /// `service update --isolation ""` resets it). Swarm turns any other
+    /// word into `default` without a word; shoal refuses it instead.
+    pub fn parse_flag(s: &str, flag: &str) -> Result<Isolation, SpecError> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "default" => Ok(Isolation::Default),
+            "process" => Ok(Isolation::Process),
+            "hyperv" => Ok(Isolation::Hyperv),
+            _ => Err(SpecError::Invalid(flag_error(
+                s,
+                flag,
+                "invalid isolation: expected \"default\", \"process\" or \"hyperv\"",
+            ))),
+        }
+    }
+}
+
+/// Swarm's Privileges.CredentialSpec (`--credential-spec`): a Windows
+/// group-managed service account's spec, from a file, the registry or a
+/// config. Docker on Linux refuses the security option it becomes
+/// (`invalid --security-opt 2: "credentialspec=file://…"`), so a task with
+/// one fails on a Linux node with Docker's error, as under Swarm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSpec {
+    File(String),
+    Registry(String),
+    /// A config's name, as given.
+    Config(String),
+}
+
+impl CredentialSpec {
+    /// docker's `credentialSpecOpt.Set`: `file://…`, `registry://…` or
+    /// `config://…`; the empty value means none (`Ok(None)`).
+    pub fn parse_flag(s: &str, flag: &str) -> Result<Option<CredentialSpec>, SpecError> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let bad = |why: &str| SpecError::Invalid(flag_error(s, flag, why));
+        let spec = match s.split_once("://") {
+            Some(("file", v)) => CredentialSpec::File(v.to_string()),
+            Some(("registry", v)) => CredentialSpec::Registry(v.to_string()),
+            Some(("config", v)) => CredentialSpec::Config(v.to_string()),
+            _ => return Err(bad(
+                "invalid credential spec: value must be prefixed with \"config://\", \"file://\", or \"registry://\"",
+            )),
+        };
+        // docker's CLI lets `file://` through and the daemon refuses it so.
+        if spec.value().is_empty() {
+            return Err(SpecError::Invalid(
+                "invalid CredentialSpec: must either provide \"file\", \"registry\", or \"config\" for credential spec"
+                    .into(),
+            ));
+        }
+        Ok(Some(spec))
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            CredentialSpec::File(v) | CredentialSpec::Registry(v) | CredentialSpec::Config(v) => v,
+        }
+    }
+
+    /// The security option Swarm's executor gives Docker for it.
+    pub fn security_opt(&self) -> String {
+        format!("credentialspec={self}")
+    }
+}
+
+impl std::fmt::Display for CredentialSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self {
+            CredentialSpec::File(_) => "file",
+            CredentialSpec::Registry(_) => "registry",
+            CredentialSpec::Config(_) => "config",
+        };
+        write!(f, "{scheme}://{}", self.value())
+    }
+}
+
+/// The registry credentials a service's tasks pull its image with
+/// (`--with-registry-auth`; Swarm's ContainerSpec.PullOptions.RegistryAuth):
+/// the CLI's login for the image's registry, sent with the spec. Kept in the
+/// store (encrypted at rest with it), carried to the node with the task, and
+/// never shown: the APIs strip it ([`crate::spec::TaskTemplate::redacted`])
+/// and its `Debug` prints no value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    /// The registry the login is for (`127.0.0.1:5000`, `https://index.docker.io/v1/`).
+    pub server_address: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth").field("server_address", &self.server_address).finish_non_exhaustive()
+    }
+}
+
 /// The lines of an `--env-file`, as docker's `kvfile` reads them: blank
 /// lines and `#` comments skipped, `KEY` alone taken from `lookup` (and
 /// dropped when unset there), with its error texts.
@@ -1099,5 +1239,38 @@ mod tests {
         assert_eq!(unhealthy_error(None), "dockerexec: unhealthy container");
         assert_eq!(unhealthy_error(Some("  \n")), "dockerexec: unhealthy container");
         assert_eq!(unhealthy_error(Some("no /ok\nmore")), "dockerexec: unhealthy container: no /ok");
+    }
+
+    #[test]
+    fn isolation_and_credential_specs_parse_as_docker_and_swarm_read_them() {
+        assert_eq!(Isolation::parse_flag("HyperV", "--isolation").unwrap(), Isolation::Hyperv);
+        assert_eq!(Isolation::parse_flag("", "--isolation").unwrap(), Isolation::Default);
+        assert_eq!(
+            Isolation::parse_flag("vm", "--isolation").unwrap_err().to_string(),
+            "invalid argument \"vm\" for \"--isolation\" flag: invalid isolation: expected \"default\", \"process\" or \"hyperv\""
+        );
+        let cs = CredentialSpec::parse_flag("registry://HKLM\\x", "--credential-spec").unwrap().unwrap();
+        assert_eq!(cs, CredentialSpec::Registry("HKLM\\x".into()));
+        assert_eq!(cs.security_opt(), "credentialspec=registry://HKLM\\x");
+        assert_eq!(CredentialSpec::parse_flag("", "--credential-spec").unwrap(), None);
+        assert!(CredentialSpec::parse_flag("http://x", "--credential-spec").is_err());
+        assert!(CredentialSpec::parse_flag("config://", "--credential-spec").is_err());
+        // An update's `""` says "remove", apart from the flag not given.
+        let v: SingleValues = serde_json::from_str(r#"{"credential_spec":null}"#).unwrap();
+        assert_eq!(v.credential_spec, Some(None));
+        let v: SingleValues = serde_json::from_str("{}").unwrap();
+        assert_eq!(v.credential_spec, None);
+        let back: SingleValues = serde_json::from_str(
+            &serde_json::to_string(&SingleValues { credential_spec: Some(None), ..Default::default() }).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back.credential_spec, Some(None), "round-trips");
+    }
+
+    #[test]
+    fn a_registry_login_never_prints_its_password() {
+        let a = RegistryAuth { username: "alice".into(), password: "s3cret".into(), server_address: "r.io".into() };
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("alice"), "{shown}");
     }
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, ConstraintError};
-use crate::container::{HealthCheck, LogDriver, Ulimit};
+use crate::container::{CredentialSpec, HealthCheck, Isolation, LogDriver, RegistryAuth, Ulimit};
 pub use crate::container::{Mount, MountType, TmpfsOptions, VolumeOptions};
 use crate::mesh::PortConfig;
 use crate::network::{EndpointMode, NetworkAttachment};
@@ -274,6 +274,10 @@ pub struct TaskTemplate {
     /// `None`: [`DEFAULT_LOG_RETENTION_MS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_retention_ms: Option<u64>,
+    /// The credentials the node pulls the image with (`--with-registry-auth`);
+    /// never in an API answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 /// `--log-retention`'s default: 15 minutes.
@@ -332,6 +336,12 @@ pub struct ContainerOptions {
     /// `None`: the engine's default log driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_driver: Option<LogDriver>,
+    /// `None`: Docker's default (on Linux the only one it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// Windows only; a Linux node's Docker refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_spec: Option<CredentialSpec>,
 }
 
 impl ContainerOptions {
@@ -431,7 +441,14 @@ impl TaskTemplate {
             scheduling: Scheduling::default(),
             networks: vec![],
             log_retention_ms: None,
+            registry_auth: None,
         }
+    }
+
+    /// The template as an API may show it: without the registry login.
+    pub fn redacted(mut self) -> Self {
+        self.registry_auth = None;
+        self
     }
 
     /// How long the task's container outlives the task ([`Self::log_retention_ms`]).

@@ -370,6 +370,14 @@ impl Cluster {
         run_with_timeout(&mut cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Runs `shoal -H <api node> args…` with `env` set (e.g. `DOCKER_CONFIG`).
+    #[track_caller]
+    pub fn shoal_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = self.cli_command(self.api_node, args);
+        cmd.envs(env.iter().copied());
+        run_with_timeout(&mut cmd, CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Runs the CLI and returns its stdout; panics with its output if it fails.
     #[track_caller]
     pub fn shoal_ok(&self, args: &[&str]) -> String {

@@ -179,3 +179,41 @@ fn the_docker_cli_runs_a_global_job_and_shows_job_complete() {
     let ps = d.ok(&["service", "ps", "once"]);
     assert_eq!(ps.matches("Complete").count(), 4, "{ps}");
 }
+
+#[test]
+fn service_update_max_concurrent_changes_how_many_job_tasks_run_at_once() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    c.create_service(
+        "wide",
+        &["-d", "--mode", "replicated-job", "--replicas", "4", "--max-concurrent", "1"],
+        &["sleep", "6"],
+    );
+    c.create_service("web", &["-d"], &["sleep", "100000"]);
+    // Refused with docker's words, the service unchanged.
+    c.shoal_fails(
+        &["service", "update", "--max-concurrent", "2", "web"],
+        "max-concurrent can only be used with replicated-job mode",
+    );
+    c.shoal_fails(
+        &["service", "update", "--max-concurrent", "two", "wide"],
+        "invalid argument \"two\" for \"--max-concurrent\" flag: strconv.ParseUint: parsing \"two\": invalid syntax",
+    );
+    c.shoal_fails(&["service", "update", "--max-concurrent", "0", "wide"], "max-concurrent must be at least 1");
+    let v = c.shoal_json(&["service", "inspect", "wide"]);
+    assert_eq!(v[0]["version"], 1, "no update was written: {v}");
+
+    // An update of a job runs it again, now four at a time.
+    c.shoal_ok(&["service", "update", "-d", "--max-concurrent", "4", "wide"]);
+    let pretty = c.shoal_ok(&["service", "inspect", "--pretty", "wide"]);
+    assert!(pretty.contains(" Max Concurrent:\t4\n Total Completions:\t4\n"), "{pretty}");
+    wait_for(DONE, "four job tasks running at once", || {
+        let tasks = c.service_tasks("wide");
+        match tasks_in_state(&tasks, "running") {
+            4 => Ok(()),
+            n => Err(format!("{n} running: {tasks}")),
+        }
+    });
+}

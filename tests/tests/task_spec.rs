@@ -379,3 +379,97 @@ fn update_single_value_flags_and_a_memory_reservation_reach_the_new_container() 
         "invalid argument \"many\" for \"--limit-pids\" flag",
     );
 }
+
+/// The error of the newest task of `svc` once it has failed.
+fn failed_err(c: &tests::Cluster, svc: &str) -> String {
+    wait_for(CONVERGE, &format!("a failed task of {svc}"), || {
+        let tasks = c.service_tasks(svc);
+        let failed = tasks.as_array().into_iter().flatten().find(|t| tests::task_state(t) == "failed");
+        match failed.and_then(|t| t["status"]["err"].as_str()) {
+            Some(e) => Ok(e.to_string()),
+            None => Err(tasks.to_string()),
+        }
+    })
+}
+
+#[test]
+fn isolation_and_credential_specs_reach_docker_as_swarm_passes_them() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(1);
+    // Refused with docker's words before anything is written.
+    let img = busybox_image();
+    c.shoal_fails(
+        &["service", "create", "--isolation", "vm", img],
+        "invalid argument \"vm\" for \"--isolation\" flag: invalid isolation: expected \"default\", \"process\" or \"hyperv\"",
+    );
+    c.shoal_fails(
+        &["service", "create", "--credential-spec", "spec.json", img],
+        "invalid argument \"spec.json\" for \"--credential-spec\" flag: invalid credential spec: value must be prefixed with \"config://\", \"file://\", or \"registry://\"",
+    );
+    c.shoal_fails(
+        &["service", "create", "--credential-spec", "file://", img],
+        "invalid CredentialSpec: must either provide \"file\", \"registry\", or \"config\" for credential spec",
+    );
+    assert_eq!(c.shoal_ok(&["service", "ls", "-q"]), "", "nothing made");
+
+    // `default` is Docker's HostConfig.Isolation of the task's container.
+    c.create_service("iso", &["-d", "--isolation", "DEFAULT"], &["sleep", "100000"]);
+    let first = inspect("iso");
+    assert_eq!(first["HostConfig"]["Isolation"], "default");
+    let spec = c.shoal_json(&["service", "inspect", "iso"]);
+    assert_eq!(spec[0]["spec"]["task"]["container"]["isolation"], "default", "{spec}");
+    c.shoal_fails(
+        &["service", "update", "--isolation", "vm", "iso"],
+        "invalid argument \"vm\" for \"--isolation\" flag",
+    );
+    // Linux runs only `default`: Docker refuses the others, and the task
+    // fails with Docker's words, as under Swarm.
+    c.shoal_ok(&["service", "update", "-d", "--isolation", "process", "iso"]);
+    let err = failed_err(&c, "iso");
+    assert!(err.contains("Invalid isolation: \"process\" - linux only supports 'default'"), "{err}");
+
+    // A credential spec becomes Swarm's security option, which Docker on
+    // Linux refuses: the task fails with that, in `service ps`.
+    c.create_service("gmsa", &["-d", "--credential-spec", "file://spec.json"], &["sleep", "100000"]);
+    let spec = c.shoal_json(&["service", "inspect", "gmsa"]);
+    assert_eq!(spec[0]["spec"]["task"]["container"]["credential_spec"], json!({"file": "spec.json"}), "{spec}");
+    let err = failed_err(&c, "gmsa");
+    assert!(err.contains("invalid --security-opt 2: \"credentialspec=file://spec.json\""), "{err}");
+    let ps = c.shoal_ok(&["service", "ps", "--no-trunc", "gmsa"]);
+    assert!(ps.contains("credentialspec=file://spec.json"), "{ps}");
+    // `""` removes it, as in docker: the next task runs.
+    c.shoal_fails(&["service", "update", "--credential-spec", "x", "gmsa"], "invalid credential spec");
+    c.shoal_ok(&["service", "update", "-d", "--credential-spec", "", "gmsa"]);
+    c.wait_running("gmsa", 1, CONVERGE);
+    let spec = c.shoal_json(&["service", "inspect", "gmsa"]);
+    assert!(spec[0]["spec"]["task"]["container"].get("credential_spec").is_none(), "{spec}");
+
+    // The stock docker CLI's flags land the same, and inspect returns them.
+    let bin = docker_clients().into_iter().next().expect("a docker CLI");
+    let d = EngineCli::new(&bin, &format!("tcp://{}", c.api_addr(1)));
+    let out = d.run(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "diso",
+        "--isolation",
+        "default",
+        "--credential-spec",
+        "registry://HKLM\\gmsa",
+        img,
+        "sleep",
+        "100000",
+    ]);
+    assert!(out.success(), "{out}");
+    let cs = d.ok(&["service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec}}", "diso"]);
+    let cs: Value = serde_json::from_str(cs.trim()).unwrap();
+    assert_eq!(cs["Isolation"], "default", "{cs}");
+    assert_eq!(cs["Privileges"]["CredentialSpec"]["Registry"], "HKLM\\gmsa", "{cs}");
+    let err = failed_err(&c, "diso");
+    // Docker quotes it Go's way (`HKLM\\gmsa`).
+    assert!(err.contains("invalid --security-opt 2: \"credentialspec=registry://HKLM\\\\gmsa\""), "{err}");
+}

@@ -12,6 +12,12 @@ use crate::dispatcher::GetMeshFailures;
 use crate::store::{Command, Service, Store, StoreError};
 use crate::Manager;
 
+/// A spec as shoal's API shows it: without the Engine API's document (that
+/// API's to show) or the registry login (no API's).
+fn redacted(spec: &ServiceSpec) -> ServiceSpec {
+    ServiceSpec { engine_spec: None, task: spec.task.clone().redacted(), ..spec.clone() }
+}
+
 pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
     let job = svc.spec.mode.is_job().then_some(svc.job_iteration);
     // A job counts only the tasks of its current run.
@@ -32,7 +38,7 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         id: svc.id.clone(),
         version: svc.version,
         // The Engine API's document is that API's to show.
-        spec: ServiceSpec { engine_spec: None, ..svc.spec.clone() },
+        spec: redacted(&svc.spec),
         created_at: svc.created_at,
         updated_at: svc.updated_at,
         running,
@@ -40,7 +46,7 @@ pub fn service_info(store: &Store, svc: &Service) -> ServiceInfo {
         completed,
         job_iteration: job,
         update_status: svc.update_status.clone(),
-        previous_spec: svc.previous_spec.clone(),
+        previous_spec: svc.previous_spec.as_ref().map(redacted),
         mesh_errors: vec![],
         vips: svc.vips.clone(),
     }
@@ -212,7 +218,7 @@ fn task_infos(store: &Store, tasks: impl Iterator<Item = Task>) -> Vec<TaskInfo>
     tasks
         .map(|t| TaskInfo {
             node_hostname: t.node_id.as_ref().and_then(|n| store.nodes.get(n)).map(|n| n.hostname.clone()),
-            task: t,
+            task: Task { spec: t.spec.redacted(), ..t },
         })
         .collect()
 }

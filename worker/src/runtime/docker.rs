@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount as DockerMount,
-    MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, PortBinding,
-    PortMap, ResourcesUlimits,
+    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigIsolationEnum, HostConfigLogConfig,
+    Mount as DockerMount, MountBindOptions, MountTmpfsOptions, MountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig, PortBinding, PortMap, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -19,7 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
-use common::container::{Health, HealthCheck, Mount, MountType as MountKind};
+use common::container::{Health, HealthCheck, Isolation, Mount, MountType as MountKind, RegistryAuth};
 use common::ids::{NodeId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::spec::{expand_template, TemplateContext};
@@ -328,6 +328,16 @@ fn extra_host(line: &str) -> Option<Vec<String>> {
     (!names.is_empty()).then_some(names)
 }
 
+/// A login as bollard sends it (Docker's X-Registry-Auth).
+fn credentials(a: &RegistryAuth) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(a.username.clone()),
+        password: Some(a.password.clone()),
+        serveraddress: Some(a.server_address.clone()),
+        ..Default::default()
+    }
+}
+
 fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Option<IpAddr>) -> ContainerCreateBody {
     let spec = &task.spec;
     let c = &spec.container;
@@ -393,6 +403,13 @@ fn container_body(node: &NodeId, node_hostname: &str, task: &Task, host_ip: Opti
                 config: (!d.options.is_empty()).then(|| d.options.clone().into_iter().collect()),
             }),
             network_mode: network_mode(task),
+            isolation: c.isolation.map(|i| match i {
+                Isolation::Default => HostConfigIsolationEnum::DEFAULT,
+                Isolation::Process => HostConfigIsolationEnum::PROCESS,
+                Isolation::Hyperv => HostConfigIsolationEnum::HYPERV,
+            }),
+            // As Swarm's executor does; Docker on Linux refuses it.
+            security_opt: c.credential_spec.as_ref().map(|cs| vec![cs.security_opt()]),
             ..Default::default()
         }),
         networking_config: networking_config(task),
@@ -512,7 +529,7 @@ impl DockerRuntime {
 
 #[async_trait]
 impl Runtime for DockerRuntime {
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn ensure_image(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), RuntimeError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {}
@@ -523,7 +540,8 @@ impl Runtime for DockerRuntime {
         if !has_tag_or_digest(image) {
             opts = opts.tag("latest");
         }
-        let pulled: Result<Vec<_>, _> = self.docker.create_image(Some(opts.build()), None, None).try_collect().await;
+        let pulled: Result<Vec<_>, _> =
+            self.docker.create_image(Some(opts.build()), None, auth.map(credentials)).try_collect().await;
         match pulled.map_err(map_err) {
             Ok(_) => Ok(()),
             Err(e @ RuntimeError::Unavailable(_)) => Err(e),

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
-use common::container::Health;
+use common::container::{Health, RegistryAuth};
 use common::ids::{NodeId, ServiceId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::task::Task;
@@ -255,7 +255,7 @@ impl State {
 
 #[async_trait]
 impl Runtime for FakeRuntime {
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn ensure_image(&self, image: &str, _auth: Option<&RegistryAuth>) -> Result<(), RuntimeError> {
         self.lock().calls.push(Call::EnsureImage(image.to_string()));
         let mut open = self.pulls_open.subscribe();
         let _ = open.wait_for(|o| *o).await;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use common::container::Health;
+use common::container::{Health, RegistryAuth};
 use common::ids::{NodeId, ServiceId, TaskId};
 use common::mesh::HostPort;
 use common::task::Task;
@@ -210,8 +210,9 @@ impl RuntimeError {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Present locally, or pulled. A missing image that cannot be pulled is
-    /// [`RuntimeError::Image`] carrying Docker's message.
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
+    /// [`RuntimeError::Image`] carrying Docker's message. A pull uses
+    /// `auth`, the service's registry login, when it has one.
+    async fn ensure_image(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), RuntimeError>;
 
     /// Creates the task's container (named by [`container_name`], labelled by
     /// [`task_labels`]) and starts it. Returns the container id.

@@ -144,9 +144,9 @@ impl TaskSupervisor {
                 }
             }
             Action::Prepare(task) => {
-                let image = task.spec.image.clone();
+                let (image, auth) = (task.spec.image.clone(), task.spec.registry_auth.clone());
                 self.spawn_op(ctx, task.id, async move {
-                    match rt.ensure_image(&image).await {
+                    match rt.ensure_image(&image, auth.as_ref()).await {
                         Ok(()) => Outcome::Prepared,
                         Err(e) => Outcome::PrepareFailed { err: e.message(), retryable: e.is_retryable() },
                     }

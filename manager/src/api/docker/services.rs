@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::api::LogEntry;
+use common::container::RegistryAuth;
 use common::network::EndpointMode;
 use common::TaskId;
 use futures::StreamExt;
@@ -50,10 +51,49 @@ fn warnings(doc: &Value) -> Value {
     json!(ignored.iter().map(|p| format!("shoal does not act on {p} yet (kept in the spec)")).collect::<Vec<_>>())
 }
 
-pub(super) async fn create(state: web::Data<ApiState>, payload: web::Payload) -> Result<HttpResponse> {
+/// The login a client sends in `X-Registry-Auth` (`docker service create
+/// --with-registry-auth`): base64url JSON of Docker's AuthConfig. None when
+/// absent or empty (`{}`, what the docker CLI sends without a login).
+fn registry_auth(req: &HttpRequest) -> Result<Option<RegistryAuth>> {
+    use base64::Engine;
+    let Some(h) = req.headers().get("X-Registry-Auth") else { return Ok(None) };
+    let bad = || Error::BadRequest("invalid X-Registry-Auth header".into());
+    let text = h.to_str().map_err(|_| bad())?.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let trimmed = text.trim_end_matches('=');
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+        .map_err(|_| bad())?;
+    #[derive(serde::Deserialize, Default)]
+    struct AuthConfig {
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        #[serde(default)]
+        serveraddress: String,
+    }
+    let a: AuthConfig = serde_json::from_slice(&json).map_err(|_| bad())?;
+    Ok((!a.username.is_empty()).then_some(RegistryAuth {
+        username: a.username,
+        password: a.password,
+        server_address: a.serveraddress,
+    }))
+}
+
+pub(super) async fn create(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
     let m = manager(&state)?;
+    let auth = registry_auth(&req)?;
     let doc = body(payload).await?;
-    let spec = spec::from_engine(&doc)?;
+    let mut spec = spec::from_engine(&doc)?;
+    spec.task.registry_auth = auth;
     let svc = shoal::create(m, spec).await?;
     Ok(HttpResponse::Created().json(json!({"ID": svc.id, "Warnings": warnings(&doc)})))
 }
@@ -121,11 +161,13 @@ fn out_of_sequence(svc: &Service, expect: u64) -> Error {
 /// `rollback=previous` restores the previous spec instead.
 pub(super) async fn update(
     state: web::Data<ApiState>,
+    req: HttpRequest,
     path: web::Path<IdPath>,
     q: web::Query<UpdateQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let m = manager(&state)?;
+    let auth = registry_auth(&req)?;
     let svc = find_service(m, &path.id)?;
     let version = match q.version.as_deref() {
         None | Some("") => None,
@@ -143,7 +185,9 @@ pub(super) async fn update(
         Some(other) => return Err(Error::BadRequest(format!("unrecognized rollback option {other}"))),
     }
     let doc = body(payload).await?;
-    let spec = spec::from_engine(&doc)?;
+    let mut spec = spec::from_engine(&doc)?;
+    // No new login: the service keeps its own, as Swarm does.
+    spec.task.registry_auth = auth.or_else(|| svc.spec.task.registry_auth.clone());
     if spec.name != svc.spec.name {
         return Err(Error::BadRequest("renaming services is not supported".into()));
     }

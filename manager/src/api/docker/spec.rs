@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use common::constraint::Constraint;
-use common::container::{HealthCheck, LogDriver, Ulimit};
+use common::container::{CredentialSpec, HealthCheck, Isolation, LogDriver, Ulimit};
 use common::mesh::{PortConfig, Protocol, PublishMode};
 use common::sched::{Resources, Scheduling, Spread};
 use common::secret::{self, FileRef, Kind};
@@ -171,6 +171,62 @@ struct DockerContainerSpec {
     health_check: Option<DockerHealthCheck>,
     #[serde(default, deserialize_with = "nullable")]
     ulimits: Vec<DockerUlimit>,
+    #[serde(default, deserialize_with = "nullable")]
+    isolation: String,
+    #[serde(default)]
+    privileges: Option<DockerPrivileges>,
+}
+
+/// Privileges: shoal reads the CredentialSpec (SELinux and the rest are
+/// kept in the document only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerPrivileges {
+    #[serde(default)]
+    credential_spec: Option<DockerCredentialSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerCredentialSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    config: String,
+    #[serde(default, deserialize_with = "nullable")]
+    file: String,
+    #[serde(default, deserialize_with = "nullable")]
+    registry: String,
+}
+
+/// moby's `credentialSpecToGRPC`: exactly one source, with its words.
+fn credential_spec(c: DockerCredentialSpec) -> Result<CredentialSpec, EngineSpecError> {
+    let given: Vec<(&str, String)> = [("config", c.config), ("file", c.file), ("registry", c.registry)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    match &given[..] {
+        [] => Err(invalid(
+            "invalid CredentialSpec: must either provide \"file\", \"registry\", or \"config\" for credential spec",
+        )),
+        [(kind, v)] => Ok(match *kind {
+            "config" => CredentialSpec::Config(v.clone()),
+            "file" => CredentialSpec::File(v.clone()),
+            _ => CredentialSpec::Registry(v.clone()),
+        }),
+        [(a, _), (b, _)] => {
+            Err(invalid(format!("invalid CredentialSpec: cannot specify both {a} and {b} credential specs")))
+        }
+        _ => Err(invalid("invalid CredentialSpec: cannot specify both config, file, and registry credential specs")),
+    }
+}
+
+/// moby's `isolationToGRPC`: a word it does not know is the default.
+fn isolation(s: &str) -> Option<Isolation> {
+    match s.to_ascii_lowercase().as_str() {
+        "" => None,
+        "process" => Some(Isolation::Process),
+        "hyperv" => Some(Isolation::Hyperv),
+        _ => Some(Isolation::Default),
+    }
 }
 
 /// A SecretReference or ConfigReference.
@@ -782,6 +838,8 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
     let dns = container.dns_config.unwrap_or_default();
     let nonempty = |s: String| (!s.is_empty()).then_some(s);
     let options = ContainerOptions {
+        isolation: isolation(&container.isolation),
+        credential_spec: container.privileges.and_then(|p| p.credential_spec).map(credential_spec).transpose()?,
         hostname: nonempty(container.hostname),
         user: nonempty(container.user),
         groups: container.groups,
@@ -845,6 +903,8 @@ pub fn from_engine(doc: &Value) -> Result<ServiceSpec, EngineSpecError> {
                 .collect(),
             // Not in Docker's spec: the default.
             log_retention_ms: None,
+            // From the request's X-Registry-Auth header, not the document.
+            registry_auth: None,
         },
         update: update_config(d.update_config, "UpdateConfig")?,
         rollback: update_config(d.rollback_config, "RollbackConfig")?,
@@ -917,6 +977,17 @@ pub fn task_to_engine(t: &TaskTemplate) -> Value {
     put("Configs", file_refs_to_engine(Kind::Config, &t.configs));
     if let Some(init) = c.init {
         container.insert("Init".into(), json!(init));
+    }
+    if let Some(i) = c.isolation {
+        container.insert("Isolation".into(), json!(i.as_str()));
+    }
+    if let Some(cs) = &c.credential_spec {
+        let (k, v) = match cs {
+            CredentialSpec::Config(v) => ("Config", v),
+            CredentialSpec::File(v) => ("File", v),
+            CredentialSpec::Registry(v) => ("Registry", v),
+        };
+        container.insert("Privileges".into(), json!({"CredentialSpec": {k: v}}));
     }
     if let Some(h) = &c.healthcheck {
         container.insert("HealthCheck".into(), health_doc(h));
@@ -1079,6 +1150,8 @@ const OWNED: &[&[&str]] = &[
     &["TaskTemplate", "ContainerSpec", "Labels"],
     &["TaskTemplate", "ContainerSpec", "HealthCheck"],
     &["TaskTemplate", "ContainerSpec", "Ulimits"],
+    &["TaskTemplate", "ContainerSpec", "Isolation"],
+    &["TaskTemplate", "ContainerSpec", "Privileges", "CredentialSpec"],
     &["TaskTemplate", "LogDriver"],
     &["TaskTemplate", "Resources", "Limits"],
     &["TaskTemplate", "Resources", "Reservations"],
