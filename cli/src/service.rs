@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use common::wire::OutputStream;
 use common::api::{LogEntry, RestartPatch, ServiceInfo, ServiceUpdate, TaskInfo, UpdateConfigPatch};
 use common::constraint::Constraint;
 use common::mesh::PortConfig;
@@ -707,11 +708,22 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 path.push_str(&format!("&tail={n}"));
             }
             use std::io::Write;
-            let stdout = std::io::stdout();
+            // Like docker: what a task wrote to stderr goes to stderr.
+            let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
             c.stream_lines::<LogEntry>(&path, |e| {
-                let mut out = stdout.lock();
-                writeln!(out, "{}", output::format_log_line(&e, timestamps, no_trunc, info.desired))?;
-                out.flush()?;
+                let line = output::format_log_line(&e, timestamps, no_trunc, info.desired);
+                match e.stream {
+                    OutputStream::Stdout => {
+                        let mut out = stdout.lock();
+                        writeln!(out, "{line}")?;
+                        out.flush()?;
+                    }
+                    OutputStream::Stderr => {
+                        let mut out = stderr.lock();
+                        writeln!(out, "{line}")?;
+                        out.flush()?;
+                    }
+                }
                 Ok(())
             })?;
         }

@@ -107,6 +107,25 @@ pub struct LogLine {
     /// RFC 3339 with nanoseconds, as Docker stamps it.
     pub timestamp: String,
     pub line: String,
+    /// The stream the container wrote the line to (stdout when an older
+    /// node does not say).
+    #[serde(default, skip_serializing_if = "OutputStream::is_stdout")]
+    pub stream: OutputStream,
+}
+
+/// Which of a container's output streams a log line came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn is_stdout(&self) -> bool {
+        *self == OutputStream::Stdout
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

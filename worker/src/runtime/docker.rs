@@ -16,6 +16,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
+use bollard::container::LogOutput;
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
@@ -24,7 +25,7 @@ use common::ids::{NodeId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::spec::{expand_template, TemplateContext};
 use common::task::Task;
-use common::wire::LogLine;
+use common::wire::{LogLine, OutputStream};
 
 use super::{
     container_name, parse_rfc3339_ms, split_timestamp, task_labels, ContainerInfo, ContainerState, EventStream,
@@ -640,6 +641,10 @@ impl Runtime for DockerRuntime {
             .logs(container_id, Some(opts))
             .map(move |item| match item {
                 Ok(out) => {
+                    let stream = match out {
+                        LogOutput::StdErr { .. } => OutputStream::Stderr,
+                        _ => OutputStream::Stdout,
+                    };
                     let text = String::from_utf8_lossy(out.as_ref()).into_owned();
                     let lines: Vec<_> = text
                         .split_terminator('\n')
@@ -651,6 +656,7 @@ impl Runtime for DockerRuntime {
                                 slot: None,
                                 timestamp: ts.to_string(),
                                 line: line.to_string(),
+                                stream,
                             })
                         })
                         .collect();
