@@ -533,6 +533,33 @@ fn the_docker_sdk_for_python_drives_services_tasks_and_nodes() {
         .env("SHOAL_IMAGE", busybox_image())
         .env_remove("DOCKER_HOST");
     let out = tests::run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
+    drop(c);
+    // The Docker networks of `sdknet`, should the script stop before removing it.
+    for name in docker(&["network", "ls", "--format", "{{.Name}}"]).stdout.lines() {
+        if name.starts_with("shoal-sdknet-") {
+            docker(&["network", "rm", name]);
+        }
+    }
+    assert!(out.success() && out.stdout.contains("all checks passed"), "{out}");
+}
+
+/// The Docker Go SDK (`github.com/docker/docker/client`, Debian's package)
+/// through ping, info, nodes, a service's create/inspect/update (with a
+/// stale version too)/list/remove and its tasks: `tests/go/swarm_client`.
+#[test]
+fn the_docker_sdk_for_go_drives_services_tasks_and_nodes() {
+    if !require_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = tests::build_go_program("swarm_client", dir.path()) else { return };
+    let c = Cluster::new(2);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.env("SHOAL_DOCKER_HOST", format!("tcp://{}", c.api_addr(1)))
+        .env("SHOAL_IMAGE", busybox_image())
+        .env("SHOAL_NODES", "2")
+        .env_remove("DOCKER_HOST");
+    let out = tests::run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
     assert!(out.success() && out.stdout.contains("all checks passed"), "{out}");
 }
 
@@ -569,6 +596,22 @@ fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
     d.ok(&["service", "rm", "netweb"]);
     d.ok(&["network", "rm", "app"]);
     assert!(!d.ok(&["network", "ls"]).contains(" app "));
+    // Both show in `docker events --filter type=network`, and nothing else does.
+    let until =
+        format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1);
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "10m",
+        "--until",
+        &until,
+        "--filter",
+        "type=network",
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.type}}",
+    ]);
+    let lines: Vec<&str> = events.lines().collect();
+    assert_eq!(lines, ["network create app overlay", "network remove app overlay"], "{events}");
 }
 
 /// `shoal daemon --init --default-addr-pool … --default-addr-pool-mask-length`
