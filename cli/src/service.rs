@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use common::wire::OutputStream;
 use common::api::{LogEntry, RestartPatch, ServiceInfo, ServiceUpdate, TaskInfo, UpdateConfigPatch};
 use common::constraint::Constraint;
 use common::mesh::PortConfig;
@@ -16,6 +15,7 @@ use common::spec::{
 };
 use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
+use common::wire::OutputStream;
 
 use crate::client::{seg, Client};
 use crate::container_flags::{ContainerArgs, CreateListArgs, UpdateListArgs};

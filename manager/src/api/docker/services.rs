@@ -2,8 +2,8 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::api::LogEntry;
-use common::wire::OutputStream;
 use common::network::EndpointMode;
+use common::wire::OutputStream;
 use common::TaskId;
 use futures::StreamExt;
 use serde_json::{json, Value};
