@@ -282,6 +282,25 @@ mod tests {
         assert!(matches!(decode(&mut buf), Err(WireError::Malformed(_))));
     }
 
+    /// A log line from a node that does not send the stream is stdout; a
+    /// stderr line decodes on a node that does not know the field.
+    #[test]
+    fn log_lines_keep_their_stream_and_older_nodes_still_understand_them() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct OldLogLine {
+            task_id: TaskId,
+            timestamp: String,
+            line: String,
+        }
+        let old = OldLogLine { task_id: "t1".into(), timestamp: "ts".into(), line: "hello".into() };
+        let new: LogLine = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        assert_eq!(new.stream, OutputStream::Stdout);
+        let err = LogLine { stream: OutputStream::Stderr, ..new };
+        let bytes = rmp_serde::to_vec_named(&err).unwrap();
+        assert_eq!(rmp_serde::from_slice::<LogLine>(&bytes).unwrap(), err);
+        assert_eq!(rmp_serde::from_slice::<OldLogLine>(&bytes).unwrap(), old);
+    }
+
     #[test]
     fn raft_bytes_are_compact() {
         let f = Frame::Raft(vec![7u8; 1000]);
