@@ -45,6 +45,10 @@ command -v npm >/dev/null 2>&1 || want+=(npm)
 # Engine API tests.
 command -v python3 >/dev/null 2>&1 || want+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
+# golang-go and golang-github-docker-docker-dev: the Docker Go SDK (its
+# client package, Debian's 20.10 one, built offline in GOPATH mode) drives
+# the Engine API tests.
+want+=(golang-go golang-github-docker-docker-dev)
 command -v cc >/dev/null 2>&1 || want+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || want+=(pkg-config)
 

@@ -930,6 +930,7 @@ mod tests {
             node_id: None,
             timestamp: "2023-11-14T22:13:20.000000000Z".into(),
             line: line.into(),
+            stream: Default::default(),
         }
     }
 

@@ -16,6 +16,7 @@ use common::spec::{
 };
 use common::task::TaskState;
 use common::time::{now_ms, parse_duration};
+use common::wire::OutputStream;
 
 use crate::client::{seg, Client};
 use crate::container_flags::{ContainerArgs, CreateListArgs, UpdateListArgs};
@@ -734,11 +735,22 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 path.push_str(&format!("&tail={n}"));
             }
             use std::io::Write;
-            let stdout = std::io::stdout();
+            // Like docker: what a task wrote to stderr goes to stderr.
+            let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
             c.stream_lines::<LogEntry>(&path, |e| {
-                let mut out = stdout.lock();
-                writeln!(out, "{}", output::format_log_line(&e, timestamps, no_trunc, info.desired))?;
-                out.flush()?;
+                let line = output::format_log_line(&e, timestamps, no_trunc, info.desired);
+                match e.stream {
+                    OutputStream::Stdout => {
+                        let mut out = stdout.lock();
+                        writeln!(out, "{line}")?;
+                        out.flush()?;
+                    }
+                    OutputStream::Stderr => {
+                        let mut out = stderr.lock();
+                        writeln!(out, "{line}")?;
+                        out.flush()?;
+                    }
+                }
                 Ok(())
             })?;
         }

@@ -181,6 +181,9 @@ pub struct LogEntry {
     pub node_id: Option<NodeId>,
     pub timestamp: String,
     pub line: String,
+    /// stdout or stderr (stdout from a manager that does not say).
+    #[serde(default, skip_serializing_if = "crate::wire::OutputStream::is_stdout")]
+    pub stream: crate::wire::OutputStream,
 }
 
 /// One cluster event, as `shoal events` and the web view receive them.
@@ -189,7 +192,7 @@ pub struct Event {
     /// Increases by one per event on the manager that serves the stream.
     pub seq: u64,
     pub time: Millis,
-    /// `service`, `task` or `node`.
+    /// `service`, `task`, `node`, `secret`, `config` or `network`.
     #[serde(rename = "type")]
     pub kind: String,
     /// service: create/update/rollback/remove; node: create/update/remove/up/down;

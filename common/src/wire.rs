@@ -107,6 +107,25 @@ pub struct LogLine {
     /// RFC 3339 with nanoseconds, as Docker stamps it.
     pub timestamp: String,
     pub line: String,
+    /// The stream the container wrote the line to (stdout when an older
+    /// node does not say).
+    #[serde(default, skip_serializing_if = "OutputStream::is_stdout")]
+    pub stream: OutputStream,
+}
+
+/// Which of a container's output streams a log line came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn is_stdout(&self) -> bool {
+        *self == OutputStream::Stdout
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -261,6 +280,25 @@ mod tests {
         buf.put_u32(5);
         buf.extend_from_slice(&[0xc1, 0xff, 0x00, 0x13, 0x37]);
         assert!(matches!(decode(&mut buf), Err(WireError::Malformed(_))));
+    }
+
+    /// A log line from a node that does not send the stream is stdout; a
+    /// stderr line decodes on a node that does not know the field.
+    #[test]
+    fn log_lines_keep_their_stream_and_older_nodes_still_understand_them() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct OldLogLine {
+            task_id: TaskId,
+            timestamp: String,
+            line: String,
+        }
+        let old = OldLogLine { task_id: "t1".into(), timestamp: "ts".into(), line: "hello".into() };
+        let new: LogLine = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        assert_eq!(new.stream, OutputStream::Stdout);
+        let err = LogLine { stream: OutputStream::Stderr, ..new };
+        let bytes = rmp_serde::to_vec_named(&err).unwrap();
+        assert_eq!(rmp_serde::from_slice::<LogLine>(&bytes).unwrap(), err);
+        assert_eq!(rmp_serde::from_slice::<OldLogLine>(&bytes).unwrap(), old);
     }
 
     #[test]

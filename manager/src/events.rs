@@ -59,6 +59,7 @@ pub fn event_of(change: &Change, store: &Store, now: Millis) -> Option<Event> {
         }
         Change::NodeRemoved { id, hostname } => e("node", "remove", id.to_string(), hostname.clone()),
         Change::File { kind, id, name, action } => e(&kind.to_string(), action, id.clone(), name.clone()),
+        Change::Network { id, name, action } => e("network", action, id.to_string(), name.clone()),
     })
 }
 
@@ -220,6 +221,18 @@ mod tests {
                 ("task".into(), "remove".into(), "web.1".into(), Some("host-n1".into())),
                 ("service".into(), "remove".into(), "web".into(), None)
             ]
+        );
+    }
+
+    #[test]
+    fn networks_created_and_removed_are_events() {
+        let mut s = Store::default();
+        let spec = common::network::NetworkSpec { name: "app".into(), ..Default::default() };
+        let create = Command::CreateNetwork { id: "net1".into(), spec, at: 0 };
+        assert_eq!(events(&mut s, create), [("network".into(), "create".into(), "app".into(), None)]);
+        assert_eq!(
+            events(&mut s, Command::RemoveNetwork("net1".into())),
+            [("network".into(), "remove".into(), "app".into(), None)]
         );
     }
 

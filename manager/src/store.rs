@@ -448,6 +448,12 @@ pub enum Change {
         name: String,
         action: &'static str,
     },
+    /// A network created or removed.
+    Network {
+        id: NetworkId,
+        name: String,
+        action: &'static str,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -883,8 +889,16 @@ impl Store {
                 self.descriptions.insert(id.clone(), description);
                 changes.push(Change::Node { id, action: "update" });
             }
-            Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, at)?,
-            Command::RemoveNetwork(id) => self.remove_network(&id)?,
+            Command::CreateNetwork { id, spec, at } => {
+                let name = spec.name.clone();
+                self.create_network(id.clone(), spec, at)?;
+                changes.push(Change::Network { id, name, action: "create" });
+            }
+            Command::RemoveNetwork(id) => {
+                let name = self.networks.get(&id).map(|n| n.spec.name.clone()).unwrap_or_default();
+                self.remove_network(&id)?;
+                changes.push(Change::Network { id, name, action: "remove" });
+            }
         }
         Ok(())
     }

@@ -13,7 +13,22 @@ import time
 
 import docker
 from docker.errors import APIError, NotFound
-from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode, UpdateConfig
+from docker.types import (
+    ConfigReference,
+    DNSConfig,
+    EndpointSpec,
+    Healthcheck,
+    IPAMConfig,
+    IPAMPool,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    SecretReference,
+    ServiceMode,
+    Ulimit,
+    UpdateConfig,
+)
 
 HOST = os.environ["SHOAL_DOCKER_HOST"]
 IMAGE = os.environ["SHOAL_IMAGE"]
@@ -29,8 +44,9 @@ def check(cond, what):
     print(f"ok: {what}", flush=True)
 
 
-def wait(what, f):
-    """Polls f() until it returns something true, at most DEADLINE s."""
+def wait(what, f, explain=None):
+    """Polls f() until it returns something true, at most DEADLINE s;
+    explain() adds to the failure message."""
     until = time.time() + DEADLINE
     last = None
     while time.time() < until:
@@ -39,7 +55,8 @@ def wait(what, f):
             print(f"ok: {what}", flush=True)
             return last
         time.sleep(0.2)
-    sys.exit(f"FAILED: {what} (last seen: {last!r})")
+    extra = f"; {explain()}" if explain else ""
+    sys.exit(f"FAILED: {what} (last seen: {last!r}){extra}")
 
 
 def containers(name):
@@ -50,6 +67,14 @@ def containers(name):
 def env_of(c):
     c.reload()
     return c.attrs["Config"]["Env"] or []
+
+
+def _try(f):
+    try:
+        f()
+        return True
+    except APIError:
+        return False
 
 
 def lower_keys(v, free=("Labels",)):
@@ -190,4 +215,111 @@ except NotFound:
 check(svc.remove() is True, "remove")
 wait("no containers left", lambda: len(containers("sdk")) == 0)
 check(shoal.services.list(filters={"name": "sdk"}) == [], "gone from the list")
+# Every option group of the task spec: resources, a health check, secrets
+# and configs, placement preferences and max per node, container options,
+# volume and tmpfs mounts, a log driver, a network; then a job. Each is
+# checked in what inspect returns and in the container Docker runs.
+# A range of its own: the machine's engine is shared with other tests.
+network = shoal.networks.create("sdknet", driver="overlay", labels={"team": "sdk"},
+                                ipam=IPAMConfig(pool_configs=[IPAMPool(subnet="10.231.0.0/16")]))
+check(shoal.networks.get("sdknet").attrs["Driver"] == "overlay", "an overlay network")
+secret = shoal.secrets.create(name="sdk_pw", data=b"hunter2", labels={"k": "v"})
+config = shoal.configs.create(name="sdk_conf", data=b"port=1\n")
+check(shoal.secrets.get("sdk_pw").attrs["Spec"]["Name"] == "sdk_pw", "a secret")
+check(shoal.configs.get("sdk_conf").attrs["Spec"]["Name"] == "sdk_conf", "a config")
+opts = shoal.services.create(
+    IMAGE,
+    command=["sh", "-c", "echo opts; exec sleep 100000"],
+    name="sdkopts",
+    hostname="opts-{{.Task.Slot}}",
+    user="0:0",
+    workdir="/tmp",
+    groups=["100"],
+    init=True,
+    read_only=True,
+    stop_signal="SIGINT",
+    cap_add=["NET_ADMIN"],
+    cap_drop=["MKNOD"],
+    sysctls={"net.ipv4.ip_unprivileged_port_start": "80"},
+    hosts={"db.local": "10.1.2.3"},
+    dns_config=DNSConfig(nameservers=["10.9.9.9"], search=["example.org"], options=["ndots:2"]),
+    container_labels={"role": "opts"},
+    healthcheck=Healthcheck(test=["CMD-SHELL", "true"], interval=1_000_000_000, timeout=2_000_000_000,
+                            retries=2, start_period=1_000_000_000),
+    resources=Resources(cpu_limit=500_000_000, mem_limit=64 * 1024 * 1024,
+                        cpu_reservation=10_000_000, mem_reservation=16 * 1024 * 1024),
+    secrets=[SecretReference(secret.id, "sdk_pw", filename="pw", mode=0o400)],
+    configs=[ConfigReference(config.id, "sdk_conf", filename="/etc/app.conf")],
+    preferences=[("spread", "node.labels.zone")],
+    maxreplicas=1,
+    mounts=[Mount("/data", "sdkvol", type="volume", labels={"v": "1"}),
+            Mount("/scratch", None, type="tmpfs", tmpfs_size=1024 * 1024)],
+    log_driver="json-file",
+    log_driver_options={"max-size": "1m"},
+    networks=["sdknet"],
+    mode=ServiceMode("replicated", replicas=2),
+)
+opts.reload()
+ospec = opts.attrs["Spec"]
+tt = ospec["TaskTemplate"]
+cs = tt["ContainerSpec"]
+check(cs["Hostname"] == "opts-{{.Task.Slot}}" and cs["User"] == "0:0" and cs["Dir"] == "/tmp", "container options kept")
+check(cs["HealthCheck"]["Test"] == ["CMD-SHELL", "true"] and cs["HealthCheck"]["Retries"] == 2, "health check kept")
+check(cs["Secrets"][0]["File"]["Name"] == "pw" and cs["Secrets"][0]["SecretID"] == secret.id, "secret reference kept")
+check(cs["Configs"][0]["File"]["Name"] == "/etc/app.conf", "config reference kept")
+check(tt["Resources"]["Reservations"]["MemoryBytes"] == 16 * 1024 * 1024, "reservations kept")
+check(tt["Placement"]["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]
+      and tt["Placement"]["MaxReplicas"] == 1, "placement preferences and max replicas kept")
+check([m["Type"] for m in cs["Mounts"]] == ["volume", "tmpfs"], "volume and tmpfs mounts kept")
+check(tt["LogDriver"]["Name"] == "json-file", "log driver kept")
+
+# MaxReplicas 1 on two nodes: one container on each.
+ocs = wait("two running containers of sdkopts", lambda: len(containers("sdkopts")) == 2 and containers("sdkopts"),
+           lambda: [(t["Status"]["State"], t["Status"].get("Err")) for t in opts.tasks()])
+for c in ocs:
+    c.reload()
+check(len({c.labels["shoal.node.id"] for c in ocs}) == 2, "one per node (max replicas per node)")
+for c in ocs:
+    cfg, hc = c.attrs["Config"], c.attrs["HostConfig"]
+    slot = c.labels.get("shoal.task.slot", "")
+    check(cfg["Hostname"].startswith("opts-") and cfg["User"] == "0:0" and cfg["WorkingDir"] == "/tmp",
+          f"hostname, user, workdir in Docker: {cfg['Hostname']} {slot}")
+    check(cfg["StopSignal"] == "SIGINT" and cfg["Labels"].get("role") == "opts", "stop signal and labels in Docker")
+    check(cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "true"] and cfg["Healthcheck"]["Retries"] == 2,
+          "the health check in Docker")
+    check(hc["Init"] is True and hc["ReadonlyRootfs"] is True, "init and a read-only rootfs in Docker")
+    check(hc["GroupAdd"] == ["100"], "groups in Docker")
+    check("NET_ADMIN" in (hc["CapAdd"] or []) and "MKNOD" in (hc["CapDrop"] or []), "capabilities in Docker")
+    check(hc["Sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "80"}, "sysctls in Docker")
+    check("db.local:10.1.2.3" in (hc["ExtraHosts"] or []), f"hosts in Docker: {hc['ExtraHosts']}")
+    check(hc["DnsSearch"] == ["example.org"] and hc["DnsOptions"] == ["ndots:2"], "DNS search and options in Docker")
+    check(hc["NanoCpus"] == 500_000_000 and hc["Memory"] == 64 * 1024 * 1024, "limits in Docker")
+    check(hc["MemoryReservation"] == 16 * 1024 * 1024, "the memory reservation as Docker's soft limit")
+    check(hc["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m"}}, f"log driver: {hc['LogConfig']}")
+    kinds = {m["Destination"]: m["Type"] for m in c.attrs["Mounts"]}
+    check(kinds.get("/data") == "volume", f"the volume mount in Docker: {kinds}")
+    check("/scratch" in (hc.get("Tmpfs") or {}) or any(m.get("Target") == "/scratch" and m.get("Type") == "tmpfs"
+                                                       for m in hc.get("Mounts") or []), "the tmpfs mount in Docker")
+    check(set(c.attrs["NetworkSettings"]["Networks"]) & {n.name for n in engine.networks.list()
+                                                         if "sdknet" in n.name}, "joined sdknet's Docker network")
+    out = c.exec_run(["cat", "/run/secrets/pw", "/etc/app.conf"])
+    check(out.exit_code == 0 and out.output == b"hunter2port=1\n", f"secret and config files: {out.output!r}")
+wait("healthy containers", lambda: all(
+    (c.reload() or c.attrs["State"].get("Health", {}).get("Status")) == "healthy" for c in containers("sdkopts")))
+
+# A job: runs to completion, once per completion.
+job = shoal.services.create(IMAGE, command=["sh", "-c", "echo done"], name="sdkjob",
+                            mode=ServiceMode("replicated-job", concurrency=1, replicas=2))
+job.reload()
+check(job.attrs["Spec"]["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 2}},
+      f"the job mode round-trips: {job.attrs['Spec']['Mode']}")
+wait("two completed job tasks", lambda: len([t for t in job.tasks() if t["Status"]["State"] == "complete"]) == 2)
+
+for s_ in (opts, job):
+    check(s_.remove() is True, f"remove {s_.name}")
+wait("no sdkopts containers left", lambda: len(containers("sdkopts")) == 0)
+secret.remove()
+config.remove()
+wait("sdknet removable", lambda: _try(network.remove))
+
 print("all checks passed")

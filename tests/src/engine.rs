@@ -1,6 +1,6 @@
 //! The Docker Engine API's clients, pointed at a shoal manager: the stock
 //! docker CLIs on this machine, raw HTTP for what dashboards call, and the
-//! Docker SDK for Python.
+//! Docker SDKs for Python and Go.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -201,6 +201,39 @@ pub fn require_python_sdk() -> bool {
             false
         }
     }
+}
+
+/// Builds `tests/go/NAME` with the Go toolchain and the Docker Go SDK from
+/// Debian's packages (`golang-go`, `golang-github-docker-docker-dev`, in
+/// GOPATH mode: no module proxy is needed) into `out`, and returns the
+/// binary. Missing Go under CI=true fails the test; elsewhere it prints a
+/// skip notice and returns `None`.
+pub fn build_go_program(name: &str, out: &Path) -> Option<PathBuf> {
+    const GOPATH: &str = "/usr/share/gocode";
+    let sdk = Path::new(GOPATH).join("src/github.com/docker/docker/client");
+    let have_go = Command::new("go").arg("version").output().is_ok_and(|o| o.status.success());
+    if !have_go || !sdk.is_dir() {
+        let why = if have_go { format!("no Docker Go SDK at {}", sdk.display()) } else { "no `go`".into() };
+        if is_ci() {
+            panic!("Go and the Docker Go SDK are required when CI=true (deploy/install-deps.sh installs them): {why}");
+        }
+        eprintln!("!!! SKIPPED: {why}");
+        return None;
+    }
+    let bin = out.join(name);
+    let src = crate::workspace_root().join("tests/go").join(name);
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("GOFLAGS", "")
+        .env("GOCACHE", out.join("gocache"));
+    let built = run_with_timeout(&mut cmd, Duration::from_secs(600)).expect("go build runs");
+    assert!(built.success(), "go build of tests/go/{name}: {built}");
+    Some(bin)
 }
 
 #[cfg(test)]

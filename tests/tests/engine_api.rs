@@ -388,6 +388,57 @@ fn every_docker_cli_on_the_machine_works_and_bad_calls_get_dockers_errors() {
     assert_eq!(after.as_array().unwrap().len(), before.as_array().unwrap().len() + 1, "only web was created");
 }
 
+/// What a task writes to stderr comes back on stderr, through both front
+/// ends: `docker service logs` (stream 2 of the multiplexed framing) and
+/// `shoal service logs`, each with the docker CLI's own demultiplexing.
+#[test]
+fn service_logs_keep_stdout_and_stderr_apart_in_docker_and_shoal() {
+    if !require_docker() {
+        return;
+    }
+    let c = Cluster::new(2);
+    let d = cli(&c);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "streams",
+        "--replicas",
+        "2",
+        busybox_image(),
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exec sleep 100000",
+    ]);
+    let lines = |text: &str, word: &str| text.lines().filter(|l| l.ends_with(&format!("| {word}"))).count();
+    wait_for(CONVERGE, "docker service logs: out on stdout, err on stderr", || {
+        let o = d.run_for(Duration::from_secs(20), &["service", "logs", "streams"]);
+        let ok = o.success()
+            && lines(&o.stdout, "out") == 2
+            && lines(&o.stderr, "err") == 2
+            && lines(&o.stdout, "err") == 0
+            && lines(&o.stderr, "out") == 0;
+        ok.then_some(()).ok_or(o.to_string())
+    });
+    // Only one stream asked for: only its lines (the raw API; the CLI asks for both).
+    let svc = d.ok(&["service", "inspect", "streams", "--format", "{{.ID}}"]);
+    let r = http(&c.api_addr(1), "GET", &format!("/v1.47/services/{}/logs?stderr=1", svc.trim()), None).unwrap();
+    assert_eq!(r.status, 200);
+    let (mut streams, mut rest) = (Vec::new(), &r.body[..]);
+    while rest.len() >= 8 {
+        let n = u32::from_be_bytes(rest[4..8].try_into().unwrap()) as usize;
+        streams.push((rest[0], String::from_utf8_lossy(&rest[8..8 + n]).trim().to_string()));
+        rest = &rest[8 + n..];
+    }
+    assert_eq!(streams, vec![(2, "err".to_string()), (2, "err".to_string())], "stderr only");
+    let o = c.shoal(&["service", "logs", "streams"]);
+    assert!(o.success(), "{o}");
+    assert_eq!((lines(&o.stdout, "out"), lines(&o.stdout, "err")), (2, 0), "{o}");
+    assert_eq!((lines(&o.stderr, "err"), lines(&o.stderr, "out")), (2, 0), "{o}");
+    d.ok(&["service", "rm", "streams"]);
+}
+
 #[test]
 fn the_visualizers_calls_answer_what_it_reads() {
     if !require_docker() {
@@ -482,6 +533,33 @@ fn the_docker_sdk_for_python_drives_services_tasks_and_nodes() {
         .env("SHOAL_IMAGE", busybox_image())
         .env_remove("DOCKER_HOST");
     let out = tests::run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
+    drop(c);
+    // The Docker networks of `sdknet`, should the script stop before removing it.
+    for name in docker(&["network", "ls", "--format", "{{.Name}}"]).stdout.lines() {
+        if name.starts_with("shoal-sdknet-") {
+            docker(&["network", "rm", name]);
+        }
+    }
+    assert!(out.success() && out.stdout.contains("all checks passed"), "{out}");
+}
+
+/// The Docker Go SDK (`github.com/docker/docker/client`, Debian's package)
+/// through ping, info, nodes, a service's create/inspect/update (with a
+/// stale version too)/list/remove and its tasks: `tests/go/swarm_client`.
+#[test]
+fn the_docker_sdk_for_go_drives_services_tasks_and_nodes() {
+    if !require_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = tests::build_go_program("swarm_client", dir.path()) else { return };
+    let c = Cluster::new(2);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.env("SHOAL_DOCKER_HOST", format!("tcp://{}", c.api_addr(1)))
+        .env("SHOAL_IMAGE", busybox_image())
+        .env("SHOAL_NODES", "2")
+        .env_remove("DOCKER_HOST");
+    let out = tests::run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
     assert!(out.success() && out.stdout.contains("all checks passed"), "{out}");
 }
 
@@ -518,6 +596,22 @@ fn the_docker_cli_manages_overlay_networks_and_services_join_them() {
     d.ok(&["service", "rm", "netweb"]);
     d.ok(&["network", "rm", "app"]);
     assert!(!d.ok(&["network", "ls"]).contains(" app "));
+    // Both show in `docker events --filter type=network`, and nothing else does.
+    let until =
+        format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1);
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "10m",
+        "--until",
+        &until,
+        "--filter",
+        "type=network",
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.type}}",
+    ]);
+    let lines: Vec<&str> = events.lines().collect();
+    assert_eq!(lines, ["network create app overlay", "network remove app overlay"], "{events}");
 }
 
 /// `shoal daemon --init --default-addr-pool … --default-addr-pool-mask-length`

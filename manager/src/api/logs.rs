@@ -140,6 +140,7 @@ pub(super) fn fetch(
                             node_id: Some(target.node_id.clone()),
                             timestamp: l.timestamp,
                             line: l.line,
+                            stream: l.stream,
                         };
                         if tx.send(entry).await.is_err() {
                             return;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigIsolationEnum, HostConfigLogConfig,
@@ -24,7 +25,7 @@ use common::ids::{NodeId, TaskId};
 use common::mesh::{HostPort, Protocol, PublishMode};
 use common::spec::{expand_template, TemplateContext};
 use common::task::Task;
-use common::wire::LogLine;
+use common::wire::{LogLine, OutputStream};
 
 use super::{
     container_name, parse_rfc3339_ms, split_timestamp, task_labels, ContainerInfo, ContainerState, EventStream,
@@ -660,6 +661,10 @@ impl Runtime for DockerRuntime {
             .logs(container_id, Some(opts))
             .map(move |item| match item {
                 Ok(out) => {
+                    let stream = match out {
+                        LogOutput::StdErr { .. } => OutputStream::Stderr,
+                        _ => OutputStream::Stdout,
+                    };
                     let text = String::from_utf8_lossy(out.as_ref()).into_owned();
                     let lines: Vec<_> = text
                         .split_terminator('\n')
@@ -671,6 +676,7 @@ impl Runtime for DockerRuntime {
                                 slot: None,
                                 timestamp: ts.to_string(),
                                 line: line.to_string(),
+                                stream,
                             })
                         })
                         .collect();

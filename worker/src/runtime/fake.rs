@@ -215,7 +215,13 @@ impl FakeRuntime {
         let mut st = self.lock();
         if let Some(c) = st.containers.get_mut(container_id) {
             let task_id = TaskId::from(c.labels.get(LABEL_TASK).cloned().unwrap_or_default());
-            c.logs.push(LogLine { task_id, slot: None, timestamp: timestamp.into(), line: line.into() });
+            c.logs.push(LogLine {
+                task_id,
+                slot: None,
+                timestamp: timestamp.into(),
+                line: line.into(),
+                stream: Default::default(),
+            });
         }
     }
 }

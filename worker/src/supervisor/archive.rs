@@ -86,6 +86,7 @@ mod tests {
             slot: Some(1),
             timestamp: "2026-01-01T00:00:00.000000000Z".into(),
             line: text.into(),
+            stream: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use common::api::LogEntry;
 use common::container::RegistryAuth;
 use common::network::EndpointMode;
+use common::wire::OutputStream;
 use common::TaskId;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -244,7 +245,14 @@ pub(super) async fn stream_logs(
         Some(m) if m < 42 => "application/vnd.docker.raw-stream",
         _ => "application/vnd.docker.multiplexed-stream",
     };
-    let keep = move |e: &LogEntry| since.is_none_or(|s| line_time(&e.timestamp).is_none_or(|t| t >= s));
+    let (stdout, stderr) = (truthy(&q.stdout), truthy(&q.stderr));
+    let keep = move |e: &LogEntry| {
+        let wanted = match e.stream {
+            OutputStream::Stdout => stdout,
+            OutputStream::Stderr => stderr,
+        };
+        wanted && since.is_none_or(|s| line_time(&e.timestamp).is_none_or(|t| t >= s))
+    };
     let mut rx = logs::fetch(m, svc, task, follow, tail);
     if follow {
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
@@ -275,7 +283,7 @@ fn line_time(ts: &str) -> Option<std::time::SystemTime> {
 }
 
 /// How lines are written: `[TIMESTAMP ][DETAILS ]LINE`, each in a frame
-/// whose 8-byte header says stdout and the length.
+/// whose 8-byte header says the stream (1 stdout, 2 stderr) and the length.
 struct Format {
     timestamps: bool,
     details: bool,
@@ -301,7 +309,11 @@ impl Format {
             payload.push('\n');
         }
         let mut out = Vec::with_capacity(8 + payload.len());
-        out.extend_from_slice(&[1, 0, 0, 0]);
+        let stream = match e.stream {
+            OutputStream::Stdout => 1,
+            OutputStream::Stderr => 2,
+        };
+        out.extend_from_slice(&[stream, 0, 0, 0]);
         out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         out.extend_from_slice(payload.as_bytes());
         out
@@ -351,6 +363,7 @@ mod tests {
             node_id: Some("n1".to_string().into()),
             timestamp: "2023-11-14T22:13:20.000000001Z".into(),
             line: "hello".into(),
+            stream: OutputStream::Stdout,
         };
         let f = Format { timestamps: true, details: true, service: "s1".into() };
         let frame = f.frame(&e);
@@ -358,6 +371,8 @@ mod tests {
         assert_eq!(&frame[..4], &[1, 0, 0, 0]);
         assert_eq!(u32::from_be_bytes(frame[4..8].try_into().unwrap()) as usize, text.len());
         assert_eq!(&frame[8..], text.as_bytes());
+        let err = LogEntry { stream: OutputStream::Stderr, ..e.clone() };
+        assert_eq!(&f.frame(&err)[..4], &[2, 0, 0, 0]);
         let t = line_time(&e.timestamp).unwrap();
         assert!(t >= since_time("1700000000").unwrap());
         assert!(t < since_time("1700000000.5").unwrap());

@@ -137,6 +137,8 @@ fn engine_event(e: &Event) -> Option<Value> {
         ("node", a) => ("node", a, json!({"name": e.name})),
         ("secret", a) => ("secret", a, json!({"name": e.name})),
         ("config", a) => ("config", a, json!({"name": e.name})),
+        // Docker names the driver; shoal's networks are all overlays.
+        ("network", a) => ("network", a, json!({"name": e.name, "type": "overlay"})),
         _ => return None,
     };
     if !e.message.is_empty() {
@@ -164,6 +166,7 @@ fn wanted(f: &Filters, v: &Value) -> bool {
         && by("node")
         && by("secret")
         && by("config")
+        && by("network")
 }
 
 /// The kept events from `since`, then live ones (until `until`, if given).
@@ -261,6 +264,10 @@ mod tests {
         assert_eq!(v["time"], 1_700_000_000);
         assert_eq!(engine_event(&event("node", "down")).unwrap()["Actor"]["Attributes"]["state.new"], "down");
         assert!(engine_event(&event("task", "running")).is_none());
+        let net = engine_event(&event("network", "create")).unwrap();
+        assert_eq!((&net["Type"], &net["Actor"]["Attributes"]["type"]), (&json!("network"), &json!("overlay")));
+        assert!(wanted(&Filters::parse(Some(r#"{"type":["network"]}"#)).unwrap(), &net));
+        assert!(!wanted(&Filters::parse(Some(r#"{"network":["other"]}"#)).unwrap(), &net));
         let only_nodes = Filters::parse(Some(r#"{"type":{"node":true}}"#)).unwrap();
         assert!(!wanted(&only_nodes, &v));
         let by_name = Filters::parse(Some(r#"{"service":["web"]}"#)).unwrap();
