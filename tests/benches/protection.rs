@@ -299,27 +299,63 @@ mod raft_log {
     use manager::raft::storage::DiskStorage;
     use raft::eraftpb::Entry;
 
-    /// Writes per second for `seconds`: each write appends `batch` entries
-    /// of `size` bytes (fsync) and then updates the commit index (fsync).
-    /// Also the process's CPU per write.
-    pub fn rate(dir: &Path, sealed: bool, batch: usize, size: usize, seconds: f64) -> (f64, Duration) {
-        let _ = std::fs::remove_dir_all(dir);
-        let mut s = DiskStorage::open(dir, DataKey::generate()).expect("open storage");
-        if !sealed {
-            s.write_plaintext_for_bench();
+    struct Side {
+        storage: DiskStorage,
+        index: u64,
+        busy: Duration,
+        cpu: Duration,
+        writes: usize,
+    }
+
+    impl Side {
+        fn open(dir: &Path, sealed: bool) -> Side {
+            let _ = std::fs::remove_dir_all(dir);
+            let mut storage = DiskStorage::open(dir, DataKey::generate()).expect("open storage");
+            if !sealed {
+                storage.write_plaintext_for_bench();
+            }
+            Side { storage, index: 0, busy: Duration::ZERO, cpu: Duration::ZERO, writes: 0 }
         }
-        let data = vec![b'x'; size];
-        let (t0, cpu0, mut index, mut writes) = (Instant::now(), cpu_time(), 0u64, 0usize);
-        while t0.elapsed().as_secs_f64() < seconds {
+
+        /// One write: `batch` entries of `data` appended (fsync), then the
+        /// commit index (fsync), timed.
+        fn write(&mut self, batch: usize, data: &[u8]) {
+            let (t0, cpu0) = (Instant::now(), cpu_time());
             let entries: Vec<Entry> = (1..=batch as u64)
-                .map(|i| Entry { index: index + i, term: 1, data: data.clone().into(), ..Default::default() })
+                .map(|i| Entry { index: self.index + i, term: 1, data: data.to_vec().into(), ..Default::default() })
                 .collect();
-            s.append(&entries).expect("append");
-            index += batch as u64;
-            s.set_commit(index).expect("commit");
-            writes += 1;
+            self.storage.append(&entries).expect("append");
+            self.index += batch as u64;
+            self.storage.set_commit(self.index).expect("commit");
+            self.busy += t0.elapsed();
+            self.cpu += cpu_time() - cpu0;
+            self.writes += 1;
         }
-        (writes as f64 / t0.elapsed().as_secs_f64(), (cpu_time() - cpu0) / writes.max(1) as u32)
+
+        /// Writes per second of the time spent writing, and CPU per write.
+        fn figures(&self) -> (f64, Duration) {
+            (self.writes as f64 / self.busy.as_secs_f64(), self.cpu / self.writes.max(1) as u32)
+        }
+    }
+
+    /// Plaintext and sealed writes for `seconds`, taking turns one write
+    /// at a time (the order swapped each turn), so that both see the same
+    /// disk and the same load from the rest of the machine; each write
+    /// appends `batch` entries of `size` bytes (fsync) and then updates the
+    /// commit index (fsync). For each: writes per second of its own time,
+    /// and the process's CPU per write.
+    pub fn pair(dir: &Path, batch: usize, size: usize, seconds: f64) -> [(f64, Duration); 2] {
+        let mut sides = [Side::open(&dir.join("plain"), false), Side::open(&dir.join("sealed"), true)];
+        let data = vec![b'x'; size];
+        let t0 = Instant::now();
+        let mut turn = 0usize;
+        while t0.elapsed().as_secs_f64() < seconds {
+            let (first, second) = if turn % 2 == 0 { (0, 1) } else { (1, 0) };
+            sides[first].write(batch, &data);
+            sides[second].write(batch, &data);
+            turn += 1;
+        }
+        [sides[0].figures(), sides[1].figures()]
     }
 }
 
@@ -373,14 +409,18 @@ fn gossip_table(rounds: usize, n: usize) {
 fn raft_table(rounds: usize) {
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| "/var/tmp".into())).expect("tempdir");
     let log_rounds = 3 * rounds;
-    println!("\nraft log, append (fsync) + commit index (fsync) per write, median of {log_rounds} rounds of 1 s:");
+    println!(
+        "\nraft log, append (fsync) + commit index (fsync) per write; plaintext and sealed writes take turns, \
+         one each; median of {log_rounds} rounds of 2 s:"
+    );
     println!("| per write | plaintext records: writes/s, CPU | sealed (XChaCha20-Poly1305) | sealed / plaintext: rate, CPU |");
     println!("|---|---|---|---|");
     for (batch, size) in [(1usize, 200usize), (32, 200), (1, 16 * 1024)] {
         let (mut p, mut s) = (Vec::new(), Vec::new());
         for _ in 0..log_rounds {
-            p.push(raft_log::rate(&dir.path().join("plain"), false, batch, size, 1.0));
-            s.push(raft_log::rate(&dir.path().join("sealed"), true, batch, size, 1.0));
+            let [plain, sealed] = raft_log::pair(dir.path(), batch, size, 2.0);
+            p.push(plain);
+            s.push(sealed);
         }
         let stats = |v: &[(f64, Duration)]| {
             (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1.as_secs_f64() * 1e6).collect()))
