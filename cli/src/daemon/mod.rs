@@ -201,6 +201,9 @@ pub struct Launch {
     pub runtime: Option<Arc<dyn Runtime>>,
     /// The node stops when this resolves; `None` waits for SIGINT/SIGTERM.
     pub shutdown: Option<BoxFuture<'static, ()>>,
+    /// Print nothing on stdout (the join commands after `--init`): for a
+    /// launcher that prints its own output.
+    pub quiet: bool,
 }
 
 /// How a node's run ended.

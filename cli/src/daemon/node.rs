@@ -215,6 +215,7 @@ pub(crate) async fn run_node(
     opts: RunOptions,
 ) -> Result<Outcome> {
     let fresh_init = ca.is_some();
+    let quiet = opts.launch.quiet;
     let snapshot_interval = opts.snapshot_interval;
     let cluster_addr = state.cluster_addr();
     let listener = tokio::net::TcpListener::bind(cluster_addr)
@@ -368,7 +369,9 @@ pub(crate) async fn run_node(
         let m = mgr.as_ref().expect("init makes a manager");
         bootstrap_cluster(m, &state, ca, gossip_keys.get(), opts.addr_pool.clone(), opts.cert_expiry).await?;
         save_state(&data_dir, &state)?;
-        print_join_commands(m, &state);
+        if !quiet {
+            print_join_commands(m, &state);
+        }
     }
 
     // The session with the leader.
