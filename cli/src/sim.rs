@@ -25,6 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use common::spec::{ServiceSpec, TaskTemplate};
 use tokio::sync::watch;
+use worker::node::membership::Board;
 use worker::runtime::fake::FakeRuntime;
 
 use crate::daemon::{run_with, DaemonArgs, Launch, Outcome, DEFAULT_PORT};
@@ -64,6 +65,11 @@ pub struct SimArgs {
     /// the next B). The tests' clusters use 127.0.x.
     #[arg(long, default_value = "127.1.0.1")]
     pub first_addr: Ipv4Addr,
+    /// Real chitchat gossip among all nodes instead of the in-process
+    /// liveness board (it does not fit past ~50 nodes on 2 cores: members
+    /// flap down under the load).
+    #[arg(long)]
+    pub gossip: bool,
     /// After the last line, keep the cluster running until SIGINT/SIGTERM
     /// (to look at it with the CLI or the web view).
     #[arg(long)]
@@ -260,7 +266,13 @@ struct SimNode {
 }
 
 /// Starts one node on a thread of its own; it stops when `stop` turns true.
-fn start_node(name: String, flags: Vec<String>, runtime: Arc<FakeRuntime>, stop: &watch::Receiver<bool>) -> Result<SimNode> {
+fn start_node(
+    name: String,
+    flags: Vec<String>,
+    runtime: Arc<FakeRuntime>,
+    liveness: Option<Board>,
+    stop: &watch::Receiver<bool>,
+) -> Result<SimNode> {
     let args = DaemonArgs::from_flags(&flags).map_err(|e| anyhow!("{name}: {e}"))?;
     let mut stop = stop.clone();
     let thread = std::thread::Builder::new()
@@ -269,7 +281,8 @@ fn start_node(name: String, flags: Vec<String>, runtime: Arc<FakeRuntime>, stop:
             let shutdown = Box::pin(async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
-            run_with(args, Launch { runtime: Some(runtime), shutdown: Some(shutdown), quiet: true })
+            let launch = Launch { runtime: Some(runtime), shutdown: Some(shutdown), quiet: true, liveness, light: true };
+            run_with(args, launch)
         })
         .with_context(|| format!("cannot start a thread for {name}"))?;
     Ok(SimNode { name, thread })
@@ -412,6 +425,7 @@ fn simulate(
     let total = args.managers + args.nodes;
     node_addr(args.first_addr, total.saturating_sub(1))?;
     let runtime = || Arc::new(FakeRuntime::new().with_image(IMAGE).with_start_delay(Duration::from_millis(args.start_ms)));
+    let board = (!args.gossip).then(Board::new);
     let started = Instant::now();
     let rss_before = rss();
     let first = node_addr(args.first_addr, 0)?;
@@ -420,7 +434,7 @@ fn simulate(
 
     let mut flags = node_flags("sim-m1", first, root);
     flags.push("--init".into());
-    nodes.push(start_node("sim-m1".into(), flags, runtime(), stop)?);
+    nodes.push(start_node("sim-m1".into(), flags, runtime(), board.clone(), stop)?);
     let tokens = wait_until(deadline, "the first manager's API", nodes, || Ok(Some(api.json("/v1/join-tokens")?)))?;
     let token = |role: &str| tokens[role].as_str().map(str::to_string).ok_or_else(|| anyhow!("no {role} token in {tokens}"));
     let (manager_token, worker_token) = (token("manager")?, token("worker")?);
@@ -445,7 +459,7 @@ fn simulate(
         let name = &managers[i];
         let mut flags = node_flags(name, node_addr(args.first_addr, i)?, root);
         flags.extend(["--join".into(), join_addr.clone(), "--token".into(), manager_token.clone()]);
-        nodes.push(start_node(name.clone(), flags, runtime(), stop)?);
+        nodes.push(start_node(name.clone(), flags, runtime(), board.clone(), stop)?);
         wait_until(deadline, &format!("manager {name} to be ready"), nodes, || ready(i + 1))?;
     }
     // Workers in waves.
@@ -456,7 +470,7 @@ fn simulate(
             let name = format!("sim-w{}", i - args.managers + 1);
             let mut flags = node_flags(&name, node_addr(args.first_addr, i)?, root);
             flags.extend(["--join".into(), join_addr.clone(), "--token".into(), worker_token.clone()]);
-            nodes.push(start_node(name, flags, runtime(), stop)?);
+            nodes.push(start_node(name, flags, runtime(), board.clone(), stop)?);
         }
         joined += wave;
         let want = joined;
