@@ -360,7 +360,11 @@ pub fn run(args: SimArgs) -> Result<std::process::ExitCode> {
     let (stop_tx, stop) = watch::channel(false);
     let mut nodes: Vec<SimNode> = Vec::new();
     let result = simulate(&args, &root, deadline, &stop, &mut nodes);
-    if result.is_ok() && args.hold {
+    if let (Ok(line), true) = (&result, args.hold) {
+        // The last line, then the cluster stays up until a signal.
+        println!("{line}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         hold();
     }
     // Every node stops on the same signal; a node takes at most ~5 s.
@@ -375,7 +379,9 @@ pub fn run(args: SimArgs) -> Result<std::process::ExitCode> {
         }
     }
     let line = result?;
-    println!("{line}");
+    if !args.hold {
+        println!("{line}");
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
