@@ -281,7 +281,8 @@ fn start_node(
             let shutdown = Box::pin(async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
-            let launch = Launch { runtime: Some(runtime), shutdown: Some(shutdown), quiet: true, liveness, light: true };
+            let launch =
+                Launch { runtime: Some(runtime), shutdown: Some(shutdown), quiet: true, liveness, light: true };
             run_with(args, launch)
         })
         .with_context(|| format!("cannot start a thread for {name}"))?;
@@ -324,7 +325,12 @@ impl Api {
     }
 }
 
-fn wait_until<T>(deadline: Instant, what: &str, nodes: &mut Vec<SimNode>, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_until<T>(
+    deadline: Instant,
+    what: &str,
+    nodes: &mut Vec<SimNode>,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let mut last = String::new();
     loop {
         check_nodes(nodes)?;
@@ -334,7 +340,10 @@ fn wait_until<T>(deadline: Instant, what: &str, nodes: &mut Vec<SimNode>, mut f:
             Err(e) => last = format!("{e:#}"),
         }
         if Instant::now() >= deadline {
-            bail!("deadline passed while waiting for {what}{}", if last.is_empty() { String::new() } else { format!(" (last error: {last})") });
+            bail!(
+                "deadline passed while waiting for {what}{}",
+                if last.is_empty() { String::new() } else { format!(" (last error: {last})") }
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -430,7 +439,8 @@ fn simulate(
 ) -> Result<String> {
     let total = args.managers + args.nodes;
     node_addr(args.first_addr, total.saturating_sub(1))?;
-    let runtime = || Arc::new(FakeRuntime::new().with_image(IMAGE).with_start_delay(Duration::from_millis(args.start_ms)));
+    let runtime =
+        || Arc::new(FakeRuntime::new().with_image(IMAGE).with_start_delay(Duration::from_millis(args.start_ms)));
     let board = (!args.gossip).then(Board::new);
     let started = Instant::now();
     let rss_before = rss();
@@ -442,13 +452,17 @@ fn simulate(
     flags.push("--init".into());
     nodes.push(start_node("sim-m1".into(), flags, runtime(), board.clone(), stop)?);
     let tokens = wait_until(deadline, "the first manager's API", nodes, || Ok(Some(api.json("/v1/join-tokens")?)))?;
-    let token = |role: &str| tokens[role].as_str().map(str::to_string).ok_or_else(|| anyhow!("no {role} token in {tokens}"));
+    let token =
+        |role: &str| tokens[role].as_str().map(str::to_string).ok_or_else(|| anyhow!("no {role} token in {tokens}"));
     let (manager_token, worker_token) = (token("manager")?, token("worker")?);
     let managers: Vec<String> = (1..=args.managers).map(|i| format!("sim-m{i}")).collect();
     println!(
         "shoal sim: {} managers ({}), {} nodes ({} – {}), data in {}",
         args.managers,
-        (0..args.managers).map(|i| node_addr(args.first_addr, i).map(|a| format!("{a}:4243"))).collect::<Result<Vec<_>>>()?.join(", "),
+        (0..args.managers)
+            .map(|i| node_addr(args.first_addr, i).map(|a| format!("{a}:4243")))
+            .collect::<Result<Vec<_>>>()?
+            .join(", "),
         args.nodes,
         node_addr(args.first_addr, args.managers)?,
         node_addr(args.first_addr, total - 1)?,
@@ -513,10 +527,21 @@ fn simulate(
         let spec = ServiceSpec::new(&format!("sim-{:04}", i + 1), n, TaskTemplate::new(IMAGE));
         let body = serde_json::to_value(&spec)?;
         let url = format!("{}/v1/services", api.base);
-        match api.agent.post(&url).send_json(body) {
-            Ok(r) if r.status() == 201 => {}
-            Ok(r) => bail!("creating service {}: HTTP {}", spec.name, r.status()),
-            Err(e) => bail!("creating service {}: {e}", spec.name),
+        // 503: no leader for now (an election under load); asked again. A
+        // 409 after that: the first try was applied after all.
+        let mut retried = false;
+        loop {
+            match api.agent.post(&url).send_json(body.clone()) {
+                Ok(r) if r.status() == 201 => break,
+                Ok(r) => bail!("creating service {}: HTTP {}", spec.name, r.status()),
+                Err(ureq::Error::Status(409, _)) if retried => break,
+                Err(ureq::Error::Status(503, _)) if Instant::now() < deadline => {
+                    retried = true;
+                    check_nodes(nodes)?;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => bail!("creating service {}: {e}", spec.name),
+            }
         }
     }
     println!("{} services created in {:.1} s", args.services, work.elapsed().as_secs_f64());
@@ -615,10 +640,7 @@ mod tests {
                     shoal_tasks{state=\"running\"} 7\nshoal_tasks{state=\"failed\"} 1\n\
                     shoal_raft_commit_index 42\nshoal_gossip_live_members 9\n";
         let c = counts(text);
-        assert_eq!(
-            c,
-            Counts { committed: 16, placed: 12, running: 7, failed: 1, commit_index: 42, gossip_live: 9 }
-        );
+        assert_eq!(c, Counts { committed: 16, placed: 12, running: 7, failed: 1, commit_index: 42, gossip_live: 9 });
         assert_eq!(sample(text, "shoal_raft"), None);
     }
 

@@ -53,11 +53,11 @@ mod sealed;
 #[cfg(test)]
 mod tests;
 
-pub use self::board::{Board, OnBoard};
 pub use self::actor::{
     start, start_with_transport, Membership, MembershipConfig, SetFacts, SetSeeds, Shutdown, Subscribe,
     DEAD_NODE_GRACE_PERIOD, GOSSIP_INTERVAL, MARKED_FOR_DELETION_GRACE_PERIOD, SEED_RETRY,
 };
+pub use self::board::{Board, OnBoard};
 pub use self::core::{
     diff, live_set_from, seeds_to_contact, LiveSet, MemberEvent, MemberFacts, MembershipCore, MAX_RESTART_BACKOFF,
     SETTLE_PERIOD,
