@@ -2,10 +2,13 @@
 //! it. Real managers (raft on disk with fsync, the store, orchestrator,
 //! scheduler, dispatcher, the API) and simulated worker nodes that join
 //! with the real join protocol, hold real sessions over the cluster port
-//! (mutual TLS), gossip with real chitchat and run the real TaskSupervisor —
-//! over the in-memory fake runtime: a container is a record, its start takes
-//! `--start-ms`. Every node is [`crate::daemon::run_with`] on a thread of its
-//! own, at its own loopback address.
+//! (mutual TLS) and run the real TaskSupervisor — over the in-memory fake
+//! runtime: a container is a record, its start takes `--start-ms`. Every
+//! node is [`crate::daemon::run_with`] on a thread of its own, at its own
+//! loopback address. Liveness comes from an in-process board standing in
+//! for gossip (`worker::node::membership::Board`: real chitchat among a
+//! hundred in-process members already flaps on 2 cores); `--gossip` runs
+//! real chitchat instead.
 //!
 //! It creates the services through the API, prints progress once a second
 //! from the first manager's `/metrics` (the store's task counts), then a
@@ -413,7 +416,7 @@ fn hold() {
 }
 
 fn node_flags(name: &str, ip: Ipv4Addr, dir: &Path) -> Vec<String> {
-    let mut f: Vec<String> = vec![
+    vec![
         "--advertise-addr".into(),
         ip.to_string(),
         "--api-addr".into(),
@@ -424,9 +427,7 @@ fn node_flags(name: &str, ip: Ipv4Addr, dir: &Path) -> Vec<String> {
         name.into(),
         "--mesh".into(),
         "userspace".into(),
-    ];
-    f.shrink_to_fit();
-    f
+    ]
 }
 
 /// Brings the cluster up, runs the work; returns the last line.
@@ -475,8 +476,7 @@ fn simulate(
         Ok((n >= want).then_some(n))
     };
     // Managers one by one: a raft membership change at a time.
-    for i in 1..args.managers {
-        let name = &managers[i];
+    for (i, name) in managers.iter().enumerate().skip(1) {
         let mut flags = node_flags(name, node_addr(args.first_addr, i)?, root);
         flags.extend(["--join".into(), join_addr.clone(), "--token".into(), manager_token.clone()]);
         nodes.push(start_node(name.clone(), flags, runtime(), board.clone(), stop)?);
