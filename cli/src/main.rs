@@ -44,6 +44,9 @@ struct Cli {
 enum Command {
     /// Run a node: bootstrap a cluster (--init), join one (--join), or resume (--data-dir).
     Daemon(daemon::DaemonArgs),
+    /// Simulate a cluster in this process: real managers and N nodes over
+    /// an in-memory container runtime; place T tasks and time it.
+    Sim(cli::sim::SimArgs),
     /// Show the command to join a worker or a manager.
     JoinToken {
         /// worker or manager
@@ -101,10 +104,10 @@ enum Command {
     },
 }
 
-/// Logs go to stderr; `RUST_LOG` sets the level (default: info, raft at warn).
-fn init_logging() {
+/// Logs go to stderr; `RUST_LOG` sets the level (default: `default`).
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn,chitchat=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -118,8 +121,13 @@ fn main() -> ExitCode {
     let api = || client::Client::connect(&host, &tls);
     let result = match command {
         Command::Daemon(args) => {
-            init_logging();
+            init_logging("info,raft=warn,chitchat=warn");
             daemon::run(args)
+        }
+        Command::Sim(args) => {
+            // Thousands of nodes: only what goes wrong.
+            init_logging("warn,raft=error,chitchat=error");
+            cli::sim::run(args)
         }
         Command::JoinToken { role, quiet, rotate } => api().and_then(|c| node::join_token(&c, &role, quiet, rotate)),
         Command::Node(cmd) => api().and_then(|c| node::run(&c, cmd)),
@@ -178,6 +186,7 @@ mod tests {
             vec!["shoal", "cert", "issue", "--name", "alice", "--role", "readonly", "--output", "/tmp/x"],
             vec!["shoal", "--tlsverify", "--tlscacert", "a", "--tlscert", "b", "--tlskey", "c", "service", "ls"],
             vec!["shoal", "daemon", "--api-addr", "0.0.0.0:4243", "--api-tls"],
+            vec!["shoal", "sim", "--nodes", "5", "--managers", "1", "--tasks", "10", "--timeout", "90s", "--hold"],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -52,6 +52,7 @@ fn a_node_runs_in_process_over_the_fake_runtime_and_stops_on_its_future() {
         shutdown: Some(Box::pin(async move {
             let _ = stopped.await;
         })),
+        ..Default::default()
     };
     let node = std::thread::spawn(move || run_with(args, launch));
 

@@ -109,7 +109,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
 /// process, with a parent-death signal: if the test process dies without
 /// running `Drop` (abort, SIGKILL), its nodes die with it. (The signal fires
 /// when the *thread* that forked exits, hence the dedicated thread.)
-pub(crate) fn spawn_daemon(mut cmd: Command) -> std::io::Result<Child> {
+pub fn spawn_daemon(mut cmd: Command) -> std::io::Result<Child> {
     type Req = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Req>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
@@ -146,7 +146,7 @@ pub(crate) fn spawn_daemon(mut cmd: Command) -> std::io::Result<Child> {
 
 /// SIGTERM, wait up to `deadline`, then SIGKILL. Returns the status and
 /// whether it had to kill.
-pub(crate) fn stop_child(mut child: Child, deadline: Duration) -> (ExitStatus, bool) {
+pub fn stop_child(mut child: Child, deadline: Duration) -> (ExitStatus, bool) {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let end = Instant::now() + deadline;
     loop {

@@ -201,6 +201,16 @@ pub struct Launch {
     pub runtime: Option<Arc<dyn Runtime>>,
     /// The node stops when this resolves; `None` waits for SIGINT/SIGTERM.
     pub shutdown: Option<BoxFuture<'static, ()>>,
+    /// Print nothing on stdout (the join commands after `--init`): for a
+    /// launcher that prints its own output.
+    pub quiet: bool,
+    /// Liveness from a board shared in this process instead of gossip
+    /// (`shoal sim`: thousands of nodes in one process; see
+    /// `worker::node::membership::Board`).
+    pub liveness: Option<worker::node::membership::Board>,
+    /// Fewer threads per node, for many nodes in one process: the mesh's
+    /// userspace proxy runs on the node's own thread.
+    pub light: bool,
 }
 
 /// How a node's run ended.

@@ -47,7 +47,8 @@ struct Sink {
     supervisor: actix::Addr<TaskSupervisor>,
     data_dir: PathBuf,
     state: Arc<RwLock<NodeState>>,
-    membership: actix::Addr<membership::Membership>,
+    /// Gossip (none where a board stands in for it).
+    membership: Option<actix::Addr<membership::Membership>>,
     /// The MeshProgrammer; tables go to it in the order they arrive, before
     /// the assignments that follow them (a task leaves the rotation before
     /// its stop reaches the supervisor).
@@ -125,7 +126,9 @@ impl AgentSink for Sink {
             if let Err(e) = save_state(&self.data_dir, &s) {
                 tracing::warn!(error = %e, "cannot save the managers list");
             }
-            self.membership.do_send(membership::SetSeeds(seeds));
+            if let Some(m) = &self.membership {
+                m.do_send(membership::SetSeeds(seeds));
+            }
         }
     }
 }
@@ -215,6 +218,8 @@ pub(crate) async fn run_node(
     opts: RunOptions,
 ) -> Result<Outcome> {
     let fresh_init = ca.is_some();
+    let quiet = opts.launch.quiet;
+    let board = opts.launch.liveness;
     let snapshot_interval = opts.snapshot_interval;
     let cluster_addr = state.cluster_addr();
     let listener = tokio::net::TcpListener::bind(cluster_addr)
@@ -270,8 +275,11 @@ pub(crate) async fn run_node(
         let which = opts.mesh.map(|p| p.to_string()).unwrap_or_else(|| "auto".into());
         anyhow!("cannot use the {which} routing mesh: {e}")
     })?;
-    let (programmer, mut mesh_status) =
-        MeshProgrammer::new(MeshConfig::new(state.node_id.clone(), state.advertise_addr, data_path));
+    let mut mesh_config = MeshConfig::new(state.node_id.clone(), state.advertise_addr, data_path);
+    if opts.launch.light {
+        mesh_config.proxy.threads = 0;
+    }
+    let (programmer, mut mesh_status) = MeshProgrammer::new(mesh_config);
     let mesh_addr = actix::Actor::start(programmer);
 
     // Gossip: who is alive.
@@ -290,9 +298,23 @@ pub(crate) async fn run_node(
         generation: now_ms(),
         facts,
     };
-    let (membership, live_set) = membership::start(membership_config, gossip_keys.clone())
-        .await
-        .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
+    let (membership, live_set, _on_board) = match &board {
+        None => {
+            let (m, live) = membership::start(membership_config, gossip_keys.clone())
+                .await
+                .map_err(|e| anyhow!("cannot start gossip on {cluster_addr}/udp: {e}"))?;
+            (Some(m), live, None)
+        }
+        Some(board) => {
+            let member = membership::MemberFacts {
+                facts: membership_config.facts,
+                gossip_addr: cluster_addr,
+                generation: membership_config.generation,
+            };
+            let (on, live) = board.join(state.node_id.clone(), member, state.role == Role::Manager);
+            (None, live, Some(on))
+        }
+    };
     let (live_tx, live) = watch::channel(live_set.borrow().nodes.keys().cloned().collect());
     let disk_alarms_of = |set: &membership::LiveSet| -> BTreeMap<NodeId, String> {
         let alarms = set.nodes.iter().filter_map(|(id, m)| m.get(fact::DISK_ALARM).map(|why| (id.clone(), why)));
@@ -346,7 +368,9 @@ pub(crate) async fn run_node(
         })
         .map_err(|e| anyhow!(e))?;
         router.set_manager(inbound);
-        publish_disk_alarm(m.status.clone(), membership.clone(), base_facts);
+        if let Some(membership) = &membership {
+            publish_disk_alarm(m.status.clone(), membership.clone(), base_facts);
+        }
         mgr = Some(m);
     }
     let limits = net::ServeConfig::default().fit_to(opts.open_files);
@@ -368,7 +392,9 @@ pub(crate) async fn run_node(
         let m = mgr.as_ref().expect("init makes a manager");
         bootstrap_cluster(m, &state, ca, gossip_keys.get(), opts.addr_pool.clone(), opts.cert_expiry).await?;
         save_state(&data_dir, &state)?;
-        print_join_commands(m, &state);
+        if !quiet {
+            print_join_commands(m, &state);
+        }
     }
 
     // The session with the leader.

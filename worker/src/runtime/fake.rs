@@ -1,7 +1,8 @@
 //! TEST DOUBLE. An in-memory [`Runtime`] for actor and multi-node tests:
 //! containers are records that a test moves along by hand (`exit`, `kill`),
 //! images are a set, and failures are injected per call. No process runs and
-//! nothing here is used by a real node.
+//! nothing here is used by a real node; besides tests, only `shoal sim` (the
+//! scale simulation, which runs no containers by design) uses it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -73,6 +74,8 @@ pub struct FakeRuntime {
     events: broadcast::Sender<String>,
     /// While false, `ensure_image` waits: lets a test hold a task in PREPARING.
     pulls_open: watch::Sender<bool>,
+    /// How long `create_and_start` takes (a container's start time).
+    start_delay: std::time::Duration,
 }
 
 impl Default for FakeRuntime {
@@ -87,7 +90,14 @@ impl FakeRuntime {
             state: Mutex::new(State::default()),
             events: broadcast::channel(1024).0,
             pulls_open: watch::channel(true).0,
+            start_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// Every `create_and_start` takes this long before the container runs.
+    pub fn with_start_delay(mut self, delay: std::time::Duration) -> Self {
+        self.start_delay = delay;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -280,6 +290,9 @@ impl Runtime for FakeRuntime {
     }
 
     async fn create_and_start(&self, node: &NodeId, task: &Task) -> Result<String, RuntimeError> {
+        if !self.start_delay.is_zero() {
+            tokio::time::sleep(self.start_delay).await;
+        }
         let mut st = self.lock();
         st.calls.push(Call::CreateAndStart(task.id.clone()));
         if let Some(e) = st.fail_create.clone() {

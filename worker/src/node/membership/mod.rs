@@ -23,6 +23,8 @@
 //! - `sealed`: [`SealedTransport`], the transport [`start`] uses: every
 //!   datagram sealed, and forged, replayed or unsealed ones dropped and
 //!   counted in `shoal_gossip_dropped_total{reason}`.
+//! - `board`: [`Board`], a stand-in for gossip (liveness only) for many
+//!   nodes in one process (`shoal sim`), where real gossip does not fit.
 //! - `tests`: the actor, several nodes in one process over chitchat's
 //!   in-memory `ChannelTransport` (which can cut links), and one real-UDP test.
 //!
@@ -43,6 +45,7 @@
 use std::net::SocketAddr;
 
 mod actor;
+mod board;
 mod core;
 pub mod datagram;
 mod keys;
@@ -54,6 +57,7 @@ pub use self::actor::{
     start, start_with_transport, Membership, MembershipConfig, SetFacts, SetSeeds, Shutdown, Subscribe,
     DEAD_NODE_GRACE_PERIOD, GOSSIP_INTERVAL, MARKED_FOR_DELETION_GRACE_PERIOD, SEED_RETRY,
 };
+pub use self::board::{Board, OnBoard};
 pub use self::core::{
     diff, live_set_from, seeds_to_contact, LiveSet, MemberEvent, MemberFacts, MembershipCore, MAX_RESTART_BACKOFF,
     SETTLE_PERIOD,
