@@ -350,7 +350,7 @@ mod raft_log {
         let t0 = Instant::now();
         let mut turn = 0usize;
         while t0.elapsed().as_secs_f64() < seconds {
-            let (first, second) = if turn % 2 == 0 { (0, 1) } else { (1, 0) };
+            let (first, second) = if turn.is_multiple_of(2) { (0, 1) } else { (1, 0) };
             sides[first].write(batch, &data);
             sides[second].write(batch, &data);
             turn += 1;
