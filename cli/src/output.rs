@@ -323,25 +323,62 @@ fn node_name(t: &TaskInfo) -> String {
 /// `no_trunc`. The slot number is padded to the width of `replicas` (the
 /// service's replica count; pass 0 for a single task) so that the `|` lines
 /// up across slots, as docker does; node names are not padded.
+/// How `service logs` prints a line (its flags, as docker's).
+#[derive(Clone, Debug, Default)]
+pub struct LogFormat {
+    /// `-t`: the entry's timestamp first.
+    pub timestamps: bool,
+    /// `--no-trunc`: whole task ids.
+    pub no_trunc: bool,
+    /// `--no-task-ids`: `name.slot@node`.
+    pub no_task_ids: bool,
+    /// `--no-resolve`: the service's and node's ids instead of their names.
+    pub no_resolve: Option<String>,
+    /// `--raw`: the line alone, no context.
+    pub raw: bool,
+    /// The service's replica count (slots are padded to its width).
+    pub replicas: u64,
+}
+
+#[cfg(test)]
 pub fn log_prefix(entry: &LogEntry, no_trunc: bool, replicas: u64) -> String {
-    let id = if no_trunc { entry.task_id.as_str() } else { entry.task_id.short() };
+    log_context(entry, &LogFormat { no_trunc, replicas, ..LogFormat::default() })
+}
+
+/// The context before a line: `web.1.6n4rm0uwc0kq@node-1    | `.
+fn log_context(entry: &LogEntry, f: &LogFormat) -> String {
+    let id = if f.no_trunc { entry.task_id.as_str() } else { entry.task_id.short() };
+    let node = match (&f.no_resolve, &entry.node_id) {
+        (Some(_), Some(n)) => n.to_string(),
+        _ => entry.node.clone(),
+    };
+    let task = if f.no_task_ids { String::new() } else { format!(".{id}") };
     if entry.slot == 0 && !entry.task_name.is_empty() {
         // A global task: `name.node-id.taskid@node`.
-        return format!("{}.{}@{}    | ", entry.task_name, id, entry.node);
+        return format!("{}{task}@{node}    | ", entry.task_name);
     }
-    let pad = digits(replicas).saturating_sub(digits(entry.slot));
-    format!("{}.{}.{}@{}{}    | ", entry.service_name, entry.slot, id, entry.node, " ".repeat(pad))
+    let service = f.no_resolve.as_deref().unwrap_or(&entry.service_name);
+    let pad = digits(f.replicas).saturating_sub(digits(entry.slot));
+    format!("{service}.{}{task}@{node}{}    | ", entry.slot, " ".repeat(pad))
 }
 
 /// One line of `service logs`, without its newline. With `timestamps` (`-t`)
 /// the entry's timestamp comes first, before the context, as in docker.
+#[cfg(test)]
 pub fn format_log_line(entry: &LogEntry, timestamps: bool, no_trunc: bool, replicas: u64) -> String {
+    format_log(entry, &LogFormat { timestamps, no_trunc, replicas, ..LogFormat::default() })
+}
+
+/// One line of `service logs` as `f` asks, without its newline.
+pub fn format_log(entry: &LogEntry, f: &LogFormat) -> String {
     let mut out = String::new();
-    if timestamps {
+    if f.timestamps {
         out.push_str(&entry.timestamp);
         out.push(' ');
     }
-    out.push_str(&log_prefix(entry, no_trunc, replicas));
+    if !f.raw {
+        out.push_str(&log_context(entry, f));
+    }
     let line = entry.line.strip_suffix('\n').unwrap_or(&entry.line);
     out.push_str(line.strip_suffix('\r').unwrap_or(line));
     out
@@ -953,6 +990,31 @@ mod tests {
         );
         // A single task (or a service of fewer than 10 replicas): no padding.
         assert_eq!(format_log_line(&a, false, false, 0), "web.1.6n4rm0uwc0kq@node-1    | hello");
+    }
+
+    #[test]
+    fn log_flags_shape_the_context_as_docker_does() {
+        let mut a = log("6n4rm0uwc0kqt1y2h3j4k5l6m", 1, "node-1", "hello\n");
+        a.node_id = Some("q36sg87inz5l5e6vhnp67o2qq".into());
+        let f = |g: fn(&mut LogFormat)| {
+            let mut f = LogFormat { replicas: 1, ..LogFormat::default() };
+            g(&mut f);
+            format_log(&a, &f)
+        };
+        assert_eq!(f(|_| {}), "web.1.6n4rm0uwc0kq@node-1    | hello");
+        assert_eq!(f(|f| f.no_task_ids = true), "web.1@node-1    | hello");
+        assert_eq!(f(|f| f.raw = true), "hello");
+        assert_eq!(
+            f(|f| {
+                f.raw = true;
+                f.timestamps = true
+            }),
+            "2023-11-14T22:13:20.000000000Z hello"
+        );
+        assert_eq!(
+            f(|f| f.no_resolve = Some("svcid123".into())),
+            "svcid123.1.6n4rm0uwc0kq@q36sg87inz5l5e6vhnp67o2qq    | hello"
+        );
     }
 
     fn slot_task(slot: u64, state: TaskState) -> TaskInfo {

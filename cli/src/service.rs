@@ -66,6 +66,21 @@ pub enum ServiceCmd {
         timestamps: bool,
         #[arg(long)]
         no_trunc: bool,
+        /// Only lines written since then: a duration (10m), an RFC 3339 time or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Leave the task ids out of the context.
+        #[arg(long)]
+        no_task_ids: bool,
+        /// Show the service's and nodes' ids instead of their names.
+        #[arg(long)]
+        no_resolve: bool,
+        /// The lines alone, without their context.
+        #[arg(long)]
+        raw: bool,
+        /// Show extra details given to the logs (shoal's log lines carry none beyond the context).
+        #[arg(long)]
+        details: bool,
     },
     /// Scale one or more services: NAME=REPLICAS…
     Scale {
@@ -721,7 +736,20 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        ServiceCmd::Logs { service, follow, tail, timestamps, no_trunc } => {
+        ServiceCmd::Logs {
+            service,
+            follow,
+            tail,
+            timestamps,
+            no_trunc,
+            since,
+            no_task_ids,
+            no_resolve,
+            raw,
+            details: _,
+        } => {
+            // Checked before anything is asked of the cluster.
+            let since = since.map(|s| crate::events::parse_since(&s, common::time::now_ms())).transpose()?;
             let tail = match tail.as_deref() {
                 None | Some("all") => None,
                 Some(n) => Some(
@@ -737,8 +765,25 @@ pub fn run(c: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
             use std::io::Write;
             // Like docker: what a task wrote to stderr goes to stderr.
             let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+            let format = output::LogFormat {
+                timestamps,
+                no_trunc,
+                no_task_ids,
+                no_resolve: no_resolve.then(|| info.id.to_string()),
+                raw,
+                replicas: info.desired,
+            };
             c.stream_lines::<LogEntry>(&path, |e| {
-                let line = output::format_log_line(&e, timestamps, no_trunc, info.desired);
+                if let Some(since) = since {
+                    let at = humantime::parse_rfc3339_weak(&e.timestamp)
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64);
+                    if at.is_some_and(|at| at < since) {
+                        return Ok(());
+                    }
+                }
+                let line = output::format_log(&e, &format);
                 match e.stream {
                     OutputStream::Stdout => {
                         let mut out = stdout.lock();

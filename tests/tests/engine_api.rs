@@ -436,6 +436,31 @@ fn service_logs_keep_stdout_and_stderr_apart_in_docker_and_shoal() {
     assert!(o.success(), "{o}");
     assert_eq!((lines(&o.stdout, "out"), lines(&o.stdout, "err")), (2, 0), "{o}");
     assert_eq!((lines(&o.stderr, "err"), lines(&o.stderr, "out")), (2, 0), "{o}");
+    // docker's formatting flags, the same text from both CLIs.
+    for flags in [&["--raw"][..], &["--no-task-ids"], &["--no-resolve"], &["--no-task-ids", "--no-resolve"]] {
+        let args = [&["service", "logs"][..], flags, &["streams"]].concat();
+        let (ours, theirs) = (c.shoal(&args), d.run_for(Duration::from_secs(20), &args));
+        assert!(ours.success() && theirs.success(), "{flags:?}: {ours}\n{theirs}");
+        let sorted = |t: &str| {
+            let mut v: Vec<String> = t.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(&ours.stdout), sorted(&theirs.stdout), "{flags:?}");
+        assert_eq!(sorted(&ours.stdout).len(), 2, "{flags:?}: {ours}");
+    }
+    // --since: the lines are older than a minute from now, newer than an hour ago.
+    let in_a_minute = (std::time::SystemTime::now() + Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let o = c.shoal(&["service", "logs", "--since", &in_a_minute, "streams"]);
+    assert!(o.success() && o.stdout.trim().is_empty() && o.stderr.trim().is_empty(), "{o}");
+    let o = c.shoal(&["service", "logs", "--since", "1h", "streams"]);
+    assert_eq!(lines(&o.stdout, "out"), 2, "{o}");
+    let o = c.shoal(&["service", "logs", "--since", "yesterday", "streams"]);
+    assert!(!o.success() && o.stderr.contains("invalid --since \"yesterday\""), "{o}");
     d.ok(&["service", "rm", "streams"]);
 }
 
