@@ -256,6 +256,16 @@ fn five_managers_survive_two_down() {
     }
     let mut c = Cluster::start(ClusterSpec::new(5, 0));
     let leader = wait_leader(&c, 1, &[1, 2, 3, 4, 5]);
+    // Ready nodes may still be joining raft as learners: every manager must
+    // count five voters before two are killed, or three survivors may not
+    // be a majority of what each of them knows.
+    for i in 1..=5 {
+        wait_for(CONVERGE, &format!("node{i} to count five voters"), || {
+            let r = tests::http(&c.api_addr(i), "GET", "/metrics", None).map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            text.lines().any(|l| l.trim() == "shoal_raft_voters 5").then_some(()).ok_or(text.len().to_string())
+        });
+    }
     let other = (1..=5).find(|i| *i != leader).unwrap();
     c.kill_node(leader);
     c.kill_node(other);

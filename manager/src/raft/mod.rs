@@ -286,6 +286,8 @@ impl RaftLog {
         m.gauge("shoal_raft_applied_index", "raft applied index").set(status.applied as i64);
         m.gauge("shoal_raft_leader", "1 if this manager is the raft leader").set(status.is_leader as i64);
         m.gauge("shoal_raft_leader_id", "raft id of the current leader (0: none)").set(status.leader_id as i64);
+        m.gauge("shoal_raft_voters", "voting managers in this manager's raft configuration")
+            .set(status.voters.len() as i64);
         m.gauge("shoal_raft_skipped_entries", "log entries skipped as ignorable and unreadable by this version")
             .set(self.core.skipped_entries() as i64);
         let (bytes, compactions) = self.core.storage_figures();
