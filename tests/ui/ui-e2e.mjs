@@ -228,20 +228,52 @@ try {
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`ui screenshot: ${shot}`);
 
-  // 4. Made-up 50 nodes × 500 tasks: drawn and patched quickly, the page
-  // scrolls sideways.
-  const big = await browser.newPage({ viewport: { width: 1600, height: 900 } });
-  big.on('pageerror', (e) => pageErrors.push(String(e)));
-  await big.goto(URL_ + '?synthetic=50x500');
-  const bench = await big.waitForFunction(() => window.shoalUI && window.shoalUI.bench, null, { timeout: 20_000 }).then((h) => h.jsonValue());
-  if (bench.columns !== 50 || bench.cards !== 500) fail(`synthetic page should show 50 columns and 500 cards: ${JSON.stringify(bench)}`);
-  const scrolls = await big.$eval('#board', (b) => b.scrollWidth > b.clientWidth);
-  if (!scrolls) fail('50 columns should scroll sideways');
-  const bigShot = path.join(ARTIFACTS, 'ui-50x500.png');
-  await big.screenshot({ path: bigShot });
-  console.log(
-    `ui synthetic 50 nodes × 500 tasks: first render ${bench.firstRenderMs.toFixed(1)} ms, one patch (5 cards) ${bench.patchMs.toFixed(2)} ms, age tick ${bench.ageTickMs.toFixed(1)} ms; screenshot ${bigShot}`,
-  );
+  // 4. Made-up 50 nodes × 500 tasks: drawn and patched quickly as cards,
+  // the columns wrap (no sideways scrolling). Then 5,000 nodes × 100,000
+  // tasks in 1,000 services (the million-task issue's size for the page):
+  // compact by itself, no sideways scrolling, small patches, and the filters
+  // show one service's nodes and one node.
+  for (const [nNodes, nTasks, shotName] of [
+    [50, 500, 'ui-50x500.png'],
+    [5000, 100000, 'ui-5000x100000.png'],
+  ]) {
+    const big = await browser.newPage({ viewport: { width: 1600, height: 900 } });
+    big.on('pageerror', (e) => pageErrors.push(String(e)));
+    await big.goto(URL_ + `?synthetic=${nNodes}x${nTasks}`);
+    const bench = await big.waitForFunction(() => window.shoalUI && window.shoalUI.bench, null, { timeout: 120_000 }).then((h) => h.jsonValue());
+    const label = `${nNodes} nodes × ${nTasks} tasks`;
+    if (bench.columns !== nNodes || bench.cards !== nTasks) fail(`synthetic page should show ${nNodes} columns and ${nTasks} cards: ${JSON.stringify(bench)}`);
+    const sideways = await big.$eval('#board', (b) => b.scrollWidth > b.clientWidth);
+    if (sideways) fail(`${label}: the columns should wrap, not scroll sideways`);
+    const big1 = nNodes > 100;
+    if (bench.compact !== big1) fail(`${label}: the page should ${big1 ? '' : 'not '}turn compact by itself: ${JSON.stringify(bench)}`);
+    const dots = await big.$$eval('[data-task-id].dot', (ks) => ks.length);
+    if (big1 && dots !== nTasks) fail(`${label}: every task should be a square in the compact view, found ${dots}`);
+    if (bench.filterNodeNodes !== 1) fail(`${label}: filtering by a hostname should leave one node, left ${bench.filterNodeNodes}`);
+    const perService = big1 ? 100 : 8;
+    if (bench.filterServiceNodes !== perService) fail(`${label}: one service's filter should leave its ${perService} nodes, left ${bench.filterServiceNodes}`);
+    if (bench.patchBytes > 4096) fail(`${label}: a 5-task patch should stay small, it was ${bench.patchBytes} bytes`);
+    const shot = path.join(ARTIFACTS, shotName);
+    await big.screenshot({ path: shot });
+    console.log(
+      `ui synthetic ${label}${bench.compact ? ' (compact)' : ''}: first render ${bench.firstRenderMs.toFixed(1)} ms, one patch (5 cards, ${Math.round(bench.patchBytes)} B) ${bench.patchMs.toFixed(2)} ms, ` +
+        `age tick ${bench.ageTickMs.toFixed(1)} ms, filter by service ${bench.filterServiceMs.toFixed(1)} ms, by node ${bench.filterNodeMs.toFixed(1)} ms; ${bench.domNodes} DOM elements; screenshot ${shot}`,
+    );
+    await big.close();
+  }
+
+  // 4b. The filters in the live page: the drained node's hostname leaves
+  // its column alone, and the address keeps the filter.
+  await page.fill('#f-node', DRAIN);
+  await page
+    .waitForFunction((host) => Array.from(document.querySelectorAll('section.col[data-node-id]')).filter((c) => !c.hidden).map((c) => c.dataset.hostname).join(',') === host, DRAIN, { timeout: 5_000 })
+    .catch(async () => fail(`filtering by ${DRAIN} should leave its column alone; page shows: ${await describe()}`));
+  if (!(await page.evaluate(() => location.search)).includes('node=')) fail('the node filter should be kept in the address');
+  await page.fill('#f-node', '');
+  await page.selectOption('#f-service', 'web');
+  const webOnly = await page.$$eval('[data-task-id]', (ks) => ks.filter((k) => k.offsetParent !== null).every((k) => k.dataset.service === 'web'));
+  if (!webOnly) fail('with service web chosen, only its cards should show');
+  await page.selectOption('#f-service', '');
 
   // 5. A worker's API serves the page too, and it says where to look.
   const workerUrl = process.env.SHOAL_UI_WORKER_URL;
