@@ -36,6 +36,7 @@
 #   BENCH_DURATION=3s    per wrk run (every path x 4 cases x ROUNDS runs)
 #   BENCH_NET=127.0.240  addresses: .10 nginx, .11 userspace, .12 kernel, .13 haproxy, .14 splice,
 #                        .15 copy, .16 userspace2, .17 haproxy2, .18 baseline
+#   BENCH_ONLY="direct userspace haproxy"  measure only these paths
 #   BENCH_PORT=18180     the published port (nginx listens on PORT+1)
 #   CARGO_TARGET_DIR     where cargo builds the example (default <repo>/target)
 set -euo pipefail
@@ -49,6 +50,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/examples/mesh_bench
 THREADS2=${BENCH_THREADS2:-1}
 BASELINE=${BENCH_BASELINE:-}
+ONLY=${BENCH_ONLY:-}
 
 die() { echo "bench-mesh: $*" >&2; exit 1; }
 
@@ -216,6 +218,10 @@ cases=(ka1 ka64 close16 1mib)
 paths=()
 for path in "${all[@]}"; do
   [ -n "${url[$path]:-}" ] || continue
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $path "* ]]; then
+    reason[$path]="not in BENCH_ONLY"
+    continue
+  fi
   if ! wait_http "${url[$path]}/"; then
     reason[$path]="no answer at ${url[$path]}/"
     continue

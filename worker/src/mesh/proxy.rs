@@ -72,7 +72,10 @@ pub struct ProxyConfig {
     /// direction once one read filled [`ProxyConfig::buffer`].
     pub splice: Splice,
     /// Bytes a splice pipe holds (`F_SETPIPE_SZ`; up to the kernel's
-    /// `fs.pipe-max-size`, 1 MiB by default).
+    /// `fs.pipe-max-size`, 1 MiB by default): what a bulk direction may
+    /// have in flight inside the proxy, beside the sockets' own buffers
+    /// (which TCP autotunes to several MiB anyway). Pages in a pipe are
+    /// the sockets' own, referenced, not copied.
     pub pipe_size: usize,
 }
 
