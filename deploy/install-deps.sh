@@ -38,7 +38,9 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # docker-registry and apache2-utils (htpasswd): a registry on loopback that
 # wants a login, for the --with-registry-auth test (run by the test itself,
 # never as the package's service).
-want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq chromium fonts-dejavu-core nginx conntrack tcpdump docker-registry apache2-utils)
+# wrk and haproxy: deploy/bench-mesh.sh's load generator and the proxy it
+# compares shoal's with (run with a config of its own, never as a service).
+want=(docker.io busybox-static iproute2 nftables curl ca-certificates jq chromium fonts-dejavu-core nginx conntrack tcpdump docker-registry apache2-utils wrk haproxy)
 command -v node >/dev/null 2>&1 || want+=(nodejs)
 command -v npm >/dev/null 2>&1 || want+=(npm)
 # python3 and pip: the Docker SDK for Python (from PyPI, below) drives the

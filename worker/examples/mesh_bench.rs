@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use common::ids::{NodeId, ServiceId};
 use common::mesh::{MeshEntry, MeshTable, Protocol};
+use worker::mesh::proxy::Splice;
 use worker::mesh::{preflight, DataPath, GetStatus, MeshConfig, MeshProgrammer, SetTable, Shutdown};
 
 fn usage() -> ExitCode {
@@ -42,8 +43,20 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut config = MeshConfig::new(node_id, node_ip, path);
-    // MESH_SPLICE=1: the userspace proxy moves bytes with splice(2).
-    config.proxy.splice = std::env::var("MESH_SPLICE").as_deref() == Ok("1");
+    // MESH_SPLICE=never|bulk|always: when the userspace proxy moves bytes
+    // with splice(2); MESH_BUFFER: its read size; MESH_THREADS: its threads.
+    match std::env::var("MESH_SPLICE").as_deref() {
+        Ok("never") | Ok("0") => config.proxy.splice = Splice::Never,
+        Ok("bulk") => config.proxy.splice = Splice::Bulk,
+        Ok("always") | Ok("1") => config.proxy.splice = Splice::Always,
+        _ => {}
+    }
+    if let Some(n) = std::env::var("MESH_BUFFER").ok().and_then(|v| v.parse().ok()) {
+        config.proxy.buffer = n;
+    }
+    if let Some(n) = std::env::var("MESH_THREADS").ok().and_then(|v| v.parse().ok()) {
+        config.proxy.threads = n;
+    }
     let (programmer, _status) = MeshProgrammer::new(config);
     let mesh = programmer.start();
     let table = MeshTable {

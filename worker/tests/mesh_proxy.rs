@@ -14,7 +14,7 @@ use common::ids::NodeId;
 use common::mesh::{MeshTable, Protocol};
 use mesh_common::*;
 use worker::mesh::plan::PortKey;
-use worker::mesh::proxy::{Proxy, ProxyConfig};
+use worker::mesh::proxy::{Proxy, ProxyConfig, Splice};
 use worker::mesh::{DataPath, GetStatus, MeshConfig, MeshError, MeshProgrammer, SetTable, Shutdown};
 
 const PORT: u16 = 18080;
@@ -315,8 +315,8 @@ async fn proxy_protocol_v2_tells_the_backend_who_called() {
 async fn bulk_transfer_and_half_close_pass_through() {
     let node = ip(6, 1);
     let a = tcp_backend("a", ip(6, 2)).await;
-    // Copying (the default) and splice(2).
-    for (i, splice) in [false, cfg!(target_os = "linux")].into_iter().enumerate() {
+    // Copying, splice(2) for bulk (the default) and splice(2) throughout.
+    for (i, splice) in [Splice::Never, Splice::Bulk, Splice::Always].into_iter().enumerate() {
         let proxy = Proxy::new(node, ProxyConfig { splice, ..ProxyConfig::default() });
         bulk_through(proxy, PortKey::tcp(PORT + 6 + i as u16), &a).await;
     }

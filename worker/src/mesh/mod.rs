@@ -28,6 +28,8 @@ pub mod nft;
 pub mod plan;
 pub mod proxy;
 #[cfg(target_os = "linux")]
+pub mod pump;
+#[cfg(target_os = "linux")]
 pub mod splice;
 
 use std::collections::{BTreeMap, HashMap};

@@ -11,26 +11,29 @@
 //! (SO_LINGER 0) and a datagram dropped. The proxy runs on a runtime of
 //! its own ([`ProxyConfig::threads`]), apart from the node's actors.
 //!
-//! Bytes are copied with `tokio::io::copy_bidirectional_with_sizes` through
-//! two bounded buffers per connection; with `ProxyConfig::splice` (Linux)
-//! they move with `splice(2)` instead ([`super::splice`]): socket to a pipe
-//! to socket, never through userspace, with pipes pooled across
-//! connections. Measured here, splice lost to copying even on 1 MiB
-//! transfers over loopback, so it is off by default. Splice pays off for bulk transfers; for small
-//! request/response traffic the cost is in wake-ups and syscalls, which it
-//! does not reduce (see `deploy/bench-mesh.sh`, which measures both).
+//! Bytes move with [`super::pump`]: one task per connection, plain reads
+//! and writes through a per-thread 64 KiB scratch buffer for
+//! request/response traffic (a connection holds memory only for what a
+//! blocked write left over), and, by default on Linux ([`Splice::Bulk`]),
+//! `splice(2)` through a pooled pipe of up to 1 MiB ([`super::splice`]) for
+//! a direction once one read filled the buffer: a bulk transfer then never
+//! passes through userspace. Splicing from the first byte
+//! ([`Splice::Always`]) costs two splices per small message where a read
+//! and a write do, and measured slower for requests; never splicing
+//! ([`Splice::Never`]) costs a copy in and out per byte of a bulk transfer
+//! (`deploy/bench-mesh.sh` measures all three, with the proxy's CPU time
+//! per request). Accepted sockets inherit TCP_NODELAY from the listener,
+//! and the listener's own address stands for each connection's local one:
+//! a connection costs as few system calls as we found.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
@@ -52,7 +55,9 @@ pub struct ProxyConfig {
     pub tcp_idle: Duration,
     /// A UDP flow with no datagram either way for this long is forgotten.
     pub udp_idle: Duration,
-    /// Per direction of a TCP connection.
+    /// The most read from a TCP socket at once (a per-thread scratch
+    /// buffer: a connection holds only what a blocked write left over, at
+    /// most this much per direction).
     pub buffer: usize,
     /// Open TCP connections per port; more are reset.
     pub max_connections: usize,
@@ -62,10 +67,16 @@ pub struct ProxyConfig {
     /// Threads of the proxy's own runtime, so that traffic neither waits for
     /// the node's actors nor holds them up; 0: the caller's runtime.
     pub threads: usize,
-    /// Move TCP bytes with splice(2) through a pipe (Linux), not through
-    /// buffers of ours. Off by default: measured on loopback it moved a
-    /// 1 MiB transfer slower than copying (`deploy/bench-mesh.sh`, README).
-    pub splice: bool,
+    /// When TCP bytes move with splice(2) through a pipe (Linux) rather
+    /// than through our buffer: [`Splice::Bulk`] by default, for a
+    /// direction once one read filled [`ProxyConfig::buffer`].
+    pub splice: Splice,
+    /// Bytes a splice pipe holds (`F_SETPIPE_SZ`; up to the kernel's
+    /// `fs.pipe-max-size`, 1 MiB by default): what a bulk direction may
+    /// have in flight inside the proxy, beside the sockets' own buffers
+    /// (which TCP autotunes to several MiB anyway). Pages in a pipe are
+    /// the sockets' own, referenced, not copied.
+    pub pipe_size: usize,
 }
 
 impl Default for ProxyConfig {
@@ -77,12 +88,13 @@ impl Default for ProxyConfig {
             // conntrack's stream timeout.
             tcp_idle: Duration::from_secs(900),
             udp_idle: Duration::from_secs(120),
-            buffer: 16 * 1024,
+            buffer: 64 * 1024,
             max_connections: 16_384,
             max_udp_flows: 4_096,
             listen_backlog: 1_024,
             threads: 1,
-            splice: false,
+            splice: if cfg!(target_os = "linux") { Splice::Bulk } else { Splice::Never },
+            pipe_size: 1024 * 1024,
         }
     }
 }
@@ -206,12 +218,13 @@ impl Proxy {
                 }
             },
         };
+        let pipe_size = config.pipe_size;
         Proxy {
             addr,
             config: Arc::new(config),
             stats: Arc::new(ProxyStats::default()),
             ports: HashMap::new(),
-            pipes: Arc::new(Pipes::new(1024)),
+            pipes: Arc::new(Pipes::new(1024, pipe_size)),
             handle,
             runtime,
         }
@@ -353,6 +366,8 @@ fn listen_tcp(at: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     // So a restarted node can bind again while old connections linger in
     // TIME_WAIT; a port someone listens on still fails with AddrInUse.
     sock.set_reuseaddr(true)?;
+    // Accepted connections inherit it: one setsockopt fewer per connection.
+    sock.set_nodelay(true)?;
     sock.bind(at)?;
     sock.listen(backlog)
 }
@@ -364,17 +379,8 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-#[cfg(target_os = "linux")]
-type Pipes = super::splice::PipePool;
-/// No splice(2) here: nothing to pool.
-#[cfg(not(target_os = "linux"))]
-struct Pipes;
-#[cfg(not(target_os = "linux"))]
-impl Pipes {
-    fn new(_: usize) -> Self {
-        Pipes
-    }
-}
+use super::pump::Pipes;
+pub use super::pump::Splice;
 
 async fn serve_tcp(
     listener: TcpListener,
@@ -384,6 +390,9 @@ async fn serve_tcp(
     pipes: Arc<Pipes>,
 ) {
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    // Where every connection arrives, known without a getsockname each
+    // (unless the listener is a wildcard one).
+    let bound = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -412,7 +421,7 @@ async fn serve_tcp(
         let stats = stats.clone();
         let pipes = pipes.clone();
         tokio::spawn(async move {
-            forward_tcp(client, peer, &backends, list, &config, &stats, &pipes).await;
+            forward_tcp(client, peer, bound, &backends, list, &config, &stats, &pipes).await;
             drop(permit);
         });
     }
@@ -458,16 +467,18 @@ async fn connect_next(
     None
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward_tcp(
     client: TcpStream,
     peer: SocketAddr,
+    bound: Option<SocketAddr>,
     backends: &Backends,
     list: Arc<[SocketAddr]>,
     config: &ProxyConfig,
     stats: &ProxyStats,
     pipes: &Pipes,
 ) {
-    let local = client.local_addr().ok();
+    let local = bound.or_else(|| client.local_addr().ok());
     let from = local.map(|a| a.ip());
     let Some(mut upstream) = connect_next(backends, &list, from, config).await else {
         stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
@@ -487,31 +498,12 @@ async fn forward_tcp(
     }
     stats.tcp_forwarded.fetch_add(1, Ordering::Relaxed);
     stats.tcp_active.fetch_add(1, Ordering::Relaxed);
-    let _ = client.set_nodelay(true);
+    // The client's is the listener's, inherited.
     let _ = upstream.set_nodelay(true);
     let clock = Clock::new();
-    #[cfg(target_os = "linux")]
-    if config.splice {
-        let touch = |_: usize| clock.touch();
-        tokio::select! {
-            r = super::splice::both_ways(&client, &upstream, pipes, &touch) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "mesh proxy: connection ended");
-                }
-            }
-            _ = clock.idle_for(config.tcp_idle) => {
-                tracing::debug!("mesh proxy: idle connection closed");
-            }
-        }
-        stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
-        return;
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = pipes;
-    let mut a = Touch { inner: client, clock: &clock };
-    let mut b = Touch { inner: upstream, clock: &clock };
+    let touch = || clock.touch();
     tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, config.buffer, config.buffer) => {
+        r = super::pump::both_ways(&client, &upstream, config.buffer, config.splice, pipes, &touch) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "mesh proxy: connection ended");
             }
@@ -584,37 +576,6 @@ impl Clock {
             }
             tokio::time::sleep_until(due).await;
         }
-    }
-}
-
-/// A stream that touches a [`Clock`] whenever it reads data.
-struct Touch<'a, S> {
-    inner: S,
-    clock: &'a Clock,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Touch<'_, S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.clock.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Touch<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

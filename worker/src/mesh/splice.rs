@@ -1,56 +1,64 @@
-//! Zero-copy forwarding between two TCP sockets with `splice(2)`: bytes go
-//! from one socket into a pipe and from the pipe into the other without
-//! passing through userspace. Linux only; the proxy falls back to copying
-//! elsewhere.
+//! Pipes for `splice(2)` (Linux): bytes go from one socket into a pipe and
+//! from the pipe into the other without passing through userspace. The
+//! forwarding itself is [`super::pump`]'s.
 //!
-//! Each direction owns a pipe. Pipes are kept in a [`PipePool`] between
-//! connections (an empty pipe is as good as new), so a connection costs no
-//! `pipe2` calls and no allocation once the pool is warm; a pipe that may
-//! still hold bytes (its connection failed mid-transfer) is closed instead.
+//! Pipes are kept in a [`PipePool`] between connections (an empty pipe is
+//! as good as new), so a connection costs no `pipe2` calls and no
+//! allocation once the pool is warm; a pipe that may still hold bytes (its
+//! connection failed mid-transfer) is closed instead. A pipe is grown to
+//! the pool's size with `F_SETPIPE_SZ` (1 MiB by default, the kernel's
+//! `fs.pipe-max-size`): one `splice` then moves whatever the socket has
+//! buffered, not 64 KiB at a time. The memory is only the pages in flight:
+//! an empty pipe holds none.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use parking_lot::Mutex;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 
-/// Bytes moved per `splice` call: a pipe's default capacity.
-const CHUNK: usize = 64 * 1024;
-
-/// One pipe: (read end, write end).
+/// One pipe: (read end, write end), and how many bytes it holds at most.
 pub struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
+    pub(super) r: OwnedFd,
+    pub(super) w: OwnedFd,
+    pub(super) capacity: usize,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    fn new(size: usize) -> io::Result<Pipe> {
         let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        Ok(Pipe { r, w })
+        // Refused over the user's pipe quota, or above fs.pipe-max-size for
+        // an unprivileged process: the pipe keeps its default size then.
+        if size > 0 {
+            let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(size.min(i32::MAX as usize) as i32));
+        }
+        let capacity = fcntl(&w, FcntlArg::F_GETPIPE_SZ).map(|c| c.max(4096) as usize).unwrap_or(64 * 1024);
+        Ok(Pipe { r, w, capacity })
     }
 }
 
-/// Empty pipes for the next connections, at most `max` of them.
+/// Empty pipes for the next connections, at most `max` of them, each of
+/// `size` bytes.
 pub struct PipePool {
     free: Mutex<Vec<Pipe>>,
     max: usize,
+    size: usize,
 }
 
 impl PipePool {
-    pub fn new(max: usize) -> Self {
-        PipePool { free: Mutex::new(Vec::new()), max }
+    pub fn new(max: usize, size: usize) -> Self {
+        PipePool { free: Mutex::new(Vec::new()), max, size }
     }
 
-    fn take(&self) -> io::Result<Pipe> {
+    pub fn take(&self) -> io::Result<Pipe> {
         match self.free.lock().pop() {
             Some(p) => Ok(p),
-            None => Pipe::new(),
+            None => Pipe::new(self.size),
         }
     }
 
-    fn give(&self, p: Pipe) {
+    /// Only an empty pipe may come back.
+    pub fn give(&self, p: Pipe) {
         let mut free = self.free.lock();
         if free.len() < self.max {
             free.push(p);
@@ -62,67 +70,12 @@ fn flags() -> SpliceFFlags {
     SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
 }
 
-/// Moves bytes from `from` to `to` until `from` ends (then `to`'s write
-/// side is shut down) or either fails. `moved` is called with every chunk's
-/// size (the idle clock). Returns the bytes moved.
-pub async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    pool: &PipePool,
-    moved: &(dyn Fn(usize) + Sync),
-) -> io::Result<u64> {
-    let pipe = pool.take()?;
-    let mut total = 0u64;
-    let result = async {
-        loop {
-            // Socket -> pipe (the pipe is empty here).
-            let n = loop {
-                from.readable().await?;
-                match from.try_io(Interest::READABLE, || {
-                    splice(from.as_fd(), None, pipe.w.as_fd(), None, CHUNK, flags()).map_err(io::Error::from)
-                }) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            };
-            if n == 0 {
-                // The peer is done sending: pass the half-close on.
-                let _ =
-                    nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(to), nix::sys::socket::Shutdown::Write);
-                return Ok(());
-            }
-            moved(n);
-            // Pipe -> socket, all of it.
-            let mut left = n;
-            while left > 0 {
-                to.writable().await?;
-                match to.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_fd(), None, to.as_fd(), None, left, flags()).map_err(io::Error::from)
-                }) {
-                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "splice wrote nothing")),
-                    Ok(m) => left -= m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            total += n as u64;
-        }
-    }
-    .await;
-    // Only an emptied pipe goes back.
-    if result.is_ok() {
-        pool.give(pipe);
-    }
-    result.map(|()| total)
+/// Socket (or any fd) into the pipe: at most `len` bytes.
+pub fn fill(from: impl AsFd, pipe: &Pipe, len: usize) -> io::Result<usize> {
+    splice(from.as_fd(), None, pipe.w.as_fd(), None, len, flags()).map_err(io::Error::from)
 }
 
-/// Both directions at once, until both have ended (or one failed).
-pub async fn both_ways(
-    a: &TcpStream,
-    b: &TcpStream,
-    pool: &PipePool,
-    moved: &(dyn Fn(usize) + Sync),
-) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b, pool, moved), one_way(b, a, pool, moved))
+/// The pipe into a socket: at most `len` bytes.
+pub fn drain(pipe: &Pipe, to: impl AsFd, len: usize) -> io::Result<usize> {
+    splice(pipe.r.as_fd(), None, to.as_fd(), None, len, flags()).map_err(io::Error::from)
 }
