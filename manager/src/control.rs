@@ -99,6 +99,9 @@ pub struct LoopCtx<'a> {
 pub trait Decide: Unpin + 'static {
     fn name(&self) -> &'static str;
     fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>);
+    /// The last proposal failed or its fate is unknown: a core that decides
+    /// from what changed since its last decision looks at everything next.
+    fn failed(&mut self) {}
 }
 
 pub struct ControlLoop<D: Decide> {
@@ -237,6 +240,9 @@ impl<D: Decide> Handler<Kick> for ControlLoop<D> {
                     Err(e) => tracing::error!(actor = name, error = %e, "raft log unreachable"),
                 }
                 this.metrics.handled(started, ok);
+                if !ok {
+                    this.core.failed();
+                }
                 if ok || this.dirty {
                     ctx.notify(Kick);
                 } else {

@@ -54,6 +54,7 @@
 //!   are never serialised and are rebuilt whenever a store is decoded, so
 //!   snapshots keep their format.
 
+pub mod feed;
 mod files;
 mod networks;
 mod tasks;
@@ -485,6 +486,10 @@ pub struct Store {
     /// Overlay networks. Not written when empty, as `no_session`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<NetworkId, Network>,
+    /// What each apply changed, for the leader's loops (never serialised;
+    /// a store decoded from a snapshot starts a feed of its own).
+    #[serde(skip)]
+    pub feed: feed::Feed,
 }
 
 /// Who proposed an entry: (raft id, process start nonce, counter). A
@@ -577,7 +582,19 @@ impl Store {
     /// commands (a service created, then updated, in one batch): a second
     /// copy of apply that could drift from the first. Single commands skip
     /// the log: the dispatcher's status reports are large and never batched.
+    ///
+    /// What the command may have written goes to the change feed
+    /// ([`feed`]), failed or not.
     pub fn apply_recording(&mut self, cmd: Command, changes: &mut Vec<Change>) -> Result<(), StoreError> {
+        let mut delta = feed::Delta::default();
+        feed::note_keys(&cmd, &mut delta);
+        let result = self.apply_recorded(cmd, changes);
+        delta.tasks = self.tasks.take_touched();
+        self.feed.push(delta);
+        result
+    }
+
+    fn apply_recorded(&mut self, cmd: Command, changes: &mut Vec<Change>) -> Result<(), StoreError> {
         let Command::Batch(cmds) = cmd else {
             return self.apply_one(cmd, changes);
         };
@@ -839,7 +856,7 @@ impl Store {
                 }
             }
             // Not reached from apply_recording, which takes batches apart.
-            batch @ Command::Batch(_) => return self.apply_recording(batch, changes),
+            batch @ Command::Batch(_) => return self.apply_recorded(batch, changes),
             Command::RotateJoinToken { role, token } => match role {
                 Role::Worker => self.cluster.worker_token = token,
                 Role::Manager => self.cluster.manager_token = token,

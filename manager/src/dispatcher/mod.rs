@@ -10,10 +10,12 @@
 //! which the liveness rule reads (`crate::liveness`).
 //!
 //! Layout: this file is the actor; [`session`] serves one node's session
-//! connection (hello answer, frames out, reports in) against it; [`diff`]
-//! computes what changed in a node's assignment set.
+//! connection (hello answer, frames out, reports in) against it; [`push`]
+//! says what changed in each node's assignment set since it was last sent,
+//! from the store's change feed ([`diff`] compares two whole sets).
 
 pub mod diff;
+pub mod push;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -24,10 +26,10 @@ use actix::prelude::*;
 use common::mesh::{MeshFailure, MeshTable};
 use common::sched::NodeDescription;
 use common::secret::{FileData, Kind};
-use common::task::{Task, TaskState, TaskStatusUpdate};
+use common::task::{Task, TaskStatusUpdate};
 use common::time::{now_ms, Millis};
 use common::wire::Frame;
-use common::{NodeId, TaskId};
+use common::NodeId;
 use tokio::sync::{mpsc, watch, Notify};
 use worker::node::metrics::{metrics, ActorMetrics};
 
@@ -128,8 +130,8 @@ impl SessionTx {
 struct Session {
     id: u64,
     tx: SessionTx,
-    /// What this node was last sent; `None` until the full set went out.
-    sent: Option<BTreeMap<TaskId, Task>>,
+    /// What this node was last sent; nothing until the full set went out.
+    sent: push::Sent,
     /// The mesh table went out (it is resent to all when it changes).
     mesh_sent: bool,
     /// The secrets and configs whose values this node was last sent.
@@ -154,6 +156,8 @@ pub struct Dispatcher {
     metrics: ActorMetrics,
     wake: WakeUp,
     heard: Heard,
+    /// Where the dispatcher is in the store's change feed.
+    tracker: push::Tracker,
 }
 
 impl Dispatcher {
@@ -179,6 +183,7 @@ impl Dispatcher {
             metrics: metrics().actor("dispatcher"),
             wake: wake.clone(),
             heard,
+            tracker: push::Tracker::default(),
         }
         .start();
         let a = addr.clone();
@@ -223,11 +228,16 @@ impl Dispatcher {
         // restarts in its new role) even when no task changes.
         let managers_changed = managers != self.managers;
         self.managers = managers.clone();
+        let dirty = self.tracker.take(&store);
         // The mesh goes first: a task leaves the rotation before the
-        // assignment that stops it is sent.
-        let mesh = crate::mesh::table(&store);
-        let mesh_changed = mesh != self.mesh;
-        self.mesh = mesh;
+        // assignment that stops it is sent. Recomputed only when a change
+        // can reach it.
+        let mesh_changed = dirty.mesh && {
+            let mesh = crate::mesh::table(&store);
+            let changed = mesh != self.mesh;
+            self.mesh = mesh;
+            changed
+        };
         // A removed node's session ends here, before it could be sent the
         // gossip key its removal brought.
         self.sessions.retain(|node, s| {
@@ -254,43 +264,27 @@ impl Dispatcher {
             }
         }
         for (node, session) in self.sessions.iter_mut() {
-            // From the store's index by node, not a scan of every task. An
-            // ORPHANED task was given up with its node: the node no longer
-            // holds it, so on its return it stops and removes the container.
-            // The task stays in the store's history. A task that names this
-            // node but was not admitted there yet (a global task the
-            // scheduler holds PENDING) is not the node's either.
-            let now: BTreeMap<TaskId, Task> = store
-                .tasks_on(node)
-                .filter(|t| t.status.state != TaskState::Orphaned && t.assigned_node().is_some())
-                .map(|t| (t.id.clone(), t.clone()))
-                .collect();
+            // Only what changed for this node (see `push`).
+            let (update, files_changed) = session.sent.update(&store, node, &dirty);
             // The values the tasks need go before the tasks.
-            let files = files_needed(now.values());
-            if files != session.files_sent {
-                let _ = session.tx.send(Frame::Files(file_data(&store, &files)));
-                session.files_sent = files;
+            if files_changed {
+                let files = files_needed(push::assignment_set(&store, node));
+                if files != session.files_sent {
+                    let _ = session.tx.send(Frame::Files(file_data(&store, &files)));
+                    session.files_sent = files;
+                }
             }
-            let frame = match &session.sent {
-                None => Some(Frame::Assignments {
-                    full: true,
-                    tasks: now.values().cloned().collect(),
-                    removed: vec![],
-                    managers: managers.clone(),
-                }),
-                Some(sent) => {
-                    let d = diff::diff(sent, &now);
-                    (!d.is_empty() || managers_changed).then(|| Frame::Assignments {
-                        full: false,
-                        tasks: d.upserts,
-                        removed: d.removed,
-                        managers: managers.clone(),
-                    })
+            let frame = match update {
+                push::Update::Full(tasks) => {
+                    Some(Frame::Assignments { full: true, tasks, removed: vec![], managers: managers.clone() })
+                }
+                update @ push::Update::Diff { .. } if update.is_empty() && !managers_changed => None,
+                push::Update::Diff { upserts, removed } => {
+                    Some(Frame::Assignments { full: false, tasks: upserts, removed, managers: managers.clone() })
                 }
             };
             if let Some(f) = frame {
                 let _ = session.tx.send(f);
-                session.sent = Some(now);
             }
         }
     }
@@ -396,7 +390,7 @@ impl Handler<Register> for Dispatcher {
             Session {
                 id,
                 tx: SessionTx::new(msg.tx),
-                sent: None,
+                sent: push::Sent::default(),
                 mesh_sent: false,
                 files_sent: BTreeSet::new(),
                 gossip_keys_sent: None,

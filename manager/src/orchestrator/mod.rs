@@ -21,15 +21,16 @@ pub mod update;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::spec::ServiceMode;
 use common::task::Task;
 use common::time::Millis;
-use common::{ServiceId, TaskId};
+use common::{NodeId, ServiceId, TaskId};
 
 use crate::control::{Decide, LoopCtx};
-use crate::store::{Command, Store};
+use crate::store::feed::Cursor;
+use crate::store::{Command, Service, Store};
 use task::{Batch, NodeHealth, Params, Pass};
 
 /// How long a node may be missing from the live set (gossip, and a session
@@ -46,9 +47,24 @@ pub struct Decision {
     pub wake_at: Option<Millis>,
 }
 
+/// The orchestrator's loop core. It reconciles only the services that a
+/// change can concern, read from the store's change feed
+/// ([`crate::store::feed`]): a service written, one whose tasks were,
+/// every service with tasks on a node that changed or went down or came
+/// back (and every global one), and those whose timer (a restart delay, an
+/// update's delay or monitor) is due. When the feed cannot say (start, a
+/// new term as leader, a store rebuilt from a snapshot, a failed proposal)
+/// it reconciles them all.
 #[derive(Default)]
 pub struct Orchestrator {
     pub params: Params,
+    cursor: Option<Cursor>,
+    /// When each service asked to be looked at again.
+    wake: BTreeMap<ServiceId, Millis>,
+    /// The nodes down at the last look.
+    down: BTreeSet<NodeId>,
+    /// The term as leader the cursor belongs to.
+    leader_since: Option<Millis>,
 }
 
 /// Nodes to treat as down, and when the next one may become so.
@@ -74,23 +90,71 @@ pub fn reconcile(
     params: &Params,
     new_id: &mut dyn FnMut() -> TaskId,
 ) -> Decision {
+    let (d, _) = reconcile_some(store, store.services.values(), health, now, params, new_id);
+    d
+}
+
+/// [`reconcile`] for some services only; also says when each of them
+/// asked to be looked at again.
+pub fn reconcile_some<'s>(
+    store: &'s Store,
+    services: impl IntoIterator<Item = &'s Service>,
+    health: &NodeHealth,
+    now: Millis,
+    params: &Params,
+    new_id: &mut dyn FnMut() -> TaskId,
+) -> (Decision, Vec<(ServiceId, Option<Millis>)>) {
     let mut b = Batch::default();
-    // One pass over the tasks, not one per service.
-    let mut by_service: BTreeMap<&ServiceId, Vec<&Task>> = BTreeMap::new();
-    for t in store.tasks.values() {
-        by_service.entry(&t.service_id).or_default().push(t);
-    }
+    let mut wakes = Vec::new();
     let mut pass = Pass { store, health, now, params, new_id };
-    for svc in store.services.values() {
-        let tasks = by_service.remove(&svc.id).unwrap_or_default();
+    for svc in services {
+        // From the store's index by service, in id order.
+        let tasks: Vec<&Task> = store.tasks_of(&svc.id).collect();
+        let before = b.wake_at.take();
         match svc.spec.mode {
             ServiceMode::Replicated { .. } => replicated::reconcile_service(&mut pass, svc, &tasks, &mut b),
             ServiceMode::Global => global::reconcile_service(&mut pass, svc, &tasks, &mut b),
             ServiceMode::ReplicatedJob { .. } => job::reconcile_replicated(&mut pass, svc, &tasks, &mut b),
             ServiceMode::GlobalJob => job::reconcile_global(&mut pass, svc, &tasks, &mut b),
         }
+        wakes.push((svc.id.clone(), b.wake_at));
+        b.wake_at = match (before, b.wake_at) {
+            (Some(a), Some(w)) => Some(a.min(w)),
+            (a, w) => a.or(w),
+        };
     }
-    b.into_decision()
+    (b.into_decision(), wakes)
+}
+
+impl Orchestrator {
+    /// The services a change since the last look can concern; `None`: all.
+    fn dirty(&mut self, store: &Store, health: &NodeHealth, now: Millis) -> Option<BTreeSet<ServiceId>> {
+        let deltas = store.feed.since(self.cursor);
+        self.cursor = Some(store.feed.cursor());
+        let deltas = deltas?;
+        let mut dirty = BTreeSet::new();
+        let mut nodes: BTreeSet<&NodeId> = self.down.symmetric_difference(&health.down).collect();
+        for d in deltas {
+            dirty.extend(d.services.iter().cloned());
+            nodes.extend(d.nodes.iter());
+            for touch in &d.tasks {
+                dirty.extend(touch.service().cloned());
+                if let Some(t) = store.tasks.get(&touch.id) {
+                    dirty.insert(t.service_id.clone());
+                }
+            }
+        }
+        if !nodes.is_empty() {
+            for svc in store.services.values().filter(|s| s.spec.mode.is_global()) {
+                dirty.insert(svc.id.clone());
+            }
+            for n in nodes {
+                dirty.extend(store.tasks_on(n).map(|t| t.service_id.clone()));
+            }
+        }
+        dirty.extend(self.wake.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()));
+        Some(dirty)
+    }
 }
 
 impl Decide for Orchestrator {
@@ -98,12 +162,51 @@ impl Decide for Orchestrator {
         "orchestrator"
     }
     fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>) {
+        self.decide_with(store, ctx, now, &mut TaskId::random)
+    }
+
+    fn failed(&mut self) {
+        // Whether the proposal applied is unknown: look at everything.
+        self.cursor = None;
+    }
+}
+
+impl Orchestrator {
+    /// [`Decide::decide`], with new task ids from `new_id`.
+    pub fn decide_with(
+        &mut self,
+        store: &Store,
+        ctx: &LoopCtx,
+        now: Millis,
+        new_id: &mut dyn FnMut() -> TaskId,
+    ) -> (Vec<Command>, Option<Millis>) {
+        if self.leader_since != Some(ctx.leader_since) {
+            self.leader_since = Some(ctx.leader_since);
+            self.cursor = None;
+        }
         let (health, grace_wake) = health(store, ctx, now);
-        let d = reconcile(store, &health, now, &self.params, &mut TaskId::random);
-        let wake = match (d.wake_at, grace_wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let dirty = self.dirty(store, &health, now);
+        self.down = health.down.clone();
+        let (d, wakes) = match &dirty {
+            None => {
+                self.wake.clear();
+                reconcile_some(store, store.services.values(), &health, now, &self.params, new_id)
+            }
+            Some(ids) => {
+                let services = ids.iter().filter_map(|id| store.services.get(id));
+                reconcile_some(store, services, &health, now, &self.params, new_id)
+            }
         };
+        for id in dirty.iter().flatten() {
+            self.wake.remove(id);
+        }
+        for (id, at) in wakes {
+            match at {
+                Some(at) => drop(self.wake.insert(id, at)),
+                None => drop(self.wake.remove(&id)),
+            }
+        }
+        let wake = self.wake.values().copied().chain(grace_wake).min();
         (d.commands, wake)
     }
 }

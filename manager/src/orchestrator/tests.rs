@@ -683,3 +683,55 @@ fn a_global_job_runs_once_on_every_active_node_and_on_nodes_that_join() {
     h.step(20);
     assert_eq!(nodes(&h), ["n4"]);
 }
+
+/// The orchestrator reconciles only the services a change concerns: after
+/// any sequence of store changes, live-set changes and passing time, what
+/// it decides is what reconciling every service decides.
+#[test]
+fn reconciling_what_changed_decides_what_reconciling_everything_does() {
+    use crate::testing::changes;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+
+    let (mut decided, mut rounds) = (0, 0);
+    for seed in 0..200 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut store = Store::default();
+        let mut orch = Orchestrator::default();
+        let mut live: BTreeSet<common::NodeId> = BTreeSet::new();
+        for step in 0..120u64 {
+            let now = 10_000 + step * 700;
+            for _ in 0..rng.gen_range(0..3) {
+                let cmd = changes::command(&mut rng, &store, now);
+                let _ = store.apply(cmd);
+            }
+            if rng.gen_bool(0.02) {
+                store = Store::from_snapshot(&store.to_snapshot()).unwrap();
+            }
+            if rng.gen_bool(0.2) {
+                live = store.nodes.keys().filter(|_| rng.gen_bool(0.85)).cloned().collect();
+            }
+            let ctx = LoopCtx { live: &live, leader_since: 0 };
+            let ids = |step: u64| {
+                let mut n = 0;
+                move || {
+                    n += 1;
+                    TaskId::from(format!("t{step}-{n}"))
+                }
+            };
+            let (health, _) = health(&store, &ctx, now);
+            let full = reconcile(&store, &health, now, &Params::default(), &mut ids(step));
+            let (cmds, _) = orch.decide_with(&store, &ctx, now, &mut ids(step));
+            assert_eq!(cmds, full.commands, "seed {seed}, step {step}");
+            rounds += 1;
+            if !cmds.is_empty() {
+                decided += 1;
+                if store.apply(Command::Batch(cmds)).is_err() {
+                    orch.failed();
+                }
+            }
+        }
+    }
+    assert!(decided > 3_000, "{decided} decisions in {rounds} rounds");
+}

@@ -4,8 +4,11 @@
 //! (O(log n) a task, where [`plan::plan_scan`], kept as its reference,
 //! runs every filter over every node); this is the thin loop around it,
 //! which also keeps the [`plan::RecentFailures`] it derives from the
-//! store's tasks.
+//! store's tasks. The index and the waiting tasks are kept across rounds
+//! and changed from the store's change feed ([`kept`]), so a round costs
+//! what changed, not every task.
 
+pub mod kept;
 pub mod plan;
 pub mod state;
 
@@ -13,7 +16,7 @@ use common::time::Millis;
 
 use crate::control::{Decide, LoopCtx};
 use crate::store::{Assignment, Command, Store, Unplaceable};
-use plan::{NodeView, RecentFailures, FAILURE_WINDOW_MS, MAX_FAILURES};
+use plan::{RecentFailures, FAILURE_WINDOW_MS, MAX_FAILURES};
 
 /// At most this many assignments and refusals in one proposal (about
 /// 100 bytes each in the log): a million new tasks are placed in a hundred
@@ -23,6 +26,10 @@ pub const MAX_DECISIONS_PER_PROPOSAL: usize = 10_000;
 #[derive(Default)]
 pub struct Scheduler {
     failures: RecentFailures,
+    /// The nodes' load and the waiting tasks, kept across rounds.
+    kept: kept::Kept,
+    /// The term as leader the kept state was built in.
+    leader_since: Option<Millis>,
 }
 
 impl Decide for Scheduler {
@@ -30,18 +37,26 @@ impl Decide for Scheduler {
         "scheduler"
     }
     fn decide(&mut self, store: &Store, ctx: &LoopCtx, now: Millis) -> (Vec<Command>, Option<Millis>) {
-        let views: Vec<NodeView> = store
-            .nodes
-            .values()
-            .map(|n| NodeView::new(n, ctx.live.contains(&n.id)).described(store.descriptions.get(&n.id)))
-            .collect();
-        for (service, node) in self.failures.observe(&store.tasks, now) {
+        if self.leader_since != Some(ctx.leader_since) {
+            // A new term: build everything from the store.
+            self.leader_since = Some(ctx.leader_since);
+            self.kept.reset();
+        }
+        let reached = match self.kept.follow(store, ctx.live) {
+            Some(changed) => self.failures.observe_some(changed, now),
+            None => self.failures.observe(&store.tasks, now),
+        };
+        for (service, node) in reached {
             tracing::warn!(
                 %service, %node, failures = MAX_FAILURES, window_s = FAILURE_WINDOW_MS / 1000,
                 "tasks of the service keep failing on the node: placing them on other nodes while any fits"
             );
         }
-        let p = plan::plan_at_most(&views, &store.tasks, &self.failures, MAX_DECISIONS_PER_PROPOSAL);
+        if !self.kept.is_waiting() {
+            // Most changes (status reports) leave nothing to place.
+            return (vec![], None);
+        }
+        let p = self.kept.plan(store, &self.failures, MAX_DECISIONS_PER_PROPOSAL);
         if p.len() >= MAX_DECISIONS_PER_PROPOSAL {
             // The loop plans again once this batch is committed.
             tracing::debug!(decisions = p.len(), "placing in batches: more tasks wait");
@@ -58,6 +73,11 @@ impl Decide for Scheduler {
             ));
         }
         (cmds, None)
+    }
+
+    fn failed(&mut self) {
+        // What the store holds is unknown: start again from it.
+        self.kept.reset();
     }
 }
 

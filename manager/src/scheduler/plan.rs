@@ -321,7 +321,7 @@ pub fn spread<'v, 'a>(
 
 /// Meant to run and not yet on a node: placed anywhere (no `node_id`), or
 /// admitted on the one node it names (a global task).
-fn waiting(t: &Task) -> bool {
+pub(crate) fn waiting(t: &Task) -> bool {
     t.desired_state == TaskState::Running && matches!(t.status.state, TaskState::New | TaskState::Pending)
 }
 
@@ -398,6 +398,16 @@ impl RecentFailures {
     /// not counted yet, and forgets failures older than the window. Returns
     /// the (service, node) pairs that reached [`MAX_FAILURES`] with this call.
     pub fn observe(&mut self, tasks: &BTreeMap<TaskId, Task>, now: Millis) -> Vec<(ServiceId, NodeId)> {
+        self.observe_some(tasks.values(), now)
+    }
+
+    /// [`RecentFailures::observe`] over some tasks only: those that changed
+    /// (a failure counts when its task is first seen failed).
+    pub fn observe_some<'t>(
+        &mut self,
+        tasks: impl IntoIterator<Item = &'t Task>,
+        now: Millis,
+    ) -> Vec<(ServiceId, NodeId)> {
         let recent = |at: Millis| now.saturating_sub(at) < FAILURE_WINDOW_MS;
         self.seen.retain(|_, at| recent(*at));
         for versions in self.by_service.values_mut() {
@@ -412,7 +422,7 @@ impl RecentFailures {
         self.by_service.retain(|_, versions| !versions.is_empty());
 
         let mut reached = Vec::new();
-        for t in tasks.values().filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected)) {
+        for t in tasks.into_iter().filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected)) {
             let Some(node) = t.assigned_node() else { continue };
             // A clock ahead of ours would make the failure count for longer.
             let at = t.status.timestamp.min(now);
@@ -486,6 +496,37 @@ pub fn plan_at_most<'a>(
         return Plan::default();
     }
     let mut state = SchedState::new(nodes, tasks.values());
+    plan_in(&mut state, preassigned, pending, failures, limit)
+}
+
+/// [`plan_at_most`] from a state of the nodes and their load kept by the
+/// caller, and the waiting tasks in the plan's order (those that name
+/// their node, then the others by service: see `waiting_in_order`). The
+/// state is left as it was: what the plan places is counted once the store
+/// says so.
+pub fn plan_in<'t>(
+    state: &mut SchedState,
+    preassigned: impl IntoIterator<Item = &'t Task>,
+    pending: impl IntoIterator<Item = &'t Task>,
+    failures: &RecentFailures,
+    limit: usize,
+) -> Plan {
+    let mut placed: Vec<(&'t Task, usize)> = Vec::new();
+    let out = place(state, preassigned, pending, failures, limit, &mut placed);
+    for (t, i) in placed.into_iter().rev() {
+        state.unplace(t, i);
+    }
+    out
+}
+
+fn place<'t>(
+    state: &mut SchedState,
+    preassigned: impl IntoIterator<Item = &'t Task>,
+    pending: impl IntoIterator<Item = &'t Task>,
+    failures: &RecentFailures,
+    limit: usize,
+    placed: &mut Vec<(&'t Task, usize)>,
+) -> Plan {
     let mut out = Plan::default();
     for t in preassigned {
         if out.len() >= limit {
@@ -498,6 +539,7 @@ pub fn plan_at_most<'a>(
         match refused_by(&state.facts(i, state.service_tasks(&t.service_id, i)), t) {
             None => {
                 state.place(t, i);
+                placed.push((t, i));
                 out.assign.push((t.id.clone(), node.clone()));
             }
             Some(f) => {
@@ -508,37 +550,43 @@ pub fn plan_at_most<'a>(
         }
     }
     let mut cache = IndexCache::default();
-    for service in pending.chunk_by(|a, b| a.service_id == b.service_id) {
-        let mut counts = state.dense_service_tasks(&service[0].service_id);
-        // One per template among the service's waiting tasks (two during a
-        // rolling update); each placement updates them all.
-        let mut live: Vec<Candidates> = Vec::new();
-        for &t in service {
-            if out.len() >= limit {
-                return out;
+    // The service being placed: its tasks per node, and one set of
+    // candidates per template among its waiting tasks (two during a
+    // rolling update); each placement updates them all.
+    let mut service: Option<&ServiceId> = None;
+    let mut counts: Vec<usize> = Vec::new();
+    let mut live: Vec<Candidates> = Vec::new();
+    for t in pending {
+        if out.len() >= limit {
+            return out;
+        }
+        if service != Some(&t.service_id) {
+            service = Some(&t.service_id);
+            counts = state.dense_service_tasks(&t.service_id);
+            live.clear();
+        }
+        let c = match live.iter().position(|c| c.serves(t)) {
+            Some(c) => c,
+            None => {
+                let failing: Vec<usize> =
+                    failures.failing_for(t).into_iter().filter_map(|n| state.index_of(n)).collect();
+                live.push(Candidates::new(state, &counts, t, &failing, &mut cache));
+                live.len() - 1
             }
-            let c = match live.iter().position(|c| c.serves(t)) {
-                Some(c) => c,
-                None => {
-                    let failing: Vec<usize> =
-                        failures.failing_for(t).into_iter().filter_map(|n| state.index_of(n)).collect();
-                    live.push(Candidates::new(&state, &counts, t, &failing, &mut cache));
-                    live.len() - 1
+        };
+        match live[c].best() {
+            Some(i) => {
+                state.place(t, i);
+                placed.push((t, i));
+                counts[i] += 1;
+                for c in &mut live {
+                    c.placed(state, &counts, i);
                 }
-            };
-            match live[c].best() {
-                Some(i) => {
-                    state.place(t, i);
-                    counts[i] += 1;
-                    for c in &mut live {
-                        c.placed(&state, &counts, i);
-                    }
-                    out.assign.push((t.id.clone(), state.node(i).node.id.clone()));
-                }
-                None => {
-                    let reason = live[c].explain(&state, &counts);
-                    out.refuse(t, reason);
-                }
+                out.assign.push((t.id.clone(), state.node(i).node.id.clone()));
+            }
+            None => {
+                let reason = live[c].explain(state, &counts);
+                out.refuse(t, reason);
             }
         }
     }

@@ -37,10 +37,10 @@ use super::plan::{
 
 /// One node and the load on it.
 #[derive(Clone, Debug)]
-pub struct NodeState<'a> {
-    pub node: &'a Node,
+pub struct NodeState {
+    pub node: Node,
     pub ready: bool,
-    pub description: Option<&'a NodeDescription>,
+    pub description: Option<NodeDescription>,
     /// Active tasks on the node, of every service.
     pub total: usize,
     /// Host-mode ports bound by the node's active tasks, with how many
@@ -53,10 +53,13 @@ pub struct NodeState<'a> {
 /// The nodes, sorted by ID (a node's index ranks it last in a tie), and the
 /// load of the active tasks on them. Only tasks on their node count: a
 /// task waiting to be admitted holds nothing.
+///
+/// It owns what it holds of the nodes, so the scheduler keeps it from one
+/// round to the next and changes it as the store does (`super::kept`).
 #[derive(Clone, Debug, Default)]
-pub struct SchedState<'a> {
-    nodes: Vec<NodeState<'a>>,
-    index: HashMap<&'a NodeId, usize>,
+pub struct SchedState {
+    nodes: Vec<NodeState>,
+    index: HashMap<NodeId, usize>,
     /// Active tasks per service, per node index (no zero entries).
     per_service: HashMap<ServiceId, HashMap<usize, usize>>,
     /// Bumped by every change, so what was derived from the state can tell
@@ -64,24 +67,24 @@ pub struct SchedState<'a> {
     version: u64,
 }
 
-impl<'a> SchedState<'a> {
+impl SchedState {
     /// The state of `views` (their own loads included) with the active
     /// tasks of `tasks` on them; tasks on nodes not in `views` are left out.
-    pub fn new<'t>(views: &[NodeView<'a>], tasks: impl IntoIterator<Item = &'t Task>) -> Self {
-        let mut sorted: Vec<&NodeView<'a>> = views.iter().collect();
+    pub fn new<'t>(views: &[NodeView<'_>], tasks: impl IntoIterator<Item = &'t Task>) -> Self {
+        let mut sorted: Vec<&NodeView<'_>> = views.iter().collect();
         sorted.sort_by(|a, b| a.node.id.cmp(&b.node.id));
         sorted.dedup_by(|b, a| a.node.id == b.node.id);
         let mut state = SchedState::default();
         for (i, v) in sorted.into_iter().enumerate() {
             state.nodes.push(NodeState {
-                node: v.node,
+                node: v.node.clone(),
                 ready: v.ready,
-                description: v.description,
+                description: v.description.cloned(),
                 total: 0,
                 host_ports: v.host_ports.iter().map(|p| (*p, 1)).collect(),
                 reserved: v.reserved.clone(),
             });
-            state.index.insert(&v.node.id, i);
+            state.index.insert(v.node.id.clone(), i);
             for (service, n) in v.service_tasks.iter().filter(|(_, n)| **n > 0) {
                 *state.per_service.entry(service.clone()).or_default().entry(i).or_default() += n;
             }
@@ -104,7 +107,7 @@ impl<'a> SchedState<'a> {
         self.index.get(id).copied()
     }
 
-    pub fn node(&self, i: usize) -> &NodeState<'a> {
+    pub fn node(&self, i: usize) -> &NodeState {
         &self.nodes[i]
     }
 
@@ -128,7 +131,7 @@ impl<'a> SchedState<'a> {
 
     /// What the filters see of node `i`, with `service_tasks` tasks of the
     /// service they are asked about.
-    pub fn facts(&self, i: usize, service_tasks: usize) -> Facts<'_, 'a> {
+    pub fn facts(&self, i: usize, service_tasks: usize) -> Facts<'_> {
         Facts { node: &self.nodes[i], service_tasks }
     }
 
@@ -147,6 +150,12 @@ impl<'a> SchedState<'a> {
     /// then: an active task on its node).
     pub fn remove_task(&mut self, t: &Task) -> bool {
         let Some(i) = self.on_node(t) else { return false };
+        self.unplace(t, i);
+        true
+    }
+
+    /// Takes back what [`SchedState::place`] counted for `t` on node `i`.
+    pub fn unplace(&mut self, t: &Task, i: usize) {
         let n = &mut self.nodes[i];
         n.total = n.total.saturating_sub(1);
         for p in host_ports(t) {
@@ -170,7 +179,6 @@ impl<'a> SchedState<'a> {
             }
         }
         self.version += 1;
-        true
     }
 
     fn on_node(&self, t: &Task) -> Option<usize> {
@@ -197,20 +205,24 @@ impl<'a> SchedState<'a> {
 
     /// A node joined or changed (readiness, availability, labels,
     /// description); the load on it stays.
-    pub fn upsert_node(&mut self, view: NodeView<'a>) {
+    pub fn upsert_node(&mut self, view: NodeView<'_>) {
         if let Some(i) = self.index_of(&view.node.id) {
             let n = &mut self.nodes[i];
-            n.node = view.node;
+            if n.node != *view.node {
+                n.node = view.node.clone();
+            }
             n.ready = view.ready;
-            n.description = view.description;
+            if n.description.as_ref() != view.description {
+                n.description = view.description.cloned();
+            }
         } else {
             let at = self.nodes.partition_point(|n| n.node.id < view.node.id);
             self.nodes.insert(
                 at,
                 NodeState {
-                    node: view.node,
+                    node: view.node.clone(),
                     ready: view.ready,
-                    description: view.description,
+                    description: view.description.cloned(),
                     total: 0,
                     host_ports: view.host_ports.iter().map(|p| (*p, 1)).collect(),
                     reserved: view.reserved.clone(),
@@ -237,15 +249,46 @@ impl<'a> SchedState<'a> {
         true
     }
 
+    /// What the state holds, comparable: per node its id, readiness, tasks,
+    /// host ports, reservations and tasks per service.
+    #[cfg(test)]
+    pub(crate) fn summary(&self) -> Summary {
+        let mut services: Vec<&ServiceId> = self.per_service.keys().collect();
+        services.sort();
+        (0..self.len())
+            .map(|i| {
+                let n = self.node(i);
+                let mut reserved = n.reserved.clone();
+                reserved.generic.retain(|_, k| *k > 0);
+                (
+                    n.node.id.clone(),
+                    n.ready,
+                    n.total,
+                    n.host_ports.iter().map(|(p, k)| (*p, *k)).collect(),
+                    reserved,
+                    services
+                        .iter()
+                        .map(|sv| ((*sv).clone(), self.service_tasks(sv, i)))
+                        .filter(|(_, k)| *k > 0)
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
     /// After nodes moved in `nodes`: node `i` is now `moved(i)` (or gone).
     fn reindex(&mut self, moved: impl Fn(usize) -> Option<usize>) {
-        self.index = self.nodes.iter().enumerate().map(|(i, n)| (&n.node.id, i)).collect();
+        self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.node.id.clone(), i)).collect();
         for per_node in self.per_service.values_mut() {
             *per_node = per_node.drain().filter_map(|(i, n)| moved(i).map(|j| (j, n))).collect();
         }
         self.per_service.retain(|_, m| !m.is_empty());
     }
 }
+
+/// [`SchedState::summary`].
+#[cfg(test)]
+pub(crate) type Summary = Vec<(NodeId, bool, usize, Vec<((u16, Protocol), usize)>, Resources, Vec<(ServiceId, usize)>)>;
 
 /// `reserved -= freed`, never below zero.
 fn release(reserved: &mut Resources, freed: &Resources) {
@@ -263,20 +306,20 @@ fn release(reserved: &mut Resources, freed: &Resources) {
 
 /// A node of a [`SchedState`] as the filters see it, for the tasks of one
 /// service: `service_tasks` answers for that service whatever it is asked.
-pub struct Facts<'s, 'a> {
-    node: &'s NodeState<'a>,
+pub struct Facts<'s> {
+    node: &'s NodeState,
     service_tasks: usize,
 }
 
-impl NodeFacts for Facts<'_, '_> {
+impl NodeFacts for Facts<'_> {
     fn node(&self) -> &Node {
-        self.node.node
+        &self.node.node
     }
     fn ready(&self) -> bool {
         self.node.ready
     }
     fn description(&self) -> Option<&NodeDescription> {
-        self.node.description
+        self.node.description.as_ref()
     }
     fn reserved(&self) -> &Resources {
         &self.node.reserved
@@ -387,7 +430,7 @@ impl SpreadTree {
         let values: Vec<Vec<&str>> = state
             .nodes
             .iter()
-            .map(|s| prefs.iter().map(|p| p.value_of(&s.node.labels, s.description)).collect())
+            .map(|s| prefs.iter().map(|p| p.value_of(&s.node.labels, s.description.as_ref())).collect())
             .collect();
         let mut layout: Vec<usize> = (0..n).collect();
         layout.sort_by(|&a, &b| values[a].cmp(&values[b]).then(a.cmp(&b)));
@@ -884,27 +927,8 @@ mod tests {
         }
     }
 
-    /// What a state holds, comparable.
-    type Snapshot = Vec<(NodeId, bool, usize, Vec<((u16, Protocol), usize)>, Resources, Vec<(ServiceId, usize)>)>;
-
-    fn snapshot(s: &SchedState) -> Snapshot {
-        let mut services: Vec<&ServiceId> = s.per_service.keys().collect();
-        services.sort();
-        (0..s.len())
-            .map(|i| {
-                let n = s.node(i);
-                let mut reserved = n.reserved.clone();
-                reserved.generic.retain(|_, k| *k > 0);
-                (
-                    n.node.id.clone(),
-                    n.ready,
-                    n.total,
-                    n.host_ports.iter().map(|(p, k)| (*p, *k)).collect(),
-                    reserved,
-                    services.iter().map(|sv| ((*sv).clone(), s.service_tasks(sv, i))).filter(|(_, k)| *k > 0).collect(),
-                )
-            })
-            .collect()
+    fn snapshot(s: &SchedState) -> Summary {
+        s.summary()
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! [`Tasks::get_mut`] (a guard that re-indexes the task when it is dropped)
 //! and [`Tasks::update_all`]. Only the map is serialised; the indexes are
 //! rebuilt when a store is decoded, so snapshots keep their format.
+//!
+//! Every write is also noted as a [`TaskTouch`] (the task as it was, and
+//! the task itself when removed), which the store hands to its change feed
+//! ([`super::feed`]) after each apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
@@ -15,6 +19,8 @@ use common::task::Task;
 use common::{NodeId, ServiceId, TaskId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::feed::{TaskTouch, TaskWas};
+
 /// Task ids by a key; a key with no tasks has no entry.
 type Index<K> = HashMap<K, BTreeSet<TaskId>>;
 
@@ -23,6 +29,8 @@ pub struct Tasks {
     map: BTreeMap<TaskId, Task>,
     by_service: Index<ServiceId>,
     by_node: Index<NodeId>,
+    /// Writes since the last [`Tasks::take_touched`].
+    touched: Vec<TaskTouch>,
 }
 
 impl Deref for Tasks {
@@ -93,7 +101,8 @@ impl Tasks {
 
     /// Adds or replaces the task with `t.id`; returns the one replaced.
     pub fn insert(&mut self, t: Task) -> Option<Task> {
-        let old = self.remove(&t.id);
+        let old = self.unlink(&t.id);
+        self.touched.push(TaskTouch { id: t.id.clone(), before: old.as_ref().map(TaskWas::of), removed: None });
         index_add(&mut self.by_service, t.service_id.clone(), &t.id);
         if let Some(n) = &t.node_id {
             index_add(&mut self.by_node, n.clone(), &t.id);
@@ -103,6 +112,22 @@ impl Tasks {
     }
 
     pub fn remove(&mut self, id: &TaskId) -> Option<Task> {
+        let t = self.unlink(id)?;
+        self.touched.push(TaskTouch {
+            id: id.clone(),
+            before: Some(TaskWas::of(&t)),
+            removed: Some(Box::new(t.clone())),
+        });
+        Some(t)
+    }
+
+    /// The writes noted since the last call, oldest first.
+    pub fn take_touched(&mut self) -> Vec<TaskTouch> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Removes the task and its index entries, noting nothing.
+    fn unlink(&mut self, id: &TaskId) -> Option<Task> {
         let t = self.map.remove(id)?;
         index_remove(&mut self.by_service, &t.service_id, id);
         if let Some(n) = &t.node_id {
@@ -115,8 +140,14 @@ impl Tasks {
     /// and node when the guard is dropped. The id must not change.
     pub fn get_mut(&mut self, id: &TaskId) -> Option<TaskMut<'_>> {
         let task = self.map.get_mut(id)?;
-        let (service, node) = (task.service_id.clone(), task.node_id.clone());
-        Some(TaskMut { task, by_service: &mut self.by_service, by_node: &mut self.by_node, service, node })
+        let was = TaskWas::of(task);
+        Some(TaskMut {
+            task,
+            by_service: &mut self.by_service,
+            by_node: &mut self.by_node,
+            touched: &mut self.touched,
+            was: Some(was),
+        })
     }
 
     /// Calls `f` on every task, re-indexing each one after it. For tests
@@ -158,9 +189,9 @@ pub struct TaskMut<'a> {
     task: &'a mut Task,
     by_service: &'a mut Index<ServiceId>,
     by_node: &'a mut Index<NodeId>,
-    /// The task's keys when it was borrowed.
-    service: ServiceId,
-    node: Option<NodeId>,
+    touched: &'a mut Vec<TaskTouch>,
+    /// The task when it was borrowed (taken when the guard is dropped).
+    was: Option<TaskWas>,
 }
 
 impl Deref for TaskMut<'_> {
@@ -178,18 +209,20 @@ impl DerefMut for TaskMut<'_> {
 
 impl Drop for TaskMut<'_> {
     fn drop(&mut self) {
+        let Some(was) = self.was.take() else { return };
         let id = &self.task.id;
-        if self.task.service_id != self.service {
-            index_remove(self.by_service, &self.service, id);
+        if self.task.service_id != was.service {
+            index_remove(self.by_service, &was.service, id);
             index_add(self.by_service, self.task.service_id.clone(), id);
         }
-        if self.task.node_id != self.node {
-            if let Some(old) = &self.node {
+        if self.task.node_id != was.node {
+            if let Some(old) = &was.node {
                 index_remove(self.by_node, old, id);
             }
             if let Some(new) = &self.task.node_id {
                 index_add(self.by_node, new.clone(), id);
             }
         }
+        self.touched.push(TaskTouch { id: id.clone(), before: Some(was), removed: None });
     }
 }
