@@ -91,13 +91,40 @@ pub struct Manager {
     pub conf_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub events: std::sync::Arc<events::EventHub>,
     pub tls: Tls,
+    /// The runtime that serves this manager's cluster-port connections
+    /// (TLS, hellos, sessions, raft peers, joins): threads of their own, so
+    /// that raft's messages and thousands of sessions' frames are read
+    /// while the loops keep the node's actix thread busy (see
+    /// [`Manager::start`]).
+    pub io: tokio::runtime::Handle,
+}
+
+/// Threads of the runtime that serves a manager's cluster port.
+pub const IO_THREADS: usize = 2;
+
+/// The cluster-port runtime; it lives as long as the process (as the raft
+/// log's arbiter does).
+fn io_runtime() -> Result<tokio::runtime::Handle, raft::RaftError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(IO_THREADS)
+        .thread_name("cluster-io")
+        .enable_all()
+        .build()
+        .map_err(|_| raft::RaftError::Thread("cannot start the cluster-port runtime"))?;
+    let handle = rt.handle().clone();
+    std::mem::forget(rt);
+    Ok(handle)
 }
 
 impl Manager {
     /// Starts the raft log and the leader's loops; returns the sender that
     /// the cluster-port router hands manager connections to (bounded by
     /// [`net::INBOUND_QUEUE`]; each is taken at once and served by a task of
-    /// its own).
+    /// its own on [`Manager::io`], where the caller also runs the listener).
+    /// The raft log runs on an arbiter of its own and the loops on the
+    /// caller's actix thread; were the connections served there too, a
+    /// leader busy placing tasks for a thousand sessions would read its
+    /// followers' raft answers late and lose its quorum check.
     pub fn start(cfg: ManagerConfig) -> Result<(Manager, mpsc::Sender<Inbound>), raft::RaftError> {
         let transport = raft::transport::Transport::new(cfg.node_id.clone(), cfg.raft_id, &cfg.peers, cfg.tls.clone());
         let hub = events::EventHub::new();
@@ -178,6 +205,7 @@ impl Manager {
             live.clone(),
         );
         let dispatcher = Dispatcher::start(addr.clone(), store.clone(), status.clone(), applied.clone(), heard.clone());
+        let io = io_runtime()?;
         let manager = Manager {
             raft: addr,
             store,
@@ -189,16 +217,17 @@ impl Manager {
             conf_lock: Default::default(),
             events: hub,
             tls: cfg.tls,
+            io: io.clone(),
         };
         // Raft membership goes by gossip: whether a manager can vote is
         // about its raft links, not its session with the dispatcher.
         roles::RoleManager::start(manager.clone(), cfg.gossip.clone());
         let (tx, mut rx) = mpsc::channel::<Inbound>(net::INBOUND_QUEUE);
         let m = manager.clone();
-        actix::spawn(async move {
+        io.spawn(async move {
             while let Some(inbound) = rx.recv().await {
                 let m = m.clone();
-                actix::spawn(async move {
+                tokio::spawn(async move {
                     let peer = inbound.peer;
                     if let Err(e) = m.accept(inbound).await {
                         tracing::debug!(%peer, error = %e, "manager connection ended");

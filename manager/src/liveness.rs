@@ -43,9 +43,9 @@ use crate::store::{Command, Store};
 pub const SESSION_TIMEOUT_MS: Millis = worker::agent::SESSION_TIMEOUT.as_millis() as Millis;
 /// How long a node has to open its session after this manager became the
 /// leader (or after the node joined). A node of a leader that vanished
-/// notices after its session timeout (4 s) and then dials the other
+/// notices after its session timeout (15 s) and then dials the other
 /// managers; this leaves room for that and a slow dial.
-pub const SESSION_GRACE_MS: Millis = 10_000;
+pub const SESSION_GRACE_MS: Millis = SESSION_TIMEOUT_MS + 5_000;
 /// Looked at again at least this often (a closed session's deadline).
 const RECHECK: Duration = Duration::from_millis(500);
 /// Between two writes of the same sessionless set that did not apply.
@@ -220,9 +220,11 @@ mod tests {
     fn on_the_leader_a_node_needs_gossip_and_a_session() {
         let s = store(&["a", "b", "c"]);
         let since = T0 - 60_000;
-        // a heard a second ago; b last heard 5 s ago (its session went
-        // silent: cut from the managers, gossip relayed); c not in gossip.
-        let v = leader(since, &[("a", T0 - 1_000), ("b", T0 - 5_000), ("c", T0)], &["a", "b"], &s, T0);
+        // a heard a second ago; b last heard a session timeout and a
+        // second ago (its session went silent: cut from the managers,
+        // gossip relayed); c not in gossip.
+        let b_heard = T0 - SESSION_TIMEOUT_MS - 1_000;
+        let v = leader(since, &[("a", T0 - 1_000), ("b", b_heard), ("c", T0)], &["a", "b"], &s, T0);
         assert_eq!(v.live, ids(&["a"]));
         assert_eq!(v.no_session, ids(&["b"]), "c is down by gossip, not for want of a session");
         assert_eq!(v.next_change, Some(T0 - 1_000 + SESSION_TIMEOUT_MS), "when a's heartbeat runs out");

@@ -354,7 +354,8 @@ fn worker_cut_from_the_managers_only(h: &Hosts, leader: usize) {
     for m in 1..=3 {
         h.script_ok(&["partition", &cut.to_string(), &m.to_string()]);
     }
-    h.wait_status(leader, &[cut], "down", Duration::from_secs(20));
+    // The session timeout (15 s: three 5 s heartbeats) and a margin.
+    h.wait_status(leader, &[cut], "down", Duration::from_secs(30));
     eprintln!("host{cut} cut from the managers -> Down on the leader in {:.2} s", t.elapsed().as_secs_f64());
     // The followers agree within a few seconds.
     for m in (1..=3).filter(|m| *m != leader) {

@@ -20,9 +20,17 @@ use tokio::sync::{mpsc, watch};
 use crate::node::net::{self, NetError};
 use crate::node::tls::Tls;
 
-/// No frame from the leader for this long (it sends heartbeats every
-/// second): the session is dead.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often the leader sends each session a heartbeat (each session at
+/// its own phase, each period drawn within [`HEARTBEAT_JITTER`] of this),
+/// which the node answers. Swarmkit's default dispatcher heartbeat period.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A heartbeat period is drawn from `HEARTBEAT ± HEARTBEAT_JITTER`, so
+/// that sessions opened together do not beat together.
+pub const HEARTBEAT_JITTER: Duration = Duration::from_millis(500);
+/// No frame from the other end for this long (three heartbeat periods, as
+/// swarmkit's grace multiplier; a heartbeat is at most
+/// `HEARTBEAT + HEARTBEAT_JITTER` from the last): the session is dead.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
 /// Between rounds of dialling the managers when none took the session.
 const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 

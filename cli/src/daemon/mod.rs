@@ -211,6 +211,9 @@ pub struct Launch {
     /// Fewer threads per node, for many nodes in one process: the mesh's
     /// userspace proxy runs on the node's own thread.
     pub light: bool,
+    /// No HTTP API (`shoal sim`'s worker nodes: nobody asks them, and an
+    /// API server is two threads of its own).
+    pub no_api: bool,
 }
 
 /// How a node's run ended.
@@ -275,6 +278,29 @@ fn failed(e: anyhow::Error) -> Result<ExitCode> {
 /// first if the flags say so) and runs it on a new actix system on this
 /// thread until it stops.
 pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
+    let node = prepare(args, launch)?;
+    actix_web::rt::System::new().block_on(node.run())
+}
+
+/// A node whose data directory is ready (made, joined or resumed), not yet
+/// running: [`Prepared::run`] runs it on the current actix system. Apart
+/// from [`run_with`], so that a launcher can run many nodes on one system
+/// (`shoal sim`: each simulated node in a `LocalSet` of its own on a few
+/// shared threads).
+pub struct Prepared {
+    state: state::NodeState,
+    fresh_init: bool,
+    autolock: bool,
+    force_new_cluster: bool,
+    data_dir: PathBuf,
+    ca: Option<manager::ca::ClusterCa>,
+    tls: worker::node::tls::Tls,
+    opts: RunOptions,
+}
+
+/// The blocking part of [`run_with`]: the data directory, the join (a
+/// round trip to a manager), the keys.
+pub fn prepare(args: DaemonArgs, launch: Launch) -> Result<Prepared> {
     let addr_pool = AddrPool::new(args.default_addr_pools.clone(), args.default_addr_pool_mask_length)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
@@ -333,7 +359,7 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
     let gossip_keys = gossip::load(&args.data_dir, &storage_key);
     let tls = load_tls(&args.data_dir, &state)?;
     let data_dir = args.data_dir.clone();
-    let mut opts = RunOptions {
+    let opts = RunOptions {
         data_key: None,
         snapshot_interval: args.snapshot_interval,
         storage_quota: args.storage_quota,
@@ -348,7 +374,23 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
         cert_expiry,
         launch,
     };
-    actix_web::rt::System::new().block_on(async move {
+    Ok(Prepared {
+        state,
+        fresh_init,
+        autolock: args.autolock,
+        force_new_cluster: args.force_new_cluster,
+        data_dir,
+        ca,
+        tls,
+        opts,
+    })
+}
+
+impl Prepared {
+    /// Runs the node until it stops (its shutdown future, or a change of
+    /// role); needs an actix system on this thread.
+    pub async fn run(self) -> Result<Outcome> {
+        let Prepared { state, fresh_init, autolock, force_new_cluster, data_dir, ca, tls, mut opts } = self;
         if state.role == Role::Manager {
             // A locked manager has no CA to serve TLS with: it takes the
             // unlock key on loopback only when its API needs TLS.
@@ -356,14 +398,14 @@ pub fn run_with(args: DaemonArgs, launch: Launch) -> Result<Outcome> {
                 true => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, state.api_addr.port())),
                 false => state.api_addr,
             };
-            let key = keys::data_key(&data_dir, locked_addr, fresh_init && args.autolock).await?;
-            if args.force_new_cluster {
-                force_new_cluster(&data_dir, key.clone(), &state)?;
+            let key = keys::data_key(&data_dir, locked_addr, fresh_init && autolock).await?;
+            if force_new_cluster {
+                force_new_cluster_at(&data_dir, key.clone(), &state)?;
             }
             opts.data_key = Some(key);
         }
         run_node(state, data_dir, ca, tls, opts).await
-    })
+    }
 }
 
 /// Refuses an API anyone could reach without a client certificate.
@@ -389,7 +431,7 @@ fn api_addr_for(addr: SocketAddr, tls: bool, role: Role) -> SocketAddr {
     }
 }
 
-fn force_new_cluster(data_dir: &std::path::Path, key: DataKey, state: &state::NodeState) -> Result<()> {
+fn force_new_cluster_at(data_dir: &std::path::Path, key: DataKey, state: &state::NodeState) -> Result<()> {
     let r = manager::raft::recover::force_new_cluster(&raft_dir(data_dir), key, state.raft_id, &state.node_id)
         .map_err(|e| anyhow!("--force-new-cluster: {e}"))?;
     tracing::warn!(

@@ -382,11 +382,37 @@ pub(crate) async fn run_node(
             "the open-file limit is low: the cluster port takes fewer connections than by default"
         );
     }
-    // Dropping `stop_cluster_port` (or sending on it) stops the listener.
+    // Dropping `stop_cluster_port` (or sending on it) stops the listener;
+    // `cluster_port` resolves once it and its connections are gone.
     let (stop_cluster_port, cluster_port_stopped) = tokio::sync::oneshot::channel::<()>();
-    let cluster_port = actix::spawn(router.clone().serve(listener, limits, async {
-        let _ = cluster_port_stopped.await;
-    }));
+    let (cluster_port_done, cluster_port) = tokio::sync::oneshot::channel::<()>();
+    let serve = {
+        let router = router.clone();
+        move |listener| async move {
+            router
+                .serve(listener, limits, async {
+                    let _ = cluster_port_stopped.await;
+                })
+                .await;
+            let _ = cluster_port_done.send(());
+        }
+    };
+    match &mgr {
+        // A manager serves its cluster port on its own runtime (see
+        // `Manager::io`): the listener moves there.
+        Some(m) => {
+            let listener = listener.into_std().context("cannot move the cluster port's listener")?;
+            m.io.spawn(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve the cluster port"),
+                }
+            });
+        }
+        None => {
+            actix::spawn(serve(listener));
+        }
+    }
 
     if let Some(ca) = ca {
         let m = mgr.as_ref().expect("init makes a manager");
@@ -465,19 +491,22 @@ pub(crate) async fn run_node(
             "the open-file limit is low: the API takes fewer connections than asked"
         );
     }
-    let server = api::serve(
-        state.api_addr,
-        opts.docker_socket.as_deref(),
-        api_tls,
-        ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms },
-        &api_limits,
-    )
-    .with_context(|| match &opts.docker_socket {
-        Some(p) => format!("cannot listen for the API on {} and {}", state.api_addr, p.display()),
-        None => format!("cannot listen for the API on {}", state.api_addr),
-    })?;
-    let handle = server.handle();
-    actix::spawn(server);
+    let api_state =
+        ApiState { node_id: state.node_id.clone(), hostname: state.hostname.clone(), manager: mgr, live, disk_alarms };
+    let server = (!opts.launch.no_api)
+        .then(|| {
+            api::serve(state.api_addr, opts.docker_socket.as_deref(), api_tls, api_state, &api_limits).with_context(
+                || match &opts.docker_socket {
+                    Some(p) => format!("cannot listen for the API on {} and {}", state.api_addr, p.display()),
+                    None => format!("cannot listen for the API on {}", state.api_addr),
+                },
+            )
+        })
+        .transpose()?;
+    let handle = server.as_ref().map(|s| s.handle());
+    if let Some(server) = server {
+        actix::spawn(server);
+    }
     tracing::info!(node = %state.node_id, hostname = %state.hostname, role = %state.role, cluster = %cluster_addr, api = %state.api_addr, "node running");
 
     let change_role = async {
@@ -525,7 +554,9 @@ pub(crate) async fn run_node(
         s.managers = managers;
         save_state(&data_dir, &s)?;
         // Containers and the mesh table stay; the new process adopts them.
-        handle.stop(true).await;
+        if let Some(handle) = &handle {
+            handle.stop(true).await;
+        }
         return Ok(Outcome::RoleChanged(role));
     }
     // The mesh goes first: no nftables table outlives the node.
@@ -546,7 +577,9 @@ pub(crate) async fn run_node(
             tracing::warn!("the encrypted tunnel's rules were not removed within 5 s");
         }
     }
-    handle.stop(true).await;
+    if let Some(handle) = &handle {
+        handle.stop(true).await;
+    }
     Ok(Outcome::Stopped)
 }
 

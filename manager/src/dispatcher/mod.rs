@@ -41,10 +41,15 @@ use crate::store::Command;
 pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// A batch this large is proposed at once.
 pub const BATCH_MAX: usize = 2_000;
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Each session's writer sends its own heartbeats (`session`), at this
+/// period with jitter; the node answers each.
+pub const HEARTBEAT: Duration = worker::agent::HEARTBEAT;
+/// How often the dispatcher checks that it still leads and drops the
+/// sessions that ended.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Frames queued for one node and not yet written to its connection: a
-/// heartbeat a second, a mesh table and an assignment diff per store
-/// change. A node this far behind is not reading.
+/// mesh table and an assignment diff per store change. A node this far
+/// behind is not reading.
 pub const SESSION_QUEUE: usize = 512;
 /// How long writing one frame to a node may take before its session ends.
 pub const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,7 +151,6 @@ pub struct Dispatcher {
     store: SharedStore,
     status: watch::Receiver<RaftStatus>,
     sessions: HashMap<NodeId, Session>,
-    next_session: u64,
     reports: Vec<TaskStatusUpdate>,
     flush_queued: bool,
     mesh: MeshTable,
@@ -158,6 +162,10 @@ pub struct Dispatcher {
     heard: Heard,
     /// Where the dispatcher is in the store's change feed.
     tracker: push::Tracker,
+    /// The mesh table and managers list held are the store's as of the
+    /// last store change: false until a push to all ran, and again after
+    /// a store change found no session to push to.
+    pushed_all: bool,
 }
 
 impl Dispatcher {
@@ -174,7 +182,6 @@ impl Dispatcher {
             store,
             status,
             sessions: HashMap::new(),
-            next_session: 1,
             reports: Vec::new(),
             flush_queued: false,
             mesh: MeshTable::default(),
@@ -184,6 +191,7 @@ impl Dispatcher {
             wake: wake.clone(),
             heard,
             tracker: push::Tracker::default(),
+            pushed_all: false,
         }
         .start();
         let a = addr.clone();
@@ -335,15 +343,13 @@ fn file_data(store: &crate::store::Store, files: &BTreeSet<(Kind, String)>) -> V
 impl Actor for Dispatcher {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(HEARTBEAT, |this, _| {
+        ctx.run_interval(HOUSEKEEPING, |this, _| {
             if !this.status.borrow().is_leader {
                 // Sessions belong to the leader: drop them so nodes reconnect.
                 this.sessions.clear();
                 this.heard.clear();
+                this.pushed_all = false;
                 return;
-            }
-            for s in this.sessions.values_mut() {
-                let _ = s.tx.send(Frame::Heartbeat);
             }
             this.drop_ended();
         });
@@ -361,32 +367,42 @@ impl Handler<StoreChanged> for Dispatcher {
         self.wake.take();
         if !self.sessions.is_empty() {
             self.push_all();
+            self.pushed_all = true;
             self.drop_ended();
+        } else {
+            self.pushed_all = false;
         }
         self.metrics.handled(started, true);
     }
 }
 
-/// A node opened its session; frames for it go to `tx`, made with
-/// [`SESSION_QUEUE`] places; dropping the sender means the session is over.
-/// Returns the session id.
+/// A node opened session `session` (ids from [`next_session_id`]); frames
+/// for it go to `tx`, made with [`SESSION_QUEUE`] places; dropping the
+/// sender means the session is over. Sent without waiting for an answer,
+/// so that the session's heartbeats flow while the dispatcher is busy.
 #[derive(Message)]
-#[rtype(result = "u64")]
+#[rtype(result = "()")]
 pub struct Register {
     pub node: NodeId,
+    pub session: u64,
     pub tx: mpsc::Sender<Frame>,
 }
 
+/// A new session id, unique in this process.
+pub fn next_session_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Handler<Register> for Dispatcher {
-    type Result = u64;
-    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> u64 {
+    type Result = ();
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
         let started = Instant::now();
-        let id = self.next_session;
-        self.next_session += 1;
+        let id = msg.session;
         tracing::info!(node = %msg.node, session = id, "node session opened");
         self.heard.opened(&msg.node, now_ms());
         self.sessions.insert(
-            msg.node,
+            msg.node.clone(),
             Session {
                 id,
                 tx: SessionTx::new(msg.tx),
@@ -397,10 +413,58 @@ impl Handler<Register> for Dispatcher {
                 revoked_sent: None,
             },
         );
-        self.push_all();
+        // Only the new session is sent its full set: after a leader change
+        // a thousand nodes register at once, and a push to every session
+        // for each would make that quadratic. What the store changed since
+        // the last push to all reaches every session with the next one
+        // (a store change queued one).
+        if self.pushed_all {
+            self.push_new(&msg.node);
+        } else {
+            self.push_all();
+            self.pushed_all = true;
+        }
         self.drop_ended();
         self.metrics.handled(started, true);
-        id
+    }
+}
+
+impl Dispatcher {
+    /// The first frames of `node`'s new session: the keys and lists every
+    /// session holds, the mesh table and managers as last pushed to all,
+    /// the files its tasks need, its full assignment set.
+    fn push_new(&mut self, node: &NodeId) {
+        let store = self.store.read();
+        if !store.nodes.contains_key(node) {
+            tracing::info!(%node, "node removed; its session ends");
+            self.sessions.remove(node);
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(node) else { return };
+        let gossip_keys = &store.cluster.gossip_keys;
+        if !gossip_keys.is_empty() {
+            let _ = session.tx.send(Frame::GossipKeys(gossip_keys.clone()));
+            session.gossip_keys_sent = Some(gossip_keys.clone());
+        }
+        let revoked = &store.cluster.revoked;
+        if !revoked.is_empty() {
+            let _ = session.tx.send(Frame::Revoked(revoked.clone()));
+            session.revoked_sent = Some(revoked.clone());
+        }
+        let _ = session.tx.send(Frame::Mesh(self.mesh.clone()));
+        session.mesh_sent = true;
+        let files = files_needed(push::assignment_set(&store, node));
+        if !files.is_empty() {
+            let _ = session.tx.send(Frame::Files(file_data(&store, &files)));
+        }
+        session.files_sent = files;
+        // A new session's `sent` is empty: this is its full set.
+        let (update, _) = session.sent.update(&store, node, &push::Dirty::default());
+        let tasks = match update {
+            push::Update::Full(tasks) => tasks,
+            push::Update::Diff { .. } => push::assignment_set(&store, node).cloned().collect(),
+        };
+        let _ = session.tx.send(Frame::Assignments { full: true, tasks, removed: vec![], managers: self.managers.clone() });
     }
 }
 

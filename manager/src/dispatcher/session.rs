@@ -1,9 +1,11 @@
 //! A node's session connection, served on the leader: the answer to its
 //! hello (`Redirect` to the leader, `Refused` for a node the store does not
 //! know, `Welcome`), then frames from the [`Dispatcher`] written out and the
-//! node's status and mesh reports fed in, until either side ends it. A
-//! node answers each heartbeat, so a session silent for
-//! [`SESSION_TIMEOUT`] is over (a node cut off without a word); every frame
+//! node's status and mesh reports fed in, until either side ends it. The
+//! writer sends a heartbeat every [`HEARTBEAT`] (each session at a random
+//! phase, each period jittered, so thousands of sessions do not beat at
+//! once); a node answers each, so a session silent for [`SESSION_TIMEOUT`]
+//! (three periods) is over (a node cut off without a word); every frame
 //! from the node is noted in [`Heard`].
 
 use actix::Addr;
@@ -11,12 +13,15 @@ use common::time::now_ms;
 use common::wire::Frame;
 use common::NodeId;
 use futures::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use worker::agent::SESSION_TIMEOUT;
+use tokio::time::Instant;
+use worker::agent::{HEARTBEAT, HEARTBEAT_JITTER, SESSION_TIMEOUT};
 use worker::node::net;
 
 use super::{
-    Described, Dispatcher, Heard, MeshReport, Register, Reports, Unregister, SESSION_QUEUE, SESSION_WRITE_TIMEOUT,
+    next_session_id, Described, Dispatcher, Heard, MeshReport, Register, Reports, Unregister, SESSION_QUEUE,
+    SESSION_WRITE_TIMEOUT,
 };
 use crate::raft::{RaftStatus, SharedStore};
 
@@ -40,10 +45,23 @@ pub async fn serve(
     }
     net::send(&mut conn, Frame::Welcome).await?;
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
-    let session = dispatcher.send(Register { node: node.clone(), tx }).await.map_err(|_| net::NetError::Closed)?;
+    let session = next_session_id();
+    dispatcher.do_send(Register { node: node.clone(), session, tx });
     let (mut sink, mut stream) = conn.split();
     let writer = async {
-        while let Some(f) = rx.recv().await {
+        // The first beat at a random point of the first period.
+        let mut beat = Instant::now() + HEARTBEAT.mul_f64(rand::random::<f64>());
+        loop {
+            let f = tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(beat) => {
+                    beat = Instant::now() + heartbeat_period(rand::random());
+                    Frame::Heartbeat
+                }
+            };
             // The dispatcher dropped the session (it fell behind, or
             // this manager stopped leading): end it now rather than
             // write out what is queued; the node reconnects and
@@ -86,4 +104,22 @@ pub async fn serve(
     };
     dispatcher.do_send(Unregister { node, session });
     result
+}
+
+/// One heartbeat period: [`HEARTBEAT`] ± [`HEARTBEAT_JITTER`], `r` in [0, 1).
+pub fn heartbeat_period(r: f64) -> Duration {
+    (HEARTBEAT - HEARTBEAT_JITTER) + (2 * HEARTBEAT_JITTER).mul_f64(r.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_periods_stay_within_the_jitter_and_well_inside_the_timeout() {
+        assert_eq!(heartbeat_period(0.0), Duration::from_millis(4_500));
+        assert_eq!(heartbeat_period(0.5), Duration::from_secs(5));
+        assert_eq!(heartbeat_period(1.0), Duration::from_millis(5_500));
+        assert!(SESSION_TIMEOUT >= 2 * heartbeat_period(1.0), "two beats may go missing");
+    }
 }

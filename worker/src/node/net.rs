@@ -238,7 +238,9 @@ pub struct ServeConfig {
     /// (nodes reconnecting after a leader change), and each costs a TLS
     /// state of some kilobytes.
     pub max_handshaking: usize,
-    /// Default 4096: a session per node, raft peers, log streams, joins.
+    /// Default 16384: a session per node (a leader of 5,000 nodes holds
+    /// 5,000), raft peers, log streams, joins; [`ServeConfig::fit_to`] lowers
+    /// it to what the open-file limit allows.
     pub max_established: usize,
     /// Default 5 s ([`HANDSHAKE_TIMEOUT`]).
     pub tls_timeout: Duration,
@@ -250,7 +252,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             max_handshaking: 256,
-            max_established: 4096,
+            max_established: 16_384,
             tls_timeout: HANDSHAKE_TIMEOUT,
             hello_timeout: HANDSHAKE_TIMEOUT,
         }
