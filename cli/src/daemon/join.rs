@@ -37,10 +37,24 @@ pub(crate) fn join_cluster(args: &DaemonArgs, target: &str) -> Result<NodeState>
         protocol: PROTOCOL_VERSION,
         csr: request.csr_der().to_vec(),
     };
+    // A manager that is busy (its handshake queue full: it closes the
+    // oldest) or restarting resets or refuses the connection before it read
+    // the hello: try again, a little later each time, within the 30 s. A
+    // refusal (a bad token, say) or a TLS failure is final.
     let answer = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
-            let (_conn, answer) = net::dial_join(target, pinned.ca, hello, Duration::from_secs(30)).await?;
-            Ok::<_, net::NetError>(answer)
+            let mut pause = Duration::from_millis(200);
+            loop {
+                match net::dial_join(target, pinned.ca, hello.clone(), Duration::from_secs(30)).await {
+                    Ok((_conn, answer)) => return Ok::<_, net::NetError>(answer),
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(%target, error = %e, retry_in_ms = pause.as_millis() as u64, "join: no answer yet; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(3));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         })
         .await
     });

@@ -464,7 +464,8 @@ impl Dispatcher {
             push::Update::Full(tasks) => tasks,
             push::Update::Diff { .. } => push::assignment_set(&store, node).cloned().collect(),
         };
-        let _ = session.tx.send(Frame::Assignments { full: true, tasks, removed: vec![], managers: self.managers.clone() });
+        let _ =
+            session.tx.send(Frame::Assignments { full: true, tasks, removed: vec![], managers: self.managers.clone() });
     }
 }
 
